@@ -1,0 +1,220 @@
+"""Writes for tenants, people, invites and API keys: keyword-only, atomic, named <entity>_<action>."""
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.mail import send_mail
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from rest_framework.exceptions import PermissionDenied
+
+from vajra.errors import Conflict, InvalidRequest
+
+from .events import publish_tenant_event
+from .models import APIKey, Invite, Membership, Tenant, User
+from .roles import OWNER, can_grant_role, scopes_for_role
+
+
+def _check_password(password, *, email):
+    try:
+        validate_password(password, user=User(email=email))
+    except DjangoValidationError as exc:
+        raise InvalidRequest(" ".join(exc.messages), param="password", code="weak_password") from None
+
+
+def _email_taken(email):
+    return User.objects.filter(email__iexact=email).exists()
+
+
+def _slug_taken(slug):
+    return Tenant.objects.filter(slug=slug).exists()
+
+
+def _slug_conflict(slug):
+    return Conflict(f"The tenant slug '{slug}' is taken; choose another.", code="slug_taken", param="tenant_slug")
+
+
+@transaction.atomic
+def tenant_signup(*, email, password, name, tenant_name, tenant_slug):
+    """A new person and their new tenant, with them as its owner."""
+    email = email.strip().lower()
+    if _email_taken(email):
+        raise Conflict(f"An account with the email {email} exists; sign in instead.", code="email_taken",
+                       param="email")
+    if _slug_taken(tenant_slug):
+        raise _slug_conflict(tenant_slug)
+    _check_password(password, email=email)
+    try:
+        with transaction.atomic():
+            user = User.objects.create_user(email=email, password=password, name=name)
+            tenant = Tenant.objects.create(name=tenant_name, slug=tenant_slug)
+    except IntegrityError:  # lost a race with a concurrent signup
+        raise Conflict("That email or tenant slug was just taken; choose another.", code="conflict") from None
+    membership = Membership.objects.create(tenant=tenant, user=user, role=OWNER)
+    return membership
+
+
+@transaction.atomic
+def tenant_create(*, user, name, slug):
+    """Another tenant for an existing person, who becomes its owner."""
+    if _slug_taken(slug):
+        raise _slug_conflict(slug)
+    try:
+        with transaction.atomic():
+            tenant = Tenant.objects.create(name=name, slug=slug)
+    except IntegrityError:
+        raise _slug_conflict(slug) from None
+    return Membership.objects.create(tenant=tenant, user=user, role=OWNER)
+
+
+@transaction.atomic
+def tenant_set_status(*, tenant_id, status):
+    """Suspend or reactivate (staff, from Django admin or a support tool)."""
+    if status not in {Tenant.ACTIVE, Tenant.SUSPENDED}:
+        raise InvalidRequest(f"Unknown tenant status '{status}'.", param="status")
+    Tenant.objects.filter(pk=tenant_id).update(status=status)
+    publish_tenant_event(tenant_id, "tenant.status", {"status": status})
+
+
+def _hash_token(token):
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@transaction.atomic
+def invite_create(*, principal, email, role, accept_url_for):
+    """Invites an email to the tenant; mails the link after commit. Returns (invite, token)."""
+    principal.require("members.manage")
+    if not can_grant_role(principal.role, role):
+        raise PermissionDenied(f"A {principal.role} cannot invite an {role}.", code="role_forbidden")
+    email = email.strip().lower()
+    tenant = principal.tenant
+    if Membership.objects.filter(tenant=tenant, user__email__iexact=email).exists():
+        raise Conflict(f"{email} is already a member of {tenant.slug}.", code="already_member", param="email")
+    if Invite.objects.filter(tenant=tenant, email__iexact=email, accepted_at=None, revoked_at=None).exists():
+        raise Conflict(f"{email} already has an open invite; revoke it to send a new one.",
+                       code="invite_pending", param="email")
+    token = secrets.token_urlsafe(32)
+    invite = Invite.objects.create(
+        tenant=tenant, email=email, role=role, token_hash=_hash_token(token), invited_by=principal.user,
+        expires_at=timezone.now() + timedelta(hours=settings.VAJRA_INVITE_TTL_HOURS),
+    )
+    link = accept_url_for(token)
+    inviter = principal.user.email if principal.user else "a member"
+    transaction.on_commit(lambda: send_mail(
+        subject=f"You are invited to {tenant.name} on VAJRA",
+        message=f"{inviter} invited you to join {tenant.name} as {role}.\n\nAccept: {link}\n\n"
+                f"The link expires at {invite.expires_at:%Y-%m-%d %H:%M} UTC.",
+        from_email=None, recipient_list=[email],
+    ))
+    publish_tenant_event(tenant.pk, "invite.created", {"id": invite.pk, "email": email, "role": role})
+    return invite, token
+
+
+@transaction.atomic
+def invite_accept(*, user, token):
+    """The signed-in person joins the invite's tenant; the invite must be theirs, open and unexpired."""
+    invite = Invite.objects.select_for_update().filter(token_hash=_hash_token(token)).first()
+    if invite is None or invite.state == "revoked":
+        raise InvalidRequest("This invite link is not valid; ask for a new invite.", param="token",
+                             code="invite_invalid")
+    if invite.state == "accepted":
+        raise Conflict("This invite was already accepted.", code="invite_used", param="token")
+    if invite.state == "expired":
+        raise InvalidRequest("This invite has expired; ask for a new one.", param="token", code="invite_expired")
+    if invite.email.lower() != user.email.lower():
+        raise PermissionDenied(f"This invite is for {invite.email}; sign in with that email to accept it.",
+                               code="invite_other_email")
+    if Membership.objects.filter(tenant=invite.tenant, user=user).exists():
+        raise Conflict(f"You are already a member of {invite.tenant.slug}.", code="already_member")
+    invite.accepted_at = timezone.now()
+    invite.accepted_by = user
+    invite.save(update_fields=["accepted_at", "accepted_by"])
+    membership = Membership.objects.create(tenant=invite.tenant, user=user, role=invite.role)
+    publish_tenant_event(invite.tenant_id, "member.joined", {"id": membership.pk, "email": user.email})
+    return membership
+
+
+@transaction.atomic
+def invite_revoke(*, principal, invite):
+    principal.require("members.manage")
+    if invite.state != "pending":
+        raise Conflict(f"This invite is {invite.state}; only pending invites can be revoked.",
+                       code="invite_not_pending")
+    invite.revoked_at = timezone.now()
+    invite.save(update_fields=["revoked_at"])
+    return invite
+
+
+def _other_owners(membership):
+    return Membership.objects.filter(tenant_id=membership.tenant_id, role=OWNER).exclude(pk=membership.pk)
+
+
+@transaction.atomic
+def membership_set_role(*, principal, membership, role):
+    principal.require("members.manage")
+    if not (can_grant_role(principal.role, role) and can_grant_role(principal.role, membership.role)):
+        raise PermissionDenied(f"A {principal.role} cannot change a {membership.role} to {role}.",
+                               code="role_forbidden")
+    if membership.role == OWNER and role != OWNER and not _other_owners(membership).exists():
+        raise Conflict("A tenant needs at least one owner; make someone else owner first.", code="last_owner")
+    membership.role = role
+    membership.save(update_fields=["role"])
+    publish_tenant_event(membership.tenant_id, "member.role", {"id": membership.pk, "role": role})
+    return membership
+
+
+@transaction.atomic
+def membership_remove(*, principal, membership):
+    """Removes a member (or lets a member leave); revokes the keys they created in this tenant."""
+    leaving = principal.user is not None and membership.user_id == principal.user.pk
+    if not leaving:
+        principal.require("members.manage")
+        if not can_grant_role(principal.role, membership.role):
+            raise PermissionDenied(f"A {principal.role} cannot remove a {membership.role}.",
+                                   code="role_forbidden")
+    if membership.role == OWNER and not _other_owners(membership).exists():
+        raise Conflict("A tenant needs at least one owner; make someone else owner first.", code="last_owner")
+    now = timezone.now()
+    APIKey.objects.filter(tenant_id=membership.tenant_id, created_by_id=membership.user_id, revoked=False).update(
+        revoked=True, revoked_at=now
+    )
+    membership.delete()
+    publish_tenant_event(membership.tenant_id, "member.removed", {"user": membership.user.email})
+
+
+@transaction.atomic
+def api_key_create(*, principal, name, scopes, expires_at=None):
+    """A new key for the principal's tenant. Returns (key, secret); the secret is never stored or shown again."""
+    principal.require("keys.view")
+    allowed = scopes_for_role(principal.role)
+    beyond = sorted(set(scopes) - set(allowed))
+    if beyond:
+        raise PermissionDenied(
+            f"Your role '{principal.role}' cannot grant {', '.join(beyond)}; choose from {', '.join(allowed)}.",
+            code="scope_forbidden",
+        )
+    if expires_at is not None and expires_at <= timezone.now():
+        raise InvalidRequest("expires_at must be in the future.", param="expires_at", code="expiry_in_past")
+    key, secret = APIKey.objects.create_key(
+        name=name, tenant=principal.tenant, created_by=principal.user, scopes=sorted(set(scopes)),
+        expiry_date=expires_at,
+    )
+    publish_tenant_event(principal.tenant.pk, "api_key.created", {"prefix": key.prefix, "name": key.name})
+    return key, secret
+
+
+@transaction.atomic
+def api_key_revoke(*, principal, api_key):
+    if api_key.created_by_id != getattr(principal.user, "pk", None):
+        principal.require("keys.manage_all")
+    if api_key.revoked:
+        return api_key  # revoking twice is harmless and leaves the first revocation time
+    api_key.revoked = True
+    api_key.revoked_at = timezone.now()
+    api_key.save(update_fields=["revoked", "revoked_at"])
+    publish_tenant_event(principal.tenant.pk, "api_key.revoked", {"prefix": api_key.prefix})
+    return api_key

@@ -1,0 +1,22 @@
+"""ASGI entry for daphne: HTTP through Django, websockets through Channels with VAJRA's auth."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vajra.settings")
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.sessions import CookieMiddleware, SessionMiddleware  # noqa: E402
+
+from vajra.routing import websocket_urlpatterns  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        # Session only: who the caller is (session user or API key) is decided in the consumer, so
+        # that refusals close with a code and a reason instead of a bare HTTP 403.
+        "websocket": CookieMiddleware(SessionMiddleware(URLRouter(websocket_urlpatterns))),
+    }
+)

@@ -1,0 +1,11 @@
+"""The control plane's Celery app (web sends tasks with it; the control worker and beat run it)."""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vajra.settings")
+
+app = Celery("vajra")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()

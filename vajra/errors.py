@@ -1,0 +1,141 @@
+"""One error shape for every API error: {"error": {"message", "type", "param", "code"}} (OpenAI's).
+
+DRF exceptions come through ``api_exception_handler``; Django's own 400/403/404/500 under /api/ and
+/v1/ come through the ``handler*`` views, so a client never has to parse an HTML error page.
+"""
+
+from django.http import JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.views import exception_handler
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class Conflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "This conflicts with an existing resource."
+    default_code = "conflict"
+
+    def __init__(self, detail=None, code=None, param=None):
+        super().__init__(detail, code)
+        self.param = param
+
+
+class InvalidRequest(exceptions.APIException):
+    """A 400 that names the parameter at fault."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "invalid_request"
+
+    def __init__(self, detail, *, param=None, code=None):
+        super().__init__(detail, code)
+        self.param = param
+
+
+def error_body(message, *, status_code, code=None, param=None, error_type=None):
+    return {
+        "error": {
+            "message": message,
+            "type": error_type or ERROR_TYPES.get(status_code, "api_error" if status_code >= 500 else
+                                                  "invalid_request_error"),
+            "param": param,
+            "code": code,
+        }
+    }
+
+
+def _first_validation_error(detail, prefix=""):
+    """Flattens DRF's nested ValidationError detail to (param, message, code) of the first problem."""
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            name = prefix if key == "non_field_errors" else (f"{prefix}.{key}" if prefix else str(key))
+            return _first_validation_error(value, name)
+    if isinstance(detail, list) and detail:
+        return _first_validation_error(detail[0], prefix)
+    code = getattr(detail, "code", None)
+    return (prefix or None), str(detail), code
+
+
+def _message_for(exc):
+    if isinstance(exc, exceptions.ValidationError):
+        param, message, code = _first_validation_error(exc.detail)
+        if param and not message.lower().startswith(param.split(".")[-1].lower()):
+            message = f"{param}: {message}"
+        return param, message, code or "invalid"
+    detail = exc.detail
+    if isinstance(detail, (list, dict)):
+        param, message, code = _first_validation_error(detail)
+        return param, message, code
+    return getattr(exc, "param", None), str(detail), getattr(detail, "code", None)
+
+
+_FIXES = {
+    exceptions.ParseError: " Send a valid JSON object in the request body.",
+    exceptions.UnsupportedMediaType: " Send the body as JSON with 'Content-Type: application/json'.",
+    exceptions.NotAuthenticated: " Send 'Authorization: Bearer <api key>' or sign in.",
+}
+
+
+def api_exception_handler(exc, context):
+    response = exception_handler(exc, context)
+    if response is None:
+        return None  # Django turns it into a 500 through handler500
+    param, message, code = _message_for(exc)
+    message += _FIXES.get(type(exc), "")
+    if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
+        response["Retry-After"] = str(max(1, int(exc.wait + 0.999)))
+        message = f"Rate limit exceeded. Retry after {response['Retry-After']} seconds."
+    code = getattr(exc, "override_code", None) or code
+    response.data = error_body(message, status_code=response.status_code, code=code, param=param)
+    return response
+
+
+def _json_error(request, status_code, message, code):
+    return JsonResponse(error_body(message, status_code=status_code, code=code), status=status_code)
+
+
+def _is_api(request):
+    return request.path.startswith(("/api/", "/v1/"))
+
+
+def handler400(request, exception=None):
+    if _is_api(request):
+        return _json_error(request, 400, "Bad request.", "bad_request")
+    from django.views.defaults import bad_request
+
+    return bad_request(request, exception)
+
+
+def handler403(request, exception=None):
+    if _is_api(request):
+        return _json_error(request, 403, "Forbidden.", "forbidden")
+    from django.views.defaults import permission_denied
+
+    return permission_denied(request, exception)
+
+
+def handler404(request, exception=None):
+    if _is_api(request):
+        return _json_error(request, 404, f"No API route {request.path}. See /api/docs/.", "unknown_route")
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception)
+
+
+def handler500(request):
+    if _is_api(request):
+        return _json_error(request, 500, "Internal server error; quote the x-request-id when reporting it.",
+                           "server_error")
+    from django.views.defaults import server_error
+
+    return server_error(request)

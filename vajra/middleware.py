@@ -1,0 +1,37 @@
+"""x-request-id on every response, and in every log line written while serving it."""
+
+import contextvars
+import logging
+import re
+import uuid
+
+request_id_var = contextvars.ContextVar("request_id", default="-")
+_VALID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
+
+
+def new_request_id():
+    return f"req_{uuid.uuid4().hex}"
+
+
+class RequestIdMiddleware:
+    """Keeps a caller's well-formed X-Request-ID (so traces join up), else makes one."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        incoming = request.headers.get("X-Request-ID", "")
+        request.request_id = incoming if _VALID.match(incoming) else new_request_id()
+        token = request_id_var.set(request.request_id)
+        try:
+            response = self.get_response(request)
+        finally:
+            request_id_var.reset(token)
+        response["x-request-id"] = request.request_id
+        return response
+
+
+class RequestIdLogFilter(logging.Filter):
+    def filter(self, record):
+        record.request_id = request_id_var.get()
+        return True

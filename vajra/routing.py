@@ -1,0 +1,7 @@
+from django.urls import path
+
+from tenants.consumers import TenantEventsConsumer
+
+websocket_urlpatterns = [
+    path("ws/v1/tenants/<slug:tenant_slug>/events/", TenantEventsConsumer.as_asgi()),
+]

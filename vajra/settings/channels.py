@@ -1,0 +1,22 @@
+"""Redis (shared by Channels, rate limits and token streams) and the channel layer."""
+
+from gpu_runtime.redis_url import redis_url_from_env
+
+from .env import VAR_DIR, env_list
+
+REDIS_URL = redis_url_from_env(VAR_DIR)
+if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(f"REDIS_URL={REDIS_URL!r}: use redis://, rediss:// or unix:// .")
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": "vajra:asgi"},
+    }
+}
+
+# Browser websockets (session cookie) must come from one of these origins; API-key clients are not
+# ambient credentials, so they may connect from anywhere.
+WEBSOCKET_ALLOWED_ORIGINS = env_list("VAJRA_WEBSOCKET_ALLOWED_ORIGINS", [])

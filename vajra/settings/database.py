@@ -1,0 +1,21 @@
+"""The database: DATABASE_URL (PostgreSQL in production and CI), else SQLite under var/."""
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from .env import VAR_DIR, env_int, env_str
+
+_url = env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}")
+try:
+    _db = dj_database_url.parse(_url, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0))
+except (ValueError, KeyError) as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL={_url!r} cannot be parsed: {exc}") from None
+if _db["ENGINE"] not in {"django.db.backends.postgresql", "django.db.backends.sqlite3"}:
+    raise ImproperlyConfigured(f"DATABASE_URL={_url!r}: VAJRA supports postgres:// and sqlite:// only.")
+
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # A file, not memory, even for tests: the integration tests' daphne subprocess reads the same database.
+    _db["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
+    _db.setdefault("OPTIONS", {})["timeout"] = 20
+
+DATABASES = {"default": _db}

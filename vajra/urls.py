@@ -1,0 +1,24 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from . import health
+
+handler400 = "vajra.errors.handler400"
+handler403 = "vajra.errors.handler403"
+handler404 = "vajra.errors.handler404"
+handler500 = "vajra.errors.handler500"
+
+urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("api/schema/", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]),
+         name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[],
+                                                     permission_classes=[]), name="api-docs"),
+    path("api/v1/", include("tenants.api_urls")),
+    path("admin/", admin.site.urls),
+    path("", include("tenants.urls")),
+    path("", include("inference.urls")),
+    path("", include("billing.urls")),
+]
