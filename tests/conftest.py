@@ -1,0 +1,143 @@
+"""Named people (healthchecks' convention): alice owns tenant acme, bob is a developer in acme,
+charlie owns contoso and must never see anything of acme's."""
+
+import pytest
+from django.apps import apps
+from rest_framework.test import APIClient
+
+from tenants.models import Membership, Tenant, User
+from tenants.roles import DEVELOPER, OWNER, SCOPES
+from vajra.redis import get_redis
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(autouse=True)
+def _clean_redis_limits():
+    r = get_redis()
+    for pattern in ("vajra:rl:*", "vajra:login:*"):
+        keys = list(r.scan_iter(pattern))
+        if keys:
+            r.delete(*keys)
+    yield
+
+
+def make_member(email, tenant, role):
+    user = User.objects.filter(email=email).first() or User.objects.create_user(email=email, password=PASSWORD)
+    Membership.objects.create(user=user, tenant=tenant, role=role)
+    return user
+
+
+@pytest.fixture
+def acme(db):
+    return Tenant.objects.create(name="Acme", slug="acme")
+
+
+@pytest.fixture
+def contoso(db):
+    return Tenant.objects.create(name="Contoso", slug="contoso")
+
+
+@pytest.fixture
+def alice(acme):
+    return make_member("alice@acme.test", acme, OWNER)
+
+
+@pytest.fixture
+def bob(acme, alice):
+    return make_member("bob@acme.test", acme, DEVELOPER)
+
+
+@pytest.fixture
+def charlie(contoso):
+    return make_member("charlie@contoso.test", contoso, OWNER)
+
+
+def session_client(user):
+    client = APIClient()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def alice_client(alice):
+    return session_client(alice)
+
+
+@pytest.fixture
+def bob_client(bob):
+    return session_client(bob)
+
+
+@pytest.fixture
+def charlie_client(charlie):
+    return session_client(charlie)
+
+
+def create_key(user, tenant, scopes=tuple(SCOPES), **kwargs):
+    from tenants.models import APIKey
+
+    key, secret = APIKey.objects.create_key(name=f"{user.email} key", tenant=tenant, created_by=user,
+                                            scopes=list(scopes), **kwargs)
+    return key, secret
+
+
+def key_client(secret):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    return client
+
+
+@pytest.fixture
+def alice_key(alice, acme):
+    return create_key(alice, acme)
+
+
+@pytest.fixture
+def charlie_key(charlie, contoso):
+    return create_key(charlie, contoso)
+
+
+def db_snapshot():
+    """Every row of VAJRA's own models, to assert that a refused request wrote nothing.
+
+    ``last_used_at`` is left out: presenting a valid key records its use even when the request is then
+    refused for a missing scope, which is what an operator wants to see.
+    """
+    snapshot = {}
+    for label in ("tenants", "inference", "billing"):
+        for model in apps.get_app_config(label).get_models():
+            rows = list(model.objects.order_by("pk").values())
+            for row in rows:
+                row.pop("last_used_at", None)
+            snapshot[model._meta.label] = rows
+    return snapshot
+
+
+@pytest.fixture
+def unchanged_db(db):
+    """Use as ``with unchanged_db(): <refused request>``."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def check():
+        before = db_snapshot()
+        yield
+        assert db_snapshot() == before, "a refused request changed the database"
+
+    return check
+
+
+def assert_error(response, status, code=None, param=None):
+    """The one error shape, the status, and optionally the machine-readable code and param."""
+    assert response.status_code == status, (response.status_code, getattr(response, "content", b"")[:500])
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert body["error"]["message"], body
+    if code is not None:
+        assert body["error"]["code"] == code, body
+    if param is not None:
+        assert body["error"]["param"] == param, body
+    assert response.headers.get("x-request-id"), "every response carries x-request-id"
+    return body["error"]
