@@ -82,6 +82,9 @@ def import_smollm2(store, name=DEFAULT_MODEL, *, force=False):
         return read_manifest(store, name)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     gguf = smollm2_gguf_path()
     started = time.perf_counter()

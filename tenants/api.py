@@ -18,6 +18,12 @@ from .permissions import require_session
 from .roles import ROLES, SCOPES
 
 
+def _choice(choices, what):
+    """A choice field whose refusal lists what is allowed instead of only saying no."""
+    return serializers.ChoiceField(choices=choices, error_messages={
+        "invalid_choice": f'"{{input}}" is not a valid {what}; choose from {", ".join(choices)}.'})
+
+
 class TenantOut(serializers.Serializer):
     slug = serializers.CharField()
     name = serializers.CharField()
@@ -124,7 +130,7 @@ class APIKeyListView(APIView):
 
     class InputSerializer(StrictSerializer):
         name = serializers.CharField(max_length=50)
-        scopes = serializers.ListField(child=serializers.ChoiceField(choices=SCOPES), min_length=1,
+        scopes = serializers.ListField(child=_choice(SCOPES, "scope"), min_length=1,
                                        max_length=len(SCOPES))
         expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
 
@@ -173,7 +179,7 @@ class MemberDetailView(APIView):
     required_action = "members.view"
 
     class InputSerializer(StrictSerializer):
-        role = serializers.ChoiceField(choices=ROLES)
+        role = _choice(ROLES, "role")
 
     @extend_schema(responses={200: MemberOut})
     def get(self, request, member_id):
@@ -207,7 +213,7 @@ class InviteListView(APIView):
 
     class InputSerializer(StrictSerializer):
         email = serializers.EmailField(max_length=254)
-        role = serializers.ChoiceField(choices=ROLES)
+        role = _choice(ROLES, "role")
 
     @extend_schema(responses={200: InviteOut(many=True)})
     def get(self, request):

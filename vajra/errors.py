@@ -4,7 +4,8 @@ DRF exceptions come through ``api_exception_handler``; Django's own 400/403/404/
 /v1/ come through the ``handler*`` views, so a client never has to parse an HTML error page.
 """
 
-from django.http import JsonResponse
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.views import exception_handler
 
@@ -87,6 +88,11 @@ _FIXES = {
 
 
 def api_exception_handler(exc, context):
+    # Django's own exceptions (the access functions raise Http404) become DRF's, keeping their message.
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound(*exc.args)
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied(*exc.args)
     response = exception_handler(exc, context)
     if response is None:
         return None  # Django turns it into a 500 through handler500

@@ -18,6 +18,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    "vajra",
     "tenants",
     "inference",
     "billing",

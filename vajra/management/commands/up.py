@@ -1,0 +1,112 @@
+"""``make up``: prepare everything, then run the whole platform in the foreground until Ctrl-C.
+
+Steps: migrate, collect static files, import the base model (once), create the demo tenant, start a
+private Redis on a unix socket under var/ when REDIS_URL is unset, then web, one runtime node, the
+control worker and beat from platform/Procfile under honcho. Ctrl-C stops every child, Redis included.
+"""
+
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+from honcho.environ import parse_procfile
+from honcho.manager import Manager
+
+from gpu_runtime.redis_url import socket_path
+from tenants.management.commands.demo_tenant import read_env_file
+from vajra.embedded_redis import redis_server_argv
+
+PROCFILE = Path(settings.BASE_DIR) / "platform" / "Procfile"
+
+
+def port_free(host, port):
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class Command(BaseCommand):
+    help = "Prepare and start the whole platform (web, runtime node, control worker, beat)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default=os.environ.get("VAJRA_HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("VAJRA_PORT", "8000")))
+        parser.add_argument("--node", default=os.environ.get("VAJRA_NODE_NAME", "local"))
+        parser.add_argument("--prepare-only", action="store_true", help="set up, start nothing")
+
+    def handle(self, *args, host, port, node, prepare_only, **options):
+        url = f"http://{host}:{port}"
+        if not prepare_only and not port_free(host, port):
+            raise CommandError(f"{host}:{port} is in use (another `make up`?). Stop it or set VAJRA_PORT.")
+        var = Path(settings.VAR_DIR)
+        (var / "run").mkdir(parents=True, exist_ok=True)
+        self.step("migrate", lambda: call_command("migrate", interactive=False, verbosity=0))
+        self.step("collect static files", lambda: call_command("collectstatic", interactive=False, verbosity=0))
+        # The model import loads torch: it runs in its own process, the web side never imports torch.
+        self.step("import base model", lambda: subprocess.run(
+            [sys.executable, "-m", "gpu_runtime.model_store", "import"], check=True, stdout=subprocess.DEVNULL))
+        self.step("demo tenant", lambda: call_command("demo_tenant", url=url, verbosity=0))
+        if prepare_only:
+            return
+        self.run_platform(url, host, port, node, var)
+
+    def step(self, name, action):
+        started = time.monotonic()
+        self.stdout.write(f"==> {name} ...", ending="")
+        self.stdout.flush()
+        try:
+            action()
+        except subprocess.CalledProcessError as exc:
+            raise CommandError(f"{name} failed (exit {exc.returncode})") from None
+        self.stdout.write(f" {time.monotonic() - started:.1f} s")
+
+    def run_platform(self, url, host, port, node, var):
+        env = dict(os.environ, PYTHONUNBUFFERED="1", VAJRA_HOST=host, VAJRA_PORT=str(port),
+                   VAJRA_NODE_NAME=node, REDIS_URL=settings.REDIS_URL,
+                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        manager = Manager()
+        sock = socket_path(settings.REDIS_URL)
+        if not os.environ.get("REDIS_URL") and sock:
+            argv = [shlex.quote(arg) for arg in redis_server_argv(sock, var / "run")]
+            manager.add_process("redis", " ".join(argv), env=env)
+        for name, command in parse_procfile(PROCFILE.read_text()).processes.items():
+            manager.add_process(name, command, env=env, cwd=str(settings.BASE_DIR))
+        threading.Thread(target=self.announce, args=(url, var), daemon=True).start()
+        manager.loop()
+        sys.exit(manager.returncode or 0)
+
+    def announce(self, url, var):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            self.stderr.write(f"web did not answer at {url}/healthz within 120 s")
+            return
+        demo = read_env_file(var / "demo.env")
+        key = demo.get("VAJRA_API_KEY", "")
+        self.stdout.write(self.style.SUCCESS(
+            "\n"
+            f"  VAJRA is up at {url}/\n"
+            f"  login:    {demo.get('VAJRA_LOGIN')} / {demo.get('VAJRA_PASSWORD')}\n"
+            f"  API key:  {key}\n"
+            f"  (also in {var / 'demo.env'}; source it with: set -a; . {var / 'demo.env'}; set +a)\n"
+            f"  try:      curl -H \"Authorization: Bearer {key}\" {url}/api/v1/me\n"
+            f"  API docs: {url}/api/docs/     stop: Ctrl-C\n"
+        ))
