@@ -10,7 +10,10 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.sessions import CookieMiddleware, SessionMiddleware  # noqa: E402
 
+from vajra.daphne_compat import pass_close_reasons  # noqa: E402
 from vajra.routing import websocket_urlpatterns  # noqa: E402
+
+pass_close_reasons()
 
 application = ProtocolTypeRouter(
     {

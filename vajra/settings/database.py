@@ -1,5 +1,7 @@
 """The database: DATABASE_URL (PostgreSQL in production and CI), else SQLite under var/."""
 
+import os
+
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
@@ -15,7 +17,8 @@ if _db["ENGINE"] not in {"django.db.backends.postgresql", "django.db.backends.sq
 
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not memory, even for tests: the integration tests' daphne subprocess reads the same database.
-    _db["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
+    # One per test run, so that two runs side by side do not flush each other's.
+    _db["TEST"] = {"NAME": str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3")}
     _db.setdefault("OPTIONS", {})["timeout"] = 20
 
 DATABASES = {"default": _db}

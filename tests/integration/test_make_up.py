@@ -1,0 +1,99 @@
+"""README's first command, for real: the embedded default (SQLite, private Redis) from an empty var/,
+the demo tenant and key, every process up, Ctrl-C stopping every child, and a second start working."""
+
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.conftest import ROOT, free_port, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+class Up:
+    def __init__(self, var_dir, port, log_path):
+        env = {k: v for k, v in os.environ.items()
+               if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"} and not k.startswith("PYTEST")}
+        env.update(VAJRA_VAR_DIR=str(var_dir), VAJRA_MODEL_STORE=str(ROOT / "var" / "models"),
+                   VAJRA_PORT=str(port), VAJRA_HEARTBEAT_SECONDS="1", PYTHONUNBUFFERED="1")
+        self.log_path = log_path
+        self.log = open(log_path, "wb")
+        self.popen = subprocess.Popen([sys.executable, "manage.py", "up"], cwd=ROOT, env=env, stdout=self.log,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self):
+        return Path(self.log_path).read_text(errors="replace")
+
+    def child_pids(self):
+        return [int(pid) for pid in re.findall(r"started \(pid=(\d+)\)", self.output())]
+
+    def ctrl_c(self):
+        os.kill(self.popen.pid, signal.SIGINT)  # what the terminal sends the foreground process
+        self.popen.wait(60)
+        self.log.close()
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); it has exited all the same
+    status = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "X"
+    return status != "Z"
+
+
+def read_env(path):
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and line[0] != "#")
+
+
+def run_once(var_dir, tmp_path, n):
+    port = free_port()
+    up = Up(var_dir, port, tmp_path / f"up-{n}.log")
+    try:
+        wait_for(lambda: "VAJRA is up at" in up.output(), 240, "make up to print its banner", up)
+        demo = read_env(var_dir / "demo.env")
+        url = f"http://127.0.0.1:{port}"
+        assert demo["VAJRA_URL"] == url
+        banner = up.output()
+        assert demo["VAJRA_API_KEY"] in banner and demo["VAJRA_LOGIN"] in banner and "curl" in banner
+
+        me = httpx.get(f"{url}/api/v1/me", headers={"Authorization": f"Bearer {demo['VAJRA_API_KEY']}"}, timeout=10)
+        assert me.status_code == 200 and me.json()["tenant"]["slug"] == "demo"
+
+        def node_reported():
+            body = httpx.get(f"{url}/readyz", timeout=10).json()
+            return body["status"] == "ready" and body["runtime"]["nodes_up"] == 1
+        wait_for(node_reported, 120, "the runtime node to report through control", up)
+
+        login = httpx.Client(base_url=url, follow_redirects=True)
+        page = login.get("/login/")
+        assert page.status_code == 200
+        pids = up.child_pids()
+        assert len(pids) == 5, up.output()[-2000:]  # redis, web, runtime, control, beat
+    finally:
+        up.ctrl_c()
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in pids if alive(pid)], "Ctrl-C left children running"
+    return demo
+
+
+def test_make_up_embedded_default_twice(tmp_path):
+    var_dir = tmp_path / "var"
+    first = run_once(var_dir, tmp_path, 1)
+    assert stat.S_IMODE((var_dir / "demo.env").stat().st_mode) == 0o600
+    assert (var_dir / "db.sqlite3").is_file()  # the embedded default database
+    assert not (var_dir / "run" / "redis.sock").exists()  # the private Redis went with Ctrl-C
+    second = run_once(var_dir, tmp_path, 2)
+    # idempotent demo tenant: same login and key across restarts
+    assert (second["VAJRA_API_KEY"], second["VAJRA_PASSWORD"]) == (first["VAJRA_API_KEY"], first["VAJRA_PASSWORD"])
