@@ -24,7 +24,9 @@ log = logging.getLogger("vajra.runtime.worker")
 
 config = RuntimeConfig.from_env()
 
-app = Celery("vajra-runtime")
+# No fixups: Celery's Django fixup would set Django up whenever DJANGO_SETTINGS_MODULE is in the
+# environment (it is, under `make up`), and the runtime must stay Django-free.
+app = Celery("vajra-runtime", fixups=[])
 app.conf.update(
     broker_url=celery_url(config.redis_url),
     result_backend=celery_url(config.redis_url),
