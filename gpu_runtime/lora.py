@@ -1,0 +1,165 @@
+"""Slot-based multi-LoRA layers: the base layer runs once per batch, each row adds its adapter's delta.
+
+Every target linear layer of the base model is wrapped by ``SlotLoRALinear``. Adapter weights live in
+preallocated per-layer slot buffers, one set per rank bucket (vLLM's LoRA slots, S-LoRA's unified
+pool): bucket ``r`` holds ``A[slots, r, in]`` and ``B[slots, out, r]``. An adapter of rank 8 goes into the
+smallest bucket that fits, zero-padded, so making it ready is a copy into a free slot, not building
+modules. Per step the engine sets the batch's row -> slot map once (``SlotPool.set_rows``); each layer
+then gathers its slots' A/B and adds ``scale * (x A^T) B^T`` to its rows with two ``bmm`` per bucket.
+Slot id 0 means "no adapter" (base-only rows).
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .adapter_validation import BaseFacts
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """Rows of the batch whose adapters sit in one rank bucket."""
+
+    rank: int
+    rows: torch.Tensor  # row indices in the batch
+    slots: torch.Tensor  # local slot index in the bucket, one per row
+    scaling: torch.Tensor  # alpha / r per row, shaped for broadcasting [rows, 1, 1]
+
+
+class SlotLoRALinear(nn.Module):
+    def __init__(self, base, pool, name):
+        super().__init__()
+        self.base = base
+        self.pool = pool
+        self.name = name  # (layer index, module name)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.A = {}
+        self.B = {}
+
+    def allocate(self, rank, slots, dtype, device):
+        self.A[rank] = torch.zeros(slots, rank, self.in_features, dtype=dtype, device=device)
+        self.B[rank] = torch.zeros(slots, self.out_features, rank, dtype=dtype, device=device)
+
+    def forward(self, x):
+        out = self.base(x)
+        groups = self.pool.groups
+        if not groups:
+            return out
+        for group in groups:
+            A = self.A.get(group.rank)
+            if A is None:
+                continue
+            xs = x.index_select(0, group.rows)
+            a = A.index_select(0, group.slots)
+            b = self.B[group.rank].index_select(0, group.slots)
+            delta = torch.bmm(torch.bmm(xs, a.transpose(1, 2)), b.transpose(1, 2)) * group.scaling
+            out = out.index_add(0, group.rows, delta.to(out.dtype))
+        return out
+
+
+class SlotPool:
+    """The device slots of one model: which adapter is in which slot, and the buffers behind them.
+
+    ``buckets`` maps a rank to its number of slots, e.g. {8: 32, 16: 16, 64: 4}. Slot ids are global
+    (1..total); id 0 is "no adapter".
+    """
+
+    def __init__(self, model, base_facts: BaseFacts, buckets, target_modules=None):
+        self.buckets = dict(sorted(buckets.items()))
+        self.base_facts = base_facts
+        param = next(model.parameters())
+        self.dtype, self.device = param.dtype, param.device
+        self.groups = []
+        self.layers = {}  # (layer, module) -> SlotLoRALinear
+        self._slot_of = {}  # global slot id -> (rank, local index)
+        next_id = 1
+        for rank, count in self.buckets.items():
+            for local in range(count):
+                self._slot_of[next_id] = (rank, local)
+                next_id += 1
+        self.scaling = torch.zeros(next_id, dtype=torch.float32, device=self.device)
+        self._wrap(model, target_modules or list(base_facts.modules))
+
+    def _wrap(self, model, target_modules):
+        for index, layer in enumerate(model.model.layers):
+            for module in target_modules:
+                block_name = self.base_facts.modules[module][0]
+                block = getattr(layer, block_name)
+                base = getattr(block, module)
+                wrapper = SlotLoRALinear(base, self, (index, module))
+                for rank, count in self.buckets.items():
+                    wrapper.allocate(rank, count, self.dtype, self.device)
+                setattr(block, module, wrapper)
+                self.layers[(index, module)] = wrapper
+
+    @property
+    def capacity(self):
+        return len(self._slot_of)
+
+    def slots_for_rank(self, rank):
+        """Global slot ids of the smallest bucket that fits this rank (larger buckets as fallback)."""
+        return [sid for sid, (r, _) in self._slot_of.items() if r >= rank]
+
+    def bucket_rank(self, slot_id):
+        return self._slot_of[slot_id][0]
+
+    def slot_bytes(self, slot_id):
+        rank = self._slot_of[slot_id][0]
+        per = sum(rank * (w.in_features + w.out_features) for w in self.layers.values())
+        return per * torch.finfo(self.dtype).bits // 8
+
+    @torch.no_grad()
+    def write(self, slot_id, weights, scaling, non_blocking=False):
+        """Copies an adapter into a slot. ``weights`` maps (layer, module) -> (A [r, in], B [out, r]) host
+        tensors; modules the adapter does not target are zeroed."""
+        rank, local = self._slot_of[slot_id]
+        for key, wrapper in self.layers.items():
+            A_slot, B_slot = wrapper.A[rank][local], wrapper.B[rank][local]
+            pair = weights.get(key)
+            if pair is None:
+                A_slot.zero_()
+                B_slot.zero_()
+                continue
+            A, B = pair
+            r = A.shape[0]
+            A_slot[:r].copy_(A, non_blocking=non_blocking)
+            B_slot[:, :r].copy_(B, non_blocking=non_blocking)
+            if r < rank:  # a smaller adapter in a bigger bucket: zero padding keeps the math exact
+                A_slot[r:].zero_()
+                B_slot[:, r:].zero_()
+        self.scaling[slot_id] = scaling
+
+    @torch.no_grad()
+    def clear(self, slot_id):
+        rank, local = self._slot_of[slot_id]
+        for wrapper in self.layers.values():
+            wrapper.A[rank][local].zero_()
+            wrapper.B[rank][local].zero_()
+        self.scaling[slot_id] = 0.0
+
+    def set_rows(self, row_slots):
+        """The batch's row -> global slot id (0 = base only), set once per forward pass."""
+        groups = []
+        by_rank = {}
+        for row, slot_id in enumerate(row_slots):
+            if slot_id:
+                rank, local = self._slot_of[slot_id]
+                by_rank.setdefault(rank, []).append((row, local, slot_id))
+        for rank, members in by_rank.items():
+            rows = torch.tensor([m[0] for m in members], device=self.device)
+            slots = torch.tensor([m[1] for m in members], device=self.device)
+            ids = torch.tensor([m[2] for m in members], device=self.device)
+            groups.append(RowGroup(rank, rows, slots, self.scaling.index_select(0, ids).to(self.dtype)[:, None, None]))
+        self.groups = groups
+
+
+def adapter_weights_from_tensors(tensors, facts):
+    """PEFT tensor names -> {(layer, module): (A, B)} for ``SlotPool.write``."""
+    weights = {}
+    for layer in facts.layers:
+        for module in facts.target_modules:
+            block = "mlp" if module in {"gate_proj", "up_proj", "down_proj"} else "self_attn"
+            prefix = f"base_model.model.model.layers.{layer}.{block}.{module}"
+            weights[(layer, module)] = (tensors[f"{prefix}.lora_A.weight"], tensors[f"{prefix}.lora_B.weight"])
+    return weights
