@@ -3,10 +3,20 @@
 Both sides import this module; it imports neither Django nor torch.
 
 Queues
-- ``node.<name>``: tasks for one runtime node (inference, cancel, prefetch, tier moves: later issues).
+- ``node.<name>``: tasks for one runtime node, by name: ``runtime.infer`` (an InferenceRequest as JSON,
+  see gpu_runtime.requests), ``runtime.prefetch``, ``runtime.set_tier``, ``runtime.evict``,
+  ``runtime.validate``, ``runtime.ping``.
 - ``control``: tasks for the control worker. A node sends ``control.node_heartbeat`` with a Heartbeat
   every ``VAJRA_HEARTBEAT_SECONDS``; the control plane marks a node down after
   ``VAJRA_NODE_DOWN_AFTER_MISSED`` silent beats.
+
+Token transport (Redis)
+- ``vajra:stream:<request_id>``: a Redis Stream per request. Entries have fields ``type`` and ``data``
+  (JSON): ``delta`` {"text"}, then exactly one ``final`` {"finish_reason": stop|length|cancelled|error,
+  "usage": {"prompt_tokens", "completion_tokens"}, "timings": {"queued_ms", "adapter_ready_ms",
+  "first_token_ms", "total_ms"}, "gpu_ms", "error": {"code", "message"} | null}. Streams expire after
+  ``VAJRA_STREAM_TTL_SECONDS``. A reader resumes from the last entry id it saw.
+- ``vajra:cancel:<request_id>``: set (any value) to cancel; the engine drops the row within one step.
 """
 
 from dataclasses import asdict, dataclass, field, fields
@@ -14,6 +24,18 @@ from dataclasses import asdict, dataclass, field, fields
 CONTRACT_VERSION = 1
 CONTROL_QUEUE = "control"
 TASK_NODE_HEARTBEAT = "control.node_heartbeat"
+TASK_INFER = "runtime.infer"
+STREAM_PREFIX = "vajra:stream:"
+CANCEL_PREFIX = "vajra:cancel:"
+FINISH_REASONS = ("stop", "length", "cancelled", "error")
+
+
+def stream_key(request_id):
+    return f"{STREAM_PREFIX}{request_id}"
+
+
+def cancel_key(request_id):
+    return f"{CANCEL_PREFIX}{request_id}"
 
 
 def node_queue(node_name):

@@ -1,0 +1,290 @@
+"""The one owner of every adapter's lifecycle on a node, across tiers (STYLE.md items 11-12):
+
+    object storage --fetch--> node-local disk --validate+read--> host RAM --copy--> device slot
+
+Hot adapters are pinned in a device slot and never evicted; warm ones are kept on disk and in host RAM;
+cold ones live in object storage only. Loading and validating happen off the engine thread (a loader
+thread fills host RAM); the engine thread alone copies into slots. A new adapter is validated before
+anything is evicted, and one that failed is remembered so it fails fast. Every move is timed.
+"""
+
+import logging
+import shutil
+import threading
+import time
+from collections import Counter, OrderedDict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from safetensors.torch import load_file
+
+from .adapter_validation import WEIGHTS_FILE, AdapterRejected, validate_adapter
+from .lora import adapter_weights_from_tensors
+
+log = logging.getLogger("vajra.runtime.adapters")
+
+TIERS = ("hot", "warm", "cold")
+
+
+class NoFreeSlot(RuntimeError):
+    """Every fitting slot holds a pinned or in-use adapter; the request waits for the next step."""
+
+
+@dataclass
+class HostAdapter:
+    key: tuple
+    facts: object
+    weights: dict
+    nbytes: int
+
+
+def adapter_key(ref):
+    return (ref.adapter_id, int(ref.version))
+
+
+class ObjectStore:
+    """Adapter files by URI: ``file://`` or a plain path (the Django storage's filesystem by default)."""
+
+    def local_path(self, uri):
+        parsed = urlparse(uri)
+        if parsed.scheme in ("", "file"):
+            return Path(parsed.path if parsed.scheme else uri)
+        raise AdapterRejected("unsupported_storage", f"object storage scheme {parsed.scheme!r} is not configured")
+
+    def fetch(self, uri, dest):
+        source = self.local_path(uri)
+        if not source.is_dir():
+            raise AdapterRejected("adapter_not_found", f"no adapter files at {uri}")
+        tmp = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp)
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+
+
+class AdapterStore:
+    def __init__(self, pool, base_facts, *, disk_dir, host_budget_bytes=2 << 30, disk_budget_bytes=20 << 30,
+                 eviction_threshold=0.9, object_store=None, max_rank=64):
+        self.pool = pool
+        self.base_facts = base_facts
+        self.disk_dir = Path(disk_dir)
+        self.disk_dir.mkdir(parents=True, exist_ok=True)
+        self.host_budget = host_budget_bytes
+        self.disk_budget = disk_budget_bytes
+        self.eviction_threshold = eviction_threshold
+        self.objects = object_store or ObjectStore()
+        self.max_rank = max_rank
+        self.device = OrderedDict()  # key -> slot id, least recently used first
+        self.host = OrderedDict()  # key -> HostAdapter
+        self.disk = OrderedDict()  # key -> bytes on disk
+        self.pinned = set()
+        self.tiers = {}  # key -> tier asked for
+        self.in_use = Counter()
+        self.failed = {}  # key -> AdapterRejected
+        self.loading = {}  # key -> Future
+        self.moves = deque(maxlen=1000)  # (key, from, to, ms)
+        self.counters = Counter()
+        self._lock = threading.RLock()
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapter-loader")
+        self._pin_memory = pool.device.type == "cuda"
+
+    # ---- state -------------------------------------------------------------------------------------
+    def where(self, key):
+        with self._lock:
+            if key in self.failed:
+                return "failed"
+            for tier, table in (("device", self.device), ("host", self.host), ("disk", self.disk)):
+                if key in table:
+                    return tier
+            return "loading" if key in self.loading else "object"
+
+    def summary(self):
+        with self._lock:
+            return {"device": len(self.device), "host": len(self.host), "disk": len(self.disk),
+                    "pinned": len(self.pinned), "failed": len(self.failed), "slots": self.pool.capacity,
+                    "host_bytes": sum(h.nbytes for h in self.host.values())}
+
+    def _record(self, key, source, target, started):
+        ms = (time.perf_counter() - started) * 1000
+        self.moves.append((key, source, target, ms))
+        self.counters[f"{source}->{target}"] += 1
+        return ms
+
+    # ---- loading to host (loader thread) ---------------------------------------------------------------
+    def prepare(self, ref):
+        """Makes the adapter host-ready in the background; returns a Future of the HostAdapter."""
+        key = adapter_key(ref)
+        with self._lock:
+            if key in self.failed:
+                future = Future()
+                future.set_exception(self.failed[key])
+                return future
+            if key in self.host:
+                self.host.move_to_end(key)
+                future = Future()
+                future.set_result(self.host[key])
+                return future
+            if key not in self.loading:
+                self.tiers.setdefault(key, ref.tier)
+                self.loading[key] = self._loader.submit(self._load_to_host, ref, key)
+            return self.loading[key]
+
+    def _load_to_host(self, ref, key):
+        try:
+            path = self._ensure_disk(ref, key)
+            started = time.perf_counter()
+            facts = validate_adapter(path, self.base_facts, max_rank=self.max_rank)
+            if facts.rank > max(self.pool.buckets):
+                raise AdapterRejected("rank_too_large", f"rank {facts.rank} exceeds this node's largest slot "
+                                      f"bucket {max(self.pool.buckets)}")
+            tensors = load_file(str(path / WEIGHTS_FILE))
+            weights = {}
+            nbytes = 0
+            for module_key, (A, B) in adapter_weights_from_tensors(tensors, facts).items():
+                A, B = A.to(self.pool.dtype).contiguous(), B.to(self.pool.dtype).contiguous()
+                if self._pin_memory:
+                    A, B = A.pin_memory(), B.pin_memory()
+                weights[module_key] = (A, B)
+                nbytes += A.numel() * A.element_size() + B.numel() * B.element_size()
+            adapter = HostAdapter(key, facts, weights, nbytes)
+            with self._lock:
+                self.host[key] = adapter
+                self._record(key, "disk", "host", started)
+                self._trim_host()
+            return adapter
+        except AdapterRejected as exc:
+            with self._lock:
+                self.failed[key] = exc
+            raise
+        finally:
+            with self._lock:
+                self.loading.pop(key, None)
+
+    def _ensure_disk(self, ref, key):
+        path = self.disk_dir / ref.adapter_id / str(ref.version)
+        with self._lock:
+            if key in self.disk and path.is_dir():
+                self.disk.move_to_end(key)
+                return path
+        started = time.perf_counter()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.objects.fetch(ref.uri, path)
+        size = sum(f.stat().st_size for f in path.iterdir())
+        with self._lock:
+            self.disk[key] = size
+            self._record(key, "object", "disk", started)
+            self._trim_disk()
+        return path
+
+    def _trim_host(self):
+        while sum(h.nbytes for h in self.host.values()) > self.host_budget:
+            victim = next((k for k in self.host if k not in self.device and self.tiers.get(k) != "hot"), None)
+            if victim is None:
+                return
+            del self.host[victim]
+            self.counters["host evictions"] += 1
+
+    def _trim_disk(self):
+        while sum(self.disk.values()) > self.disk_budget:
+            victim = next((k for k in self.disk if k not in self.host and self.tiers.get(k) == "cold"), None)
+            if victim is None:
+                return
+            self._drop_disk(victim)
+
+    def _drop_disk(self, key):
+        self.disk.pop(key, None)
+        shutil.rmtree(self.disk_dir / key[0] / str(key[1]), ignore_errors=True)
+
+    # ---- device slots (engine thread only) -------------------------------------------------------------
+    def activate(self, key):
+        """The adapter's slot id, copying it in from host RAM if needed. Raises NoFreeSlot."""
+        with self._lock:
+            if key in self.device:
+                self.device.move_to_end(key)
+                self.counters["device hits"] += 1
+                return self.device[key]
+            adapter = self.host[key]  # the engine only activates host-ready adapters
+            started = time.perf_counter()
+            slot = self._free_slot(adapter.facts.rank)
+            self.pool.write(slot, adapter.weights, adapter.facts.scaling, non_blocking=self._pin_memory)
+            if self._pin_memory:
+                torch.cuda.current_stream().synchronize()
+            self.device[key] = slot
+            self._record(key, "host", "device", started)
+            self._keep_below_threshold()
+            return slot
+
+    def _free_slot(self, rank):
+        fitting = self.pool.slots_for_rank(rank)
+        used = set(self.device.values())
+        free = [s for s in fitting if s not in used]
+        if free:
+            return min(free, key=lambda s: (self.pool.bucket_rank(s), s))  # best fit
+        for key, slot in self.device.items():  # least recently used first
+            if slot in fitting and key not in self.pinned and not self.in_use[key]:
+                self._evict_device(key)
+                return slot
+        raise NoFreeSlot(f"no free slot for rank {rank}: all fitting slots are pinned or in use")
+
+    def _keep_below_threshold(self):
+        limit = int(self.pool.capacity * self.eviction_threshold)
+        for key in list(self.device):
+            if len(self.device) <= limit:
+                return
+            if key not in self.pinned and not self.in_use[key]:
+                self._evict_device(key)
+
+    def _evict_device(self, key):
+        slot = self.device.pop(key)
+        self.pool.clear(slot)
+        self.counters["device evictions"] += 1
+
+    def acquire(self, key):
+        with self._lock:
+            self.in_use[key] += 1
+
+    def release(self, key):
+        with self._lock:
+            self.in_use[key] -= 1
+            if self.in_use[key] <= 0:
+                del self.in_use[key]
+
+    # ---- tier changes -----------------------------------------------------------------------------------
+    def set_tier(self, ref, tier):
+        """hot: pinned on device (activated by the engine); warm: disk + host; cold: object storage only."""
+        if tier not in TIERS:
+            raise ValueError(f"unknown tier {tier!r}")
+        key = adapter_key(ref)
+        with self._lock:
+            self.tiers[key] = tier
+            if tier == "hot":
+                self.pinned.add(key)
+            else:
+                self.pinned.discard(key)
+            if tier == "cold":
+                self.host.pop(key, None)
+                if not self.in_use[key] and key in self.device:
+                    self._evict_device(key)
+                if key not in self.device:
+                    self._drop_disk(key)
+        if tier in ("hot", "warm"):
+            return self.prepare(ref)
+        return None
+
+    def evict(self, key):
+        with self._lock:
+            self.pinned.discard(key)
+            if key in self.device and not self.in_use[key]:
+                self._evict_device(key)
+            self.host.pop(key, None)
+
+    def forget_failure(self, key):
+        """A corrected upload (new version) is a new key anyway; this is for an operator's retry."""
+        with self._lock:
+            self.failed.pop(key, None)
+
+    def shutdown(self):
+        self._loader.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,363 @@
+"""The engine: the only thread that runs forward passes on the node's model.
+
+Continuous mixed-adapter batching: requests join the running batch at step boundaries (after their own
+prefill) and leave as soon as they finish; one decode step serves every row, each with its own adapter
+slot or none (base layer once, each adapter's delta on its rows: gpu_runtime.lora). Rows share one
+left-padded KV cache; position ids and the attention mask keep each row's own positions.
+
+Each step's wall time is attributed to the rows it served (a prefill to its row, a decode step split
+evenly), so the requests' GPU-ms add up to the engine's busy time.
+"""
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from .adapter_store import NoFreeSlot, adapter_key
+from .adapter_validation import AdapterRejected
+from .detokenize import IncrementalText
+from .sampling import sample_token
+
+log = logging.getLogger("vajra.runtime.engine")
+
+
+class RequestError(Exception):
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclass
+class Handle:
+    """A submitted request as the engine and the waiting task see it."""
+
+    request: object
+    submitted: float = field(default_factory=time.perf_counter)
+    done: threading.Event = field(default_factory=threading.Event)
+    result: dict | None = None
+    adapter_future: object = None
+    adapter_ready: float | None = None
+
+    def wait(self, timeout=None):
+        self.done.wait(timeout)
+        return self.result
+
+
+@dataclass
+class Row:
+    handle: Handle
+    key: tuple | None
+    slot: int
+    prompt_tokens: int
+    text: IncrementalText
+    generator: torch.Generator | None
+    last_token: int = 0
+    completion_tokens: int = 0
+    gpu_ms: float = 0.0
+    first_token: float | None = None
+    finish_reason: str | None = None
+    error: dict | None = None
+
+
+class Engine:
+    def __init__(self, base, store, streams, *, max_batch=8, idle_wait_s=0.05):
+        self.base = base
+        self.model, self.tokenizer = base.model, base.tokenizer
+        self.device = torch.device(base.device)
+        self.store = store
+        self.pool = store.pool if store is not None else None
+        self.streams = streams
+        self.max_batch = max_batch
+        self.max_context = getattr(self.model.config, "max_position_embeddings", 2048)
+        self.idle_wait_s = idle_wait_s
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
+        self.eos_ids.discard(None)
+        self._incoming = queue.Queue()
+        self._pending = []
+        self.rows = []
+        self.cache = None
+        self.mask = None  # [rows, kv length] 1 = real token, 0 = left padding
+        self.busy_ms = 0.0
+        self.started = time.perf_counter()
+        self.steps = 0
+        self.tokens_out = 0
+        self._stop = threading.Event()
+        self._thread = None
+
+    # ---- outside the engine thread ------------------------------------------------------------------------
+    def submit(self, request):
+        handle = Handle(request)
+        if request.adapter is not None and self.store is not None:
+            handle.adapter_future = self.store.prepare(request.adapter)
+        self._incoming.put(handle)
+        return handle
+
+    def start(self):
+        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout=10):
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout)
+
+    @property
+    def queue_depth(self):
+        return self._incoming.qsize() + len(self._pending)
+
+    def busy_ratio(self):
+        return self.busy_ms / max(1.0, (time.perf_counter() - self.started) * 1000)
+
+    # ---- the engine thread ----------------------------------------------------------------------------------
+    def _loop(self):
+        while not self._stop.is_set():
+            try:
+                self._admit()
+                if self.rows:
+                    self._check_cancelled()
+                if self.rows:
+                    self._decode_step()
+                elif not self._pending:
+                    try:
+                        self._incoming_to_pending(self._incoming.get(timeout=self.idle_wait_s))
+                    except queue.Empty:
+                        pass
+                else:
+                    time.sleep(0.001)  # waiting on an adapter load
+            except Exception as exc:  # a failed step must not take the node down: fail its rows, go on
+                log.exception("engine step failed")
+                for row in list(self.rows):
+                    self._finish(row, "error", {"code": "engine_error", "message": str(exc)})
+                self._retire()
+
+    def _incoming_to_pending(self, handle):
+        self._pending.append(handle)
+
+    def _admit(self):
+        while True:
+            try:
+                self._pending.append(self._incoming.get_nowait())
+            except queue.Empty:
+                break
+        still = []
+        for handle in self._pending:
+            if len(self.rows) >= self.max_batch:
+                still.append(handle)
+                continue
+            try:
+                if not self._try_join(handle):
+                    still.append(handle)
+            except RequestError as exc:
+                self._fail_unadmitted(handle, exc.code, exc.message)
+            except AdapterRejected as exc:
+                self._fail_unadmitted(handle, exc.code, exc.message)
+        self._pending = still
+
+    def _try_join(self, handle):
+        request = handle.request
+        key, slot = None, 0
+        if request.adapter is not None:
+            if self.store is None:
+                raise RequestError("adapters_unavailable", "this node serves the base model only")
+            future = handle.adapter_future
+            if not future.done():
+                return False
+            future.result()  # raises AdapterRejected for a broken adapter
+            if handle.adapter_ready is None:
+                handle.adapter_ready = time.perf_counter()
+            key = adapter_key(request.adapter)
+            try:
+                slot = self.store.activate(key)
+            except NoFreeSlot:
+                return False
+            handle.adapter_ready = time.perf_counter()
+            self.store.acquire(key)
+        try:
+            self._prefill(handle, key, slot)
+        except Exception:
+            if key is not None:
+                self.store.release(key)
+            raise
+        return True
+
+    def _prompt_ids(self, request):
+        if request.messages:
+            ids = self.tokenizer.apply_chat_template(list(request.messages), add_generation_prompt=True,
+                                                     return_dict=False, tokenize=True)
+            ids = ids["input_ids"] if isinstance(ids, dict) else ids
+        else:
+            ids = self.tokenizer(request.prompt).input_ids
+        if len(ids) + request.sampling.max_tokens > self.max_context:
+            raise RequestError("context_length_exceeded",
+                               f"prompt ({len(ids)} tokens) + max_tokens ({request.sampling.max_tokens}) exceeds "
+                               f"the context of {self.max_context} tokens; shorten the prompt or lower max_tokens")
+        return list(ids)
+
+    def _prefill(self, handle, key, slot):
+        request = handle.request
+        ids = self._prompt_ids(request)
+        seed = request.sampling.seed
+        generator = None
+        if request.sampling.temperature > 0:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(seed if seed is not None else int.from_bytes(request.request_id.encode()[-8:], "big"))
+        row = Row(handle, key, slot, len(ids), IncrementalText(self.tokenizer, request.sampling.stop), generator)
+        started = time.perf_counter()
+        cache = DynamicCache()
+        if self.pool is not None:
+            self.pool.set_rows([slot])
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([ids], device=self.device), past_key_values=cache, use_cache=True)
+        logits = out.logits[0, -1].float()
+        row.gpu_ms += self._busy(started)
+        self._merge(cache, len(ids))
+        self.rows.append(row)
+        self._accept_token(row, sample_token(logits, request.sampling, generator))
+        self._retire()
+
+    def _merge(self, cache, length):
+        """Adds a prefilled row's cache to the batch cache, left-padding whichever is shorter."""
+        row_mask = torch.ones(1, length, dtype=torch.long, device=self.device)
+        if self.cache is None or not self.rows:
+            self.cache, self.mask = cache, row_mask
+            return
+        total = max(self.mask.shape[1], length)
+        self._left_pad(self.cache, total - self.mask.shape[1])
+        self._left_pad(cache, total - length)
+        self.mask = torch.cat([_pad_left(self.mask, total), _pad_left(row_mask, total)])
+        for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
+            mine.keys = torch.cat([mine.keys, theirs.keys])
+            mine.values = torch.cat([mine.values, theirs.values])
+
+    @staticmethod
+    def _left_pad(cache, pad):
+        if pad <= 0:
+            return
+        for layer in cache.layers:
+            zeros = layer.keys.new_zeros(*layer.keys.shape[:2], pad, layer.keys.shape[3])
+            layer.keys = torch.cat([zeros, layer.keys], dim=2)
+            layer.values = torch.cat([zeros.clone(), layer.values], dim=2)
+
+    def _decode_step(self):
+        started = time.perf_counter()
+        ids = torch.tensor([[row.last_token] for row in self.rows], device=self.device)
+        positions = self.mask.sum(dim=1, keepdim=True)
+        mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
+        if self.pool is not None:
+            self.pool.set_rows([row.slot for row in self.rows])
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                             past_key_values=self.cache, use_cache=True)
+        self.mask = mask
+        logits = out.logits[:, -1].float()
+        share = self._busy(started) / len(self.rows)
+        self.steps += 1
+        for i, row in enumerate(self.rows):
+            row.gpu_ms += share
+            self._accept_token(row, sample_token(logits[i], row.handle.request.sampling, row.generator))
+        self._retire()
+
+    def _busy(self, started):
+        ms = (time.perf_counter() - started) * 1000
+        self.busy_ms += ms
+        return ms
+
+    def _accept_token(self, row, token):
+        row.last_token = token
+        if row.first_token is None:
+            row.first_token = time.perf_counter()
+        if token in self.eos_ids:
+            self._finish(row, "stop")
+            return
+        row.completion_tokens += 1
+        self.tokens_out += 1
+        delta = row.text.add(token)
+        if delta:
+            self.streams.delta(row.handle.request.request_id, delta)
+        if row.text.stopped:
+            self._finish(row, "stop")
+        elif row.completion_tokens >= row.handle.request.sampling.max_tokens:
+            self._finish(row, "length")
+
+    def _check_cancelled(self):
+        cancelled = self.streams.cancelled([row.handle.request.request_id for row in self.rows])
+        for row in self.rows:
+            if row.handle.request.request_id in cancelled:
+                self._finish(row, "cancelled")
+        self._retire()
+
+    def _finish(self, row, reason, error=None):
+        if row.finish_reason is None:
+            row.finish_reason, row.error = reason, error
+
+    def _retire(self):
+        """Removes finished rows from the batch and sends their final events."""
+        keep = [i for i, row in enumerate(self.rows) if row.finish_reason is None]
+        if len(keep) == len(self.rows):
+            return
+        done = [row for row in self.rows if row.finish_reason is not None]
+        self.rows = [self.rows[i] for i in keep]
+        if self.rows:
+            index = torch.tensor(keep, device=self.device)
+            self.cache.batch_select_indices(index)
+            self.mask = self.mask.index_select(0, index)
+            first = int(self.mask.any(dim=0).nonzero()[0])  # columns that are padding for every row
+            if first:
+                self.mask = self.mask[:, first:]
+                for layer in self.cache.layers:
+                    layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+        else:
+            self.cache = self.mask = None
+        for row in done:
+            self._send_final(row)
+
+    def _send_final(self, row):
+        handle, now = row.handle, time.perf_counter()
+        if row.finish_reason != "error":
+            tail = row.text.finish()
+            if tail:
+                self.streams.delta(handle.request.request_id, tail)
+        if row.key is not None:
+            self.store.release(row.key)
+        self._deliver(handle, {
+            "finish_reason": row.finish_reason,
+            "usage": {"prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens},
+            "timings": {
+                "queued_ms": _ms(handle.submitted, handle.adapter_ready or handle.submitted),
+                "adapter_ready_ms": _ms(handle.submitted, handle.adapter_ready) if handle.adapter_ready else 0.0,
+                "first_token_ms": _ms(handle.submitted, row.first_token) if row.first_token else None,
+                "total_ms": _ms(handle.submitted, now),
+            },
+            "gpu_ms": round(row.gpu_ms, 3),
+            "error": row.error,
+        })
+
+    def _fail_unadmitted(self, handle, code, message):
+        self._deliver(handle, {
+            "finish_reason": "error", "usage": {"prompt_tokens": 0, "completion_tokens": 0},
+            "timings": {"queued_ms": _ms(handle.submitted, time.perf_counter()), "adapter_ready_ms": 0.0,
+                        "first_token_ms": None, "total_ms": _ms(handle.submitted, time.perf_counter())},
+            "gpu_ms": 0.0, "error": {"code": code, "message": message},
+        })
+
+    def _deliver(self, handle, final):
+        try:
+            self.streams.final(handle.request.request_id, final)
+        finally:
+            handle.result = final
+            handle.done.set()
+
+
+def _pad_left(mask, total):
+    pad = total - mask.shape[1]
+    return torch.cat([mask.new_zeros(mask.shape[0], pad), mask], dim=1) if pad > 0 else mask
+
+
+def _ms(start, end):
+    return round((end - start) * 1000, 3)

@@ -1,0 +1,60 @@
+"""Writes each request's events to its Redis Stream and reads cancel flags (see contract.py)."""
+
+import json
+
+import redis
+
+from .contract import cancel_key, stream_key
+
+
+class StreamWriter:
+    def __init__(self, client: redis.Redis, ttl_seconds=3600):
+        self.redis = client
+        self.ttl = ttl_seconds
+
+    @classmethod
+    def from_url(cls, url, ttl_seconds=3600):
+        return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2), ttl_seconds)
+
+    def _add(self, request_id, event_type, data):
+        key = stream_key(request_id)
+        pipe = self.redis.pipeline()
+        pipe.xadd(key, {"type": event_type, "data": json.dumps(data)})
+        pipe.expire(key, self.ttl)
+        pipe.execute()
+
+    def delta(self, request_id, text):
+        self._add(request_id, "delta", {"text": text})
+
+    def final(self, request_id, payload):
+        self._add(request_id, "final", payload)
+
+    def final_event(self, request_id):
+        """The request's final event if it already finished (a redelivered task must not run it twice)."""
+        entries = self.redis.xrevrange(stream_key(request_id), count=1)
+        if entries:
+            fields = entries[0][1]
+            if fields.get(b"type") == b"final":
+                return json.loads(fields[b"data"])
+        return None
+
+    def cancelled(self, request_ids):
+        if not request_ids:
+            return set()
+        flags = self.redis.mget([cancel_key(r) for r in request_ids])
+        return {r for r, flag in zip(request_ids, flags, strict=True) if flag is not None}
+
+
+def read_events(client, request_id, last_id="0", block_ms=5000):
+    """Yields (entry id, type, data) from a request's stream until its final event (for tests and tools)."""
+    key = stream_key(request_id)
+    while True:
+        result = client.xread({key: last_id}, block=block_ms, count=100)
+        if not result:
+            raise TimeoutError(f"no event on {key} within {block_ms} ms")
+        for entry_id, fields in result[0][1]:
+            last_id = entry_id
+            event_type = fields[b"type"].decode()
+            yield entry_id.decode(), event_type, json.loads(fields[b"data"])
+            if event_type == "final":
+                return

@@ -1,0 +1,159 @@
+"""The engine on a tiny Llama: mixed-adapter continuous batching matches PEFT alone per adapter, rows join
+and leave at step boundaries, events land on real Redis Streams, GPU-ms adds up, cancel works."""
+
+import copy
+import os
+import uuid
+
+import pytest
+import redis
+import torch
+from peft import PeftModel
+
+from gpu_runtime.adapter_store import AdapterStore
+from gpu_runtime.contract import cancel_key
+from gpu_runtime.engine import Engine
+from gpu_runtime.lora import SlotPool
+from gpu_runtime.requests import AdapterRef, InferenceRequest, SamplingParams
+from gpu_runtime.streams import StreamWriter, read_events
+from tests.runtime_fixtures import BASE_FACTS, EOS, make_adapter, tiny_base, tiny_base_model, words
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory):
+    base = tiny_base()
+    root = tmp_path_factory.mktemp("objects")
+    specs = [(4, ("q_proj", "v_proj")), (8, ("q_proj", "k_proj", "o_proj")), (2, ("gate_proj", "down_proj")),
+             (16, ("v_proj", "up_proj"))]
+    return base, [make_adapter(base, root / f"a{i}", seed=10 + i, r=r, targets=t) for i, (r, t) in enumerate(specs)]
+
+
+@pytest.fixture
+def redis_client():
+    return redis.Redis.from_url(os.environ["REDIS_URL"])
+
+
+@pytest.fixture
+def engine(adapters, tmp_path, redis_client):
+    base, _ = adapters
+    model = copy.deepcopy(base)
+    pool = SlotPool(model, BASE_FACTS, buckets={4: 2, 8: 2, 16: 2})
+    store = AdapterStore(pool, BASE_FACTS, disk_dir=tmp_path / "disk")
+    engine = Engine(tiny_base_model(model), store, StreamWriter(redis_client, ttl_seconds=60), max_batch=8)
+    engine.start()
+    yield engine
+    engine.stop()
+    store.shutdown()
+
+
+def reference_tokens(base, adapter_path, prompt_ids, n):
+    model = PeftModel.from_pretrained(copy.deepcopy(base), adapter_path).eval() if adapter_path else base
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False, min_new_tokens=0)
+    tokens = out[0, len(prompt_ids):].tolist()
+    return tokens[: tokens.index(EOS)] if EOS in tokens else tokens
+
+
+def request(prompt_ids, adapter=None, **sampling):
+    return InferenceRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=words(prompt_ids), adapter=adapter,
+                            sampling=SamplingParams(**{"max_tokens": 32, **sampling}))
+
+
+def ref(path, i):
+    return AdapterRef(adapter_id=f"adapter-{i}", version=1, uri=str(path))
+
+
+def streamed_text(client, request_id):
+    deltas, final = [], None
+    for _, kind, data in read_events(client, request_id):
+        if kind == "delta":
+            deltas.append(data["text"])
+        else:
+            final = data
+    return "".join(deltas), final
+
+
+def test_mixed_adapter_batch_matches_peft_alone(engine, adapters, redis_client):
+    base, paths = adapters
+    prompts = [[5 + i, 17, 33 + i, 9] for i in range(len(paths) + 1)]
+    handles = [engine.submit(request(prompts[i], ref(p, i))) for i, p in enumerate(paths)]
+    handles.append(engine.submit(request(prompts[-1])))  # a base-only row in the same batch
+    for handle in handles:
+        assert handle.wait(120) is not None
+    for i, handle in enumerate(handles):
+        path = paths[i] if i < len(paths) else None
+        expected = reference_tokens(base, path, prompts[i], 32)
+        text, final = streamed_text(redis_client, handle.request.request_id)
+        assert text.split() == [f"t{t}" for t in expected], f"row {i}"
+        assert final["finish_reason"] == ("length" if len(expected) == 32 else "stop")
+        assert final["usage"] == {"prompt_tokens": 4, "completion_tokens": len(expected)}
+        assert final["timings"]["first_token_ms"] <= final["timings"]["total_ms"]
+    assert engine.steps < sum(h.result["usage"]["completion_tokens"] for h in handles)  # rows shared steps
+
+
+def test_gpu_ms_adds_up_to_busy_time(engine, adapters):
+    _, paths = adapters
+    before = engine.busy_ms
+    handles = [engine.submit(request([7, 8, 9 + i], ref(paths[i % 4], i % 4), max_tokens=8 + 3 * i))
+               for i in range(6)]
+    results = [h.wait(120) for h in handles]
+    attributed = sum(r["gpu_ms"] for r in results)
+    assert attributed == pytest.approx(engine.busy_ms - before, rel=0.01)
+
+
+def test_rows_join_a_running_batch_and_leave_when_done(engine):
+    long = engine.submit(request([3, 4, 5], max_tokens=60, temperature=0.8, seed=1))
+    while engine.tokens_out == 0 or not engine.rows:
+        pass
+    short = engine.submit(request([6, 7, 8, 9, 10, 11], max_tokens=3, temperature=0.8, seed=2))
+    short_result = short.wait(60)
+    assert short_result["usage"]["completion_tokens"] <= 3
+    assert not long.done.is_set() or long.result["usage"]["completion_tokens"] > 3
+    long.wait(60)
+
+
+def test_seeded_sampling_is_reproducible(engine, redis_client):
+    first = engine.submit(request([9, 9, 9], temperature=1.0, top_p=0.9, top_k=50, seed=42, max_tokens=16))
+    second = engine.submit(request([9, 9, 9], temperature=1.0, top_p=0.9, top_k=50, seed=42, max_tokens=16))
+    first.wait(60), second.wait(60)
+    assert streamed_text(redis_client, first.request.request_id)[0] == \
+        streamed_text(redis_client, second.request.request_id)[0]
+
+
+def test_stop_sequences_end_the_text_before_the_stop(engine, adapters, redis_client):
+    base, _ = adapters
+    expected = reference_tokens(base, None, [5, 6, 7], 32)
+    assert len(expected) >= 4
+    full = words(expected)
+    stop = " " + words(expected[2:4])
+    handle = engine.submit(request([5, 6, 7], stop=[stop]))
+    text, final = streamed_text(redis_client, handle.request.request_id)
+    assert final["finish_reason"] == "stop"
+    assert text == full[: full.find(stop)] and stop not in text
+
+
+def test_cancel_removes_the_row_within_a_step(engine, redis_client):
+    handle = engine.submit(request([1, 2, 3], max_tokens=200, temperature=1.0, seed=3))
+    while handle.request.request_id not in [r.handle.request.request_id for r in engine.rows]:
+        pass
+    redis_client.set(cancel_key(handle.request.request_id), 1, ex=60)
+    result = handle.wait(30)
+    assert result["finish_reason"] == "cancelled" and result["usage"]["completion_tokens"] < 200
+
+
+def test_bad_requests_get_typed_errors_and_the_engine_keeps_serving(engine, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_model.bin").write_bytes(b"pickle")
+    bad = engine.submit(request([1, 2], AdapterRef("broken", 1, str(broken))))
+    missing = engine.submit(request([1, 2], AdapterRef("missing", 1, str(tmp_path / "nowhere"))))
+    too_long = engine.submit(request([1] * 250, max_tokens=32))
+    fine = engine.submit(request([4, 5, 6], max_tokens=4))
+    assert bad.wait(30)["error"]["code"] == "pickle_refused"
+    assert missing.wait(30)["error"]["code"] == "adapter_not_found"
+    assert too_long.wait(30)["error"]["code"] == "context_length_exceeded"
+    assert fine.wait(30)["finish_reason"] in {"length", "stop"}
+    # a broken adapter fails fast the second time, from memory
+    again = engine.submit(request([1, 2], AdapterRef("broken", 1, str(broken))))
+    assert again.wait(30)["error"]["code"] == "pickle_refused"
+    assert engine.store.where(("broken", 1)) == "failed"
