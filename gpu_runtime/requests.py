@@ -21,20 +21,23 @@ class SamplingParams:
         def bad(name, why):
             raise ContractError(f"{name}: {why}")
 
-        if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool) or not 1 <= self.max_tokens <= 8192:
+        def is_int(value):
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        if not is_int(self.max_tokens) or not 1 <= self.max_tokens <= 8192:
             bad("max_tokens", "must be an integer in 1..8192")
         if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature <= 2:
             bad("temperature", "must be a number in 0..2")
         if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
             bad("top_p", "must be a number in (0, 1]")
-        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
+        if not is_int(self.top_k) or self.top_k < 0:
             bad("top_k", "must be a non-negative integer")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+        if self.seed is not None and not is_int(self.seed):
             bad("seed", "must be an integer")
         stops = self.stop
         if not isinstance(stops, (list, tuple)) or len(stops) > MAX_STOP_SEQUENCES or not all(
                 isinstance(s, str) and 0 < len(s) <= MAX_STOP_LENGTH for s in stops):
-            bad("stop", f"must be at most {MAX_STOP_SEQUENCES} non-empty strings of at most {MAX_STOP_LENGTH} characters")
+            bad("stop", f"must be at most {MAX_STOP_SEQUENCES} non-empty strings of at most {MAX_STOP_LENGTH} chars")
         object.__setattr__(self, "stop", tuple(stops))
 
 
