@@ -22,6 +22,7 @@ class RowGroup:
     """Rows of the batch whose adapters sit in one rank bucket."""
 
     rank: int
+    modules: frozenset  # module names any of these rows' adapters target (others are skipped)
     rows: torch.Tensor  # row indices in the batch
     slots: torch.Tensor  # local slot index in the bucket, one per row
     scaling: torch.Tensor  # alpha / r per row, shaped for broadcasting [rows, 1, 1]
@@ -48,7 +49,7 @@ class SlotLoRALinear(nn.Module):
             return out
         for group in groups:
             A = self.A.get(group.rank)
-            if A is None:
+            if A is None or self.name[1] not in group.modules:
                 continue
             xs = x.index_select(0, group.rows)
             a = A.index_select(0, group.slots)
@@ -72,6 +73,7 @@ class SlotPool:
         self.dtype, self.device = param.dtype, param.device
         self.groups = []
         self.layers = {}  # (layer, module) -> SlotLoRALinear
+        self.slot_modules = {}  # global slot id -> module names its adapter targets
         self._slot_of = {}  # global slot id -> (rank, local index)
         next_id = 1
         for rank, count in self.buckets.items():
@@ -88,8 +90,6 @@ class SlotPool:
                 block = getattr(layer, block_name)
                 base = getattr(block, module)
                 wrapper = SlotLoRALinear(base, self, (index, module))
-                for rank, count in self.buckets.items():
-                    wrapper.allocate(rank, count, self.dtype, self.device)
                 setattr(block, module, wrapper)
                 self.layers[(index, module)] = wrapper
 
@@ -104,19 +104,23 @@ class SlotPool:
     def bucket_rank(self, slot_id):
         return self._slot_of[slot_id][0]
 
-    def slot_bytes(self, slot_id):
-        rank = self._slot_of[slot_id][0]
-        per = sum(rank * (w.in_features + w.out_features) for w in self.layers.values())
-        return per * torch.finfo(self.dtype).bits // 8
+    def allocated_bytes(self):
+        return sum(t.numel() * t.element_size() for w in self.layers.values() for d in (w.A, w.B)
+                   for t in d.values())
 
     @torch.no_grad()
     def write(self, slot_id, weights, scaling, non_blocking=False):
         """Copies an adapter into a slot. ``weights`` maps (layer, module) -> (A [r, in], B [out, r]) host
-        tensors; modules the adapter does not target are zeroed."""
+        tensors; modules the adapter does not target are zeroed. Buffers of a (bucket, module) pair are
+        allocated the first time an adapter targets that module, so q/v-only adapters cost q/v memory."""
         rank, local = self._slot_of[slot_id]
         for key, wrapper in self.layers.items():
-            A_slot, B_slot = wrapper.A[rank][local], wrapper.B[rank][local]
             pair = weights.get(key)
+            if rank not in wrapper.A:
+                if pair is None:
+                    continue
+                wrapper.allocate(rank, self.buckets[rank], self.dtype, self.device)
+            A_slot, B_slot = wrapper.A[rank][local], wrapper.B[rank][local]
             if pair is None:
                 A_slot.zero_()
                 B_slot.zero_()
@@ -129,14 +133,17 @@ class SlotPool:
                 A_slot[r:].zero_()
                 B_slot[:, r:].zero_()
         self.scaling[slot_id] = scaling
+        self.slot_modules[slot_id] = frozenset(module for _, module in weights)
 
     @torch.no_grad()
     def clear(self, slot_id):
         rank, local = self._slot_of[slot_id]
         for wrapper in self.layers.values():
-            wrapper.A[rank][local].zero_()
-            wrapper.B[rank][local].zero_()
+            if rank in wrapper.A:
+                wrapper.A[rank][local].zero_()
+                wrapper.B[rank][local].zero_()
         self.scaling[slot_id] = 0.0
+        self.slot_modules.pop(slot_id, None)
 
     def set_rows(self, row_slots):
         """The batch's row -> global slot id (0 = base only), set once per forward pass."""
@@ -150,7 +157,9 @@ class SlotPool:
             rows = torch.tensor([m[0] for m in members], device=self.device)
             slots = torch.tensor([m[1] for m in members], device=self.device)
             ids = torch.tensor([m[2] for m in members], device=self.device)
-            groups.append(RowGroup(rank, rows, slots, self.scaling.index_select(0, ids).to(self.dtype)[:, None, None]))
+            modules = frozenset().union(*(self.slot_modules.get(m[2], ()) for m in members))
+            scaling = self.scaling.index_select(0, ids).to(self.dtype)[:, None, None]
+            groups.append(RowGroup(rank, modules, rows, slots, scaling))
         self.groups = groups
 
 
