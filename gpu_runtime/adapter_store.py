@@ -199,12 +199,15 @@ class AdapterStore:
         shutil.rmtree(self.disk_dir / key[0] / str(key[1]), ignore_errors=True)
 
     # ---- device slots (engine thread only) -------------------------------------------------------------
-    def activate(self, key):
-        """The adapter's slot id, copying it in from host RAM if needed. Raises NoFreeSlot."""
+    def activate(self, key, acquire=True):
+        """The adapter's slot id, copying it in from host RAM if needed, and (``acquire``) held for a row
+        until ``release``: a held adapter is never evicted. Raises NoFreeSlot."""
         with self._lock:
             if key in self.device:
                 self.device.move_to_end(key)
                 self.counters["device hits"] += 1
+                if acquire:
+                    self.in_use[key] += 1
                 return self.device[key]
             adapter = self.host[key]  # the engine only activates host-ready adapters
             started = time.perf_counter()
@@ -213,8 +216,10 @@ class AdapterStore:
             if self._pin_memory:
                 torch.cuda.current_stream().synchronize()
             self.device[key] = slot
+            if acquire:
+                self.in_use[key] += 1
             self._record(key, "host", "device", started)
-            self._keep_below_threshold()
+            self._keep_below_threshold(keep=key)
             return slot
 
     def _free_slot(self, rank):
@@ -229,22 +234,19 @@ class AdapterStore:
                 return slot
         raise NoFreeSlot(f"no free slot for rank {rank}: all fitting slots are pinned or in use")
 
-    def _keep_below_threshold(self):
+    def _keep_below_threshold(self, keep):
+        """Past LRU_EVICTION_THRESHOLD of the slots, evicts least recently used idle adapters to host RAM."""
         limit = int(self.pool.capacity * self.eviction_threshold)
         for key in list(self.device):
             if len(self.device) <= limit:
                 return
-            if key not in self.pinned and not self.in_use[key]:
+            if key != keep and key not in self.pinned and not self.in_use[key]:
                 self._evict_device(key)
 
     def _evict_device(self, key):
         slot = self.device.pop(key)
         self.pool.clear(slot)
         self.counters["device evictions"] += 1
-
-    def acquire(self, key):
-        with self._lock:
-            self.in_use[key] += 1
 
     def release(self, key):
         with self._lock:

@@ -153,7 +153,8 @@ def validate_adapter(directory, base, *, max_rank=MAX_LORA_RANK, max_weights_byt
     if str(config.get("peft_type", "")).upper() != "LORA":
         raise AdapterRejected("not_lora", f"peft_type is {config.get('peft_type')!r}; only LORA adapters are served.")
     claimed = config.get("base_model_name_or_path")
-    if claimed and claimed != base.name and claimed not in base.aliases:
+    # PEFT records the path the base was loaded from; a path inside our model store names the model too.
+    if claimed and claimed not in (base.name, *base.aliases) and base.name not in Path(str(claimed)).parts:
         raise AdapterRejected("base_mismatch", f"The adapter was trained for {claimed!r}, not {base.name!r}; "
                               "train it on this base model.")
     rank = config.get("r")

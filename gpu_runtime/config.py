@@ -27,6 +27,30 @@ def _int(name, default, minimum=1):
     return value
 
 
+def _buckets(raw):
+    """"8:16,16:8" -> {8: 16, 16: 8}: slot rank buckets and their slot counts."""
+    try:
+        buckets = {int(r): int(n) for r, n in (item.split(":") for item in raw.split(",") if item.strip())}
+    except ValueError:
+        raise ConfigError(f"VAJRA_SLOT_BUCKETS={raw!r}: use rank:slots pairs, e.g. 8:16,16:8,64:2") from None
+    if not buckets or any(r < 1 or n < 1 for r, n in buckets.items()):
+        raise ConfigError(f"VAJRA_SLOT_BUCKETS={raw!r}: ranks and slot counts must be positive")
+    return buckets
+
+
+def _float(name, default, low, high):
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number.") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is outside [{low}, {high}].")
+    return value
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     node_name: str
@@ -36,6 +60,14 @@ class RuntimeConfig:
     device: str  # "auto", "cpu", "cuda", "cuda:1"
     dtype: str  # "auto", "float32", "bfloat16", "float16"
     heartbeat_seconds: int
+    slot_buckets: dict
+    max_batch: int
+    stream_ttl_seconds: int
+    adapter_cache_dir: Path
+    host_budget_bytes: int
+    disk_budget_bytes: int
+    eviction_threshold: float
+    max_lora_rank: int
 
     @classmethod
     def from_env(cls):
@@ -54,4 +86,13 @@ class RuntimeConfig:
             device=os.environ.get("VAJRA_DEVICE", "auto").strip() or "auto",
             dtype=dtype,
             heartbeat_seconds=_int("VAJRA_HEARTBEAT_SECONDS", 5),
+            # VAJRA paper Table 6: MAX_VRAM_ADAPTERS=100 device slots over all buckets
+            slot_buckets=_buckets(os.environ.get("VAJRA_SLOT_BUCKETS", "").strip() or "8:64,16:24,32:8,64:4"),
+            max_batch=_int("VAJRA_MAX_BATCH", 8),
+            stream_ttl_seconds=_int("VAJRA_STREAM_TTL_SECONDS", 3600),
+            adapter_cache_dir=Path(os.environ.get("VAJRA_ADAPTER_CACHE") or var_dir / "adapter-cache" / name),
+            host_budget_bytes=_int("VAJRA_HOST_ADAPTER_BYTES", 2 << 30),
+            disk_budget_bytes=_int("VAJRA_DISK_ADAPTER_BYTES", 20 << 30),
+            eviction_threshold=_float("VAJRA_LRU_EVICTION_THRESHOLD", 0.9, 0.1, 1.0),
+            max_lora_rank=_int("VAJRA_MAX_LORA_RANK", 64),
         )

@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
@@ -79,6 +80,7 @@ class Engine:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
         self.eos_ids.discard(None)
         self._incoming = queue.Queue()
+        self._calls = queue.Queue()  # functions to run on the engine thread between steps
         self._pending = []
         self.rows = []
         self.cache = None
@@ -97,6 +99,24 @@ class Engine:
             handle.adapter_future = self.store.prepare(request.adapter)
         self._incoming.put(handle)
         return handle
+
+    def call(self, fn):
+        """Runs ``fn`` on the engine thread at the next step boundary; returns a Future of its result.
+        Slot writes (pinning a hot adapter, eviction) must happen there, never beside a forward pass."""
+        future = Future()
+        self._calls.put((fn, future))
+        return future
+
+    def _run_calls(self):
+        while True:
+            try:
+                fn, future = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                future.set_result(fn())
+            except Exception as exc:  # handed to the caller
+                future.set_exception(exc)
 
     def start(self):
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
@@ -118,6 +138,7 @@ class Engine:
     def _loop(self):
         while not self._stop.is_set():
             try:
+                self._run_calls()
                 self._admit()
                 if self.rows:
                     self._check_cancelled()
@@ -157,6 +178,9 @@ class Engine:
                 self._fail_unadmitted(handle, exc.code, exc.message)
             except AdapterRejected as exc:
                 self._fail_unadmitted(handle, exc.code, exc.message)
+            except Exception as exc:  # this request only: the others keep being served
+                log.exception("request %s failed at admission", handle.request.request_id)
+                self._fail_unadmitted(handle, "engine_error", str(exc))
         self._pending = still
 
     def _try_join(self, handle):
@@ -177,7 +201,6 @@ class Engine:
             except NoFreeSlot:
                 return False
             handle.adapter_ready = time.perf_counter()
-            self.store.acquire(key)
         try:
             self._prefill(handle, key, slot)
         except Exception:

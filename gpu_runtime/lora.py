@@ -114,6 +114,9 @@ class SlotPool:
         tensors; modules the adapter does not target are zeroed. Buffers of a (bucket, module) pair are
         allocated the first time an adapter targets that module, so q/v-only adapters cost q/v memory."""
         rank, local = self._slot_of[slot_id]
+        too_big = max((a.shape[0] for a, _ in weights.values()), default=0)
+        if too_big > rank:
+            raise ValueError(f"an adapter of rank {too_big} does not fit slot {slot_id} (bucket rank {rank})")
         for key, wrapper in self.layers.items():
             pair = weights.get(key)
             if rank not in wrapper.A:

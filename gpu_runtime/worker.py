@@ -17,7 +17,7 @@ from celery import Celery, signals
 from kombu import Queue
 
 from .config import RuntimeConfig
-from .contract import CONTROL_QUEUE, TASK_NODE_HEARTBEAT, Heartbeat, node_queue
+from .contract import CONTROL_QUEUE, TASK_INFER, TASK_NODE_HEARTBEAT, ContractError, Heartbeat, node_queue
 from .redis_url import celery_url
 
 log = logging.getLogger("vajra.runtime.worker")
@@ -51,8 +51,9 @@ class Node:
     def __init__(self, config):
         self.config = config
         self.started_at = datetime.now(UTC).isoformat()
-        self.base = None
+        self.base = self.store = self.engine = None
         self.load_error = None
+        self.ready = threading.Event()
         self._stop = threading.Event()
         self._threads = []
 
@@ -64,15 +65,24 @@ class Node:
 
     def stop(self):
         self._stop.set()
+        if self.engine:
+            self.engine.stop()
+        if self.store:
+            self.store.shutdown()
+
+    def require_engine(self, timeout=600):
+        if not self.ready.wait(timeout) or self.engine is None:
+            raise RuntimeError(f"node {self.config.node_name} has no engine: {self.load_error or 'still loading'}")
+        return self.engine
 
     def _load(self):
-        from .base_model import load_base_model
-
         try:
-            self.base = load_base_model(self.config)
+            self.base, self.store, self.engine = build_engine(self.config)
+            self.engine.start()
         except Exception as exc:
             self.load_error = str(exc)
             log.exception("base model failed to load")
+        self.ready.set()
         self.send_heartbeat()
 
     def heartbeat(self):
@@ -93,6 +103,9 @@ class Node:
             dtype=dtype,
             model_loaded=self.base is not None,
             memory=memory,
+            adapters=self.store.summary() if self.store else {},
+            queue_depth=self.engine.queue_depth + len(self.engine.rows) if self.engine else 0,
+            busy_ratio=round(self.engine.busy_ratio(), 4) if self.engine else 0.0,
         )
 
     def send_heartbeat(self):
@@ -107,6 +120,28 @@ class Node:
             self.send_heartbeat()
 
 
+def build_engine(config):
+    """Frozen Core + slot pool + adapter store + engine, from the model store."""
+    from .adapter_store import AdapterStore
+    from .adapter_validation import BaseFacts
+    from .base_model import load_base_model
+    from .engine import Engine
+    from .lora import SlotPool
+    from .streams import StreamWriter
+
+    base = load_base_model(config)
+    facts = BaseFacts.from_manifest(base.manifest, aliases=HF_ALIASES.get(config.base_model, ()))
+    pool = SlotPool(base.model, facts, config.slot_buckets)
+    store = AdapterStore(pool, facts, disk_dir=config.adapter_cache_dir, host_budget_bytes=config.host_budget_bytes,
+                         disk_budget_bytes=config.disk_budget_bytes, eviction_threshold=config.eviction_threshold,
+                         max_rank=config.max_lora_rank)
+    streams = StreamWriter.from_url(config.redis_url, ttl_seconds=config.stream_ttl_seconds)
+    return base, store, Engine(base, store, streams, max_batch=config.max_batch)
+
+
+# Names adapters trained elsewhere carry in base_model_name_or_path for the same weights.
+HF_ALIASES = {"smollm2-135m-instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct",)}
+
 node = Node(config)
 
 
@@ -118,6 +153,87 @@ def _on_worker_ready(**_):
 @signals.worker_shutdown.connect
 def _on_worker_shutdown(**_):
     node.stop()
+
+
+def _error(code, message):
+    return {"finish_reason": "error", "error": {"code": code, "message": message}}
+
+
+@app.task(name=TASK_INFER, acks_late=True)
+def infer(payload):
+    """Runs one inference request to its end; its tokens go to the request's Redis Stream."""
+    from .requests import InferenceRequest
+
+    try:
+        request = InferenceRequest.from_json(payload)
+    except ContractError as exc:
+        result = _error("invalid_request", str(exc))
+        if isinstance(payload, dict) and isinstance(payload.get("request_id"), str):
+            _streams().final(payload["request_id"], result)
+        return result
+    finished = _streams().final_event(request.request_id)
+    if finished is not None:  # redelivered after it already ran: do nothing twice
+        return finished
+    return node.require_engine().submit(request).wait()
+
+
+@app.task(name="runtime.prefetch")
+def prefetch(adapter):
+    """Moves an adapter to this node's disk and host RAM ahead of its requests."""
+    from .requests import AdapterRef
+
+    ref = AdapterRef(**adapter)
+    node.require_engine()
+    node.store.prepare(ref).result(timeout=120)
+    return {"where": node.store.where((ref.adapter_id, ref.version))}
+
+
+@app.task(name="runtime.set_tier")
+def set_tier(adapter, tier):
+    """hot: pinned in a device slot; warm: disk + host RAM; cold: object storage only."""
+    from .adapter_store import adapter_key
+    from .requests import AdapterRef
+
+    ref = AdapterRef(**{**adapter, "tier": tier})
+    engine = node.require_engine()
+    future = node.store.set_tier(ref, tier)
+    if future is not None:
+        future.result(timeout=120)
+    if tier == "hot":
+        engine.call(lambda: node.store.activate(adapter_key(ref), acquire=False)).result(timeout=60)
+    return {"where": node.store.where(adapter_key(ref)), "tier": tier}
+
+
+@app.task(name="runtime.evict")
+def evict(adapter_id, version):
+    engine = node.require_engine()
+    engine.call(lambda: node.store.evict((adapter_id, int(version)))).result(timeout=60)
+    return {"where": node.store.where((adapter_id, int(version)))}
+
+
+@app.task(name="runtime.validate")
+def validate(path):
+    """Validates adapter files against this node's base model (typed refusal or the adapter's facts)."""
+    from .adapter_validation import AdapterRejected, validate_adapter
+
+    node.require_engine()
+    try:
+        facts = validate_adapter(path, node.store.base_facts, max_rank=config.max_lora_rank)
+    except AdapterRejected as exc:
+        return {"ok": False, "error": exc.to_json()}
+    return {"ok": True, "rank": facts.rank, "target_modules": facts.target_modules, "dtype": facts.dtype}
+
+
+_stream_writer = None
+
+
+def _streams():
+    global _stream_writer
+    if _stream_writer is None:
+        from .streams import StreamWriter
+
+        _stream_writer = StreamWriter.from_url(config.redis_url, ttl_seconds=config.stream_ttl_seconds)
+    return _stream_writer
 
 
 @app.task(name="runtime.ping")
