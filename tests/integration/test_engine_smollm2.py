@@ -84,6 +84,7 @@ def test_engine_greedy_tokens_match_peft_alone(smollm2, tmp_path):
             adapter = AdapterRef(f"a{i}", 1, str(paths[i])) if i < len(paths) else None
             handles.append(engine.submit(InferenceRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=prompt,
                                                           adapter=adapter, sampling=SamplingParams(max_tokens=40))))
+        lengths = []
         for i, handle in enumerate(handles):
             handle.wait(600)
             ids = base.tokenizer(PROMPTS[i], return_tensors="pt").input_ids
@@ -91,12 +92,13 @@ def test_engine_greedy_tokens_match_peft_alone(smollm2, tmp_path):
                          else reference)
             with torch.inference_mode():
                 out = ref_model.generate(ids, max_new_tokens=40, do_sample=False)[0, ids.shape[1]:].tolist()
-            eos = set(base.model.generation_config.eos_token_id if isinstance(
-                base.model.generation_config.eos_token_id, list) else [base.model.generation_config.eos_token_id])
-            expected = next((out[:k] for k, t in enumerate(out) if t in eos), out)
-            text = "".join(d["text"] for _, kind, d in read_events(client, handle.request.request_id) if kind == "delta")
+            expected = next((out[:k] for k, t in enumerate(out) if t in engine.eos_ids), out)
+            events = read_events(client, handle.request.request_id)
+            text = "".join(d["text"] for _, kind, d in events if kind == "delta")
             assert text == base.tokenizer.decode(expected, skip_special_tokens=True), i
-            assert handle.result["usage"]["completion_tokens"] == len(expected) >= 32 or expected != out
+            assert handle.result["usage"]["completion_tokens"] == len(expected)
+            lengths.append(len(expected))
+        assert min(lengths) >= 32, lengths  # token-identical for at least 32 tokens on every row
     finally:
         engine.stop()
         store.shutdown()
