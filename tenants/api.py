@@ -1,10 +1,12 @@
 """REST API for tenants, members, invites and API keys (/api/v1/...). Views stay short: validate, call
 one service, serialize."""
 
+from django.conf import settings
 from django.contrib.auth import login
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
+from rest_framework.exceptions import Throttled
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -14,7 +16,7 @@ from vajra.serializers import StrictSerializer
 from . import access, services
 from .limits import client_ip, hit
 from .models import SLUG_RE
-from .permissions import require_session
+from .permissions import IsPerson, require_session
 from .roles import ROLES, SCOPES
 
 
@@ -80,7 +82,7 @@ class SignupView(APIView):
     permission_classes = [AllowAny]
     throttle_classes = []
 
-    class InputSerializer(StrictSerializer):
+    class SignupIn(StrictSerializer):
         email = serializers.EmailField(max_length=254)
         password = serializers.CharField(max_length=128, write_only=True, trim_whitespace=False)
         name = serializers.CharField(max_length=120, required=False, default="", allow_blank=True)
@@ -88,14 +90,12 @@ class SignupView(APIView):
         tenant_slug = serializers.RegexField(SLUG_RE, max_length=40, error_messages={
             "invalid": "Use 1-40 lowercase letters, digits and hyphens, starting and ending with a letter or digit."})
 
-    @extend_schema(request=InputSerializer, responses={201: TenantOut})
+    @extend_schema(request=SignupIn, responses={201: TenantOut})
     def post(self, request):
-        wait = hit(f"signup:{client_ip(request)}", limit=20, window=3600)
+        wait = hit(f"signup:{client_ip(request)}", limit=settings.VAJRA_SIGNUPS_PER_IP_PER_HOUR, window=3600)
         if wait:
-            from rest_framework.exceptions import Throttled
-
             raise Throttled(wait=wait)
-        data = self.InputSerializer(data=request.data)
+        data = self.SignupIn(data=request.data)
         data.is_valid(raise_exception=True)
         membership = services.tenant_signup(**data.validated_data)
         login(request._request, membership.user, backend="django.contrib.auth.backends.ModelBackend")
@@ -106,20 +106,20 @@ class SignupView(APIView):
 class TenantListView(APIView):
     """The signed-in person's tenants; POST creates another one with them as owner."""
 
-    class InputSerializer(StrictSerializer):
+    permission_classes = [IsPerson]  # a person with no tenant yet may create one
+
+    class TenantCreateIn(StrictSerializer):
         name = serializers.CharField(max_length=100)
         slug = serializers.RegexField(SLUG_RE, max_length=40)
 
     @extend_schema(responses={200: TenantOut(many=True)})
     def get(self, request):
-        require_session(request)
         memberships = access.user_memberships(user=request.user)
         return Response({"data": [dict(TenantOut(m.tenant).data, role=m.role) for m in memberships]})
 
-    @extend_schema(request=InputSerializer, responses={201: TenantOut})
+    @extend_schema(request=TenantCreateIn, responses={201: TenantOut})
     def post(self, request):
-        require_session(request)
-        data = self.InputSerializer(data=request.data)
+        data = self.TenantCreateIn(data=request.data)
         data.is_valid(raise_exception=True)
         membership = services.tenant_create(user=request.user, **data.validated_data)
         return Response(dict(TenantOut(membership.tenant).data, role=membership.role), status=201)
@@ -128,7 +128,7 @@ class TenantListView(APIView):
 class APIKeyListView(APIView):
     required_action = "keys.view"
 
-    class InputSerializer(StrictSerializer):
+    class APIKeyCreateIn(StrictSerializer):
         name = serializers.CharField(max_length=50)
         scopes = serializers.ListField(child=_choice(SCOPES, "scope"), min_length=1,
                                        max_length=len(SCOPES))
@@ -140,10 +140,10 @@ class APIKeyListView(APIView):
         keys = access.tenant_api_keys(tenant=request.auth.tenant)
         return Response({"data": APIKeyOut(keys, many=True).data})
 
-    @extend_schema(request=InputSerializer, responses={201: APIKeyOut})
+    @extend_schema(request=APIKeyCreateIn, responses={201: APIKeyOut})
     def post(self, request):
         require_session(request)
-        data = self.InputSerializer(data=request.data)
+        data = self.APIKeyCreateIn(data=request.data)
         data.is_valid(raise_exception=True)
         key, secret = services.api_key_create(principal=request.auth, **data.validated_data)
         # The only time the secret is ever sent: it is not stored, only its hash.
@@ -178,7 +178,7 @@ class MemberListView(APIView):
 class MemberDetailView(APIView):
     required_action = "members.view"
 
-    class InputSerializer(StrictSerializer):
+    class MemberRoleIn(StrictSerializer):
         role = _choice(ROLES, "role")
 
     @extend_schema(responses={200: MemberOut})
@@ -187,10 +187,10 @@ class MemberDetailView(APIView):
         return Response(MemberOut(access.access_membership(tenant=request.auth.tenant,
                                                            membership_id=member_id)).data)
 
-    @extend_schema(request=InputSerializer, responses={200: MemberOut})
+    @extend_schema(request=MemberRoleIn, responses={200: MemberOut})
     def patch(self, request, member_id):
         require_session(request)
-        data = self.InputSerializer(data=request.data)
+        data = self.MemberRoleIn(data=request.data)
         data.is_valid(raise_exception=True)
         member = access.access_membership(tenant=request.auth.tenant, membership_id=member_id, lock=True)
         member = services.membership_set_role(principal=request.auth, membership=member, **data.validated_data)
@@ -211,7 +211,7 @@ def invite_accept_url(request):
 class InviteListView(APIView):
     required_action = "members.view"
 
-    class InputSerializer(StrictSerializer):
+    class InviteCreateIn(StrictSerializer):
         email = serializers.EmailField(max_length=254)
         role = _choice(ROLES, "role")
 
@@ -220,10 +220,10 @@ class InviteListView(APIView):
         require_session(request)
         return Response({"data": InviteOut(access.tenant_invites(tenant=request.auth.tenant), many=True).data})
 
-    @extend_schema(request=InputSerializer, responses={201: InviteOut})
+    @extend_schema(request=InviteCreateIn, responses={201: InviteOut})
     def post(self, request):
         require_session(request)
-        data = self.InputSerializer(data=request.data)
+        data = self.InviteCreateIn(data=request.data)
         data.is_valid(raise_exception=True)
         invite, _token = services.invite_create(principal=request.auth, accept_url_for=invite_accept_url(request),
                                                 **data.validated_data)

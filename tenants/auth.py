@@ -33,4 +33,6 @@ class SessionAuthentication(authentication.SessionAuthentication):
         if result is None:
             return None
         user, _ = result
-        return (user, principal_from_membership(active_membership(request._request)))
+        # No tenant yet: still this person (who may create one); IsTenantPrincipal refuses the rest.
+        membership = active_membership(request._request)
+        return (user, membership and principal_from_membership(membership))

@@ -6,7 +6,7 @@ from django import forms
 from django.utils import timezone
 
 from .models import SLUG_RE
-from .roles import ROLE_CHOICES, SCOPE_CHOICES, can_grant_role, scopes_for_role
+from .roles import DEVELOPER, ROLE_CHOICES, SCOPE_CHOICES, can_grant_role, scopes_for_role
 
 SLUG_HELP = "Lowercase letters, digits and hyphens; it appears in URLs and cannot be changed later."
 SLUG_ERROR = "Use 1-40 lowercase letters, digits and hyphens, starting and ending with a letter or digit."
@@ -47,7 +47,7 @@ class TenantForm(forms.Form):
 
 
 class APIKeyForm(forms.Form):
-    name = forms.CharField(label="Key name", max_length=50, help_text="Where the key is used, e.g. 'staging'.")
+    name = forms.CharField(label="Key name", max_length=50, help_text="Where it is used, e.g. 'staging'.")
     scopes = forms.MultipleChoiceField(widget=forms.CheckboxSelectMultiple,
                                        help_text="A key can do only what its scopes allow.")
     expires_on = forms.DateField(label="Expires on", required=False,
@@ -78,7 +78,7 @@ def grantable_roles(role):
 
 class InviteForm(forms.Form):
     email = forms.EmailField(max_length=254, help_text="They sign in (or sign up) with this email to join.")
-    role = forms.ChoiceField(choices=ROLE_CHOICES)
+    role = forms.ChoiceField(choices=ROLE_CHOICES, initial=DEVELOPER)
 
     def __init__(self, *args, role, **kwargs):
         super().__init__(*args, **kwargs)

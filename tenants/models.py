@@ -109,6 +109,9 @@ class Invite(models.Model):
             )
         ]
 
+    def __str__(self):
+        return f"invite of {self.email} to {self.tenant} as {self.role}"
+
     @property
     def state(self):
         if self.revoked_at:

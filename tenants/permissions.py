@@ -2,6 +2,7 @@
 
 from rest_framework.permissions import BasePermission
 
+from .keys import principal_from_membership
 from .principal import Principal
 
 
@@ -11,6 +12,8 @@ class IsTenantPrincipal(BasePermission):
     def has_permission(self, request, view):
         principal = request.auth
         if not isinstance(principal, Principal):
+            if request.user.is_authenticated:
+                principal_from_membership(None)  # signed in but in no tenant: refused with no_tenant
             return False  # DRF answers 401 NotAuthenticated: no credentials were sent
         action = getattr(view, "required_actions", {}).get(request.method) or getattr(view, "required_action",
                                                                                         None)
@@ -19,11 +22,19 @@ class IsTenantPrincipal(BasePermission):
         return True
 
 
+class IsPerson(BasePermission):
+    """A signed-in person, with or without a tenant; never an API key."""
+
+    def has_permission(self, request, view):
+        require_session(request)
+        return request.user.is_authenticated
+
+
 def require_session(request):
     """Refuse API keys on endpoints that manage keys and members."""
     from rest_framework.exceptions import PermissionDenied
 
-    if request.auth.is_key:
+    if isinstance(request.auth, Principal) and request.auth.is_key:
         raise PermissionDenied(
             "API keys cannot manage keys, members or invites; sign in to the dashboard instead.",
             code="session_required",

@@ -34,8 +34,8 @@ def _slug_taken(slug):
     return Tenant.objects.filter(slug=slug).exists()
 
 
-def _slug_conflict(slug):
-    return Conflict(f"The tenant slug '{slug}' is taken; choose another.", code="slug_taken", param="tenant_slug")
+def _slug_conflict(slug, param):
+    return Conflict(f"The tenant slug '{slug}' is taken; choose another.", code="slug_taken", param=param)
 
 
 @transaction.atomic
@@ -46,7 +46,7 @@ def tenant_signup(*, email, password, name, tenant_name, tenant_slug):
         raise Conflict(f"An account with the email {email} exists; sign in instead.", code="email_taken",
                        param="email")
     if _slug_taken(tenant_slug):
-        raise _slug_conflict(tenant_slug)
+        raise _slug_conflict(tenant_slug, "tenant_slug")
     _check_password(password, email=email)
     try:
         with transaction.atomic():
@@ -62,12 +62,12 @@ def tenant_signup(*, email, password, name, tenant_name, tenant_slug):
 def tenant_create(*, user, name, slug):
     """Another tenant for an existing person, who becomes its owner."""
     if _slug_taken(slug):
-        raise _slug_conflict(slug)
+        raise _slug_conflict(slug, "slug")
     try:
         with transaction.atomic():
             tenant = Tenant.objects.create(name=name, slug=slug)
     except IntegrityError:
-        raise _slug_conflict(slug) from None
+        raise _slug_conflict(slug, "slug") from None
     return Membership.objects.create(tenant=tenant, user=user, role=OWNER)
 
 
@@ -94,7 +94,11 @@ def invite_create(*, principal, email, role, accept_url_for):
     tenant = principal.tenant
     if Membership.objects.filter(tenant=tenant, user__email__iexact=email).exists():
         raise Conflict(f"{email} is already a member of {tenant.slug}.", code="already_member", param="email")
-    if Invite.objects.filter(tenant=tenant, email__iexact=email, accepted_at=None, revoked_at=None).exists():
+    open_invites = Invite.objects.filter(tenant=tenant, email__iexact=email, accepted_at=None,
+                                         revoked_at=None)
+    # An expired invite can no longer be revoked (only pending ones can); retire it so it does not block.
+    open_invites.filter(expires_at__lte=timezone.now()).update(revoked_at=timezone.now())
+    if open_invites.exists():
         raise Conflict(f"{email} already has an open invite; revoke it to send a new one.",
                        code="invite_pending", param="email")
     token = secrets.token_urlsafe(32)

@@ -1,5 +1,7 @@
-"""Dashboard pages: signing in, the active tenant, API keys, members and invites. Views stay short: they call the
-services, which decide what is allowed; a refusal (an APIException) is shown on the page."""
+"""Dashboard pages: signing in, the active tenant, API keys, members and invites.
+
+Views stay short: they call the services, which decide what is allowed; a refusal (an APIException) is
+shown on the page, and Http404 from the access functions propagates as a 404."""
 
 from functools import wraps
 
@@ -126,11 +128,10 @@ def logout_view(request):
 @tenant_member_required
 def dashboard(request):
     tenant = request.principal.tenant
-    keys = list(access.tenant_api_keys(tenant=tenant))
     context = {
         "member_count": access.tenant_members(tenant=tenant).count(),
-        "active_key_count": sum(key.state == "active" for key in keys),
-        "pending_invite_count": sum(invite.state == "pending" for invite in access.tenant_invites(tenant=tenant)),
+        "active_key_count": sum(key.state == "active" for key in access.tenant_api_keys(tenant=tenant)),
+        "pending_invite_count": sum(inv.state == "pending" for inv in access.tenant_invites(tenant=tenant)),
     }
     return render(request, "tenants/dashboard.html", context)
 
@@ -284,7 +285,8 @@ def member_role(request, member_id):
     try:
         with transaction.atomic():
             member = access.access_membership(tenant=principal.tenant, membership_id=member_id, lock=True)
-            services.membership_set_role(principal=principal, membership=member, role=form.cleaned_data["role"])
+            services.membership_set_role(principal=principal, membership=member,
+                                         role=form.cleaned_data["role"])
     except APIException as exc:
         return _refused(request, exc)
     messages.success(request, f"{member.user.email} is now {member.get_role_display().lower()}.")

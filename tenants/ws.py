@@ -59,6 +59,8 @@ class TenantConsumer(AsyncJsonWebsocketConsumer):
 
     required_action = "tenant.view"
     principal = None
+    closed = False  # set on refusal: whatever still arrives before the client sees the close is ignored
+    _auth_timer = None
 
     async def connect(self):
         offered = self.scope.get("subprotocols", [])
@@ -78,12 +80,14 @@ class TenantConsumer(AsyncJsonWebsocketConsumer):
         self._auth_timer = asyncio.get_running_loop().call_later(AUTH_TIMEOUT, self._auth_timed_out)
 
     def _auth_timed_out(self):
-        if self.principal is None:
+        if self.principal is None and not self.closed:
             asyncio.ensure_future(self.refuse(
                 CLOSE_AUTH_TIMEOUT, "auth_timeout",
                 f"No credentials within {AUTH_TIMEOUT} s; send {{\"type\": \"auth\", \"api_key\": ...}} first."))
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        if self.closed:
+            return
         try:
             content = json.loads(text_data or "")
         except ValueError:
@@ -97,7 +101,7 @@ class TenantConsumer(AsyncJsonWebsocketConsumer):
                 await self.refuse(CLOSE_UNAUTHENTICATED, "auth_required",
                                   'Authenticate first: {"type": "auth", "api_key": "<key>"}.')
                 return
-            self._auth_timer.cancel()
+            self._cancel_auth_timer()
             await self._authenticate(key=content["api_key"])
             return
         await self.receive_json(content)
@@ -133,10 +137,20 @@ class TenantConsumer(AsyncJsonWebsocketConsumer):
         return principal_from_membership(membership)
 
     async def refuse(self, close_code, code, message):
+        self.closed = True
+        self._cancel_auth_timer()
         status = {v: k for k, v in _STATUS_TO_CLOSE.items()}.get(close_code, 400)
         await self.send_json(dict(type="error", **error_body(message, status_code=status, code=code)))
         # The close reason must fit in a control frame (123 bytes).
         await self.close(code=close_code, reason=message.encode()[:120].decode(errors="ignore"))
+
+    def _cancel_auth_timer(self):
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+
+    async def websocket_disconnect(self, message):
+        self._cancel_auth_timer()  # a client that left must not be refused 10 s later
+        await super().websocket_disconnect(message)
 
     async def authorized(self, principal):
         """Subclasses: resolve resources with access functions, join groups, send a welcome."""

@@ -54,8 +54,9 @@ def test_the_new_key_authenticates_as_its_tenant_with_its_scopes(alice_client):
     me = key_client(secret).get("/api/v1/me")
 
     assert me.status_code == 200, me.content
-    assert me.json() == {"tenant": {"slug": "acme", "name": "Acme", "status": "active"}, "user": "alice@acme.test",
-                         "role": None, "api_key": secret.partition(".")[0], "scopes": ["infer", "train"]}
+    assert me.json() == {"tenant": {"slug": "acme", "name": "Acme", "status": "active"},
+                         "user": "alice@acme.test", "role": None, "api_key": secret.partition(".")[0],
+                         "scopes": ["infer", "train"]}
 
 
 @pytest.mark.parametrize("scope", SCOPES)
@@ -349,7 +350,8 @@ def test_suspending_one_tenant_leaves_others_alone(alice_key, charlie_key, acme)
 
 def test_developer_cannot_grant_billing_read(bob_client, unchanged_db):
     with unchanged_db():
-        error = assert_error(create(bob_client, scopes=["infer", "billing:read"]), 403, code="scope_forbidden")
+        response = create(bob_client, scopes=["infer", "billing:read"])
+    error = assert_error(response, 403, code="scope_forbidden")
     assert "billing:read" in error["message"]
 
 

@@ -22,6 +22,10 @@ def member_of(user, tenant):
     return Membership.objects.get(user=user, tenant=tenant)
 
 
+def set_role(client, membership, role):
+    return client.patch(f"/api/v1/members/{membership.pk}", {"role": role}, format="json")
+
+
 def invite(client, email="dave@example.test", role=DEVELOPER):
     return client.post("/api/v1/invites", {"email": email, "role": role}, format="json")
 
@@ -62,12 +66,10 @@ def test_admin_changes_roles_below_owner(acme, alice, bob, unchanged_db):
     admin = session_client(make_member("ada@acme.test", acme, ADMIN))
     bob_member, alice_member = member_of(bob, acme), member_of(alice, acme)
 
-    assert admin.patch(f"/api/v1/members/{bob_member.pk}", {"role": BILLING_VIEWER}, format="json").status_code == 200
+    assert set_role(admin, bob_member, BILLING_VIEWER).status_code == 200
     with unchanged_db():
-        assert_error(admin.patch(f"/api/v1/members/{bob_member.pk}", {"role": OWNER}, format="json"), 403,
-                     code="role_forbidden")
-        assert_error(admin.patch(f"/api/v1/members/{alice_member.pk}", {"role": ADMIN}, format="json"), 403,
-                     code="role_forbidden")
+        assert_error(set_role(admin, bob_member, OWNER), 403, code="role_forbidden")
+        assert_error(set_role(admin, alice_member, ADMIN), 403, code="role_forbidden")
         assert_error(admin.delete(f"/api/v1/members/{alice_member.pk}"), 403, code="role_forbidden")
 
 
@@ -76,8 +78,7 @@ def test_only_owners_and_admins_change_roles(acme, alice, role, unchanged_db):
     client = session_client(make_member(f"{role}@acme.test", acme, role))
     target = member_of(alice, acme)
     with unchanged_db():
-        error = assert_error(client.patch(f"/api/v1/members/{target.pk}", {"role": DEVELOPER}, format="json"), 403,
-                             code="role_forbidden")
+        error = assert_error(set_role(client, target, DEVELOPER), 403, code="role_forbidden")
     assert "members.manage" in error["message"]
 
 
@@ -90,19 +91,19 @@ def test_unknown_role_is_400_listing_the_roles(alice_client, bob, acme, unchange
 
 def test_last_owner_cannot_be_demoted(alice_client, alice, acme, unchanged_db):
     with unchanged_db():
-        error = assert_error(alice_client.patch(f"/api/v1/members/{member_of(alice, acme).pk}", {"role": ADMIN},
-                                                format="json"), 409, code="last_owner")
+        error = assert_error(set_role(alice_client, member_of(alice, acme), ADMIN), 409, code="last_owner")
     assert error["type"] == "conflict_error" and "owner" in error["message"]
 
 
 def test_last_owner_cannot_be_removed_or_leave(alice_client, alice, bob, acme, unchanged_db):
     with unchanged_db():
-        assert_error(alice_client.delete(f"/api/v1/members/{member_of(alice, acme).pk}"), 409, code="last_owner")
+        response = alice_client.delete(f"/api/v1/members/{member_of(alice, acme).pk}")
+    assert_error(response, 409, code="last_owner")
 
 
 def test_an_owner_may_step_down_once_there_is_another(alice_client, alice, acme):
     make_member("olga@acme.test", acme, OWNER)
-    response = alice_client.patch(f"/api/v1/members/{member_of(alice, acme).pk}", {"role": ADMIN}, format="json")
+    response = set_role(alice_client, member_of(alice, acme), ADMIN)
     assert response.status_code == 200, response.content
     assert member_of(alice, acme).role == ADMIN
 
@@ -131,13 +132,15 @@ def test_a_member_may_leave(bob_client, bob, acme):
 
 def test_a_developer_cannot_remove_others(bob_client, alice, acme, unchanged_db):
     with unchanged_db():
-        assert_error(bob_client.delete(f"/api/v1/members/{member_of(alice, acme).pk}"), 403, code="role_forbidden")
+        response = bob_client.delete(f"/api/v1/members/{member_of(alice, acme).pk}")
+    assert_error(response, 403, code="role_forbidden")
 
 
 # Invites
 
 
-def test_invite_is_created_and_mailed_on_commit(alice_client, acme, mailoutbox, django_capture_on_commit_callbacks):
+def test_invite_is_created_and_mailed_on_commit(alice_client, acme, mailoutbox,
+                                                django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         response = invite(alice_client, email="Dave@Example.test", role=ADMIN)
 
@@ -290,8 +293,8 @@ def test_create_another_tenant(alice_client, alice):
 
 def test_tenant_slug_taken_is_409(alice_client, contoso, unchanged_db):
     with unchanged_db():
-        error = assert_error(alice_client.post("/api/v1/tenants", {"name": "Mine", "slug": "contoso"}, format="json"),
-                             409, code="slug_taken", param="slug")
+        response = alice_client.post("/api/v1/tenants", {"name": "Mine", "slug": "contoso"}, format="json")
+    error = assert_error(response, 409, code="slug_taken", param="slug")
     assert "contoso" in error["message"]
 
 
@@ -363,3 +366,21 @@ def test_signup_requires_its_fields(db, unchanged_db, missing):
     with unchanged_db():
         error = assert_error(APIClient().post("/api/v1/signup", body, format="json"), 400, param=missing)
     assert "required" in error["message"]
+
+
+def test_a_person_with_no_tenant_may_list_and_create_tenants(bob_client, bob, acme):
+    """Told "create one or accept an invite", a person who left their only tenant must be able to."""
+    assert bob_client.delete(f"/api/v1/members/{member_of(bob, acme).pk}").status_code == 204
+    error = assert_error(bob_client.get("/api/v1/me"), 403, code="no_tenant")
+    assert "create one" in error["message"]
+
+    assert bob_client.get("/api/v1/tenants").json() == {"data": []}
+    response = bob_client.post("/api/v1/tenants", {"name": "Bob's", "slug": "bobs"}, format="json")
+
+    assert response.status_code == 201, response.content
+    assert bob_client.get("/api/v1/me").json()["tenant"]["slug"] == "bobs"
+
+
+def test_tenants_need_a_signed_in_person(db):
+    assert_error(APIClient().get("/api/v1/tenants"), 401, code="not_authenticated")
+    assert_error(APIClient().post("/api/v1/tenants", {"name": "X", "slug": "x"}, format="json"), 401)

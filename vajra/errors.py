@@ -130,9 +130,13 @@ def handler403(request, exception=None):
     return permission_denied(request, exception)
 
 
+def api_route_not_found(request, *args, **kwargs):
+    return _json_error(request, 404, f"No API route {request.path}. See /api/docs/.", "unknown_route")
+
+
 def handler404(request, exception=None):
     if _is_api(request):
-        return _json_error(request, 404, f"No API route {request.path}. See /api/docs/.", "unknown_route")
+        return api_route_not_found(request)
     from django.views.defaults import page_not_found
 
     return page_not_found(request, exception)

@@ -33,5 +33,7 @@ class RequestIdMiddleware:
 
 class RequestIdLogFilter(logging.Filter):
     def filter(self, record):
-        record.request_id = request_id_var.get()
+        # django.request logs 4xx/5xx responses after the middleware has returned, with the request.
+        request = getattr(record, "request", None)
+        record.request_id = getattr(request, "request_id", None) or request_id_var.get()
         return True

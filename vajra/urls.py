@@ -1,8 +1,8 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from . import health
+from . import errors, health
 
 handler400 = "vajra.errors.handler400"
 handler403 = "vajra.errors.handler403"
@@ -17,6 +17,8 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[],
                                                      permission_classes=[]), name="api-docs"),
     path("api/v1/", include("tenants.api_urls")),
+    # Unknown API routes answer in the API's error shape even with DEBUG on (Django's debug 404 is HTML).
+    re_path(r"^(api|v1)/", errors.api_route_not_found),
     path("admin/", admin.site.urls),
     path("", include("tenants.urls")),
     path("", include("inference.urls")),

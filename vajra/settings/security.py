@@ -40,6 +40,7 @@ AUTH_PASSWORD_VALIDATORS = [
 # Rate limits (per minute), counted in Redis. A tenant's own limit overrides the tenant default.
 VAJRA_RATE_LIMIT_PER_KEY = env_int("VAJRA_RATE_LIMIT_PER_KEY", 600, minimum=1)
 VAJRA_RATE_LIMIT_PER_TENANT = env_int("VAJRA_RATE_LIMIT_PER_TENANT", 3000, minimum=1)
+VAJRA_SIGNUPS_PER_IP_PER_HOUR = env_int("VAJRA_SIGNUPS_PER_IP_PER_HOUR", 20, minimum=1)
 VAJRA_LOGIN_MAX_FAILURES = env_int("VAJRA_LOGIN_MAX_FAILURES", 5, minimum=1)
 VAJRA_LOGIN_LOCKOUT_SECONDS = env_int("VAJRA_LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
 VAJRA_INVITE_TTL_HOURS = env_int("VAJRA_INVITE_TTL_HOURS", 168, minimum=1)
