@@ -68,6 +68,7 @@ class RuntimeConfig:
     disk_budget_bytes: int
     eviction_threshold: float
     max_lora_rank: int
+    prefix_cache_bytes: int
 
     @classmethod
     def from_env(cls):
@@ -95,4 +96,5 @@ class RuntimeConfig:
             disk_budget_bytes=_int("VAJRA_DISK_ADAPTER_BYTES", 20 << 30),
             eviction_threshold=_float("VAJRA_LRU_EVICTION_THRESHOLD", 0.9, 0.1, 1.0),
             max_lora_rank=_int("VAJRA_MAX_LORA_RANK", 64),
+            prefix_cache_bytes=_int("VAJRA_PREFIX_CACHE_BYTES", 512 << 20, minimum=0),
         )

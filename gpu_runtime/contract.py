@@ -13,7 +13,7 @@ Queues
 Token transport (Redis)
 - ``vajra:stream:<request_id>``: a Redis Stream per request. Entries have fields ``type`` and ``data``
   (JSON): ``delta`` {"text"}, then exactly one ``final`` {"finish_reason": stop|length|cancelled|error,
-  "usage": {"prompt_tokens", "completion_tokens"}, "timings": {"queued_ms", "adapter_ready_ms",
+  "usage": {"prompt_tokens", "completion_tokens", "cached_tokens"}, "timings": {"queued_ms", "adapter_ready_ms",
   "first_token_ms", "total_ms"}, "gpu_ms", "error": {"code", "message"} | null}. Streams expire after
   ``VAJRA_STREAM_TTL_SECONDS``. A reader resumes from the last entry id it saw.
 - ``vajra:cancel:<request_id>``: set (any value) to cancel; the engine drops the row within one step.
@@ -57,6 +57,7 @@ class Heartbeat:
     model_loaded: bool
     memory: dict = field(default_factory=dict)  # bytes: {"device_allocated", "host_rss", ...}
     adapters: dict = field(default_factory=dict)  # tier -> count
+    prefix_cache: dict = field(default_factory=dict)  # entries, bytes, lookups, hits, hit_rate
     queue_depth: int = 0
     busy_ratio: float = 0.0
     version: int = CONTRACT_VERSION

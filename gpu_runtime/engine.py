@@ -60,19 +60,21 @@ class Row:
     last_token: int = 0
     completion_tokens: int = 0
     gpu_ms: float = 0.0
+    cached_tokens: int = 0
     first_token: float | None = None
     finish_reason: str | None = None
     error: dict | None = None
 
 
 class Engine:
-    def __init__(self, base, store, streams, *, max_batch=8, idle_wait_s=0.05):
+    def __init__(self, base, store, streams, *, max_batch=8, idle_wait_s=0.05, prefix_cache=None):
         self.base = base
         self.model, self.tokenizer = base.model, base.tokenizer
         self.device = torch.device(base.device)
         self.store = store
         self.pool = store.pool if store is not None else None
         self.streams = streams
+        self.prefix_cache = prefix_cache
         self.max_batch = max_batch
         self.max_context = getattr(self.model.config, "max_position_embeddings", 2048)
         self.idle_wait_s = idle_wait_s
@@ -232,12 +234,17 @@ class Engine:
             generator.manual_seed(seed if seed is not None else int.from_bytes(request.request_id.encode()[-8:], "big"))
         row = Row(handle, key, slot, len(ids), IncrementalText(self.tokenizer, request.sampling.stop), generator)
         started = time.perf_counter()
-        cache = DynamicCache()
+        cached, cache = self.prefix_cache.lookup(key, ids) if self.prefix_cache else (0, None)
+        row.cached_tokens = cached
+        cache = cache or DynamicCache()
         if self.pool is not None:
             self.pool.set_rows([slot])
         with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([ids], device=self.device), past_key_values=cache, use_cache=True)
+            out = self.model(input_ids=torch.tensor([ids[cached:]], device=self.device), past_key_values=cache,
+                             use_cache=True)
         logits = out.logits[0, -1].float()
+        if self.prefix_cache and not cached:
+            self.prefix_cache.store(key, ids, cache)
         row.gpu_ms += self._busy(started)
         self._merge(cache, len(ids))
         self.rows.append(row)
@@ -350,7 +357,8 @@ class Engine:
             self.store.release(row.key)
         self._deliver(handle, {
             "finish_reason": row.finish_reason,
-            "usage": {"prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens},
+            "usage": {"prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens,
+                      "cached_tokens": row.cached_tokens},
             "timings": {
                 "queued_ms": _ms(handle.submitted, handle.adapter_ready or handle.submitted),
                 "adapter_ready_ms": _ms(handle.submitted, handle.adapter_ready) if handle.adapter_ready else 0.0,

@@ -104,6 +104,7 @@ class Node:
             model_loaded=self.base is not None,
             memory=memory,
             adapters=self.store.summary() if self.store else {},
+            prefix_cache=self.engine.prefix_cache.stats() if self.engine and self.engine.prefix_cache else {},
             queue_depth=self.engine.queue_depth + len(self.engine.rows) if self.engine else 0,
             busy_ratio=round(self.engine.busy_ratio(), 4) if self.engine else 0.0,
         )
@@ -127,6 +128,7 @@ def build_engine(config):
     from .base_model import load_base_model
     from .engine import Engine
     from .lora import SlotPool
+    from .prefix_cache import PrefixCache
     from .streams import StreamWriter
 
     base = load_base_model(config)
@@ -136,7 +138,8 @@ def build_engine(config):
                          disk_budget_bytes=config.disk_budget_bytes, eviction_threshold=config.eviction_threshold,
                          max_rank=config.max_lora_rank)
     streams = StreamWriter.from_url(config.redis_url, ttl_seconds=config.stream_ttl_seconds)
-    return base, store, Engine(base, store, streams, max_batch=config.max_batch)
+    prefix_cache = PrefixCache(config.prefix_cache_bytes) if config.prefix_cache_bytes else None
+    return base, store, Engine(base, store, streams, max_batch=config.max_batch, prefix_cache=prefix_cache)
 
 
 # Names adapters trained elsewhere carry in base_model_name_or_path for the same weights.

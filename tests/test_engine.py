@@ -14,6 +14,7 @@ from gpu_runtime.adapter_store import AdapterStore
 from gpu_runtime.contract import cancel_key
 from gpu_runtime.engine import Engine
 from gpu_runtime.lora import SlotPool
+from gpu_runtime.prefix_cache import PrefixCache
 from gpu_runtime.requests import AdapterRef, InferenceRequest, SamplingParams
 from gpu_runtime.streams import StreamWriter, read_events
 from tests.runtime_fixtures import BASE_FACTS, EOS, make_adapter, tiny_base, tiny_base_model, words
@@ -39,7 +40,8 @@ def engine(adapters, tmp_path, redis_client):
     model = copy.deepcopy(base)
     pool = SlotPool(model, BASE_FACTS, buckets={4: 2, 8: 2, 16: 2})
     store = AdapterStore(pool, BASE_FACTS, disk_dir=tmp_path / "disk")
-    engine = Engine(tiny_base_model(model), store, StreamWriter(redis_client, ttl_seconds=60), max_batch=8)
+    engine = Engine(tiny_base_model(model), store, StreamWriter(redis_client, ttl_seconds=60), max_batch=8,
+                    prefix_cache=PrefixCache(block=4))
     engine.start()
     yield engine
     engine.stop()
@@ -86,7 +88,7 @@ def test_mixed_adapter_batch_matches_peft_alone(engine, adapters, redis_client):
         text, final = streamed_text(redis_client, handle.request.request_id)
         assert text.split() == [f"t{t}" for t in expected], f"row {i}"
         assert final["finish_reason"] == ("length" if len(expected) == 32 else "stop")
-        assert final["usage"] == {"prompt_tokens": 4, "completion_tokens": len(expected)}
+        assert final["usage"] == {"prompt_tokens": 4, "completion_tokens": len(expected), "cached_tokens": 0}
         assert final["timings"]["first_token_ms"] <= final["timings"]["total_ms"]
     assert engine.steps < sum(h.result["usage"]["completion_tokens"] for h in handles)  # rows shared steps
 
@@ -157,3 +159,19 @@ def test_bad_requests_get_typed_errors_and_the_engine_keeps_serving(engine, tmp_
     again = engine.submit(request([1, 2], AdapterRef("broken", 1, str(broken))))
     assert again.wait(30)["error"]["code"] == "pickle_refused"
     assert engine.store.where(("broken", 1)) == "failed"
+
+
+def test_prefix_cache_reuses_a_shared_prompt_prefix_per_adapter_version(engine, adapters, redis_client):
+    base, paths = adapters
+    system = [11, 12, 13, 14, 15, 16, 17, 18, 19]  # 9 tokens: two 4-token blocks are cacheable
+    first = engine.submit(request(system + [40, 41], ref(paths[0], 0), max_tokens=12))
+    assert first.wait(60)["usage"]["cached_tokens"] == 0
+    second = engine.submit(request(system + [50, 51, 52], ref(paths[0], 0), max_tokens=12))
+    assert second.wait(60)["usage"]["cached_tokens"] == 8
+    expected = reference_tokens(base, paths[0], system + [50, 51, 52], 12)
+    assert streamed_text(redis_client, second.request.request_id)[0].split() == [f"t{t}" for t in expected]
+    # the same prefix under another adapter was computed by other weights: no reuse
+    other = engine.submit(request(system + [50, 51, 52], ref(paths[1], 1), max_tokens=4))
+    assert other.wait(60)["usage"]["cached_tokens"] == 0
+    stats = engine.prefix_cache.stats()
+    assert stats["hits"] >= 1 and 0 < stats["hit_rate"] < 1 and stats["bytes"] > 0
