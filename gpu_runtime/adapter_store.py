@@ -83,6 +83,7 @@ class AdapterStore:
         self.pinned = set()
         self.tiers = {}  # key -> tier asked for
         self.in_use = Counter()
+        self.uses = Counter()  # activations per adapter: the access frequency F of Algorithm 4
         self.failed = {}  # key -> AdapterRejected
         self.loading = {}  # key -> Future
         self.moves = deque(maxlen=1000)  # (key, from, to, ms)
@@ -208,6 +209,7 @@ class AdapterStore:
                 self.counters["device hits"] += 1
                 if acquire:
                     self.in_use[key] += 1
+                self.uses[key] += 1
                 return self.device[key]
             adapter = self.host[key]  # the engine only activates host-ready adapters
             started = time.perf_counter()
@@ -216,6 +218,7 @@ class AdapterStore:
             if self._pin_memory:
                 torch.cuda.current_stream().synchronize()
             self.device[key] = slot
+            self.uses[key] += 1
             if acquire:
                 self.in_use[key] += 1
             self._record(key, "host", "device", started)
@@ -248,6 +251,58 @@ class AdapterStore:
         self.pool.clear(slot)
         self.counters["device evictions"] += 1
 
+    # ---- defragmentation (VAJRA paper, Algorithm 4; engine thread only) ------------------------------------
+    def fragmentation_index(self):
+        """The share of occupied slot memory that is rank padding: adapters sitting in bigger buckets than
+        their rank needs (because the fitting bucket was full when they arrived)."""
+        with self._lock:
+            occupied = [(self.pool.bucket_rank(slot), self.pool.slot_rank.get(slot, 0))
+                        for slot in self.device.values()]
+        total = sum(bucket for bucket, _ in occupied)
+        return (sum(bucket - rank for bucket, rank in occupied) / total) if total else 0.0
+
+    def defragment(self, tau=0.3):
+        """While the index is over tau: compact active adapters into best-fit free slots (device-to-device
+        copies), then evict the coldest misplaced adapters to host RAM. Returns what it did."""
+        before = self.fragmentation_index()
+        moved = evicted = 0
+        with self._lock:
+            # cold = used no more than the median device adapter (fixed for this run); hot ones never leave
+            uses = sorted(self.uses[k] for k in self.device)
+            median = uses[len(uses) // 2] if uses else 0
+            while self.fragmentation_index() > tau:
+                used = set(self.device.values())
+                misplaced = [(key, slot) for key, slot in self.device.items()
+                             if self.pool.slot_rank.get(slot, 0) < self.pool.bucket_rank(slot)]
+                progress = False
+                for key, slot in sorted(misplaced, key=lambda item: -self.uses[item[0]]):  # hot ones first
+                    rank = self.pool.slot_rank[slot]
+                    better = [s for s in self.pool.slots_for_rank(rank)
+                              if s not in used and self.pool.bucket_rank(s) < self.pool.bucket_rank(slot)]
+                    if better and not self.in_use[key]:
+                        target = min(better, key=lambda s: (self.pool.bucket_rank(s), s))
+                        self.pool.move(slot, target)
+                        self.device[key] = target
+                        used.discard(slot)
+                        used.add(target)
+                        moved += 1
+                        progress = True
+                if self.fragmentation_index() <= tau:
+                    break
+                cold = [key for key, slot in misplaced if self.device.get(key) == slot and key not in self.pinned
+                        and not self.in_use[key] and self.uses[key] <= median]
+                if cold:
+                    self._evict_device(min(cold, key=lambda k: self.uses[k]))  # least used: back to host RAM
+                    evicted += 1
+                    progress = True
+                if not progress:
+                    break
+        result = {"before": round(before, 4), "after": round(self.fragmentation_index(), 4), "moved": moved,
+                  "evicted": evicted}
+        if moved or evicted:
+            log.info("defragmented slots: %s", result)
+        return result
+
     def release(self, key):
         with self._lock:
             self.in_use[key] -= 1
@@ -276,12 +331,15 @@ class AdapterStore:
             return self.prepare(ref)
         return None
 
-    def evict(self, key):
+    def evict(self, key, to="host"):
+        """Moves an adapter down to host RAM (``to="host"``) or to node-local disk (``to="disk"``); an
+        adapter a running row holds stays on the device until the row ends."""
         with self._lock:
             self.pinned.discard(key)
             if key in self.device and not self.in_use[key]:
                 self._evict_device(key)
-            self.host.pop(key, None)
+            if to == "disk":
+                self.host.pop(key, None)
 
     def forget_failure(self, key):
         """A corrected upload (new version) is a new key anyway; this is for an operator's retry."""

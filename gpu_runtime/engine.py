@@ -148,9 +148,10 @@ class Engine:
                     self._decode_step()
                 elif not self._pending:
                     try:
-                        self._incoming_to_pending(self._incoming.get(timeout=self.idle_wait_s))
+                        self._pending.append(self._incoming.get(timeout=self.idle_wait_s))
                     except queue.Empty:
-                        pass
+                        if self.store is not None:  # idle: a good moment to compact the slots
+                            self.store.defragment()
                 else:
                     time.sleep(0.001)  # waiting on an adapter load
             except Exception as exc:  # a failed step must not take the node down: fail its rows, go on
@@ -158,9 +159,6 @@ class Engine:
                 for row in list(self.rows):
                     self._finish(row, "error", {"code": "engine_error", "message": str(exc)})
                 self._retire()
-
-    def _incoming_to_pending(self, handle):
-        self._pending.append(handle)
 
     def _admit(self):
         while True:

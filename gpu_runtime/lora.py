@@ -74,6 +74,7 @@ class SlotPool:
         self.groups = []
         self.layers = {}  # (layer, module) -> SlotLoRALinear
         self.slot_modules = {}  # global slot id -> module names its adapter targets
+        self.slot_rank = {}  # global slot id -> the rank of the adapter in it (<= its bucket's rank)
         self._slot_of = {}  # global slot id -> (rank, local index)
         next_id = 1
         for rank, count in self.buckets.items():
@@ -137,6 +138,7 @@ class SlotPool:
                 B_slot[:, r:].zero_()
         self.scaling[slot_id] = scaling
         self.slot_modules[slot_id] = frozenset(module for _, module in weights)
+        self.slot_rank[slot_id] = too_big
 
     @torch.no_grad()
     def clear(self, slot_id):
@@ -147,6 +149,30 @@ class SlotPool:
                 wrapper.B[rank][local].zero_()
         self.scaling[slot_id] = 0.0
         self.slot_modules.pop(slot_id, None)
+        self.slot_rank.pop(slot_id, None)
+
+    @torch.no_grad()
+    def move(self, source, target):
+        """Copies an adapter from one slot to another on the device (compaction), then clears the source."""
+        rank = self.slot_rank[source]
+        (src_rank, src_local), (dst_rank, dst_local) = self._slot_of[source], self._slot_of[target]
+        if rank > dst_rank:
+            raise ValueError(f"an adapter of rank {rank} does not fit slot {target} (bucket rank {dst_rank})")
+        width = min(src_rank, dst_rank)
+        for wrapper in self.layers.values():
+            if src_rank not in wrapper.A:
+                continue
+            if dst_rank not in wrapper.A:
+                wrapper.allocate(dst_rank, self.buckets[dst_rank], self.dtype, self.device)
+            A_dst, B_dst = wrapper.A[dst_rank][dst_local], wrapper.B[dst_rank][dst_local]
+            A_dst.zero_()
+            B_dst.zero_()
+            A_dst[:width].copy_(wrapper.A[src_rank][src_local][:width])
+            B_dst[:, :width].copy_(wrapper.B[src_rank][src_local][:, :width])
+        self.scaling[target] = self.scaling[source]
+        self.slot_modules[target] = self.slot_modules[source]
+        self.slot_rank[target] = rank
+        self.clear(source)
 
     def set_rows(self, row_slots):
         """The batch's row -> global slot id (0 = base only), set once per forward pass."""

@@ -208,9 +208,9 @@ def set_tier(adapter, tier):
 
 
 @app.task(name="runtime.evict")
-def evict(adapter_id, version):
+def evict(adapter_id, version, to="host"):
     engine = node.require_engine()
-    engine.call(lambda: node.store.evict((adapter_id, int(version)))).result(timeout=60)
+    engine.call(lambda: node.store.evict((adapter_id, int(version)), to=to)).result(timeout=60)
     return {"where": node.store.where((adapter_id, int(version)))}
 
 
