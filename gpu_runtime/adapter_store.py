@@ -9,6 +9,7 @@ anything is evicted, and one that failed is remembered so it fails fast. Every m
 """
 
 import logging
+import os
 import shutil
 import threading
 import time
@@ -46,23 +47,44 @@ def adapter_key(ref):
 
 
 class ObjectStore:
-    """Adapter files by URI: ``file://`` or a plain path (the Django storage's filesystem by default)."""
+    """Adapter files by URI: ``file://`` or a plain path (the Django storage's filesystem by default), or
+    ``s3://bucket/prefix`` on any S3-compatible store (AWS, MinIO, R2, GCS interop) through boto3, with the
+    endpoint from ``VAJRA_S3_ENDPOINT_URL`` and credentials from the standard AWS variables."""
 
-    def local_path(self, uri):
-        parsed = urlparse(uri)
-        if parsed.scheme in ("", "file"):
-            return Path(parsed.path if parsed.scheme else uri)
-        raise AdapterRejected("unsupported_storage", f"object storage scheme {parsed.scheme!r} is not configured")
+    def __init__(self, s3_endpoint_url=None):
+        self.s3_endpoint_url = s3_endpoint_url or os.environ.get("VAJRA_S3_ENDPOINT_URL") or None
+        self._s3 = None
 
     def fetch(self, uri, dest):
-        source = self.local_path(uri)
-        if not source.is_dir():
-            raise AdapterRejected("adapter_not_found", f"no adapter files at {uri}")
+        """Copies the adapter's files to ``dest`` (replaced whole: a reader never sees half a copy)."""
+        parsed = urlparse(uri)
         tmp = dest.with_name(dest.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(source, tmp)
+        if parsed.scheme in ("", "file"):
+            source = Path(parsed.path if parsed.scheme else uri)
+            if not source.is_dir():
+                raise AdapterRejected("adapter_not_found", f"no adapter files at {uri}")
+            shutil.copytree(source, tmp)
+        elif parsed.scheme == "s3":
+            self._fetch_s3(parsed.netloc, parsed.path.strip("/"), tmp, uri)
+        else:
+            raise AdapterRejected("unsupported_storage", f"object storage scheme {parsed.scheme!r} is not supported")
         shutil.rmtree(dest, ignore_errors=True)
         tmp.rename(dest)
+
+    def _fetch_s3(self, bucket, prefix, tmp, uri):
+        if self._s3 is None:
+            import boto3
+
+            self._s3 = boto3.client("s3", endpoint_url=self.s3_endpoint_url)
+        pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
+        keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+        files = [k for k in keys if "/" not in k[len(prefix) + 1:]]  # the adapter's own files, not subfolders
+        if not files:
+            raise AdapterRejected("adapter_not_found", f"no adapter files at {uri}")
+        tmp.mkdir(parents=True)
+        for key in files:
+            self._s3.download_file(bucket, key, str(tmp / key.rsplit("/", 1)[-1]))
 
 
 class AdapterStore:

@@ -177,3 +177,37 @@ def test_defragmentation_evicts_the_coldest_when_compaction_cannot_help(store_fo
     assert result["moved"] == 0 and result["evicted"] == 2
     assert result["after"] == pytest.approx(4 / 12, abs=1e-4)
     assert store.where(keys[1]) == "device" and store.where(keys[2]) == store.where(keys[3]) == "host"
+
+
+def test_s3_compatible_object_storage(store_for, objects, monkeypatch):
+    """A real S3 API on loopback (moto's server) stands in for AWS/MinIO: S3 lies outside the project."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from tests.integration.conftest import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        creds = dict(aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1")
+        s3 = boto3.client("s3", endpoint_url=endpoint, **creds)
+        s3.create_bucket(Bucket="adapters")
+        source = objects[1][0]
+        for path in source.iterdir():
+            s3.upload_file(str(path), "adapters", f"tenant-a/a0/v1/{path.name}")
+        monkeypatch.setenv("VAJRA_S3_ENDPOINT_URL", endpoint)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        store = store_for({4: 2})  # builds its own boto3 client from the environment
+        ref = AdapterRef("a0", 1, "s3://adapters/tenant-a/a0/v1")
+        key = ready(store, ref)
+        assert store.where(key) == "host" and sorted(p.name for p in (store.disk_dir / "a0" / "1").iterdir()) == \
+            sorted(p.name for p in source.iterdir())
+        with pytest.raises(AdapterRejected) as missing:
+            store.prepare(AdapterRef("nope", 1, "s3://adapters/tenant-a/nope/v1")).result(timeout=30)
+        assert missing.value.code == "adapter_not_found"
+    finally:
+        server.stop()
