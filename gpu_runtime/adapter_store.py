@@ -113,6 +113,9 @@ class AdapterStore:
         self._lock = threading.RLock()
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapter-loader")
         self._pin_memory = pool.device.type == "cuda"
+        # On CUDA, slot copies run on a side stream from pinned host memory (paper 4.2.2) so that they
+        # overlap with whatever the compute stream still has queued.
+        self._copy_stream = torch.cuda.Stream(device=pool.device) if self._pin_memory else None
 
     # ---- state -------------------------------------------------------------------------------------
     def where(self, key):
@@ -125,10 +128,17 @@ class AdapterStore:
             return "loading" if key in self.loading else "object"
 
     def summary(self):
+        """Adapters per tier and the timing of recent tier moves, for heartbeats."""
         with self._lock:
+            by_move = {}
+            for _, source, target, ms in self.moves:
+                by_move.setdefault(f"{source}->{target}", []).append(ms)
             return {"device": len(self.device), "host": len(self.host), "disk": len(self.disk),
                     "pinned": len(self.pinned), "failed": len(self.failed), "slots": self.pool.capacity,
-                    "host_bytes": sum(h.nbytes for h in self.host.values())}
+                    "host_bytes": sum(h.nbytes for h in self.host.values()),
+                    "fragmentation": round(self.fragmentation_index(), 4),
+                    "moves": {move: {"count": len(v), "p50_ms": round(sorted(v)[len(v) // 2], 3),
+                                     "max_ms": round(max(v), 3)} for move, v in by_move.items()}}
 
     def _record(self, key, source, target, started):
         ms = (time.perf_counter() - started) * 1000
@@ -236,9 +246,12 @@ class AdapterStore:
             adapter = self.host[key]  # the engine only activates host-ready adapters
             started = time.perf_counter()
             slot = self._free_slot(adapter.facts.rank)
-            self.pool.write(slot, adapter.weights, adapter.facts.scaling, non_blocking=self._pin_memory)
-            if self._pin_memory:
-                torch.cuda.current_stream().synchronize()
+            if self._copy_stream is not None:
+                with torch.cuda.stream(self._copy_stream):
+                    self.pool.write(slot, adapter.weights, adapter.facts.scaling, non_blocking=True)
+                torch.cuda.current_stream(self.pool.device).wait_stream(self._copy_stream)
+            else:
+                self.pool.write(slot, adapter.weights, adapter.facts.scaling)
             self.device[key] = slot
             self.uses[key] += 1
             if acquire:

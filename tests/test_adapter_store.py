@@ -211,3 +211,13 @@ def test_s3_compatible_object_storage(store_for, objects, monkeypatch):
         assert missing.value.code == "adapter_not_found"
     finally:
         server.stop()
+
+
+def test_summary_reports_tiers_and_timed_moves(store_for, objects):
+    store = store_for({4: 2})
+    key = ready(store, refs(objects[1])[0])
+    store.activate(key, acquire=False)
+    summary = store.summary()
+    assert (summary["device"], summary["host"], summary["disk"], summary["slots"]) == (1, 1, 1, 2)
+    assert set(summary["moves"]) == {"object->disk", "disk->host", "host->device"}
+    assert all(m["count"] == 1 and m["max_ms"] >= m["p50_ms"] >= 0 for m in summary["moves"].values())
