@@ -127,6 +127,12 @@ class AdapterStore:
                     return tier
             return "loading" if key in self.loading else "object"
 
+    def resident(self, limit=200):
+        """Which adapter versions sit on the device and in host RAM ("id:version"), for placement."""
+        with self._lock:
+            return {tier: [f"{k[0]}:{k[1]}" for k in list(table)[-limit:]]
+                    for tier, table in (("device", self.device), ("host", self.host))}
+
     def summary(self):
         """Adapters per tier and the timing of recent tier moves, for heartbeats."""
         with self._lock:

@@ -25,6 +25,7 @@ CONTRACT_VERSION = 1
 CONTROL_QUEUE = "control"
 TASK_NODE_HEARTBEAT = "control.node_heartbeat"
 TASK_INFER = "runtime.infer"
+TASK_INFERENCE_FINISHED = "control.inference_finished"  # (request_id, final event): usage for the ledger
 STREAM_PREFIX = "vajra:stream:"
 CANCEL_PREFIX = "vajra:cancel:"
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
@@ -58,6 +59,9 @@ class Heartbeat:
     memory: dict = field(default_factory=dict)  # bytes: {"device_allocated", "host_rss", ...}
     adapters: dict = field(default_factory=dict)  # tier -> count
     prefix_cache: dict = field(default_factory=dict)  # entries, bytes, lookups, hits, hit_rate
+    base_architecture: dict = field(default_factory=dict)  # what adapters must fit (model manifest)
+    context_length: int = 0
+    resident: dict = field(default_factory=dict)  # tier -> ["adapter_id:version", ...] (placement locality)
     queue_depth: int = 0
     busy_ratio: float = 0.0
     version: int = CONTRACT_VERSION

@@ -17,7 +17,15 @@ from celery import Celery, signals
 from kombu import Queue
 
 from .config import RuntimeConfig
-from .contract import CONTROL_QUEUE, TASK_INFER, TASK_NODE_HEARTBEAT, ContractError, Heartbeat, node_queue
+from .contract import (
+    CONTROL_QUEUE,
+    TASK_INFER,
+    TASK_INFERENCE_FINISHED,
+    TASK_NODE_HEARTBEAT,
+    ContractError,
+    Heartbeat,
+    node_queue,
+)
 from .redis_url import celery_url
 
 log = logging.getLogger("vajra.runtime.worker")
@@ -104,6 +112,9 @@ class Node:
             model_loaded=self.base is not None,
             memory=memory,
             adapters=self.store.summary() if self.store else {},
+            base_architecture=self.base.manifest["architecture"] if self.base else {},
+            context_length=self.engine.max_context if self.engine else 0,
+            resident=self.store.resident() if self.store else {},
             prefix_cache=self.engine.prefix_cache.stats() if self.engine and self.engine.prefix_cache else {},
             queue_depth=self.engine.queue_depth + len(self.engine.rows) if self.engine else 0,
             busy_ratio=round(self.engine.busy_ratio(), 4) if self.engine else 0.0,
@@ -174,10 +185,12 @@ def infer(payload):
         if isinstance(payload, dict) and isinstance(payload.get("request_id"), str):
             _streams().final(payload["request_id"], result)
         return result
-    finished = _streams().final_event(request.request_id)
-    if finished is not None:  # redelivered after it already ran: do nothing twice
-        return finished
-    return node.require_engine().submit(request).wait()
+    final = _streams().final_event(request.request_id)
+    if final is None:  # not a redelivery of a request that already ran: run it (never twice)
+        final = node.require_engine().submit(request).wait()
+    # the control plane records usage from this (idempotent on the request id)
+    app.send_task(TASK_INFERENCE_FINISHED, args=[request.request_id, final], queue=CONTROL_QUEUE)
+    return final
 
 
 @app.task(name="runtime.prefetch")

@@ -26,3 +26,127 @@ class Node(models.Model):
     @property
     def queue(self):
         return f"node.{self.name}"
+
+
+class BaseModel(models.Model):
+    """A base model the platform serves, as the runtime's model manifest describes it."""
+
+    name = models.CharField(max_length=100, unique=True)  # the model_id in /v1/models/{model_id}/...
+    aliases = models.JSONField(default=list, blank=True)  # e.g. the Hugging Face id adapters may name
+    architecture = models.JSONField(default=dict)  # layers, hidden size, heads, ...: what adapters must fit
+    context_length = models.PositiveIntegerField(default=2048)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return self.name
+
+
+class Adapter(models.Model):
+    """A tenant's LoRA adapter for one base model. Versions are immutable; deleting stops serving it but
+    keeps the rows that invoices and request history point at."""
+
+    COLD, WARM, HOT = "cold", "warm", "hot"
+    TIER_CHOICES = [(COLD, "Cold"), (WARM, "Warm"), (HOT, "Hot")]
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.PROTECT, related_name="adapters")
+    base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="adapters")
+    name = models.CharField(max_length=64)
+    description = models.CharField(max_length=500, blank=True)
+    tier = models.CharField(max_length=8, choices=TIER_CHOICES, default=COLD)
+    current_version = models.ForeignKey("AdapterVersion", on_delete=models.PROTECT, null=True, blank=True,
+                                        related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "name"], condition=models.Q(deleted_at__isnull=True),
+                                    name="adapter_name_unique_per_tenant"),
+        ]
+
+    def __str__(self):
+        return f"{self.tenant.slug}/{self.name}"
+
+
+class AdapterVersion(models.Model):
+    """One immutable upload (or training result) of an adapter: never overwritten."""
+
+    VALIDATING, READY, FAILED = "validating", "ready", "failed"
+    UPLOAD, TRAINING = "upload", "training"
+
+    adapter = models.ForeignKey(Adapter, on_delete=models.PROTECT, related_name="versions")
+    number = models.PositiveIntegerField()
+    status = models.CharField(max_length=12, default=VALIDATING,
+                              choices=[(VALIDATING, "Validating"), (READY, "Ready"), (FAILED, "Failed")])
+    source = models.CharField(max_length=10, default=UPLOAD, choices=[(UPLOAD, "Upload"), (TRAINING, "Training")])
+    sha256 = models.CharField(max_length=64)  # of adapter_model.safetensors
+    size_bytes = models.BigIntegerField()
+    rank = models.PositiveIntegerField()
+    alpha = models.FloatField()
+    target_modules = models.JSONField(default=list)
+    dtype = models.CharField(max_length=8)
+    storage_key = models.CharField(max_length=300)  # folder in object storage holding the two files
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.CharField(max_length=500, blank=True)
+    created_by = models.ForeignKey("tenants.User", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["adapter", "number"], name="adapter_version_unique")]
+        ordering = ["adapter", "-number"]
+
+    def __str__(self):
+        return f"{self.adapter}@v{self.number}"
+
+
+class InferenceRequest(models.Model):
+    """One inference request: what was asked, where it ran, and what it cost (from the runtime's final event)."""
+
+    QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+    STATUS_CHOICES = [(s, s.capitalize()) for s in (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)]
+    TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+
+    id = models.CharField(max_length=40, primary_key=True)  # req_<hex>: the idempotency key end to end
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.PROTECT, related_name="inference_requests")
+    api_key = models.ForeignKey("tenants.APIKey", on_delete=models.SET_NULL, null=True, blank=True,
+                                related_name="+")
+    user = models.ForeignKey("tenants.User", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="+")
+    adapter_version = models.ForeignKey(AdapterVersion, on_delete=models.PROTECT, null=True, blank=True,
+                                        related_name="requests")
+    tier = models.CharField(max_length=8, choices=Adapter.TIER_CHOICES)
+    api = models.CharField(max_length=16, default="infer")  # infer, chat, completions, playground
+    node = models.ForeignKey(Node, on_delete=models.SET_NULL, null=True, blank=True, related_name="requests")
+    status = models.CharField(max_length=10, choices=STATUS_CHOICES, default=QUEUED)
+    max_tokens = models.PositiveIntegerField()
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(default=0)
+    finish_reason = models.CharField(max_length=12, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.CharField(max_length=500, blank=True)
+    queued_ms = models.FloatField(null=True)
+    adapter_ready_ms = models.FloatField(null=True)
+    first_token_ms = models.FloatField(null=True)
+    total_ms = models.FloatField(null=True)
+    gpu_ms = models.FloatField(null=True)
+    guarantee_broken = models.BooleanField(default=False)  # adapter-ready time over the tier's guarantee
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "-created_at"]), models.Index(fields=["tenant", "tier"])]
+
+    def __str__(self):
+        return self.id
+
+
+class ScaleUpSignal(models.Model):
+    """Placement found no node for a base model (the paper's ProvisionNewGPU): an autoscaler's input."""
+
+    base_model = models.CharField(max_length=100)
+    reason = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    def __str__(self):
+        return f"{self.base_model}: {self.reason}"

@@ -9,13 +9,16 @@ from django.utils.dateparse import parse_datetime
 
 from gpu_runtime.contract import Heartbeat
 
-from .models import Node
+from .models import BaseModel, Node
 
 
 @transaction.atomic
 def node_heartbeat(*, payload):
     """Upserts the node from its heartbeat; a node that was down comes back up."""
     beat = Heartbeat.from_json(payload)
+    if beat.base_architecture:  # the catalog learns base models from the nodes that serve them
+        BaseModel.objects.update_or_create(name=beat.base_model, defaults={
+            "architecture": beat.base_architecture, "context_length": beat.context_length or 2048})
     node, _ = Node.objects.update_or_create(
         name=beat.node,
         defaults={

@@ -13,3 +13,10 @@ def node_heartbeat(payload):
 @shared_task(name="control.nodes_mark_down", ignore_result=True, soft_time_limit=10, time_limit=20)
 def nodes_mark_down():
     return services.nodes_mark_down()
+
+
+@shared_task(name="control.inference_finished", ignore_result=True, soft_time_limit=10, time_limit=20)
+def inference_finished(request_id, final):
+    from .dispatch import inference_finish
+
+    inference_finish(request_id=request_id, final=final)

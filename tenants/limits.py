@@ -26,20 +26,22 @@ def hit(bucket, limit, window=WINDOW_SECONDS):
     return max(1, int((slot + 1) * window - time.time() + 0.999))
 
 
+def rate_limit_wait(principal):
+    """Counts one request for the principal's tenant (and key); seconds to wait, 0 when allowed."""
+    tenant = principal.tenant
+    tenant_limit = tenant.rate_limit_per_minute or settings.VAJRA_RATE_LIMIT_PER_TENANT
+    waits = [hit(f"tenant:{tenant.pk}", tenant_limit)]
+    if principal.is_key:
+        waits.append(hit(f"key:{principal.api_key.prefix}", settings.VAJRA_RATE_LIMIT_PER_KEY))
+    return max(waits)
+
+
 class TenantRateThrottle(BaseThrottle):
     """Per-key and per-tenant requests per minute; 429 with Retry-After past either."""
 
     def allow_request(self, request, view):
-        self._wait = 0
         principal = request.auth
-        if not isinstance(principal, Principal):
-            return True
-        tenant = principal.tenant
-        tenant_limit = tenant.rate_limit_per_minute or settings.VAJRA_RATE_LIMIT_PER_TENANT
-        waits = [hit(f"tenant:{tenant.pk}", tenant_limit)]
-        if principal.is_key:
-            waits.append(hit(f"key:{principal.api_key.prefix}", settings.VAJRA_RATE_LIMIT_PER_KEY))
-        self._wait = max(waits)
+        self._wait = rate_limit_wait(principal) if isinstance(principal, Principal) else 0
         return self._wait == 0
 
     def wait(self):

@@ -149,3 +149,25 @@ def handler500(request):
     from django.views.defaults import server_error
 
     return server_error(request)
+
+
+def error_response(exc):
+    """The API error response for an exception raised outside DRF (the async /v1 views)."""
+    from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+    from django.http import Http404
+
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound(*exc.args)
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied(*exc.args)
+    param, message, code = _message_for(exc)
+    message += _FIXES.get(type(exc), "")
+    code = getattr(exc, "override_code", None) or code
+    response = JsonResponse(error_body(message, status_code=exc.status_code, code=code, param=param),
+                            status=exc.status_code)
+    wait = getattr(exc, "wait", None)
+    if wait:
+        response["Retry-After"] = str(max(1, int(wait + 0.999)))
+    if exc.status_code == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="api"'
+    return response

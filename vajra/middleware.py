@@ -5,6 +5,8 @@ import logging
 import re
 import uuid
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+
 request_id_var = contextvars.ContextVar("request_id", default="-")
 _VALID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
 
@@ -14,17 +16,36 @@ def new_request_id():
 
 
 class RequestIdMiddleware:
-    """Keeps a caller's well-formed X-Request-ID (so traces join up), else makes one."""
+    """Keeps a caller's well-formed X-Request-ID (so traces join up), else makes one. Sync and async, so
+    streaming API views do not pay a thread hop for it."""
+
+    sync_capable = async_capable = True
 
     def __init__(self, get_response):
         self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
 
-    def __call__(self, request):
+    def _begin(self, request):
         incoming = request.headers.get("X-Request-ID", "")
         request.request_id = incoming if _VALID.match(incoming) else new_request_id()
-        token = request_id_var.set(request.request_id)
+        return request_id_var.set(request.request_id)
+
+    def __call__(self, request):
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
+        token = self._begin(request)
         try:
             response = self.get_response(request)
+        finally:
+            request_id_var.reset(token)
+        response["x-request-id"] = request.request_id
+        return response
+
+    async def __acall__(self, request):
+        token = self._begin(request)
+        try:
+            response = await self.get_response(request)
         finally:
             request_id_var.reset(token)
         response["x-request-id"] = request.request_id

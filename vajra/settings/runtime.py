@@ -1,9 +1,47 @@
 """What the control plane needs to know about runtime nodes."""
 
-from .env import VAR_DIR, env_int, env_str
+from .env import VAR_DIR, env_choice, env_float, env_int, env_str
 
 # Runtime nodes heartbeat this often; a node silent for NODE_DOWN_AFTER_MISSED beats is marked down.
 VAJRA_HEARTBEAT_SECONDS = env_int("VAJRA_HEARTBEAT_SECONDS", 5, minimum=1)
 VAJRA_NODE_DOWN_AFTER_MISSED = env_int("VAJRA_NODE_DOWN_AFTER_MISSED", 3, minimum=1)
 VAJRA_MODEL_STORE = env_str("VAJRA_MODEL_STORE", str(VAR_DIR / "models"))
 VAJRA_DEFAULT_BASE_MODEL = env_str("VAJRA_BASE_MODEL", "smollm2-135m-instruct")
+
+# Adapter-ready guarantees per tier, in ms (DESIGN.md: hot <= 10, warm <= 100, cold <= 2000).
+VAJRA_TIER_READY_MS = {"hot": 10, "warm": 100, "cold": 2000}
+# Placement (VAJRA paper, Algorithm 2): score = alpha * load + beta * locality + gamma * tenant affinity.
+VAJRA_PLACEMENT_WEIGHTS = (
+    env_float("VAJRA_PLACEMENT_ALPHA", 0.5, minimum=0, maximum=1),
+    env_float("VAJRA_PLACEMENT_BETA", 0.3, minimum=0, maximum=1),
+    env_float("VAJRA_PLACEMENT_GAMMA", 0.2, minimum=0, maximum=1),
+)
+# Share of a node's device slots that hot (pinned) adapters may take; the rest serves everyone else.
+VAJRA_HOT_SLOT_SHARE = env_float("VAJRA_HOT_SLOT_SHARE", 0.5, minimum=0, maximum=1)
+VAJRA_CONTEXT_LENGTH_DEFAULT = env_int("VAJRA_CONTEXT_LENGTH_DEFAULT", 8192, minimum=16)
+
+# Per-plan quotas (the billing issue attaches plans to tenants; until then every tenant has these).
+VAJRA_MAX_ADAPTERS_PER_TENANT = env_int("VAJRA_MAX_ADAPTERS_PER_TENANT", 50, minimum=1)
+VAJRA_MAX_CONCURRENT_REQUESTS = env_int("VAJRA_MAX_CONCURRENT_REQUESTS", 16, minimum=1)
+VAJRA_MAX_TOKENS_CAP = env_int("VAJRA_MAX_TOKENS_CAP", 2048, minimum=1)
+
+# Where adapter files live: the filesystem under var/objects by default, or S3 through django-storages.
+VAJRA_ADAPTER_STORAGE = env_choice("VAJRA_ADAPTER_STORAGE", "filesystem", {"filesystem", "s3"})
+if VAJRA_ADAPTER_STORAGE == "s3":
+    _adapter_storage = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {"bucket_name": env_str("VAJRA_S3_BUCKET", required=True),
+                    "endpoint_url": env_str("VAJRA_S3_ENDPOINT_URL"), "file_overwrite": False},
+    }
+else:
+    _adapter_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage",
+                        "OPTIONS": {"location": str(VAR_DIR / "objects")}}
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage",
+                "OPTIONS": {"location": str(VAR_DIR / "media")}},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "adapters": _adapter_storage,
+}
+# Largest upload the web accepts in one request (the validator's caps apply on top).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("VAJRA_MAX_UPLOAD_BYTES", 256 << 20, minimum=1 << 20)
+FILE_UPLOAD_MAX_MEMORY_SIZE = 8 << 20

@@ -1,0 +1,144 @@
+"""Writes for adapters and their versions: upload, tier change, delete (keyword-only, atomic)."""
+
+import logging
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files import File
+from django.core.files.storage import storages
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from gpu_runtime.adapter_validation import CONFIG_FILE, WEIGHTS_FILE, AdapterRejected, BaseFacts, validate_adapter
+from vajra.errors import Conflict, InvalidRequest
+
+from .models import Adapter, AdapterVersion
+from .uploads import UploadDir, sha256_of, unpack_upload
+
+log = logging.getLogger(__name__)
+
+
+def adapter_storage():
+    return storages["adapters"]
+
+
+def base_facts(base_model):
+    return BaseFacts.from_manifest({"name": base_model.name, "architecture": base_model.architecture},
+                                   aliases=tuple(base_model.aliases))
+
+
+def version_uri(version):
+    """Where a runtime node fetches a version's files: a local path or an s3:// URI."""
+    storage = adapter_storage()
+    try:
+        return "file://" + storage.path(version.storage_key)
+    except NotImplementedError:  # remote storage
+        return f"s3://{storage.bucket_name}/{version.storage_key}"
+
+
+def adapter_ref(version):
+    """The runtime's AdapterRef JSON for a version (gpu_runtime.requests.AdapterRef)."""
+    return {"adapter_id": f"a{version.adapter_id}", "version": version.number, "uri": version_uri(version),
+            "tier": version.adapter.tier}
+
+
+def _refused(exc):
+    return InvalidRequest(f"{exc.message} [{exc.code}]", param="file", code=exc.code)
+
+
+def adapter_upload(*, principal, base_model, name, files, description=""):
+    """Validates the upload (no torch), stores the two files, and records a new immutable version (the
+    adapter is created on its first upload). Nothing is written unless every check passes."""
+    principal.require("adapters.write")
+    tenant = principal.tenant
+    with UploadDir() as tmp:
+        try:
+            unpack_upload(files, tmp)
+            facts = validate_adapter(tmp, base_facts(base_model))
+        except AdapterRejected as exc:
+            raise _refused(exc) from None
+        storage = adapter_storage()
+        key = f"adapters/t{tenant.pk}/{uuid.uuid4().hex}"
+        saved = []
+        try:
+            for file_name in (CONFIG_FILE, WEIGHTS_FILE):
+                with open(Path(tmp) / file_name, "rb") as f:
+                    saved.append(storage.save(f"{key}/{file_name}", File(f)))
+            return _record_version(principal=principal, base_model=base_model, name=name, description=description,
+                                   facts=facts, sha256=sha256_of(Path(tmp) / WEIGHTS_FILE), storage_key=key)
+        except BaseException:
+            for path in saved:  # the database said no: leave no orphaned files behind
+                storage.delete(path)
+            raise
+
+
+@transaction.atomic
+def _record_version(*, principal, base_model, name, description, facts, sha256, storage_key):
+    tenant = principal.tenant
+    adapter = (Adapter.objects.select_for_update().filter(tenant=tenant, name=name, deleted_at__isnull=True).first())
+    if adapter is None:
+        cap = settings.VAJRA_MAX_ADAPTERS_PER_TENANT
+        if Adapter.objects.filter(tenant=tenant, deleted_at__isnull=True).count() >= cap:
+            raise Conflict(f"Your plan allows {cap} adapters; delete one or upgrade the plan.",
+                           code="adapter_quota", param="name")
+        adapter = Adapter.objects.create(tenant=tenant, base_model=base_model, name=name, description=description)
+    elif adapter.base_model_id != base_model.pk:
+        raise InvalidRequest(f"Adapter '{name}' is for base model '{adapter.base_model.name}', not "
+                             f"'{base_model.name}'; choose another name.", param="base_model", code="base_mismatch")
+    previous = adapter.current_version
+    number = (adapter.versions.aggregate(n=Max("number"))["n"] or 0) + 1
+    version = AdapterVersion.objects.create(
+        adapter=adapter, number=number, status=AdapterVersion.READY, sha256=sha256,
+        size_bytes=facts.weights_bytes, rank=facts.rank, alpha=facts.alpha, target_modules=facts.target_modules,
+        dtype=facts.dtype, storage_key=storage_key, created_by=principal.user,
+    )
+    adapter.current_version = version
+    if description:
+        adapter.description = description
+    adapter.save(update_fields=["current_version", "description"])
+    _apply_tier_on_commit(version)
+    if previous is not None and adapter.tier != Adapter.COLD:  # the old version no longer needs its place
+        previous.adapter = adapter
+        _apply_tier_on_commit(previous, tier=Adapter.COLD)
+    return version
+
+
+@transaction.atomic
+def adapter_set_tier(*, principal, adapter, tier):
+    """Changes the tier; hot needs a node with hot capacity left (409 otherwise)."""
+    from .placement import NoCapacity, place_hot
+
+    principal.require("adapters.write")
+    if tier not in dict(Adapter.TIER_CHOICES):
+        raise InvalidRequest(f"tier must be one of cold, warm, hot; got {tier!r}.", param="tier", code="invalid_tier")
+    if tier == Adapter.HOT:
+        try:
+            place_hot(base_model=adapter.base_model, adapter=adapter)
+        except NoCapacity as exc:
+            raise Conflict(str(exc), code="no_hot_capacity", param="tier") from None
+    adapter.tier = tier
+    adapter.save(update_fields=["tier"])
+    if adapter.current_version_id:
+        adapter.current_version.adapter = adapter
+        _apply_tier_on_commit(adapter.current_version)
+    return adapter
+
+
+def _apply_tier_on_commit(version, tier=None):
+    from .placement import send_tier
+
+    transaction.on_commit(lambda: send_tier(version, tier))
+
+
+@transaction.atomic
+def adapter_delete(*, principal, adapter):
+    """Stops serving the adapter; its versions stay for the request history and invoices."""
+    principal.require("adapters.write")
+    adapter.deleted_at = timezone.now()
+    adapter.tier = Adapter.COLD
+    adapter.save(update_fields=["deleted_at", "tier"])
+    if adapter.current_version_id:
+        adapter.current_version.adapter = adapter
+        _apply_tier_on_commit(adapter.current_version)

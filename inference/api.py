@@ -1,0 +1,122 @@
+"""REST API for the base-model catalog and a tenant's adapters (/api/v1/...)."""
+
+from django.conf import settings
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from vajra.errors import InvalidRequest
+from vajra.serializers import StrictSerializer
+
+from . import access, adapters
+from .models import Adapter, BaseModel
+
+NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+
+
+def tier_info(tier):
+    units = settings.VAJRA_TIER_UNITS[tier]
+    return {"tier": tier, "units_per_query": units, "usd_per_query": units * settings.VAJRA_UNIT_PRICE_MICRO_USD / 1e6,
+            "adapter_ready_ms_guarantee": settings.VAJRA_TIER_READY_MS[tier]}
+
+
+class VersionOut(serializers.Serializer):
+    number = serializers.IntegerField()
+    status = serializers.CharField()
+    source = serializers.CharField()
+    sha256 = serializers.CharField()
+    size_bytes = serializers.IntegerField()
+    rank = serializers.IntegerField()
+    alpha = serializers.FloatField()
+    target_modules = serializers.ListField(child=serializers.CharField())
+    dtype = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class AdapterOut(serializers.Serializer):
+    name = serializers.CharField()
+    description = serializers.CharField()
+    base_model = serializers.CharField(source="base_model.name")
+    current_version = VersionOut(allow_null=True)
+    created_at = serializers.DateTimeField()
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        data["tier"] = tier_info(instance.tier)
+        data["model"] = f"{instance.name}@v{instance.current_version.number}" if instance.current_version else None
+        return data
+
+
+class BaseModelListView(APIView):
+    required_action = "tenant.view"
+
+    def get(self, request):
+        return Response({"data": [{"id": b.name, "aliases": b.aliases, "context_length": b.context_length,
+                                   "architecture": b.architecture} for b in BaseModel.objects.order_by("name")]})
+
+
+class AdapterListView(APIView):
+    required_actions = {"GET": "adapters.view", "POST": "adapters.write"}
+    parser_classes = [MultiPartParser]
+
+    class UploadIn(StrictSerializer):
+        name = serializers.RegexField(NAME_RE, max_length=64, error_messages={
+            "invalid": "Use 1-64 lowercase letters, digits, '.', '_' and '-', starting with a letter or digit."})
+        base_model = serializers.CharField(max_length=100)
+        description = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
+
+    @extend_schema(responses={200: AdapterOut(many=True)})
+    def get(self, request):
+        return Response({"data": AdapterOut(access.tenant_adapters(tenant=request.auth.tenant), many=True).data})
+
+    @extend_schema(request={"multipart/form-data": UploadIn}, responses={201: AdapterOut})
+    def post(self, request):
+        fields = {k: request.data[k] for k in request.data if k not in request.FILES}
+        data = self.UploadIn(data=fields)
+        data.is_valid(raise_exception=True)
+        files = [(f.name, f.read()) for name in request.FILES for f in request.FILES.getlist(name)]
+        if not files:
+            raise InvalidRequest("Attach the adapter as 'file': a zip or tar of the PEFT folder, or the two files "
+                                 "adapter_config.json and adapter_model.safetensors.", param="file", code="no_file")
+        base_model = access.access_base_model(name=data.validated_data["base_model"])
+        version = adapters.adapter_upload(principal=request.auth, base_model=base_model, files=files,
+                                          name=data.validated_data["name"],
+                                          description=data.validated_data["description"])
+        return Response(AdapterOut(version.adapter).data, status=status.HTTP_201_CREATED)
+
+
+class AdapterDetailView(APIView):
+    required_actions = {"GET": "adapters.view", "PATCH": "adapters.write", "DELETE": "adapters.write"}
+    parser_classes = [JSONParser]
+
+    class TierIn(StrictSerializer):
+        tier = serializers.ChoiceField(choices=[t for t, _ in Adapter.TIER_CHOICES])
+
+    @extend_schema(responses={200: AdapterOut})
+    def get(self, request, name):
+        return Response(AdapterOut(access.access_adapter(tenant=request.auth.tenant, name=name)).data)
+
+    @extend_schema(request=TierIn, responses={200: AdapterOut})
+    def patch(self, request, name):
+        data = self.TierIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        adapter = access.access_adapter(tenant=request.auth.tenant, name=name, lock=True)
+        return Response(AdapterOut(adapters.adapter_set_tier(principal=request.auth, adapter=adapter,
+                                                            **data.validated_data)).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request, name):
+        adapter = access.access_adapter(tenant=request.auth.tenant, name=name, lock=True)
+        adapters.adapter_delete(principal=request.auth, adapter=adapter)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class AdapterVersionListView(APIView):
+    required_action = "adapters.view"
+
+    @extend_schema(responses={200: VersionOut(many=True)})
+    def get(self, request, name):
+        adapter = access.access_adapter(tenant=request.auth.tenant, name=name)
+        return Response({"data": VersionOut(adapter.versions.order_by("-number"), many=True).data})

@@ -1,0 +1,121 @@
+"""Placement (VAJRA paper, Algorithm 2) and tier moves on the nodes.
+
+Candidates are the up nodes serving the request's base model with room for its adapter (a free device
+slot, or the adapter already resident). Each is scored
+
+    alpha * load + beta * locality + gamma * tenant affinity
+
+with load = 1 - active adapters / slots, locality = 1 if the adapter version is on the node's device
+(0.5 if in its host RAM), affinity = the share of the tenant's recent requests that ran there. No
+candidate: a scale-up signal is recorded (the paper's ProvisionNewGPU) and the caller answers 503.
+"""
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from gpu_runtime.contract import node_queue
+
+from .models import InferenceRequest, ScaleUpSignal
+from .services import nodes_up
+
+log = logging.getLogger(__name__)
+AFFINITY_WINDOW = 50
+
+
+class NoCapacity(Exception):
+    retry_after = 5
+
+
+@dataclass(frozen=True)
+class Scored:
+    node: object
+    score: float
+    load: float
+    locality: float
+    affinity: float
+
+
+def version_token(version):
+    return f"a{version.adapter_id}:{version.number}"
+
+
+def _adapters(node):
+    return node.state.get("adapters") or {}
+
+
+def _resident(node, tier):
+    return set((node.state.get("resident") or {}).get(tier, []))
+
+
+def score_nodes(*, tenant, base_model, version=None):
+    alpha, beta, gamma = settings.VAJRA_PLACEMENT_WEIGHTS
+    token = version_token(version) if version is not None else None
+    recent = Counter(InferenceRequest.objects.filter(tenant=tenant, node__isnull=False)
+                     .order_by("-created_at").values_list("node_id", flat=True)[:AFFINITY_WINDOW])
+    total = sum(recent.values())
+    scored = []
+    for node in nodes_up().filter(base_model=base_model.name):
+        adapters = _adapters(node)
+        slots, active = adapters.get("slots", 0), adapters.get("device", 0)
+        on_device = token is not None and token in _resident(node, "device")
+        if token is not None and not on_device and active >= slots:
+            continue  # no free slot and not resident: not a candidate
+        load = 1 - active / slots if slots else 0.0
+        locality = 1.0 if on_device else (0.5 if token is not None and token in _resident(node, "host") else 0.0)
+        affinity = recent[node.pk] / total if total else 0.0
+        scored.append(Scored(node, alpha * load + beta * locality + gamma * affinity, load, locality, affinity))
+    return sorted(scored, key=lambda s: (-s.score, node_depth(s.node), s.node.name))
+
+
+def node_depth(node):
+    return node.state.get("queue_depth", 0)
+
+
+def place(*, tenant, base_model, version=None):
+    """The node to run this request on, or NoCapacity (after recording a scale-up signal)."""
+    scored = score_nodes(tenant=tenant, base_model=base_model, version=version)
+    if not scored:
+        reason = f"no up node serves {base_model.name} with a free adapter slot"
+        ScaleUpSignal.objects.create(base_model=base_model.name, reason=reason)
+        log.warning("placement: %s", reason)
+        raise NoCapacity(f"No runtime node can take this request now ({reason}); retry shortly.")
+    return scored[0].node
+
+
+def hot_capacity(node):
+    adapters = _adapters(node)
+    return int(adapters.get("slots", 0) * settings.VAJRA_HOT_SLOT_SHARE) - adapters.get("pinned", 0)
+
+
+def place_hot(*, base_model, adapter):
+    """The node that will pin a hot adapter: the one with the most hot capacity left."""
+    nodes = [n for n in nodes_up().filter(base_model=base_model.name) if hot_capacity(n) > 0]
+    if not nodes:
+        raise NoCapacity(f"No node serving {base_model.name} has hot capacity left; keep '{adapter.name}' warm "
+                         "for now or ask for more capacity.")
+    return max(nodes, key=lambda n: (hot_capacity(n), n.name))
+
+
+def send_tier(version, tier=None):
+    """Moves a version on the nodes to its adapter's tier (hot: pinned on one node; warm: disk + host RAM on
+    the nodes serving its base; cold: dropped back to object storage). Sent after commit."""
+    from vajra.celery import app
+
+    from .adapters import adapter_ref
+
+    tier = tier or version.adapter.tier
+    ref = adapter_ref(version)
+    base_model = version.adapter.base_model
+    if tier == "hot":
+        try:
+            targets = [place_hot(base_model=base_model, adapter=version.adapter)]
+        except NoCapacity:
+            log.warning("hot adapter %s: no node with hot capacity at send time", version)
+            return
+    else:
+        targets = list(nodes_up().filter(base_model=base_model.name))
+    for node in targets:
+        app.send_task("runtime.set_tier", args=[ref, tier], queue=node_queue(node.name))

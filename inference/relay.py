@@ -1,0 +1,57 @@
+"""Relays a request's Redis Stream (written by the runtime) to SSE or a websocket with blocking async
+reads. A late reader misses nothing (it reads from the start, or from the last event id it saw)."""
+
+import json
+
+import redis.asyncio as aioredis
+from django.conf import settings
+
+from gpu_runtime.contract import cancel_key, stream_key
+
+BLOCK_MS = 15000  # a blocking read returns at least this often, so the caller can send keep-alives
+
+
+def _client():
+    return aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
+
+
+async def events(request_id, last_id="0", *, max_wait_s=600):
+    """Yields (entry id, type, data) until the final event; ("", "keepalive", None) while waiting."""
+    client = _client()
+    key = stream_key(request_id)
+    waited = 0
+    try:
+        while True:
+            result = await client.xread({key: last_id}, block=BLOCK_MS, count=256)
+            if not result:
+                waited += BLOCK_MS / 1000
+                if waited >= max_wait_s:
+                    yield "", "final", {"finish_reason": "error", "error": {
+                        "code": "timeout", "message": f"no answer from the runtime within {max_wait_s} s"}}
+                    return
+                yield "", "keepalive", None
+                continue
+            waited = 0
+            for entry_id, fields in result[0][1]:
+                last_id = entry_id
+                kind = fields[b"type"].decode()
+                yield entry_id.decode(), kind, json.loads(fields[b"data"])
+                if kind == "final":
+                    return
+    finally:
+        await client.aclose()
+
+
+async def cancel(request_id, ttl_s=3600):
+    """Asks the engine to drop the request's row (it checks every step)."""
+    client = _client()
+    try:
+        await client.set(cancel_key(request_id), 1, ex=ttl_s)
+    finally:
+        await client.aclose()
+
+
+def sse(event_id, kind, data):
+    lines = [f"id: {event_id}"] if event_id else []
+    lines += [f"event: {kind}", f"data: {json.dumps(data)}"]
+    return ("\n".join(lines) + "\n\n").encode()

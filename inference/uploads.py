@@ -1,0 +1,153 @@
+"""Unpacking a tenant's adapter upload safely, and checking it with the runtime's validator (no torch).
+
+Accepted: a zip or tar (optionally gzip/bzip2/xz) of a PEFT directory, or the two files themselves.
+Refused before anything is written outside a private temporary directory: path traversal, absolute
+paths, links, device files, nested archives, too many files, and archives that expand past the size cap
+(decompression bombs: sizes are checked while reading, not trusted from headers).
+"""
+
+import hashlib
+import io
+import os
+import shutil
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from gpu_runtime.adapter_validation import (
+    CONFIG_FILE,
+    MAX_CONFIG_BYTES,
+    MAX_WEIGHTS_BYTES,
+    PICKLE_SUFFIXES,
+    WEIGHTS_FILE,
+    AdapterRejected,
+)
+
+MAX_FILES = 16
+MAX_EXPANDED_BYTES = MAX_WEIGHTS_BYTES + MAX_CONFIG_BYTES + (1 << 20)
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".gz", ".bz2", ".xz", ".7z", ".rar")
+# Other files a PEFT save may carry next to the two that matter; kept out of storage.
+IGNORED = {"README.md", "training_args.json", ".gitattributes"}
+
+
+def _reject(code, message):
+    raise AdapterRejected(code, message)
+
+
+def _safe_name(name):
+    """The file name an archive member may have: inside the archive root, no traversal."""
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]):
+        _reject("unsafe_archive", f"archive member {name!r} points outside the adapter folder")
+    return path
+
+
+def _copy_limited(source, target, budget):
+    """Copies at most ``budget`` bytes, refusing past it (the header's size is not trusted)."""
+    written = 0
+    while chunk := source.read(1 << 20):
+        written += len(chunk)
+        if written > budget:
+            _reject("archive_too_large", f"the upload expands past {MAX_EXPANDED_BYTES} bytes")
+        target.write(chunk)
+    return written
+
+
+def _check_member_name(path, names):
+    lowered = path.name.lower()
+    if lowered.endswith(PICKLE_SUFFIXES):
+        _reject("pickle_refused", f"{path.name}: pickle formats are never opened. Upload adapter_model.safetensors.")
+    if lowered.endswith(ARCHIVE_SUFFIXES):
+        _reject("nested_archive", f"{path.name}: archives inside archives are not accepted")
+    if path.name in names:
+        _reject("duplicate_file", f"{path.name} appears twice in the archive")
+    names.add(path.name)
+
+
+def _extract_zip(data, dest):
+    budget, names = MAX_EXPANDED_BYTES, set()
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        members = [m for m in archive.infolist() if not m.is_dir()]
+        if len(members) > MAX_FILES:
+            _reject("too_many_files", f"the archive holds {len(members)} files; at most {MAX_FILES}")
+        for member in members:
+            path = _safe_name(member.filename)
+            if (member.external_attr >> 16) & 0o170000 == 0o120000:
+                _reject("unsafe_archive", f"{member.filename} is a symbolic link")
+            _check_member_name(path, names)
+            with archive.open(member) as source, open(dest / path.name, "wb") as target:
+                budget -= _copy_limited(source, target, budget)
+
+
+def _extract_tar(data, dest):
+    budget, names = MAX_EXPANDED_BYTES, set()
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
+        members = []
+        for member in archive:
+            if len(members) >= MAX_FILES:
+                _reject("too_many_files", f"the archive holds more than {MAX_FILES} files")
+            if member.isdir():
+                continue
+            if member.issym() or member.islnk():
+                _reject("unsafe_archive", f"{member.name} is a link")
+            if not member.isfile():
+                _reject("unsafe_archive", f"{member.name} is not a regular file")
+            members.append(member)
+        for member in members:
+            path = _safe_name(member.name)
+            _check_member_name(path, names)
+            with archive.extractfile(member) as source, open(dest / path.name, "wb") as target:
+                budget -= _copy_limited(source, target, budget)
+
+
+def unpack_upload(files, dest):
+    """Writes the adapter's files into ``dest`` from uploaded (name, bytes) pairs: one archive or the two
+    files. Members inside one top-level folder are flattened. Returns the names kept."""
+    dest = Path(dest)
+    if len(files) == 1 and files[0][0].lower().endswith(ARCHIVE_SUFFIXES):
+        name, data = files[0]
+        try:
+            if zipfile.is_zipfile(io.BytesIO(data)):
+                _extract_zip(data, dest)
+            else:
+                _extract_tar(data, dest)
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+            _reject("invalid_archive", f"{name} is not a readable zip or tar archive ({exc.__class__.__name__})")
+    else:
+        names = set()
+        total = 0
+        for name, data in files:
+            path = _safe_name(os.path.basename(name))
+            _check_member_name(path, names)
+            total += len(data)
+            if total > MAX_EXPANDED_BYTES:
+                _reject("archive_too_large", f"the upload is over {MAX_EXPANDED_BYTES} bytes")
+            (dest / path.name).write_bytes(data)
+    for extra in [p for p in dest.iterdir() if p.name in IGNORED]:
+        extra.unlink()
+    kept = sorted(p.name for p in dest.iterdir())
+    unknown = sorted(set(kept) - {CONFIG_FILE, WEIGHTS_FILE})
+    if unknown:
+        _reject("unexpected_files", f"unexpected files {', '.join(unknown)}; upload only {CONFIG_FILE} and "
+                f"{WEIGHTS_FILE}")
+    return kept
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class UploadDir:
+    """A private temporary directory for one upload, removed on exit."""
+
+    def __enter__(self):
+        self.path = Path(tempfile.mkdtemp(prefix="vajra-upload-"))
+        return self.path
+
+    def __exit__(self, *exc):
+        shutil.rmtree(self.path, ignore_errors=True)

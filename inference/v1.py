@@ -1,0 +1,273 @@
+"""The paper's API (VAJRA Appendix A.1) as async views, so a streamed answer holds no thread:
+
+    POST /v1/models/{model_id}/infer        {"prompt", "adapter_id", "parameters": {...}, "stream"}
+    GET  /v1/models/{model_id}/versions     the caller's adapter versions for that base model
+    GET  /v1/requests/{id}                  a request's row (status, usage, timings, cost)
+    GET  /v1/requests/{id}/events           its SSE stream again, resuming after Last-Event-ID
+    POST /v1/requests/{id}/cancel
+
+Authentication is an API key (``Authorization: Bearer``). Every refusal happens before a row is written
+or a task sent.
+"""
+
+import json
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import Http404, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from rest_framework import serializers
+from rest_framework.exceptions import (
+    APIException,
+    MethodNotAllowed,
+    NotAuthenticated,
+    ParseError,
+    Throttled,
+    UnsupportedMediaType,
+)
+
+from tenants.keys import principal_from_key
+from tenants.limits import rate_limit_wait
+from vajra.errors import InvalidRequest, error_response
+from vajra.serializers import StrictSerializer
+
+from . import access, relay
+from .dispatch import cost_for, inference_submit
+from .placement import NoCapacity
+
+# A prompt past this many characters per token of context is too long for certain (BPE tokens average
+# ~4 characters); the engine checks the exact token count and answers context_length_exceeded.
+CHARS_PER_TOKEN_BOUND = 8
+
+
+class Unavailable(APIException):
+    status_code = 503
+    default_code = "no_capacity"
+
+    def __init__(self, detail, wait):
+        super().__init__(detail)
+        self.wait = wait
+
+
+class ParametersIn(StrictSerializer):
+    temperature = serializers.FloatField(min_value=0, max_value=2, default=0.7)
+    max_tokens = serializers.IntegerField(min_value=1, default=256)
+    top_p = serializers.FloatField(min_value=0, max_value=1, default=1.0)
+    top_k = serializers.IntegerField(min_value=0, default=0)
+    stop = serializers.ListField(child=serializers.CharField(max_length=64, trim_whitespace=False), max_length=4,
+                                 default=list)
+    seed = serializers.IntegerField(required=False, allow_null=True, default=None)
+
+    def validate_top_p(self, value):
+        if value <= 0:
+            raise serializers.ValidationError("top_p must be in (0, 1].")
+        return value
+
+    def validate_max_tokens(self, value):
+        cap = settings.VAJRA_MAX_TOKENS_CAP
+        if value > cap:
+            raise serializers.ValidationError(f"max_tokens is capped at {cap} on your plan.")
+        return value
+
+
+class InferIn(StrictSerializer):
+    prompt = serializers.CharField(trim_whitespace=False, max_length=1_000_000)
+    adapter_id = serializers.CharField(required=False, allow_null=True, max_length=80, default=None)
+    parameters = ParametersIn(required=False)
+    stream = serializers.BooleanField(default=False)
+
+
+def sampling_from(parameters):
+    data = dict(parameters or {})
+    defaults = ParametersIn().to_internal_value({})
+    return {**defaults, **data}
+
+
+async def authenticate(request):
+    header = request.headers.get("Authorization", "")
+    scheme, _, raw = header.partition(" ")
+    if not header:
+        raise NotAuthenticated("Send 'Authorization: Bearer <api key>'.")
+    if scheme.lower() != "bearer" or not raw.strip():
+        raise ParseError("Malformed Authorization header; send 'Authorization: Bearer <api key>'.")
+    principal = await sync_to_async(principal_from_key)(raw.strip())
+    wait = await sync_to_async(rate_limit_wait)(principal)
+    if wait:
+        raise Throttled(wait=wait)
+    return principal
+
+
+def read_json(request):
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType(request.content_type or "none")
+    try:
+        return json.loads(request.body or b"null")
+    except ValueError:
+        raise ParseError("Malformed JSON.") from None
+
+
+def api_view(methods):
+    """Async view wrapper: method check, API-key auth, errors in the one error shape."""
+
+    def wrap(view):
+        async def handler(request, *args, **kwargs):
+            try:
+                if request.method not in methods:
+                    raise MethodNotAllowed(request.method)
+                principal = await authenticate(request)
+                return await view(request, principal, *args, **kwargs)
+            except (APIException, Http404) as exc:
+                return error_response(exc)
+
+        handler.__name__ = view.__name__
+        return csrf_exempt(handler)
+
+    return wrap
+
+
+def check_prompt_length(prompt, base_model):
+    if not prompt.strip():
+        raise InvalidRequest("prompt must not be empty.", param="prompt", code="empty_prompt")
+    limit = base_model.context_length * CHARS_PER_TOKEN_BOUND
+    if len(prompt) > limit:
+        raise InvalidRequest(f"prompt is longer than the context of {base_model.context_length} tokens; shorten it.",
+                             param="prompt", code="context_length_exceeded")
+
+
+def _submit(principal, model_id, data):
+    base_model = access.access_base_model(name=model_id)
+    version = None
+    if data.get("adapter_id"):
+        version = access.access_adapter_version(tenant=principal.tenant, ref=data["adapter_id"])
+        if version.adapter.base_model_id != base_model.pk:
+            raise InvalidRequest(f"Adapter '{version.adapter.name}' is for base model "
+                                 f"'{version.adapter.base_model.name}', not '{base_model.name}'.",
+                                 param="adapter_id", code="base_mismatch")
+    check_prompt_length(data["prompt"], base_model)
+    try:
+        return inference_submit(principal=principal, base_model=base_model, version=version, prompt=data["prompt"],
+                                sampling=sampling_from(data.get("parameters")), api="infer")
+    except NoCapacity as exc:
+        raise Unavailable(str(exc), exc.retry_after) from None
+
+
+def describe(row, version_label):
+    return {"id": row.id, "object": "inference", "model": row.base_model.name, "adapter": version_label,
+            "tier": row.tier, "cost": cost_for(row.tier)}
+
+
+def version_label(row):
+    version = row.adapter_version
+    return f"{version.adapter.name}@v{version.number}" if version else None
+
+
+def final_body(head, final, text=None):
+    body = dict(head)
+    if text is not None:
+        body["text"] = text
+    body.update({"finish_reason": final.get("finish_reason"), "usage": final.get("usage"),
+                 "timings": final.get("timings"), "gpu_ms": final.get("gpu_ms")})
+    if final.get("error"):
+        body["error"] = final["error"]
+    return body
+
+
+def sse_response(request_id, head, last_id="0"):
+    async def stream():
+        finished = False
+        try:
+            yield relay.sse("", "request", head)
+            async for entry_id, kind, data in relay.events(request_id, last_id):
+                if kind == "keepalive":
+                    yield b": keep-alive\n\n"
+                elif kind == "final":
+                    finished = True
+                    yield relay.sse(entry_id, "done", final_body(head, data))
+                else:
+                    yield relay.sse(entry_id, kind, data)
+        finally:
+            if not finished:  # the client went away: stop generating (only generated tokens count)
+                await relay.cancel(request_id)
+
+    response = StreamingHttpResponse(stream(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+@api_view({"POST"})
+async def infer(request, principal, model_id):
+    serializer = InferIn(data=read_json(request))
+    if not serializer.is_valid():
+        raise serializers.ValidationError(serializer.errors)
+    data = serializer.validated_data
+    row = await sync_to_async(_submit)(principal, model_id, data)
+    label = await sync_to_async(version_label)(row)
+    head = describe(row, label)
+    if data["stream"]:
+        return sse_response(row.id, head)
+    parts, final = [], None
+    async for _, kind, event in relay.events(row.id):
+        if kind == "delta":
+            parts.append(event["text"])
+        elif kind == "final":
+            final = event
+    status = 200
+    error = (final or {}).get("error")
+    if error:
+        status = 400 if error.get("code") in {"context_length_exceeded", "invalid_request"} else 502
+    return JsonResponse(final_body(head, final, "".join(parts)), status=status)
+
+
+@api_view({"GET"})
+async def versions(request, principal, model_id):
+    def listing():
+        base_model = access.access_base_model(name=model_id)
+        principal.require("infer")
+        return [{"adapter": v.adapter.name, "version": v.number, "id": f"{v.adapter.name}@v{v.number}",
+                 "current": v.adapter.current_version_id == v.pk, "status": v.status, "tier": v.adapter.tier,
+                 "rank": v.rank, "target_modules": v.target_modules, "sha256": v.sha256, "size_bytes": v.size_bytes,
+                 "created_at": v.created_at.isoformat()}
+                for v in access.tenant_versions(tenant=principal.tenant, base_model=base_model)]
+
+    return JsonResponse({"object": "list", "model": model_id, "data": await sync_to_async(listing)()})
+
+
+def request_json(row):
+    return {"id": row.id, "status": row.status, "model": row.base_model.name, "tier": row.tier,
+            "adapter_version_id": row.adapter_version_id, "node": row.node.name if row.node else None,
+            "finish_reason": row.finish_reason, "error": {"code": row.error_code, "message": row.error_message}
+            if row.error_code else None,
+            "usage": {"prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens,
+                      "cached_tokens": row.cached_tokens},
+            "timings": {"queued_ms": row.queued_ms, "adapter_ready_ms": row.adapter_ready_ms,
+                        "first_token_ms": row.first_token_ms, "total_ms": row.total_ms},
+            "gpu_ms": row.gpu_ms, "guarantee_broken": row.guarantee_broken, "cost": cost_for(row.tier),
+            "created_at": row.created_at.isoformat(),
+            "finished_at": row.finished_at.isoformat() if row.finished_at else None}
+
+
+def _row(principal, request_id):
+    principal.require("infer")
+    row = access.access_inference_request(tenant=principal.tenant, request_id=request_id)
+    return row, request_json(row), version_label(row)
+
+
+@api_view({"GET"})
+async def request_detail(request, principal, request_id):
+    _, body, _ = await sync_to_async(_row)(principal, request_id)
+    return JsonResponse(body)
+
+
+@api_view({"GET"})
+async def request_events(request, principal, request_id):
+    row, _, label = await sync_to_async(_row)(principal, request_id)
+    last_id = request.headers.get("Last-Event-ID") or "0"
+    return sse_response(row.id, describe(row, label), last_id)
+
+
+@api_view({"POST"})
+async def request_cancel(request, principal, request_id):
+    _, body, _ = await sync_to_async(_row)(principal, request_id)
+    await relay.cancel(request_id)
+    return JsonResponse({**body, "cancel_requested": True}, status=202)

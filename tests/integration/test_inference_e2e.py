@@ -1,0 +1,140 @@
+"""End to end with real processes: daphne, a runtime node with SmolLM2, the control worker. A tenant
+uploads an adapter, infers over REST and SSE, the request row records usage from the runtime's final
+event, a client that disconnects cancels its generation, and refusals send nothing."""
+
+import io
+import json
+import time
+import zipfile
+
+import httpx
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from inference.models import Adapter, BaseModel, InferenceRequest
+from tests.conftest import create_key
+from tests.integration.conftest import wait_for
+
+pytestmark = pytest.mark.slow
+MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def adapter_zip(base_model_store, tmp_path_factory):
+    base = AutoModelForCausalLM.from_pretrained(base_model_store / MODEL / "float32")
+    torch.manual_seed(7)
+    peft = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                           init_lora_weights=False))
+    path = tmp_path_factory.mktemp("upload") / "adapter"
+    peft.save_pretrained(path)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for f in path.iterdir():
+            archive.write(f, f"my-adapter/{f.name}")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def platform(daphne, runtime_node, control_worker, alice, acme):
+    wait_for(lambda: BaseModel.objects.filter(name=MODEL).exists(), 180, "the node to register its base model",
+             runtime_node)
+    _, secret = create_key(alice, acme)
+    return httpx.Client(base_url=daphne, headers={"Authorization": f"Bearer {secret}"}, timeout=120)
+
+
+def sse_events(response):
+    event = {}
+    for line in response.iter_lines():
+        if not line:
+            if event:
+                yield event
+            event = {}
+        elif line.startswith(":"):
+            continue
+        else:
+            field, _, value = line.partition(": ")
+            event[field] = value
+
+
+def test_upload_infer_rest_and_sse_and_usage_rows(platform, adapter_zip, charlie, contoso):
+    up = platform.post("/api/v1/adapters", data={"name": "support-bot", "base_model": MODEL},
+                       files={"file": ("adapter.zip", adapter_zip, "application/zip")})
+    assert up.status_code == 201, up.text
+    assert up.json()["model"] == "support-bot@v1" and up.json()["tier"]["units_per_query"] == 1
+
+    body = {"prompt": "The capital of France is", "adapter_id": "support-bot",
+            "parameters": {"temperature": 0, "max_tokens": 16}}
+    answer = platform.post(f"/v1/models/{MODEL}/infer", json=body)
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert result["adapter"] == "support-bot@v1" and result["tier"] == "cold" and result["cost"]["units"] == 1
+    assert result["text"] and 0 < result["usage"]["completion_tokens"] <= 16
+    assert result["timings"]["adapter_ready_ms"] > 0
+    row = wait_for(lambda: InferenceRequest.objects.filter(pk=result["id"], status="succeeded").first(), 60,
+                   "the control worker to record the final event")
+    assert row.completion_tokens == result["usage"]["completion_tokens"] and row.gpu_ms > 0
+    assert row.adapter_version.adapter.name == "support-bot" and row.node.name.startswith("test-")
+
+    with platform.stream("POST", f"/v1/models/{MODEL}/infer", json={**body, "stream": True}) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = list(sse_events(response))
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "request" and kinds[-1] == "done" and "delta" in kinds
+    streamed = "".join(json.loads(e["data"])["text"] for e in events if e["event"] == "delta")
+    assert streamed == result["text"]  # greedy: the same answer both ways
+
+    # resume: the same stream again from its second event
+    request_id = json.loads(events[0]["data"])["id"]
+    second_id = next(e["id"] for e in events if e["event"] == "delta")
+    with platform.stream("GET", f"/v1/requests/{request_id}/events", headers={"Last-Event-ID": second_id}) as again:
+        resumed = [e for e in sse_events(again) if e["event"] == "delta"]
+    assert "".join(json.loads(e["data"])["text"] for e in resumed) == streamed[len(
+        json.loads(next(e for e in events if e["event"] == "delta")["data"])["text"]):]
+
+
+def test_disconnect_cancels_generation(platform, adapter_zip):
+    platform.post("/api/v1/adapters", data={"name": "long", "base_model": MODEL},
+                  files={"file": ("adapter.zip", adapter_zip, "application/zip")}).raise_for_status()
+    body = {"prompt": "Write a very long story about the sea.", "adapter_id": "long",
+            "parameters": {"temperature": 0.8, "max_tokens": 400, "seed": 1}, "stream": True}
+    with platform.stream("POST", f"/v1/models/{MODEL}/infer", json=body) as response:
+        deltas = 0
+        for event in sse_events(response):
+            if event.get("event") == "request":
+                request_id = json.loads(event["data"])["id"]
+            deltas += event.get("event") == "delta"
+            if deltas >= 3:
+                break  # leaves the block: the connection closes mid-stream
+    row = wait_for(lambda: InferenceRequest.objects.filter(pk=request_id).exclude(status="queued").first(), 60,
+                   "the cancelled request to be recorded")
+    assert row.status == "cancelled" and 3 <= row.completion_tokens < 400
+
+
+def test_refusals_write_nothing_and_send_no_task(platform, charlie, contoso, unchanged_db):
+    other = Adapter.objects.create(tenant=contoso, base_model=BaseModel.objects.get(name=MODEL), name="secret")
+    cases = [
+        ("/v1/models/no-such-model/infer", {"prompt": "hi"}, 404),
+        (f"/v1/models/{MODEL}/infer", {"prompt": "hi", "adapter_id": "secret"}, 404),  # charlie's
+        (f"/v1/models/{MODEL}/infer", {"prompt": "hi", "parameters": {"temperature": 3}}, 400),
+        (f"/v1/models/{MODEL}/infer", {"prompt": "hi", "parameters": {"top_p": 0}}, 400),
+        (f"/v1/models/{MODEL}/infer", {"prompt": "hi", "parameters": {"max_tokens": 0}}, 400),
+        (f"/v1/models/{MODEL}/infer", {"prompt": "hi", "parameters": {"max_tokens": 10 ** 6}}, 400),
+        (f"/v1/models/{MODEL}/infer", {"prompt": ""}, 400),
+        (f"/v1/models/{MODEL}/infer", {"prompt": "x" * 10 ** 6}, 400),
+        (f"/v1/models/{MODEL}/infer", {"prompt": "hi", "surprise": 1}, 400),
+    ]
+    with unchanged_db():
+        for url, body, status in cases:
+            response = platform.post(url, json=body)
+            assert response.status_code == status, (body, response.text)
+            error = response.json()["error"]
+            assert error["message"] and response.headers["x-request-id"]
+        assert platform.post(f"/v1/models/{MODEL}/infer", content=b"{nope",
+                             headers={"Content-Type": "application/json"}).status_code == 400
+        assert platform.post(f"/v1/models/{MODEL}/infer", content=b"prompt=hi",
+                             headers={"Content-Type": "application/x-www-form-urlencoded"}).status_code == 415
+    del other
+    time.sleep(0.5)
+    assert InferenceRequest.objects.count() == 0
