@@ -69,6 +69,7 @@ class RuntimeConfig:
     eviction_threshold: float
     max_lora_rank: int
     prefix_cache_bytes: int
+    prefetch_lookahead_ms: int
 
     @classmethod
     def from_env(cls):
@@ -97,4 +98,5 @@ class RuntimeConfig:
             eviction_threshold=_float("VAJRA_LRU_EVICTION_THRESHOLD", 0.9, 0.1, 1.0),
             max_lora_rank=_int("VAJRA_MAX_LORA_RANK", 64),
             prefix_cache_bytes=_int("VAJRA_PREFIX_CACHE_BYTES", 512 << 20, minimum=0),
+            prefetch_lookahead_ms=_int("VAJRA_PREFETCH_LOOKAHEAD_MS", 5000),  # VAJRA paper, Table 6
         )

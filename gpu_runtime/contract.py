@@ -59,6 +59,7 @@ class Heartbeat:
     memory: dict = field(default_factory=dict)  # bytes: {"device_allocated", "host_rss", ...}
     adapters: dict = field(default_factory=dict)  # tier -> count
     prefix_cache: dict = field(default_factory=dict)  # entries, bytes, lookups, hits, hit_rate
+    prefetch: dict = field(default_factory=dict)  # Algorithm 1: predictions, hits, hit_rate, actions
     base_architecture: dict = field(default_factory=dict)  # what adapters must fit (model manifest)
     context_length: int = 0
     resident: dict = field(default_factory=dict)  # tier -> ["adapter_id:version", ...] (placement locality)

@@ -11,6 +11,7 @@ import os
 import resource
 import threading
 import time
+from collections import OrderedDict
 from datetime import UTC, datetime
 
 from celery import Celery, signals
@@ -26,6 +27,7 @@ from .contract import (
     Heartbeat,
     node_queue,
 )
+from .prefetch import Prefetcher, PrefetchLoop
 from .redis_url import celery_url
 
 log = logging.getLogger("vajra.runtime.worker")
@@ -60,6 +62,10 @@ class Node:
         self.config = config
         self.started_at = datetime.now(UTC).isoformat()
         self.base = self.store = self.engine = None
+        self.prefetcher = Prefetcher(lookahead_ms=config.prefetch_lookahead_ms)
+        self.prefetch_loop = None
+        # key -> AdapterRef of recent requests: the prefetcher speaks in keys, prepare() needs the ref
+        self.adapter_refs = OrderedDict()
         self.load_error = None
         self.ready = threading.Event()
         self._stop = threading.Event()
@@ -71,8 +77,39 @@ class Node:
             thread.start()
             self._threads.append(thread)
 
+    def observe(self, request):
+        """A request arrived: the prefetcher learns its adapter's arrival pattern (Algorithm 1)."""
+        if request.adapter is None or self.store is None:
+            return
+        from .adapter_store import adapter_key
+
+        key = adapter_key(request.adapter)
+        self.adapter_refs[key] = request.adapter
+        self.adapter_refs.move_to_end(key)
+        while len(self.adapter_refs) > self.prefetcher.max_adapters:
+            self.adapter_refs.popitem(last=False)
+        self.prefetcher.observe(key, time.monotonic(), tier=self.store.where(key))
+
+    def _prefetch_to_host(self, key):  # disk targets too: the store's smallest move up is to host RAM
+        ref = self.adapter_refs.get(key)
+        if ref is not None:
+            self.store.prepare(ref)
+
+    def _prefetch_to_device(self, key):
+        ref = self.adapter_refs.get(key)
+        if ref is None:
+            return
+
+        def activate(future):  # slot copies happen on the engine thread only
+            if future.exception() is None:
+                self.engine.call(lambda: self.store.activate(key, acquire=False))
+
+        self.store.prepare(ref).add_done_callback(activate)
+
     def stop(self):
         self._stop.set()
+        if self.prefetch_loop:
+            self.prefetch_loop.stop()
         if self.engine:
             self.engine.stop()
         if self.store:
@@ -87,6 +124,9 @@ class Node:
         try:
             self.base, self.store, self.engine = build_engine(self.config)
             self.engine.start()
+            self.prefetch_loop = PrefetchLoop(self.prefetcher, self.store.where, to_device=self._prefetch_to_device,
+                                              to_host=self._prefetch_to_host, moves=self.store.moves)
+            self.prefetch_loop.start()
         except Exception as exc:
             self.load_error = str(exc)
             log.exception("base model failed to load")
@@ -116,6 +156,7 @@ class Node:
             context_length=self.engine.max_context if self.engine else 0,
             resident=self.store.resident() if self.store else {},
             prefix_cache=self.engine.prefix_cache.stats() if self.engine and self.engine.prefix_cache else {},
+            prefetch=self.prefetcher.stats(),
             queue_depth=self.engine.queue_depth + len(self.engine.rows) if self.engine else 0,
             busy_ratio=round(self.engine.busy_ratio(), 4) if self.engine else 0.0,
         )
@@ -187,7 +228,9 @@ def infer(payload):
         return result
     final = _streams().final_event(request.request_id)
     if final is None:  # not a redelivery of a request that already ran: run it (never twice)
-        final = node.require_engine().submit(request).wait()
+        engine = node.require_engine()
+        node.observe(request)
+        final = engine.submit(request).wait()
     # the control plane records usage from this (idempotent on the request id)
     app.send_task(TASK_INFERENCE_FINISHED, args=[request.request_id, final], queue=CONTROL_QUEUE)
     return final
