@@ -49,9 +49,17 @@ class AdapterOut(serializers.Serializer):
         return data
 
 
+class BaseModelOut(serializers.Serializer):
+    id = serializers.CharField()
+    aliases = serializers.ListField(child=serializers.CharField())
+    context_length = serializers.IntegerField()
+    architecture = serializers.DictField()
+
+
 class BaseModelListView(APIView):
     required_action = "tenant.view"
 
+    @extend_schema(responses={200: BaseModelOut(many=True)})
     def get(self, request):
         return Response({"data": [{"id": b.name, "aliases": b.aliases, "context_length": b.context_length,
                                    "architecture": b.architecture} for b in BaseModel.objects.order_by("name")]})
