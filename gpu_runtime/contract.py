@@ -4,7 +4,7 @@ Both sides import this module; it imports neither Django nor torch.
 
 Queues
 - ``node.<name>``: tasks for one runtime node, by name: ``runtime.infer`` (an InferenceRequest as JSON,
-  see gpu_runtime.requests), ``runtime.prefetch``, ``runtime.set_tier``, ``runtime.evict``,
+  see gpu_runtime.requests), ``runtime.cancel``, ``runtime.prefetch``, ``runtime.set_tier``, ``runtime.evict``,
   ``runtime.validate``, ``runtime.ping``.
 - ``control``: tasks for the control worker. A node sends ``control.node_heartbeat`` with a Heartbeat
   every ``VAJRA_HEARTBEAT_SECONDS``; the control plane marks a node down after

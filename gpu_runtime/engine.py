@@ -185,6 +185,8 @@ class Engine:
 
     def _try_join(self, handle):
         request = handle.request
+        if request.base_model and request.base_model != self.base.name:
+            raise RequestError("unknown_base_model", f"this node serves {self.base.name}, not {request.base_model}")
         key, slot = None, 0
         if request.adapter is not None:
             if self.store is None:

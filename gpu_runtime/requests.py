@@ -59,6 +59,7 @@ class InferenceRequest:
     adapter: AdapterRef | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
     tenant: str = ""
+    base_model: str = ""  # empty: whatever this node serves; else it must match
 
     @classmethod
     def from_json(cls, payload):
@@ -78,7 +79,8 @@ class InferenceRequest:
         if not isinstance(prompt, str) or (not prompt and not messages):
             raise ContractError("prompt: give a prompt string or messages")
         return cls(request_id=payload["request_id"], prompt=prompt, messages=tuple(messages), adapter=adapter,
-                   sampling=sampling, tenant=str(payload.get("tenant", "")))
+                   sampling=sampling, tenant=str(payload.get("tenant", "")),
+                   base_model=str(payload.get("base_model") or ""))
 
     def to_json(self):
         return asdict(self)

@@ -236,6 +236,15 @@ def infer(payload):
     return final
 
 
+@app.task(name="runtime.cancel")
+def cancel(request_id):
+    """Cancels a request; the engine drops its row within one step (the web may also set the key itself)."""
+    from .contract import cancel_key
+
+    _streams().redis.set(cancel_key(request_id), 1, ex=config.stream_ttl_seconds)
+    return {"cancel_requested": request_id}
+
+
 @app.task(name="runtime.prefetch")
 def prefetch(adapter):
     """Moves an adapter to this node's disk and host RAM ahead of its requests."""

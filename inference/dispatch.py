@@ -50,7 +50,8 @@ def inference_submit(*, principal, base_model, version=None, prompt="", messages
             max_tokens=sampling["max_tokens"],
         )
         payload = {"request_id": row.id, "prompt": prompt, "messages": list(messages), "sampling": sampling,
-                   "adapter": adapter_ref(version) if version is not None else None, "tenant": tenant.slug}
+                   "adapter": adapter_ref(version) if version is not None else None, "tenant": tenant.slug,
+                   "base_model": base_model.name}
         queue = node_queue(node.name)
 
         def send():

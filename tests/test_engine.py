@@ -150,10 +150,12 @@ def test_bad_requests_get_typed_errors_and_the_engine_keeps_serving(engine, tmp_
     bad = engine.submit(request([1, 2], AdapterRef("broken", 1, str(broken))))
     missing = engine.submit(request([1, 2], AdapterRef("missing", 1, str(tmp_path / "nowhere"))))
     too_long = engine.submit(request([1] * 250, max_tokens=32))
+    other_base = engine.submit(InferenceRequest(request_id="req_other_base", prompt="t1", base_model="llama-70b"))
     fine = engine.submit(request([4, 5, 6], max_tokens=4))
     assert bad.wait(30)["error"]["code"] == "pickle_refused"
     assert missing.wait(30)["error"]["code"] == "adapter_not_found"
     assert too_long.wait(30)["error"]["code"] == "context_length_exceeded"
+    assert other_base.wait(30)["error"]["code"] == "unknown_base_model"
     assert fine.wait(30)["finish_reason"] in {"length", "stop"}
     # a broken adapter fails fast the second time, from memory
     again = engine.submit(request([1, 2], AdapterRef("broken", 1, str(broken))))
