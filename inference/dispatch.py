@@ -12,7 +12,7 @@ from gpu_runtime.contract import TASK_INFER, node_queue
 
 from .adapters import adapter_ref
 from .models import Adapter, InferenceRequest
-from .placement import place
+from .placement import NoCapacity, place, record_scale_up
 
 ACTIVE = (InferenceRequest.QUEUED, InferenceRequest.RUNNING)
 
@@ -34,6 +34,14 @@ def cost_for(tier):
 def inference_submit(*, principal, base_model, version=None, prompt="", messages=(), sampling, api, request_id=None):
     """Places the request, writes its row and sends the runtime task after commit. Returns the row."""
     principal.require("infer")
+    try:
+        return _submit(principal, base_model, version, prompt, messages, sampling, api, request_id)
+    except NoCapacity as exc:
+        record_scale_up(exc)
+        raise
+
+
+def _submit(principal, base_model, version, prompt, messages, sampling, api, request_id):
     tenant = principal.tenant
     with transaction.atomic():
         # Lock the tenant row so two concurrent submits cannot both slip under the concurrency quota.

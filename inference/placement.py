@@ -28,6 +28,10 @@ AFFINITY_WINDOW = 50
 class NoCapacity(Exception):
     retry_after = 5
 
+    def __init__(self, message, base_model=""):
+        super().__init__(message)
+        self.base_model = base_model
+
 
 @dataclass(frozen=True)
 class Scored:
@@ -78,11 +82,15 @@ def place(*, tenant, base_model, version=None):
     """The node to run this request on, or NoCapacity (after recording a scale-up signal)."""
     scored = score_nodes(tenant=tenant, base_model=base_model, version=version)
     if not scored:
-        reason = f"no up node serves {base_model.name} with a free adapter slot"
-        ScaleUpSignal.objects.create(base_model=base_model.name, reason=reason)
-        log.warning("placement: %s", reason)
-        raise NoCapacity(f"No runtime node can take this request now ({reason}); retry shortly.")
+        raise NoCapacity(f"No runtime node can take this request now (no up node serves {base_model.name} with a "
+                         "free adapter slot); retry shortly.", base_model=base_model.name)
     return scored[0].node
+
+
+def record_scale_up(exc):
+    """Records the signal in its own transaction, so the refused request's rollback does not erase it."""
+    log.warning("placement: %s", exc)
+    ScaleUpSignal.objects.create(base_model=exc.base_model, reason=str(exc)[:200])
 
 
 def hot_capacity(node):

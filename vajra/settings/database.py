@@ -20,5 +20,8 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
     # One per test run, so that two runs side by side do not flush each other's.
     _db["TEST"] = {"NAME": str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3")}
     _db.setdefault("OPTIONS", {})["timeout"] = 20
+    # Writers take the lock when their transaction starts, so a second writer waits for it (up to the
+    # timeout) instead of failing at once with "database is locked" when it upgrades a read lock.
+    _db["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
 
 DATABASES = {"default": _db}

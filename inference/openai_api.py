@@ -1,0 +1,399 @@
+"""OpenAI-compatible API, so the official clients work unmodified:
+
+    POST /v1/chat/completions   messages rendered with the base model's chat template
+    POST /v1/completions        a raw prompt
+    GET  /v1/models             base models and the caller's adapters (``name`` and ``name@vN``)
+    GET  /v1/models/{id}
+
+``model`` is a base model id (the base alone) or one of the caller's adapters, ``name`` (its current
+version) or ``name@vN``; a base model's id wins over an adapter of the same name. Parameters OpenAI
+defines but VAJRA does not implement are accepted at their neutral default and refused otherwise, naming
+the parameter; unknown fields are refused. Every refusal happens before a row is written or a task sent,
+in OpenAI's error shape. Answers carry a ``vajra`` field: request id, adapter, tier, cost, timings.
+"""
+
+import json
+from dataclasses import dataclass
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import Http404, JsonResponse, StreamingHttpResponse
+from rest_framework import serializers
+from rest_framework.exceptions import NotFound
+
+from vajra.errors import InvalidRequest, error_body
+from vajra.serializers import StrictSerializer
+
+from . import access, relay
+from .dispatch import cost_for, inference_submit
+from .models import AdapterVersion, BaseModel
+from .placement import NoCapacity
+from .v1 import CHARS_PER_TOKEN_BOUND, Unavailable, api_view, check_prompt_length, read_json
+
+DEFAULT_MAX_TOKENS = 256  # OpenAI's default is "the rest of the context"; a bounded default bills no surprise
+RUNTIME_CLIENT_ERRORS = {"context_length_exceeded", "invalid_request"}
+
+# Parameter -> the values that mean "off": accepted (and ignored) because clients send them routinely.
+COMMON_NEUTRAL = {
+    "n": (None, 1), "frequency_penalty": (None, 0), "presence_penalty": (None, 0), "logit_bias": (None, {}),
+}
+CHAT_NEUTRAL = {
+    **COMMON_NEUTRAL, "logprobs": (None, False), "top_logprobs": (None, 0), "tools": (None, []),
+    "tool_choice": (None, "none", "auto"), "parallel_tool_calls": (None, True, False), "functions": (None, []),
+    "function_call": (None, "none", "auto"), "response_format": (None, {"type": "text"}), "store": (None, False),
+    "metadata": (None, {}), "service_tier": (None, "auto", "default"), "modalities": (None, ["text"]),
+    "audio": (None,), "prediction": (None,), "reasoning_effort": (None,), "verbosity": (None,),
+    "web_search_options": (None,), "prompt_cache_retention": (None,), "prompt_cache_options": (None,),
+}
+COMPLETION_NEUTRAL = {**COMMON_NEUTRAL, "logprobs": (None,), "best_of": (None, 1), "echo": (None, False),
+                      "suffix": (None, "")}
+# A message echoed back from an earlier answer carries these, empty.
+MESSAGE_NEUTRAL = {"refusal": (None,), "tool_calls": (None, []), "function_call": (None,), "audio": (None,),
+                   "annotations": (None, [])}
+IGNORED = {"user", "safety_identifier", "prompt_cache_key"}  # hints about the caller, nothing to do with them
+
+
+def is_neutral(value, accepted):
+    # bool is an int in Python: true must not pass for 1, nor false for 0
+    return any(value == ok and isinstance(value, bool) == isinstance(ok, bool) for ok in accepted)
+
+
+def strip_neutral(data, neutral):
+    """Drops the known parameters that are at their neutral value; refuses those that are not."""
+    if not isinstance(data, dict):
+        return data
+    for name in sorted(set(data) & set(neutral)):
+        if not is_neutral(data[name], neutral[name]):
+            accepted = " or ".join(json.dumps(ok) for ok in neutral[name] if ok is not None) or "null"
+            raise serializers.ValidationError({name: [f"{name}={json.dumps(data[name])} is not supported; VAJRA "
+                                                      f"accepts only {accepted} (or leaving it out)."]},
+                                              code="unsupported_value")
+    return {k: v for k, v in data.items() if k not in neutral and k not in IGNORED}
+
+
+class ContentField(serializers.Field):
+    """A string, or a list of text parts (joined by newlines, as vLLM does); no images or audio."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, str):
+            return data
+        if isinstance(data, list) and all(isinstance(p, dict) and set(p) == {"type", "text"} and p["type"] == "text"
+                                          and isinstance(p["text"], str) for p in data):
+            return "\n".join(p["text"] for p in data)
+        raise serializers.ValidationError('content must be a string or a list of {"type": "text", "text": ...} '
+                                          "parts; images, audio and files are not supported.")
+
+
+class StopField(serializers.Field):
+    def to_internal_value(self, data):
+        stops = [data] if isinstance(data, str) else data
+        if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) and 0 < len(s) <= 64
+                                                                    for s in stops):
+            raise serializers.ValidationError("stop must be a string or a list of at most 4 non-empty strings of "
+                                              "at most 64 characters.")
+        return stops
+
+
+class MessageIn(StrictSerializer):
+    role = serializers.ChoiceField(choices=["system", "developer", "user", "assistant"])
+    content = ContentField()
+    name = serializers.CharField(required=False, max_length=64)
+
+    def to_internal_value(self, data):
+        return super().to_internal_value(strip_neutral(data, MESSAGE_NEUTRAL))
+
+
+class StreamOptionsIn(StrictSerializer):
+    include_usage = serializers.BooleanField(required=False, default=False)
+
+
+class SamplingIn(StrictSerializer):
+    model = serializers.CharField(max_length=200)
+    temperature = serializers.FloatField(min_value=0, max_value=2, required=False, allow_null=True)
+    top_p = serializers.FloatField(min_value=0, max_value=1, required=False, allow_null=True)
+    top_k = serializers.IntegerField(min_value=0, required=False, allow_null=True)  # vLLM's extension
+    max_tokens = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    max_completion_tokens = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    stop = StopField(required=False, allow_null=True)
+    seed = serializers.IntegerField(min_value=-(2 ** 63), max_value=2 ** 63 - 1, required=False, allow_null=True)
+    stream = serializers.BooleanField(required=False, allow_null=True, default=False)
+    stream_options = StreamOptionsIn(required=False, allow_null=True)
+
+    def validate_top_p(self, value):
+        if value is not None and value <= 0:
+            raise serializers.ValidationError("top_p must be in (0, 1].")
+        return value
+
+    def validate(self, data):
+        cap = settings.VAJRA_MAX_TOKENS_CAP
+        for name in ("max_tokens", "max_completion_tokens"):
+            if (data.get(name) or 0) > cap:
+                raise serializers.ValidationError({name: f"{name} is capped at {cap} on your plan."})
+        if None not in (data.get("max_tokens"), data.get("max_completion_tokens")) and \
+                data["max_tokens"] != data["max_completion_tokens"]:
+            raise serializers.ValidationError({"max_tokens": "Give max_completion_tokens or max_tokens, not two "
+                                                             "different values."})
+        return data
+
+
+class ChatIn(SamplingIn):
+    messages = serializers.ListField(child=MessageIn(), min_length=1, max_length=2000)
+
+
+class CompletionIn(SamplingIn):
+    prompt = serializers.JSONField()
+
+    def validate_prompt(self, value):
+        if isinstance(value, list) and len(value) == 1:  # some clients always send a batch; one prompt is fine
+            value = value[0]
+        if not isinstance(value, str):
+            raise serializers.ValidationError("prompt must be one string; batches and token ids are not supported.")
+        return value
+
+
+def validated(serializer_class, body, neutral):
+    serializer = serializer_class(data=strip_neutral(body, neutral))
+    if not serializer.is_valid():
+        raise serializers.ValidationError(serializer.errors)
+    return serializer.validated_data
+
+
+def sampling_of(data):
+    pick = data.get("max_completion_tokens") or data.get("max_tokens")
+    return {"max_tokens": pick or min(DEFAULT_MAX_TOKENS, settings.VAJRA_MAX_TOKENS_CAP),
+            "temperature": 1.0 if data.get("temperature") is None else data["temperature"],
+            "top_p": data.get("top_p") or 1.0, "top_k": data.get("top_k") or 0, "stop": data.get("stop") or [],
+            "seed": data.get("seed")}
+
+
+def model_not_found(name, reason):
+    exc = NotFound(f"The model '{name}' does not exist or you do not have access to it ({reason.rstrip('.')}). "
+                   "GET /v1/models lists the models you can use.", code="model_not_found")
+    exc.param = "model"
+    return exc
+
+
+def resolve_model(principal, name):
+    """(base model, adapter version or None) for a request's ``model``."""
+    principal.require("infer")
+    try:
+        return access.access_base_model(name=name), None
+    except Http404:
+        pass
+    try:
+        version = access.access_adapter_version(tenant=principal.tenant, ref=name)
+    except Http404 as exc:
+        raise model_not_found(name, str(exc)) from None
+    return version.adapter.base_model, version
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What every answer and chunk of one request repeats, in the shape of its API."""
+
+    api: str  # chat or completions
+    id: str
+    created: int
+    model: str
+    vajra: dict
+
+    def _base(self, stream):
+        kind = ("chat.completion.chunk" if stream else "chat.completion") if self.api == "chat" else "text_completion"
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
+                "system_fingerprint": None}
+
+    def _choice(self, text, finish_reason, stream, role=False):
+        if self.api == "completions":
+            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        if not stream:
+            return {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": None, "finish_reason": finish_reason}
+        delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+    def answer(self, text, final):
+        return {**self._base(False), "choices": [self._choice(text, final["finish_reason"], False)],
+                "usage": usage_of(final), "vajra": self.extension(final)}
+
+    def chunk(self, text=None, finish_reason=None, *, role=False, include_usage=False, final=None):
+        body = {**self._base(True), "choices": [self._choice(text, finish_reason, True, role)]}
+        if include_usage:
+            body["usage"] = None  # as OpenAI: null on every chunk but the last
+        if final is not None:
+            body["vajra"] = self.extension(final)
+        return body
+
+    def usage_chunk(self, final):
+        return {**self._base(True), "choices": [], "usage": usage_of(final)}
+
+    def extension(self, final):
+        return {**self.vajra, "timings": final.get("timings"), "gpu_ms": final.get("gpu_ms")}
+
+
+def usage_of(final):
+    usage = final.get("usage") or {}
+    prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": usage.get("cached_tokens", 0)}}
+
+
+def final_error(final, param):
+    """(status, OpenAI error body) for a final event that is not an answer; None for an answer."""
+    reason = (final or {}).get("finish_reason")
+    if reason in ("stop", "length"):
+        return None
+    if reason == "cancelled":
+        status, code, message = 409, "request_cancelled", "The request was cancelled before it finished."
+    else:
+        error = (final or {}).get("error") or {}
+        code = error.get("code") or "runtime_error"
+        status = 400 if code in RUNTIME_CLIENT_ERRORS else 502
+        message = error.get("message") or "The runtime failed to answer; retry, quoting the x-request-id."
+    return status, error_body(message, status_code=status, code=code, param=param if status == 400 else None)
+
+
+def _submit(principal, data, *, api, prompt="", messages=(), request_id=None):
+    base_model, version = resolve_model(principal, data["model"])
+    if api == "chat":
+        if len("".join(m["content"] for m in messages)) > base_model.context_length * CHARS_PER_TOKEN_BOUND:
+            raise InvalidRequest(f"messages are longer than the context of {base_model.context_length} tokens; "
+                                 "shorten them.", param="messages", code="context_length_exceeded")
+    else:
+        check_prompt_length(prompt, base_model)
+    try:
+        row = inference_submit(principal=principal, base_model=base_model, version=version, prompt=prompt,
+                               messages=messages, sampling=sampling_of(data), api=api, request_id=request_id)
+    except NoCapacity as exc:
+        raise Unavailable(str(exc), exc.retry_after) from None
+    label = f"{version.adapter.name}@v{version.number}" if version else None
+    prefix = "chatcmpl-" if api == "chat" else "cmpl-"
+    return Envelope(api=api, id=prefix + row.id, created=int(row.created_at.timestamp()), model=data["model"],
+                    vajra={"request_id": row.id, "base_model": base_model.name, "adapter": label,
+                           "tier": row.tier, "cost": cost_for(row.tier)})
+
+
+def sse_data(body):
+    return f"data: {json.dumps(body)}\n\n".encode()
+
+
+def stream_response(request_id, envelope, include_usage, param):
+    async def stream():
+        finished = False
+        try:
+            if envelope.api == "chat":
+                yield sse_data(envelope.chunk(role=True, include_usage=include_usage))
+            async for _, kind, data in relay.events(request_id):
+                if kind == "keepalive":
+                    yield b": keep-alive\n\n"
+                elif kind == "delta" and data.get("text"):
+                    yield sse_data(envelope.chunk(data["text"], include_usage=include_usage))
+                elif kind == "final":
+                    finished = True
+                    failed = final_error(data, param)
+                    if failed:
+                        yield sse_data(failed[1])
+                    else:
+                        yield sse_data(envelope.chunk(finish_reason=data["finish_reason"],
+                                                      include_usage=include_usage, final=data))
+                        if include_usage:
+                            yield sse_data(envelope.usage_chunk(data))
+                    yield b"data: [DONE]\n\n"
+        finally:
+            if not finished:  # the client went away: stop generating (only generated tokens count)
+                await relay.cancel(request_id)
+
+    response = StreamingHttpResponse(stream(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+async def collect(request_id):
+    """The whole answer: (text, final event). A client that gives up first cancels the generation."""
+    parts, final = [], None
+    try:
+        async for _, kind, event in relay.events(request_id):
+            if kind == "delta":
+                parts.append(event["text"])
+            elif kind == "final":
+                final = event
+    finally:
+        if final is None:
+            await relay.cancel(request_id)
+    return "".join(parts), final
+
+
+def own_request_id(request):
+    """The x-request-id this server made (not one the caller sent): used as the row's id, so the header,
+    the logs, the row and the answer's id all name the same request."""
+    rid = getattr(request, "request_id", None)
+    return rid if rid and rid != request.headers.get("X-Request-ID") else None
+
+
+async def respond(request, principal, data, *, api, prompt="", messages=()):
+    envelope = await sync_to_async(_submit)(principal, data, api=api, prompt=prompt, messages=messages,
+                                            request_id=own_request_id(request))
+    param = "messages" if api == "chat" else "prompt"
+    request_id = envelope.vajra["request_id"]
+    if data.get("stream"):
+        include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+        return stream_response(request_id, envelope, include_usage, param)
+    text, final = await collect(request_id)
+    failed = final_error(final, param)
+    if failed:
+        return JsonResponse(failed[1], status=failed[0])
+    return JsonResponse(envelope.answer(text, final))
+
+
+@api_view({"POST"})
+async def chat_completions(request, principal):
+    data = validated(ChatIn, read_json(request), CHAT_NEUTRAL)
+    messages = [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
+                for m in data["messages"]]
+    return await respond(request, principal, data, api="chat", messages=messages)
+
+
+@api_view({"POST"})
+async def completions(request, principal):
+    data = validated(CompletionIn, read_json(request), COMPLETION_NEUTRAL)
+    return await respond(request, principal, data, api="completions", prompt=data["prompt"])
+
+
+def base_card(base_model):
+    return {"id": base_model.name, "object": "model", "created": int(base_model.created_at.timestamp()),
+            "owned_by": "vajra"}
+
+
+def adapter_card(model_id, version, tenant):
+    return {"id": model_id, "object": "model", "created": int(version.created_at.timestamp()),
+            "owned_by": tenant.slug, "parent": version.adapter.base_model.name}
+
+
+def model_cards(principal):
+    principal.require("infer")
+    cards = [base_card(b) for b in BaseModel.objects.order_by("name")]
+    for adapter in access.tenant_adapters(tenant=principal.tenant):
+        version = adapter.current_version
+        if version is not None and version.status == AdapterVersion.READY:
+            version.adapter = adapter
+            cards += [adapter_card(name, version, principal.tenant)
+                      for name in (adapter.name, f"{adapter.name}@v{version.number}")]
+    return cards
+
+
+def model_card(principal, model_id):
+    base_model, version = resolve_model(principal, model_id)
+    if version is None:
+        return base_card(base_model)
+    name = version.adapter.name if "@" not in model_id else f"{version.adapter.name}@v{version.number}"
+    return adapter_card(name, version, principal.tenant)
+
+
+@api_view({"GET"})
+async def models_list(request, principal):
+    return JsonResponse({"object": "list", "data": await sync_to_async(model_cards)(principal)})
+
+
+@api_view({"GET"})
+async def model_detail(request, principal, model_id):
+    return JsonResponse(await sync_to_async(model_card)(principal, model_id))

@@ -1,0 +1,269 @@
+"""The OpenAI-compatible API without a runtime: every refusal happens before a row is written or a task
+sent, /v1/models shows base models and only the caller's adapters, and (with the token stream faked) the
+answers, chunks and errors have OpenAI's shapes."""
+
+import json
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from inference import relay
+from inference.models import Adapter, AdapterVersion, BaseModel, InferenceRequest, Node
+from tests.conftest import assert_error, create_key
+
+pytestmark = pytest.mark.usefixtures("fast_password_hashing")
+BASE = "smollm2-135m-instruct"
+CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
+
+
+def ready_adapter(tenant, base, name, number=1):
+    adapter = Adapter.objects.create(tenant=tenant, base_model=base, name=name)
+    version = AdapterVersion.objects.create(adapter=adapter, number=number, status=AdapterVersion.READY,
+                                            sha256="0" * 64, size_bytes=1, rank=8, alpha=16, dtype="float32",
+                                            target_modules=["q_proj"], storage_key=f"{tenant.slug}/{name}")
+    adapter.current_version = version
+    adapter.save()
+    return adapter
+
+
+@pytest.fixture
+def catalog(acme, contoso):
+    base = BaseModel.objects.create(name=BASE, aliases=["HuggingFaceTB/SmolLM2-135M-Instruct"], context_length=2048)
+    other = BaseModel.objects.create(name="other-base", context_length=4096)
+    return {"base": base, "other": other, "alice": ready_adapter(acme, base, "support-bot"),
+            "charlie": ready_adapter(contoso, base, "secret")}
+
+
+@pytest.fixture
+def node(catalog):
+    return Node.objects.create(name="n1", base_model=BASE, state={"adapters": {"slots": 4, "device": 0}},
+                               last_heartbeat_at=timezone.now())
+
+
+def api(secret):
+    return Client(headers={"Authorization": f"Bearer {secret}"})
+
+
+@pytest.fixture
+def alice_api(alice, acme):
+    return api(create_key(alice, acme)[1])
+
+
+@pytest.fixture
+def charlie_api(charlie, contoso):
+    return api(create_key(charlie, contoso)[1])
+
+
+def post(client, path, body):
+    return client.post(path, json.dumps(body), content_type="application/json")
+
+
+def chat(model=BASE, **extra):
+    return {"model": model, "messages": [{"role": "user", "content": "Hi"}], **extra}
+
+
+REFUSALS = [
+    (CHAT, chat("no-such-model"), 404, "model_not_found", "model"),
+    (CHAT, chat("secret"), 404, "model_not_found", "model"),  # charlie's adapter, asked by alice
+    (CHAT, chat("support-bot@v2"), 404, "model_not_found", "model"),
+    (CHAT, chat(n=2), 400, "unsupported_value", "n"),
+    (CHAT, chat(temperature=3), 400, None, "temperature"),
+    (CHAT, chat(top_p=0), 400, None, "top_p"),
+    (CHAT, chat(max_tokens=10 ** 6), 400, None, "max_tokens"),
+    (CHAT, chat(max_tokens=10, max_completion_tokens=20), 400, None, "max_tokens"),
+    (CHAT, chat(stop=["a", "b", "c", "d", "e"]), 400, None, "stop"),
+    (CHAT, chat(presence_penalty=0.5), 400, "unsupported_value", "presence_penalty"),
+    (CHAT, chat(logprobs=True), 400, "unsupported_value", "logprobs"),
+    (CHAT, chat(tools=[{"type": "function", "function": {"name": "f"}}]), 400, "unsupported_value", "tools"),
+    (CHAT, chat(surprise=1), 400, "unknown_field", "surprise"),
+    (CHAT, chat(stream=True, stream_options={"include_usage": True, "extra": 1}), 400, "unknown_field",
+     "stream_options.extra"),
+    (CHAT, {"model": BASE, "messages": []}, 400, None, "messages"),
+    (CHAT, {"model": BASE, "messages": [{"role": "tool", "content": "x"}]}, 400, None, "messages.0.role"),
+    (CHAT, {"model": BASE, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+     400, None, "messages.0.content"),
+    (CHAT, {"model": BASE, "messages": [{"role": "assistant", "content": "x", "tool_calls": [{"id": "1"}]}]},
+     400, "unsupported_value", "messages.0.tool_calls"),
+    (CHAT, {"model": BASE, "messages": [{"role": "user", "content": "x" * 20000}]}, 400, "context_length_exceeded",
+     "messages"),
+    (CHAT, {"messages": [{"role": "user", "content": "Hi"}]}, 400, None, "model"),
+    (COMPLETIONS, {"model": BASE, "prompt": "Hi", "echo": True}, 400, "unsupported_value", "echo"),
+    (COMPLETIONS, {"model": BASE, "prompt": ["a", "b"]}, 400, None, "prompt"),
+    (COMPLETIONS, {"model": BASE, "prompt": ""}, 400, "empty_prompt", "prompt"),
+    (COMPLETIONS, {"model": "nope", "prompt": "Hi"}, 404, "model_not_found", "model"),
+]
+
+
+@pytest.mark.parametrize("path, body, status, code, param", REFUSALS,
+                         ids=[f"{p.rsplit('/', 1)[1]}-{i}" for i, (p, *_) in enumerate(REFUSALS)])
+def test_refusals_write_nothing(alice_api, catalog, node, unchanged_db, path, body, status, code, param):
+    with unchanged_db():
+        error = assert_error(post(alice_api, path, body), status, code=code, param=param)
+    assert InferenceRequest.objects.count() == 0
+    if code == "model_not_found":
+        assert "GET /v1/models" in error["message"] and "acme" not in error["message"]
+
+
+def test_charlie_cannot_use_or_see_alices_adapter(charlie_api, catalog, node, unchanged_db):
+    with unchanged_db():
+        error = assert_error(post(charlie_api, CHAT, chat("support-bot")), 404, code="model_not_found")
+        assert_error(charlie_api.get("/v1/models/support-bot"), 404, code="model_not_found")
+        listed = [m["id"] for m in charlie_api.get("/v1/models").json()["data"]]
+    assert "support-bot" in error["message"] and "support-bot" not in listed and "secret" in listed
+    assert InferenceRequest.objects.count() == 0
+
+
+def test_transport_refusals(alice_api, catalog, node, unchanged_db):
+    with unchanged_db():
+        assert_error(alice_api.post(CHAT, b"{nope", content_type="application/json"), 400, code="parse_error")
+        assert_error(alice_api.post(CHAT, "model=x", content_type="application/x-www-form-urlencoded"), 415)
+        assert_error(alice_api.get(CHAT), 405)
+        missing = post(Client(), CHAT, chat())
+        assert_error(missing, 401, code="not_authenticated")
+        assert missing.headers["WWW-Authenticate"].startswith("Bearer")
+        assert_error(post(api("nope.secret"), COMPLETIONS, {"model": BASE, "prompt": "Hi"}), 401,
+                     code="invalid_api_key")
+    assert InferenceRequest.objects.count() == 0
+
+
+def test_a_key_without_the_infer_scope_is_refused(alice, acme, catalog, node, unchanged_db):
+    client = api(create_key(alice, acme, scopes=["usage:read"])[1])
+    with unchanged_db():
+        assert_error(post(client, CHAT, chat()), 403, code="missing_scope")
+        assert_error(client.get("/v1/models"), 403, code="missing_scope")
+
+
+def test_models_lists_base_models_and_only_the_callers_adapters(alice_api, catalog):
+    response = alice_api.get("/v1/models")
+    assert response.status_code == 200 and response.json()["object"] == "list"
+    cards = {m["id"]: m for m in response.json()["data"]}
+    assert set(cards) == {BASE, "other-base", "support-bot", "support-bot@v1"}
+    assert cards[BASE]["owned_by"] == "vajra" and cards["support-bot@v1"]["owned_by"] == "acme"
+    assert all(m["object"] == "model" and isinstance(m["created"], int) for m in cards.values())
+
+    assert alice_api.get("/v1/models/support-bot@v1").json()["id"] == "support-bot@v1"
+    assert alice_api.get(f"/v1/models/{BASE}").json() == cards[BASE]
+    assert_error(alice_api.get("/v1/models/secret"), 404, code="model_not_found")
+    # the paper's routes under /v1/models/<id>/ still answer
+    assert alice_api.get(f"/v1/models/{BASE}/versions").json()["data"][0]["id"] == "support-bot@v1"
+
+
+# -- answers, with the runtime's token stream faked ------------------------------------------------------
+
+FINAL = {"finish_reason": "stop", "usage": {"prompt_tokens": 7, "completion_tokens": 2, "cached_tokens": 0},
+         "timings": {"queued_ms": 1.0, "adapter_ready_ms": 0.0, "first_token_ms": 2.0, "total_ms": 3.0},
+         "gpu_ms": 2.5, "error": None}
+
+
+@pytest.fixture
+def runtime(monkeypatch):
+    """Fakes the token stream and records the tasks sent; ``runtime.final`` sets the final event."""
+    from django.db import transaction
+
+    from vajra.celery import app
+
+    class Fake:
+        final = FINAL
+        sent, cancelled = [], []
+
+    async def events(request_id, last_id="0", **kwargs):
+        for i, text in enumerate(["Hello", " there"]):
+            yield f"{i}-0", "delta", {"text": text}
+        yield "9-0", "final", Fake.final
+
+    async def cancel(request_id, ttl_s=3600):
+        Fake.cancelled.append(request_id)
+
+    monkeypatch.setattr(relay, "events", events)
+    monkeypatch.setattr(relay, "cancel", cancel)
+    monkeypatch.setattr(app, "send_task", lambda name, args, **kw: Fake.sent.append(args[0]))
+    monkeypatch.setattr(transaction, "on_commit", lambda send, **kw: send())  # the test's transaction never commits
+    return Fake
+
+
+def sse_data(response):
+    lines = b"".join(response).decode().split("\n\n")
+    return [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
+
+
+def test_chat_answer_and_what_the_runtime_receives(alice_api, catalog, node, runtime):
+    body = {"model": "support-bot", "messages": [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "there"}]},
+        {"role": "assistant", "content": "Hello", "refusal": None, "tool_calls": None}],
+        "frequency_penalty": 0, "presence_penalty": 0.0, "logprobs": False, "n": 1, "user": "u-1", "tools": [],
+        "max_completion_tokens": 12, "stop": "\n", "seed": 3}
+    response = post(alice_api, CHAT, body)
+    assert response.status_code == 200, response.content
+    answer = response.json()
+    row = InferenceRequest.objects.get()
+    assert answer["id"] == f"chatcmpl-{row.id}" and response.headers["x-request-id"] == row.id
+    assert answer["object"] == "chat.completion" and answer["model"] == "support-bot"
+    assert answer["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "Hello there",
+                                                          "refusal": None}, "logprobs": None, "finish_reason": "stop"}]
+    assert answer["usage"]["total_tokens"] == 9 and answer["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    assert answer["vajra"]["adapter"] == "support-bot@v1" and answer["vajra"]["cost"]["units"] == 1
+    assert answer["vajra"]["timings"]["total_ms"] == 3.0
+    assert row.api == "chat" and row.max_tokens == 12 and row.adapter_version.adapter.name == "support-bot"
+    payload, = runtime.sent
+    assert payload["messages"] == [{"role": "system", "content": "Be brief."},
+                                   {"role": "user", "content": "Hi\nthere"}, {"role": "assistant", "content": "Hello"}]
+    assert payload["sampling"] == {"max_tokens": 12, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "stop": ["\n"],
+                                   "seed": 3}
+    assert payload["prompt"] == ""
+
+
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume asynchronous iterators")
+def test_chat_stream_chunks_usage_and_done(alice_api, catalog, node, runtime):
+    response = post(alice_api, CHAT, chat(stream=True, stream_options={"include_usage": True}, temperature=0))
+    assert response.status_code == 200 and response["Content-Type"].startswith("text/event-stream")
+    data = sse_data(response)
+    assert data[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in data[:-1]]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"} and len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == "Hello there"
+    finish, usage = chunks[-2], chunks[-1]
+    assert finish["choices"][0]["finish_reason"] == "stop" and finish["usage"] is None and finish["vajra"]["tier"]
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 2
+    assert runtime.sent[0]["sampling"]["temperature"] == 0 and not runtime.cancelled
+
+
+def test_completion_answer(alice_api, catalog, node, runtime):
+    response = post(alice_api, COMPLETIONS, {"model": BASE, "prompt": ["Once"], "max_tokens": 5, "echo": False})
+    answer = response.json()
+    assert response.status_code == 200 and answer["object"] == "text_completion"
+    assert answer["id"].startswith("cmpl-req_") and answer["choices"][0]["text"] == "Hello there"
+    assert answer["vajra"]["adapter"] is None and InferenceRequest.objects.get().api == "completions"
+    assert runtime.sent[0]["prompt"] == "Once" and runtime.sent[0]["messages"] == []
+
+
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume asynchronous iterators")
+def test_completion_stream_without_usage(alice_api, catalog, node, runtime):
+    data = sse_data(post(alice_api, COMPLETIONS, {"model": BASE, "prompt": "Once", "stream": True}))
+    chunks = [json.loads(d) for d in data[:-1]]
+    assert data[-1] == "[DONE]" and all("usage" not in c for c in chunks)
+    assert [c["choices"][0]["text"] for c in chunks] == ["Hello", " there", ""]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("error_code, status", [("context_length_exceeded", 400), ("engine_error", 502)])
+def test_runtime_error_is_an_openai_error(alice_api, catalog, node, runtime, error_code, status):
+    runtime.final = {**FINAL, "finish_reason": "error", "error": {"code": error_code, "message": "it broke"}}
+    error = assert_error(post(alice_api, CHAT, chat()), status, code=error_code)
+    assert error["message"] == "it broke" and error["type"] == ("invalid_request_error" if status == 400
+                                                                 else "api_error")
+
+
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume asynchronous iterators")
+def test_runtime_error_in_a_stream(alice_api, catalog, node, runtime):
+    runtime.final = {**FINAL, "finish_reason": "error", "error": {"code": "engine_error", "message": "it broke"}}
+    data = sse_data(post(alice_api, CHAT, chat(stream=True)))
+    assert data[-1] == "[DONE]" and json.loads(data[-2])["error"]["code"] == "engine_error"
+
+
+def test_no_capacity_is_503_with_retry_after(alice_api, catalog):
+    response = post(alice_api, CHAT, chat())
+    assert_error(response, 503)
+    assert int(response["Retry-After"]) >= 1 and InferenceRequest.objects.count() == 0

@@ -1,0 +1,95 @@
+"""Algorithm 2: candidates, scores (alpha load + beta locality + gamma affinity), scale-up signals, and
+hot capacity."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from inference.dispatch import inference_submit
+from inference.models import Adapter, AdapterVersion, BaseModel, InferenceRequest, Node, ScaleUpSignal
+from inference.placement import NoCapacity, place, place_hot, score_nodes
+from tenants.keys import principal_from_membership
+from tenants.models import Membership
+
+SAMPLING = {"max_tokens": 8, "temperature": 0, "top_p": 1.0, "top_k": 0, "stop": [], "seed": None}
+
+
+@pytest.fixture
+def base(db):
+    return BaseModel.objects.create(name="tiny-llama", architecture={}, context_length=256)
+
+
+@pytest.fixture
+def version(acme, base):
+    adapter = Adapter.objects.create(tenant=acme, base_model=base, name="bot")
+    v = AdapterVersion.objects.create(adapter=adapter, number=1, status="ready", sha256="0" * 64, size_bytes=1,
+                                      rank=8, alpha=16, target_modules=["q_proj"], dtype="F32", storage_key="k")
+    adapter.current_version = v
+    adapter.save()
+    return v
+
+
+def node(name, *, base="tiny-llama", slots=10, device=0, pinned=0, resident=(), host=(), age_s=0, status="up"):
+    return Node.objects.create(
+        name=name, base_model=base, status=status, last_heartbeat_at=timezone.now() - timedelta(seconds=age_s),
+        state={"adapters": {"slots": slots, "device": device, "pinned": pinned},
+               "resident": {"device": list(resident), "host": list(host)}})
+
+
+def test_load_decides_when_nothing_else_differs(acme, base, version):
+    node("busy", device=8)
+    node("idle", device=1)
+    assert place(tenant=acme, base_model=base, version=version).name == "idle"
+
+
+def test_locality_beats_a_little_load(acme, base, version):
+    node("has-it", device=5, resident=[f"a{version.adapter_id}:1"])  # 0.5*0.5 + 0.3*1 = 0.55
+    node("empty", device=2)  # 0.5*0.8 = 0.40
+    scored = score_nodes(tenant=acme, base_model=base, version=version)
+    assert [s.node.name for s in scored] == ["has-it", "empty"]
+    assert scored[0].score == pytest.approx(0.55) and scored[0].locality == 1.0
+
+
+def test_host_ram_counts_half_and_tenant_affinity_counts(acme, alice, base, version):
+    warm = node("warm", device=4, host=[f"a{version.adapter_id}:1"])  # 0.5*0.6 + 0.3*0.5 = 0.45
+    usual = node("usual", device=4)  # 0.5*0.6 + 0.2*affinity
+    for i in range(4):
+        InferenceRequest.objects.create(id=f"req_{i}", tenant=acme, base_model=base, tier="cold", max_tokens=1,
+                                        node=usual)
+    scored = {s.node.name: s for s in score_nodes(tenant=acme, base_model=base, version=version)}
+    assert scored["warm"].score == pytest.approx(0.45) and scored["usual"].affinity == 1.0
+    assert scored["usual"].score == pytest.approx(0.5)
+    assert place(tenant=acme, base_model=base, version=version) == usual
+    del warm
+
+
+def test_not_candidates_full_other_base_or_down(acme, base, version):
+    node("full", device=10)
+    node("other", base="llama-70b")
+    node("silent", age_s=3600)
+    node("down", status="down")
+    with pytest.raises(NoCapacity):
+        place(tenant=acme, base_model=base, version=version)
+    node("full-but-resident", device=10, resident=[f"a{version.adapter_id}:1"])
+    assert place(tenant=acme, base_model=base, version=version).name == "full-but-resident"
+    assert place(tenant=acme, base_model=base).name == "full"  # base-only rows need no slot
+
+
+def test_no_capacity_is_a_503_style_refusal_that_records_a_scale_up_signal(acme, alice, base, version):
+    principal = principal_from_membership(Membership.objects.get(user=alice, tenant=acme))
+    with pytest.raises(NoCapacity):
+        inference_submit(principal=principal, base_model=base, version=version, prompt="hi", sampling=SAMPLING,
+                         api="infer")
+    assert InferenceRequest.objects.count() == 0  # the request itself wrote nothing
+    assert ScaleUpSignal.objects.get().base_model == "tiny-llama"  # but the autoscaler hears about it
+
+
+def test_hot_capacity_goes_to_the_node_with_most_room(acme, base, version, settings):
+    settings.VAJRA_HOT_SLOT_SHARE = 0.5
+    node("a", slots=10, pinned=4)
+    node("b", slots=10, pinned=1)
+    assert place_hot(base_model=base, adapter=version.adapter).name == "b"
+    Node.objects.update(state={"adapters": {"slots": 10, "pinned": 5}})
+    with pytest.raises(NoCapacity, match="hot capacity"):
+        place_hot(base_model=base, adapter=version.adapter)
