@@ -1,6 +1,7 @@
 """REST API for the base-model catalog and a tenant's adapters (/api/v1/...)."""
 
 from django.conf import settings
+from django.db import transaction
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.parsers import JSONParser, MultiPartParser
@@ -110,14 +111,16 @@ class AdapterDetailView(APIView):
     def patch(self, request, name):
         data = self.TierIn(data=request.data)
         data.is_valid(raise_exception=True)
-        adapter = access.access_adapter(tenant=request.auth.tenant, name=name, lock=True)
-        return Response(AdapterOut(adapters.adapter_set_tier(principal=request.auth, adapter=adapter,
-                                                            **data.validated_data)).data)
+        with transaction.atomic():  # the row lock needs a transaction (PostgreSQL refuses FOR UPDATE without one)
+            adapter = access.access_adapter(tenant=request.auth.tenant, name=name, lock=True)
+            adapter = adapters.adapter_set_tier(principal=request.auth, adapter=adapter, **data.validated_data)
+        return Response(AdapterOut(adapter).data)
 
     @extend_schema(responses={204: None})
     def delete(self, request, name):
-        adapter = access.access_adapter(tenant=request.auth.tenant, name=name, lock=True)
-        adapters.adapter_delete(principal=request.auth, adapter=adapter)
+        with transaction.atomic():
+            adapter = access.access_adapter(tenant=request.auth.tenant, name=name, lock=True)
+            adapters.adapter_delete(principal=request.auth, adapter=adapter)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -12,7 +12,8 @@ BLOCK_MS = 15000  # a blocking read returns at least this often, so the caller c
 
 
 def _client():
-    return aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
+    # redis-py 8 times reads out after 5 s by default: a blocking XREAD needs longer than its own block.
+    return aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=BLOCK_MS / 1000 + 5)
 
 
 async def events(request_id, last_id="0", *, max_wait_s=600):

@@ -8,11 +8,13 @@ paths, links, device files, nested archives, too many files, and archives that e
 
 import hashlib
 import io
+import lzma
 import os
 import shutil
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from gpu_runtime.adapter_validation import (
@@ -25,6 +27,7 @@ from gpu_runtime.adapter_validation import (
 )
 
 MAX_FILES = 16
+MAX_ENTRIES = 4 * MAX_FILES  # directories included
 MAX_EXPANDED_BYTES = MAX_WEIGHTS_BYTES + MAX_CONFIG_BYTES + (1 << 20)
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".gz", ".bz2", ".xz", ".7z", ".rar")
 # Other files a PEFT save may carry next to the two that matter; kept out of storage.
@@ -65,40 +68,66 @@ def _check_member_name(path, names):
     names.add(path.name)
 
 
+def _check_entry_count(count):
+    if count > MAX_ENTRIES:
+        _reject("too_many_files", f"the archive holds more than {MAX_ENTRIES} entries (files and folders)")
+
+
+def _extract_planned(planned, dest):
+    """Extracts members whose names and types have all been checked; sizes are counted while reading."""
+    budget = MAX_EXPANDED_BYTES
+    for open_member, path in planned:
+        with open_member() as source, open(dest / path.name, "wb") as target:
+            budget -= _copy_limited(source, target, budget)
+
+
 def _extract_zip(data, dest):
-    budget, names = MAX_EXPANDED_BYTES, set()
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        members = [m for m in archive.infolist() if not m.is_dir()]
+        entries = archive.infolist()
+        _check_entry_count(len(entries))
+        members = [m for m in entries if not m.is_dir()]
         if len(members) > MAX_FILES:
             _reject("too_many_files", f"the archive holds {len(members)} files; at most {MAX_FILES}")
+        names, planned = set(), []
         for member in members:
             path = _safe_name(member.filename)
             if (member.external_attr >> 16) & 0o170000 == 0o120000:
                 _reject("unsafe_archive", f"{member.filename} is a symbolic link")
+            if member.flag_bits & 0x1:
+                _reject("invalid_archive", f"{member.filename} is encrypted; upload the archive without a password")
             _check_member_name(path, names)
-            with archive.open(member) as source, open(dest / path.name, "wb") as target:
-                budget -= _copy_limited(source, target, budget)
+            planned.append((lambda m=member: archive.open(m), path))
+        _extract_planned(planned, dest)
 
 
 def _extract_tar(data, dest):
-    budget, names = MAX_EXPANDED_BYTES, set()
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
-        members = []
-        for member in archive:
-            if len(members) >= MAX_FILES:
-                _reject("too_many_files", f"the archive holds more than {MAX_FILES} files")
+        names, planned, declared = set(), [], 0
+        # Checked while listing: walking the members of a compressed tar decompresses everything before
+        # each header, so a bomb or a flood of entries is refused before the walk gets far.
+        for count, member in enumerate(archive, start=1):
+            _check_entry_count(count)
             if member.isdir():
                 continue
+            if len(planned) >= MAX_FILES:
+                _reject("too_many_files", f"the archive holds more than {MAX_FILES} files")
             if member.issym() or member.islnk():
                 _reject("unsafe_archive", f"{member.name} is a link")
             if not member.isfile():
                 _reject("unsafe_archive", f"{member.name} is not a regular file")
-            members.append(member)
-        for member in members:
             path = _safe_name(member.name)
             _check_member_name(path, names)
-            with archive.extractfile(member) as source, open(dest / path.name, "wb") as target:
-                budget -= _copy_limited(source, target, budget)
+            declared += member.size  # a tar header's size frames the data that follows, so it cannot understate
+            if declared > MAX_EXPANDED_BYTES:
+                _reject("archive_too_large", f"the upload expands past {MAX_EXPANDED_BYTES} bytes")
+            planned.append((lambda m=member: archive.extractfile(m), path))
+        _extract_planned(planned, dest)
+
+
+def _is_zip(name, data):
+    # By name first: a plain tar whose last member is a zip ends with that zip's end record, so sniffing
+    # the content alone would open the inner zip instead of refusing it as a nested archive.
+    return name.lower().endswith(".zip") or data[:4] == b"PK\x03\x04"
 
 
 def unpack_upload(files, dest):
@@ -108,11 +137,12 @@ def unpack_upload(files, dest):
     if len(files) == 1 and files[0][0].lower().endswith(ARCHIVE_SUFFIXES):
         name, data = files[0]
         try:
-            if zipfile.is_zipfile(io.BytesIO(data)):
+            if _is_zip(name, data):
                 _extract_zip(data, dest)
             else:
                 _extract_tar(data, dest)
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error, lzma.LZMAError,
+                NotImplementedError) as exc:  # NotImplementedError: a zip compression method Python lacks
             _reject("invalid_archive", f"{name} is not a readable zip or tar archive ({exc.__class__.__name__})")
     else:
         names = set()

@@ -1,23 +1,164 @@
 """Dashboard pages for adapters, the playground, training, and (staff only) runtime nodes."""
 
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.shortcuts import render
+from django.db import transaction
+from django.http import JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+from rest_framework.exceptions import APIException
 
+from tenants.forms import add_service_error
 from tenants.views import tenant_member_required
+from vajra.errors import error_body, error_response
 
-from .models import Node
+from . import access
+from .adapters import adapter_delete, adapter_set_tier, adapter_upload
+from .api import tier_info
+from .forms import AdapterTierForm, AdapterUploadForm
+from .models import Adapter, Node
+
+TIER_PLACES = {
+    Adapter.HOT: "Pinned in GPU memory on a node, never evicted",
+    Adapter.WARM: "Node-local disk and pinned host RAM; copied to the GPU on demand",
+    Adapter.COLD: "Object storage only; fetched on its first request",
+}
+
+
+def _tiers():
+    return [{**tier_info(tier), "label": label, "place": TIER_PLACES[tier]} for tier, label in Adapter.TIER_CHOICES]
+
+
+def _require_adapters_view(principal):
+    if not principal.can("adapters.view"):
+        raise PermissionDenied(f"Your role '{principal.role}' in {principal.tenant.name} does not include adapters; "
+                               "ask an owner or admin.")
+
+
+def _adapters_page(request, form, *, status=200):
+    rows = list(access.tenant_adapters(tenant=request.principal.tenant))
+    for adapter in rows:
+        adapter.tier_info = tier_info(adapter.tier)
+    context = {"adapters": rows, "form": form, "tiers": _tiers(), "can_write": request.principal.can("adapters.write")}
+    return render(request, "inference/adapters.html", context, status=status)
+
+
+def _wants_json(request):
+    """upload.js asks for JSON, to show errors inline; a plain form post (no JavaScript) gets pages."""
+    return "application/json" in request.headers.get("Accept", "")
+
+
+def _form_error_json(form):
+    field, errors = next(iter(form.errors.as_data().items()))
+    error = errors[0]
+    if field == "__all__":
+        param, message = None, error.messages[0]
+    else:
+        param, message = field, f"{form[field].label}: {error.messages[0]}"
+    return JsonResponse(error_body(message, status_code=400, code=error.code or "invalid", param=param), status=400)
 
 
 @tenant_member_required
 def adapters(request):
-    return render(request, "inference/adapters.html", {"tiers": list(settings.VAJRA_TIER_UNITS.items())})
+    """The tenant's adapters; POST uploads one: a new adapter, or a new version of one with that name."""
+    principal = request.principal
+    _require_adapters_view(principal)
+    if request.method != "POST":
+        return _adapters_page(request, AdapterUploadForm())
+    form = AdapterUploadForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return _form_error_json(form) if _wants_json(request) else _adapters_page(request, form, status=400)
+    try:
+        base_model = access.access_base_model(name=form.cleaned_data["base_model"])
+        version = adapter_upload(principal=principal, base_model=base_model, **form.service_kwargs())
+    except APIException as exc:  # the validator's refusals carry its code, e.g. shape_mismatch
+        if _wants_json(request):
+            return error_response(exc)
+        add_service_error(form, exc)
+        return _adapters_page(request, form, status=exc.status_code)
+    adapter = version.adapter
+    messages.success(request, f"Uploaded {adapter.name} v{version.number}: rank {version.rank} on "
+                              f"{', '.join(version.target_modules)}, for {base_model.name}.")
+    if _wants_json(request):
+        return JsonResponse({"adapter": adapter.name, "version": version.number, "redirect": reverse("adapters"),
+                             "url": reverse("adapter-detail", args=[adapter.name])}, status=201)
+    return redirect("adapters")
+
+
+def _detail_page(request, name, tier_form=None, *, status=200):
+    adapter = access.access_adapter(tenant=request.principal.tenant, name=name)
+    context = {
+        "adapter": adapter,
+        "tier": tier_info(adapter.tier),
+        "tiers": _tiers(),
+        "versions": adapter.versions.order_by("-number"),
+        "tier_form": tier_form or AdapterTierForm(initial={"tier": adapter.tier}),
+        "can_write": request.principal.can("adapters.write"),
+    }
+    return render(request, "inference/adapter_detail.html", context, status=status)
+
+
+@tenant_member_required
+def adapter_detail(request, name):
+    _require_adapters_view(request.principal)
+    return _detail_page(request, name)
+
+
+@require_POST
+@tenant_member_required
+def adapter_tier(request, name):
+    principal = request.principal
+    _require_adapters_view(principal)
+    access.access_adapter(tenant=principal.tenant, name=name)  # another tenant's adapter: 404 before anything
+    form = AdapterTierForm(request.POST)
+    if not form.is_valid():
+        return _detail_page(request, name, form, status=400)
+    try:
+        with transaction.atomic():
+            adapter = access.access_adapter(tenant=principal.tenant, name=name, lock=True)
+            adapter_set_tier(principal=principal, adapter=adapter, tier=form.cleaned_data["tier"])
+    except APIException as exc:  # hot with no node capacity left: 409 no_hot_capacity
+        form.add_error(None, str(exc.detail))  # not a mistake in the form: shown above it
+        return _detail_page(request, name, form, status=exc.status_code)
+    info = tier_info(adapter.tier)
+    messages.success(request, f"{adapter.name} is now {adapter.tier}: {info['units_per_query']} units per query, "
+                              f"adapter ready within {info['adapter_ready_ms_guarantee']} ms.")
+    return redirect("adapter-detail", name=adapter.name)
+
+
+@require_POST
+@tenant_member_required
+def adapter_remove(request, name):
+    principal = request.principal
+    _require_adapters_view(principal)
+    try:
+        with transaction.atomic():
+            adapter = access.access_adapter(tenant=principal.tenant, name=name, lock=True)
+            adapter_delete(principal=principal, adapter=adapter)
+    except APIException as exc:
+        messages.error(request, exc.detail)
+        return _detail_page(request, name, status=exc.status_code)
+    messages.success(request, f"Deleted {adapter.name}: requests naming it now get 404. Its versions stay in the "
+                              "request history and on invoices.")
+    return redirect("adapters")
 
 
 @tenant_member_required
 def playground(request):
-    return render(request, "inference/playground.html")
+    from .models import AdapterVersion, BaseModel
+
+    tenant = request.principal.tenant
+    ready = {}
+    for version in access.tenant_versions(tenant=tenant).filter(status=AdapterVersion.READY):
+        ready.setdefault(version.adapter_id, []).append(version)
+    adapters = [{"adapter": a, "tier": tier_info(a.tier), "versions": ready[a.pk]}
+                for a in access.tenant_adapters(tenant=tenant) if a.current_version_id and a.pk in ready]
+    return render(request, "inference/playground.html", {
+        "base_models": BaseModel.objects.order_by("name"), "base_tier": tier_info(Adapter.COLD), "adapters": adapters,
+        "can_infer": request.principal.can("infer"), "max_tokens_cap": settings.VAJRA_MAX_TOKENS_CAP})
 
 
 @tenant_member_required

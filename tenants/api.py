@@ -3,6 +3,7 @@ one service, serialize."""
 
 from django.conf import settings
 from django.contrib.auth import login
+from django.db import transaction
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
@@ -162,8 +163,10 @@ class APIKeyDetailView(APIView):
     def delete(self, request, prefix):
         """Revokes the key (it stays listed, marked revoked)."""
         require_session(request)
-        key = access.access_api_key(tenant=request.auth.tenant, prefix=prefix, lock=True)
-        return Response(APIKeyOut(services.api_key_revoke(principal=request.auth, api_key=key)).data)
+        with transaction.atomic():  # the row lock needs a transaction (PostgreSQL refuses it otherwise)
+            key = access.access_api_key(tenant=request.auth.tenant, prefix=prefix, lock=True)
+            key = services.api_key_revoke(principal=request.auth, api_key=key)
+        return Response(APIKeyOut(key).data)
 
 
 class MemberListView(APIView):
@@ -192,15 +195,17 @@ class MemberDetailView(APIView):
         require_session(request)
         data = self.MemberRoleIn(data=request.data)
         data.is_valid(raise_exception=True)
-        member = access.access_membership(tenant=request.auth.tenant, membership_id=member_id, lock=True)
-        member = services.membership_set_role(principal=request.auth, membership=member, **data.validated_data)
+        with transaction.atomic():
+            member = access.access_membership(tenant=request.auth.tenant, membership_id=member_id, lock=True)
+            member = services.membership_set_role(principal=request.auth, membership=member, **data.validated_data)
         return Response(MemberOut(member).data)
 
     @extend_schema(responses={204: None})
     def delete(self, request, member_id):
         require_session(request)
-        member = access.access_membership(tenant=request.auth.tenant, membership_id=member_id, lock=True)
-        services.membership_remove(principal=request.auth, membership=member)
+        with transaction.atomic():
+            member = access.access_membership(tenant=request.auth.tenant, membership_id=member_id, lock=True)
+            services.membership_remove(principal=request.auth, membership=member)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -236,5 +241,7 @@ class InviteDetailView(APIView):
     @extend_schema(responses={200: InviteOut})
     def delete(self, request, invite_id):
         require_session(request)
-        invite = access.access_invite(tenant=request.auth.tenant, invite_id=invite_id, lock=True)
-        return Response(InviteOut(services.invite_revoke(principal=request.auth, invite=invite)).data)
+        with transaction.atomic():
+            invite = access.access_invite(tenant=request.auth.tenant, invite_id=invite_id, lock=True)
+            invite = services.invite_revoke(principal=request.auth, invite=invite)
+        return Response(InviteOut(invite).data)

@@ -13,7 +13,9 @@ if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "vajra:asgi"},
+        # Every consumer waits on BZPOPMIN for 5 s at a time; redis-py 8's default 5 s read timeout would race
+        # it and kill idle sockets, so reads get longer than that.
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}], "prefix": "vajra:asgi"},
     }
 }
 

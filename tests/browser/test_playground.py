@@ -1,0 +1,99 @@
+"""The playground in a real browser against real processes: daphne, a runtime node with SmolLM2 and the control
+worker. A member signs in, picks the base model, asks a question and watches the answer stream in."""
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from inference.models import BaseModel, InferenceRequest
+from tests.conftest import PASSWORD
+
+# The real processes of tests/integration (imported, so that pytest sees them as fixtures here too).
+from tests.integration.conftest import base_model_store, control_worker, daphne, runtime_node, wait_for  # noqa: F401
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.filterwarnings("ignore:Session-scoped fixtures defined as instance methods"
+                               ":pytest.PytestRemovedIn10Warning"),
+]
+MODEL = "smollm2-135m-instruct"
+
+# Records, at every change of the transcript, the last reply's text length, whether its done line is there, and
+# whether Stop can be pressed.
+WATCH_REPLY = """() => {
+  window.replySeen = [];
+  const transcript = document.getElementById("pg-transcript");
+  new MutationObserver(() => {
+    const replies = transcript.querySelectorAll(".pg-msg--assistant");
+    const reply = replies[replies.length - 1];
+    if (!reply) return;
+    window.replySeen.push({at: performance.now(), length: reply.querySelector(".pg-text").textContent.length,
+                           done: reply.querySelector(".pg-stats") !== null,
+                           stoppable: !document.getElementById("pg-stop").disabled});
+  }).observe(transcript, {childList: true, subtree: true, characterData: true});
+}"""
+
+
+def sign_in(page, base_url, email):
+    page.goto(f"{base_url}/login/?next=/playground/")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{base_url}/playground/")
+
+
+def test_chat_streams_tokens_live_with_stats(page, daphne, runtime_node, control_worker, alice):  # noqa: F811
+    wait_for(lambda: BaseModel.objects.filter(name=MODEL).exists(), 180, "the node to register its base model",
+             runtime_node)
+    page.set_default_timeout(30_000)
+    sign_in(page, daphne, alice.email)
+    expect(page.get_by_role("heading", level=1)).to_have_text("Playground")
+    expect(page.get_by_role("status").filter(has_text="Connected")).to_be_visible()
+
+    page.get_by_label("Model", exact=True).select_option(MODEL)
+    expect(page.locator("#pg-tier")).to_have_text("cold")
+    expect(page.locator("#pg-units")).to_have_text("1")
+    expect(page.locator("#pg-usd")).to_have_text("$0.0001")
+    page.get_by_label("Temperature").fill("0")
+    page.get_by_label("Max tokens").fill("48")
+    page.get_by_label("Message").fill("What is the capital of France?")
+    page.evaluate(WATCH_REPLY)
+    page.get_by_role("button", name="Send").click()
+
+    reply = page.locator(".pg-msg--assistant").last
+    text, stats = reply.locator(".pg-text"), reply.locator(".pg-stats")
+    expect(stats).to_be_visible(timeout=120_000)
+    seen = page.evaluate("window.replySeen")
+    streaming = [s for s in seen if not s["done"]]
+    lengths = [s["length"] for s in streaming if s["length"]]
+    assert len(set(lengths)) >= 3, f"the answer did not arrive token by token: {seen}"
+    assert lengths == sorted(lengths), "streamed text only ever grows"
+    assert streaming[-1]["at"] > streaming[0]["at"] and seen[-1]["done"], "the done line came after the tokens"
+    assert all(s["stoppable"] for s in streaming if s["length"]), "Stop works while tokens arrive"
+
+    expect(stats).to_contain_text(re.compile(r"first token \d+ ms \(server \d+ ms\)"))
+    expect(stats).to_contain_text(re.compile(r"[\d.]+ tokens/s · \d+ tokens · 1 unit · \$0\.0001"))
+    assert "Paris" in text.text_content()
+    expect(page.get_by_role("button", name="Stop")).to_be_disabled()
+    expect(page.get_by_role("button", name="Send")).to_be_enabled()
+
+    row = wait_for(lambda: InferenceRequest.objects.filter(api="playground", status="succeeded").first(), 60,
+                   "the control worker to record the playground request")
+    assert row.tenant.slug == "acme" and row.adapter_version is None and row.completion_tokens > 0
+    page.screenshot(path="/tmp/playground.png", full_page=True)
+
+    # Multi-turn: the second question goes with the first exchange, and the reply streams in the same way.
+    page.get_by_label("Message").fill("And what is its population?")
+    page.get_by_label("Message").press("Enter")
+    expect(page.locator(".pg-msg--assistant")).to_have_count(2)
+    expect(page.locator(".pg-msg--assistant").last.locator(".pg-stats")).to_contain_text("tokens", timeout=120_000)
+    second = InferenceRequest.objects.filter(api="playground").exclude(pk=row.pk).get()
+    wait_for(lambda: InferenceRequest.objects.filter(pk=second.pk, status="succeeded").exists(), 60,
+             "the second request to finish")
+    assert InferenceRequest.objects.get(pk=second.pk).prompt_tokens > row.prompt_tokens, "the history went along"
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path="/tmp/playground-phone.png", full_page=True)

@@ -1,0 +1,381 @@
+"""/api/v1/adapters: upload (validated with the runtime's checks, archives unpacked safely), immutable versions,
+tiers with hot capacity, delete, quotas, scopes and roles, and tenant isolation. Refusals write nothing: no
+row and no file in storage."""
+
+import base64
+import hashlib
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
+from django.utils import timezone
+from safetensors.numpy import load_file, save_file
+
+from gpu_runtime.adapter_validation import CONFIG_FILE, WEIGHTS_FILE
+from inference import access, uploads
+from inference.models import Adapter, AdapterVersion, BaseModel, Node
+from tenants.roles import BILLING_VIEWER
+from tests.conftest import assert_error, create_key, key_client, make_member, session_client
+from tests.test_adapter_validation import write_adapter
+from tests.test_uploads import in_folder, tar_bytes, zip_bytes
+
+pytestmark = pytest.mark.usefixtures("fast_password_hashing", "adapter_storage")
+
+URL = "/api/v1/adapters"
+
+
+def peft_adapter(tmp_path_factory, *, seed, r, targets):
+    """A real adapter saved by PEFT from the tiny Llama of tests/runtime_fixtures.py: {file name: bytes}."""
+    from tests.runtime_fixtures import make_adapter, tiny_base
+
+    path = make_adapter(tiny_base(), tmp_path_factory.mktemp("peft") / "adapter", seed=seed, r=r, targets=targets)
+    return {name: (path / name).read_bytes() for name in (CONFIG_FILE, WEIGHTS_FILE)}
+
+
+@pytest.fixture(scope="session")
+def peft_v1(tmp_path_factory):
+    return peft_adapter(tmp_path_factory, seed=1, r=4, targets=("q_proj", "v_proj"))
+
+
+@pytest.fixture(scope="session")
+def peft_v2(tmp_path_factory):
+    return peft_adapter(tmp_path_factory, seed=2, r=8, targets=("q_proj", "k_proj", "v_proj", "o_proj"))
+
+
+@pytest.fixture
+def tiny_llama(db):
+    from tests.runtime_fixtures import MANIFEST
+
+    return BaseModel.objects.create(name="tiny-llama", architecture=MANIFEST["architecture"])
+
+
+@pytest.fixture
+def adapter_storage(settings, tmp_path):
+    """Adapter files go to a private folder; setting STORAGES resets Django's cached storages."""
+    root = tmp_path / "objects"
+    root.mkdir()
+    settings.STORAGES = {**settings.STORAGES, "adapters": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(root)}}}
+    return root
+
+
+def stored_files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def as_files(files):
+    return [SimpleUploadedFile(name, data) for name, data in files]
+
+
+def upload(client, files, *, name="support-bot", base_model="tiny-llama", **fields):
+    return client.post(URL, {"name": name, "base_model": base_model, **fields, "file": as_files(files)},
+                       format="multipart")
+
+
+def zipped(adapter):
+    return [("support-bot.zip", zip_bytes(in_folder(adapter)))]
+
+
+@pytest.fixture
+def alice_api(alice, acme):
+    return key_client(create_key(alice, acme)[1])
+
+
+@pytest.fixture
+def uploaded(alice_api, tiny_llama, peft_v1):
+    response = upload(alice_api, zipped(peft_v1))
+    assert response.status_code == 201, response.json()
+    return Adapter.objects.get(name="support-bot")
+
+
+# Upload and versions
+
+@pytest.mark.parametrize("shape", ["zip", "tar.gz", "two files"])
+def test_upload_creates_the_adapter_and_version_1(alice_api, tiny_llama, peft_v1, adapter_storage, shape):
+    files = {"zip": zipped(peft_v1), "tar.gz": [("a.tar.gz", tar_bytes(in_folder(peft_v1)))],
+             "two files": list(peft_v1.items())}[shape]
+    response = upload(alice_api, files, description="Answers support tickets")
+    assert response.status_code == 201, response.json()
+    body = response.json()
+    version = body["current_version"]
+    sha = hashlib.sha256(peft_v1[WEIGHTS_FILE]).hexdigest()
+    assert (body["name"], body["base_model"], body["model"]) == ("support-bot", "tiny-llama", "support-bot@v1")
+    assert body["description"] == "Answers support tickets"
+    assert body["tier"] == {"tier": "cold", "units_per_query": 1, "usd_per_query": 0.0001,
+                            "adapter_ready_ms_guarantee": 2000}
+    assert (version["number"], version["status"], version["sha256"]) == (1, "ready", sha)
+    assert (version["rank"], version["alpha"], version["target_modules"]) == (4, 8.0, ["q_proj", "v_proj"])
+    assert version["size_bytes"] == len(peft_v1[WEIGHTS_FILE]) and version["dtype"] == "F32"
+
+    row = AdapterVersion.objects.get()
+    assert row.adapter.tenant.slug == "acme" and row.adapter.current_version == row
+    assert stored_files(adapter_storage) == [f"{row.storage_key}/{CONFIG_FILE}", f"{row.storage_key}/{WEIGHTS_FILE}"]
+    for name, data in peft_v1.items():
+        assert (adapter_storage / row.storage_key / name).read_bytes() == data
+
+
+def test_upload_with_a_session(alice_client, tiny_llama, peft_v1):
+    response = upload(alice_client, zipped(peft_v1))
+    assert response.status_code == 201, response.json()
+    assert AdapterVersion.objects.get().created_by.email == "alice@acme.test"
+
+
+def test_second_upload_is_version_2_and_version_1_is_kept(alice_api, uploaded, peft_v1, peft_v2, adapter_storage):
+    v1 = AdapterVersion.objects.get()
+    response = upload(alice_api, list(peft_v2.items()))
+    assert response.status_code == 201, response.json()
+    assert response.json()["model"] == "support-bot@v2"
+    assert response.json()["current_version"]["rank"] == 8
+
+    v2 = AdapterVersion.objects.get(number=2)
+    assert Adapter.objects.get().current_version == v2
+    assert v2.storage_key != v1.storage_key
+    assert AdapterVersion.objects.get(number=1).sha256 == v1.sha256 == hashlib.sha256(peft_v1[WEIGHTS_FILE]).hexdigest()
+    assert (adapter_storage / v1.storage_key / WEIGHTS_FILE).read_bytes() == peft_v1[WEIGHTS_FILE]  # never overwritten
+    assert (adapter_storage / v2.storage_key / WEIGHTS_FILE).read_bytes() == peft_v2[WEIGHTS_FILE]
+    assert len(stored_files(adapter_storage)) == 4
+
+    versions = alice_api.get(f"{URL}/support-bot/versions").json()["data"]
+    assert [v["number"] for v in versions] == [2, 1]
+
+
+@pytest.fixture
+def bad_adapters(tmp_path):
+    """Adapters the runtime's validator refuses, by expected code: {code: [(name, bytes)]}."""
+    def files(path):
+        return [(n, (path / n).read_bytes()) for n in (CONFIG_FILE, WEIGHTS_FILE)]
+
+    nan = write_adapter(tmp_path / "nan")
+    tensors = load_file(str(nan / WEIGHTS_FILE))
+    next(iter(tensors.values()))[0, 0] = np.nan
+    save_file(tensors, str(nan / WEIGHTS_FILE))
+    return {
+        "bad_rank": files(write_adapter(tmp_path / "rank", r=65)),
+        "unknown_target_modules": files(write_adapter(tmp_path / "t", config={"target_modules": ["qkv_proj"]})),
+        "base_mismatch": files(write_adapter(tmp_path / "base", config={"base_model_name_or_path": "llama-3-8b"})),
+        "not_lora": files(write_adapter(tmp_path / "ia3", config={"peft_type": "IA3"})),
+        "non_finite": files(nan),
+        "missing_weights": files(write_adapter(tmp_path / "w"))[:1],
+    }
+
+
+@pytest.mark.parametrize("code", ["bad_rank", "unknown_target_modules", "base_mismatch", "not_lora", "non_finite",
+                                  "missing_weights"])
+def test_validator_refusal_is_a_400_with_its_code(alice_api, tiny_llama, bad_adapters, adapter_storage,
+                                                  unchanged_db, code):
+    with unchanged_db():
+        error = assert_error(upload(alice_api, bad_adapters[code]), 400, code=code, param="file")
+    assert f"[{code}]" in error["message"]
+    assert stored_files(adapter_storage) == []
+
+
+def test_refused_second_upload_leaves_version_1_current(alice_api, uploaded, bad_adapters, adapter_storage,
+                                                        unchanged_db):
+    before = stored_files(adapter_storage)
+    with unchanged_db():
+        assert_error(upload(alice_api, bad_adapters["bad_rank"]), 400, code="bad_rank")
+    assert stored_files(adapter_storage) == before
+    assert alice_api.get(f"{URL}/support-bot").json()["model"] == "support-bot@v1"
+
+
+def _unsafe_uploads(adapter):
+    link = zipfile.ZipInfo(f"my-adapter/{WEIGHTS_FILE}")
+    link.external_attr = 0o120777 << 16
+    folder = in_folder(adapter)
+    return {
+        "unsafe_archive": [("a.zip", zip_bytes([("../adapter_config.json", adapter[CONFIG_FILE]), *folder[1:]]))],
+        "unsafe_archive:link": [("a.zip", zip_bytes([folder[0], (link, b"/etc/passwd")]))],
+        "nested_archive": [("a.zip", zip_bytes([*folder, ("my-adapter/more.tar.gz", tar_bytes(folder))]))],
+        "too_many_files": [("a.tgz", tar_bytes([(f"x/{i}.txt", b"1") for i in range(uploads.MAX_FILES + 1)]))],
+        "pickle_refused": [("a.zip", zip_bytes([*folder, ("my-adapter/adapter_model.bin", b"\x80\x04")]))],
+        "unexpected_files": [("a.zip", zip_bytes([*folder, ("my-adapter/notes.txt", b"hi")]))],
+        "duplicate_file": [("a.zip", zip_bytes([*folder, ("copy/adapter_config.json", adapter[CONFIG_FILE])]))],
+        "invalid_archive": [("a.zip", b"PK\x03\x04 truncated")],
+    }
+
+
+@pytest.mark.parametrize("case", ["unsafe_archive", "unsafe_archive:link", "nested_archive", "too_many_files",
+                                  "pickle_refused", "unexpected_files", "duplicate_file", "invalid_archive"])
+def test_archive_safety_refusals(alice_api, tiny_llama, peft_v1, adapter_storage, unchanged_db, case):
+    with unchanged_db():
+        assert_error(upload(alice_api, _unsafe_uploads(peft_v1)[case]), 400, code=case.split(":")[0], param="file")
+    assert stored_files(adapter_storage) == []
+
+
+def test_decompression_bomb_is_refused(alice_api, tiny_llama, adapter_storage, unchanged_db, monkeypatch):
+    monkeypatch.setattr(uploads, "MAX_EXPANDED_BYTES", 1 << 20)
+    bomb = zip_bytes([(f"my-adapter/{WEIGHTS_FILE}", bytes(4 << 20))])
+    with unchanged_db():
+        assert_error(upload(alice_api, [("a.zip", bomb)]), 400, code="archive_too_large")
+    assert stored_files(adapter_storage) == []
+
+
+def test_same_name_for_another_base_is_refused(alice_api, uploaded, peft_v1, adapter_storage, unchanged_db):
+    # Same architecture and an alias, so the validator accepts it: the refusal is the adapter's base.
+    BaseModel.objects.create(name="tiny-llama-chat", aliases=["tiny-llama"],
+                             architecture=uploaded.base_model.architecture)
+    before = stored_files(adapter_storage)
+    with unchanged_db():
+        assert_error(upload(alice_api, zipped(peft_v1), base_model="tiny-llama-chat"), 400, code="base_mismatch",
+                     param="base_model")
+    assert stored_files(adapter_storage) == before  # the files saved before the check were removed
+
+
+def test_unknown_base_model_is_404(alice_api, tiny_llama, peft_v1, adapter_storage, unchanged_db):
+    with unchanged_db():
+        assert_error(upload(alice_api, zipped(peft_v1), base_model="gpt-9"), 404)
+    assert stored_files(adapter_storage) == []
+
+
+@pytest.mark.parametrize("fields,code,param", [
+    ({"name": "Support Bot"}, "invalid", "name"),
+    ({"extra": "x"}, "unknown_field", "extra"),
+])
+def test_bad_fields(alice_api, tiny_llama, peft_v1, unchanged_db, fields, code, param):
+    with unchanged_db():
+        assert_error(upload(alice_api, zipped(peft_v1), **fields), 400, code=code, param=param)
+
+
+def test_no_file(alice_api, tiny_llama, unchanged_db):
+    with unchanged_db():
+        assert_error(upload(alice_api, []), 400, code="no_file", param="file")
+
+
+# Tiers
+
+def node_messages(queue):
+    """The tasks waiting in a node's queue: kombu's Redis transport keeps a list named after the queue."""
+    from vajra.celery import app
+
+    with app.connection_for_write() as conn:
+        client = conn.default_channel.client
+        raw = client.lrange(queue, 0, -1)
+        client.delete(queue)
+    messages = []
+    for item in raw:
+        message = json.loads(item)
+        args, _, _ = json.loads(base64.b64decode(message["body"]))
+        messages.append((message["headers"]["task"], args))
+    return messages
+
+
+def make_node(name, *, slots=10, pinned=0):
+    return Node.objects.create(name=name, base_model="tiny-llama", last_heartbeat_at=timezone.now(),
+                               state={"adapters": {"slots": slots, "pinned": pinned, "device": 0}})
+
+
+def patch_tier(client, tier, name="support-bot"):
+    return client.patch(f"{URL}/{name}", {"tier": tier}, format="json")
+
+
+def test_cold_to_warm_moves_it_on_the_nodes(alice_api, uploaded, django_capture_on_commit_callbacks):
+    node = make_node("test-adapters-warm")
+    node_messages(node.queue)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = patch_tier(alice_api, "warm")
+    assert response.status_code == 200, response.json()
+    assert response.json()["tier"]["tier"] == "warm" and response.json()["tier"]["units_per_query"] == 5
+    assert Adapter.objects.get().tier == "warm"
+    [(task, (ref, tier))] = node_messages(node.queue)
+    assert (task, tier, ref["adapter_id"], ref["version"]) == ("runtime.set_tier", "warm", f"a{uploaded.pk}", 1)
+    assert ref["uri"].startswith("file://")
+
+
+def test_hot_without_capacity_is_409(alice_api, uploaded, unchanged_db):
+    make_node("test-adapters-full", slots=10, pinned=5)  # hot may take half the slots: none left
+    with unchanged_db():
+        error = assert_error(patch_tier(alice_api, "hot"), 409, code="no_hot_capacity", param="tier")
+    assert "hot capacity" in error["message"]
+
+
+def test_hot_with_capacity(alice_api, uploaded, django_capture_on_commit_callbacks):
+    make_node("test-adapters-full", slots=10, pinned=5)
+    roomy = make_node("test-adapters-roomy", slots=10, pinned=1)
+    node_messages(roomy.queue)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = patch_tier(alice_api, "hot")
+    assert response.status_code == 200, response.json()
+    assert response.json()["tier"]["adapter_ready_ms_guarantee"] == 10
+    assert Adapter.objects.get().tier == "hot"
+    assert [(task, args[1]) for task, args in node_messages(roomy.queue)] == [("runtime.set_tier", "hot")]
+
+
+def test_invalid_tier(alice_api, uploaded, unchanged_db):
+    with unchanged_db():
+        assert_error(patch_tier(alice_api, "platinum"), 400, code="invalid_choice", param="tier")
+
+
+def test_tier_change_and_delete_lock_inside_a_transaction(alice_api, uploaded, monkeypatch):
+    # SQLite ignores FOR UPDATE; PostgreSQL refuses it outside a transaction, so check we are inside one.
+    outer = len(connection.atomic_blocks)
+    locked = []
+    real = access.access_adapter
+
+    def checked(**kwargs):
+        if kwargs.get("lock"):
+            locked.append(len(connection.atomic_blocks) > outer)
+        return real(**kwargs)
+
+    monkeypatch.setattr(access, "access_adapter", checked)
+    assert patch_tier(alice_api, "warm").status_code == 200
+    assert alice_api.delete(f"{URL}/support-bot").status_code == 204
+    assert locked == [True, True]
+
+
+# Delete
+
+def test_delete_hides_the_adapter_and_keeps_its_versions(alice_api, uploaded, peft_v1, adapter_storage):
+    response = alice_api.delete(f"{URL}/support-bot")
+    assert response.status_code == 204
+    assert alice_api.get(URL).json()["data"] == []
+    assert_error(alice_api.get(f"{URL}/support-bot"), 404)
+    assert AdapterVersion.objects.filter(adapter=uploaded).count() == 1
+    assert len(stored_files(adapter_storage)) == 2
+    # The name is free again: a new adapter, starting at version 1.
+    again = upload(alice_api, zipped(peft_v1))
+    assert again.status_code == 201 and again.json()["model"] == "support-bot@v1"
+    assert Adapter.objects.count() == 2
+
+
+# Quotas, scopes, roles, tenants
+
+def test_adapter_quota(alice_api, uploaded, peft_v1, peft_v2, adapter_storage, settings, unchanged_db):
+    settings.VAJRA_MAX_ADAPTERS_PER_TENANT = 1
+    before = stored_files(adapter_storage)
+    with unchanged_db():
+        assert_error(upload(alice_api, zipped(peft_v1), name="another"), 409, code="adapter_quota", param="name")
+    assert stored_files(adapter_storage) == before
+    assert upload(alice_api, list(peft_v2.items())).status_code == 201  # a new version is not a new adapter
+
+
+def test_key_without_adapters_scope_is_refused(alice, acme, tiny_llama, peft_v1, unchanged_db):
+    client = key_client(create_key(alice, acme, scopes=["infer"])[1])
+    with unchanged_db():
+        assert_error(upload(client, zipped(peft_v1)), 403, code="missing_scope")
+        assert_error(client.get(URL), 403, code="missing_scope")
+
+
+def test_other_tenant_gets_404_everywhere(charlie, contoso, uploaded, unchanged_db):
+    client = key_client(create_key(charlie, contoso)[1])
+    with unchanged_db():
+        for response in (client.get(f"{URL}/support-bot"), patch_tier(client, "warm"),
+                         client.delete(f"{URL}/support-bot"), client.get(f"{URL}/support-bot/versions")):
+            error = assert_error(response, 404)
+            assert "acme" not in error["message"]
+        assert client.get(URL).json()["data"] == []
+
+
+def test_developer_can_upload(bob, acme, tiny_llama, peft_v1):
+    for client, name in ((session_client(bob), "bobs"), (key_client(create_key(bob, acme)[1]), "bobs-key")):
+        response = upload(client, zipped(peft_v1), name=name)
+        assert response.status_code == 201, response.json()
+
+
+def test_billing_viewer_cannot_upload_or_list(acme, alice, tiny_llama, peft_v1, unchanged_db):
+    client = session_client(make_member("vera@acme.test", acme, BILLING_VIEWER))
+    with unchanged_db():
+        assert_error(upload(client, zipped(peft_v1)), 403, code="role_forbidden")
+        assert_error(client.get(URL), 403, code="role_forbidden")
