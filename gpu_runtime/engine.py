@@ -64,6 +64,7 @@ class Row:
     first_token: float | None = None
     finish_reason: str | None = None
     error: dict | None = None
+    ids: list = field(default_factory=list, repr=False)  # the prompt's token ids
 
 
 class Engine:
@@ -166,50 +167,62 @@ class Engine:
                 self._pending.append(self._incoming.get_nowait())
             except queue.Empty:
                 break
-        still = []
+        still, joining = [], []
         for handle in self._pending:
-            if len(self.rows) >= self.max_batch:
+            if len(self.rows) + len(joining) >= self.max_batch:
                 still.append(handle)
                 continue
             try:
-                if not self._try_join(handle):
-                    still.append(handle)
-            except RequestError as exc:
+                row = self._try_join(handle)
+            except (RequestError, AdapterRejected) as exc:
                 self._fail_unadmitted(handle, exc.code, exc.message)
-            except AdapterRejected as exc:
-                self._fail_unadmitted(handle, exc.code, exc.message)
+                continue
             except Exception as exc:  # this request only: the others keep being served
                 log.exception("request %s failed at admission", handle.request.request_id)
                 self._fail_unadmitted(handle, "engine_error", str(exc))
+                continue
+            if row is None:
+                still.append(handle)
+            else:
+                joining.append(row)
         self._pending = still
+        if joining:
+            try:
+                self._prefill(joining)
+            except Exception as exc:
+                log.exception("prefill failed")
+                for row in joining:
+                    if row.key is not None:
+                        self.store.release(row.key)
+                    self._fail_unadmitted(row.handle, "engine_error", str(exc))
 
     def _try_join(self, handle):
+        """A Row ready to prefill (adapter in its slot, prompt tokenized), or None if it must wait."""
         request = handle.request
         if request.base_model and request.base_model != self.base.name:
             raise RequestError("unknown_base_model", f"this node serves {self.base.name}, not {request.base_model}")
+        ids = self._prompt_ids(request)  # before taking a slot: a refused prompt holds nothing
         key, slot = None, 0
         if request.adapter is not None:
             if self.store is None:
                 raise RequestError("adapters_unavailable", "this node serves the base model only")
             future = handle.adapter_future
             if not future.done():
-                return False
+                return None
             future.result()  # raises AdapterRejected for a broken adapter
-            if handle.adapter_ready is None:
-                handle.adapter_ready = time.perf_counter()
             key = adapter_key(request.adapter)
             try:
                 slot = self.store.activate(key)
             except NoFreeSlot:
-                return False
+                return None
             handle.adapter_ready = time.perf_counter()
-        try:
-            self._prefill(handle, key, slot)
-        except Exception:
-            if key is not None:
-                self.store.release(key)
-            raise
-        return True
+        generator = None
+        if request.sampling.temperature > 0:
+            seed = request.sampling.seed
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(seed if seed is not None else int.from_bytes(request.request_id.encode()[-8:], "big"))
+        return Row(handle, key, slot, len(ids), IncrementalText(self.tokenizer, request.sampling.stop), generator,
+                   ids=ids)
 
     def _prompt_ids(self, request):
         if request.messages:
@@ -224,43 +237,61 @@ class Engine:
                                f"the context of {self.max_context} tokens; shorten the prompt or lower max_tokens")
         return list(ids)
 
-    def _prefill(self, handle, key, slot):
-        request = handle.request
-        ids = self._prompt_ids(request)
-        seed = request.sampling.seed
-        generator = None
-        if request.sampling.temperature > 0:
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(seed if seed is not None else int.from_bytes(request.request_id.encode()[-8:], "big"))
-        row = Row(handle, key, slot, len(ids), IncrementalText(self.tokenizer, request.sampling.stop), generator)
-        started = time.perf_counter()
-        cached, cache = self.prefix_cache.lookup(key, ids) if self.prefix_cache else (0, None)
-        row.cached_tokens = cached
-        cache = cache or DynamicCache()
-        if self.pool is not None:
-            self.pool.set_rows([slot])
-        with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([ids[cached:]], device=self.device), past_key_values=cache,
-                             use_cache=True)
-        logits = out.logits[0, -1].float()
-        if self.prefix_cache and not cached:
-            self.prefix_cache.store(key, ids, cache)
-        row.gpu_ms += self._busy(started)
-        self._merge(cache, len(ids))
-        self.rows.append(row)
-        self._accept_token(row, sample_token(logits, request.sampling, generator))
+    def _prefill(self, rows):
+        """Prefills newly admitted rows: those with a cached prompt prefix one by one from their cached KV,
+        the rest together in one left-padded forward pass (each row with its own adapter slot)."""
+        fresh = []
+        for row in rows:
+            cached, cache = self.prefix_cache.lookup(row.key, row.ids) if self.prefix_cache else (0, None)
+            if cached:
+                row.cached_tokens = cached
+                self._prefill_group([row], cache, offset=cached)
+            else:
+                fresh.append(row)
+        if fresh:
+            self._prefill_group(fresh, DynamicCache())
+        for row in rows:
+            self.rows.append(row)
+            self._accept_token(row, row.last_token)
         self._retire()
 
-    def _merge(self, cache, length):
-        """Adds a prefilled row's cache to the batch cache, left-padding whichever is shorter."""
-        row_mask = torch.ones(1, length, dtype=torch.long, device=self.device)
+    def _prefill_group(self, rows, cache, offset=0):
+        started = time.perf_counter()
+        lengths = [len(row.ids) - offset for row in rows]
+        width = max(lengths)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(self.eos_ids), 0)
+        ids = torch.tensor([[pad] * (width - n) + row.ids[offset:] for row, n in zip(rows, lengths, strict=True)],
+                           device=self.device)
+        mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], device=self.device)
+        if self.pool is not None:
+            self.pool.set_rows([row.slot for row in rows])
+        kwargs = {}
+        if len(rows) > 1:  # left padding: each row's own positions (a single row needs neither)
+            kwargs = {"attention_mask": mask, "position_ids": (mask.cumsum(dim=1) - 1).clamp(min=0)}
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, **kwargs)
+        logits = out.logits[:, -1].float()
+        if self.prefix_cache and not offset:
+            for i, (row, n) in enumerate(zip(rows, lengths, strict=True)):
+                self.prefix_cache.store(row.key, row.ids, cache, row=i, start=width - n)
+        elapsed = self._busy(started)
+        total = sum(lengths)
+        for i, row in enumerate(rows):
+            row.gpu_ms += elapsed * lengths[i] / total  # a prefill costs in proportion to its tokens
+            row.last_token = sample_token(logits[i], row.handle.request.sampling, row.generator)
+        full = torch.cat([torch.ones(len(rows), offset, dtype=mask.dtype, device=self.device), mask], dim=1)
+        self._merge(cache, full)
+
+    def _merge(self, cache, mask):
+        """Adds prefilled rows' cache (with its [rows, length] mask) to the batch cache, left-padding
+        whichever is shorter."""
         if self.cache is None or not self.rows:
-            self.cache, self.mask = cache, row_mask
+            self.cache, self.mask = cache, mask
             return
-        total = max(self.mask.shape[1], length)
+        total = max(self.mask.shape[1], mask.shape[1])
         self._left_pad(self.cache, total - self.mask.shape[1])
-        self._left_pad(cache, total - length)
-        self.mask = torch.cat([_pad_left(self.mask, total), _pad_left(row_mask, total)])
+        self._left_pad(cache, total - mask.shape[1])
+        self.mask = torch.cat([_pad_left(self.mask, total), _pad_left(mask, total)])
         for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
             mine.keys = torch.cat([mine.keys, theirs.keys])
             mine.values = torch.cat([mine.values, theirs.values])

@@ -52,8 +52,9 @@ class PrefixCache:
                     return length, cache
         return 0, None
 
-    def store(self, adapter_key, ids, cache):
-        """Keeps the KV of the longest block-aligned prefix of ``ids`` from a prefilled (batch 1) cache."""
+    def store(self, adapter_key, ids, cache, row=0, start=0):
+        """Keeps the KV of the longest block-aligned prefix of ``ids`` from a prefilled cache: batch row
+        ``row``, whose tokens begin at ``start`` (after its left padding)."""
         lengths = self._lengths(len(ids))
         if not lengths:
             return
@@ -63,7 +64,9 @@ class PrefixCache:
             if digest in self._entries:
                 self._entries.move_to_end(digest)
                 return
-        layers = [(layer.keys[:, :, :length].clone(), layer.values[:, :, :length].clone()) for layer in cache.layers]
+        end = start + length
+        layers = [(layer.keys[row:row + 1, :, start:end].clone(), layer.values[row:row + 1, :, start:end].clone())
+                  for layer in cache.layers]
         size = sum(k.numel() * k.element_size() * 2 for k, _ in layers)
         if size > self.budget:
             return
