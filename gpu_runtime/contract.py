@@ -25,6 +25,7 @@ CONTRACT_VERSION = 1
 CONTROL_QUEUE = "control"
 TASK_NODE_HEARTBEAT = "control.node_heartbeat"
 TASK_INFER = "runtime.infer"
+TASK_INFERENCE_STARTED = "control.inference_started"  # (request_id, node name): queued -> running
 TASK_INFERENCE_FINISHED = "control.inference_finished"  # (request_id, final event): usage for the ledger
 STREAM_PREFIX = "vajra:stream:"
 CANCEL_PREFIX = "vajra:cancel:"

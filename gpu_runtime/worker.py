@@ -22,6 +22,7 @@ from .contract import (
     CONTROL_QUEUE,
     TASK_INFER,
     TASK_INFERENCE_FINISHED,
+    TASK_INFERENCE_STARTED,
     TASK_NODE_HEARTBEAT,
     ContractError,
     Heartbeat,
@@ -230,7 +231,9 @@ def infer(payload):
     if final is None:  # not a redelivery of a request that already ran: run it (never twice)
         engine = node.require_engine()
         node.observe(request)
-        final = engine.submit(request).wait()
+        handle = engine.submit(request)
+        app.send_task(TASK_INFERENCE_STARTED, args=[request.request_id, config.node_name], queue=CONTROL_QUEUE)
+        final = handle.wait()
     # the control plane records usage from this (idempotent on the request id)
     app.send_task(TASK_INFERENCE_FINISHED, args=[request.request_id, final], queue=CONTROL_QUEUE)
     return final

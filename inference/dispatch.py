@@ -71,6 +71,15 @@ def _submit(principal, base_model, version, prompt, messages, sampling, api, req
     return row
 
 
+def inference_start(*, request_id, node_name):
+    """A node took the request: queued -> running (never back from a terminal state)."""
+    from .models import Node
+
+    node = Node.objects.filter(name=node_name).first()
+    InferenceRequest.objects.filter(pk=request_id, status=InferenceRequest.QUEUED).update(
+        status=InferenceRequest.RUNNING, **({"node": node} if node else {}))
+
+
 def inference_finish(*, request_id, final):
     """Records the runtime's final event once; a redelivered or duplicate event changes nothing."""
     status = {"stop": InferenceRequest.SUCCEEDED, "length": InferenceRequest.SUCCEEDED,

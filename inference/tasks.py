@@ -20,3 +20,10 @@ def inference_finished(request_id, final):
     from .dispatch import inference_finish
 
     inference_finish(request_id=request_id, final=final)
+
+
+@shared_task(name="control.inference_started", ignore_result=True, soft_time_limit=10, time_limit=20)
+def inference_started(request_id, node_name):
+    from .dispatch import inference_start
+
+    inference_start(request_id=request_id, node_name=node_name)

@@ -93,3 +93,21 @@ def test_hot_capacity_goes_to_the_node_with_most_room(acme, base, version, setti
     Node.objects.update(state={"adapters": {"slots": 10, "pinned": 5}})
     with pytest.raises(NoCapacity, match="hot capacity"):
         place_hot(base_model=base, adapter=version.adapter)
+
+
+def test_request_status_moves_queued_running_terminal_once(acme, base, version):
+    from inference.dispatch import inference_finish, inference_start
+
+    up = node("n1")
+    row = InferenceRequest.objects.create(id="req_s", tenant=acme, base_model=base, tier="cold", max_tokens=4)
+    inference_start(request_id=row.id, node_name="n1")
+    row.refresh_from_db()
+    assert row.status == "running" and row.node == up
+    final = {"finish_reason": "length", "usage": {"prompt_tokens": 3, "completion_tokens": 4, "cached_tokens": 0},
+             "timings": {"queued_ms": 1.0, "adapter_ready_ms": 0.0, "first_token_ms": 5.0, "total_ms": 9.0},
+             "gpu_ms": 8.0, "error": None}
+    inference_finish(request_id=row.id, final=final)
+    inference_finish(request_id=row.id, final={**final, "usage": {"completion_tokens": 99}})  # a duplicate
+    inference_start(request_id=row.id, node_name="n1")  # a late start never reopens it
+    row.refresh_from_db()
+    assert (row.status, row.completion_tokens, row.gpu_ms) == ("succeeded", 4, 8.0)
