@@ -135,6 +135,6 @@ def test_closing_a_stream_cancels_the_generation(client):
             break
     request_id = chunk.id.removeprefix("chatcmpl-")
     stream.close()
-    row = wait_for(lambda: InferenceRequest.objects.filter(pk=request_id).exclude(status="queued").first(), 60,
-                   "the cancelled request to be recorded")
+    row = wait_for(lambda: InferenceRequest.objects.filter(pk=request_id, status__in=InferenceRequest.TERMINAL)
+                   .first(), 60, "the cancelled request to be recorded")
     assert row.status == "cancelled" and 3 <= row.completion_tokens < 400
