@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.http import Http404, JsonResponse, StreamingHttpResponse
+from django.http import Http404, JsonResponse
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
 
@@ -278,34 +278,25 @@ def sse_data(body):
 
 def stream_response(request_id, envelope, include_usage, param):
     async def stream():
-        finished = False
-        try:
-            if envelope.api == "chat":
-                yield sse_data(envelope.chunk(role=True, include_usage=include_usage))
-            async for _, kind, data in relay.events(request_id):
-                if kind == "keepalive":
-                    yield b": keep-alive\n\n"
-                elif kind == "delta" and data.get("text"):
-                    yield sse_data(envelope.chunk(data["text"], include_usage=include_usage))
-                elif kind == "final":
-                    finished = True
-                    failed = final_error(data, param)
-                    if failed:
-                        yield sse_data(failed[1])
-                    else:
-                        yield sse_data(envelope.chunk(finish_reason=data["finish_reason"],
-                                                      include_usage=include_usage, final=data))
-                        if include_usage:
-                            yield sse_data(envelope.usage_chunk(data))
-                    yield b"data: [DONE]\n\n"
-        finally:
-            if not finished:  # the client went away: stop generating (only generated tokens count)
-                await relay.cancel(request_id)
+        if envelope.api == "chat":
+            yield sse_data(envelope.chunk(role=True, include_usage=include_usage))
+        async for _, kind, data in relay.events(request_id):
+            if kind == "keepalive":
+                yield b": keep-alive\n\n"
+            elif kind == "delta" and data.get("text"):
+                yield sse_data(envelope.chunk(data["text"], include_usage=include_usage))
+            elif kind == "final":
+                failed = final_error(data, param)
+                if failed:
+                    yield sse_data(failed[1])
+                else:
+                    yield sse_data(envelope.chunk(finish_reason=data["finish_reason"],
+                                                  include_usage=include_usage, final=data))
+                    if include_usage:
+                        yield sse_data(envelope.usage_chunk(data))
+                yield b"data: [DONE]\n\n"
 
-    response = StreamingHttpResponse(stream(), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
+    return relay.event_stream_response(request_id, stream())
 
 
 async def collect(request_id):

@@ -52,6 +52,27 @@ async def cancel(request_id, ttl_s=3600):
         await client.aclose()
 
 
+def event_stream_response(request_id, chunks):
+    """An SSE response over ``chunks`` (async bytes that end after the final event). A client that leaves
+    before the end cancels the generation, so only generated tokens count."""
+    from django.http import StreamingHttpResponse
+
+    async def guarded():
+        complete = False
+        try:
+            async for chunk in chunks:
+                yield chunk
+            complete = True
+        finally:
+            if not complete:
+                await cancel(request_id)
+
+    response = StreamingHttpResponse(guarded(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # tell proxies (nginx) not to buffer the stream
+    return response
+
+
 def sse(event_id, kind, data):
     lines = [f"id: {event_id}"] if event_id else []
     lines += [f"event: {kind}", f"data: {json.dumps(data)}"]

@@ -14,7 +14,7 @@ import json
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.http import Http404, JsonResponse, StreamingHttpResponse
+from django.http import Http404, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import serializers
 from rest_framework.exceptions import (
@@ -174,25 +174,16 @@ def final_body(head, final, text=None):
 
 def sse_response(request_id, head, last_id="0"):
     async def stream():
-        finished = False
-        try:
-            yield relay.sse("", "request", head)
-            async for entry_id, kind, data in relay.events(request_id, last_id):
-                if kind == "keepalive":
-                    yield b": keep-alive\n\n"
-                elif kind == "final":
-                    finished = True
-                    yield relay.sse(entry_id, "done", final_body(head, data))
-                else:
-                    yield relay.sse(entry_id, kind, data)
-        finally:
-            if not finished:  # the client went away: stop generating (only generated tokens count)
-                await relay.cancel(request_id)
+        yield relay.sse("", "request", head)
+        async for entry_id, kind, data in relay.events(request_id, last_id):
+            if kind == "keepalive":
+                yield b": keep-alive\n\n"
+            elif kind == "final":
+                yield relay.sse(entry_id, "done", final_body(head, data))
+            else:
+                yield relay.sse(entry_id, kind, data)
 
-    response = StreamingHttpResponse(stream(), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
+    return relay.event_stream_response(request_id, stream())
 
 
 @api_view({"POST"})

@@ -123,3 +123,26 @@ def runtime_node(base_model_store, tmp_path):
     proc.name = name
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def adapter_zip(base_model_store, tmp_path_factory):
+    """A real PEFT LoRA (r=8 on q_proj, v_proj) for SmolLM2, zipped inside one folder as people upload it."""
+    import io
+    import zipfile
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_model_store / "smollm2-135m-instruct" / "float32")
+    torch.manual_seed(7)
+    peft = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                           init_lora_weights=False))
+    path = tmp_path_factory.mktemp("upload") / "adapter"
+    peft.save_pretrained(path)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for f in path.iterdir():
+            archive.write(f, f"my-adapter/{f.name}")
+    return buffer.getvalue()

@@ -2,16 +2,11 @@
 uploads an adapter, infers over REST and SSE, the request row records usage from the runtime's final
 event, a client that disconnects cancels its generation, and refusals send nothing."""
 
-import io
 import json
 import time
-import zipfile
 
 import httpx
 import pytest
-import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
 
 from inference.models import Adapter, BaseModel, InferenceRequest
 from tests.conftest import create_key
@@ -19,21 +14,6 @@ from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.slow
 MODEL = "smollm2-135m-instruct"
-
-
-@pytest.fixture(scope="module")
-def adapter_zip(base_model_store, tmp_path_factory):
-    base = AutoModelForCausalLM.from_pretrained(base_model_store / MODEL / "float32")
-    torch.manual_seed(7)
-    peft = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                                           init_lora_weights=False))
-    path = tmp_path_factory.mktemp("upload") / "adapter"
-    peft.save_pretrained(path)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for f in path.iterdir():
-            archive.write(f, f"my-adapter/{f.name}")
-    return buffer.getvalue()
 
 
 @pytest.fixture

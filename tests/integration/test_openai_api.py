@@ -3,16 +3,11 @@ and the control worker. Chat with the base model and with an uploaded adapter, s
 greedy text both ways), completions, the model list, errors as the client's own exceptions, a client that
 closes its stream cancels the generation, and the request rows carry the API and the usage."""
 
-import io
-import zipfile
 
 import httpx
 import openai
 import pytest
-import torch
 from openai import OpenAI
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
 
 from inference.models import BaseModel, InferenceRequest
 from tests.conftest import create_key
@@ -22,21 +17,6 @@ pytestmark = pytest.mark.slow
 MODEL = "smollm2-135m-instruct"
 QUESTION = [{"role": "system", "content": "You answer in one short sentence."},
             {"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture(scope="module")
-def adapter_zip(base_model_store, tmp_path_factory):
-    base = AutoModelForCausalLM.from_pretrained(base_model_store / MODEL / "float32")
-    torch.manual_seed(11)
-    peft = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                                           init_lora_weights=False))
-    path = tmp_path_factory.mktemp("upload") / "adapter"
-    peft.save_pretrained(path)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for f in path.iterdir():
-            archive.write(f, f"my-adapter/{f.name}")
-    return buffer.getvalue()
 
 
 @pytest.fixture
