@@ -271,9 +271,9 @@ class Engine:
         with torch.inference_mode():
             out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, **kwargs)
         logits = out.logits[:, -1].float()
-        if self.prefix_cache and not offset:
+        if self.prefix_cache:  # new blocks only; a row prefilled from cached KV starts at 0, unpadded
             for i, (row, n) in enumerate(zip(rows, lengths, strict=True)):
-                self.prefix_cache.store(row.key, row.ids, cache, row=i, start=width - n)
+                self.prefix_cache.store(row.key, row.ids, cache, row=i, start=0 if offset else width - n)
         elapsed = self._busy(started)
         total = sum(lengths)
         for i, row in enumerate(rows):

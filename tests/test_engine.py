@@ -177,3 +177,6 @@ def test_prefix_cache_reuses_a_shared_prompt_prefix_per_adapter_version(engine, 
     assert other.wait(60)["usage"]["cached_tokens"] == 0
     stats = engine.prefix_cache.stats()
     assert stats["hits"] >= 1 and 0 < stats["hit_rate"] < 1 and stats["bytes"] > 0
+    # a prompt sharing only the first block reuses that block, whatever follows it
+    partial = engine.submit(request(system[:5] + [60, 61, 62, 63, 64], ref(paths[0], 0), max_tokens=4))
+    assert partial.wait(60)["usage"]["cached_tokens"] == 4
