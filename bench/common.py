@@ -269,3 +269,60 @@ def private_redis():
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+# ---- latency distributions and subprocess platforms (prefix_cache, platform_overhead) ------------------------
+def percentile(values, p):
+    """The p-th percentile (0-100) of ``values``, linearly interpolated between the closest ranks."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    k = (len(ordered) - 1) * p / 100
+    low = int(k)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (k - low)
+
+
+def spread(values, digits=1):
+    """p50, p90, p95, min, max and n of a list of milliseconds."""
+    return {"p50": round(percentile(values, 50), digits), "p90": round(percentile(values, 90), digits),
+            "p95": round(percentile(values, 95), digits), "min": round(min(values), digits),
+            "max": round(max(values), digits), "n": len(values)}
+
+
+def stream_text(client, request_id, block_ms=600_000):
+    """(generated text, final event, [(Redis entry time in epoch ms, type)]) of a request's Redis Stream,
+    read from its start (the stream outlives the request)."""
+    from gpu_runtime.streams import read_events
+
+    parts, final, stamps = [], None, []
+    for entry_id, kind, data in read_events(client, request_id, block_ms=block_ms):
+        stamps.append((int(entry_id.split("-")[0]), kind))
+        if kind == "delta":
+            parts.append(data["text"])
+        elif kind == "final":
+            final = data
+    return "".join(parts), final, stamps
+
+
+def on_loader_thread(fn, name="base-model-loader"):
+    """Runs ``fn`` on a new thread and returns its result (or raises its exception). A runtime node loads its
+    model and starts its engine from such a thread (gpu_runtime.worker.Node._load); an engine whose model was
+    loaded on the main thread, or whose process then runs torch work on the main thread, measured up to ~25 %
+    slower here, so the benchmarks that compare against a node build their engine this way."""
+    import threading
+
+    box = {}
+
+    def run():
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name=name)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]

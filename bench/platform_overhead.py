@@ -1,0 +1,727 @@
+"""What the platform adds on top of the engine: the same prompts through REST and SSE vs the engine alone.
+
+    direct         the runtime's Engine in this process, built by gpu_runtime.worker.build_engine exactly as
+                   a node builds it (SmolLM2 fp32 CPU, VAJRA_MAX_BATCH=32, prefix cache, slot buckets), timed
+                   client-side: submit -> first delta on its Redis Stream -> final event
+    platform REST  POST /v1/models/smollm2-135m-instruct/infer (non-stream): request -> JSON answer
+    platform SSE   the same with "stream": true: request -> first `delta` SSE event -> `done` event
+
+The platform is real processes started here against a throwaway SQLite database and a private Redis:
+daphne (DJANGO_DEBUG=false), a runtime node (`celery -A gpu_runtime.worker`, threads, concurrency 40,
+VAJRA_MAX_BATCH=32) and the control worker. The direct engine and the node share that Redis. Requests run
+one at a time, the three cases interleaved per prompt (rotating which goes first) because the VM's speed
+drifts; added ms = platform - direct per prompt, p50/p95 over the prompts. The runtime's own
+first_token_ms/total_ms (engine clock, from the task's submit) are reported beside, so the added time can be
+split into web (auth, row, task send: time to the SSE `request` event), Celery + Redis relay, and engine.
+Then a base model + uploaded r=8 adapter variant, and 32 concurrent SSE streams (32 tokens each) vs 32
+requests submitted at once to the direct engine: aggregate tokens/s.
+
+Targets: <= 15 ms p50 added time to first token (and reported for total time); concurrent tokens/s beside
+the engine's. Greedy decoding: platform and direct texts must be equal.
+
+    .venv/bin/python bench/platform_overhead.py [--quick]
+"""
+
+import asyncio
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import zipfile
+from pathlib import Path
+
+import common
+
+NAME = "platform_overhead"
+MODEL = "smollm2-135m-instruct"
+MAX_BATCH = 32
+CONCURRENT = 32
+PROMPTS = [f"Here are three facts about {topic}:\n1." for topic in (  # greedy: >= 32 tokens before EOS
+    "the moon", "honey bees", "the Nile", "volcanoes", "penguins", "the Eiffel Tower", "tea", "glaciers",
+    "octopuses", "the Sahara", "Mount Everest", "owls", "coffee", "the Pacific Ocean", "lightning", "dolphins",
+    "the Amazon rainforest", "bamboo", "the Great Wall", "whales", "rainbows", "Mars", "coral reefs", "tigers",
+    "the Alps", "maple syrup", "comets", "giraffes", "the Arctic", "sunflowers", "Jupiter", "elephants",
+    "the Danube", "wolves", "tulips", "Saturn", "hummingbirds", "the Andes", "cacti", "koalas")]
+
+
+# ---- the platform's processes -----------------------------------------------------------------------------------
+class Proc:
+    """A child in its own session, its output in a log file; stop() ends its whole process group."""
+
+    def __init__(self, name, argv, env, log_dir):
+        self.name = name
+        self.log_path = Path(log_dir) / f"{name}.log"
+        self.log = open(self.log_path, "wb")
+        self.popen = subprocess.Popen(argv, cwd=common.ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+
+    def tail(self, chars=3000):
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self, timeout=20):
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+            except ProcessLookupError:
+                pass
+        self.log.close()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Platform:
+    """Redis + migrated SQLite + tenant and API key + daphne + runtime node + control worker, all stopped by
+    stop() (also after a failed start)."""
+
+    def __init__(self, tmp):
+        self.tmp = Path(tmp)
+        self.procs = []
+        self.redis = None
+        self.node = f"bench-{os.getpid()}"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        from vajra.embedded_redis import start_private_redis
+
+        started = time.perf_counter()
+        self.redis, self.redis_url = start_private_redis(self.tmp / "run")
+        inherited = {k: v for k, v in os.environ.items()
+                     if not k.startswith(("DJANGO_", "VAJRA_", "DATABASE_URL", "REDIS_URL", "CELERY_"))}
+        self.env = {**inherited, "PYTHONUNBUFFERED": "1", "VAJRA_VAR_DIR": str(self.tmp / "var"),
+                    "REDIS_URL": self.redis_url, "DJANGO_SETTINGS_MODULE": "vajra.settings",
+                    "DJANGO_DEBUG": "false", "DJANGO_SECRET_KEY": secrets.token_urlsafe(48), "DJANGO_HTTPS": "false",
+                    "VAJRA_MAX_CONCURRENT_REQUESTS": "256", "VAJRA_RATE_LIMIT_PER_KEY": "100000",
+                    "VAJRA_RATE_LIMIT_PER_TENANT": "100000", "VAJRA_MODEL_STORE": str(common.MODEL_STORE),
+                    "VAJRA_DTYPE": common.DTYPE, "VAJRA_DEVICE": common.DEVICE}
+        (self.tmp / "var").mkdir(parents=True, exist_ok=True)
+        python = sys.executable
+        subprocess.run([python, "manage.py", "migrate", "--verbosity", "0"], cwd=common.ROOT, env=self.env, check=True)
+        out = subprocess.run([python, "manage.py", "shell", "-c", CREATE_KEY], cwd=common.ROOT, env=self.env,
+                             check=True, capture_output=True, text=True).stdout
+        self.secret = next(line.split("=", 1)[1] for line in out.splitlines() if line.startswith("SECRET="))
+        self.procs.append(Proc("daphne", [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
+                                          "vajra.asgi:application"], self.env, self.tmp))
+        self.procs.append(Proc("runtime", [python, "-m", "celery", "-A", "gpu_runtime.worker", "worker", "--pool",
+                                           "threads", "--concurrency", "40", "--loglevel", "INFO", "--hostname",
+                                           f"{self.node}@%h"],
+                               {**self.env, "VAJRA_NODE_NAME": self.node, "VAJRA_MAX_BATCH": str(MAX_BATCH)},
+                               self.tmp))
+        self.procs.append(Proc("control", [python, "-m", "celery", "-A", "vajra", "worker", "--queues", "control",
+                                           "--pool", "threads", "--concurrency", "4", "--loglevel", "WARNING",
+                                           "--hostname", f"control-{os.getpid()}@%h"], self.env, self.tmp))
+        self._wait(self._node_ready, 300, "the runtime node to be listed by /readyz")
+        self.ready_s = time.perf_counter() - started
+
+    def _node_ready(self):
+        import httpx
+
+        try:
+            body = httpx.get(f"{self.url}/readyz", timeout=2).json()
+        except (httpx.HTTPError, ValueError):
+            return False
+        return any(n["name"] == self.node and n["model_loaded"] for n in body.get("runtime", {}).get("nodes", []))
+
+    def _wait(self, predicate, timeout, what):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for proc in self.procs:
+                if proc.popen.poll() is not None:
+                    raise RuntimeError(f"{proc.name} exited {proc.popen.returncode} while waiting for {what}:\n"
+                                       f"{proc.tail()}")
+            if predicate():
+                return
+            time.sleep(0.25)
+        raise RuntimeError(f"timed out after {timeout} s waiting for {what}:\n"
+                           + "\n".join(f"--- {p.name}\n{p.tail(1500)}" for p in self.procs))
+
+    def stop(self):
+        for proc in reversed(self.procs):
+            proc.stop()
+        if self.redis is not None and self.redis.poll() is None:
+            self.redis.terminate()
+            try:
+                self.redis.wait(10)
+            except subprocess.TimeoutExpired:
+                self.redis.kill()
+                self.redis.wait()
+
+
+CREATE_KEY = """
+from tenants.models import APIKey, Membership, Tenant, User
+from tenants.roles import OWNER, SCOPES
+tenant = Tenant.objects.create(name="Bench", slug="bench")
+user = User.objects.create_user(email="bench@vajra.local", password="bench-password-never-used")
+Membership.objects.create(user=user, tenant=tenant, role=OWNER)
+_, secret = APIKey.objects.create_key(name="bench", tenant=tenant, created_by=user, scopes=list(SCOPES))
+print("SECRET=" + secret)
+"""
+
+
+WEB_BREAKDOWN = """
+import json, os, statistics, time
+from django.db import close_old_connections, transaction
+from inference import access
+from inference.dispatch import inference_submit
+from inference.placement import place
+from inference.v1 import sampling_from
+from tenants.keys import principal_from_key
+from tenants.limits import rate_limit_wait
+
+secret, n, model = os.environ["BENCH_SECRET"], int(os.environ["BENCH_N"]), os.environ["BENCH_MODEL"]
+principal = principal_from_key(secret)
+base_model = access.access_base_model(name=model)
+sampling = sampling_from({"temperature": 0, "max_tokens": 1})
+
+
+def submit():
+    inference_submit(principal=principal, base_model=base_model, prompt="Hi", sampling=sampling, api="infer")
+
+
+def submit_rolled_back():
+    with transaction.atomic():
+        submit()
+        transaction.set_rollback(True)
+
+
+steps = {
+    "API key -> principal (principal_from_key)": lambda: principal_from_key(secret),
+    "rate limit (rate_limit_wait: Redis)": lambda: rate_limit_wait(principal),
+    "access_base_model": lambda: access.access_base_model(name=model),
+    "placement (place: score the up nodes)": lambda: place(tenant=principal.tenant, base_model=base_model),
+    "inference_submit, rolled back (no commit, no task)": submit_rolled_back,
+    "inference_submit (row committed + Celery task sent)": submit,
+}
+samples = {name: [] for name in steps}
+for i in range(n + 1):
+    for name, fn in steps.items():
+        started = time.perf_counter()
+        fn()
+        if i:
+            samples[name].append((time.perf_counter() - started) * 1000)
+    time.sleep(0.25)  # the 1-token requests sent run on the node between rounds, not during them
+    close_old_connections()
+print("JSON=" + json.dumps({name: {"p50": round(statistics.median(v), 2), "min": round(min(v), 2)}
+                            for name, v in samples.items()}))
+"""
+
+
+def web_breakdown(platform, repeats):
+    """The web's steps of an infer request timed in a Django process of the platform's own (same settings,
+    database and Redis; no HTTP): each step alone, round-robin. The committed submits send real 1-token
+    requests to the node."""
+    out = subprocess.run([sys.executable, "manage.py", "shell", "-c", WEB_BREAKDOWN], cwd=common.ROOT, check=True,
+                         capture_output=True, text=True,
+                         env={**platform.env, "BENCH_SECRET": platform.secret, "BENCH_N": str(repeats),
+                              "BENCH_MODEL": MODEL}).stdout
+    return json.loads(next(line[5:] for line in out.splitlines() if line.startswith("JSON=")))
+
+
+# ---- one request, each way ----------------------------------------------------------------------------------------
+class Clock:
+    """A request's start on both clocks: perf_counter for durations, epoch ms to place Redis entry ids."""
+
+    def __init__(self):
+        self.epoch_ms = time.time() * 1000
+        self.perf = time.perf_counter()
+
+    def since(self, perf):
+        return round((perf - self.perf) * 1000, 2) if perf is not None else None
+
+    def at(self, epoch_ms):
+        return round(epoch_ms - self.epoch_ms, 2) if epoch_ms is not None else None
+
+
+def direct_one(engine, client, prompt, max_tokens, adapter=None):
+    """Client-side: submit -> first delta read from the Redis Stream -> final event read."""
+    from gpu_runtime.requests import InferenceRequest, SamplingParams
+    from gpu_runtime.streams import read_events
+
+    request_id = f"bench_{uuid.uuid4().hex}"
+    clock = Clock()
+    engine.submit(InferenceRequest(request_id=request_id, prompt=prompt, adapter=adapter, base_model=MODEL,
+                                   sampling=SamplingParams(max_tokens=max_tokens)))
+    first = final = None
+    parts = []
+    for _, kind, data in read_events(client, request_id, block_ms=600_000):
+        if kind == "delta":
+            first = first or time.perf_counter()
+            parts.append(data["text"])
+        elif kind == "final":
+            final = data
+    done = time.perf_counter()
+    _check(final)
+    return _row(clock, first, done, final, "".join(parts), client, request_id)
+
+
+def rest_one(http, client, prompt, max_tokens, adapter_id=None):
+    clock = Clock()
+    response = http.post(f"/v1/models/{MODEL}/infer", json=_body(prompt, max_tokens, adapter_id))
+    done = time.perf_counter()
+    response.raise_for_status()
+    body = response.json()
+    _check(body)
+    return _row(clock, None, done, body, body["text"], client, body["id"])
+
+
+def sse_one(http, client, prompt, max_tokens, adapter_id=None):
+    clock = Clock()
+    head = first = final = request_id = None
+    parts = []
+    with http.stream("POST", f"/v1/models/{MODEL}/infer", json={**_body(prompt, max_tokens, adapter_id),
+                                                                  "stream": True}) as response:
+        response.raise_for_status()
+        for kind, data in sse_events(response.iter_lines()):
+            if kind == "request":
+                head, request_id = time.perf_counter(), data["id"]
+            elif kind == "delta":
+                first = first or time.perf_counter()
+                parts.append(data["text"])
+            elif kind == "done":
+                final = data
+                break
+    done = time.perf_counter()
+    _check(final)
+    return {**_row(clock, first, done, final, "".join(parts), client, request_id),
+            "request_event_ms": clock.since(head)}
+
+
+def _body(prompt, max_tokens, adapter_id):
+    body = {"prompt": prompt, "parameters": {"temperature": 0, "max_tokens": max_tokens}}
+    if adapter_id:
+        body["adapter_id"] = adapter_id
+    return body
+
+
+def sse_events(lines):
+    kind, data = None, None
+    for line in lines:
+        if not line:
+            if kind:
+                yield kind, json.loads(data) if data else None
+            kind, data = None, None
+        elif line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: "):
+            data = line[6:]
+
+
+async def sse_events_async(lines):
+    kind, data = None, None
+    async for line in lines:
+        if not line:
+            if kind:
+                yield kind, json.loads(data) if data else None
+            kind, data = None, None
+        elif line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: "):
+            data = line[6:]
+
+
+def _check(final):
+    if not final or final.get("error") or final.get("finish_reason") not in {"stop", "length"}:
+        raise RuntimeError(f"request failed: {final}")
+
+
+def _ms(start, end):
+    return round((end - start) * 1000, 2) if end is not None else None
+
+
+def _stamps(client, request_id):
+    """Epoch ms of the request's first delta and final entries on its Redis Stream (from the entry ids)."""
+    from gpu_runtime.contract import stream_key
+
+    first = final = None
+    for entry_id, fields in client.xrange(stream_key(request_id)):
+        ms = int(entry_id.split(b"-")[0])
+        if fields[b"type"] == b"delta" and first is None:
+            first = ms
+        elif fields[b"type"] == b"final":
+            final = ms
+    return first, final
+
+
+def _row(clock, first, done, final, text, client, request_id):
+    """Client times, the runtime's own timings, and where the request was when (Redis entry times, 1 ms):
+    engine_submit_ms = the final entry's time - runtime total_ms (the engine's clock starts at submit)."""
+    timings = final["timings"]
+    first_xadd, final_xadd = (clock.at(ms) for ms in _stamps(client, request_id))
+    submit = round(final_xadd - timings["total_ms"], 2)
+    return {"first_delta_ms": clock.since(first), "total_ms": clock.since(done),
+            "runtime_first_token_ms": timings["first_token_ms"], "runtime_total_ms": timings["total_ms"],
+            "runtime_adapter_ready_ms": timings.get("adapter_ready_ms"),
+            "engine_submit_ms": submit,
+            "relay_first_delta_ms": round(clock.since(first) - first_xadd, 2) if first is not None else None,
+            "relay_final_ms": round(clock.since(done) - final_xadd, 2),
+            "completion_tokens": final["usage"]["completion_tokens"], "text": text}
+
+
+# ---- the latency comparison ---------------------------------------------------------------------------------------
+def latency(label, engine, client, http, prompts, max_tokens, adapter=None, adapter_id=None):
+    cases = {
+        "direct": lambda p: direct_one(engine, client, p, max_tokens, adapter),
+        "rest": lambda p: rest_one(http, client, p, max_tokens, adapter_id),
+        "sse": lambda p: sse_one(http, client, p, max_tokens, adapter_id),
+    }
+    names = list(cases)
+    for name in names:  # warm-up: first forward passes, the adapter into its slot on both sides
+        cases[name](prompts[-1])
+    rows = []
+    print(f"{label}: {len(prompts)} prompts x (direct, REST, SSE), {max_tokens} tokens, one at a time ...", flush=True)
+    for i, prompt in enumerate(prompts):
+        order = names[i % 3:] + names[:i % 3]
+        rows.append({"prompt": prompt, **{name: cases[name](prompt) for name in order}})
+    return summarize_latency(label, rows, max_tokens)
+
+
+def summarize_latency(label, rows, max_tokens):
+    cases = ("direct", "rest", "sse")
+
+    def pick(case, key):
+        return [row[case][key] for row in rows]
+
+    def spread(values):
+        return common.spread(values)
+
+    def added(case, key, base_key):
+        return [row[case][key] - row["direct"][base_key] for row in rows]
+
+    def outside(case, key, runtime_key):  # client time not on the engine's clock (submit -> event)
+        return [row[case][key] - row[case][runtime_key] for row in rows]
+
+    def net(case, key, runtime_key):  # the platform's outside-engine time less the direct path's own
+        return [p - d for p, d in zip(outside(case, key, runtime_key), outside("direct", key, runtime_key),
+                                      strict=True)]
+
+    out = {
+        "label": label, "n": len(rows), "max_tokens": max_tokens,
+        "ttft_ms": {"direct": spread(pick("direct", "first_delta_ms")), "sse": spread(pick("sse", "first_delta_ms"))},
+        "total_ms": {case: spread(pick(case, "total_ms")) for case in cases},
+        "runtime_first_token_ms": {case: spread(pick(case, "runtime_first_token_ms")) for case in cases},
+        "runtime_total_ms": {case: spread(pick(case, "runtime_total_ms")) for case in cases},
+        "added_ms": {"ttft_sse": spread(added("sse", "first_delta_ms", "first_delta_ms")),
+                     "total_rest": spread(added("rest", "total_ms", "total_ms")),
+                     "total_sse": spread(added("sse", "total_ms", "total_ms"))},
+        "added_beyond_engine_ms": {"ttft_sse": spread(net("sse", "first_delta_ms", "runtime_first_token_ms")),
+                                   "total_rest": spread(net("rest", "total_ms", "runtime_total_ms")),
+                                   "total_sse": spread(net("sse", "total_ms", "runtime_total_ms"))},
+        "engine_submit_ms": {case: spread(pick(case, "engine_submit_ms")) for case in cases},
+        "relay_first_delta_ms": {case: spread(pick(case, "relay_first_delta_ms")) for case in ("direct", "sse")},
+        "relay_final_ms": {case: spread(pick(case, "relay_final_ms")) for case in cases},
+        "sse_request_event_ms": spread(pick("sse", "request_event_ms")),
+        "texts_identical": all(row["direct"]["text"] == row["rest"]["text"] == row["sse"]["text"] for row in rows),
+        "requests": [{"prompt": row["prompt"], **{case: {k: v for k, v in row[case].items() if k != "text"}
+                                                   for case in cases}} for row in rows],
+    }
+    a, b = out["added_ms"], out["added_beyond_engine_ms"]
+    print(f"  added p50 (platform - direct): TTFT SSE {a['ttft_sse']['p50']} ms, total REST {a['total_rest']['p50']} "
+          f"ms, total SSE {a['total_sse']['p50']} ms; beyond the engine's clock: TTFT SSE {b['ttft_sse']['p50']} ms, "
+          f"total REST {b['total_rest']['p50']} ms; texts identical: {out['texts_identical']}", flush=True)
+    return out
+
+
+def probes(http, repeats):
+    """The web's floor: GET /healthz (HTTP + Django, no auth) and GET /v1/models/<m>/versions (API-key auth,
+    rate limit, one query), interleaved."""
+    cases = {"GET /healthz": lambda: http.get("/healthz").raise_for_status(),
+             f"GET /v1/models/{MODEL}/versions": lambda: http.get(f"/v1/models/{MODEL}/versions").raise_for_status()}
+    samples = {name: [] for name in cases}
+    for i in range(repeats + 1):
+        for name, fn in cases.items():
+            ms, _ = common.timed_ms(fn)
+            if i:
+                samples[name].append(ms)
+    return {name: common.spread(values, 2) for name, values in samples.items()}
+
+
+# ---- concurrency ----------------------------------------------------------------------------------------------------
+def concurrent_direct(engine, prompts, max_tokens):
+    from gpu_runtime.requests import InferenceRequest, SamplingParams
+
+    started = time.perf_counter()
+    handles = [engine.submit(InferenceRequest(request_id=f"bench_{uuid.uuid4().hex}", prompt=p, base_model=MODEL,
+                                              sampling=SamplingParams(max_tokens=max_tokens))) for p in prompts]
+    for handle in handles:
+        handle.wait(1800)
+        _check(handle.result)
+    wall = time.perf_counter() - started
+    tokens = sum(h.result["usage"]["completion_tokens"] for h in handles)
+    ttft = [h.result["timings"]["first_token_ms"] for h in handles]
+    return {"wall_s": round(wall, 3), "tokens": tokens, "tok_s": round(tokens / wall, 2),
+            "ttft_ms": common.spread(ttft)}
+
+
+def concurrent_platform(url, secret, redis_client, prompts, max_tokens):
+    """All streams opened at once; per stream: client times, and when the request reached the node's engine
+    (its final Redis entry time - the runtime's total_ms)."""
+    import httpx
+
+    async def one(client, prompt, clock):
+        head = first = final = request_id = None
+        async with client.stream("POST", f"/v1/models/{MODEL}/infer",
+                                 json={**_body(prompt, max_tokens, None), "stream": True}) as response:
+            response.raise_for_status()
+            async for kind, data in sse_events_async(response.aiter_lines()):
+                if kind == "request":
+                    head, request_id = time.perf_counter(), data["id"]
+                elif kind == "delta":
+                    first = first or time.perf_counter()
+                elif kind == "done":
+                    final = data
+                    break
+        _check(final)
+        return {"request_event_ms": clock.since(head), "first_delta_ms": clock.since(first),
+                "done_ms": clock.since(time.perf_counter()), "tokens": final["usage"]["completion_tokens"],
+                "runtime_first_token_ms": final["timings"]["first_token_ms"],
+                "runtime_total_ms": final["timings"]["total_ms"], "request_id": request_id}
+
+    async def run_all():
+        limits = httpx.Limits(max_connections=len(prompts) + 8, max_keepalive_connections=len(prompts) + 8)
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {secret}"}, timeout=600,
+                                     limits=limits) as client:
+            clock = Clock()
+            streams = await asyncio.gather(*(one(client, p, clock) for p in prompts))
+            return clock, time.perf_counter() - clock.perf, streams
+
+    clock, wall, streams = asyncio.run(run_all())
+    arrivals = [clock.at(_stamps(redis_client, s["request_id"])[1]) - s["runtime_total_ms"] for s in streams]
+    tokens = sum(s["tokens"] for s in streams)
+    return {"wall_s": round(wall, 3), "tokens": tokens, "tok_s": round(tokens / wall, 2),
+            "ttft_ms": common.spread([s["first_delta_ms"] for s in streams]),
+            "request_event_ms": common.spread([s["request_event_ms"] for s in streams]),
+            "engine_submit_ms": common.spread(arrivals),
+            "runtime_first_token_ms": common.spread([s["runtime_first_token_ms"] for s in streams])}
+
+
+def concurrency(engine, url, secret, redis_client, prompts, max_tokens, quick):
+    order = ["direct", "platform"] if quick else ["direct", "platform", "platform", "direct"]
+    runs = {"direct": [], "platform": []}
+    print(f"concurrency: {len(prompts)} streams x {max_tokens} tokens, {' '.join(order)} ...", flush=True)
+    for kind in order:
+        if kind == "direct":
+            runs[kind].append(concurrent_direct(engine, prompts, max_tokens))
+        else:
+            runs[kind].append(concurrent_platform(url, secret, redis_client, prompts, max_tokens))
+        run = runs[kind][-1]
+        print(f"  {kind}: {run['tokens']} tokens in {run['wall_s']} s = {run['tok_s']} tok/s, TTFT p50 "
+              f"{run['ttft_ms']['p50']} ms", flush=True)
+
+    def mean_rate(kind):
+        return round(sum(r["tok_s"] for r in runs[kind]) / len(runs[kind]), 2)
+
+    out = {"streams": len(prompts), "max_tokens": max_tokens, "order": order,
+           "direct": {"tok_s": mean_rate("direct"), "runs": runs["direct"]},
+           "platform": {"tok_s": mean_rate("platform"), "runs": runs["platform"]}}
+    out["platform_over_direct"] = round(out["platform"]["tok_s"] / out["direct"]["tok_s"], 3)
+    return out
+
+
+# ---- the adapter -----------------------------------------------------------------------------------------------------
+MAKE_ADAPTER = """
+import sys
+sys.path.insert(0, {bench!r})
+import common
+common.make_adapters(common.load_smollm2(), 1, {directory!r}, seed=7)
+"""
+
+
+def make_adapter(tmp):
+    """A random r=8 q,v adapter, made in a child process: torch work on this process's main thread slowed the
+    direct engine's thread afterwards (measured: ~20 % on decode), which would tilt the comparison."""
+    directory = tmp / "adapter"
+    subprocess.run([sys.executable, "-c", MAKE_ADAPTER.format(bench=str(Path(__file__).resolve().parent),
+                                                              directory=str(directory))],
+                   cwd=common.ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return directory / "a0"
+
+
+def upload_adapter(http, path):
+    """Uploads the adapter folder as a zip; returns the platform's id for it."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for f in path.iterdir():
+            archive.write(f, f"bench-adapter/{f.name}")
+    response = http.post("/api/v1/adapters", data={"name": "bench-adapter", "base_model": MODEL},
+                         files={"file": ("adapter.zip", buffer.getvalue(), "application/zip")})
+    if response.status_code != 201:
+        raise RuntimeError(f"adapter upload refused: {response.status_code} {response.text}")
+    return response.json()["model"]
+
+
+# ---- main -----------------------------------------------------------------------------------------------------------
+def main():
+    args = common.parse_args(__doc__.splitlines()[0])
+    n_base, n_adapter, n_probes = (5, 2, 5) if args.quick else (20, 8, 20)
+    max_tokens = 8 if args.quick else 16
+    concurrent_tokens = 16 if args.quick else 32
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop what we started
+    import httpx
+    import redis
+
+    from gpu_runtime.requests import AdapterRef
+
+    load_before = common.load_average()
+    config = common.ensure_model_imported()
+    tmp = Path(tempfile.mkdtemp(prefix="vajra-bench-platform-"))
+    platform = Platform(tmp)
+    engine = store = http = None
+    results = {}
+    try:
+        adapter_path = make_adapter(tmp)
+        print("starting redis, daphne, a runtime node and the control worker ...", flush=True)
+        platform.start()
+        node_loaded = re.findall(r"base model .*", (tmp / "runtime.log").read_text(errors="replace"))
+        print(f"  platform ready in {platform.ready_s:.1f} s; node: {node_loaded[:1]}", flush=True)
+        from gpu_runtime.worker import build_engine
+
+        direct_config = common.runtime_config(redis_url=platform.redis_url, max_batch=MAX_BATCH, node_name="direct",
+                                              adapter_cache_dir=tmp / "direct-adapter-cache")
+        def build():  # as gpu_runtime.worker.Node._load does it: built and started on a loader thread
+            built = build_engine(direct_config)
+            built[2].start()
+            return built
+
+        base, store, engine = common.on_loader_thread(build)
+        prompt_tokens = [len(base.tokenizer(p).input_ids) for p in PROMPTS]
+        block = engine.prefix_cache.block if engine.prefix_cache else 16
+        if max(prompt_tokens) > block:  # no prefix-cache hit on either side: both run every prompt in full
+            raise RuntimeError(f"prompts must be <= {block} tokens, got {max(prompt_tokens)}")
+        client = redis.Redis.from_url(platform.redis_url, socket_timeout=700)  # blocking XREADs of up to 600 s
+        http = httpx.Client(base_url=platform.url, headers={"Authorization": f"Bearer {platform.secret}"},
+                            timeout=600)
+        results["base"] = latency("base model", engine, client, http, PROMPTS[:n_base], max_tokens)
+        results["probes"] = probes(http, n_probes)
+        results["web_steps"] = web_breakdown(platform, n_probes)
+        adapter_id = upload_adapter(http, adapter_path)
+        ref = AdapterRef("bench-adapter", 1, str(adapter_path), tier="cold")
+        results["adapter"] = latency(f"adapter {adapter_id}", engine, client, http, PROMPTS[n_base:n_base + n_adapter],
+                                     max_tokens, adapter=ref, adapter_id=adapter_id)
+        results["concurrency"] = concurrency(engine, platform.url, platform.secret, client, PROMPTS[:CONCURRENT],
+                                             concurrent_tokens, args.quick)
+    except BaseException:
+        for proc in platform.procs:
+            print(f"--- {proc.name} log tail\n{proc.tail(1500)}", file=sys.stderr)
+        raise
+    finally:
+        if http is not None:
+            http.close()
+        if engine is not None:
+            engine.stop()
+        if store is not None:
+            store.shutdown()
+        platform.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    report(results, config, platform.ready_s, node_loaded, args.quick, load_before, prompt_tokens)
+
+
+def report(results, config, ready_s, node_loaded, quick, load_before, prompt_tokens):
+    latencies = (results["base"], results["adapter"])
+    rows = []
+    for r in latencies:
+        a, b = r["added_ms"], r["added_beyond_engine_ms"]
+        rows += [
+            [r["label"], "TTFT: SSE first delta", r["ttft_ms"]["direct"]["p50"], r["ttft_ms"]["sse"]["p50"],
+             a["ttft_sse"]["p50"], a["ttft_sse"]["p95"], b["ttft_sse"]["p50"], b["ttft_sse"]["p95"]],
+            [r["label"], "total: REST", r["total_ms"]["direct"]["p50"], r["total_ms"]["rest"]["p50"],
+             a["total_rest"]["p50"], a["total_rest"]["p95"], b["total_rest"]["p50"], b["total_rest"]["p95"]],
+            [r["label"], "total: SSE done", r["total_ms"]["direct"]["p50"], r["total_ms"]["sse"]["p50"],
+             a["total_sse"]["p50"], a["total_sse"]["p95"], b["total_sse"]["p50"], b["total_sse"]["p95"]],
+        ]
+    base = results["base"]
+    common.print_table(f"Platform vs engine alone, ms ({base['n']} base / {results['adapter']['n']} adapter prompts, "
+                       f"{base['max_tokens']} tokens, one request at a time)",
+                       ["case", "metric", "direct p50", "platform p50", "added p50", "added p95",
+                        "beyond engine clock p50", "p95"], rows)
+    common.print_table("Where the time goes, p50 ms from the client's request (runtime = the engine's own clock)",
+                       ["case", "path", "SSE `request` event", "at the engine (submit)", "runtime first token",
+                        "first delta: entry -> client", "runtime total", "final: entry -> client"],
+                       [[r["label"], case, r["sse_request_event_ms"]["p50"] if case == "sse" else None,
+                         r["engine_submit_ms"][case]["p50"], r["runtime_first_token_ms"][case]["p50"],
+                         r["relay_first_delta_ms"][case]["p50"] if case != "rest" else None,
+                         r["runtime_total_ms"][case]["p50"], r["relay_final_ms"][case]["p50"]]
+                        for r in latencies for case in ("direct", "rest", "sse")])
+    common.print_table("The web's floor over HTTP (interleaved), ms", ["request", "p50", "p95", "min"],
+                       [[name, v["p50"], v["p95"], v["min"]] for name, v in results["probes"].items()])
+    common.print_table("The infer view's steps in a Django process (no HTTP), ms", ["step", "p50", "min"],
+                       [[name, v["p50"], v["min"]] for name, v in results["web_steps"].items()])
+    c = results["concurrency"]
+    common.print_table(f"{c['streams']} concurrent streams x {c['max_tokens']} tokens (max_batch {MAX_BATCH})",
+                       ["case", "run", "wall s", "tokens", "tok/s", "TTFT p50 ms", "TTFT p95 ms",
+                        "web answered (`request` event) p50 ms", "max ms", "at the engine p50 ms", "max ms"],
+                       [[kind, i + 1, run["wall_s"], run["tokens"], run["tok_s"], run["ttft_ms"]["p50"],
+                         run["ttft_ms"]["p95"], run.get("request_event_ms", {}).get("p50"),
+                         run.get("request_event_ms", {}).get("max"), run.get("engine_submit_ms", {}).get("p50", 0.0),
+                         run.get("engine_submit_ms", {}).get("max", 0.0)]
+                        for kind in ("direct", "platform") for i, run in enumerate(c[kind]["runs"])])
+    print(f"\naggregate tokens/s: platform {c['platform']['tok_s']} vs engine alone {c['direct']['tok_s']} "
+          f"({c['platform_over_direct']:.0%})")
+    targets = {}
+    for key, r in (("base", base), ("adapter", results["adapter"])):
+        beyond, raw = r["added_beyond_engine_ms"]["ttft_sse"]["p50"], r["added_ms"]["ttft_sse"]["p50"]
+        targets[f"added_ttft_p50_le_15ms_{key}"] = {"value_ms": beyond, "raw_difference_ms": raw, "target_ms": 15,
+                                                    "met": beyond <= 15}
+    targets["texts_identical"] = {"met": all(r["texts_identical"] for r in latencies)}
+    targets["concurrent_tok_s_vs_engine"] = {"value": c["platform_over_direct"], "met": None,
+                                             "platform_tok_s": c["platform"]["tok_s"],
+                                             "engine_tok_s": c["direct"]["tok_s"],
+                                             "note": "reported beside the engine; the issue sets no ratio"}
+    print("targets: " + "; ".join(f"{k} {common.verdict(v['met'])}" for k, v in targets.items()
+                                  if v["met"] is not None))
+    common.write_result(NAME, {
+        "benchmark": NAME, "quick": quick, "machine": common.machine_facts(),
+        "load_average_before": load_before, "load_average_after": common.load_average(),
+        "platform": {"web": "daphne, DJANGO_DEBUG=false, SQLite", "runtime": "celery threads, concurrency 40",
+                     "control": "celery threads, concurrency 4", "redis": "private redis-server, unix socket",
+                     "max_batch": MAX_BATCH, "slot_buckets": config.slot_buckets,
+                     "prefix_cache_bytes": config.prefix_cache_bytes, "ready_s": round(ready_s, 1),
+                     "node_loaded": node_loaded[:1]},
+        "prompt_tokens": {"min": min(prompt_tokens), "max": max(prompt_tokens)},
+        "results": results, "targets": targets,
+        "notes": [
+            "One request at a time, per prompt the three cases in rotating order. added_ms = platform - direct "
+            "for the same prompt (client clocks); p50/p95 over the prompts.",
+            "TTFT = time to the first text delta as a client sees it: direct reads the request's Redis Stream "
+            "(blocking XREAD), SSE the first `delta` event. REST has no first token; its total is the JSON answer.",
+            "runtime_* = the engine's timings from engine.submit (on the node for the platform). "
+            "added_beyond_engine_ms = (platform client time - its runtime time) - (direct client time - its runtime "
+            "time): what the platform adds with each engine's own speed taken out (web + Celery + Redis relay). "
+            "This is the figure the target is judged on: the same engine code runs at a different speed in the "
+            "Celery node and in this process (runtime_* columns), which the raw difference mixes in.",
+            "engine_submit_ms = when the request reached the engine, from the client's start: the final Redis entry's "
+            "time (entry id, 1 ms) - runtime total_ms. relay_* = client receipt - the entry's time. "
+            "sse_request_event_ms: request -> the SSE `request` event (auth, rate limit, the request row, the task "
+            "sent after commit).",
+            "probes: GET /healthz (no auth) and GET /v1/models/<m>/versions (API-key auth + rate limit + a query).",
+            "web_steps: the infer view's synchronous steps timed one by one in a `manage.py shell` process with the "
+            "platform's settings (SQLite, the same Redis); the committed submits send 1-token requests to the node.",
+            "Prompts are <= 16 tokens so the prefix cache (on in both, as on a node) can never hit: both sides run "
+            "every prompt in full. Greedy; texts_identical compares direct, REST and SSE.",
+            "Concurrency: direct = 32 requests submitted at once to the in-process engine, wall to the last final "
+            "(TTFT = runtime first_token_ms); platform = 32 SSE streams opened at once (httpx.AsyncClient in this "
+            "process), wall to the last `done`, TTFT = client first delta; engine_submit_ms = when each reached the "
+            "node's engine. Direct and platform alternate (A B B A full). Client, daphne, node and control worker "
+            "share the 2 cores.",
+        ],
+    }, quick=quick)
+
+
+if __name__ == "__main__":
+    main()
