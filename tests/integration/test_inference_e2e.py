@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from inference.models import Adapter, BaseModel, InferenceRequest
+from inference.models import Adapter, AdapterVersion, BaseModel, InferenceRequest
 from tests.conftest import create_key
 from tests.integration.conftest import wait_for
 
@@ -92,11 +92,18 @@ def test_disconnect_cancels_generation(platform, adapter_zip):
     assert row.status == "cancelled" and 3 <= row.completion_tokens < 400
 
 
-def test_refusals_write_nothing_and_send_no_task(platform, charlie, contoso, unchanged_db):
+def test_refusals_write_nothing_and_send_no_task(platform, acme, charlie, contoso, unchanged_db):
     other = Adapter.objects.create(tenant=contoso, base_model=BaseModel.objects.get(name=MODEL), name="secret")
+    llama = BaseModel.objects.create(name="llama-70b", architecture={})
+    elsewhere = Adapter.objects.create(tenant=acme, base_model=llama, name="for-llama")
+    elsewhere.current_version = AdapterVersion.objects.create(
+        adapter=elsewhere, number=1, status="ready", sha256="0" * 64, size_bytes=1, rank=8, alpha=16,
+        target_modules=["q_proj"], dtype="F32", storage_key="k")
+    elsewhere.save()
     cases = [
         ("/v1/models/no-such-model/infer", {"prompt": "hi"}, 404),
         (f"/v1/models/{MODEL}/infer", {"prompt": "hi", "adapter_id": "secret"}, 404),  # charlie's
+        (f"/v1/models/{MODEL}/infer", {"prompt": "hi", "adapter_id": "for-llama"}, 400),  # another base
         (f"/v1/models/{MODEL}/infer", {"prompt": "hi", "parameters": {"temperature": 3}}, 400),
         (f"/v1/models/{MODEL}/infer", {"prompt": "hi", "parameters": {"top_p": 0}}, 400),
         (f"/v1/models/{MODEL}/infer", {"prompt": "hi", "parameters": {"max_tokens": 0}}, 400),
