@@ -17,6 +17,17 @@ Token transport (Redis)
   "first_token_ms", "total_ms"}, "gpu_ms", "error": {"code", "message"} | null}. Streams expire after
   ``VAJRA_STREAM_TTL_SECONDS``. A reader resumes from the last entry id it saw.
 - ``vajra:cancel:<request_id>``: set (any value) to cancel; the engine drops the row within one step.
+
+Training (gpu_runtime.training_spec.TrainingSpec is the job as JSON)
+- ``runtime.train`` on ``node.<name>`` runs one job to its end (acks_late: a job whose node dies is redelivered
+  and resumes from its last checkpoint under ``output_uri``). Its id is the idempotency key; cancel it with
+  ``vajra:cancel:<job_id>``. Live progress goes to the Redis Stream ``vajra:stream:<job_id>`` (``progress``
+  entries, then ``final``) for the dashboard.
+- To ``control``: ``control.training_started`` (job_id, node, info), ``control.training_step`` (job_id, step,
+  metering: {"gradients", "micro_batches", "tokens", "compute_ms", "loss", "node"}) once per optimizer step,
+  keyed by (job, step); ``control.training_checkpoint`` (job_id, step, uri, loss); ``control.training_finished``
+  (job_id, result: {"status": succeeded|failed|cancelled, "error", "adapter": {"uri", "sha256", "size_bytes",
+  "rank", "alpha", "target_modules", "dtype"} | null, "steps", "final_loss"}).
 """
 
 from dataclasses import asdict, dataclass, field, fields
@@ -27,6 +38,11 @@ TASK_NODE_HEARTBEAT = "control.node_heartbeat"
 TASK_INFER = "runtime.infer"
 TASK_INFERENCE_STARTED = "control.inference_started"  # (request_id, node name): queued -> running
 TASK_INFERENCE_FINISHED = "control.inference_finished"  # (request_id, final event): usage for the ledger
+TASK_TRAIN = "runtime.train"
+TASK_TRAINING_STARTED = "control.training_started"
+TASK_TRAINING_STEP = "control.training_step"
+TASK_TRAINING_CHECKPOINT = "control.training_checkpoint"
+TASK_TRAINING_FINISHED = "control.training_finished"
 STREAM_PREFIX = "vajra:stream:"
 CANCEL_PREFIX = "vajra:cancel:"
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
