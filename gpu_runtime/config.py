@@ -27,6 +27,17 @@ def _int(name, default, minimum=1):
     return value
 
 
+def _bool(name, default):
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}={raw!r}: use true or false.")
+
+
 def _buckets(raw):
     """"8:16,16:8" -> {8: 16, 16: 8}: slot rank buckets and their slot counts."""
     try:
@@ -70,6 +81,9 @@ class RuntimeConfig:
     max_lora_rank: int
     prefix_cache_bytes: int
     prefetch_lookahead_ms: int
+    training_preemption: bool = True  # TRAINING_PREEMPTION_ENABLED (Table 6)
+    training_every: int = 10  # inference priority 10x training: decode steps per training micro-step
+    train_time_limit_s: int = 24 * 3600  # a training task's hard limit (and the broker's redelivery timeout)
 
     @classmethod
     def from_env(cls):
@@ -99,4 +113,7 @@ class RuntimeConfig:
             max_lora_rank=_int("VAJRA_MAX_LORA_RANK", 64),
             prefix_cache_bytes=_int("VAJRA_PREFIX_CACHE_BYTES", 512 << 20, minimum=0),
             prefetch_lookahead_ms=_int("VAJRA_PREFETCH_LOOKAHEAD_MS", 5000),  # VAJRA paper, Table 6
+            training_preemption=_bool("TRAINING_PREEMPTION_ENABLED", True),  # VAJRA paper, Table 6
+            training_every=_int("VAJRA_TRAINING_EVERY", 10),  # VAJRA paper 6.1.2: P_inference = 10 x P_training
+            train_time_limit_s=_int("VAJRA_TRAIN_TIME_LIMIT_SECONDS", 24 * 3600, minimum=60),
         )

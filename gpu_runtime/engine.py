@@ -7,12 +7,23 @@ left-padded KV cache; position ids and the attention mask keep each row's own po
 
 Each step's wall time is attributed to the rows it served (a prefill to its row, a decode step split
 evenly), so the requests' GPU-ms add up to the engine's busy time.
+
+Training (gpu_runtime.trainer) shares this thread at inference's priority x10 (VAJRA paper 6.1.2): while rows
+are decoding, a training job gets one micro-step per ``training_every`` (10) decode steps; when no row is
+running it gets the whole device, one micro-step at a time. With preemption (TRAINING_PREEMPTION_ENABLED, the
+default) the engine looks for arriving requests after every micro-step, so a request waits at most one
+micro-step; without it, a training turn runs a whole optimizer step (all its micro-batches). Arrivals are
+also predicted (the prefetcher's idea, Algorithm 1, applied to scheduling): when requests come at a steady
+pace and the next one is due before a micro-step would end, the engine holds the micro-step back, so that
+request does not wait at all; a job held back for ``training_max_hold_s`` trains anyway (no starvation).
 """
 
 import logging
+import math
 import queue
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -43,6 +54,8 @@ class Handle:
     result: dict | None = None
     adapter_future: object = None
     adapter_ready: float | None = None
+    training_mark: int = 0  # the engine's training micro-step count when the request arrived
+    training_waits: int | None = None  # micro-steps that ran between its arrival and its admission
 
     def wait(self, timeout=None):
         self.done.wait(timeout)
@@ -68,7 +81,8 @@ class Row:
 
 
 class Engine:
-    def __init__(self, base, store, streams, *, max_batch=8, idle_wait_s=0.05, prefix_cache=None):
+    def __init__(self, base, store, streams, *, max_batch=8, idle_wait_s=0.05, prefix_cache=None,
+                 training_every=10, training_preemption=True, training_max_hold_s=2.0):
         self.base = base
         self.model, self.tokenizer = base.model, base.tokenizer
         self.device = torch.device(base.device)
@@ -92,16 +106,34 @@ class Engine:
         self.started = time.perf_counter()
         self.steps = 0
         self.tokens_out = 0
+        self.training_every = training_every
+        self.training_preemption = training_preemption
+        self._training_in = queue.Queue()
+        self.training = []  # runs in arrival order; the first one trains, the others wait
+        self.training_ms = 0.0
+        self.training_micro_steps = 0
+        self._since_training = 0
+        self.training_max_hold_s = training_max_hold_s
+        self.training_held = 0  # turns held back for a predicted arrival
+        self._turn_ms = None  # moving average of a training turn
+        self._last_turn = time.perf_counter()
+        self._arrivals = deque(maxlen=32)  # when inference requests arrived (perf_counter)
         self._stop = threading.Event()
         self._thread = None
 
     # ---- outside the engine thread ------------------------------------------------------------------------
     def submit(self, request):
-        handle = Handle(request)
+        handle = Handle(request, training_mark=self.training_micro_steps)
+        self._arrivals.append(handle.submitted)
         if request.adapter is not None and self.store is not None:
             handle.adapter_future = self.store.prepare(request.adapter)
         self._incoming.put(handle)
         return handle
+
+    def submit_training(self, run):
+        """Queues a prepared TrainingRun; its reports arrive on ``run.events`` (gpu_runtime.trainer.drive)."""
+        self._training_in.put(run)
+        return run
 
     def call(self, fn):
         """Runs ``fn`` on the engine thread at the next step boundary; returns a Future of its result.
@@ -135,7 +167,7 @@ class Engine:
         return self._incoming.qsize() + len(self._pending)
 
     def busy_ratio(self):
-        return self.busy_ms / max(1.0, (time.perf_counter() - self.started) * 1000)
+        return (self.busy_ms + self.training_ms) / max(1.0, (time.perf_counter() - self.started) * 1000)
 
     # ---- the engine thread ----------------------------------------------------------------------------------
     def _loop(self):
@@ -147,6 +179,11 @@ class Engine:
                     self._check_cancelled()
                 if self.rows:
                     self._decode_step()
+                    self._since_training += 1
+                if self._training_due():
+                    self._training_turn()
+                elif self.rows:
+                    pass
                 elif not self._pending:
                     try:
                         self._pending.append(self._incoming.get(timeout=self.idle_wait_s))
@@ -160,6 +197,63 @@ class Engine:
                 for row in list(self.rows):
                     self._finish(row, "error", {"code": "engine_error", "message": str(exc)})
                 self._retire()
+
+    # ---- training turns ---------------------------------------------------------------------------------------
+    def _training_due(self):
+        while True:
+            try:
+                self.training.append(self._training_in.get_nowait())
+            except queue.Empty:
+                break
+        if not self.training:
+            return False
+        if self.rows and self._since_training < self.training_every:
+            return False
+        if self._turn_ms is not None and time.perf_counter() - self._last_turn < self.training_max_hold_s \
+                and self._arrival_due_within(self._turn_ms / 1000):
+            self.training_held += 1
+            return False
+        return True
+
+    def _arrival_due_within(self, seconds):
+        """Whether steady arrivals (median gap of the recent ones) put the next request within ``seconds``."""
+        arrivals = list(self._arrivals)
+        if len(arrivals) < 4:
+            return False
+        gaps = sorted(b - a for a, b in zip(arrivals, arrivals[1:], strict=False))
+        gap = gaps[len(gaps) // 2]
+        since = time.perf_counter() - arrivals[-1]
+        if gap <= 0 or since > 2 * gap:  # no steady pattern, or it stopped
+            return False
+        next_at = gap * max(1, math.ceil(since / gap))
+        return next_at - since < seconds * 1.2
+
+    def _training_turn(self):
+        """One micro-step of the first job (a whole optimizer step without preemption); a failing job fails
+        alone, inference goes on."""
+        run = self.training[0]
+        self._since_training = 0
+        if self.streams.cancelled([run.job_id]):
+            run.cancel()
+        else:
+            started = time.perf_counter()
+            try:
+                first_step = run.step
+                while True:
+                    run.micro_step()
+                    self.training_micro_steps += 1
+                    if self.training_preemption or run.finished or run.step != first_step:
+                        break
+            except Exception as exc:
+                log.exception("training job %s failed", run.job_id)
+                run.fail("training_error", str(exc))
+            finally:
+                ms = (time.perf_counter() - started) * 1000
+                self.training_ms += ms
+                self._turn_ms = ms if self._turn_ms is None else 0.8 * self._turn_ms + 0.2 * ms
+                self._last_turn = time.perf_counter()
+        if run.finished:
+            self.training.pop(0)
 
     def _admit(self):
         while True:
@@ -216,6 +310,7 @@ class Engine:
             except NoFreeSlot:
                 return None
             handle.adapter_ready = time.perf_counter()
+        handle.training_waits = self.training_micro_steps - handle.training_mark
         generator = None
         if request.sampling.temperature > 0:
             seed = request.sampling.seed

@@ -7,6 +7,10 @@ smallest bucket that fits, zero-padded, so making it ready is a copy into a free
 modules. Per step the engine sets the batch's row -> slot map once (``SlotPool.set_rows``); each layer
 then gathers its slots' A/B and adds ``scale * (x A^T) B^T`` to its rows with two ``bmm`` per bucket.
 Slot id 0 means "no adapter" (base-only rows).
+
+Training uses the same wrappers: while the engine runs a training micro-step, ``SlotPool.trainable`` holds the
+job's trainable A/B pairs (gpu_runtime.trainer.TrainableLoRA) and every row gets their delta, with autograd,
+on the same frozen base weights (no second copy of the base). Between micro-steps it is None again.
 """
 
 from dataclasses import dataclass
@@ -44,6 +48,13 @@ class SlotLoRALinear(nn.Module):
 
     def forward(self, x):
         out = self.base(x)
+        train = self.pool.trainable
+        if train is not None:
+            pair = train.pairs.get(self.name)
+            if pair is not None:
+                A, B = pair
+                h = train.dropout(x.to(A.dtype))
+                out = out + ((h @ A.t()) @ B.t() * train.scaling).to(out.dtype)
         groups = self.pool.groups
         if not groups:
             return out
@@ -72,6 +83,7 @@ class SlotPool:
         param = next(model.parameters())
         self.dtype, self.device = param.dtype, param.device
         self.groups = []
+        self.trainable = None  # a training job's A/B pairs during its micro-step (gpu_runtime.trainer)
         self.layers = {}  # (layer, module) -> SlotLoRALinear
         self.slot_modules = {}  # global slot id -> module names its adapter targets
         self.slot_rank = {}  # global slot id -> the rank of the adapter in it (<= its bucket's rank)

@@ -23,6 +23,10 @@ class StreamWriter:
         pipe.expire(key, self.ttl)
         pipe.execute()
 
+    def event(self, stream_id, event_type, data):
+        """Any other entry (a training job's ``progress``); readers skip types they do not know."""
+        self._add(stream_id, event_type, data)
+
     def delta(self, request_id, text):
         self._add(request_id, "delta", {"text": text})
 

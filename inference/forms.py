@@ -1,6 +1,7 @@
-"""Dashboard forms for adapters. They only check shape; inference.adapters decides what is allowed."""
+"""Dashboard forms for adapters and datasets. They only check shape; the services decide what is allowed."""
 
 from django import forms
+from django.conf import settings
 
 from .api import NAME_RE
 from .models import Adapter, BaseModel
@@ -52,3 +53,22 @@ class AdapterUploadForm(forms.Form):
 
 class AdapterTierForm(forms.Form):
     tier = forms.ChoiceField(choices=Adapter.TIER_CHOICES, widget=forms.RadioSelect)
+
+
+class DatasetUploadForm(forms.Form):
+    # Field names match dataset_upload's keywords, so a service error's param names the field at fault.
+    file = forms.FileField(label="JSONL file", widget=forms.FileInput(attrs={"accept": ".jsonl,.json,.txt"}),
+                           help_text="One JSON object per line: chat records ({\"messages\": [...]} with system, "
+                                     "user and assistant roles) or {\"prompt\": ..., \"completion\": ...}.")
+    name = forms.CharField(max_length=200, required=False, help_text="Defaults to the file's name.")
+    base_model = forms.ChoiceField(label="Base model", required=False,
+                                   help_text="Records must fit its context; its tokenizer counts the tokens.")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        names = list(BaseModel.objects.order_by("name").values_list("name", flat=True))
+        self.fields["base_model"].choices = [(n, n) for n in names]
+        if settings.VAJRA_DEFAULT_BASE_MODEL in names:
+            self.fields["base_model"].initial = settings.VAJRA_DEFAULT_BASE_MODEL
+        elif not names:  # no node has reported a model yet: the upload is checked without a length limit
+            del self.fields["base_model"]

@@ -6,6 +6,7 @@ urlpatterns = [
     path("adapters/", views.adapters, name="adapters"),
     path("adapters/<str:name>/", views.adapter_detail, name="adapter-detail"),
     path("adapters/<str:name>/tier/", views.adapter_tier, name="adapter-tier"),
+    path("adapters/<str:name>/rollback/", views.adapter_rollback, name="adapter-rollback"),
     path("adapters/<str:name>/delete/", views.adapter_remove, name="adapter-delete"),
     path("playground/", views.playground, name="playground"),
     path("training/", views.training, name="training"),

@@ -15,10 +15,11 @@ from tenants.forms import add_service_error
 from tenants.views import tenant_member_required
 from vajra.errors import error_body, error_response
 
-from . import access
+from . import access, hot_swap
 from .adapters import adapter_delete, adapter_set_tier, adapter_upload
 from .api import tier_info
-from .forms import AdapterTierForm, AdapterUploadForm
+from .datasets import dataset_upload
+from .forms import AdapterTierForm, AdapterUploadForm, DatasetUploadForm
 from .models import Adapter, Node
 
 TIER_PLACES = {
@@ -131,6 +132,27 @@ def adapter_tier(request, name):
 
 @require_POST
 @tenant_member_required
+def adapter_rollback(request, name):
+    """Makes an earlier version current again (the same swap as a finished training job)."""
+    principal = request.principal
+    _require_adapters_view(principal)
+    access.access_adapter(tenant=principal.tenant, name=name)  # another tenant's adapter: 404 before anything
+    try:
+        number = int(request.POST.get("version", ""))
+        adapter = hot_swap.adapter_rollback(principal=principal, adapter_name=name, version_number=number)
+    except ValueError:
+        messages.error(request, "Choose the version to roll back to.")
+        return _detail_page(request, name, status=400)
+    except APIException as exc:  # already current, or not ready
+        messages.error(request, str(exc.detail))
+        return _detail_page(request, name, status=exc.status_code)
+    messages.success(request, f"{adapter.name} v{number} is current again: new requests use it, and requests "
+                              "already running finish on the version they started with.")
+    return redirect("adapter-detail", name=adapter.name)
+
+
+@require_POST
+@tenant_member_required
 def adapter_remove(request, name):
     principal = request.principal
     _require_adapters_view(principal)
@@ -161,9 +183,45 @@ def playground(request):
         "can_infer": request.principal.can("infer"), "max_tokens_cap": settings.VAJRA_MAX_TOKENS_CAP})
 
 
+def _training_page(request, form, *, report=None, status=200):
+    principal = request.principal
+    can_read = principal.can("datasets.read")
+    context = {"form": form, "report": report, "can_read_datasets": can_read,
+               "can_write_datasets": principal.can("datasets.write"),
+               "datasets": access.tenant_datasets(tenant=principal.tenant) if can_read else [],
+               "max_bytes": settings.VAJRA_DATASET_MAX_BYTES, "max_records": settings.VAJRA_DATASET_MAX_RECORDS}
+    return render(request, "inference/training.html", context, status=status)
+
+
 @tenant_member_required
 def training(request):
-    return render(request, "inference/training.html")
+    """Training: the tenant's datasets (POST uploads one; a refusal lists every bad line) and, later, jobs."""
+    principal = request.principal
+    if request.method != "POST":
+        return _training_page(request, DatasetUploadForm())
+    if not principal.can("datasets.write"):
+        raise PermissionDenied(f"Your role '{principal.role}' in {principal.tenant.name} does not include uploading "
+                               "datasets; ask an owner or admin.")
+    form = DatasetUploadForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return _training_page(request, form, status=400)
+    data = form.cleaned_data
+    try:
+        base_model = access.access_base_model(name=data["base_model"]) if data.get("base_model") else None
+        dataset = dataset_upload(principal=principal, file=data["file"], name=data["name"] or None,
+                                 base_model=base_model)
+    except APIException as exc:
+        report = getattr(exc, "extra", {}).get("lines")
+        if report:  # the line-by-line report is shown as a table; the form only says that the file was refused
+            form.add_error("file", f"The file has {len(report) + exc.extra['lines_omitted']} problem(s), listed "
+                                   "below. Fix them and upload it again.")
+        else:
+            add_service_error(form, exc)
+        return _training_page(request, form, report=exc.extra if report else None, status=exc.status_code)
+    messages.success(request, f"Uploaded {dataset.name}: {dataset.records} {dataset.format} record"
+                              f"{'s' if dataset.records != 1 else ''}, {'' if dataset.tokens_exact else 'at most '}"
+                              f"{dataset.tokens} tokens.")
+    return redirect("training")
 
 
 @login_required

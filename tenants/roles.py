@@ -35,6 +35,11 @@ ACTIONS = {
     "keys.manage_all": ({OWNER, ADMIN}, None),
     "infer": ({OWNER, ADMIN, DEVELOPER}, "infer"),
     "train": ({OWNER, ADMIN, DEVELOPER}, "train"),
+    # Training data may hold customers' conversations: not for billing viewers. Keys use the train scope.
+    "datasets.read": ({OWNER, ADMIN, DEVELOPER}, "train"),
+    "datasets.write": ({OWNER, ADMIN, DEVELOPER}, "train"),
+    "training.read": ({OWNER, ADMIN, DEVELOPER}, "train"),
+    "training.write": ({OWNER, ADMIN, DEVELOPER}, "train"),
     "adapters.view": ({OWNER, ADMIN, DEVELOPER}, "adapters:write"),
     "adapters.write": ({OWNER, ADMIN, DEVELOPER}, "adapters:write"),
     "usage.read": ({OWNER, ADMIN, DEVELOPER, BILLING_VIEWER}, "usage:read"),

@@ -35,7 +35,8 @@ class ExplodingView(APIView):
         raise RuntimeError("a bug")
 
 
-ACTIONS = ["infer", "train", "adapters.write", "usage.read", "billing.read"]
+ACTIONS = ["infer", "train", "adapters.write", "datasets.read", "datasets.write", "training.read", "training.write",
+           "usage.read", "billing.read"]
 
 urlpatterns = [
     *(path(f"api/v1/test/{action}", ActionView.as_view(required_action=action)) for action in ACTIONS),

@@ -33,26 +33,27 @@ class Conflict(exceptions.APIException):
 
 
 class InvalidRequest(exceptions.APIException):
-    """A 400 that names the parameter at fault."""
+    """A 400 that names the parameter at fault. ``extra`` adds machine-readable fields to the error object
+    (e.g. a dataset's bad ``lines``); it never replaces the four standard ones."""
 
     status_code = status.HTTP_400_BAD_REQUEST
     default_code = "invalid_request"
 
-    def __init__(self, detail, *, param=None, code=None):
+    def __init__(self, detail, *, param=None, code=None, extra=None):
         super().__init__(detail, code)
         self.param = param
+        self.extra = extra or {}
 
 
-def error_body(message, *, status_code, code=None, param=None, error_type=None):
-    return {
-        "error": {
-            "message": message,
-            "type": error_type or ERROR_TYPES.get(status_code, "api_error" if status_code >= 500 else
-                                                  "invalid_request_error"),
-            "param": param,
-            "code": code,
-        }
+def error_body(message, *, status_code, code=None, param=None, error_type=None, extra=None):
+    standard = {
+        "message": message,
+        "type": error_type or ERROR_TYPES.get(status_code, "api_error" if status_code >= 500 else
+                                              "invalid_request_error"),
+        "param": param,
+        "code": code,
     }
+    return {"error": {**standard, **{k: v for k, v in (extra or {}).items() if k not in standard}}}
 
 
 def _first_validation_error(detail, prefix=""):
@@ -87,6 +88,15 @@ _FIXES = {
 }
 
 
+def _fix_for(exc, view):
+    """How to fix it; a 415 names what the endpoint does take (multipart for uploads, else JSON)."""
+    if isinstance(exc, exceptions.UnsupportedMediaType):
+        media = [parser.media_type for parser in getattr(view, "parser_classes", ())]
+        if media and "application/json" not in media:
+            return f" Send the body as {' or '.join(media)}."
+    return _FIXES.get(type(exc), "")
+
+
 def api_exception_handler(exc, context):
     # Django's own exceptions (the access functions raise Http404) become DRF's, keeping their message.
     if isinstance(exc, Http404):
@@ -97,12 +107,13 @@ def api_exception_handler(exc, context):
     if response is None:
         return None  # Django turns it into a 500 through handler500
     param, message, code = _message_for(exc)
-    message += _FIXES.get(type(exc), "")
+    message += _fix_for(exc, context.get("view"))
     if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
         response["Retry-After"] = str(max(1, int(exc.wait + 0.999)))
         message = f"Rate limit exceeded. Retry after {response['Retry-After']} seconds."
     code = getattr(exc, "override_code", None) or code
-    response.data = error_body(message, status_code=response.status_code, code=code, param=param)
+    response.data = error_body(message, status_code=response.status_code, code=code, param=param,
+                               extra=getattr(exc, "extra", None))
     return response
 
 
@@ -163,8 +174,8 @@ def error_response(exc):
     param, message, code = _message_for(exc)
     message += _FIXES.get(type(exc), "")
     code = getattr(exc, "override_code", None) or code
-    response = JsonResponse(error_body(message, status_code=exc.status_code, code=code, param=param),
-                            status=exc.status_code)
+    response = JsonResponse(error_body(message, status_code=exc.status_code, code=code, param=param,
+                                       extra=getattr(exc, "extra", None)), status=exc.status_code)
     wait = getattr(exc, "wait", None)
     if wait:
         response["Retry-After"] = str(max(1, int(wait + 0.999)))

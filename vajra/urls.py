@@ -18,6 +18,7 @@ urlpatterns = [
                                                      permission_classes=[]), name="api-docs"),
     path("api/v1/", include("tenants.api_urls")),
     path("api/v1/", include("inference.api_urls")),
+    path("v1/", include("inference.training_urls")),
     path("v1/", include("inference.v1_urls")),
     # Unknown API routes answer in the API's error shape even with DEBUG on (Django's debug 404 is HTML).
     re_path(r"^(api|v1)/", errors.api_route_not_found),

@@ -1,4 +1,10 @@
-"""Billing: tier prices in units per query (both papers) and the Stripe connection."""
+"""Billing: tier prices in units per query (both papers), per-gradient training prices, the Stripe connection,
+and the training jobs those prices apply to."""
+
+import json
+from urllib.parse import urlparse
+
+from django.core.exceptions import ImproperlyConfigured
 
 from .env import env_int, env_str
 
@@ -9,3 +15,37 @@ VAJRA_BILLING_GRANULARITY_MS = env_int("VAJRA_BILLING_GRANULARITY_MS", 10, minim
 STRIPE_API_KEY = env_str("STRIPE_API_KEY", "")
 STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "")
 STRIPE_API_BASE = env_str("STRIPE_API_BASE", "")
+
+# Training cost (VAJRA paper A.2): sum over steps of G_j x C_gradient / 1e6 x P_GPU, with C_gradient the price
+# of a million gradients ($0.05) and P_GPU the GPU price per hour ($2.00), both in micro-dollars.
+VAJRA_TRAIN_C_GRADIENT_MICRO_USD = env_int("VAJRA_TRAIN_C_GRADIENT_MICRO_USD", 50_000, minimum=0)
+VAJRA_P_GPU_MICRO_USD_PER_HOUR = env_int("VAJRA_P_GPU_MICRO_USD_PER_HOUR", 2_000_000, minimum=0)
+# Training jobs: a checkpoint every this many optimizer steps (a redelivered job resumes from the last one);
+# a job no node can take is retried this often, and fails with no_capacity after waiting this long.
+VAJRA_TRAIN_CHECKPOINT_EVERY = env_int("VAJRA_TRAIN_CHECKPOINT_EVERY", 10, minimum=1)
+VAJRA_TRAIN_PLACE_RETRY_SECONDS = env_int("VAJRA_TRAIN_PLACE_RETRY_SECONDS", 15, minimum=1)
+VAJRA_TRAIN_QUEUE_TIMEOUT_SECONDS = env_int("VAJRA_TRAIN_QUEUE_TIMEOUT_SECONDS", 3600, minimum=1)
+
+
+def _dataset_url_prefixes(name):
+    """{"tenant-slug": ["s3://bucket/prefix/", "file:///srv/data/"]}: where a tenant's train requests may name a
+    dataset by URL. Unset: nowhere (datasets are uploaded)."""
+    raw = env_str(name)
+    if raw is None:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} is not valid JSON.") from None
+    if not isinstance(value, dict) or not all(isinstance(v, list) for v in value.values()):
+        raise ImproperlyConfigured(f"{name} must be a JSON object of tenant slug -> list of URL prefixes.")
+    for slug, prefixes in value.items():
+        for prefix in prefixes:
+            parsed = urlparse(prefix) if isinstance(prefix, str) else None
+            if parsed is None or parsed.scheme not in ("s3", "file") or not prefix.endswith("/"):
+                raise ImproperlyConfigured(f"{name}: {prefix!r} for {slug!r} must be an s3:// or file:// URL "
+                                           "ending in '/'.")
+    return value
+
+
+VAJRA_TENANT_DATASET_URL_PREFIXES = _dataset_url_prefixes("VAJRA_TENANT_DATASET_URL_PREFIXES")

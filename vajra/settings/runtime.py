@@ -24,6 +24,9 @@ VAJRA_CONTEXT_LENGTH_DEFAULT = env_int("VAJRA_CONTEXT_LENGTH_DEFAULT", 8192, min
 VAJRA_MAX_ADAPTERS_PER_TENANT = env_int("VAJRA_MAX_ADAPTERS_PER_TENANT", 50, minimum=1)
 VAJRA_MAX_CONCURRENT_REQUESTS = env_int("VAJRA_MAX_CONCURRENT_REQUESTS", 16, minimum=1)
 VAJRA_MAX_TOKENS_CAP = env_int("VAJRA_MAX_TOKENS_CAP", 2048, minimum=1)
+# Training datasets (JSONL): the largest file and the most records one upload may have.
+VAJRA_DATASET_MAX_BYTES = env_int("VAJRA_DATASET_MAX_BYTES", 50 << 20, minimum=1)
+VAJRA_DATASET_MAX_RECORDS = env_int("VAJRA_DATASET_MAX_RECORDS", 50_000, minimum=1)
 
 # Where adapter files live: the filesystem under var/objects by default, or S3 through django-storages.
 VAJRA_ADAPTER_STORAGE = env_choice("VAJRA_ADAPTER_STORAGE", "filesystem", {"filesystem", "s3"})

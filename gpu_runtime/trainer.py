@@ -1,0 +1,421 @@
+"""Fine-tuning on the resident base (VAJRA paper 4.3, Algorithm 3; DESIGN.md "Inside a runtime node").
+
+A job's trainable LoRA pairs live beside the engine's slot buffers and run through the same layer wrappers
+(gpu_runtime.lora) on the same frozen base weights: no second copy of the base, only A/B require grad. The
+engine thread owns the model, so a ``TrainingRun`` never runs by itself: the engine calls ``micro_step()``
+between inference steps (inference first, gpu_runtime.engine), and everything slow that is not a forward or
+backward pass (reading the dataset, tokenizing, fetching weights, writing checkpoints) happens on the job's
+Celery task thread (``prepare`` and ``drive`` below).
+
+Merge rule (Algorithm 3's MergeAdapters): training an adapter that has a version continues from that
+version's A/B (same rank, alpha and targets) and the new version is the trained pair, so
+MergeAdapters(A_old, A_train) = A_train warm-started from A_old. A new adapter starts as PEFT starts one:
+A Kaiming-uniform, B zero, so its delta is zero before the first step.
+
+Loss: token cross-entropy on the answer only (assistant turns of chat records, the completion of
+prompt/completion records, each with its end token), averaged over the optimizer step's answer tokens, so
+gradient accumulation over micro-batches equals one big batch.
+
+Metering: each optimizer step reports gradients = trainable elements x micro-batches, its forward+backward
+(+ optimizer) ms and loss, keyed by (job, step). Checkpoints (weights + AdamW state, safetensors, never
+pickle) go to ``<output_uri>/checkpoints/step-<n>/`` every ``checkpoint_every`` steps; a redelivered job
+resumes after the last complete one and re-reports the steps after it under the same keys, which the
+control plane ignores, so no step is billed twice. Data order is a permutation per epoch from the seed, so
+a resumed job sees the same batches.
+"""
+
+import hashlib
+import json
+import logging
+import math
+import queue
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from . import object_io
+from .datasets import parse_dataset
+from .lora import adapter_weights_from_tensors
+
+log = logging.getLogger("vajra.runtime.trainer")
+
+IGNORE = -100
+MAX_DATASET_BYTES = 512 << 20
+MAX_DATASET_RECORDS = 1_000_000
+STATE_FILE = "training.json"  # written last: a folder without it is unfinished
+
+
+class TrainingFailed(Exception):
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def peft_name(layer, module):
+    block = "mlp" if module in {"gate_proj", "up_proj", "down_proj"} else "self_attn"
+    return f"base_model.model.model.layers.{layer}.{block}.{module}"
+
+
+class TrainableLoRA:
+    """The job's A [r, in] / B [out, r] per (layer, module), fp32 parameters on the model's device."""
+
+    def __init__(self, facts, *, rank, alpha, targets, device, seed, init=None, dropout=0.0):
+        self.rank, self.alpha, self.targets = rank, float(alpha), tuple(sorted(targets))
+        self.scaling = self.alpha / rank
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        generator = torch.Generator().manual_seed(seed)
+        self.pairs = {}
+        for layer in range(facts.num_layers):
+            for module in self.targets:
+                _, fan_in, fan_out = facts.modules[module]
+                if init is not None and (layer, module) in init:
+                    A, B = (t.detach().to(torch.float32).clone() for t in init[(layer, module)])
+                else:
+                    A = torch.empty(rank, fan_in)
+                    nn.init.kaiming_uniform_(A, a=math.sqrt(5), generator=generator)
+                    B = torch.zeros(fan_out, rank)
+                self.pairs[(layer, module)] = (nn.Parameter(A.to(device)), nn.Parameter(B.to(device)))
+
+    def parameters(self):
+        return [p for pair in self.pairs.values() for p in pair]
+
+    def numel(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def tensors(self):
+        """PEFT names -> CPU tensors (a snapshot: safe to write while training goes on)."""
+        out = {}
+        for (layer, module), (A, B) in self.pairs.items():
+            prefix = peft_name(layer, module)
+            out[f"{prefix}.lora_A.weight"] = A.detach().to("cpu", copy=True).contiguous()
+            out[f"{prefix}.lora_B.weight"] = B.detach().to("cpu", copy=True).contiguous()
+        return out
+
+    def peft_config(self, base_model):
+        return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model, "r": self.rank,
+                "lora_alpha": self.alpha, "lora_dropout": 0.0, "target_modules": list(self.targets), "bias": "none",
+                "fan_in_fan_out": False, "inference_mode": True}
+
+
+def _template_ids(tokenizer, messages, generation_prompt):
+    ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=generation_prompt, tokenize=True,
+                                        return_dict=False)
+    return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+
+
+def encode_record(tokenizer, record, eos_id):
+    """(input ids, labels) with IGNORE on everything but the answer tokens."""
+    if "messages" in record:
+        if not getattr(tokenizer, "chat_template", None):
+            raise TrainingFailed("no_chat_template", "this base model has no chat template; use prompt/completion "
+                                 "records")
+        messages = record["messages"]
+        ids = _template_ids(tokenizer, messages, False)
+        labels = [IGNORE] * len(ids)
+        for i, message in enumerate(messages):
+            if message["role"] == "assistant":
+                start = len(_template_ids(tokenizer, messages[:i], True))
+                end = len(_template_ids(tokenizer, messages[: i + 1], False))
+                labels[start:end] = ids[start:end]
+        return ids, labels
+    prompt = tokenizer(record["prompt"]).input_ids if record["prompt"] else []
+    answer = tokenizer(record["completion"], add_special_tokens=False).input_ids + [eos_id]
+    return list(prompt) + answer, [IGNORE] * len(prompt) + answer
+
+
+@dataclass
+class Example:
+    ids: list
+    labels: list
+
+    @property
+    def targets(self):
+        return sum(1 for t in self.labels[1:] if t != IGNORE)
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    tensors: dict
+    optimizer: dict
+    loss: float | None
+
+
+@dataclass
+class TrainingRun:
+    """One job as the engine thread sees it; ``events`` carries its reports to the job's task thread."""
+
+    spec: object
+    hp: object
+    model: object
+    pool: object
+    lora: TrainableLoRA
+    examples: list
+    step: int = 0  # optimizer steps done
+    total_steps: int = 0
+    started_step: int = 0  # where this run started (a resumed job: its last checkpoint)
+    micro_steps: int = 0
+    events: queue.Queue = field(default_factory=queue.Queue)
+    finished: bool = False
+    optimizer: object = None
+    _chunks: list = field(default_factory=list)
+    _micro: int = 0
+    _step_targets: int = 0
+    _step_tokens: int = 0
+    _step_loss: float = 0.0
+    _step_ms: float = 0.0
+    _perm: tuple = (None, None)
+
+    def __post_init__(self):
+        self.optimizer = torch.optim.AdamW(self.lora.parameters(), lr=self.hp.learning_rate, weight_decay=0.0)
+        self.total_steps = self.hp.total_steps(len(self.examples))
+        self.steps_per_epoch = math.ceil(len(self.examples) / self.hp.batch_size)
+        self.gradients_per_micro_batch = self.lora.numel()
+
+    @property
+    def job_id(self):
+        return self.spec.job_id
+
+    def _batch(self, step):
+        epoch, index = divmod(step, self.steps_per_epoch)
+        if self._perm[0] != epoch:
+            generator = torch.Generator().manual_seed(self.hp.seed * 1000 + epoch)
+            self._perm = (epoch, torch.randperm(len(self.examples), generator=generator).tolist())
+        chosen = self._perm[1][index * self.hp.batch_size:(index + 1) * self.hp.batch_size]
+        return [self.examples[i] for i in chosen]
+
+    def micro_step(self):
+        """One micro-batch forward + backward (engine thread only); ends the optimizer step after the last one."""
+        if self.finished:
+            return
+        started = time.perf_counter()
+        if not self._chunks:
+            batch = self._batch(self.step)
+            size = self.hp.micro_batch_size
+            self._chunks = [batch[i:i + size] for i in range(0, len(batch), size)]
+            self._micro, self._step_loss, self._step_ms = 0, 0.0, 0.0
+            self._step_targets = max(1, sum(e.targets for e in batch))
+            self._step_tokens = sum(len(e.ids) for e in batch)
+        chunk = self._chunks[self._micro]
+        device = next(self.model.parameters()).device
+        width = max(len(e.ids) for e in chunk)
+        ids = torch.tensor([e.ids + [0] * (width - len(e.ids)) for e in chunk], device=device)
+        labels = torch.tensor([e.labels + [IGNORE] * (width - len(e.labels)) for e in chunk], device=device)
+        mask = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in chunk], device=device)
+        self.pool.groups = []  # no serving adapter on these rows: only the job's pair
+        self.pool.trainable = self.lora
+        try:
+            with torch.enable_grad():
+                hidden = self.model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+                # the vocabulary projection only where there is something to learn (the answer tokens)
+                targets = labels[:, 1:]
+                keep = targets != IGNORE
+                logits = self.model.lm_head(hidden[:, :-1][keep])
+                loss_sum = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+                (loss_sum / self._step_targets).backward()
+        finally:
+            self.pool.trainable = None
+        self._step_loss += float(loss_sum.detach()) / self._step_targets
+        self._micro += 1
+        self.micro_steps += 1
+        if self._micro == len(self._chunks):
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            self._step_ms += (time.perf_counter() - started) * 1000
+            self._report_step()
+            self._chunks = []
+        else:
+            self._step_ms += (time.perf_counter() - started) * 1000
+
+    def _report_step(self):
+        loss = round(self._step_loss, 6)
+        self.events.put(("step", self.step, {
+            "gradients": self.gradients_per_micro_batch * self._micro, "micro_batches": self._micro,
+            "tokens": self._step_tokens, "compute_ms": round(self._step_ms, 3), "loss": loss}))
+        done = self.step >= self.total_steps
+        if done or self.step % self.spec.checkpoint_every == 0:
+            self.events.put(("checkpoint" if not done else "done",
+                             Checkpoint(self.step, self.lora.tensors(), self.optimizer_tensors(), loss)))
+        if done:
+            self.finished = True
+
+    def fail(self, code, message):
+        self.finished = True
+        self.events.put(("failed", code, message))
+
+    def cancel(self):
+        self.finished = True
+        self.events.put(("cancelled",))
+
+    # ---- optimizer state as tensors (safetensors, never pickle) ------------------------------------------------
+    def optimizer_tensors(self):
+        out = {}
+        for i, param in enumerate(self.lora.parameters()):
+            for key, value in self.optimizer.state.get(param, {}).items():
+                out[f"{i}.{key}"] = torch.as_tensor(value).detach().to("cpu", copy=True).contiguous()
+        return out
+
+    def load_optimizer(self, tensors):
+        for i, param in enumerate(self.lora.parameters()):
+            state = {key.split(".", 1)[1]: value.to(param.device) if key.endswith("exp_avg") or
+                     key.endswith("exp_avg_sq") else value for key, value in tensors.items()
+                     if key.split(".", 1)[0] == str(i)}
+            if state:
+                self.optimizer.state[param] = state
+
+
+# ---- the job's task thread ------------------------------------------------------------------------------------
+def load_examples(spec, tokenizer, eos_id):
+    """Reads and tokenizes the dataset; every record over ``max_seq_len`` tokens is named with its line."""
+    try:
+        data = object_io.read_bytes(spec.dataset_uri, max_bytes=MAX_DATASET_BYTES)
+    except (OSError, ValueError) as exc:
+        raise TrainingFailed("dataset_unreadable", f"cannot read the dataset at {spec.dataset_uri}: {exc}") from None
+    parsed = parse_dataset(data, max_records=MAX_DATASET_RECORDS, max_bytes=MAX_DATASET_BYTES)
+    if parsed.errors:
+        raise TrainingFailed("invalid_dataset", f"the dataset has {parsed.error_count} problem(s): {parsed.summary()}")
+    examples, too_long = [], []
+    for line, record in _numbered(data, parsed.records):
+        ids, labels = encode_record(tokenizer, record, eos_id)
+        if len(ids) > spec.max_seq_len:
+            too_long.append(f"line {line}: {len(ids)} tokens")
+        examples.append(Example(ids, labels))
+    if too_long:
+        raise TrainingFailed("records_too_long", f"{len(too_long)} record(s) are longer than the {spec.max_seq_len}"
+                             f"-token limit: {'; '.join(too_long[:20])}")
+    if not examples:
+        raise TrainingFailed("invalid_dataset", "the dataset has no records")
+    return examples
+
+
+def _numbered(data, records):
+    """Pairs each parsed record with its 1-based line number in the file (blank lines are skipped)."""
+    lines = [i for i, raw in enumerate(data.split(b"\n"), start=1) if raw.strip()]
+    return zip(lines, records, strict=True)
+
+
+def checkpoint_uri(spec, step):
+    return object_io.join(spec.output_uri, "checkpoints", f"step-{step:07d}")
+
+
+def last_checkpoint(spec):
+    """The newest complete checkpoint under the job's output folder, or None."""
+    for name in reversed(object_io.subfolders(object_io.join(spec.output_uri, "checkpoints"))):
+        uri = object_io.join(spec.output_uri, "checkpoints", name)
+        if object_io.exists(object_io.join(uri, STATE_FILE)):
+            return uri
+    return None
+
+
+def prepare(spec, *, base, pool, facts, max_rank=64, init_adapter=None):
+    """Builds the run off the engine thread: dataset, tokens, the trainable pair (from ``init_adapter``, the
+    adapter store's HostAdapter of the current version, or new), and the last checkpoint's weights and
+    optimizer state when the job is resumed."""
+    hp = spec.hp(max_rank=max_rank)
+    tokenizer = base.tokenizer
+    eos = base.model.generation_config.eos_token_id
+    eos_id = (eos[0] if isinstance(eos, list) else eos) if eos is not None else tokenizer.eos_token_id
+    examples = load_examples(spec, tokenizer, eos_id)
+    rank, alpha, targets = hp.rank, hp.alpha, hp.target_modules
+    init = None
+    if init_adapter is not None:  # continue from the current version: its shape wins
+        facts_in = init_adapter.facts
+        rank, alpha, targets = facts_in.rank, facts_in.alpha, facts_in.target_modules
+        init = init_adapter.weights
+    unknown = sorted(set(targets) - set(facts.modules))
+    if unknown:
+        raise TrainingFailed("unknown_target_modules", f"target modules {unknown} are not in {facts.name}")
+    device = next(base.model.parameters()).device
+    resume = last_checkpoint(spec)
+    if resume is not None:
+        state = json.loads(object_io.read_bytes(object_io.join(resume, STATE_FILE)))
+        tensors = load_safetensors(object_io.read_bytes(object_io.join(resume, "adapter_model.safetensors")))
+        init = adapter_weights_from_tensors(tensors, _Facts(list(range(facts.num_layers)), sorted(targets)))
+    lora = TrainableLoRA(facts, rank=rank, alpha=alpha, targets=targets, device=device, seed=hp.seed, init=init,
+                         dropout=hp.dropout)
+    run = TrainingRun(spec, hp, base.model, pool, lora, examples)
+    if resume is not None:
+        run.load_optimizer(load_safetensors(object_io.read_bytes(object_io.join(resume, "optimizer.safetensors"))))
+        run.step = run.started_step = state["step"]
+        log.info("training job %s resumes after step %d from %s", spec.job_id, run.step, resume)
+    return run
+
+
+@dataclass(frozen=True)
+class _Facts:  # what adapter_weights_from_tensors needs
+    layers: list
+    target_modules: list
+
+
+def write_checkpoint(run, checkpoint, *, final=False):
+    """Writes weights (+ optimizer state for a checkpoint) as a PEFT folder; returns (uri, adapter facts)."""
+    weights = save_safetensors(checkpoint.tensors)
+    config = json.dumps(run.lora.peft_config(run.spec.base_model), indent=1).encode()
+    files = {"adapter_model.safetensors": weights, "adapter_config.json": config}
+    if not final:
+        files["optimizer.safetensors"] = save_safetensors(checkpoint.optimizer)
+    files[STATE_FILE] = json.dumps({"job_id": run.job_id, "step": checkpoint.step, "loss": checkpoint.loss}).encode()
+    uri = object_io.join(run.spec.output_uri, "final") if final else checkpoint_uri(run.spec, checkpoint.step)
+    object_io.write_folder(uri, files)
+    return uri, {"uri": uri, "sha256": hashlib.sha256(weights).hexdigest(), "size_bytes": len(weights),
+                 "rank": run.lora.rank, "alpha": run.lora.alpha, "target_modules": list(run.lora.targets),
+                 "dtype": "F32"}
+
+
+def finished_result(spec):
+    """The result of a job whose final adapter is already written (a redelivered, finished job), or None."""
+    uri = object_io.join(spec.output_uri, "final")
+    if not object_io.exists(object_io.join(uri, STATE_FILE)):
+        return None
+    state = json.loads(object_io.read_bytes(object_io.join(uri, STATE_FILE)))
+    weights = object_io.read_bytes(object_io.join(uri, "adapter_model.safetensors"))
+    config = json.loads(object_io.read_bytes(object_io.join(uri, "adapter_config.json")))
+    return {"status": "succeeded", "error": None, "steps": state["step"], "final_loss": state.get("loss"),
+            "adapter": {"uri": uri, "sha256": hashlib.sha256(weights).hexdigest(), "size_bytes": len(weights),
+                        "rank": config["r"], "alpha": config["lora_alpha"], "target_modules": config["target_modules"],
+                        "dtype": "F32"}}
+
+
+def drive(run, *, on_step, on_checkpoint, on_progress, timeout_s=None):
+    """The task thread's side of a run: turns the engine's events into reports and files until the run ends.
+    Returns the result for ``control.training_finished``."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    started = time.monotonic()
+    last_loss = None
+    while True:
+        wait = None if deadline is None else max(0.1, deadline - time.monotonic())
+        try:
+            event = run.events.get(timeout=wait)
+        except queue.Empty:
+            return {"status": "failed", "error": {"code": "timeout", "message": "the training job ran out of time"},
+                    "adapter": None, "steps": run.step, "final_loss": last_loss}
+        kind = event[0]
+        if kind == "step":
+            _, step, metering = event
+            last_loss = metering["loss"]
+            on_step(step, metering)
+            elapsed = time.monotonic() - started
+            done_here = step - run.started_step
+            eta = elapsed / done_here * (run.total_steps - step) if done_here else None
+            on_progress({"step": step, "total_steps": run.total_steps, "loss": metering["loss"],
+                         "eta_s": None if eta is None else round(eta, 1)})
+        elif kind == "checkpoint":
+            checkpoint = event[1]
+            uri, _ = write_checkpoint(run, checkpoint)
+            on_checkpoint(checkpoint.step, uri, checkpoint.loss)
+        elif kind == "done":
+            checkpoint = event[1]
+            _, adapter = write_checkpoint(run, checkpoint, final=True)
+            return {"status": "succeeded", "error": None, "adapter": adapter, "steps": checkpoint.step,
+                    "final_loss": checkpoint.loss}
+        elif kind == "failed":
+            return {"status": "failed", "error": {"code": event[1], "message": event[2]}, "adapter": None,
+                    "steps": run.step, "final_loss": last_loss}
+        elif kind == "cancelled":
+            return {"status": "cancelled", "error": None, "adapter": None, "steps": run.step, "final_loss": last_loss}

@@ -1,0 +1,131 @@
+"""Writes for training datasets: upload (validated line by line, then stored), delete; and where a node reads one.
+
+Validation is the runtime's own parser (gpu_runtime.datasets). Tokens are counted with the base model's
+``tokenizer.json`` from the model store when the web has it (the ``tokenizers`` package, no torch); without it
+they are counted as UTF-8 bytes, an upper bound, and no record is refused for length: the node counts exactly.
+"""
+
+import functools
+import hashlib
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.http import Http404
+from django.utils import timezone
+
+from gpu_runtime.datasets import LineError, ParsedDataset, parse_dataset
+from vajra.errors import Conflict, InvalidRequest
+
+from . import access
+from .adapters import adapter_storage
+from .models import Dataset, TrainingJob
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_VARIANT = "float32"  # gpu_runtime.model_store: every variant carries the same tokenizer
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(path, mtime):  # mtime in the key: a re-imported model's tokenizer is read again
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(path)
+
+
+def token_counter(base_model):
+    """``count(text) -> int`` with the base model's tokenizer, or None when the web does not have it."""
+    if base_model is None:
+        return None
+    path = Path(settings.VAJRA_MODEL_STORE) / base_model.name / TOKENIZER_VARIANT / "tokenizer.json"
+    try:
+        tokenizer = _tokenizer(str(path), path.stat().st_mtime_ns)
+    except FileNotFoundError:
+        return None
+    except Exception:  # a damaged file: count bytes rather than refuse every upload
+        log.exception("cannot read the tokenizer at %s; counting UTF-8 bytes instead", path)
+        return None
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def _default_base_model():
+    try:
+        return access.access_base_model(name=settings.VAJRA_DEFAULT_BASE_MODEL)
+    except Http404:  # no node has reported one yet: validate without a length check
+        return None
+
+
+def dataset_uri(dataset):
+    """Where a runtime node reads the dataset: a local path or an s3:// URI."""
+    storage = adapter_storage()
+    try:
+        return "file://" + storage.path(dataset.storage_key)
+    except NotImplementedError:  # remote storage
+        return f"s3://{storage.bucket_name}/{dataset.storage_key}"
+
+
+def refusal(parsed):
+    """The 400 for a dataset with bad lines: every listed line in the message and, structured, in ``lines``."""
+    return InvalidRequest(
+        f"The dataset has {parsed.error_count} problem(s): {parsed.summary()}. Fix them and upload the file again.",
+        param="file", code="invalid_dataset", extra={"lines": [e.as_dict() for e in parsed.errors],
+                                                     "lines_omitted": parsed.errors_omitted})
+
+
+def validate_dataset(data, *, base_model):
+    count = token_counter(base_model)
+    return parse_dataset(data, max_records=settings.VAJRA_DATASET_MAX_RECORDS,
+                         max_bytes=settings.VAJRA_DATASET_MAX_BYTES, count_tokens=count, keep_records=False,
+                         max_tokens=base_model.context_length if base_model is not None and count else None)
+
+
+def dataset_upload(*, principal, file, name=None, base_model=None):
+    """Validates the JSONL file (every bad line is reported), stores it, and records the dataset. Nothing is
+    written unless every line passes; ``base_model`` (default: the platform's) sets the context length."""
+    principal.require("datasets.write")
+    max_bytes = settings.VAJRA_DATASET_MAX_BYTES
+    if file.size is not None and file.size > max_bytes:  # refused before it is read into memory
+        raise refusal(ParsedDataset(format=None, errors=[
+            LineError(None, "too_large", f"the file is {file.size} bytes; your plan allows {max_bytes}")]))
+    data = file.read()
+    parsed = validate_dataset(data, base_model=base_model or _default_base_model())
+    if parsed.errors:
+        raise refusal(parsed)
+    tenant = principal.tenant
+    dataset_id = "ds_" + secrets.token_hex(12)
+    storage = adapter_storage()
+    key = storage.save(f"datasets/{tenant.pk}/{dataset_id}.jsonl", ContentFile(data))
+    try:
+        return _record_dataset(
+            principal=principal, dataset_id=dataset_id, storage_key=key, parsed=parsed, size_bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(), name=(name or os.path.basename(file.name or ""))[:200]
+            or f"{dataset_id}.jsonl")
+    except BaseException:
+        storage.delete(key)  # the database said no: leave no orphaned file behind
+        raise
+
+
+@transaction.atomic
+def _record_dataset(*, principal, dataset_id, storage_key, parsed, size_bytes, sha256, name):
+    return Dataset.objects.create(
+        id=dataset_id, tenant=principal.tenant, name=name, format=parsed.format, records=parsed.record_count,
+        size_bytes=size_bytes, tokens=parsed.tokens, tokens_exact=parsed.tokens_exact, sha256=sha256,
+        storage_key=storage_key, created_by=principal.user)
+
+
+@transaction.atomic
+def dataset_delete(*, principal, dataset):
+    """Hides the dataset; its file stays for the jobs that trained on it. A job still using it keeps it (409)."""
+    principal.require("datasets.write")
+    jobs = access.tenant_training_jobs(tenant=principal.tenant)
+    active = jobs.filter(dataset=dataset, status__in=TrainingJob.ACTIVE).values_list("id", flat=True).first()
+    if active is not None:
+        raise Conflict(f"Dataset {dataset.id} is used by training job {active}, which has not finished; cancel it "
+                       "or wait for it to end.", code="dataset_in_use")
+    dataset.deleted_at = timezone.now()
+    dataset.save(update_fields=["deleted_at"])
+    return dataset

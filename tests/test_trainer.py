@@ -1,0 +1,259 @@
+"""Fine-tuning on the engine's resident tiny Llama (gpu_runtime.trainer, gpu_runtime.train_task.run_job):
+real learning, metering once per step, checkpoints and resume, cancel, inference first, and the trained
+version served beside the old one."""
+
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from gpu_runtime.adapter_store import AdapterStore
+from gpu_runtime.contract import TASK_TRAINING_FINISHED, TASK_TRAINING_STARTED, TASK_TRAINING_STEP, cancel_key
+from gpu_runtime.engine import Engine
+from gpu_runtime.lora import SlotPool
+from gpu_runtime.requests import AdapterRef, InferenceRequest, SamplingParams
+from gpu_runtime.streams import StreamWriter, read_events
+from gpu_runtime.train_task import run_job
+from gpu_runtime.training_spec import TrainingSpec
+from tests.runtime_fixtures import BASE_FACTS, CFG, EOS, make_adapter, tiny_base, tiny_base_model, words
+
+PROMPTS = [[10, 11, 12], [13, 14], [15, 16, 17, 18], [19, 31]]  # no t2x: "t2" is the EOS token
+ANSWERS = [[40, 41, 42, 43], [50, 51, 52], [60, 61, 62, 63, 64], [70, 71, 72]]
+
+
+@pytest.fixture
+def redis_client():
+    return redis.Redis.from_url(os.environ["REDIS_URL"])
+
+
+def learnable_base():
+    """The tiny Llama with weights 10x the usual init scale: with std 0.02 its final norm + lm_head cap the
+    logit margin near 1, so no adapter (PEFT's included: same first loss, same slow curve) can memorize."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**CFG, initializer_range=0.2)).eval()
+    model.generation_config.eos_token_id = EOS
+    return model
+
+
+@pytest.fixture
+def node(tmp_path, redis_client):
+    """A tiny node: base model, slot pool, adapter store and a running engine (returns a factory)."""
+    made = []
+
+    def make(**engine_kwargs):
+        model = learnable_base()
+        pool = SlotPool(model, BASE_FACTS, buckets={4: 2, 8: 4, 16: 2})
+        store = AdapterStore(pool, BASE_FACTS, disk_dir=tmp_path / f"disk{len(made)}")
+        base = tiny_base_model(model)
+        engine = Engine(base, store, StreamWriter(redis_client, ttl_seconds=60), max_batch=8, **engine_kwargs)
+        engine.start()
+        made.append((engine, store))
+        return engine, store, base
+
+    yield make
+    for engine, store in made:
+        engine.stop()
+        store.shutdown()
+
+
+def write_dataset(path, records):
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    return "file://" + str(path)
+
+
+def memorize_records():
+    return [{"prompt": words(p), "completion": words(a)} for p, a in zip(PROMPTS, ANSWERS, strict=True)]
+
+
+def spec_for(tmp_path, dataset_uri, *, job_id=None, init=None, checkpoint_every=5, **hp):
+    hyperparameters = {"learning_rate": 0.01, "epochs": 40, "batch_size": 4, "micro_batch_size": 2, "rank": 8,
+                       "alpha": 16, "target_modules": ["q_proj", "v_proj", "o_proj", "down_proj"], "seed": 7, **hp}
+    job_id = job_id or f"ftjob_{uuid.uuid4().hex[:24]}"
+    return TrainingSpec.from_json({
+        "job_id": job_id, "base_model": "tiny-llama", "adapter_id": "a1", "dataset_uri": dataset_uri,
+        "output_uri": "file://" + str(tmp_path / "out" / job_id), "hyperparameters": hyperparameters,
+        "init": init, "checkpoint_every": checkpoint_every, "max_seq_len": 64})
+
+
+class Recorder:
+    def __init__(self):
+        self.messages = []
+
+    def __call__(self, name, *args):
+        self.messages.append((name, args))
+
+    def named(self, name):
+        return [args for n, args in self.messages if n == name]
+
+
+def greedy(engine, prompt_ids, adapter=None, max_tokens=8):
+    request = InferenceRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=words(prompt_ids), adapter=adapter,
+                               sampling=SamplingParams(max_tokens=max_tokens, temperature=0))
+    handle = engine.submit(request)
+    final = handle.wait(60)
+    assert final["finish_reason"] in ("stop", "length"), final
+    return handle, final
+
+
+def wait_for(condition, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.0005)
+
+
+def generated_text(redis_client, request_id):
+    return "".join(data["text"] for _, kind, data in read_events(redis_client, request_id) if kind == "delta")
+
+
+def test_training_learns_the_dataset_and_the_new_version_generates_it(node, tmp_path, redis_client):
+    engine, store, base = node()
+    spec = spec_for(tmp_path, write_dataset(tmp_path / "data.jsonl", memorize_records()))
+    send = Recorder()
+    result = run_job(spec, engine=engine, store=store, base=base, send=send)
+
+    assert result["status"] == "succeeded", result
+    steps = send.named(TASK_TRAINING_STEP)
+    losses = [metering["loss"] for _, _, metering in steps]
+    assert [step for _, step, _ in steps] == list(range(1, 41))  # 1 step per epoch (4 records, batch 4) x 40
+    assert losses[-1] <= losses[0] / 2, losses
+    started = send.named(TASK_TRAINING_STARTED)[0][2]
+    trainable = 2 * 8 * (64 + 64 + 64 + 32 + 64 + 64 + 128 + 64)  # layers x rank x (in + out) for q, v, o, down
+    assert started["trainable_params"] == trainable
+    assert all(m["gradients"] == trainable * 2 and m["micro_batches"] == 2 for _, _, m in steps)
+    assert send.named(TASK_TRAINING_FINISHED) == [(spec.job_id, result)]
+
+    # the trained adapter is a valid PEFT folder the store serves like an upload, and it learnt the answers
+    adapter = result["adapter"]
+    ref = AdapterRef(adapter_id="a1", version=2, uri=adapter["uri"])
+    for prompt, answer in zip(PROMPTS, ANSWERS, strict=True):
+        handle, final = greedy(engine, prompt, adapter=ref, max_tokens=len(answer) + 1)
+        assert generated_text(redis_client, handle.request.request_id).split() == words(answer).split()
+        assert final["finish_reason"] == "stop"  # and it learnt to stop after the answer
+
+
+def test_a_redelivered_job_resumes_from_its_last_checkpoint_and_reports_the_same_steps(node, tmp_path):
+    engine, store, base = node()
+    dataset = write_dataset(tmp_path / "data.jsonl", memorize_records())
+    spec = spec_for(tmp_path, dataset, epochs=6, checkpoint_every=2)
+    first = Recorder()
+    done = run_job(spec, engine=engine, store=store, base=base, send=first)
+    out = Path(spec.output_uri.removeprefix("file://"))
+    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert checkpoints == ["step-0000002", "step-0000004"]
+    # the node died after step 5: step 4's checkpoint and the final adapter never got written
+    shutil.rmtree(out / "checkpoints" / "step-0000004")
+    shutil.rmtree(out / "final")
+
+    again = Recorder()
+    resumed = run_job(spec, engine=engine, store=store, base=base, send=again)
+    assert again.named(TASK_TRAINING_STARTED)[0][2]["resumed_after_step"] == 2
+    assert [step for _, step, _ in again.named(TASK_TRAINING_STEP)] == [3, 4, 5, 6]
+    before = {step: m for _, step, m in first.named(TASK_TRAINING_STEP)}
+    for _, step, metering in again.named(TASK_TRAINING_STEP):  # same batches, same weights: the same step
+        assert metering["loss"] == pytest.approx(before[step]["loss"], rel=1e-4)
+        assert metering["gradients"] == before[step]["gradients"]
+    assert resumed["adapter"]["sha256"] != "" and resumed["status"] == "succeeded"
+    from safetensors.torch import load_file
+    assert done["adapter"]["uri"] == resumed["adapter"]["uri"]
+
+    # a job whose final adapter exists only reports its result again: no step runs twice
+    third = Recorder()
+    assert run_job(spec, engine=engine, store=store, base=base, send=third)["adapter"] == resumed["adapter"]
+    assert third.named(TASK_TRAINING_STEP) == [] and third.named(TASK_TRAINING_STARTED) == []
+    assert load_file(str(out / "final" / "adapter_model.safetensors"))
+
+
+def test_continuing_from_a_version_keeps_its_shape_and_starts_from_its_weights(node, tmp_path):
+    engine, store, base = node()
+    start = make_adapter(tiny_base(), tmp_path / "v1", seed=3, r=4, targets=("q_proj", "k_proj"))
+    spec = spec_for(tmp_path, write_dataset(tmp_path / "data.jsonl", memorize_records()), epochs=1,
+                    init={"adapter_id": "a1", "version": 1, "uri": str(start), "tier": "warm"})
+    result = run_job(spec, engine=engine, store=store, base=base, send=Recorder())
+    assert result["status"] == "succeeded", result
+    assert (result["adapter"]["rank"], sorted(result["adapter"]["target_modules"])) == (4, ["k_proj", "q_proj"])
+    from safetensors.torch import load_file
+    before = load_file(str(start / "adapter_model.safetensors"))
+    after = load_file(result["adapter"]["uri"].removeprefix("file://") + "/adapter_model.safetensors")
+    assert set(before) == set(after)
+    moved = [name for name in before if not torch.allclose(before[name], after[name])]
+    assert moved and all((before[n] - after[n]).abs().max() < 0.1 for n in before)  # one step from v1, not anew
+
+
+def test_inference_waits_at_most_one_micro_step_and_is_unchanged_by_training(node, tmp_path, redis_client):
+    engine, store, base = node()
+    handle_alone, _ = greedy(engine, [5, 6, 7], max_tokens=12)
+    alone = generated_text(redis_client, handle_alone.request.request_id)
+    spec = spec_for(tmp_path, write_dataset(tmp_path / "data.jsonl", memorize_records() * 4), epochs=50,
+                    batch_size=8, micro_batch_size=1)
+    send = Recorder()
+    from gpu_runtime import trainer
+
+    run = trainer.prepare(spec, base=base, pool=store.pool, facts=BASE_FACTS)
+    engine.submit_training(run)
+    handles = []
+    for _ in range(6):
+        mark = engine.training_micro_steps
+        wait_for(lambda m=mark: engine.training_micro_steps > m)  # the job is mid-training when the request arrives
+        handles.append(greedy(engine, [5, 6, 7], max_tokens=12)[0])
+    assert not run.finished
+    redis_client.set(cancel_key(spec.job_id), 1, ex=60)
+    result = trainer.drive(run, on_step=lambda *a: send("step", *a), on_checkpoint=lambda *a: None,
+                           on_progress=lambda p: None)
+    assert result["status"] == "cancelled"
+    assert run.micro_steps > 0
+    assert all(h.training_waits is not None and h.training_waits <= 1 for h in handles), \
+        [h.training_waits for h in handles]
+    # base-only rows never see the job's weights: the same greedy text as before training started
+    assert all(generated_text(redis_client, h.request.request_id) == alone for h in handles)
+
+
+def test_without_preemption_a_turn_is_a_whole_optimizer_step(node, tmp_path):
+    engine, store, base = node(training_preemption=False)
+    spec = spec_for(tmp_path, write_dataset(tmp_path / "data.jsonl", memorize_records()), epochs=3,
+                    batch_size=4, micro_batch_size=1)
+    result = run_job(spec, engine=engine, store=store, base=base, send=Recorder())
+    assert result["status"] == "succeeded"
+    assert engine.training_micro_steps == 12  # each turn counted its 4 micro-steps
+
+
+@pytest.mark.parametrize("lines, code, expected", [
+    (['{"prompt": "t1", "completion": "t2"}', "{not json"], "invalid_dataset", "line 2"),
+    (['{"prompt": "t1", "completion": "t2"}', '{"prompt": "' + " ".join(["t3"] * 80) + '", "completion": "t4"}'],
+     "records_too_long", "line 2"),
+])
+def test_a_bad_dataset_fails_the_job_naming_its_lines(node, tmp_path, lines, code, expected):
+    engine, store, base = node()
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    send = Recorder()
+    result = run_job(spec_for(tmp_path, "file://" + str(path)), engine=engine, store=store, base=base, send=send)
+    assert result["status"] == "failed" and result["error"]["code"] == code, result
+    assert expected in result["error"]["message"]
+    assert send.named(TASK_TRAINING_STEP) == []
+
+
+def test_running_requests_keep_their_version_while_the_new_one_serves_new_requests(node, tmp_path, redis_client):
+    """Hot swap on a node: versions are separate keys, so a stream on v1 finishes on v1 while v2 serves."""
+    engine, store, base = node()
+    v1 = make_adapter(tiny_base(), tmp_path / "v1", seed=5, r=8, targets=("q_proj", "v_proj"))
+    spec = spec_for(tmp_path, write_dataset(tmp_path / "data.jsonl", memorize_records()), epochs=40,
+                    init={"adapter_id": "a1", "version": 1, "uri": str(v1), "tier": "hot"})
+    ref1 = AdapterRef(adapter_id="a1", version=1, uri=str(v1), tier="hot")
+    reference = generated_text(redis_client, greedy(engine, PROMPTS[0], adapter=ref1, max_tokens=40)[0].request
+                               .request_id)
+    result = run_job(spec, engine=engine, store=store, base=base, send=Recorder())
+    ref2 = AdapterRef(adapter_id="a1", version=2, uri=result["adapter"]["uri"], tier="hot")
+    long_v1 = engine.submit(InferenceRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=words(PROMPTS[0]),
+                                             adapter=ref1, sampling=SamplingParams(max_tokens=40, temperature=0)))
+    handle2, _ = greedy(engine, PROMPTS[0], adapter=ref2, max_tokens=len(ANSWERS[0]) + 1)
+    assert long_v1.wait(60)["finish_reason"] in ("stop", "length")
+    assert generated_text(redis_client, long_v1.request.request_id) == reference
+    assert generated_text(redis_client, handle2.request.request_id).split() == words(ANSWERS[0]).split()
