@@ -70,7 +70,8 @@ def run_job(spec, *, engine, store, base, send=_send, streams=None):
     return result
 
 
-@app.task(name=TASK_TRAIN, acks_late=True, soft_time_limit=None, time_limit=None)
+@app.task(name=TASK_TRAIN, acks_late=True, soft_time_limit=config.train_time_limit_s,
+          time_limit=config.train_time_limit_s + 60)
 def train(payload):
     from .training_spec import TrainingSpec
 

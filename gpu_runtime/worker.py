@@ -53,6 +53,8 @@ app.conf.update(
     task_queues=[Queue(node_queue(config.node_name))],
     task_default_queue=node_queue(config.node_name),
     worker_hijack_root_logger=False,
+    # An unacknowledged task is redelivered after the visibility timeout: it must outlast a training job.
+    broker_transport_options={"visibility_timeout": config.train_time_limit_s + 600},
 )
 
 
@@ -192,7 +194,9 @@ def build_engine(config):
                          max_rank=config.max_lora_rank)
     streams = StreamWriter.from_url(config.redis_url, ttl_seconds=config.stream_ttl_seconds)
     prefix_cache = PrefixCache(config.prefix_cache_bytes) if config.prefix_cache_bytes else None
-    return base, store, Engine(base, store, streams, max_batch=config.max_batch, prefix_cache=prefix_cache)
+    return base, store, Engine(base, store, streams, max_batch=config.max_batch, prefix_cache=prefix_cache,
+                               training_every=config.training_every,
+                               training_preemption=config.training_preemption)
 
 
 # Names adapters trained elsewhere carry in base_model_name_or_path for the same weights.
@@ -312,6 +316,11 @@ def ping():
     """Round trip through the node's queue: what is loaded and where."""
     beat = node.heartbeat().to_json()
     beat["pong_at"] = time.time()
+    if node.engine is not None:  # inference forward time, which the requests' gpu_ms split among them exactly
+        beat["busy_ms"] = round(node.engine.busy_ms, 3)
     if node.load_error:
         beat["load_error"] = node.load_error
     return beat
+
+
+from . import train_task  # noqa: E402,F401  (registers runtime.train on this app)

@@ -80,6 +80,8 @@ class TrainingJobConsumer(TenantConsumer):
                 elif kind == "final":
                     await self.send_json({"type": "final", "result": data})
                     break
+                elif kind == "keepalive" and (await self._snapshot(self.principal))["terminal"]:
+                    break  # it ended with nothing on its stream: a failed file check, no capacity, cancelled queued
             # the control plane records the end a moment after the runtime says it: send the recorded job
             for _ in range(20):
                 snapshot = await self._snapshot(self.principal)

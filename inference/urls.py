@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import training_views, views
 
 urlpatterns = [
     path("adapters/", views.adapters, name="adapters"),
@@ -9,6 +9,9 @@ urlpatterns = [
     path("adapters/<str:name>/rollback/", views.adapter_rollback, name="adapter-rollback"),
     path("adapters/<str:name>/delete/", views.adapter_remove, name="adapter-delete"),
     path("playground/", views.playground, name="playground"),
-    path("training/", views.training, name="training"),
+    path("training/", training_views.training, name="training"),
+    path("training/jobs/", training_views.training_start, name="training-start"),
+    path("training/jobs/<str:job_id>/", training_views.training_job, name="training-job"),
+    path("training/jobs/<str:job_id>/cancel/", training_views.training_job_cancel, name="training-job-cancel"),
     path("nodes/", views.nodes, name="nodes"),
 ]

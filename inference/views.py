@@ -1,4 +1,4 @@
-"""Dashboard pages for adapters, the playground, training, and (staff only) runtime nodes."""
+"""Dashboard pages for adapters, the playground, and (staff only) runtime nodes; training is in training_views.py."""
 
 from django.conf import settings
 from django.contrib import messages
@@ -18,8 +18,7 @@ from vajra.errors import error_body, error_response
 from . import access, hot_swap
 from .adapters import adapter_delete, adapter_set_tier, adapter_upload
 from .api import tier_info
-from .datasets import dataset_upload
-from .forms import AdapterTierForm, AdapterUploadForm, DatasetUploadForm
+from .forms import AdapterTierForm, AdapterUploadForm
 from .models import Adapter, Node
 
 TIER_PLACES = {
@@ -181,47 +180,6 @@ def playground(request):
     return render(request, "inference/playground.html", {
         "base_models": BaseModel.objects.order_by("name"), "base_tier": tier_info(Adapter.COLD), "adapters": adapters,
         "can_infer": request.principal.can("infer"), "max_tokens_cap": settings.VAJRA_MAX_TOKENS_CAP})
-
-
-def _training_page(request, form, *, report=None, status=200):
-    principal = request.principal
-    can_read = principal.can("datasets.read")
-    context = {"form": form, "report": report, "can_read_datasets": can_read,
-               "can_write_datasets": principal.can("datasets.write"),
-               "datasets": access.tenant_datasets(tenant=principal.tenant) if can_read else [],
-               "max_bytes": settings.VAJRA_DATASET_MAX_BYTES, "max_records": settings.VAJRA_DATASET_MAX_RECORDS}
-    return render(request, "inference/training.html", context, status=status)
-
-
-@tenant_member_required
-def training(request):
-    """Training: the tenant's datasets (POST uploads one; a refusal lists every bad line) and, later, jobs."""
-    principal = request.principal
-    if request.method != "POST":
-        return _training_page(request, DatasetUploadForm())
-    if not principal.can("datasets.write"):
-        raise PermissionDenied(f"Your role '{principal.role}' in {principal.tenant.name} does not include uploading "
-                               "datasets; ask an owner or admin.")
-    form = DatasetUploadForm(request.POST, request.FILES)
-    if not form.is_valid():
-        return _training_page(request, form, status=400)
-    data = form.cleaned_data
-    try:
-        base_model = access.access_base_model(name=data["base_model"]) if data.get("base_model") else None
-        dataset = dataset_upload(principal=principal, file=data["file"], name=data["name"] or None,
-                                 base_model=base_model)
-    except APIException as exc:
-        report = getattr(exc, "extra", {}).get("lines")
-        if report:  # the line-by-line report is shown as a table; the form only says that the file was refused
-            form.add_error("file", f"The file has {len(report) + exc.extra['lines_omitted']} problem(s), listed "
-                                   "below. Fix them and upload it again.")
-        else:
-            add_service_error(form, exc)
-        return _training_page(request, form, report=exc.extra if report else None, status=exc.status_code)
-    messages.success(request, f"Uploaded {dataset.name}: {dataset.records} {dataset.format} record"
-                              f"{'s' if dataset.records != 1 else ''}, {'' if dataset.tokens_exact else 'at most '}"
-                              f"{dataset.tokens} tokens.")
-    return redirect("training")
 
 
 @login_required
