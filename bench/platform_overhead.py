@@ -59,7 +59,7 @@ from django.db import close_old_connections, transaction
 from inference import access
 from inference.dispatch import inference_submit
 from inference.placement import place
-from inference.v1 import sampling_from
+from inference.v1 import InferIn, _submit_and_describe, authorize, sampling_from
 from tenants.keys import principal_from_key
 from tenants.limits import rate_limit_wait
 
@@ -67,6 +67,8 @@ secret, n, model = os.environ["BENCH_SECRET"], int(os.environ["BENCH_N"]), os.en
 principal = principal_from_key(secret)
 base_model = access.access_base_model(name=model)
 sampling = sampling_from({"temperature": 0, "max_tokens": 1})
+infer_in = InferIn(data={"prompt": "Hi", "parameters": {"temperature": 0, "max_tokens": 1}})
+infer_in.is_valid(raise_exception=True)
 
 
 def submit():
@@ -86,6 +88,8 @@ steps = {
     "placement (place: score the up nodes)": lambda: place(tenant=principal.tenant, base_model=base_model),
     "inference_submit, rolled back (no commit, no task)": submit_rolled_back,
     "inference_submit (row committed + Celery task sent)": submit,
+    "the infer view's submit job (key + rate limit + the above)": lambda: _submit_and_describe(
+        authorize(secret), model, infer_in.validated_data),
 }
 samples = {name: [] for name in steps}
 for i in range(n + 1):

@@ -1,6 +1,5 @@
 """Dashboard pages for usage and billing."""
 
-import math
 from datetime import timedelta
 
 from django.conf import settings
@@ -13,17 +12,14 @@ from inference.api import tier_info
 from inference.models import Adapter
 from tenants.views import tenant_member_required
 
+from .invoice_views import billing_invoices
+from .metering import percentile
+from .usage_views import usage_context
+
 # Percentiles are computed here over the newest rows; a tenant past this many in a week sees a note.
 USAGE_ROWS_CAP = 10_000
 WINDOWS = (("Last 24 hours", timedelta(hours=24)), ("Last 7 days", timedelta(days=7)))
 RECENT_REQUESTS = 20
-
-
-def percentile(sorted_values, p):
-    """Nearest-rank percentile: the smallest value with at least p% of the values at or below it."""
-    if not sorted_values:
-        return None
-    return sorted_values[max(math.ceil(p / 100 * len(sorted_values)), 1) - 1]
 
 
 def tier_stats(rows, tier):
@@ -64,8 +60,9 @@ def usage(request):
         raise PermissionDenied(f"Your role '{principal.role}' does not include usage.")
     recent = (tenant_requests(tenant=principal.tenant)
               .select_related("base_model", "adapter_version__adapter")[:RECENT_REQUESTS])
-    context = {**tier_latency(tenant=principal.tenant, now=timezone.now()), "recent": recent,
-               "rows_cap": USAGE_ROWS_CAP}
+    now = timezone.now()
+    context = {**tier_latency(tenant=principal.tenant, now=now), "recent": recent, "rows_cap": USAGE_ROWS_CAP,
+               **usage_context(tenant=principal.tenant, now=now)}
     return render(request, "billing/usage.html", context)
 
 
@@ -74,5 +71,6 @@ def billing(request):
     context = {
         "tiers": list(settings.VAJRA_TIER_UNITS.items()),
         "granularity_ms": settings.VAJRA_BILLING_GRANULARITY_MS,
+        **billing_invoices(principal=request.principal),
     }
     return render(request, "billing/billing.html", context)

@@ -37,7 +37,7 @@ from tenants.ws import TenantConsumer
 from vajra.errors import InvalidRequest, error_response
 
 from . import access, relay
-from .dispatch import cost_for, inference_submit
+from .dispatch import cost_for, inference_submit, on_submit_thread
 from .placement import NoCapacity
 from .v1 import CHARS_PER_TOKEN_BOUND, ParametersIn, Unavailable, version_label
 
@@ -152,7 +152,7 @@ class PlaygroundConsumer(TenantConsumer):
         kind = content.get("type")
         try:
             if kind == "chat":
-                await self._start(chat_submit, content)
+                await self._start(chat_submit, content, submit=True)
             elif kind == "resume":
                 await self._start(resume_access, content)
             elif kind == "stop":
@@ -170,11 +170,14 @@ class PlaygroundConsumer(TenantConsumer):
     def running(self):
         return self.generation is not None and not self.generation.done()
 
-    async def _start(self, prepare, content):
+    async def _start(self, prepare, content, *, submit=False):
         if self.running:
             raise InvalidRequest("A generation is running on this socket; stop it or wait for it to finish.",
                                  code="generation_running")
-        row, last_id, start = await database_sync_to_async(prepare)(self.principal, content)
+        if submit:  # to the submit threads, not Channels' database thread (one per process, for every socket)
+            row, last_id, start = await on_submit_thread(prepare, self.principal, content)
+        else:
+            row, last_id, start = await database_sync_to_async(prepare)(self.principal, content)
         self.request_id, self.finished = row.id, False
         await self.send_json(start)
         self.generation = asyncio.create_task(self._relay(row.id, last_id, start["cost"]))

@@ -28,7 +28,15 @@ from . import access, relay
 from .dispatch import cost_for, inference_submit
 from .models import AdapterVersion, BaseModel
 from .placement import NoCapacity
-from .v1 import CHARS_PER_TOKEN_BOUND, Unavailable, api_view, check_prompt_length, read_json
+from .v1 import (
+    CHARS_PER_TOKEN_BOUND,
+    Unavailable,
+    api_view,
+    authorized_submit,
+    check_prompt_length,
+    deferred,
+    read_json,
+)
 
 DEFAULT_MAX_TOKENS = 256  # OpenAI's default is "the rest of the context"; a bounded default bills no surprise
 RUNTIME_CLIENT_ERRORS = {"context_length_exceeded", "invalid_request"}
@@ -321,9 +329,19 @@ def own_request_id(request):
     return rid if rid and rid != request.headers.get("X-Request-ID") else None
 
 
-async def respond(request, principal, data, *, api, prompt="", messages=()):
-    envelope = await sync_to_async(_submit)(principal, data, api=api, prompt=prompt, messages=messages,
-                                            request_id=own_request_id(request))
+def _submit_or_refuse(principal, refusal, data, api, fields, request_id):
+    if refusal is not None:
+        raise refusal
+    return _submit(principal, data, api=api, request_id=request_id, **fields)
+
+
+async def respond(request, raw_key, parse, *, api):
+    """``parse()`` -> (validated data, prompt or messages); the key, the rate limit, a refusal of the body and
+    the submit then run in one trip to a submit thread."""
+    parsed, refusal = deferred(parse)
+    data, fields = parsed or (None, {})
+    envelope = await authorized_submit(request, raw_key, _submit_or_refuse, refusal, data, api, fields,
+                                       own_request_id(request))
     param = "messages" if api == "chat" else "prompt"
     request_id = envelope.vajra["request_id"]
     if data.get("stream"):
@@ -336,18 +354,26 @@ async def respond(request, principal, data, *, api, prompt="", messages=()):
     return JsonResponse(envelope.answer(text, final))
 
 
-@api_view({"POST"})
-async def chat_completions(request, principal):
+def chat_input(request):
     data = validated(ChatIn, read_json(request), CHAT_NEUTRAL)
     messages = [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
                 for m in data["messages"]]
-    return await respond(request, principal, data, api="chat", messages=messages)
+    return data, {"messages": messages}
 
 
-@api_view({"POST"})
-async def completions(request, principal):
+def completion_input(request):
     data = validated(CompletionIn, read_json(request), COMPLETION_NEUTRAL)
-    return await respond(request, principal, data, api="completions", prompt=data["prompt"])
+    return data, {"prompt": data["prompt"]}
+
+
+@api_view({"POST"}, submits=True)
+async def chat_completions(request, raw_key):
+    return await respond(request, raw_key, lambda: chat_input(request), api="chat")
+
+
+@api_view({"POST"}, submits=True)
+async def completions(request, raw_key):
+    return await respond(request, raw_key, lambda: completion_input(request), api="completions")
 
 
 def base_card(base_model):

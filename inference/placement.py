@@ -54,13 +54,10 @@ def _resident(node, tier):
     return set((node.state.get("resident") or {}).get(tier, []))
 
 
-def score_nodes(*, tenant, base_model, version=None):
-    alpha, beta, gamma = settings.VAJRA_PLACEMENT_WEIGHTS
+def _candidates(*, base_model, version):
+    """(node, load, locality) of the up nodes serving the base model with room for the adapter."""
     token = version_token(version) if version is not None else None
-    recent = Counter(InferenceRequest.objects.filter(tenant=tenant, node__isnull=False)
-                     .order_by("-created_at").values_list("node_id", flat=True)[:AFFINITY_WINDOW])
-    total = sum(recent.values())
-    scored = []
+    out = []
     for node in nodes_up().filter(base_model=base_model.name):
         adapters = _adapters(node)
         slots, active = adapters.get("slots", 0), adapters.get("device", 0)
@@ -69,9 +66,24 @@ def score_nodes(*, tenant, base_model, version=None):
             continue  # no free slot and not resident: not a candidate
         load = 1 - active / slots if slots else 0.0
         locality = 1.0 if on_device else (0.5 if token is not None and token in _resident(node, "host") else 0.0)
+        out.append((node, load, locality))
+    return out
+
+
+def _score(candidates, tenant):
+    alpha, beta, gamma = settings.VAJRA_PLACEMENT_WEIGHTS
+    recent = Counter(InferenceRequest.objects.filter(tenant=tenant, node__isnull=False)
+                     .order_by("-created_at").values_list("node_id", flat=True)[:AFFINITY_WINDOW])
+    total = sum(recent.values())
+    scored = []
+    for node, load, locality in candidates:
         affinity = recent[node.pk] / total if total else 0.0
         scored.append(Scored(node, alpha * load + beta * locality + gamma * affinity, load, locality, affinity))
     return sorted(scored, key=lambda s: (-s.score, node_depth(s.node), s.node.name))
+
+
+def score_nodes(*, tenant, base_model, version=None):
+    return _score(_candidates(base_model=base_model, version=version), tenant)
 
 
 def node_depth(node):
@@ -80,11 +92,13 @@ def node_depth(node):
 
 def place(*, tenant, base_model, version=None):
     """The node to run this request on, or NoCapacity (after recording a scale-up signal)."""
-    scored = score_nodes(tenant=tenant, base_model=base_model, version=version)
-    if not scored:
+    candidates = _candidates(base_model=base_model, version=version)
+    if not candidates:
         raise NoCapacity(f"No runtime node can take this request now (no up node serves {base_model.name} with a "
                          "free adapter slot); retry shortly.", base_model=base_model.name)
-    return scored[0].node
+    if len(candidates) == 1:  # nothing to choose between: no need for the tenant's recent requests (a query)
+        return candidates[0][0]
+    return _score(candidates, tenant)[0].node
 
 
 def record_scale_up(exc):

@@ -22,6 +22,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from billing.caps import check_training_spend
 from gpu_runtime.adapter_validation import MAX_LORA_RANK
 from gpu_runtime.contract import CONTROL_QUEUE, TASK_TRAIN, ContractError, cancel_key, node_queue
 from gpu_runtime.training_spec import Hyperparameters, TrainingSpec, trainable_elements
@@ -177,7 +178,7 @@ def _create(principal, base_model, adapter_name, dataset_ref, hyperparameters, u
     hp = _hyperparameters(hyperparameters, base_model=base_model, version=version)
     dataset, records = _dataset_and_records(principal, dataset_ref, url_dataset)
     estimate = training_estimate(base_model=base_model, hp=hp, records=records)
-    # The spend cap (402) comes with the billing issue: it refuses here when ``estimate`` would pass it.
+    check_training_spend(tenant, gradients=estimate.gradients)  # 402 when the estimate would pass the spend cap
     if adapter is None:
         cap = settings.VAJRA_MAX_ADAPTERS_PER_TENANT
         if Adapter.objects.filter(tenant=tenant, deleted_at__isnull=True).count() >= cap:

@@ -11,6 +11,8 @@ import logging
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from billing.ledger import record_training_step
+
 from .models import Node, TrainingCheckpoint, TrainingJob, TrainingStep
 from .training import event, finish, signal_cancel
 
@@ -77,10 +79,10 @@ def training_step(*, job_id, step, metering):
             return False  # cancelled before it started: a node that ran it anyway is the platform's cost
         try:
             with transaction.atomic():  # a savepoint: the duplicate's IntegrityError leaves the job's lock usable
-                TrainingStep.objects.create(job=job, **row)
+                step_row = TrainingStep.objects.create(job=job, **row)
         except IntegrityError:
             return False  # already metered (a resumed job re-reports the steps after its checkpoint)
-        # The billing issue writes the step's ledger entry here, keyed by (job, step) like the row above.
+        record_training_step(job, step_row)  # its ledger row, keyed by (job, step) like the row above
         job.trained_steps = job.steps.count()
         job.last_loss = job.steps.order_by("-step").values_list("loss", flat=True).first()
         fields = ["trained_steps", "last_loss"]

@@ -32,7 +32,7 @@ from vajra.errors import InvalidRequest, error_response
 from vajra.serializers import StrictSerializer
 
 from . import access, relay
-from .dispatch import cost_for, inference_submit
+from .dispatch import cost_for, inference_submit, on_submit_thread
 from .placement import NoCapacity
 
 # A prompt past this many characters per token of context is too long for certain (BPE tokens average
@@ -83,23 +83,44 @@ def sampling_from(parameters):
     return {**defaults, **data}
 
 
-async def authenticate(request):
+def bearer_key(request):
+    """The presented API key (header checks only: no database)."""
     header = request.headers.get("Authorization", "")
     scheme, _, raw = header.partition(" ")
     if not header:
         raise NotAuthenticated("Send 'Authorization: Bearer <api key>'.")
     if scheme.lower() != "bearer" or not raw.strip():
         raise ParseError("Malformed Authorization header; send 'Authorization: Bearer <api key>'.")
-    principal, wait = await sync_to_async(_key_and_rate)(raw.strip())
+    return raw.strip()
+
+
+def authorize(raw_key):
+    """The key's principal, then the rate limit (401/403, then 429): synchronous, on a database thread."""
+    principal = principal_from_key(raw_key)
+    wait = rate_limit_wait(principal)
     if wait:
         raise Throttled(wait=wait)
     return principal
 
 
-def _key_and_rate(raw_key):
-    """Both in one hop to the sync thread: each hop costs latency on every request."""
-    principal = principal_from_key(raw_key)
-    return principal, rate_limit_wait(principal)
+async def authenticate(request):
+    return await sync_to_async(authorize)(bearer_key(request))
+
+
+def own_thread(request):
+    """True for a request that owns its thread (WSGI, Django's test client); an ASGI request has none worth
+    keeping (Django runs each on a throwaway one), so its submit goes to the submit threads."""
+    return getattr(request, "scope", None) is None
+
+
+async def authorized_submit(request, raw_key, submit, *args):
+    """``submit(principal, *args)`` after the key and the rate limit, all in one trip to a submit thread: each
+    trip between the event loop and a thread costs latency on every request."""
+
+    def job():
+        return submit(authorize(raw_key), *args)
+
+    return await on_submit_thread(job, own_thread=own_thread(request))
 
 
 def read_json(request):
@@ -111,16 +132,17 @@ def read_json(request):
         raise ParseError("Malformed JSON.") from None
 
 
-def api_view(methods):
-    """Async view wrapper: method check, API-key auth, errors in the one error shape."""
+def api_view(methods, *, submits=False):
+    """Async view wrapper: method check, API-key auth, errors in the one error shape. ``submits``: the view
+    gets the raw key instead of a principal and authorizes it in its submit trip (``authorized_submit``)."""
 
     def wrap(view):
         async def handler(request, *args, **kwargs):
             try:
                 if request.method not in methods:
                     raise MethodNotAllowed(request.method)
-                principal = await authenticate(request)
-                return await view(request, principal, *args, **kwargs)
+                credential = bearer_key(request) if submits else await authenticate(request)
+                return await view(request, credential, *args, **kwargs)
             except (APIException, Http404) as exc:
                 return error_response(exc)
 
@@ -128,6 +150,15 @@ def api_view(methods):
         return csrf_exempt(handler)
 
     return wrap
+
+
+def deferred(parse):
+    """(the parsed input, None), or (None, the refusal) to raise after authentication: a bad key is a 401
+    whatever the body, as when authentication ran first."""
+    try:
+        return parse(), None
+    except APIException as exc:
+        return None, exc
 
 
 def check_prompt_length(prompt, base_model):
@@ -156,7 +187,9 @@ def _submit(principal, model_id, data):
         raise Unavailable(str(exc), exc.retry_after) from None
 
 
-def _submit_and_describe(principal, model_id, data):
+def _submit_and_describe(principal, model_id, data, refusal=None):
+    if refusal is not None:
+        raise refusal
     row = _submit(principal, model_id, data)
     return describe(row, version_label(row))
 
@@ -196,13 +229,17 @@ def sse_response(request_id, head, last_id="0"):
     return relay.event_stream_response(request_id, stream())
 
 
-@api_view({"POST"})
-async def infer(request, principal, model_id):
+def infer_input(request):
     serializer = InferIn(data=read_json(request))
     if not serializer.is_valid():
         raise serializers.ValidationError(serializer.errors)
-    data = serializer.validated_data
-    head = await sync_to_async(_submit_and_describe)(principal, model_id, data)
+    return serializer.validated_data
+
+
+@api_view({"POST"}, submits=True)
+async def infer(request, raw_key, model_id):
+    data, refusal = deferred(lambda: infer_input(request))
+    head = await authorized_submit(request, raw_key, _submit_and_describe, model_id, data, refusal)
     row_id = head["id"]
     if data["stream"]:
         return sse_response(row_id, head)

@@ -20,6 +20,8 @@ urlpatterns = [
     path("api/v1/", include("inference.api_urls")),
     path("v1/", include("inference.training_urls")),
     path("v1/", include("inference.v1_urls")),
+    path("api/v1/", include("billing.api_urls")),
+    path("v1/", include("billing.v1_urls")),
     # Unknown API routes answer in the API's error shape even with DEBUG on (Django's debug 404 is HTML).
     re_path(r"^(api|v1)/", errors.api_route_not_found),
     path("admin/", admin.site.urls),

@@ -12,9 +12,24 @@ VAJRA_TIER_UNITS = {"cold": 1, "warm": 5, "hot": 20}
 # What a unit costs, in micro-dollars (integers: money is never a float). Default $0.0001 per unit.
 VAJRA_UNIT_PRICE_MICRO_USD = env_int("VAJRA_UNIT_PRICE_MICRO_USD", 100, minimum=0)
 VAJRA_BILLING_GRANULARITY_MS = env_int("VAJRA_BILLING_GRANULARITY_MS", 10, minimum=1)
-STRIPE_API_KEY = env_str("STRIPE_API_KEY", "")
+# Stripe: unset STRIPE_SECRET_KEY runs local-only (invoices issued here, no payment collection).
+# STRIPE_API_KEY is the older name, still read when STRIPE_SECRET_KEY is unset.
+STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY") or env_str("STRIPE_API_KEY", "")
+STRIPE_API_KEY = STRIPE_SECRET_KEY
 STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "")
-STRIPE_API_BASE = env_str("STRIPE_API_BASE", "")
+STRIPE_API_BASE = env_str("STRIPE_API_BASE", "")  # only for a Stripe fake; empty means api.stripe.com
+STRIPE_MAX_NETWORK_RETRIES = env_int("STRIPE_MAX_NETWORK_RETRIES", 2, minimum=0, maximum=10)
+if STRIPE_SECRET_KEY and not STRIPE_SECRET_KEY.startswith(("sk_", "rk_")):
+    raise ImproperlyConfigured("STRIPE_SECRET_KEY must be a Stripe secret or restricted key (sk_... or rk_...).")
+if STRIPE_SECRET_KEY and not STRIPE_WEBHOOK_SECRET:
+    raise ImproperlyConfigured("STRIPE_WEBHOOK_SECRET must be set with STRIPE_SECRET_KEY: without it no payment "
+                               "would ever be recorded (the webhook refuses every event).")
+if STRIPE_API_BASE and urlparse(STRIPE_API_BASE).scheme not in ("http", "https"):
+    raise ImproperlyConfigured(f"STRIPE_API_BASE={STRIPE_API_BASE!r} is not an http(s) URL.")
+# Invoices: the daily close (control.invoices_close_period) finalizes at most this many per run and stops
+# starting new ones after this many seconds; a full batch queues the next run at once.
+VAJRA_INVOICE_CLOSE_BATCH = env_int("VAJRA_INVOICE_CLOSE_BATCH", 100, minimum=1)
+VAJRA_INVOICE_CLOSE_SECONDS = env_int("VAJRA_INVOICE_CLOSE_SECONDS", 40, minimum=1)
 
 # Training cost (VAJRA paper A.2): sum over steps of G_j x C_gradient / 1e6 x P_GPU, with C_gradient the price
 # of a million gradients ($0.05) and P_GPU the GPU price per hour ($2.00), both in micro-dollars.
@@ -49,3 +64,7 @@ def _dataset_url_prefixes(name):
 
 
 VAJRA_TENANT_DATASET_URL_PREFIXES = _dataset_url_prefixes("VAJRA_TENANT_DATASET_URL_PREFIXES")
+
+# Failed payments (billing/standing.py): an account past due this many days is suspended, its tenant with it, by
+# control.billing_suspend_past_due (hourly on beat); a later payment reactivates it.
+VAJRA_PAYMENT_GRACE_DAYS = env_int("VAJRA_PAYMENT_GRACE_DAYS", 7, minimum=0)

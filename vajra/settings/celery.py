@@ -1,5 +1,7 @@
 """Celery: JSON only, late acks, hard and soft time limits. tests/test_settings.py asserts these."""
 
+from celery.schedules import crontab
+
 from gpu_runtime.redis_url import celery_url
 
 from .channels import REDIS_URL
@@ -22,6 +24,13 @@ CELERY_TASK_ROUTES = {"control.*": {"queue": "control"}}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "run" / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "nodes-mark-down": {"task": "control.nodes_mark_down", "schedule": 5.0},
+    # Daily at 06:00 UTC (six hours for late usage to reach the ledger): invoices for past months.
+    "invoices-close-period": {"task": "control.invoices_close_period", "schedule": crontab(minute=0, hour=6)},
+    # Open invoices not yet finalized on Stripe (a Stripe outage, a lost response): retried well inside
+    # Stripe's 24 h idempotency window. A no-op in local-only mode.
+    "invoices-stripe-sync": {"task": "control.invoices_stripe_sync_pending", "schedule": 600.0},
+    # Hourly: accounts past due longer than VAJRA_PAYMENT_GRACE_DAYS are suspended (billing/standing.py).
+    "billing-suspend-past-due": {"task": "control.billing_suspend_past_due", "schedule": 3600.0},
 }
 if CELERY_TASK_TIME_LIMIT <= CELERY_TASK_SOFT_TIME_LIMIT:
     from django.core.exceptions import ImproperlyConfigured

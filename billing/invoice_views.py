@@ -1,0 +1,151 @@
+"""Invoice pages: the list on the billing page, an invoice as a page and as a PDF, its actions (void, write off;
+paid out of band in local-only mode) and the Stripe billing portal for payment methods.
+
+Reading needs ``billing.read`` (owners, admins, billing viewers); acting needs ``billing.manage`` (owners, admins).
+Another tenant's invoice is a 404 (``billing.access``); an action the invoice's state does not allow is a 409.
+"""
+
+import calendar
+import logging
+from datetime import date
+from decimal import Decimal
+
+import stripe
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+from rest_framework.exceptions import APIException
+
+from tenants.views import tenant_member_required
+from vajra.errors import Conflict
+
+from . import pdf
+from .access import access_invoice, tenant_invoices
+from .invoices import check_transition, invoice_transition
+from .models import Invoice
+from .stripe_sync import portal_url, stripe_enabled, stripe_invoice_status
+
+log = logging.getLogger(__name__)
+
+INVOICES_SHOWN = 36
+# URL word -> (status it moves to, button, what happened)
+ACTIONS = {
+    "void": (Invoice.VOID, "Void", "voided"),
+    "mark-uncollectible": (Invoice.UNCOLLECTIBLE, "Mark uncollectible", "marked uncollectible"),
+    "mark-paid": (Invoice.PAID, "Mark paid (received outside VAJRA)", "marked paid"),
+}
+
+
+def _require(principal, action, what):
+    if not principal.can(action):
+        raise PermissionDenied(f"Your role '{principal.role}' cannot {what}.")
+
+
+def billing_invoices(*, principal):
+    """The billing page's invoice part: the list (for billing.read), local-only notice, who may act."""
+    readable = principal.can("billing.read")
+    return {
+        "invoices_readable": readable,
+        "invoices": list(tenant_invoices(tenant=principal.tenant)[:INVOICES_SHOWN]) if readable else [],
+        "stripe_on": stripe_enabled(),
+        "billing_manage": principal.can("billing.manage"),
+    }
+
+
+def document_context(invoice):
+    """What the invoice document shows: the page and the PDF render it alike."""
+    lines = list(invoice.lines.all())
+    period_end = date(invoice.period.year, invoice.period.month,
+                      calendar.monthrange(invoice.period.year, invoice.period.month)[1])
+    pay_url = invoice.hosted_invoice_url if invoice.status == Invoice.OPEN and stripe_enabled() else ""
+    return {"invoice": invoice, "lines": lines, "tenant": invoice.tenant, "period_end": period_end,
+            "ledger_sum": sum((line.amount_exact for line in lines), Decimal(0)), "pay_url": pay_url,
+            "currency": invoice.currency.upper()}
+
+
+def _actions(principal, invoice):
+    if not principal.can("billing.manage"):
+        return []
+    shown = []
+    for word, (to, button, _) in ACTIONS.items():
+        try:
+            check_transition(invoice, to)
+        except Conflict:
+            continue
+        if to == Invoice.PAID and stripe_enabled():
+            continue  # Stripe collects it: paid when Stripe says so
+        shown.append({"word": word, "button": button})
+    return shown
+
+
+def _invoice_page(request, invoice, *, status=200):
+    principal = request.principal
+    context = {**document_context(invoice), "actions": _actions(principal, invoice), "stripe_on": stripe_enabled()}
+    return render(request, "billing/invoice.html", context, status=status)
+
+
+@tenant_member_required
+def invoice_detail(request, invoice_id):
+    _require(request.principal, "billing.read", "see invoices")
+    invoice = access_invoice(tenant=request.principal.tenant, invoice_id=invoice_id)
+    return _invoice_page(request, invoice)
+
+
+@tenant_member_required
+def invoice_pdf(request, invoice_id):
+    _require(request.principal, "billing.read", "see invoices")
+    invoice = access_invoice(tenant=request.principal.tenant, invoice_id=invoice_id)
+    body = pdf.invoice_pdf(context=document_context(invoice), base_url=request.build_absolute_uri("/"))
+    response = HttpResponse(body, content_type="application/pdf")
+    response["Content-Disposition"] = f'attachment; filename="{invoice.number}.pdf"'
+    return response
+
+
+@require_POST
+@tenant_member_required
+def invoice_action(request, invoice_id, action):
+    if action not in ACTIONS:
+        raise Http404(f"No invoice action '{action}'.")
+    to, _, done = ACTIONS[action]
+    principal = request.principal
+    _require(principal, "billing.manage", "change invoices")
+    invoice = access_invoice(tenant=principal.tenant, invoice_id=invoice_id)
+    try:
+        check_transition(invoice, to)
+        if to == Invoice.PAID and stripe_enabled():
+            raise Conflict(f"Invoice {invoice.number} is collected by Stripe: it is marked paid when Stripe reports "
+                           "the payment.", code="invoice_state")
+        if stripe_enabled():
+            stripe_invoice_status(invoice=invoice, to=to)
+        # With Stripe on, its webhook may have moved the invoice already: that is the same outcome.
+        invoice, _ = invoice_transition(invoice_id=invoice.id, to=to, already_ok=stripe_enabled())
+    except APIException as exc:
+        messages.error(request, exc.detail)
+        return _invoice_page(request, access_invoice(tenant=principal.tenant, invoice_id=invoice_id),
+                             status=exc.status_code)
+    except stripe.StripeError as exc:
+        log.warning("invoice %s: Stripe refused to %s it: %s", invoice.number, action, exc)
+        messages.error(request, f"Stripe refused: {exc.user_message or exc}. Nothing was changed.")
+        return _invoice_page(request, invoice, status=502)
+    messages.success(request, f"Invoice {invoice.number} {done}.")
+    return redirect("invoice", invoice_id=invoice.id)
+
+
+@require_POST
+@tenant_member_required
+def billing_portal(request):
+    """Owners and admins manage payment methods on Stripe's billing portal; it returns to the billing page."""
+    _require(request.principal, "billing.manage", "manage payment methods")
+    if not stripe_enabled():
+        messages.error(request, "Payments are not connected (local-only mode): there is no payment method to manage.")
+        return redirect("billing")
+    try:
+        url = portal_url(tenant=request.principal.tenant, return_url=request.build_absolute_uri(reverse("billing")))
+    except stripe.StripeError as exc:
+        log.warning("billing portal for tenant %s: %s", request.principal.tenant.pk, exc)
+        messages.error(request, "Stripe's billing portal is unavailable right now; try again in a minute.")
+        return redirect("billing")
+    return redirect(url)
