@@ -61,13 +61,17 @@ def test_mixed_batch_logits_match_peft_within_1e4(smollm2):
                    adapter.scaling)
         slots.append(slot)
     ids = base.tokenizer("Tell me about the ocean and its tides.", return_tensors="pt").input_ids
+    batch = ids.repeat(5, 1)
     pool.set_rows(slots + [0])
     with torch.inference_mode():
-        mixed = model(ids.repeat(5, 1)).logits
+        mixed = model(batch).logits
+        # PEFT with one adapter alone, over a batch of the same shape: CPU fp32 GEMMs round differently for a
+        # 5-row and a 1-row input (up to 2e-4 in SmolLM2's logits on an AVX-512 Xeon, base model alone), so
+        # equal shapes make this a test of the LoRA math, not of the BLAS. Batch-1 greedy tokens: next test.
         for row, path in enumerate(paths):
-            expected = PeftModel.from_pretrained(copy.deepcopy(reference), path)(ids).logits[0]
+            expected = PeftModel.from_pretrained(copy.deepcopy(reference), path)(batch).logits[row]
             assert (mixed[row] - expected).abs().max() < 1e-4, row
-        assert (mixed[4] - reference(ids).logits[0]).abs().max() < 1e-4
+        assert (mixed[4] - reference(batch).logits[4]).abs().max() < 1e-4
 
 
 def test_engine_greedy_tokens_match_peft_alone(smollm2, tmp_path):

@@ -1,0 +1,228 @@
+"""The base-model loader (gpu_runtime.base_model): the safetensors mmap fast path gives the very model and
+tokenizer ``from_pretrained`` / ``AutoTokenizer`` give (identical logits in fp32 and bf16, tied embeddings
+tied, rotary buffers equal, generation config equal), frozen, with every phase timed; what it does not cover
+falls back to ``from_pretrained``. A slow test checks the same on the real SmolLM2."""
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from gpu_runtime.base_model import _head_added_tokens, load_base_model, load_model_dir, load_tokenizer
+from gpu_runtime.config import RuntimeConfig
+from tests.runtime_fixtures import CFG, tiny_tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+NAME = "tiny-llama"
+CHAT_TEMPLATE = ("{% for m in messages %}{{ 't1 ' + m['content'] + ' t2 ' }}{% endfor %}"
+                 "{% if add_generation_prompt %}{{ 't1 t3' }}{% endif %}")
+PHASES = ("read", "to_device", "warm_up", "tokenizer")
+LOADER = "vajra.runtime.base_model"
+
+
+def tiny_llama(tied, seed=0):
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**CFG, tie_word_embeddings=tied)).eval()
+
+
+def make_store(root, *, tied=True, variants=("float32",), shard=False):
+    """A model store as gpu_runtime.model_store writes it: manifest + one save_pretrained dir per variant."""
+    model = tiny_llama(tied)
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    info = {}
+    for variant in variants:
+        target = root / NAME / variant
+        model.to(getattr(torch, variant)).save_pretrained(target, **({"max_shard_size": "100KB"} if shard else {}))
+        tokenizer.save_pretrained(target)
+        files = sorted(target.glob("*.safetensors"))
+        info[variant] = {"bytes": sum(f.stat().st_size for f in files), "sha256": "-"}
+    (root / NAME / "manifest.json").write_text(json.dumps({"name": NAME, "variants": info,
+                                                           "architecture": {"tie_word_embeddings": tied}}))
+    return root
+
+
+def runtime_config(store, dtype="float32"):
+    return dataclasses.replace(RuntimeConfig.from_env(), model_store=store, base_model=NAME, device="cpu", dtype=dtype)
+
+
+def assert_same_model(model, reference, ids_list):
+    assert not model.training
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in reference.named_parameters()]
+    ours, theirs = model.state_dict(), reference.state_dict()
+    assert list(ours) == list(theirs)
+    assert all(torch.equal(ours[k], theirs[k]) and ours[k].dtype == theirs[k].dtype for k in ours)
+    ref_buffers = dict(reference.named_buffers())
+    for name, buffer in model.named_buffers():  # non-persistent rotary inv_freq: not in any checkpoint
+        assert buffer.dtype == ref_buffers[name].dtype and torch.equal(buffer, ref_buffers[name]), name
+    assert model.generation_config.to_dict() == reference.generation_config.to_dict()
+    assert model.config.to_dict() == reference.config.to_dict()
+    with torch.inference_mode():
+        for ids in ids_list:
+            assert torch.equal(model(ids).logits, reference(ids).logits)
+
+
+def assert_frozen_and_timed(base):
+    assert not any(p.requires_grad for p in base.model.parameters())
+    assert all(not p.is_meta and p.device.type == "cpu" for p in base.model.parameters())
+    for phase in PHASES:
+        assert isinstance(base.timings_ms[phase], float) and base.timings_ms[phase] >= 0, phase
+
+
+PROMPTS = [torch.tensor([[1, 5, 9, 77, 3]]), torch.tensor([[4] * 40]), torch.randint(0, 128, (3, 17))]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fast_path_is_the_from_pretrained_model(tmp_path, caplog, dtype):
+    store = make_store(tmp_path, variants=("float32", "bfloat16"))
+    linear_init = torch.nn.Linear.reset_parameters
+    with caplog.at_level(logging.INFO, logger=LOADER):
+        base = load_base_model(runtime_config(store, dtype))
+    assert "via safetensors mmap" in caplog.text and "instead" not in caplog.text
+    assert base.dtype == dtype and base.device == "cpu"
+    directory = store / NAME / dtype
+    reference = AutoModelForCausalLM.from_pretrained(directory, dtype=getattr(torch, dtype)).eval()
+    assert_same_model(base.model, reference, PROMPTS)
+    assert base.model.lm_head.weight is base.model.model.embed_tokens.weight  # tied, not a copy
+    assert_frozen_and_timed(base)
+    assert base.timings_ms["page_in"] >= 0
+    for phase in ("read", "to device", "warm-up"):
+        assert phase in caplog.text
+    # the skeleton's skipped initialisation (meta tensors only) is not left behind
+    assert torch.nn.Linear.reset_parameters is linear_init
+    torch.manual_seed(3)
+    expected = torch.nn.init.kaiming_uniform_(torch.empty(8, 8), a=math.sqrt(5))
+    torch.manual_seed(3)
+    assert torch.equal(torch.nn.Linear(8, 8, bias=False).weight, expected)
+
+
+def test_untied_checkpoint_loads_its_own_lm_head(tmp_path, caplog):
+    store = make_store(tmp_path, tied=False)
+    with caplog.at_level(logging.INFO, logger=LOADER):
+        base = load_base_model(runtime_config(store))
+    assert "via safetensors mmap" in caplog.text
+    reference = AutoModelForCausalLM.from_pretrained(store / NAME / "float32", dtype=torch.float32).eval()
+    assert base.model.lm_head.weight is not base.model.model.embed_tokens.weight
+    assert_same_model(base.model, reference, PROMPTS)
+    assert_frozen_and_timed(base)
+
+
+def test_a_checkpoint_holding_a_tied_copy_falls_back_to_from_pretrained(tmp_path, caplog):
+    """config says tied, the file has its own lm_head: from_pretrained keeps both apart, and so must we."""
+    store = make_store(tmp_path)
+    weights_file = store / NAME / "float32" / "model.safetensors"
+    weights = load_file(weights_file)
+    weights["lm_head.weight"] = weights["model.embed_tokens.weight"] * 0.5
+    save_file(weights, weights_file, metadata={"format": "pt"})
+    with caplog.at_level(logging.INFO, logger=LOADER):
+        base = load_base_model(runtime_config(store))
+    assert "via from_pretrained" in caplog.text
+    reference = AutoModelForCausalLM.from_pretrained(store / NAME / "float32", dtype=torch.float32).eval()
+    assert_same_model(base.model, reference, PROMPTS)
+
+
+def test_a_sharded_checkpoint_falls_back_to_from_pretrained(tmp_path, caplog):
+    store = make_store(tmp_path, shard=True)
+    assert not (store / NAME / "float32" / "model.safetensors").exists()
+    with caplog.at_level(logging.INFO, logger=LOADER):
+        base = load_base_model(runtime_config(store))
+    assert "loading it with from_pretrained instead" in caplog.text and "via from_pretrained" in caplog.text
+    reference = AutoModelForCausalLM.from_pretrained(store / NAME / "float32", dtype=torch.float32).eval()
+    assert_same_model(base.model, reference, PROMPTS)
+    assert base.model.lm_head.weight is base.model.model.embed_tokens.weight
+    assert_frozen_and_timed(base)
+
+
+def tokenizer_state(tokenizer):
+    return {
+        "class": type(tokenizer).__name__,
+        "vocab": tokenizer.get_vocab(),
+        "added": {i: repr(t) for i, t in tokenizer.added_tokens_decoder.items()},
+        "special": tokenizer.special_tokens_map,
+        "special_ids": tokenizer.all_special_ids,
+        "ids": (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id),
+        "sides": (tokenizer.padding_side, tokenizer.truncation_side, tokenizer.model_max_length),
+        "chat_template": tokenizer.chat_template,
+        "backend": tokenizer.backend_tokenizer.to_str(),
+        "init_kwargs": {k: repr(v) for k, v in tokenizer.init_kwargs.items()},
+    }
+
+
+def assert_same_tokenizer(ours, theirs, texts, chats):
+    assert tokenizer_state(ours) == tokenizer_state(theirs)
+    for text in texts:
+        assert ours(text).input_ids == theirs(text).input_ids
+        ids = theirs(text).input_ids
+        assert ours.decode(ids) == theirs.decode(ids)
+        assert ours.decode(ids, skip_special_tokens=True) == theirs.decode(ids, skip_special_tokens=True)
+    for chat in chats:
+        for generation_prompt in (True, False):
+            kwargs = {"add_generation_prompt": generation_prompt}
+            assert ours.apply_chat_template(chat, tokenize=False, **kwargs) == theirs.apply_chat_template(
+                chat, tokenize=False, **kwargs)
+            assert dict(ours.apply_chat_template(chat, **kwargs)) == dict(theirs.apply_chat_template(chat, **kwargs))
+
+
+def test_tokenizer_is_the_auto_tokenizer(tmp_path):
+    store = make_store(tmp_path)
+    directory = store / NAME / "float32"
+    assert "added_tokens_decoder" not in json.loads((directory / "tokenizer_config.json").read_text())
+    texts = ["t1 t5 t9", "t2 t7 t100 t127", "t0 t3 t3"]
+    chats = [[{"role": "user", "content": "t5 t6"}], [{"role": "user", "content": "t9"},
+                                                      {"role": "assistant", "content": "t10 t11"}]]
+    assert _head_added_tokens(directory / "tokenizer.json") is not None  # the short cut is taken
+    assert_same_tokenizer(load_tokenizer(directory), AutoTokenizer.from_pretrained(directory), texts, chats)
+
+    # added_tokens after the model (not how tokenizers writes it): no short cut, the same tokenizer
+    data = json.loads((directory / "tokenizer.json").read_text())
+    data = {"model": data.pop("model"), **data}
+    (directory / "tokenizer.json").write_text(json.dumps(data))
+    assert _head_added_tokens(directory / "tokenizer.json") is None
+    assert_same_tokenizer(load_tokenizer(directory), AutoTokenizer.from_pretrained(directory), texts, chats)
+
+
+def test_phases_add_up_to_the_ready_time(tmp_path):
+    store = make_store(tmp_path)
+    _, _, timings, loader = load_model_dir(store / NAME / "float32", torch.float32, "cpu")
+    assert loader == "safetensors mmap"
+    assert timings["tokenizer"] <= timings["read"] and timings["page_in"] <= timings["read"]
+
+
+# ---- the real SmolLM2 --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smollm2_store():
+    """The real SmolLM2 imported into var/models (once; later runs reuse it, as make up does)."""
+    store = ROOT / "var" / "models"
+    subprocess.run([sys.executable, "-m", "gpu_runtime.model_store", "import"], cwd=ROOT, check=True,
+                   env={**os.environ, "VAJRA_MODEL_STORE": str(store)}, stdout=subprocess.DEVNULL, timeout=600)
+    return store
+
+
+@pytest.mark.slow
+def test_smollm2_fast_path_is_the_from_pretrained_model(smollm2_store, caplog):
+    config = dataclasses.replace(RuntimeConfig.from_env(), model_store=smollm2_store, device="cpu", dtype="float32")
+    with caplog.at_level(logging.INFO, logger=LOADER):
+        base = load_base_model(config)
+    assert "via safetensors mmap" in caplog.text
+    directory = smollm2_store / config.base_model / "float32"
+    reference = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    chats = [[{"role": "user", "content": "What is the capital of France?"}],
+             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+              {"role": "assistant", "content": "Hello! <|im_end|> not special here"}]]
+    texts = ["Hello", "def fibonacci(n):\n    return n", "<|im_start|>user\nhé ☃ 日本語<|im_end|>", "  two  spaces"]
+    assert_same_tokenizer(base.tokenizer, tokenizer, texts, chats)
+    prompts = [torch.tensor([tokenizer.apply_chat_template(chat, add_generation_prompt=True)["input_ids"]])
+               for chat in chats]
+    assert_same_model(base.model, reference, prompts)
+    assert base.model.lm_head.weight is base.model.model.embed_tokens.weight
+    assert_frozen_and_timed(base)
