@@ -11,8 +11,10 @@ evenly), so the requests' GPU-ms add up to the engine's busy time.
 Training (gpu_runtime.trainer) shares this thread at inference's priority x10 (VAJRA paper 6.1.2): while rows
 are decoding, a training job gets one micro-step per ``training_every`` (10) decode steps; when no row is
 running it gets the whole device, one micro-step at a time. With preemption (TRAINING_PREEMPTION_ENABLED, the
-default) the engine looks for arriving requests after every micro-step, so a request waits at most one
-micro-step; without it, a training turn runs a whole optimizer step (all its micro-batches). Arrivals are
+default) a micro-step gives way inside itself, at the next decoder layer, when a request arrives (a forward
+pass is abandoned, a backward pass pauses and resumes later: gpu_runtime.trainer.TrainingRun.micro_step),
+so a request waits for one layer's work and never more than one micro-step; without it, a training turn
+runs a whole optimizer step (all its micro-batches). Arrivals are
 also predicted (the prefetcher's idea, Algorithm 1, applied to scheduling): when requests come at a steady
 pace and the next one is due before a micro-step would end, the engine holds the micro-step back, so that
 request does not wait at all; a job held back for ``training_max_hold_s`` trains anyway (no starvation).
@@ -112,10 +114,10 @@ class Engine:
         self.training = []  # runs in arrival order; the first one trains, the others wait
         self.training_ms = 0.0
         self.training_micro_steps = 0
+        self.training_yields = 0  # micro-steps abandoned at a layer boundary for an arriving request
         self._since_training = 0
         self.training_max_hold_s = training_max_hold_s
         self.training_held = 0  # turns held back for a predicted arrival
-        self._turn_ms = None  # moving average of a training turn
         self._last_turn = time.perf_counter()
         self._arrivals = deque(maxlen=32)  # when inference requests arrived (perf_counter)
         self._stop = threading.Event()
@@ -209,11 +211,16 @@ class Engine:
             return False
         if self.rows and self._since_training < self.training_every:
             return False
-        if self._turn_ms is not None and time.perf_counter() - self._last_turn < self.training_max_hold_s \
-                and self._arrival_due_within(self._turn_ms / 1000):
+        ahead = self.training[0].next_work_ms
+        if ahead and time.perf_counter() - self._last_turn < self.training_max_hold_s \
+                and self._arrival_due_within(ahead / 1000):
             self.training_held += 1
             return False
         return True
+
+    def _request_waiting(self):
+        """An inference request arrived and a row is free for it (checked at every layer of a training pass)."""
+        return not self._incoming.empty() and len(self.rows) < self.max_batch
 
     def _arrival_due_within(self, seconds):
         """Whether steady arrivals (median gap of the recent ones) put the next request within ``seconds``."""
@@ -226,7 +233,7 @@ class Engine:
         if gap <= 0 or since > 2 * gap:  # no steady pattern, or it stopped
             return False
         next_at = gap * max(1, math.ceil(since / gap))
-        return next_at - since < seconds * 1.2
+        return next_at - since < seconds * 1.5
 
     def _training_turn(self):
         """One micro-step of the first job (a whole optimizer step without preemption); a failing job fails
@@ -239,9 +246,12 @@ class Engine:
             started = time.perf_counter()
             try:
                 first_step = run.step
+                yield_to = self._request_waiting if self.training_preemption else None
                 while True:
-                    run.micro_step()
-                    self.training_micro_steps += 1
+                    if run.micro_step(should_yield=yield_to):
+                        self.training_micro_steps += 1
+                    else:
+                        self.training_yields += 1
                     if self.training_preemption or run.finished or run.step != first_step:
                         break
             except Exception as exc:
@@ -250,7 +260,6 @@ class Engine:
             finally:
                 ms = (time.perf_counter() - started) * 1000
                 self.training_ms += ms
-                self._turn_ms = ms if self._turn_ms is None else 0.8 * self._turn_ms + 0.2 * ms
                 self._last_turn = time.perf_counter()
         if run.finished:
             self.training.pop(0)

@@ -50,6 +50,13 @@ MAX_DATASET_RECORDS = 1_000_000
 STATE_FILE = "training.json"  # written last: a folder without it is unfinished
 
 
+MAX_YIELDS = 3
+
+
+class Yielded(Exception):
+    """An inference request arrived during a training micro-step: the micro-step gives way."""
+
+
 class TrainingFailed(Exception):
     def __init__(self, code, message):
         super().__init__(message)
@@ -170,6 +177,18 @@ class TrainingRun:
     _step_loss: float = 0.0
     _step_ms: float = 0.0
     _perm: tuple = (None, None)
+    _yields: int = 0  # times the current micro-step's forward pass was abandoned in a row
+    _pending: list = None  # a micro-batch between its forward pass and the end of its backward pass
+    yielded: int = 0  # forward passes abandoned for inference, in all
+    paused: int = 0  # backward passes paused for inference (resumed later, nothing lost)
+    forward_ms: float = None  # moving average of a whole forward pass (the part that cannot pause)
+
+    @property
+    def next_work_ms(self):
+        """How long the next call may hold the engine before it can give way: a forward pass when none is
+        pending (None while unknown), else nothing worth waiting for (one layer's backward)."""
+        return self.forward_ms if self._pending is None else 0.0
+    wasted_ms: float = 0.0  # compute thrown away by them (not metered: inference first is the platform's cost)
 
     def __post_init__(self):
         self.optimizer = torch.optim.AdamW(self.lora.parameters(), lr=self.hp.learning_rate, weight_decay=0.0)
@@ -189,11 +208,44 @@ class TrainingRun:
         chosen = self._perm[1][index * self.hp.batch_size:(index + 1) * self.hp.batch_size]
         return [self.examples[i] for i in chosen]
 
-    def micro_step(self):
-        """One micro-batch forward + backward (engine thread only); ends the optimizer step after the last one."""
+    def micro_step(self, should_yield=None):
+        """Works on one micro-batch (engine thread only); ends the optimizer step after the step's last one.
+
+        A micro-batch is a forward pass, then a backward pass one decoder layer at a time: every layer's input
+        is cut from the graph (``detach``) in the forward pass, so the backward can stop between layers and go
+        on at the next call, with nothing lost. ``should_yield`` (the engine: "an inference request is
+        waiting") is asked at every layer: in the forward pass a yes abandons it (nothing has been written
+        yet; the compute is thrown away, ``MAX_YIELDS`` times in a row at most, then the forward runs to its
+        end); in the backward pass a yes pauses it after the current layer. So an arriving request waits for
+        one layer's work, not a micro-step. Returns True when a micro-batch was finished by this call."""
         if self.finished:
-            return
+            return False
         started = time.perf_counter()
+        if self._pending is None:
+            if not self._forward(should_yield):  # thrown away: not the step's compute (nor metered)
+                self.wasted_ms += (time.perf_counter() - started) * 1000
+                return False
+            ms = (time.perf_counter() - started) * 1000
+            self.forward_ms = ms if self.forward_ms is None else 0.8 * self.forward_ms + 0.2 * ms
+        try:
+            done = self._backward(should_yield)
+        finally:
+            self._step_ms += (time.perf_counter() - started) * 1000
+        if not done:
+            self.paused += 1
+            return False
+        self._micro += 1
+        self.micro_steps += 1
+        if self._micro == len(self._chunks):
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            self._report_step()
+            self._chunks = []
+        return True
+
+    def _forward(self, should_yield):
+        """The forward pass and the backward of its top (vocabulary projection, final norm, last layer)."""
         if not self._chunks:
             batch = self._batch(self.step)
             size = self.hp.micro_batch_size
@@ -207,31 +259,61 @@ class TrainingRun:
         ids = torch.tensor([e.ids + [0] * (width - len(e.ids)) for e in chunk], device=device)
         labels = torch.tensor([e.labels + [IGNORE] * (width - len(e.labels)) for e in chunk], device=device)
         mask = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in chunk], device=device)
+        check = should_yield if should_yield is not None and self._yields < MAX_YIELDS else None
+        cuts = []  # per layer: [its input, cut from the graph; its output]
+
+        def cut(module, args):
+            if check is not None and check():
+                raise Yielded
+            x = args[0].detach().requires_grad_(True)
+            cuts.append([x, None])
+            return (x, *args[1:])
+
+        def keep(module, args, output):
+            cuts[-1][1] = output[0] if isinstance(output, tuple) else output
+
+        layers = self.model.model.layers
+        hooks = [h for layer in layers for h in (layer.register_forward_pre_hook(cut),
+                                                 layer.register_forward_hook(keep))]
         self.pool.groups = []  # no serving adapter on these rows: only the job's pair
         self.pool.trainable = self.lora
         try:
             with torch.enable_grad():
                 hidden = self.model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+                if check is not None and check():  # the last look before the vocabulary projection
+                    raise Yielded
                 # the vocabulary projection only where there is something to learn (the answer tokens)
                 targets = labels[:, 1:]
-                keep = targets != IGNORE
-                logits = self.model.lm_head(hidden[:, :-1][keep])
-                loss_sum = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
-                (loss_sum / self._step_targets).backward()
+                keep_rows = targets != IGNORE
+                logits = self.model.lm_head(hidden[:, :-1][keep_rows])
+                loss_sum = F.cross_entropy(logits.float(), targets[keep_rows], reduction="sum")
+                (loss_sum / self._step_targets).backward()  # down to the last layer's input
+        except Yielded:
+            self._yields += 1
+            self.yielded += 1
+            return False
         finally:
             self.pool.trainable = None
+            for hook in hooks:
+                hook.remove()
+        self._yields = 0
         self._step_loss += float(loss_sum.detach()) / self._step_targets
-        self._micro += 1
-        self.micro_steps += 1
-        if self._micro == len(self._chunks):
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
-            self._step_ms += (time.perf_counter() - started) * 1000
-            self._report_step()
-            self._chunks = []
-        else:
-            self._step_ms += (time.perf_counter() - started) * 1000
+        self._pending = [cuts, len(cuts) - 2]  # the next layer whose backward is due
+        return True
+
+    def _backward(self, should_yield):
+        """Layer by layer, from where it stopped; at least one layer per call. True when it reached the bottom."""
+        cuts, index = self._pending
+        while index >= 0:
+            x_next = cuts[index + 1][0]
+            cuts[index][1].backward(x_next.grad)
+            cuts[index + 1] = None  # its activations are not needed any more
+            index -= 1
+            self._pending[1] = index
+            if index >= 0 and should_yield is not None and should_yield():
+                return False
+        self._pending = None
+        return True
 
     def _report_step(self):
         loss = round(self._step_loss, 6)

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from celery import Celery, signals
 from kombu import Queue
 
+from . import logs
 from .config import RuntimeConfig
 from .contract import (
     CONTROL_QUEUE,
@@ -28,12 +29,20 @@ from .contract import (
     Heartbeat,
     node_queue,
 )
+from .metrics import metrics_address, start_metrics_server
 from .prefetch import Prefetcher, PrefetchLoop
 from .redis_url import celery_url
 
 log = logging.getLogger("vajra.runtime.worker")
 
 config = RuntimeConfig.from_env()
+metrics_addr, metrics_port = metrics_address()  # read now: a bad value stops the worker at start
+
+# Log lines name the request being served: the id that came with the task (or the inference request's own),
+# and, as JSON (VAJRA_LOG_FORMAT=json), this node too.
+logs.carry_request_ids(logs.request_id_var)
+if logs.log_format() == "json":
+    logs.json_logs_in_celery(logs.JsonFormatter(static={"node": config.node_name}))
 
 # No fixups: Celery's Django fixup would set Django up whenever DJANGO_SETTINGS_MODULE is in the
 # environment (it is, under `make up`), and the runtime must stay Django-free.
@@ -71,10 +80,12 @@ class Node:
         self.adapter_refs = OrderedDict()
         self.load_error = None
         self.ready = threading.Event()
+        self.metrics = None
         self._stop = threading.Event()
         self._threads = []
 
     def start(self):
+        self.metrics = start_metrics_server(self, metrics_addr, metrics_port)  # /metrics (gpu_runtime.metrics)
         for target, name in ((self._load, "base-model-loader"), (self._heartbeat_loop, "heartbeat")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -111,6 +122,8 @@ class Node:
 
     def stop(self):
         self._stop.set()
+        if self.metrics:
+            self.metrics.stop()
         if self.prefetch_loop:
             self.prefetch_loop.stop()
         if self.engine:
@@ -224,6 +237,7 @@ def infer(payload):
     """Runs one inference request to its end; its tokens go to the request's Redis Stream."""
     from .requests import InferenceRequest
 
+    logs.default_request_id(payload.get("request_id") if isinstance(payload, dict) else None)
     try:
         request = InferenceRequest.from_json(payload)
     except ContractError as exc:

@@ -221,7 +221,34 @@ def test_without_preemption_a_turn_is_a_whole_optimizer_step(node, tmp_path):
                     batch_size=4, micro_batch_size=1)
     result = run_job(spec, engine=engine, store=store, base=base, send=Recorder())
     assert result["status"] == "succeeded"
-    assert engine.training_micro_steps == 12  # each turn counted its 4 micro-steps
+    wait_for(lambda: engine.training_micro_steps == 12)  # the last turn's count lands just after the result
+    assert engine.training_yields == 0
+
+
+def test_a_micro_step_gives_way_at_a_layer_boundary_and_keeps_the_steps_gradients(tmp_path):
+    from gpu_runtime import trainer
+
+    model = learnable_base()
+    pool = SlotPool(model, BASE_FACTS, buckets={8: 2})
+    spec = spec_for(tmp_path, write_dataset(tmp_path / "data.jsonl", memorize_records()), batch_size=4,
+                    micro_batch_size=1)
+    run = trainer.prepare(spec, base=tiny_base_model(model), pool=pool, facts=BASE_FACTS)
+    assert run.micro_step() is True  # the first of the step's 4 micro-batches
+    first = [p.grad.clone() for p in run.lora.parameters()]
+    calls = []
+
+    def arrival_in_backward():  # a request "arrives" once the forward pass is over
+        calls.append(1)
+        return len(calls) > len(model.model.layers)
+
+    assert run.micro_step(should_yield=arrival_in_backward) is False
+    assert run.yielded == 1 and run._micro == 1 and run.step == 0 and pool.trainable is None
+    assert all(torch.equal(p.grad, g) for p, g in zip(run.lora.parameters(), first, strict=True))
+    for _ in range(trainer.MAX_YIELDS - 1):
+        assert run.micro_step(should_yield=lambda: True) is False
+    assert run.micro_step(should_yield=lambda: True) is True  # given way MAX_YIELDS times: it runs now
+    assert run._micro == 2 and not all(torch.equal(p.grad, g) for p, g in zip(run.lora.parameters(), first,
+                                                                              strict=True))
 
 
 @pytest.mark.parametrize("lines, code, expected", [

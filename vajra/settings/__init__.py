@@ -5,5 +5,6 @@ from .billing import *
 from .celery import *
 from .channels import *
 from .database import *
+from .observability import *
 from .runtime import *
 from .security import *

@@ -18,13 +18,17 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    "django_prometheus",
     "vajra",
     "tenants",
     "inference",
     "billing",
 ]
 
+# The Prometheus pair brackets the others (first and last); vajra.metrics runs django-prometheus's hooks inline,
+# without the thread hop Django would add around them on async (streaming) requests.
 MIDDLEWARE = [
+    "vajra.metrics.PrometheusBeforeMiddleware",
     "vajra.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -34,6 +38,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "vajra.metrics.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "vajra.urls"
@@ -101,15 +106,18 @@ SPECTACULAR_SETTINGS = {
 }
 
 LOG_LEVEL = env_choice("VAJRA_LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"})
+# plain for people, json (one object per line with the request id, vajra/logging.py) for log pipelines
+VAJRA_LOG_FORMAT = env_choice("VAJRA_LOG_FORMAT", "plain", {"plain", "json"})
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {"request_id": {"()": "vajra.middleware.RequestIdLogFilter"}},
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {"()": "vajra.logging.JsonFormatter"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["request_id"]},
+        "console": {"class": "logging.StreamHandler", "formatter": VAJRA_LOG_FORMAT, "filters": ["request_id"]},
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
