@@ -80,7 +80,7 @@ def version_from_training(*, job_id, output, final_loss=None):
         job = TrainingJob.objects.select_for_update().filter(pk=job_id).first()
         if job is None or job.status in TrainingJob.TERMINAL:
             return job
-        adapter = Adapter.objects.select_for_update().select_related("base_model", "current_version").get(
+        adapter = Adapter.objects.select_for_update(of=("self",)).select_related("base_model", "current_version").get(
             pk=job.adapter_id)
         previous = adapter.current_version
         facts = output.facts
