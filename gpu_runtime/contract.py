@@ -17,6 +17,11 @@ Token transport (Redis)
   "first_token_ms", "total_ms"}, "gpu_ms", "error": {"code", "message"} | null}. Streams expire after
   ``VAJRA_STREAM_TTL_SECONDS``. A reader resumes from the last entry id it saw.
 - ``vajra:cancel:<request_id>``: set (any value) to cancel; the engine drops the row within one step.
+- Failover: when the node running a request is lost, the control plane sends the request again to another
+  node with ``attempt`` + 1 in its payload, sets ``vajra:attempt:<request_id>`` to that number first, and
+  appends a ``retry`` entry {"attempt", "node", "reason"} to the request's stream: the next attempt's deltas
+  start from the beginning of the answer. A node drops a task whose attempt is not the current one (a
+  redelivery of a superseded attempt); without the key every attempt is current.
 
 Training (gpu_runtime.training_spec.TrainingSpec is the job as JSON)
 - ``runtime.train`` on ``node.<name>`` runs one job to its end (acks_late: a job whose node dies is redelivered
@@ -36,7 +41,7 @@ CONTRACT_VERSION = 1
 CONTROL_QUEUE = "control"
 TASK_NODE_HEARTBEAT = "control.node_heartbeat"
 TASK_INFER = "runtime.infer"
-TASK_INFERENCE_STARTED = "control.inference_started"  # (request_id, node name): queued -> running
+TASK_INFERENCE_STARTED = "control.inference_started"  # (request_id, node name, attempt): queued -> running
 TASK_INFERENCE_FINISHED = "control.inference_finished"  # (request_id, final event): usage for the ledger
 TASK_TRAIN = "runtime.train"
 TASK_TRAINING_STARTED = "control.training_started"
@@ -45,6 +50,7 @@ TASK_TRAINING_CHECKPOINT = "control.training_checkpoint"
 TASK_TRAINING_FINISHED = "control.training_finished"
 STREAM_PREFIX = "vajra:stream:"
 CANCEL_PREFIX = "vajra:cancel:"
+ATTEMPT_PREFIX = "vajra:attempt:"
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
 
 
@@ -54,6 +60,10 @@ def stream_key(request_id):
 
 def cancel_key(request_id):
     return f"{CANCEL_PREFIX}{request_id}"
+
+
+def attempt_key(request_id):
+    return f"{ATTEMPT_PREFIX}{request_id}"
 
 
 def node_queue(node_name):

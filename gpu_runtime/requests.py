@@ -60,6 +60,7 @@ class InferenceRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     tenant: str = ""
     base_model: str = ""  # empty: whatever this node serves; else it must match
+    attempt: int = 1  # > 1: sent again after the node running it was lost (contract.py, "Failover")
 
     @classmethod
     def from_json(cls, payload):
@@ -78,9 +79,12 @@ class InferenceRequest:
         prompt = payload.get("prompt", "")
         if not isinstance(prompt, str) or (not prompt and not messages):
             raise ContractError("prompt: give a prompt string or messages")
+        attempt = payload.get("attempt", 1)
+        if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+            raise ContractError("attempt: a positive integer")
         return cls(request_id=payload["request_id"], prompt=prompt, messages=tuple(messages), adapter=adapter,
                    sampling=sampling, tenant=str(payload.get("tenant", "")),
-                   base_model=str(payload.get("base_model") or ""))
+                   base_model=str(payload.get("base_model") or ""), attempt=attempt)
 
     def to_json(self):
         return asdict(self)

@@ -4,7 +4,7 @@ import json
 
 import redis
 
-from .contract import cancel_key, stream_key
+from .contract import attempt_key, cancel_key, stream_key
 
 
 class StreamWriter:
@@ -33,14 +33,17 @@ class StreamWriter:
     def final(self, request_id, payload):
         self._add(request_id, "final", payload)
 
-    def final_event(self, request_id):
-        """The request's final event if it already finished (a redelivered task must not run it twice)."""
-        entries = self.redis.xrevrange(stream_key(request_id), count=1)
-        if entries:
-            fields = entries[0][1]
-            if fields.get(b"type") == b"final":
-                return json.loads(fields[b"data"])
-        return None
+    def run_state(self, request_id):
+        """(final event or None, current attempt or None) in one round trip: a task runs its request only when it
+        has not finished and the task carries the current attempt (contract.py, "Failover")."""
+        pipe = self.redis.pipeline()
+        pipe.xrevrange(stream_key(request_id), count=1)
+        pipe.get(attempt_key(request_id))
+        entries, attempt = pipe.execute()
+        final = None
+        if entries and entries[0][1].get(b"type") == b"final":
+            final = json.loads(entries[0][1][b"data"])
+        return final, int(attempt) if attempt is not None else None
 
     def cancelled(self, request_ids):
         if not request_ids:

@@ -245,12 +245,18 @@ def infer(payload):
         if isinstance(payload, dict) and isinstance(payload.get("request_id"), str):
             _streams().final(payload["request_id"], result)
         return result
-    final = _streams().final_event(request.request_id)
+    final, current = _streams().run_state(request.request_id)
+    if final is None and current is not None and current != request.attempt:
+        # A superseded attempt (its node was lost and the request went to another node): the current attempt
+        # reports the request's end; this one does nothing.
+        log.info("request %s: attempt %s superseded by attempt %s", request.request_id, request.attempt, current)
+        return {"superseded": request.attempt, "current": current}
     if final is None:  # not a redelivery of a request that already ran: run it (never twice)
         engine = node.require_engine()
         node.observe(request)
         handle = engine.submit(request)
-        app.send_task(TASK_INFERENCE_STARTED, args=[request.request_id, config.node_name], queue=CONTROL_QUEUE)
+        app.send_task(TASK_INFERENCE_STARTED, args=[request.request_id, config.node_name, request.attempt],
+                      queue=CONTROL_QUEUE)
         final = handle.wait()
     # the control plane records usage from this (idempotent on the request id)
     app.send_task(TASK_INFERENCE_FINISHED, args=[request.request_id, final], queue=CONTROL_QUEUE)

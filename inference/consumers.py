@@ -11,6 +11,7 @@ Server to client:
     {"type": "welcome", "tenant"}
     {"type": "start", "request_id", "model", "adapter", "tier", "cost", "resumed"}
     {"type": "delta", "request_id", "id": "<entry id>", "text"}   (the id is what resume takes)
+    {"type": "retry", "request_id", "id", "attempt", "node", "reason"}   its node was lost: the answer starts over
     {"type": "done", "request_id", "finish_reason", "usage", "timings", "gpu_ms", "cost", "error"}
     {"type": "error", "error": {"message", "type", "param", "code"}}   the socket stays open
     {"type": "pong"}
@@ -188,6 +189,8 @@ class PlaygroundConsumer(TenantConsumer):
                 if kind == "delta":
                     await self.send_json({"type": "delta", "request_id": request_id, "id": entry_id,
                                           "text": data.get("text", "")})
+                elif kind == "retry":  # its node was lost: the next attempt starts the answer over
+                    await self.send_json({"type": "retry", "request_id": request_id, "id": entry_id, **data})
                 elif kind == "final":
                     self.finished = True
                     await self.send_json({"type": "done", "request_id": request_id,

@@ -118,34 +118,36 @@ def _submit(principal, base_model, version, prompt, messages, sampling, api, req
         if no_capacity is not None:  # after the quota, as before: a throttled request is no scale-up signal
             raise no_capacity
         tier = version.adapter.tier if version is not None else Adapter.COLD
-        row = InferenceRequest.objects.create(
-            id=request_id or new_request_id(), tenant=tenant, api_key=principal.api_key, user=principal.user,
-            base_model=base_model, adapter_version=version, tier=tier, api=api, node=node,
-            max_tokens=sampling["max_tokens"],
-        )
-        payload = {"request_id": row.id, "prompt": prompt, "messages": list(messages), "sampling": sampling,
+        request_id = request_id or new_request_id()
+        payload = {"request_id": request_id, "prompt": prompt, "messages": list(messages), "sampling": sampling,
                    "adapter": adapter_ref(version) if version is not None else None, "tenant": tenant.slug,
                    "base_model": base_model.name}
-        queue = node_queue(node.name)
-
-        def send():
-            from vajra.celery import app
-            # ignore_result: the answer comes back on the request's Redis Stream; with a result the web would
-            # SUBSCRIBE to a result channel per task (never read) and the node would store every final event.
-            # argsrepr: Celery's events and logs show the request id, not the tenant's prompt (and skip a repr).
-            app.send_task(TASK_INFER, args=[payload], queue=queue, task_id=row.id, ignore_result=True,
-                          argsrepr=f"[<request {row.id}>]", kwargsrepr="{}")
-
-        transaction.on_commit(send)
+        row = InferenceRequest.objects.create(
+            id=request_id, tenant=tenant, api_key=principal.api_key, user=principal.user,
+            base_model=base_model, adapter_version=version, tier=tier, api=api, node=node,
+            max_tokens=sampling["max_tokens"], payload=payload,
+        )
+        transaction.on_commit(lambda: send_infer(payload, node_name=node.name, task_id=row.id))
     return row
 
 
-def inference_start(*, request_id, node_name):
-    """A node took the request: queued -> running (never back from a terminal state)."""
+def send_infer(payload, *, node_name, task_id):
+    """The runtime task of a request (sent after commit)."""
+    from vajra.celery import app
+    # ignore_result: the answer comes back on the request's Redis Stream; with a result the web would
+    # SUBSCRIBE to a result channel per task (never read) and the node would store every final event.
+    # argsrepr: Celery's events and logs show the request id, not the tenant's prompt (and skip a repr).
+    app.send_task(TASK_INFER, args=[payload], queue=node_queue(node_name), task_id=task_id, ignore_result=True,
+                  argsrepr=f"[<request {payload['request_id']}>]", kwargsrepr="{}")
+
+
+def inference_start(*, request_id, node_name, attempt=1):
+    """A node took the request: queued -> running (never back from a terminal state, and never for an attempt
+    that failover has superseded: that node was lost)."""
     from .models import Node
 
     node = Node.objects.filter(name=node_name).first()
-    InferenceRequest.objects.filter(pk=request_id, status=InferenceRequest.QUEUED).update(
+    InferenceRequest.objects.filter(pk=request_id, status=InferenceRequest.QUEUED, attempt=attempt).update(
         status=InferenceRequest.RUNNING, **({"node": node} if node else {}))
 
 
@@ -173,6 +175,7 @@ def inference_finish(*, request_id, final):
         guarantee = settings.VAJRA_TIER_READY_MS[row.tier]
         row.guarantee_broken = row.adapter_version_id is not None and (row.adapter_ready_ms or 0) > guarantee
         row.finished_at = timezone.now()
+        row.payload = None  # the prompt was kept for failover only
         row.save()
         record_inference(row)  # its ledger rows, in this transaction: billed once, with the finish
     return row

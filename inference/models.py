@@ -131,11 +131,16 @@ class InferenceRequest(models.Model):
     total_ms = models.FloatField(null=True)
     gpu_ms = models.FloatField(null=True)
     guarantee_broken = models.BooleanField(default=False)  # adapter-ready time over the tier's guarantee
+    # Failover (inference/failover.py): the attempt now current, and the task's payload, kept only until the
+    # request ends so that a lost node's request can be sent again (the prompt is not kept after that).
+    attempt = models.PositiveSmallIntegerField(default=1)
+    payload = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        indexes = [models.Index(fields=["tenant", "-created_at"]), models.Index(fields=["tenant", "tier"])]
+        indexes = [models.Index(fields=["tenant", "-created_at"]), models.Index(fields=["tenant", "tier"]),
+                   models.Index(fields=["node", "status"])]
 
     def __str__(self):
         return self.id

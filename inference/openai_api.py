@@ -288,11 +288,22 @@ def stream_response(request_id, envelope, include_usage, param):
     async def stream():
         if envelope.api == "chat":
             yield sse_data(envelope.chunk(role=True, include_usage=include_usage))
+        sent = False
         async for _, kind, data in relay.events(request_id):
             if kind == "keepalive":
                 yield b": keep-alive\n\n"
             elif kind == "delta" and data.get("text"):
+                sent = True
                 yield sse_data(envelope.chunk(data["text"], include_usage=include_usage))
+            elif kind == "retry" and sent:
+                # Its node was lost after part of the answer went out, and OpenAI chunks cannot take text back:
+                # end with an error and cancel the retry. Before any text, the retry simply answers.
+                yield sse_data(error_body(
+                    f"The node answering was lost after part of the answer was sent ({data.get('reason')}); "
+                    "send the request again.", status_code=502, code="node_lost"))
+                yield b"data: [DONE]\n\n"
+                await relay.cancel(request_id)
+                return
             elif kind == "final":
                 failed = final_error(data, param)
                 if failed:
@@ -314,6 +325,8 @@ async def collect(request_id):
         async for _, kind, event in relay.events(request_id):
             if kind == "delta":
                 parts.append(event["text"])
+            elif kind == "retry":  # its node was lost: the next attempt starts the answer over
+                parts.clear()
             elif kind == "final":
                 final = event
     finally:

@@ -1,5 +1,6 @@
 """Node bookkeeping from heartbeats."""
 
+import logging
 from datetime import timedelta
 
 from django.conf import settings
@@ -11,25 +12,35 @@ from gpu_runtime.contract import Heartbeat
 
 from .models import BaseModel, Node
 
+log = logging.getLogger(__name__)
+
 
 @transaction.atomic
 def node_heartbeat(*, payload):
-    """Upserts the node from its heartbeat; a node that was down comes back up."""
+    """Upserts the node from its heartbeat. A node that was down comes back up; one that comes back with a new
+    start time restarted and lost what it held: its unfinished requests from before go to other nodes, and it
+    gets its adapters again (inference/failover.py)."""
     beat = Heartbeat.from_json(payload)
     if beat.base_architecture:  # the catalog learns base models from the nodes that serve them
         BaseModel.objects.update_or_create(name=beat.base_model, defaults={
             "architecture": beat.base_architecture, "context_length": beat.context_length or 2048})
-    node, _ = Node.objects.update_or_create(
-        name=beat.node,
-        defaults={
-            "status": Node.UP,
-            "base_model": beat.base_model,
-            "device": beat.device,
-            "state": beat.to_json(),
-            "started_at": parse_datetime(beat.started_at),
-            "last_heartbeat_at": timezone.now(),
-        },
-    )
+    started_at = parse_datetime(beat.started_at)
+    fields = {"status": Node.UP, "base_model": beat.base_model, "device": beat.device, "state": beat.to_json(),
+              "started_at": started_at, "last_heartbeat_at": timezone.now()}
+    node = Node.objects.select_for_update().filter(name=beat.node).first()
+    if node is None:
+        return Node.objects.create(name=beat.node, **fields)
+    was_down = node.status == Node.DOWN
+    restarted = node.started_at is not None and started_at is not None and started_at > node.started_at
+    for name, value in fields.items():
+        setattr(node, name, value)
+    node.save()
+    if restarted or was_down:
+        from .failover import node_lost, node_rejoined
+
+        if restarted:  # requests sent to it before it restarted died with the old process
+            node_lost(node=node, reason="restarted", before=started_at)
+        node_rejoined(node=node)
     return node
 
 
@@ -40,10 +51,26 @@ def node_down_cutoff():
 
 
 def nodes_mark_down(*, limit=500):
-    """Marks nodes silent for the allowed number of heartbeats as down (bounded batch)."""
+    """Marks nodes silent for the allowed number of heartbeats as down (bounded batch); each one's unfinished
+    requests go to other nodes and its hot adapters are pinned elsewhere (inference/failover.py)."""
+    from .failover import node_lost
+
     stale = list(Node.objects.filter(status=Node.UP, last_heartbeat_at__lt=node_down_cutoff())
                  .values_list("pk", flat=True)[:limit])
-    return Node.objects.filter(pk__in=stale, status=Node.UP).update(status=Node.DOWN)
+    marked = 0
+    for pk in stale:
+        with transaction.atomic():
+            if not Node.objects.filter(pk=pk, status=Node.UP).update(status=Node.DOWN):
+                continue  # a heartbeat came in meanwhile, or another pass took it
+            marked += 1
+            node = Node.objects.get(pk=pk)
+            log.warning("node %s marked down: no heartbeat since %s", node.name, node.last_heartbeat_at)
+            node_lost(node=node, reason=f"no heartbeat for {settings.VAJRA_NODE_DOWN_AFTER_MISSED} beats")
+    # Requests still on a down node (more than one pass's batch, or a failed pass): the next pass takes them.
+    for node in Node.objects.filter(status=Node.DOWN, requests__status__in=("queued", "running")).distinct()[:limit]:
+        with transaction.atomic():
+            node_lost(node=node, reason="node down")
+    return marked
 
 
 def nodes_up():

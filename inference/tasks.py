@@ -30,10 +30,10 @@ def inference_finished(request_id, final):
 
 
 @shared_task(name="control.inference_started", ignore_result=True, soft_time_limit=10, time_limit=20)
-def inference_started(request_id, node_name):
+def inference_started(request_id, node_name, attempt=1):
     from .dispatch import inference_start
 
-    inference_start(request_id=request_id, node_name=node_name)
+    inference_start(request_id=request_id, node_name=node_name, attempt=attempt)
 
 
 # Training (gpu_runtime.contract, "Training"): the web sends validate; placement retries itself; nodes report.

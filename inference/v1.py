@@ -247,6 +247,8 @@ async def infer(request, raw_key, model_id):
     async for _, kind, event in relay.events(row_id):
         if kind == "delta":
             parts.append(event["text"])
+        elif kind == "retry":  # its node was lost: the next attempt starts the answer over
+            parts.clear()
         elif kind == "final":
             final = event
     status = 200

@@ -111,16 +111,30 @@ def control_worker(transactional_db, tmp_path):
     proc.stop()
 
 
+def start_runtime_node(name, store, log_dir, **env):
+    """A real runtime node process serving queue ``node.<name>`` (heartbeat every second, no metrics port)."""
+    proc = Proc([sys.executable, "-m", "celery", "-A", "gpu_runtime.worker", "worker", "--pool", "threads",
+                 "--concurrency", "2", "--loglevel", "INFO", "--hostname", f"{name}@%h"],
+                Path(log_dir) / f"runtime-{name}.log",
+                process_env(VAJRA_NODE_NAME=name, VAJRA_MODEL_STORE=str(store), VAJRA_HEARTBEAT_SECONDS="1",
+                            VAJRA_METRICS_PORT="0", **env))
+    proc.name = name
+    return proc
+
+
 @pytest.fixture
 def runtime_node(base_model_store, tmp_path):
     """A real runtime node with the real base model, on its own queue."""
-    name = f"test-{os.getpid()}"
-    proc = Proc([sys.executable, "-m", "celery", "-A", "gpu_runtime.worker", "worker", "--pool", "threads",
-                 "--concurrency", "2", "--loglevel", "INFO", "--hostname", f"{name}@%h"],
-                tmp_path / "runtime.log",
-                process_env(VAJRA_NODE_NAME=name, VAJRA_MODEL_STORE=str(base_model_store),
-                            VAJRA_HEARTBEAT_SECONDS="1"))
-    proc.name = name
+    proc = start_runtime_node(f"test-{os.getpid()}", base_model_store, tmp_path)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def beat(transactional_db, tmp_path):
+    """Celery beat: the control plane's periodic tasks (nodes marked down every second, ...)."""
+    proc = Proc([sys.executable, "-m", "celery", "-A", "vajra", "beat", "--loglevel", "INFO",
+                 "--schedule", str(tmp_path / "celerybeat-schedule")], tmp_path / "beat.log", process_env())
     yield proc
     proc.stop()
 

@@ -19,14 +19,14 @@ pytestmark = pytest.mark.slow
 
 
 class Up:
-    def __init__(self, var_dir, port, log_path):
+    def __init__(self, var_dir, port, log_path, args=()):
         env = {k: v for k, v in os.environ.items()
                if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"} and not k.startswith("PYTEST")}
         env.update(VAJRA_VAR_DIR=str(var_dir), VAJRA_MODEL_STORE=str(ROOT / "var" / "models"),
                    VAJRA_PORT=str(port), VAJRA_HEARTBEAT_SECONDS="1", PYTHONUNBUFFERED="1")
         self.log_path = log_path
         self.log = open(log_path, "wb")
-        self.popen = subprocess.Popen([sys.executable, "manage.py", "up"], cwd=ROOT, env=env, stdout=self.log,
+        self.popen = subprocess.Popen([sys.executable, "manage.py", "up", *args], cwd=ROOT, env=env, stdout=self.log,
                                       stderr=subprocess.STDOUT, start_new_session=True)
 
     def output(self):
@@ -55,9 +55,9 @@ def read_env(path):
     return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and line[0] != "#")
 
 
-def run_once(var_dir, tmp_path, n):
+def run_once(var_dir, tmp_path, n, nodes=("local",)):
     port = free_port()
-    up = Up(var_dir, port, tmp_path / f"up-{n}.log")
+    up = Up(var_dir, port, tmp_path / f"up-{n}.log", ["--nodes", ",".join(nodes)] if len(nodes) > 1 else [])
     try:
         wait_for(lambda: "VAJRA is up at" in up.output(), 240, "make up to print its banner", up)
         demo = read_env(var_dir / "demo.env")
@@ -71,14 +71,15 @@ def run_once(var_dir, tmp_path, n):
 
         def node_reported():
             body = httpx.get(f"{url}/readyz", timeout=10).json()
-            return body["status"] == "ready" and body["runtime"]["nodes_up"] == 1
-        wait_for(node_reported, 120, "the runtime node to report through control", up)
+            return body["status"] == "ready" and body["runtime"]["nodes_up"] == len(nodes) and body
+        ready = wait_for(node_reported, 180, "the runtime nodes to report through control", up)
+        assert sorted(n["name"] for n in ready["runtime"]["nodes"]) == sorted(nodes)
 
         login = httpx.Client(base_url=url, follow_redirects=True)
         page = login.get("/login/")
         assert page.status_code == 200
         pids = up.child_pids()
-        assert len(pids) == 5, up.output()[-2000:]  # redis, web, runtime, control, beat
+        assert len(pids) == 4 + len(nodes), up.output()[-2000:]  # redis, web, runtime per node, control, beat
     finally:
         up.ctrl_c()
     deadline = time.monotonic() + 30
@@ -88,12 +89,12 @@ def run_once(var_dir, tmp_path, n):
     return demo
 
 
-def test_make_up_embedded_default_twice(tmp_path):
+def test_make_up_embedded_default_twice_then_with_two_nodes(tmp_path):
     var_dir = tmp_path / "var"
     first = run_once(var_dir, tmp_path, 1)
     assert stat.S_IMODE((var_dir / "demo.env").stat().st_mode) == 0o600
     assert (var_dir / "db.sqlite3").is_file()  # the embedded default database
     assert not (var_dir / "run" / "redis.sock").exists()  # the private Redis went with Ctrl-C
-    second = run_once(var_dir, tmp_path, 2)
+    second = run_once(var_dir, tmp_path, 2, nodes=("node-a", "node-b"))  # README: two runtime nodes
     # idempotent demo tenant: same login and key across restarts
     assert (second["VAJRA_API_KEY"], second["VAJRA_PASSWORD"]) == (first["VAJRA_API_KEY"], first["VAJRA_PASSWORD"])

@@ -23,7 +23,8 @@ CELERY_TASK_DEFAULT_QUEUE = "control"
 CELERY_TASK_ROUTES = {"control.*": {"queue": "control"}}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "run" / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
-    "nodes-mark-down": {"task": "control.nodes_mark_down", "schedule": 5.0},
+    # Every second, so a node is down (and its requests retried elsewhere) right after its third missed beat.
+    "nodes-mark-down": {"task": "control.nodes_mark_down", "schedule": 1.0},
     # Daily at 06:00 UTC (six hours for late usage to reach the ledger): invoices for past months.
     "invoices-close-period": {"task": "control.invoices_close_period", "schedule": crontab(minute=0, hour=6)},
     # Open invoices not yet finalized on Stripe (a Stripe outage, a lost response): retried well inside

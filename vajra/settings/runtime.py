@@ -5,6 +5,10 @@ from .env import VAR_DIR, env_choice, env_float, env_int, env_str
 # Runtime nodes heartbeat this often; a node silent for NODE_DOWN_AFTER_MISSED beats is marked down.
 VAJRA_HEARTBEAT_SECONDS = env_int("VAJRA_HEARTBEAT_SECONDS", 5, minimum=1)
 VAJRA_NODE_DOWN_AFTER_MISSED = env_int("VAJRA_NODE_DOWN_AFTER_MISSED", 3, minimum=1)
+# A lost node's request is sent to another node until this many attempts (inference/failover.py).
+VAJRA_MAX_ATTEMPTS = env_int("VAJRA_MAX_ATTEMPTS", 3, minimum=1)
+# How long a request's Redis Stream (and its failover attempt key) lives; the same variable as the runtime's.
+VAJRA_STREAM_TTL_SECONDS = env_int("VAJRA_STREAM_TTL_SECONDS", 3600, minimum=60)
 VAJRA_MODEL_STORE = env_str("VAJRA_MODEL_STORE", str(VAR_DIR / "models"))
 VAJRA_DEFAULT_BASE_MODEL = env_str("VAJRA_BASE_MODEL", "smollm2-135m-instruct")
 

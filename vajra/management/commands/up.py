@@ -1,11 +1,13 @@
 """``make up``: prepare everything, then run the whole platform in the foreground until Ctrl-C.
 
 Steps: migrate, collect static files, import the base model (once), create the demo tenant, start a
-private Redis on a unix socket under var/ when REDIS_URL is unset, then web, one runtime node, the
-control worker and beat from platform/Procfile under honcho. Ctrl-C stops every child, Redis included.
+private Redis on a unix socket under var/ when REDIS_URL is unset, then web, one runtime node (or one per
+name in ``--nodes node-a,node-b``), the control worker and beat from platform/Procfile under honcho. Ctrl-C
+stops every child, Redis included.
 """
 
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -26,6 +28,7 @@ from tenants.management.commands.demo_tenant import read_env_file
 from vajra.embedded_redis import redis_server_argv
 
 PROCFILE = Path(settings.BASE_DIR) / "platform" / "Procfile"
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}")
 
 
 def port_free(host, port):
@@ -39,15 +42,17 @@ def port_free(host, port):
 
 
 class Command(BaseCommand):
-    help = "Prepare and start the whole platform (web, runtime node, control worker, beat)."
+    help = "Prepare and start the whole platform (web, runtime node(s), control worker, beat)."
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default=os.environ.get("VAJRA_HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("VAJRA_PORT", "8000")))
         parser.add_argument("--node", default=os.environ.get("VAJRA_NODE_NAME", "local"))
+        parser.add_argument("--nodes", default=os.environ.get("VAJRA_NODES", ""),
+                            help="comma-separated runtime node names, one process each (e.g. node-a,node-b)")
         parser.add_argument("--prepare-only", action="store_true", help="set up, start nothing")
 
-    def handle(self, *args, host, port, node, prepare_only, **options):
+    def handle(self, *args, host, port, node, nodes, prepare_only, **options):
         url = f"http://{host}:{port}"
         if not prepare_only and not port_free(host, port):
             raise CommandError(f"{host}:{port} is in use (another `make up`?). Stop it or set VAJRA_PORT.")
@@ -61,7 +66,11 @@ class Command(BaseCommand):
         self.step("demo tenant", lambda: call_command("demo_tenant", url=url, verbosity=0))
         if prepare_only:
             return
-        self.run_platform(url, host, port, node, var)
+        names = [n.strip() for n in nodes.split(",") if n.strip()] or [node]
+        bad = [n for n in names if not NODE_NAME.fullmatch(n)]
+        if bad or len(set(names)) != len(names):
+            raise CommandError(f"--nodes: give distinct names of letters, digits and dashes (got {nodes!r}).")
+        self.run_platform(url, host, port, names, var)
 
     def step(self, name, action):
         started = time.monotonic()
@@ -73,17 +82,23 @@ class Command(BaseCommand):
             raise CommandError(f"{name} failed (exit {exc.returncode})") from None
         self.stdout.write(f" {time.monotonic() - started:.1f} s")
 
-    def run_platform(self, url, host, port, node, var):
+    def run_platform(self, url, host, port, nodes, var):
         env = dict(os.environ, PYTHONUNBUFFERED="1", VAJRA_HOST=host, VAJRA_PORT=str(port),
-                   VAJRA_NODE_NAME=node, REDIS_URL=settings.REDIS_URL,
+                   VAJRA_NODE_NAME=nodes[0], REDIS_URL=settings.REDIS_URL,
                    PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
         manager = Manager()
         sock = socket_path(settings.REDIS_URL)
         if not os.environ.get("REDIS_URL") and sock:
             argv = [shlex.quote(arg) for arg in redis_server_argv(sock, var / "run")]
             manager.add_process("redis", " ".join(argv), env=env)
+        metrics_port = int(os.environ.get("VAJRA_METRICS_PORT", "9108"))
         for name, command in parse_procfile(PROCFILE.read_text()).processes.items():
-            manager.add_process(name, command, env=env, cwd=str(settings.BASE_DIR))
+            if name != "runtime" or len(nodes) == 1:
+                manager.add_process(name, command, env=env, cwd=str(settings.BASE_DIR))
+                continue
+            for i, node in enumerate(nodes):  # one runtime process per node, each on its own queue and port
+                manager.add_process(f"runtime-{node}", command, cwd=str(settings.BASE_DIR), env={
+                    **env, "VAJRA_NODE_NAME": node, "VAJRA_METRICS_PORT": str(metrics_port + i if metrics_port else 0)})
         threading.Thread(target=self.announce, args=(url, var), daemon=True).start()
         manager.loop()
         sys.exit(manager.returncode or 0)

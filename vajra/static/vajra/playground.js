@@ -155,6 +155,14 @@
       if (stick) transcript.scrollTop = transcript.scrollHeight;
     },
 
+    retry: function (message) {
+      // The node answering was lost; another node starts the answer over.
+      if (!turn || message.request_id !== turn.requestId) return;
+      turn.text = "";
+      turn.lastId = message.id;
+      turn.textNode.textContent = "";
+    },
+
     done: function (message) {
       if (!turn || message.request_id !== turn.requestId) return;
       turn.node.classList.remove("pg-msg--waiting");

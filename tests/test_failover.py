@@ -1,0 +1,190 @@
+"""Node loss in the control plane (inference/failover.py): a lost node's unfinished requests become the next
+attempt on another node (row, attempt key, the stream's retry entry, the task), or end with node_lost when no
+node is left; a request that had finished on the lost node is recorded from its stream, once; hot adapters are
+pinned again; a restarted node loses only the requests sent before it started, and gets its warm adapters back.
+The real-process version of this is tests/integration/test_node_loss.py."""
+
+import json
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from billing.models import UsageEvent
+from gpu_runtime.contract import attempt_key, stream_key
+from gpu_runtime.requests import InferenceRequest as RuntimeRequest
+from gpu_runtime.streams import StreamWriter
+from inference.models import Adapter, AdapterVersion, BaseModel, InferenceRequest, Node
+from inference.services import node_heartbeat, nodes_mark_down
+from tests.test_runtime_contract import beat
+from vajra.redis import get_redis
+
+pytestmark = pytest.mark.django_db(transaction=True)
+BASE = "smollm2-135m-instruct"
+FINAL = {"finish_reason": "stop", "usage": {"prompt_tokens": 3, "completion_tokens": 2, "cached_tokens": 0},
+         "timings": {"queued_ms": 1.0, "adapter_ready_ms": 0.5, "first_token_ms": 2.0, "total_ms": 3.0},
+         "gpu_ms": 2.0, "error": None}
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    from vajra.celery import app
+
+    calls = []
+    monkeypatch.setattr(app, "send_task", lambda name, args=None, **options: calls.append((name, args, options)))
+    return calls
+
+
+@pytest.fixture
+def base(db):
+    return BaseModel.objects.create(name=BASE, context_length=2048)
+
+
+def node(name, *, age_s=0, resident=(), started="2026-12-01T00:00:00+00:00"):
+    return Node.objects.create(
+        name=name, base_model=BASE, last_heartbeat_at=timezone.now() - timedelta(seconds=age_s),
+        started_at=started, state={"adapters": {"slots": 8, "device": 0, "pinned": 0},
+                                   "resident": {"device": list(resident), "host": []}})
+
+
+def request_on(tenant, base, where, *, status="running", attempt=1, request_id=None):
+    request_id = request_id or f"req_{where.name}_{InferenceRequest.objects.count()}"
+    payload = {"request_id": request_id, "prompt": "Hello", "messages": [], "sampling": {"max_tokens": 8},
+               "adapter": None, "tenant": tenant.slug, "base_model": BASE}
+    return InferenceRequest.objects.create(id=request_id, tenant=tenant, base_model=base, tier="cold", max_tokens=8,
+                                           node=where, status=status, attempt=attempt, payload=payload)
+
+
+def stream(request_id):
+    return [(f[b"type"].decode(), json.loads(f[b"data"])) for _, f in get_redis().xrange(stream_key(request_id))]
+
+
+@pytest.fixture(autouse=True)
+def clean_streams():
+    yield
+    redis = get_redis()
+    for key in redis.scan_iter("vajra:stream:req_*"):
+        redis.delete(key)
+    for key in redis.scan_iter("vajra:attempt:req_*"):
+        redis.delete(key)
+
+
+def test_a_lost_nodes_requests_are_sent_to_another_node_as_the_next_attempt(acme, base, sent, settings):
+    settings.VAJRA_HEARTBEAT_SECONDS, settings.VAJRA_NODE_DOWN_AFTER_MISSED = 1, 3
+    lost, other = node("node-a", age_s=10), node("node-b")
+    running = request_on(acme, base, lost)
+    queued = request_on(acme, base, lost, status="queued")
+    elsewhere = request_on(acme, base, other)
+    StreamWriter(get_redis()).delta(running.id, "Hel")  # part of the answer had gone out
+
+    assert nodes_mark_down() == 1
+
+    lost.refresh_from_db()
+    assert lost.status == Node.DOWN
+    for row in (running, queued):
+        row.refresh_from_db()
+        assert (row.node.name, row.attempt, row.status) == ("node-b", 2, InferenceRequest.QUEUED)
+        assert row.payload["prompt"] == "Hello"
+        assert get_redis().get(attempt_key(row.id)) == b"2"
+        kind, data = stream(row.id)[-1]
+        assert kind == "retry" and data["attempt"] == 2 and data["node"] == "node-b" and "node-a" in data["reason"]
+    infer = [(args[0], options) for name, args, options in sent if name == "runtime.infer"]
+    assert sorted(p["request_id"] for p, _ in infer) == sorted([running.id, queued.id])
+    for payload, options in infer:
+        assert payload["attempt"] == 2 and options["queue"] == "node.node-b"
+        assert options["task_id"] == f"{payload['request_id']}.2"
+    elsewhere.refresh_from_db()
+    assert (elsewhere.node.name, elsewhere.attempt) == ("node-b", 1)
+    assert nodes_mark_down() == 0 and len(sent) == 2  # nothing is sent twice
+
+
+def test_with_no_node_left_the_request_ends_with_node_lost_and_bills_nothing(acme, base, sent, settings):
+    settings.VAJRA_HEARTBEAT_SECONDS, settings.VAJRA_NODE_DOWN_AFTER_MISSED = 1, 3
+    lost = node("node-a", age_s=10)
+    row = request_on(acme, base, lost)
+    nodes_mark_down()
+    row.refresh_from_db()
+    assert (row.status, row.error_code, row.payload) == (InferenceRequest.FAILED, "node_lost", None)
+    kind, final = stream(row.id)[-1]
+    assert kind == "final" and final["error"]["code"] == "node_lost" and "send the request again" in \
+        final["error"]["message"]
+    assert not sent
+    assert sum(e.cost for e in UsageEvent.objects.filter(request_id=row.id)) == 0
+
+
+def test_past_the_attempt_limit_the_request_fails(acme, base, sent, settings):
+    settings.VAJRA_HEARTBEAT_SECONDS, settings.VAJRA_NODE_DOWN_AFTER_MISSED, settings.VAJRA_MAX_ATTEMPTS = 1, 3, 2
+    lost, _ = node("node-a", age_s=10), node("node-b")
+    row = request_on(acme, base, lost, attempt=2)
+    nodes_mark_down()
+    row.refresh_from_db()
+    assert (row.status, row.error_code) == (InferenceRequest.FAILED, "node_lost") and not sent
+
+
+def test_a_request_that_finished_on_the_lost_node_is_recorded_from_its_stream_once(acme, base, sent, settings):
+    settings.VAJRA_HEARTBEAT_SECONDS, settings.VAJRA_NODE_DOWN_AFTER_MISSED = 1, 3
+    lost, _ = node("node-a", age_s=10), node("node-b")
+    row = request_on(acme, base, lost)
+    StreamWriter(get_redis()).final(row.id, FINAL)  # the final event reached Redis; its report to control did not
+    nodes_mark_down()
+    row.refresh_from_db()
+    assert (row.status, row.completion_tokens, row.attempt) == (InferenceRequest.SUCCEEDED, 2, 1)
+    assert not sent
+    assert UsageEvent.objects.filter(request_id=row.id, kind="inference").count() == 1
+
+
+def test_a_restarted_node_loses_only_what_was_sent_before_it_started(acme, base, sent):
+    old_start, new_start = "2026-12-01T00:00:00+00:00", timezone.now().isoformat()
+    node_heartbeat(payload=beat(node="node-a", base_model=BASE, started_at=old_start))
+    node_heartbeat(payload=beat(node="node-b", base_model=BASE, started_at=old_start))
+    a = Node.objects.get(name="node-a")
+    before = request_on(acme, base, a)
+    InferenceRequest.objects.filter(pk=before.pk).update(created_at=timezone.now() - timedelta(minutes=1))
+    node_heartbeat(payload=beat(node="node-a", base_model=BASE, started_at=new_start))  # it restarted
+    after = request_on(acme, base, a, status="queued")  # sent to the new process: it runs there
+    node_heartbeat(payload=beat(node="node-a", base_model=BASE, started_at=new_start))  # same process: nothing
+    before.refresh_from_db()
+    after.refresh_from_db()
+    assert before.attempt == 2 and after.attempt == 1 and after.node.name == "node-a"
+    assert [name for name, *_ in sent].count("runtime.infer") == 1
+
+
+def test_hot_adapters_of_a_lost_node_are_pinned_again_and_a_rejoining_node_gets_its_warm_ones(
+        acme, base, sent, settings):
+    settings.VAJRA_HEARTBEAT_SECONDS, settings.VAJRA_NODE_DOWN_AFTER_MISSED = 1, 3
+    versions = {}
+    for name, tier in (("hot-bot", "hot"), ("warm-bot", "warm"), ("cold-bot", "cold")):
+        adapter = Adapter.objects.create(tenant=acme, base_model=base, name=name, tier=tier)
+        versions[name] = AdapterVersion.objects.create(
+            adapter=adapter, number=1, status="ready", sha256="0" * 64, size_bytes=1, rank=8, alpha=16,
+            target_modules=["q_proj"], dtype="F32", storage_key=f"k/{name}")
+        adapter.current_version = versions[name]
+        adapter.save()
+    hot_token = f"a{versions['hot-bot'].adapter_id}:1"
+    node("node-a", age_s=10, resident=[hot_token])
+    node("node-b")
+    nodes_mark_down()
+    tiers = [(args[0]["adapter_id"], args[1], options["queue"]) for name, args, options in sent
+             if name == "runtime.set_tier"]
+    assert tiers == [(f"a{versions['hot-bot'].adapter_id}", "hot", "node.node-b")]
+
+    sent.clear()
+    node_heartbeat(payload=beat(node="node-a", base_model=BASE, started_at=timezone.now().isoformat()))
+    tiers = [(args[0]["adapter_id"], args[1], options["queue"]) for name, args, options in sent
+             if name == "runtime.set_tier"]
+    assert (f"a{versions['warm-bot'].adapter_id}", "warm", "node.node-a") in tiers
+    assert all(t[0] != f"a{versions['cold-bot'].adapter_id}" for t in tiers)
+
+
+def test_the_runtime_runs_only_the_current_attempt():
+    redis = get_redis()
+    writer = StreamWriter(redis)
+    rid = "req_attempts"
+    assert writer.run_state(rid) == (None, None)  # never failed over: any attempt runs
+    redis.set(attempt_key(rid), 2, ex=60)
+    assert writer.run_state(rid) == (None, 2)
+    writer.final(rid, FINAL)
+    final, current = writer.run_state(rid)
+    assert final["finish_reason"] == "stop" and current == 2
+    assert RuntimeRequest.from_json({"request_id": rid, "prompt": "x", "attempt": 2}).attempt == 2
+    assert RuntimeRequest.from_json({"request_id": rid, "prompt": "x"}).attempt == 1
