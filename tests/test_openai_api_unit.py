@@ -165,9 +165,12 @@ def runtime(monkeypatch):
 
     class Fake:
         final = FINAL
+        before = []  # entries ahead of the answer (e.g. a failover's delta + retry)
         sent, cancelled = [], []
 
     async def events(request_id, last_id="0", **kwargs):
+        for entry in Fake.before:
+            yield entry
         for i, text in enumerate(["Hello", " there"]):
             yield f"{i}-0", "delta", {"text": text}
         yield "9-0", "final", Fake.final
@@ -261,6 +264,33 @@ def test_runtime_error_in_a_stream(alice_api, catalog, node, runtime):
     runtime.final = {**FINAL, "finish_reason": "error", "error": {"code": "engine_error", "message": "it broke"}}
     data = sse_data(post(alice_api, CHAT, chat(stream=True)))
     assert data[-1] == "[DONE]" and json.loads(data[-2])["error"]["code"] == "engine_error"
+
+
+RETRY = ("0-1", "retry", {"attempt": 2, "node": "node-b", "reason": "node node-a lost (no heartbeat for 3 beats)"})
+
+
+def test_a_failover_retry_starts_the_answer_over(alice_api, catalog, node, runtime):
+    runtime.before = [("0-0", "delta", {"text": "Hel"}), RETRY]  # the lost node's part, then the retry
+    assert post(alice_api, CHAT, chat()).json()["choices"][0]["message"]["content"] == "Hello there"
+    assert post(alice_api, COMPLETIONS, {"model": BASE, "prompt": "Once"}).json()["choices"][0]["text"] == \
+        "Hello there"
+
+
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume asynchronous iterators")
+def test_a_failover_retry_before_any_text_streams_the_answer(alice_api, catalog, node, runtime):
+    runtime.before = [RETRY]
+    chunks = [json.loads(d) for d in sse_data(post(alice_api, CHAT, chat(stream=True)))[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == "Hello there"
+    assert not runtime.cancelled
+
+
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume asynchronous iterators")
+def test_a_failover_retry_after_text_ends_the_stream_with_node_lost(alice_api, catalog, node, runtime):
+    runtime.before = [("0-0", "delta", {"text": "Hel"}), RETRY]
+    data = sse_data(post(alice_api, CHAT, chat(stream=True)))
+    error = json.loads(data[-2])["error"]
+    assert data[-1] == "[DONE]" and error["code"] == "node_lost" and "node-a" in error["message"]
+    assert runtime.cancelled == [InferenceRequest.objects.get().id]  # the retry is not left running
 
 
 def test_no_capacity_is_503_with_retry_after(alice_api, catalog):

@@ -153,6 +153,26 @@ def test_chat_relays_start_deltas_done(alice, acme, node, support_bot, runtime, 
     assert not redis_client.exists(cancel_key(row.id)), "a finished generation is not cancelled on disconnect"
 
 
+def test_a_failover_retry_reaches_the_page_and_the_answer_starts_over(alice, node, runtime):
+    retry = {"attempt": 2, "node": "node-b", "reason": "node node-a lost (restarted)"}
+
+    async def go():
+        ws, _ = await open_playground(session_headers(alice))
+        await ws.send_json_to(chat())
+        request_id = (await ws.receive_json_from(timeout=5))["request_id"]
+        runtime.delta(request_id, "Ro")
+        runtime.event(request_id, "retry", retry)  # what inference/failover.py appends
+        runtime.delta(request_id, "Rome.")
+        runtime.final(request_id, FINAL)
+        messages = [await ws.receive_json_from() for _ in range(4)]
+        await ws.disconnect()
+        return request_id, messages
+
+    request_id, (first, again, answer, done) = run(go)
+    assert (first["text"], answer["text"], done["type"]) == ("Ro", "Rome.", "done")
+    assert again == {"type": "retry", "request_id": request_id, "id": again["id"], **retry} and again["id"]
+
+
 def test_base_model_with_an_api_key(alice, acme, node, runtime):
     _, secret = create_key(alice, acme, scopes=["infer"])
 
