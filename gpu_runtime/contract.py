@@ -21,7 +21,9 @@ Token transport (Redis)
   node with ``attempt`` + 1 in its payload, sets ``vajra:attempt:<request_id>`` to that number first, and
   appends a ``retry`` entry {"attempt", "node", "reason"} to the request's stream: the next attempt's deltas
   start from the beginning of the answer. A node drops a task whose attempt is not the current one (a
-  redelivery of a superseded attempt); without the key every attempt is current.
+  redelivery of a superseded attempt), and its engine drops a running row whose attempt was superseded within
+  one step, writing nothing more. Entries of attempts after the first carry ``"attempt": n`` in their data;
+  readers skip entries of an attempt older than the last ``retry`` they saw.
 
 Training (gpu_runtime.training_spec.TrainingSpec is the job as JSON)
 - ``runtime.train`` on ``node.<name>`` runs one job to its end (acks_late: a job whose node dies is redelivered
@@ -52,6 +54,7 @@ STREAM_PREFIX = "vajra:stream:"
 CANCEL_PREFIX = "vajra:cancel:"
 ATTEMPT_PREFIX = "vajra:attempt:"
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
+SUPERSEDED = "superseded"  # never on a stream: what a node's engine says of an attempt failover replaced
 
 
 def stream_key(request_id):

@@ -34,6 +34,7 @@ from transformers import DynamicCache
 
 from .adapter_store import NoFreeSlot, adapter_key
 from .adapter_validation import AdapterRejected
+from .contract import SUPERSEDED
 from .detokenize import IncrementalText
 from .sampling import sample_token
 
@@ -444,16 +445,19 @@ class Engine:
         self.tokens_out += 1
         delta = row.text.add(token)
         if delta:
-            self.streams.delta(row.handle.request.request_id, delta)
+            self.streams.delta(row.handle.request.request_id, delta, row.handle.request.attempt)
         if row.text.stopped:
             self._finish(row, "stop")
         elif row.completion_tokens >= row.handle.request.sampling.max_tokens:
             self._finish(row, "length")
 
     def _check_cancelled(self):
-        cancelled = self.streams.cancelled([row.handle.request.request_id for row in self.rows])
+        cancelled, superseded = self.streams.stopped(
+            [(row.handle.request.request_id, row.handle.request.attempt) for row in self.rows])
         for row in self.rows:
-            if row.handle.request.request_id in cancelled:
+            if row.handle.request.request_id in superseded:  # failover sent it to another node: drop it unsaid
+                self._finish(row, SUPERSEDED)
+            elif row.handle.request.request_id in cancelled:
                 self._finish(row, "cancelled")
         self._retire()
 
@@ -484,10 +488,16 @@ class Engine:
 
     def _send_final(self, row):
         handle, now = row.handle, time.perf_counter()
+        if row.finish_reason == SUPERSEDED:  # the current attempt, on another node, owns the stream and the end
+            if row.key is not None:
+                self.store.release(row.key)
+            handle.result = {"finish_reason": SUPERSEDED, "attempt": handle.request.attempt}
+            handle.done.set()
+            return
         if row.finish_reason != "error":
             tail = row.text.finish()
             if tail:
-                self.streams.delta(handle.request.request_id, tail)
+                self.streams.delta(handle.request.request_id, tail, handle.request.attempt)
         if row.key is not None:
             self.store.release(row.key)
         self._deliver(handle, {
@@ -513,6 +523,8 @@ class Engine:
         })
 
     def _deliver(self, handle, final):
+        if handle.request.attempt > 1:
+            final["attempt"] = handle.request.attempt
         try:
             self.streams.final(handle.request.request_id, final)
         finally:

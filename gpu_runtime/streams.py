@@ -27,8 +27,9 @@ class StreamWriter:
         """Any other entry (a training job's ``progress``); readers skip types they do not know."""
         self._add(stream_id, event_type, data)
 
-    def delta(self, request_id, text):
-        self._add(request_id, "delta", {"text": text})
+    def delta(self, request_id, text, attempt=1):
+        # A failover attempt's entries say which attempt wrote them, so readers skip a superseded one's.
+        self._add(request_id, "delta", {"text": text, "attempt": attempt} if attempt > 1 else {"text": text})
 
     def final(self, request_id, payload):
         self._add(request_id, "final", payload)
@@ -40,16 +41,30 @@ class StreamWriter:
         pipe.xrevrange(stream_key(request_id), count=1)
         pipe.get(attempt_key(request_id))
         entries, attempt = pipe.execute()
-        final = None
+        final, current = None, int(attempt) if attempt is not None else None
         if entries and entries[0][1].get(b"type") == b"final":
             final = json.loads(entries[0][1][b"data"])
-        return final, int(attempt) if attempt is not None else None
+            if current is not None and final.get("attempt", 1) != current:
+                final = None  # a superseded attempt's end: the current attempt has still to run
+        return final, current
 
     def cancelled(self, request_ids):
         if not request_ids:
             return set()
         flags = self.redis.mget([cancel_key(r) for r in request_ids])
         return {r for r, flag in zip(request_ids, flags, strict=True) if flag is not None}
+
+    def stopped(self, requests):
+        """Of ``(request_id, attempt)`` pairs, those cancelled and those a failover superseded (another node now
+        runs the request's next attempt): two sets of request ids, from one round trip."""
+        if not requests:
+            return set(), set()
+        ids = [r for r, _ in requests]
+        flags = self.redis.mget([cancel_key(r) for r in ids] + [attempt_key(r) for r in ids])
+        cancelled = {r for r, flag in zip(ids, flags[:len(ids)], strict=True) if flag is not None}
+        superseded = {r for (r, attempt), current in zip(requests, flags[len(ids):], strict=True)
+                      if current is not None and int(current) != attempt}
+        return cancelled, superseded
 
 
 def read_events(client, request_id, last_id="0", block_ms=5000):

@@ -21,6 +21,7 @@ from . import logs
 from .config import RuntimeConfig
 from .contract import (
     CONTROL_QUEUE,
+    SUPERSEDED,
     TASK_INFER,
     TASK_INFERENCE_FINISHED,
     TASK_INFERENCE_STARTED,
@@ -258,6 +259,8 @@ def infer(payload):
         app.send_task(TASK_INFERENCE_STARTED, args=[request.request_id, config.node_name, request.attempt],
                       queue=CONTROL_QUEUE)
         final = handle.wait()
+        if final.get("finish_reason") == SUPERSEDED:  # another node runs the current attempt and reports it
+            return final
     # the control plane records usage from this (idempotent on the request id)
     app.send_task(TASK_INFERENCE_FINISHED, args=[request.request_id, final], queue=CONTROL_QUEUE)
     return final

@@ -160,6 +160,8 @@ def inference_finish(*, request_id, final):
         row = InferenceRequest.objects.select_for_update().filter(pk=request_id).first()
         if row is None or row.status in InferenceRequest.TERMINAL:
             return row
+        if final.get("attempt", 1) != row.attempt:  # a superseded attempt's (inference/failover.py)
+            return row
         row.status = status
         row.finish_reason = final.get("finish_reason") or ""
         row.prompt_tokens = usage.get("prompt_tokens", 0)

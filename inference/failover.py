@@ -50,15 +50,17 @@ def node_lost(*, node, reason, before=None):
             "hot_repinned": hot}
 
 
-def _final_on_stream(request_id):
+def _final_on_stream(request_id, attempt):
     entries = _redis().xrevrange(stream_key(request_id), count=1)
     if entries and entries[0][1].get(b"type") == b"final":
-        return json.loads(entries[0][1][b"data"])
+        final = json.loads(entries[0][1][b"data"])
+        return final if final.get("attempt", 1) == attempt else None
     return None
 
 
-def _node_lost_final(lost, reason):
-    return {"finish_reason": "error", "usage": {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0},
+def _node_lost_final(lost, reason, attempt):
+    return {"finish_reason": "error", "attempt": attempt,
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0},
             "timings": {}, "gpu_ms": 0.0, "error": {"code": "node_lost", "message": (
                 f"The node running this request ({lost}) was lost ({reason}) and no other node could take it; "
                 "send the request again.")}}
@@ -72,7 +74,7 @@ def request_reroute(*, request_id, lost, reason):
            .filter(pk=request_id).first())
     if row is None or row.status not in ACTIVE or row.node is None or row.node.name != lost:
         return "skipped"  # finished meanwhile, or already moved by another pass
-    final = _final_on_stream(row.id)
+    final = _final_on_stream(row.id, row.attempt)
     if final is not None:  # it ended on the node, whose report was lost with it
         inference_finish(request_id=row.id, final=final)
         return "finished"
@@ -85,7 +87,7 @@ def request_reroute(*, request_id, lost, reason):
         except NoCapacity:
             node = None
     if node is None:
-        final = _node_lost_final(lost, reason)
+        final = _node_lost_final(lost, reason, row.attempt)
         inference_finish(request_id=row.id, final=final)
         transaction.on_commit(lambda: _append(row.id, "final", final))
         log.warning("request %s: node %s lost (%s), no node to retry on", row.id, lost, reason)

@@ -33,7 +33,7 @@ async def events(request_id, last_id="0", *, max_wait_s=600):
     """Yields (entry id, type, data) until the final event; ("", "keepalive", None) while waiting."""
     client = _client()
     key = stream_key(request_id)
-    waited = 0
+    waited, attempt = 0, 1
     while True:
         result = await client.xread({key: last_id}, block=BLOCK_MS, count=256)
         if not result:
@@ -47,8 +47,12 @@ async def events(request_id, last_id="0", *, max_wait_s=600):
         waited = 0
         for entry_id, fields in result[0][1]:
             last_id = entry_id
-            kind = fields[b"type"].decode()
-            yield entry_id.decode(), kind, json.loads(fields[b"data"])
+            kind, data = fields[b"type"].decode(), json.loads(fields[b"data"])
+            if isinstance(data, dict) and kind != "retry" and data.get("attempt", 1) < attempt:
+                continue  # written by an attempt a failover superseded (its node was thought lost)
+            if kind == "retry":
+                attempt = data["attempt"]
+            yield entry_id.decode(), kind, data
             if kind == "final":
                 return
 

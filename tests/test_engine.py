@@ -2,6 +2,7 @@
 and leave at step boundaries, events land on real Redis Streams, GPU-ms adds up, cancel works."""
 
 import copy
+import json
 import os
 import uuid
 
@@ -11,7 +12,7 @@ import torch
 from peft import PeftModel
 
 from gpu_runtime.adapter_store import AdapterStore
-from gpu_runtime.contract import cancel_key
+from gpu_runtime.contract import attempt_key, cancel_key, stream_key
 from gpu_runtime.engine import Engine
 from gpu_runtime.lora import SlotPool
 from gpu_runtime.prefix_cache import PrefixCache
@@ -141,6 +142,27 @@ def test_cancel_removes_the_row_within_a_step(engine, redis_client):
     redis_client.set(cancel_key(handle.request.request_id), 1, ex=60)
     result = handle.wait(30)
     assert result["finish_reason"] == "cancelled" and result["usage"]["completion_tokens"] < 200
+
+
+def test_a_superseded_attempt_is_dropped_within_a_step_and_writes_nothing_more(engine, redis_client):
+    """Failover sent the request to another node (attempt 2) while this one still ran attempt 1: its row leaves
+    the batch without a final event, and later attempts' entries say which attempt wrote them."""
+    handle = engine.submit(request([1, 2, 3], max_tokens=200, temperature=1.0, seed=3))
+    rid = handle.request.request_id
+    while rid not in [r.handle.request.request_id for r in engine.rows]:
+        pass
+    redis_client.set(attempt_key(rid), 2, ex=60)
+    result = handle.wait(30)
+    assert result == {"finish_reason": "superseded", "attempt": 1}
+    entries = redis_client.xrange(stream_key(rid))
+    assert entries and {f[b"type"] for _, f in entries} == {b"delta"}  # no final: the current attempt ends it
+    written = len(entries)
+    again = engine.submit(InferenceRequest(request_id=rid, prompt=words([1, 2, 3]), attempt=2,
+                                           sampling=SamplingParams(max_tokens=4)))
+    final = again.wait(30)
+    assert final["attempt"] == 2 and final["finish_reason"] in ("stop", "length")
+    later = [json.loads(f[b"data"]) for _, f in redis_client.xrange(stream_key(rid))[written:]]
+    assert later and all(data["attempt"] == 2 for data in later)
 
 
 def test_bad_requests_get_typed_errors_and_the_engine_keeps_serving(engine, tmp_path):

@@ -176,6 +176,40 @@ def test_hot_adapters_of_a_lost_node_are_pinned_again_and_a_rejoining_node_gets_
     assert all(t[0] != f"a{versions['cold-bot'].adapter_id}" for t in tiers)
 
 
+def test_readers_skip_what_a_superseded_attempt_wrote_after_the_retry():
+    from asgiref.sync import async_to_sync
+
+    from inference import relay
+
+    writer, rid = StreamWriter(get_redis()), "req_relay_attempts"
+    writer.delta(rid, "Hel")
+    writer.event(rid, "retry", {"attempt": 2, "node": "node-b", "reason": "node node-a lost"})
+    writer.delta(rid, "lo", attempt=1)  # the old node, thought lost, was still running
+    writer.delta(rid, "Hello", attempt=2)
+    writer.final(rid, {**FINAL, "attempt": 1})
+    writer.final(rid, {**FINAL, "attempt": 2})
+
+    async def read():
+        return [(kind, data) async for _, kind, data in relay.events(rid)]
+
+    seen = async_to_sync(read)()
+    assert [k for k, _ in seen] == ["delta", "retry", "delta", "final"]
+    assert seen[2][1]["text"] == "Hello" and seen[3][1]["attempt"] == 2
+
+
+def test_a_superseded_attempts_final_is_not_recorded(acme, base, sent):
+    from inference.dispatch import inference_finish
+
+    row = request_on(acme, base, node("node-b"), attempt=2)
+    inference_finish(request_id=row.id, final=FINAL)  # attempt 1's, late
+    row.refresh_from_db()
+    assert row.status == InferenceRequest.RUNNING and not UsageEvent.objects.filter(request_id=row.id).exists()
+    inference_finish(request_id=row.id, final={**FINAL, "attempt": 2})
+    row.refresh_from_db()
+    assert row.status == InferenceRequest.SUCCEEDED
+    assert UsageEvent.objects.filter(request_id=row.id, kind="inference").count() == 1
+
+
 def test_the_runtime_runs_only_the_current_attempt():
     redis = get_redis()
     writer = StreamWriter(redis)
@@ -183,7 +217,9 @@ def test_the_runtime_runs_only_the_current_attempt():
     assert writer.run_state(rid) == (None, None)  # never failed over: any attempt runs
     redis.set(attempt_key(rid), 2, ex=60)
     assert writer.run_state(rid) == (None, 2)
-    writer.final(rid, FINAL)
+    writer.final(rid, FINAL)  # attempt 1's end, late: attempt 2 has still to run
+    assert writer.run_state(rid) == (None, 2)
+    writer.final(rid, {**FINAL, "attempt": 2})
     final, current = writer.run_state(rid)
     assert final["finish_reason"] == "stop" and current == 2
     assert RuntimeRequest.from_json({"request_id": rid, "prompt": "x", "attempt": 2}).attempt == 2

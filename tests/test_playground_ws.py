@@ -162,8 +162,8 @@ def test_a_failover_retry_reaches_the_page_and_the_answer_starts_over(alice, nod
         request_id = (await ws.receive_json_from(timeout=5))["request_id"]
         runtime.delta(request_id, "Ro")
         runtime.event(request_id, "retry", retry)  # what inference/failover.py appends
-        runtime.delta(request_id, "Rome.")
-        runtime.final(request_id, FINAL)
+        runtime.delta(request_id, "Rome.", attempt=2)
+        runtime.final(request_id, {**FINAL, "attempt": 2})
         messages = [await ws.receive_json_from() for _ in range(4)]
         await ws.disconnect()
         return request_id, messages
