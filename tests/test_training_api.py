@@ -23,7 +23,7 @@ from inference.models import (
 )
 from tenants.principal import Principal
 from tenants.roles import BILLING_VIEWER, OWNER
-from tests.conftest import assert_error, create_key, key_client, make_member, session_client
+from tests.conftest import assert_error, create_key, key_client, make_member, put_on_plan, session_client
 from tests.test_adapter_validation import MANIFEST, write_adapter
 from vajra.redis import get_redis
 
@@ -343,10 +343,12 @@ def test_adapter_for_another_base_is_400(post_train, dataset, acme, unchanged_db
     refused(unchanged_db, sent, lambda: post_train(dataset=dataset.id), 400, code="base_mismatch", param="adapter_id")
 
 
-def test_adapter_quota(post_train, dataset, acme, base, settings, unchanged_db, sent):
-    settings.VAJRA_MAX_ADAPTERS_PER_TENANT = 1
+def test_adapter_quota_is_the_plans(post_train, dataset, acme, base, unchanged_db, sent):
+    put_on_plan(acme, max_adapters=1)
     make_adapter(acme, base, name="the-one")
-    refused(unchanged_db, sent, lambda: post_train(dataset=dataset.id), 409, code="adapter_quota", param="adapter_id")
+    error = refused(unchanged_db, sent, lambda: post_train(dataset=dataset.id), 409, code="adapter_quota",
+                    param="adapter_id")
+    assert "The plan 'small' allows 1 adapters" in error["message"]
 
 
 @pytest.mark.parametrize("url, code", [
