@@ -68,7 +68,7 @@ class Platform:
         self.env = {**inherited, "PYTHONUNBUFFERED": "1", "VAJRA_VAR_DIR": str(self.tmp / "var"),
                     "REDIS_URL": self.redis_url, "DJANGO_SETTINGS_MODULE": "vajra.settings",
                     "DJANGO_DEBUG": "false", "DJANGO_SECRET_KEY": secrets.token_urlsafe(48), "DJANGO_HTTPS": "false",
-                    "VAJRA_MAX_CONCURRENT_REQUESTS": "256", "VAJRA_RATE_LIMIT_PER_KEY": "100000",
+                    "VAJRA_RATE_LIMIT_PER_KEY": "100000",
                     "VAJRA_RATE_LIMIT_PER_TENANT": "100000", "VAJRA_MODEL_STORE": str(common.MODEL_STORE),
                     "VAJRA_DTYPE": common.DTYPE, "VAJRA_DEVICE": common.DEVICE}
         (self.tmp / "var").mkdir(parents=True, exist_ok=True)
@@ -125,11 +125,13 @@ class Platform:
 
 
 CREATE_KEY = """
+from billing.models import PricePlan
 from tenants.models import APIKey, Membership, Tenant, User
 from tenants.roles import OWNER, SCOPES
 tenant = Tenant.objects.create(name="Bench", slug="bench")
 user = User.objects.create_user(email="bench@vajra.local", password="bench-password-never-used")
 Membership.objects.create(user=user, tenant=tenant, role=OWNER)
+PricePlan.objects.filter(name="standard").update(max_concurrent_requests=256)  # the quota is the plan's
 _, secret = APIKey.objects.create_key(name="bench", tenant=tenant, created_by=user, scopes=list(SCOPES))
 print("SECRET=" + secret)
 """

@@ -88,11 +88,12 @@ def _day(value):
     return f"{value.day} {value:%B %Y} (UTC)"
 
 
-def check_spend(tenant, *, adding=Decimal(0), what=None, now=None):
+def check_spend(tenant, *, adding=Decimal(0), what=None, now=None, account=None):
     """Admission: raises SpendCapReached (402) once this month's spend reached the cap, or when ``adding`` (an
-    estimate) would take it past the cap. Reads only; without a cap, one small lookup and no sum."""
+    estimate) would take it past the cap. Reads only; without a cap, one small lookup (none when the caller passes
+    the ``account`` it read) and no sum."""
     now = now or timezone.now()
-    account = account_for(tenant)
+    account = account or account_for(tenant)
     cap = cap_of(account, cached_plan(account.plan_name))
     if cap is None:
         return

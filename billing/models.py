@@ -8,6 +8,7 @@ billable event count once (request id; job id + step; credit id), refused twice 
 
 from decimal import Decimal
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
@@ -15,6 +16,26 @@ from django.db import models
 MONEY = {"max_digits": 24, "decimal_places": 10}
 CENTS = {"max_digits": 18, "decimal_places": 2}
 ZERO = Decimal("0")
+
+
+def default_max_adapters():
+    return settings.VAJRA_MAX_ADAPTERS_PER_TENANT
+
+
+def default_max_concurrent_requests():
+    return settings.VAJRA_MAX_CONCURRENT_REQUESTS
+
+
+def default_max_tokens():
+    return settings.VAJRA_MAX_TOKENS_CAP
+
+
+def default_dataset_max_bytes():
+    return settings.VAJRA_DATASET_MAX_BYTES
+
+
+def default_dataset_max_records():
+    return settings.VAJRA_DATASET_MAX_RECORDS
 
 
 class PricePlan(models.Model):
@@ -37,10 +58,16 @@ class PricePlan(models.Model):
                                                      validators=[MinValueValidator(ZERO)])
     billing_granularity_ms = models.PositiveIntegerField(default=10, validators=[MinValueValidator(1)])
     monthly_spend_cap = models.DecimalField(**CENTS, null=True, blank=True, validators=[MinValueValidator(ZERO)])
-    # limits that used to be settings-wide (per plan now): the inference issue's quotas
-    max_adapters = models.PositiveIntegerField(default=50)
-    max_concurrent_requests = models.PositiveIntegerField(default=16)
-    max_tokens = models.PositiveIntegerField(default=2048)
+    # Quotas (billing.plans.plan_limits reads them). The VAJRA_* settings are only the defaults of a new plan:
+    # a plan already in the database keeps its own numbers.
+    max_adapters = models.PositiveIntegerField(default=default_max_adapters, validators=[MinValueValidator(1)])
+    max_concurrent_requests = models.PositiveIntegerField(default=default_max_concurrent_requests,
+                                                          validators=[MinValueValidator(1)])
+    max_tokens = models.PositiveIntegerField(default=default_max_tokens, validators=[MinValueValidator(1)])
+    dataset_max_bytes = models.PositiveBigIntegerField(default=default_dataset_max_bytes,
+                                                       validators=[MinValueValidator(1)])
+    dataset_max_records = models.PositiveIntegerField(default=default_dataset_max_records,
+                                                      validators=[MinValueValidator(1)])
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -202,6 +202,27 @@ post_save.connect(_forget_display_plans, sender=PricePlan, dispatch_uid="billing
 post_delete.connect(_forget_display_plans, sender=PricePlan, dispatch_uid="billing.plans.forget_display_delete")
 
 
+@dataclass(frozen=True)
+class PlanLimits:
+    """A tenant's quotas, from its plan version in effect now. ``plan`` names it in refusals."""
+
+    plan: str
+    max_adapters: int
+    max_concurrent_requests: int
+    max_tokens: int
+    dataset_max_bytes: int
+    dataset_max_records: int
+
+
+def plan_limits(tenant, *, account=None):
+    """The tenant's quotas: its account's plan through the 30 s plan cache, so one small account read (none when
+    the caller passes the ``account`` it already read, as the submit path does)."""
+    plan = cached_plan((account or account_for(tenant)).plan_name)
+    return PlanLimits(plan=plan.name, max_adapters=plan.max_adapters,
+                      max_concurrent_requests=plan.max_concurrent_requests, max_tokens=plan.max_tokens,
+                      dataset_max_bytes=plan.dataset_max_bytes, dataset_max_records=plan.dataset_max_records)
+
+
 def query_price(tier, *, tenant=None):
     """A query's price by tier under the tenant's plan (the standard plan without a tenant): units and integer
     micro-dollars (half-even), the shape the inference API shows. GPU time is priced on the ledger at the end."""

@@ -170,11 +170,12 @@ def _utf8_bytes(text):
 
 
 def parse_dataset(data, *, max_records, max_bytes, max_tokens=None, count_tokens=None, keep_records=True,
-                  max_listed_errors=MAX_LISTED_ERRORS):
+                  max_listed_errors=MAX_LISTED_ERRORS, caps_of="your plan"):
     """Parses and validates a JSONL dataset. ``count_tokens(text) -> int`` is the base model's tokenizer;
     with it (and ``max_tokens``, the context length) a record that does not fit is an error. Without it
     tokens are counted as UTF-8 bytes, an upper bound for byte-level BPE, and nothing is refused for length.
-    ``keep_records=False`` only validates and counts (the web does not need the records in memory)."""
+    ``keep_records=False`` only validates and counts (the web does not need the records in memory).
+    ``caps_of`` names whose size and record caps they are, in the messages (the web names the plan)."""
     parsed = ParsedDataset(format=None, tokens_exact=count_tokens is not None)
 
     def refuse(line, code, message):
@@ -184,7 +185,7 @@ def parse_dataset(data, *, max_records, max_bytes, max_tokens=None, count_tokens
             parsed.errors_omitted += 1
 
     if len(data) > max_bytes:
-        refuse(None, "too_large", f"the file is {len(data)} bytes; your plan allows {max_bytes}")
+        refuse(None, "too_large", f"the file is {len(data)} bytes; {caps_of} allows {max_bytes}")
         return parsed
     count = count_tokens or _utf8_bytes
     format_line = None
@@ -198,7 +199,7 @@ def parse_dataset(data, *, max_records, max_bytes, max_tokens=None, count_tokens
         seen += 1
         if seen > max_records:
             extra = sum(1 for rest in lines[number:] if rest.strip())
-            refuse(number, "too_many_records", f"the file has {max_records + 1 + extra} records; your plan allows "
+            refuse(number, "too_many_records", f"the file has {max_records + 1 + extra} records; {caps_of} allows "
                                                f"{max_records} (this is the first line past the limit)")
             break
         try:

@@ -4,13 +4,13 @@ import logging
 import uuid
 from pathlib import Path
 
-from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import storages
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from billing.plans import plan_limits
 from gpu_runtime.adapter_validation import CONFIG_FILE, WEIGHTS_FILE, AdapterRejected, BaseFacts, validate_adapter
 from vajra.errors import Conflict, InvalidRequest
 
@@ -79,10 +79,10 @@ def _record_version(*, principal, base_model, name, description, facts, sha256, 
     tenant = principal.tenant
     adapter = (Adapter.objects.select_for_update().filter(tenant=tenant, name=name, deleted_at__isnull=True).first())
     if adapter is None:
-        cap = settings.VAJRA_MAX_ADAPTERS_PER_TENANT
-        if Adapter.objects.filter(tenant=tenant, deleted_at__isnull=True).count() >= cap:
-            raise Conflict(f"Your plan allows {cap} adapters; delete one or upgrade the plan.",
-                           code="adapter_quota", param="name")
+        limits = plan_limits(tenant)
+        if Adapter.objects.filter(tenant=tenant, deleted_at__isnull=True).count() >= limits.max_adapters:
+            raise Conflict(f"The plan '{limits.plan}' allows {limits.max_adapters} adapters and this tenant has "
+                           f"them all; delete one or upgrade the plan.", code="adapter_quota", param="name")
         adapter = Adapter.objects.create(tenant=tenant, base_model=base_model, name=name, description=description)
     elif adapter.base_model_id != base_model.pk:
         raise InvalidRequest(f"Adapter '{name}' is for base model '{adapter.base_model.name}', not "

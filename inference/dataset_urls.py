@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 from django.conf import settings
 from django.core.files.base import ContentFile
 
+from billing.plans import plan_limits
 from gpu_runtime import object_io
 from vajra.errors import InvalidRequest
 
@@ -56,11 +57,13 @@ def allowed_url(tenant, url):
 def read_url_dataset(*, tenant, url, base_model):
     """(url, bytes, parsed) of the checked file; every refusal is a 400 naming ``dataset``."""
     url = allowed_url(tenant, url)
+    limits = plan_limits(tenant)
     try:
-        data = object_io.read_bytes(url, max_bytes=settings.VAJRA_DATASET_MAX_BYTES)
+        data = object_io.read_bytes(url, max_bytes=limits.dataset_max_bytes)
     except Exception as exc:  # missing, over the cap, no access to the bucket: each one the tenant can fix
-        raise _refuse(f"Cannot read the dataset at {url}: {exc}.", code="dataset_unreadable") from None
-    parsed = validate_dataset(data, base_model=base_model)
+        cap = f", the most the plan '{limits.plan}' allows" if " is over " in str(exc) else ""
+        raise _refuse(f"Cannot read the dataset at {url}: {exc}{cap}.", code="dataset_unreadable") from None
+    parsed = validate_dataset(data, base_model=base_model, tenant=tenant)
     if parsed.errors:
         raise InvalidRequest(f"The dataset at {url} has {parsed.error_count} bad line(s): {parsed.summary()}",
                              param="dataset", code="invalid_dataset",

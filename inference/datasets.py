@@ -5,7 +5,6 @@ Validation is the runtime's own parser (gpu_runtime.datasets). Tokens are counte
 they are counted as UTF-8 bytes, an upper bound, and no record is refused for length: the node counts exactly.
 """
 
-import functools
 import hashlib
 import logging
 import os
@@ -18,32 +17,24 @@ from django.db import transaction
 from django.http import Http404
 from django.utils import timezone
 
+from billing.plans import plan_limits
 from gpu_runtime.datasets import LineError, ParsedDataset, parse_dataset
 from vajra.errors import Conflict, InvalidRequest
 
 from . import access
 from .adapters import adapter_storage
 from .models import Dataset, TrainingJob
+from .prompt_tokens import VARIANT, load_tokenizer
 
 log = logging.getLogger(__name__)
-
-TOKENIZER_VARIANT = "float32"  # gpu_runtime.model_store: every variant carries the same tokenizer
-
-
-@functools.lru_cache(maxsize=8)
-def _tokenizer(path, mtime):  # mtime in the key: a re-imported model's tokenizer is read again
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_file(path)
-
 
 def token_counter(base_model):
     """``count(text) -> int`` with the base model's tokenizer, or None when the web does not have it."""
     if base_model is None:
         return None
-    path = Path(settings.VAJRA_MODEL_STORE) / base_model.name / TOKENIZER_VARIANT / "tokenizer.json"
+    path = Path(settings.VAJRA_MODEL_STORE) / base_model.name / VARIANT / "tokenizer.json"
     try:
-        tokenizer = _tokenizer(str(path), path.stat().st_mtime_ns)
+        tokenizer = load_tokenizer(str(path), path.stat().st_mtime_ns)
     except FileNotFoundError:
         return None
     except Exception:  # a damaged file: count bytes rather than refuse every upload
@@ -76,10 +67,12 @@ def refusal(parsed):
                                                      "lines_omitted": parsed.errors_omitted})
 
 
-def validate_dataset(data, *, base_model):
+def validate_dataset(data, *, base_model, tenant):
+    """Every problem of the file, under the size and record caps of the tenant's plan."""
     count = token_counter(base_model)
-    return parse_dataset(data, max_records=settings.VAJRA_DATASET_MAX_RECORDS,
-                         max_bytes=settings.VAJRA_DATASET_MAX_BYTES, count_tokens=count, keep_records=False,
+    limits = plan_limits(tenant)
+    return parse_dataset(data, max_records=limits.dataset_max_records, max_bytes=limits.dataset_max_bytes,
+                         count_tokens=count, keep_records=False, caps_of=f"the plan '{limits.plan}'",
                          max_tokens=base_model.context_length if base_model is not None and count else None)
 
 
@@ -87,12 +80,13 @@ def dataset_upload(*, principal, file, name=None, base_model=None):
     """Validates the JSONL file (every bad line is reported), stores it, and records the dataset. Nothing is
     written unless every line passes; ``base_model`` (default: the platform's) sets the context length."""
     principal.require("datasets.write")
-    max_bytes = settings.VAJRA_DATASET_MAX_BYTES
+    limits = plan_limits(principal.tenant)
+    max_bytes = limits.dataset_max_bytes
     if file.size is not None and file.size > max_bytes:  # refused before it is read into memory
-        raise refusal(ParsedDataset(format=None, errors=[
-            LineError(None, "too_large", f"the file is {file.size} bytes; your plan allows {max_bytes}")]))
+        raise refusal(ParsedDataset(format=None, errors=[LineError(
+            None, "too_large", f"the file is {file.size} bytes; the plan '{limits.plan}' allows {max_bytes}")]))
     data = file.read()
-    parsed = validate_dataset(data, base_model=base_model or _default_base_model())
+    parsed = validate_dataset(data, base_model=base_model or _default_base_model(), tenant=principal.tenant)
     if parsed.errors:
         raise refusal(parsed)
     tenant = principal.tenant

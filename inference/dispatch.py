@@ -16,14 +16,17 @@ from rest_framework.exceptions import Throttled
 
 from billing.caps import check_spend
 from billing.ledger import record_inference
-from billing.plans import query_price
+from billing.plans import account_for, plan_limits, query_price
 from gpu_runtime.contract import TASK_INFER, node_queue
+from vajra.errors import InvalidRequest
 
 from .adapters import adapter_ref
 from .models import Adapter, InferenceRequest
 from .placement import NoCapacity, place, record_scale_up
+from .prompt_tokens import prompt_tokens
 
 ACTIVE = (InferenceRequest.QUEUED, InferenceRequest.RUNNING)
+DEFAULT_MAX_TOKENS = 256  # when a request names none (or the plan's cap, if lower): a bounded default, no surprise
 SUBMIT_THREADS = 8  # PostgreSQL: submits run side by side on this many threads (SQLite: one, see submit_pool)
 
 _pool = None
@@ -88,18 +91,55 @@ def cost_for(tier, tenant=None):
     return query_price(tier, tenant=tenant)
 
 
-def inference_submit(*, principal, base_model, version=None, prompt="", messages=(), sampling, api, request_id=None):
-    """Places the request, writes its row and sends the runtime task after commit. Returns the row."""
+def sampling_within_plan(sampling, limits, *, param="max_tokens"):
+    """``sampling`` with its max_tokens under the plan's cap (400 past it, naming ``param``, the field the caller
+    sent); a max_tokens of None gets the default."""
+    value = sampling.get("max_tokens")
+    if value is None:
+        return {**sampling, "max_tokens": min(DEFAULT_MAX_TOKENS, limits.max_tokens)}
+    if value > limits.max_tokens:
+        raise InvalidRequest(f"{param} is {value}, over the limit of {limits.max_tokens} on the plan "
+                             f"'{limits.plan}'; ask for at most {limits.max_tokens} tokens or upgrade the plan.",
+                             param=param, code="max_tokens_exceeded")
+    return sampling
+
+
+def check_context(base_model, *, prompt, messages, max_tokens):
+    """400 when the prompt and max_tokens together pass the base model's context, counted as the runtime counts
+    (gpu_runtime/engine.py refuses the same); a web that cannot count leaves it to the runtime."""
+    tokens = prompt_tokens(base_model, prompt=prompt, messages=messages)
+    context = base_model.context_length
+    if tokens is None or tokens + max_tokens <= context:
+        return
+    param = "messages" if messages else "prompt"
+    if tokens >= context:
+        fix = f"shorten the {param} to fewer than {context} tokens"
+    else:
+        fix = f"shorten the {param} or lower max_tokens to at most {context - tokens}"
+    verb = "are" if messages else "is"
+    raise InvalidRequest(f"The {param} {verb} {tokens} tokens and max_tokens is {max_tokens}: {tokens + max_tokens} "
+                         f"tokens, over the context of {context} tokens of '{base_model.name}'; {fix}.",
+                         param=param, code="context_length_exceeded")
+
+
+def inference_submit(*, principal, base_model, version=None, prompt="", messages=(), sampling, api, request_id=None,
+                     max_tokens_param="max_tokens"):
+    """Places the request, writes its row and sends the runtime task after commit. Returns the row. The quotas
+    come from the tenant's plan: the account read here serves the spend cap too (no query more per submit)."""
     principal.require("infer")
-    check_spend(principal.tenant)  # 402 once this month's spend reached the tenant's cap (billing/caps.py)
+    account = account_for(principal.tenant)
+    limits = plan_limits(principal.tenant, account=account)
+    sampling = sampling_within_plan(sampling, limits, param=max_tokens_param)
+    check_context(base_model, prompt=prompt, messages=messages, max_tokens=sampling["max_tokens"])
+    check_spend(principal.tenant, account=account)  # 402 once this month's spend reached the cap (billing/caps.py)
     try:
-        return _submit(principal, base_model, version, prompt, messages, sampling, api, request_id)
+        return _submit(principal, base_model, version, prompt, messages, sampling, api, request_id, limits)
     except NoCapacity as exc:
         record_scale_up(exc)
         raise
 
 
-def _submit(principal, base_model, version, prompt, messages, sampling, api, request_id):
+def _submit(principal, base_model, version, prompt, messages, sampling, api, request_id, limits):
     tenant = principal.tenant
     # Placement only reads (nodes, the tenant's recent requests): outside the write transaction, which then
     # holds its lock (SQLite: the whole database) for the quota check and the insert alone.
@@ -112,9 +152,10 @@ def _submit(principal, base_model, version, prompt, messages, sampling, api, req
             # Lock the tenant row so two concurrent submits cannot both slip under the concurrency quota.
             type(tenant).objects.select_for_update().filter(pk=tenant.pk).first()
         active = InferenceRequest.objects.filter(tenant=tenant, status__in=ACTIVE).count()
-        if active >= settings.VAJRA_MAX_CONCURRENT_REQUESTS:
-            raise Throttled(wait=1, detail=f"Your plan allows {settings.VAJRA_MAX_CONCURRENT_REQUESTS} concurrent "
-                                           "requests; wait for one to finish.")
+        if active >= limits.max_concurrent_requests:
+            raise Throttled(wait=1, detail=f"{active} requests are in progress, the limit of "
+                                           f"{limits.max_concurrent_requests} concurrent requests on the plan "
+                                           f"'{limits.plan}'; retry when one finishes or upgrade the plan.")
         if no_capacity is not None:  # after the quota, as before: a throttled request is no scale-up signal
             raise no_capacity
         tier = version.adapter.tier if version is not None else Adapter.COLD

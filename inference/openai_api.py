@@ -16,7 +16,6 @@ import json
 from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.http import Http404, JsonResponse
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
@@ -38,7 +37,6 @@ from .v1 import (
     read_json,
 )
 
-DEFAULT_MAX_TOKENS = 256  # OpenAI's default is "the rest of the context"; a bounded default bills no surprise
 RUNTIME_CLIENT_ERRORS = {"context_length_exceeded", "invalid_request"}
 
 # Parameter -> the values that mean "off": accepted (and ignored) because clients send them routinely.
@@ -133,10 +131,6 @@ class SamplingIn(StrictSerializer):
         return value
 
     def validate(self, data):
-        cap = settings.VAJRA_MAX_TOKENS_CAP
-        for name in ("max_tokens", "max_completion_tokens"):
-            if (data.get(name) or 0) > cap:
-                raise serializers.ValidationError({name: f"{name} is capped at {cap} on your plan."})
         if None not in (data.get("max_tokens"), data.get("max_completion_tokens")) and \
                 data["max_tokens"] != data["max_completion_tokens"]:
             raise serializers.ValidationError({"max_tokens": "Give max_completion_tokens or max_tokens, not two "
@@ -167,8 +161,8 @@ def validated(serializer_class, body, neutral):
 
 
 def sampling_of(data):
-    pick = data.get("max_completion_tokens") or data.get("max_tokens")
-    return {"max_tokens": pick or min(DEFAULT_MAX_TOKENS, settings.VAJRA_MAX_TOKENS_CAP),
+    # None: the default; OpenAI's is "the rest of the context", VAJRA's is bounded (dispatch.sampling_within_plan)
+    return {"max_tokens": data.get("max_completion_tokens") or data.get("max_tokens"),
             "temperature": 1.0 if data.get("temperature") is None else data["temperature"],
             "top_p": data.get("top_p") or 1.0, "top_k": data.get("top_k") or 0, "stop": data.get("stop") or [],
             "seed": data.get("seed")}
@@ -270,7 +264,9 @@ def _submit(principal, data, *, api, prompt="", messages=(), request_id=None):
         check_prompt_length(prompt, base_model)
     try:
         row = inference_submit(principal=principal, base_model=base_model, version=version, prompt=prompt,
-                               messages=messages, sampling=sampling_of(data), api=api, request_id=request_id)
+                               messages=messages, sampling=sampling_of(data), api=api, request_id=request_id,
+                               max_tokens_param="max_completion_tokens" if data.get("max_completion_tokens")
+                               else "max_tokens")
     except NoCapacity as exc:
         raise Unavailable(str(exc), exc.retry_after) from None
     label = f"{version.adapter.name}@v{version.number}" if version else None

@@ -23,6 +23,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing.caps import check_training_spend
+from billing.plans import plan_limits
 from gpu_runtime.adapter_validation import MAX_LORA_RANK
 from gpu_runtime.contract import CONTROL_QUEUE, TASK_TRAIN, ContractError, cancel_key, node_queue
 from gpu_runtime.training_spec import Hyperparameters, TrainingSpec, trainable_elements
@@ -180,9 +181,10 @@ def _create(principal, base_model, adapter_name, dataset_ref, hyperparameters, u
     estimate = training_estimate(base_model=base_model, hp=hp, records=records)
     check_training_spend(tenant, gradients=estimate.gradients)  # 402 when the estimate would pass the spend cap
     if adapter is None:
-        cap = settings.VAJRA_MAX_ADAPTERS_PER_TENANT
-        if Adapter.objects.filter(tenant=tenant, deleted_at__isnull=True).count() >= cap:
-            raise Conflict(f"Your plan allows {cap} adapters; train an existing one, delete one or upgrade the plan.",
+        limits = plan_limits(tenant)
+        if Adapter.objects.filter(tenant=tenant, deleted_at__isnull=True).count() >= limits.max_adapters:
+            raise Conflict(f"The plan '{limits.plan}' allows {limits.max_adapters} adapters and this tenant has "
+                           "them all; train an existing one, delete one or upgrade the plan.",
                            code="adapter_quota", param="adapter_id")
         adapter = Adapter.objects.create(tenant=tenant, base_model=base_model, name=adapter_name)
     if dataset is None:
@@ -230,12 +232,12 @@ def _dataset_problem(dataset, base_model):
     """Why the stored file cannot be trained on (it is checked again: storage may have lost or changed it)."""
     try:
         with adapter_storage().open(dataset.storage_key, "rb") as f:
-            data = f.read(settings.VAJRA_DATASET_MAX_BYTES + 1)
+            data = f.read(plan_limits(dataset.tenant_id).dataset_max_bytes + 1)
     except OSError:
         return f"the file of dataset {dataset.id} is missing from storage; upload it again."
     if dataset.sha256 and hashlib.sha256(data).hexdigest() != dataset.sha256:
         return f"the file of dataset {dataset.id} changed since it was uploaded; upload it again."
-    parsed = validate_dataset(data, base_model=base_model)
+    parsed = validate_dataset(data, base_model=base_model, tenant=dataset.tenant_id)
     if parsed.errors:
         return f"dataset {dataset.id} has {parsed.error_count} bad line(s): {parsed.summary()}"
     return None

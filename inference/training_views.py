@@ -17,6 +17,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 from rest_framework.exceptions import APIException
 
+from billing.plans import plan_limits
 from tenants.forms import add_service_error
 from tenants.views import tenant_member_required
 
@@ -51,7 +52,7 @@ def _training_page(request, *, form=None, job_form=None, report=None, estimate=N
         "form": form or DatasetUploadForm(), "report": report, "can_read_datasets": can_read_datasets,
         "can_write_datasets": principal.can("datasets.write"),
         "datasets": access.tenant_datasets(tenant=principal.tenant) if can_read_datasets else [],
-        "max_bytes": settings.VAJRA_DATASET_MAX_BYTES, "max_records": settings.VAJRA_DATASET_MAX_RECORDS,
+        "limits": plan_limits(principal.tenant),
         "can_read_training": can_read_training, "can_write_training": principal.can("training.write"),
         "job_form": job_form or _job_form(principal), "estimate": estimate,
         "jobs": access.tenant_training_jobs(tenant=principal.tenant)[:JOBS_ON_PAGE] if can_read_training else [],

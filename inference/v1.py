@@ -13,7 +13,6 @@ or a task sent.
 import json
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.http import Http404, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import serializers
@@ -51,7 +50,8 @@ class Unavailable(APIException):
 
 class ParametersIn(StrictSerializer):
     temperature = serializers.FloatField(min_value=0, max_value=2, default=0.7)
-    max_tokens = serializers.IntegerField(min_value=1, default=256)
+    # None: the default (256, or the plan's cap if lower); the plan's cap is checked at submit (dispatch.py)
+    max_tokens = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)
     top_p = serializers.FloatField(min_value=0, max_value=1, default=1.0)
     top_k = serializers.IntegerField(min_value=0, default=0)
     stop = serializers.ListField(child=serializers.CharField(max_length=64, trim_whitespace=False), max_length=4,
@@ -61,12 +61,6 @@ class ParametersIn(StrictSerializer):
     def validate_top_p(self, value):
         if value <= 0:
             raise serializers.ValidationError("top_p must be in (0, 1].")
-        return value
-
-    def validate_max_tokens(self, value):
-        cap = settings.VAJRA_MAX_TOKENS_CAP
-        if value > cap:
-            raise serializers.ValidationError(f"max_tokens is capped at {cap} on your plan.")
         return value
 
 
@@ -182,7 +176,8 @@ def _submit(principal, model_id, data):
     check_prompt_length(data["prompt"], base_model)
     try:
         return inference_submit(principal=principal, base_model=base_model, version=version, prompt=data["prompt"],
-                                sampling=sampling_from(data.get("parameters")), api="infer")
+                                sampling=sampling_from(data.get("parameters")), api="infer",
+                                max_tokens_param="parameters.max_tokens")
     except NoCapacity as exc:
         raise Unavailable(str(exc), exc.retry_after) from None
 

@@ -1,6 +1,5 @@
 """Dashboard pages for adapters, the playground, and (staff only) runtime nodes; training is in training_views.py."""
 
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -11,6 +10,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 from rest_framework.exceptions import APIException
 
+from billing.plans import plan_limits
 from tenants.forms import add_service_error
 from tenants.views import tenant_member_required
 from vajra.errors import error_body, error_response
@@ -179,7 +179,7 @@ def playground(request):
                 for a in access.tenant_adapters(tenant=tenant) if a.current_version_id and a.pk in ready]
     return render(request, "inference/playground.html", {
         "base_models": BaseModel.objects.order_by("name"), "base_tier": tier_info(Adapter.COLD), "adapters": adapters,
-        "can_infer": request.principal.can("infer"), "max_tokens_cap": settings.VAJRA_MAX_TOKENS_CAP})
+        "can_infer": request.principal.can("infer"), "max_tokens_cap": plan_limits(tenant).max_tokens})
 
 
 @login_required

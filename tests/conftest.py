@@ -13,6 +13,16 @@ PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture(autouse=True)
+def _fresh_plan_cache():
+    # billing.plans caches plans per process; a test's rollback or flush sends no signal to drop them
+    from billing.plans import _forget_display_plans
+
+    _forget_display_plans()
+    yield
+    _forget_display_plans()
+
+
+@pytest.fixture(autouse=True)
 def _clean_redis_limits():
     r = get_redis()
     for pattern in ("vajra:rl:*", "vajra:login:*"):
@@ -20,6 +30,17 @@ def _clean_redis_limits():
         if keys:
             r.delete(*keys)
     yield
+
+
+def put_on_plan(tenant, name="small", **quotas):
+    """Puts ``tenant`` on a plan ``name`` (v1, in effect since 2020) with these quotas; the rest default."""
+    from datetime import UTC, datetime
+
+    from billing.models import BillingAccount, PricePlan
+
+    plan = PricePlan.objects.create(name=name, version=1, effective_from=datetime(2020, 1, 1, tzinfo=UTC), **quotas)
+    BillingAccount.objects.update_or_create(tenant=tenant, defaults={"plan_name": name})
+    return plan
 
 
 def make_member(email, tenant, role):

@@ -18,7 +18,7 @@ from gpu_runtime.adapter_validation import CONFIG_FILE, WEIGHTS_FILE
 from inference import access, uploads
 from inference.models import Adapter, AdapterVersion, BaseModel, Node
 from tenants.roles import BILLING_VIEWER
-from tests.conftest import assert_error, create_key, key_client, make_member, session_client
+from tests.conftest import assert_error, create_key, key_client, make_member, put_on_plan, session_client
 from tests.test_adapter_validation import write_adapter
 from tests.test_uploads import in_folder, tar_bytes, zip_bytes
 
@@ -342,13 +342,20 @@ def test_delete_hides_the_adapter_and_keeps_its_versions(alice_api, uploaded, pe
 
 # Quotas, scopes, roles, tenants
 
-def test_adapter_quota(alice_api, uploaded, peft_v1, peft_v2, adapter_storage, settings, unchanged_db):
-    settings.VAJRA_MAX_ADAPTERS_PER_TENANT = 1
+def test_adapter_quota_is_the_plans(alice_api, acme, uploaded, peft_v1, peft_v2, adapter_storage, unchanged_db,
+                                    charlie, contoso):
+    put_on_plan(acme, max_adapters=1)
     before = stored_files(adapter_storage)
     with unchanged_db():
-        assert_error(upload(alice_api, zipped(peft_v1), name="another"), 409, code="adapter_quota", param="name")
+        error = assert_error(upload(alice_api, zipped(peft_v1), name="another"), 409, code="adapter_quota",
+                             param="name")
+    assert "The plan 'small' allows 1 adapters" in error["message"]
     assert stored_files(adapter_storage) == before
     assert upload(alice_api, list(peft_v2.items())).status_code == 201  # a new version is not a new adapter
+    # charlie's tenant, on the standard plan, is not held to acme's
+    charlie_api = key_client(create_key(charlie, contoso)[1])
+    assert upload(charlie_api, zipped(peft_v1), name="one").status_code == 201
+    assert upload(charlie_api, zipped(peft_v1), name="two").status_code == 201
 
 
 def test_key_without_adapters_scope_is_refused(alice, acme, tiny_llama, peft_v1, unchanged_db):

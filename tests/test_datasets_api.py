@@ -15,7 +15,7 @@ from inference.datasets import dataset_upload, dataset_uri
 from inference.models import Adapter, BaseModel, Dataset, TrainingJob
 from tenants.principal import Principal
 from tenants.roles import BILLING_VIEWER, OWNER
-from tests.conftest import assert_error, create_key, key_client, make_member, session_client
+from tests.conftest import assert_error, create_key, key_client, make_member, put_on_plan, session_client
 
 pytestmark = pytest.mark.usefixtures("fast_password_hashing", "storage", "model_store")
 
@@ -199,20 +199,26 @@ def test_many_bad_lines_are_capped_with_a_count(alice_api, unchanged_db):
 
 # Caps
 
-def test_over_the_byte_cap(alice_api, settings, unchanged_db, storage):
-    settings.VAJRA_DATASET_MAX_BYTES = len(GOOD_CHAT) - 1
+def test_over_the_plans_byte_cap(alice_api, acme, unchanged_db, storage):
+    put_on_plan(acme, dataset_max_bytes=len(GOOD_CHAT) - 1)
     with unchanged_db():
         error = assert_refused(upload(alice_api, GOOD_CHAT), [(None, "too_large")])
-    assert f"the file is {len(GOOD_CHAT)} bytes; your plan allows {len(GOOD_CHAT) - 1}" in error["message"]
+    assert f"the file is {len(GOOD_CHAT)} bytes; the plan 'small' allows {len(GOOD_CHAT) - 1}" in error["message"]
     assert stored_files(storage) == []
 
 
-def test_over_the_record_cap(alice_api, settings, unchanged_db, storage):
-    settings.VAJRA_DATASET_MAX_RECORDS = 1
+def test_over_the_plans_record_cap(alice_api, acme, unchanged_db, storage):
+    put_on_plan(acme, dataset_max_records=1)
     with unchanged_db():
         error = assert_refused(upload(alice_api, GOOD_CHAT), [(2, "too_many_records")])
-    assert "the file has 2 records; your plan allows 1" in error["message"]
+    assert "the file has 2 records; the plan 'small' allows 1" in error["message"]
     assert stored_files(storage) == []
+
+
+def test_another_tenants_plan_caps_do_not_apply(alice_api, acme, charlie, contoso, storage):
+    put_on_plan(acme, dataset_max_bytes=10, dataset_max_records=1)
+    charlie_api = key_client(create_key(charlie, contoso)[1])
+    assert upload(charlie_api, GOOD_CHAT).status_code == 201
 
 
 # Requests that are wrong in other ways

@@ -17,7 +17,7 @@ from inference import dispatch, relay
 from inference.models import BaseModel, InferenceRequest, Node
 from inference.placement import place
 from tenants.keys import principal_from_key
-from tests.conftest import create_key, db_snapshot
+from tests.conftest import create_key, db_snapshot, put_on_plan
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_password_hashing")]
 BASE = "smollm2-135m-instruct"
@@ -125,8 +125,8 @@ def test_no_capacity_on_the_submit_thread_is_a_503_with_a_scale_up_signal_and_no
     assert ScaleUpSignal.objects.get().base_model == BASE
 
 
-def test_concurrent_submits_all_land_and_the_quota_holds(node, base, secret, sent, settings):
-    settings.VAJRA_MAX_CONCURRENT_REQUESTS = 5
+def test_concurrent_submits_all_land_and_the_quota_holds(node, base, secret, sent, acme):
+    put_on_plan(acme, max_concurrent_requests=5)
     principal = principal_from_key(secret)
     sampling = {"temperature": 0.0, "max_tokens": 4, "top_p": 1.0, "top_k": 0, "stop": [], "seed": None}
 

@@ -23,7 +23,7 @@ from inference.models import (
 )
 from tenants.principal import Principal
 from tenants.roles import BILLING_VIEWER, OWNER
-from tests.conftest import assert_error, create_key, key_client, make_member, session_client
+from tests.conftest import assert_error, create_key, key_client, make_member, put_on_plan, session_client
 from tests.test_adapter_validation import MANIFEST, write_adapter
 from vajra.redis import get_redis
 
@@ -250,6 +250,22 @@ def test_a_url_dataset_where_the_tenant_has_a_store(post_train, acme, base, tmp_
     assert dataset.sha256 == hashlib.sha256(jsonl(6)).hexdigest()
 
 
+@pytest.mark.parametrize("quota, code", [("dataset_max_records", "invalid_dataset"),
+                                         ("dataset_max_bytes", "dataset_unreadable")])
+def test_a_url_dataset_over_the_plans_caps_is_400(post_train, acme, base, tmp_path, settings, unchanged_db, sent,
+                                                  quota, code):
+    store = tmp_path / "store" / "acme"
+    store.mkdir(parents=True)
+    (store / "support.jsonl").write_bytes(jsonl(6))
+    settings.VAJRA_TENANT_DATASET_URL_PREFIXES = {"acme": [f"file://{store}/"]}
+    put_on_plan(acme, **{quota: 5 if quota == "dataset_max_records" else len(jsonl(6)) - 1})
+    error = refused(unchanged_db, sent, lambda: post_train(dataset=f"file://{store}/support.jsonl"), 400,
+                    code=code, param="dataset", extra=("lines", "lines_omitted") if code == "invalid_dataset" else ())
+    expected = "the plan 'small' allows 5" if code == "invalid_dataset" else \
+        f"is over {len(jsonl(6)) - 1} bytes, the most the plan 'small' allows"
+    assert expected in error["message"], error
+
+
 # ---- bad input: 400 / 404 / 409, nothing written, no task sent ------------------------------------------------
 
 @pytest.mark.parametrize("hp, param", [
@@ -343,10 +359,12 @@ def test_adapter_for_another_base_is_400(post_train, dataset, acme, unchanged_db
     refused(unchanged_db, sent, lambda: post_train(dataset=dataset.id), 400, code="base_mismatch", param="adapter_id")
 
 
-def test_adapter_quota(post_train, dataset, acme, base, settings, unchanged_db, sent):
-    settings.VAJRA_MAX_ADAPTERS_PER_TENANT = 1
+def test_adapter_quota_is_the_plans(post_train, dataset, acme, base, unchanged_db, sent):
+    put_on_plan(acme, max_adapters=1)
     make_adapter(acme, base, name="the-one")
-    refused(unchanged_db, sent, lambda: post_train(dataset=dataset.id), 409, code="adapter_quota", param="adapter_id")
+    error = refused(unchanged_db, sent, lambda: post_train(dataset=dataset.id), 409, code="adapter_quota",
+                    param="adapter_id")
+    assert "The plan 'small' allows 1 adapters" in error["message"]
 
 
 @pytest.mark.parametrize("url, code", [

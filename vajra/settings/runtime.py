@@ -24,11 +24,12 @@ VAJRA_PLACEMENT_WEIGHTS = (
 VAJRA_HOT_SLOT_SHARE = env_float("VAJRA_HOT_SLOT_SHARE", 0.5, minimum=0, maximum=1)
 VAJRA_CONTEXT_LENGTH_DEFAULT = env_int("VAJRA_CONTEXT_LENGTH_DEFAULT", 8192, minimum=16)
 
-# Per-plan quotas (the billing issue attaches plans to tenants; until then every tenant has these).
+# Quotas are per plan (billing.PricePlan, read by billing.plans.plan_limits): these are only the numbers a
+# new plan starts with. The standard plan made by migration billing 0002 has 50 / 16 / 2048 / 50 MiB / 50,000.
 VAJRA_MAX_ADAPTERS_PER_TENANT = env_int("VAJRA_MAX_ADAPTERS_PER_TENANT", 50, minimum=1)
 VAJRA_MAX_CONCURRENT_REQUESTS = env_int("VAJRA_MAX_CONCURRENT_REQUESTS", 16, minimum=1)
 VAJRA_MAX_TOKENS_CAP = env_int("VAJRA_MAX_TOKENS_CAP", 2048, minimum=1)
-# Training datasets (JSONL): the largest file and the most records one upload may have.
+# Training datasets (JSONL): the largest file and the most records one upload may have (a new plan's default).
 VAJRA_DATASET_MAX_BYTES = env_int("VAJRA_DATASET_MAX_BYTES", 50 << 20, minimum=1)
 VAJRA_DATASET_MAX_RECORDS = env_int("VAJRA_DATASET_MAX_RECORDS", 50_000, minimum=1)
 

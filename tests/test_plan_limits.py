@@ -1,0 +1,248 @@
+"""Quotas come from the tenant's plan (billing.plans.plan_limits), and every bad sampling parameter or prompt that
+cannot fit the context is refused on the web: a 400 (429 for concurrency) naming the field and the limit, with
+the database unchanged and no task sent (the Celery app's send_task spied on, after real commits). Prompts are
+counted with the real SmolLM2 tokenizer and chat template from the model store, as the runtime counts them."""
+
+import json
+import subprocess
+import sys
+import threading
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from inference import relay
+from inference.models import BaseModel, InferenceRequest, Node
+from inference.prompt_tokens import prompt_tokens
+from tests.conftest import assert_error, create_key, put_on_plan
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_password_hashing")]
+BASE = "smollm2-135m-instruct"
+INFER, CHAT, COMPLETIONS = f"/v1/models/{BASE}/infer", "/v1/chat/completions", "/v1/completions"
+FINAL = {"finish_reason": "stop", "usage": {"prompt_tokens": 3, "completion_tokens": 1, "cached_tokens": 0},
+         "timings": {"queued_ms": 1.0, "adapter_ready_ms": 0.0, "first_token_ms": 2.0, "total_ms": 3.0},
+         "gpu_ms": 2.0, "error": None}
+
+
+@pytest.fixture
+def base(db):
+    return BaseModel.objects.create(name=BASE, context_length=2048)
+
+
+@pytest.fixture
+def node(base):
+    return Node.objects.create(name="n1", base_model=BASE, state={"adapters": {"slots": 4, "device": 0}},
+                               last_heartbeat_at=timezone.now())
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """The tasks the web sends (the broker's side of a submit); the token stream faked."""
+    from vajra.celery import app
+
+    calls = []
+
+    def send_task(name, args=None, **options):
+        calls.append((name, args, options, threading.current_thread().name))
+
+    async def events(request_id, last_id="0", **kwargs):
+        yield "1-0", "delta", {"text": "Hi"}
+        yield "2-0", "final", FINAL
+
+    monkeypatch.setattr(app, "send_task", send_task)
+    monkeypatch.setattr(relay, "events", events)
+    return calls
+
+
+@pytest.fixture
+def alice_api(alice, acme):
+    return Client(headers={"Authorization": f"Bearer {create_key(alice, acme)[1]}"})
+
+
+@pytest.fixture
+def charlie_api(charlie, contoso):
+    return Client(headers={"Authorization": f"Bearer {create_key(charlie, contoso)[1]}"})
+
+
+def post(client, path, body):
+    return client.post(path, json.dumps(body), content_type="application/json")
+
+
+def body_for(path, prompt="Hi", **sampling):
+    """A request to ``path`` with these sampling parameters, in that endpoint's shape."""
+    if path == INFER:
+        return {"prompt": prompt, "parameters": sampling}
+    if path == CHAT:
+        return {"model": BASE, "messages": [{"role": "user", "content": prompt}], **sampling}
+    return {"model": BASE, "prompt": prompt, **sampling}
+
+
+def refused(client, path, body, status, unchanged_db, sent, *, code=None, param=None):
+    with unchanged_db():
+        error = assert_error(post(client, path, body), status, code=code, param=param)
+    assert sent == [], "a refused request sends no task"
+    return error
+
+
+ENDPOINTS = [INFER, CHAT, COMPLETIONS]
+
+
+# ---- quotas from the plan -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ENDPOINTS)
+def test_max_tokens_over_the_plans_cap_is_400_and_other_plans_are_not_affected(
+        path, acme, alice_api, charlie_api, node, sent, unchanged_db):
+    put_on_plan(acme, max_tokens=8)
+    param = "parameters.max_tokens" if path == INFER else "max_tokens"
+    error = refused(alice_api, path, body_for(path, max_tokens=9), 400, unchanged_db, sent,
+                    code="max_tokens_exceeded", param=param)
+    assert f"{param} is 9, over the limit of 8 on the plan 'small'" in error["message"]
+    assert post(alice_api, path, body_for(path, max_tokens=8)).status_code == 200
+    assert post(charlie_api, path, body_for(path, max_tokens=9)).status_code == 200, "contoso is on the standard plan"
+    assert [args[0]["sampling"]["max_tokens"] for _, args, _, _ in sent] == [8, 9]
+    assert InferenceRequest.objects.filter(tenant=acme).get().max_tokens == 8
+
+
+def test_max_completion_tokens_over_the_plans_cap_names_that_field(acme, alice_api, node, sent, unchanged_db):
+    put_on_plan(acme, max_tokens=8)
+    error = refused(alice_api, CHAT, body_for(CHAT, max_completion_tokens=9), 400, unchanged_db, sent,
+                    code="max_tokens_exceeded", param="max_completion_tokens")
+    assert "max_completion_tokens is 9" in error["message"] and "'small'" in error["message"]
+
+
+@pytest.mark.parametrize("path", ENDPOINTS)
+def test_without_max_tokens_the_default_stays_under_a_small_plans_cap(path, acme, alice_api, node, sent):
+    put_on_plan(acme, max_tokens=8)
+    assert post(alice_api, path, body_for(path)).status_code == 200
+    [(_, args, _, _)] = sent
+    assert args[0]["sampling"]["max_tokens"] == 8
+
+
+@pytest.mark.parametrize("path", ENDPOINTS)
+def test_concurrency_over_the_plans_limit_is_429_with_retry_after(path, acme, contoso, alice, alice_api, charlie_api,
+                                                                  base, node, sent, unchanged_db):
+    put_on_plan(acme, max_concurrent_requests=2)
+    for i in range(2):
+        InferenceRequest.objects.create(id=f"req_busy{i}", tenant=acme, base_model=base, api="infer", node=node,
+                                        max_tokens=4)
+    with unchanged_db():
+        response = post(alice_api, path, body_for(path, max_tokens=4))
+        error = assert_error(response, 429)
+    assert sent == []
+    assert response.headers["Retry-After"] == "1"
+    assert "limit of 2 concurrent requests on the plan 'small'" in error["message"], error
+    InferenceRequest.objects.create(id="req_busy_c", tenant=contoso, base_model=base, api="infer", node=node,
+                                    max_tokens=4)
+    assert post(charlie_api, path, body_for(path, max_tokens=4)).status_code == 200, "contoso's plan allows 16"
+    InferenceRequest.objects.filter(pk="req_busy0").update(status=InferenceRequest.SUCCEEDED)
+    assert post(alice_api, path, body_for(path, max_tokens=4)).status_code == 200, "one finished: room for one"
+
+
+def test_the_submit_reads_the_plan_without_a_query_more_than_the_spend_check(acme, alice, base, node, sent,
+                                                                             django_assert_num_queries):
+    from inference.dispatch import inference_submit
+    from tenants.keys import principal_from_key
+
+    put_on_plan(acme, max_tokens=8)
+    principal = principal_from_key(create_key(alice, acme)[1])
+    sampling = {"temperature": 0.0, "max_tokens": 4, "top_p": 1.0, "top_k": 0, "stop": [], "seed": None}
+    inference_submit(principal=principal, base_model=base, prompt="warm", sampling=sampling, api="infer")  # caches
+    # one account read (plan limits and spend cap share it; the plan is cached), the up nodes, then BEGIN, lock the
+    # tenant, count its active requests, insert, COMMIT: as many as before plans set the quotas
+    with django_assert_num_queries(7):
+        inference_submit(principal=principal, base_model=base, prompt="Hi", sampling=sampling, api="infer")
+
+
+# ---- bad sampling parameters (issue 5) ------------------------------------------------------------------------
+
+BAD_SAMPLING = [
+    ({"temperature": -0.1}, "temperature", "0"),
+    ({"temperature": 2.1}, "temperature", "2"),
+    ({"top_p": 0}, "top_p", "(0, 1]"),
+    ({"top_p": 1.1}, "top_p", "1"),
+    ({"max_tokens": 0}, "max_tokens", "1"),
+    ({"max_tokens": 2049}, "max_tokens", "2048"),  # the standard plan's cap
+]
+
+
+@pytest.mark.parametrize("path", ENDPOINTS)
+@pytest.mark.parametrize("change, field, limit", BAD_SAMPLING, ids=[f"{f}={v[f]}" for v, f, _ in BAD_SAMPLING])
+def test_bad_sampling_is_400_naming_the_field_and_limit(path, change, field, limit, alice_api, node, sent,
+                                                        unchanged_db):
+    param = f"parameters.{field}" if path == INFER else field  # /infer nests them under "parameters"
+    error = refused(alice_api, path, body_for(path, **change), 400, unchanged_db, sent, param=param)
+    assert error["message"].startswith((param, field)) and limit in error["message"], error
+
+
+# ---- prompts past the context, counted in tokens (issue 5) ----------------------------------------------------
+
+def test_the_web_counts_prompts_and_chats_as_the_runtime_does(base):
+    from django.conf import settings
+
+    from gpu_runtime.base_model import load_tokenizer
+    from inference.prompt_tokens import VARIANT
+
+    runtime = load_tokenizer(f"{settings.VAJRA_MODEL_STORE}/{BASE}/{VARIANT}")
+    prompts = ["Hello", " x" * 300, "héllo wörld 😀 " * 7, "<|im_start|>user\nhi<|im_end|>", "a\n\n  b\t" * 9]
+    chats = [[{"role": "user", "content": "Hi"}],
+             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+              {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": " x" * 50 + "😀"}]]
+    for prompt in prompts:
+        assert prompt_tokens(base, prompt=prompt) == len(runtime(prompt).input_ids), prompt
+    for messages in chats:
+        ids = runtime.apply_chat_template(messages, add_generation_prompt=True, return_dict=False, tokenize=True)
+        ids = ids["input_ids"] if isinstance(ids, dict) else ids
+        assert prompt_tokens(base, messages=messages) == len(ids), messages
+
+
+def test_counting_a_prompt_loads_no_torch():
+    code = ("import django, sys; django.setup(); from inference.models import BaseModel; "
+            "from inference.prompt_tokens import prompt_tokens; b = BaseModel(name='smollm2-135m-instruct'); "
+            "n = prompt_tokens(b, prompt='Hi there'); "
+            "c = prompt_tokens(b, messages=[{'role': 'user', 'content': 'Hi'}]); "
+            "print(n, c, sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    import os
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "DJANGO_SETTINGS_MODULE": "vajra.settings"})
+    assert out.stdout.split() == ["2", "31", "[]"], out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("path", ENDPOINTS)
+def test_a_prompt_one_token_past_the_context_is_refused_in_tokens(path, base, alice_api, node, sent, unchanged_db):
+    base.context_length = 64
+    base.save()
+    param = "messages" if path == CHAT else "prompt"
+    words = 64 - (prompt_tokens(base, messages=[{"role": "user", "content": ""}]) if path == CHAT else 0)
+    fits, over = " x" * (words - 1), " x" * words  # " x" is one token; few characters: 2 per token, not 8
+    assert len(over) < 64 * 8, "under the old character bound: only a token count catches it"
+    error = refused(alice_api, path, body_for(path, over, max_tokens=1), 400, unchanged_db, sent,
+                    code="context_length_exceeded", param=param)
+    assert f"{param} {'are' if path == CHAT else 'is'} 64 tokens and max_tokens is 1: 65 tokens, over the context " \
+           "of 64 tokens" in error["message"], error
+    assert post(alice_api, path, body_for(path, fits, max_tokens=1)).status_code == 200
+    assert len(sent) == 1 and InferenceRequest.objects.count() == 1
+
+
+def test_max_tokens_counts_against_the_context_too(base, alice_api, node, sent, unchanged_db):
+    base.context_length = 64
+    base.save()
+    error = refused(alice_api, COMPLETIONS, body_for(COMPLETIONS, " x" * 60, max_tokens=5), 400, unchanged_db, sent,
+                    code="context_length_exceeded", param="prompt")
+    assert "lower max_tokens to at most 4" in error["message"], error
+    assert post(alice_api, COMPLETIONS, body_for(COMPLETIONS, " x" * 60, max_tokens=4)).status_code == 200
+
+
+def test_without_the_model_store_the_character_bound_stays(base, alice_api, node, sent, settings, tmp_path,
+                                                           unchanged_db):
+    settings.VAJRA_MODEL_STORE = str(tmp_path)  # a web pod without the model files
+    base.context_length = 64
+    base.save()
+    assert prompt_tokens(base, prompt="Hi") is None
+    assert post(alice_api, COMPLETIONS, body_for(COMPLETIONS, " x" * 64, max_tokens=1)).status_code == 200, \
+        "the runtime decides"
+    with unchanged_db():
+        response = post(alice_api, COMPLETIONS, body_for(COMPLETIONS, "x" * (64 * 8 + 1), max_tokens=1))
+        assert_error(response, 400, code="context_length_exceeded", param="prompt")
+    assert len(sent) == 1, "the refused one sent nothing"
