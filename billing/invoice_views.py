@@ -121,7 +121,8 @@ def invoice_action(request, invoice_id, action):
         if stripe_enabled():
             stripe_invoice_status(invoice=invoice, to=to)
         # With Stripe on, its webhook may have moved the invoice already: that is the same outcome.
-        invoice, _ = invoice_transition(invoice_id=invoice.id, to=to, already_ok=stripe_enabled())
+        invoice, _ = invoice_transition(invoice_id=invoice.id, to=to, already_ok=stripe_enabled(),
+                                        principal=principal)
     except APIException as exc:
         messages.error(request, exc.detail)
         return _invoice_page(request, access_invoice(tenant=principal.tenant, invoice_id=invoice_id),

@@ -22,6 +22,7 @@ from django.db.models import Count, Exists, OuterRef, Sum
 from django.db.models.signals import pre_delete, pre_save
 from django.utils import timezone
 
+from tenants.audit import audit_record
 from vajra.errors import Conflict
 
 from .models import Invoice, InvoiceLine, UsageEvent
@@ -194,6 +195,8 @@ def _finalize(invoice_id):
     invoice.status = Invoice.OPEN
     invoice.finalized_at = timezone.now()
     invoice.save()
+    audit_record(tenant=invoice.tenant_id, action="invoice.finalized", target_type="invoice", target_id=invoice.id,
+                 details={"number": invoice.number, "total": str(invoice.total), "currency": invoice.currency})
     return invoice, True
 
 
@@ -213,16 +216,24 @@ def check_transition(invoice, to):
                    code="invoice_state")
 
 
+AUDIT_ACTIONS = {Invoice.PAID: "invoice.paid", Invoice.VOID: "invoice.voided",
+                 Invoice.UNCOLLECTIBLE: "invoice.marked_uncollectible"}
+
+
 @transaction.atomic
-def invoice_transition(*, invoice_id, to, at=None, already_ok=False):
+def invoice_transition(*, invoice_id, to, at=None, already_ok=False, principal=None, stripe_event_id=None):
     """Moves an open (or uncollectible) invoice to paid, void or uncollectible; anything else is a 409. With
     ``already_ok`` (Stripe's webhooks, which may repeat what we did) an invoice already there is left alone.
-    Returns (invoice, changed)."""
+    ``principal`` is the member who acted, or none with the ``stripe_event_id`` that did. Returns (invoice,
+    changed)."""
     invoice = Invoice.objects.select_for_update().get(id=invoice_id)
     if already_ok and invoice.status == to:
         return invoice, False
     check_transition(invoice, to)
     at = at or timezone.now()
+    audit_record(tenant=invoice.tenant_id, principal=principal, action=AUDIT_ACTIONS[to], target_type="invoice",
+                 target_id=invoice.id, details={"number": invoice.number, "old": invoice.status, "new": to,
+                                                **({"stripe_event": stripe_event_id} if stripe_event_id else {})})
     invoice.status = to
     if to == Invoice.PAID:
         invoice.paid_at = at

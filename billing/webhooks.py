@@ -43,32 +43,32 @@ def _local_invoice(stripe_invoice):
     return invoice
 
 
-def _move(invoice, to, at):
+def _move(invoice, to, at, event_id):
     try:
-        invoice_transition(invoice_id=invoice.id, to=to, at=at, already_ok=True)
+        invoice_transition(invoice_id=invoice.id, to=to, at=at, already_ok=True, stripe_event_id=event_id)
     except APIException as exc:  # e.g. paid on Stripe after we voided it here: logged for an operator
         log.warning("Stripe says invoice %s is %s, but here: %s", invoice.number, to, exc.detail)
         return f"ignored: {exc.detail}"
     return f"invoice {invoice.number} {to}"
 
 
-def _paid(invoice, stripe_invoice):
-    result = _move(invoice, Invoice.PAID, _when(stripe_invoice, "paid_at"))
+def _paid(invoice, stripe_invoice, event_id):
+    result = _move(invoice, Invoice.PAID, _when(stripe_invoice, "paid_at"), event_id)
     account_paid(tenant=invoice.tenant_id)
     return result
 
 
-def _payment_failed(invoice, stripe_invoice):
+def _payment_failed(invoice, stripe_invoice, event_id):
     account_past_due(tenant=invoice.tenant_id)  # the grace period before suspension counts from the first failure
     return f"payment failed for invoice {invoice.number}"
 
 
-def _voided(invoice, stripe_invoice):
-    return _move(invoice, Invoice.VOID, _when(stripe_invoice, "voided_at"))
+def _voided(invoice, stripe_invoice, event_id):
+    return _move(invoice, Invoice.VOID, _when(stripe_invoice, "voided_at"), event_id)
 
 
-def _uncollectible(invoice, stripe_invoice):
-    return _move(invoice, Invoice.UNCOLLECTIBLE, None)
+def _uncollectible(invoice, stripe_invoice, event_id):
+    return _move(invoice, Invoice.UNCOLLECTIBLE, None, event_id)
 
 
 HANDLERS = {
@@ -94,7 +94,7 @@ def stripe_event_handle(*, event):
     invoice = _local_invoice(stripe_invoice)
     if invoice is None:
         return f"ignored: Stripe invoice {stripe_invoice.id} is not one of VAJRA's"
-    return handler(invoice, stripe_invoice)
+    return handler(invoice, stripe_invoice, event.id)
 
 
 def _refused(message):

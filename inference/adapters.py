@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from billing.plans import plan_limits
 from gpu_runtime.adapter_validation import CONFIG_FILE, WEIGHTS_FILE, AdapterRejected, BaseFacts, validate_adapter
+from tenants.audit import audit_record
 from vajra.errors import Conflict, InvalidRequest
 
 from .models import Adapter, AdapterVersion
@@ -118,8 +119,13 @@ def adapter_set_tier(*, principal, adapter, tier):
             place_hot(base_model=adapter.base_model, adapter=adapter)
         except NoCapacity as exc:
             raise Conflict(str(exc), code="no_hot_capacity", param="tier") from None
+    old = adapter.tier
     adapter.tier = tier
     adapter.save(update_fields=["tier"])
+    if old != tier:
+        audit_record(tenant=adapter.tenant_id, principal=principal, action="adapter.tier_changed",
+                     target_type="adapter", target_id=adapter.pk,
+                     details={"name": adapter.name, "old": old, "new": tier})
     if adapter.current_version_id:
         adapter.current_version.adapter = adapter
         _apply_tier_on_commit(adapter.current_version)

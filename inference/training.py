@@ -27,6 +27,7 @@ from billing.plans import plan_limits
 from gpu_runtime.adapter_validation import MAX_LORA_RANK
 from gpu_runtime.contract import CONTROL_QUEUE, TASK_TRAIN, ContractError, cancel_key, node_queue
 from gpu_runtime.training_spec import Hyperparameters, TrainingSpec, trainable_elements
+from tenants.audit import audit_record
 from vajra.errors import Conflict, InvalidRequest
 
 from .access import access_dataset
@@ -196,6 +197,10 @@ def _create(principal, base_model, adapter_name, dataset_ref, hyperparameters, u
         hyperparameters=hp.to_json(), status=TrainingJob.VALIDATING, total_steps=estimate.total_steps,
         trainable_params=estimate.trainable_params, estimated_gradients=estimate.gradients,
         estimated_cost_micro_usd=estimate.cost_micro_usd, api_key=principal.api_key, created_by=principal.user)
+    audit_record(tenant=tenant, principal=principal, action="training.started", target_type="training_job",
+                 target_id=job.id, details={"adapter": adapter.name, "dataset": str(dataset.pk),
+                                            "estimated_gradients": estimate.gradients,
+                                            "estimated_cost_micro_usd": estimate.cost_micro_usd})
     start = f"continuing from v{version.number}" if version else "a new adapter"
     event(job, f"Created: {adapter.name} ({start}) on {dataset.records} records, {estimate.total_steps} steps, "
                f"about {estimate.gradients} gradients (${micro_usd_text(estimate.cost_micro_usd)}).")
@@ -344,6 +349,9 @@ def training_cancel(*, principal, job):
             raise Conflict(f"Job {job.id} has already finished ({job.status}); there is nothing to cancel.",
                            code="job_finished")
         sent = job.node_id is not None or job.status == TrainingJob.RUNNING
+        if job.cancel_requested_at is None:  # a repeated cancel of a running job is not a second action
+            audit_record(tenant=job.tenant_id, principal=principal, action="training.cancelled",
+                         target_type="training_job", target_id=job.id, details={"status": job.status})
         if job.status == TrainingJob.RUNNING:
             if job.cancel_requested_at is None:
                 job.cancel_requested_at = timezone.now()

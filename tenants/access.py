@@ -6,7 +6,7 @@ a caller cannot even learn that it exists.
 
 from django.http import Http404
 
-from .models import APIKey, Invite, Membership
+from .models import APIKey, AuditEntry, Invite, Membership
 
 
 def access_tenant_membership(*, user, slug):
@@ -55,3 +55,13 @@ def tenant_invites(*, tenant):
 
 def user_memberships(*, user):
     return Membership.objects.filter(user=user).select_related("tenant").order_by("tenant__name")
+
+
+def tenant_audit_log(*, tenant, action=None, before=None):
+    """The tenant's audit entries, newest first; ``before`` (an entry id) pages back through them."""
+    qs = AuditEntry.objects.filter(tenant=tenant).order_by("-id")
+    if action:
+        qs = qs.filter(action=action)
+    if before is not None:
+        qs = qs.filter(id__lt=before)
+    return qs

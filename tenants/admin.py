@@ -8,7 +8,7 @@ from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey as UnusedBaseAPIKey
 
 from . import services
-from .models import APIKey, Invite, Membership, Tenant, User
+from .models import APIKey, AuditEntry, Invite, Membership, Tenant, User
 
 # The package registers its own concrete APIKey model; VAJRA never uses it, so keep it out of the admin.
 if admin.site.is_registered(UnusedBaseAPIKey):
@@ -122,3 +122,23 @@ class TenantAPIKeyAdmin(APIKeyModelAdmin):
     def revoke(self, request, queryset):
         count = queryset.filter(revoked=False).update(revoked=True, revoked_at=timezone.now())
         self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    """Read-only: the log is evidence, so not even staff edit or delete it."""
+
+    list_display = ("created_at", "tenant", "action", "target_type", "target_id", "actor", "ip")
+    list_filter = ("action",)
+    search_fields = ("tenant__slug", "target_id", "actor_email", "actor_key_prefix", "request_id")
+    list_select_related = ("tenant",)
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

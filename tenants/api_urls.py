@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from . import api
+from . import api, audit_views
 
 urlpatterns = [
     path("me", api.MeView.as_view(), name="api-v1-me"),
@@ -14,4 +14,5 @@ urlpatterns = [
     path("members/<int:member_id>", api.MemberDetailView.as_view(), name="api-v1-member"),
     path("invites", api.InviteListView.as_view(), name="api-v1-invites"),
     path("invites/<int:invite_id>", api.InviteDetailView.as_view(), name="api-v1-invite"),
+    path("audit-log", audit_views.AuditLogView.as_view(), name="api-v1-audit-log"),
 ]

@@ -159,3 +159,46 @@ class APIKey(AbstractAPIKey):
             from django.core.exceptions import ValidationError
 
             raise ValidationError({"scopes": f"Unknown scopes: {', '.join(unknown)}."})
+
+
+class AuditEntry(models.Model):
+    """One security-relevant action on a tenant's things, written in the action's own transaction (so it exists
+    exactly when the action does). Append-only: a saved entry is never changed or deleted through the ORM.
+    The actor's email and key prefix are kept as text, so the entry still says who after they are gone."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="audit_entries")
+    actor_user = models.ForeignKey(User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    actor_email = models.CharField(max_length=254, blank=True)
+    actor_api_key = models.ForeignKey(APIKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    actor_key_prefix = models.CharField(max_length=8, blank=True)
+    action = models.CharField(max_length=40)
+    target_type = models.CharField(max_length=40)
+    target_id = models.CharField(max_length=64)
+    details = models.JSONField(default=dict, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = "audit entry"
+        verbose_name_plural = "audit log"
+        indexes = [models.Index(fields=["tenant", "-id"], name="audit_tenant_newest"),
+                   models.Index(fields=["tenant", "action", "-id"], name="audit_tenant_action_newest")]
+
+    def __str__(self):
+        return f"{self.action} {self.target_type}:{self.target_id} in {self.tenant_id}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise ValueError("Audit entries are append-only; they cannot be changed.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ValueError("Audit entries are append-only; they cannot be deleted.")
+
+    @property
+    def actor(self):
+        """Who, in words: a person, a key, or the platform itself (period close, Stripe's webhook)."""
+        if self.actor_key_prefix:
+            return f"API key {self.actor_key_prefix}" + (f" ({self.actor_email})" if self.actor_email else "")
+        return self.actor_email or "system"

@@ -45,6 +45,8 @@ ACTIONS = {
     "usage.read": ({OWNER, ADMIN, DEVELOPER, BILLING_VIEWER}, "usage:read"),
     "billing.read": ({OWNER, ADMIN, BILLING_VIEWER}, "billing:read"),
     "billing.manage": ({OWNER, ADMIN}, None),
+    # Who did what (tenants/audit.py): owners and admins, signed in; a leaked key must not read it.
+    "audit.read": ({OWNER, ADMIN}, None),
 }
 
 

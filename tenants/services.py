@@ -14,6 +14,7 @@ from rest_framework.exceptions import PermissionDenied
 
 from vajra.errors import Conflict, InvalidRequest
 
+from .audit import audit_record
 from .events import publish_tenant_event
 from .models import APIKey, Invite, Membership, Tenant, User
 from .roles import OWNER, can_grant_role, scopes_for_role
@@ -165,8 +166,13 @@ def membership_set_role(*, principal, membership, role):
                                code="role_forbidden")
     if membership.role == OWNER and role != OWNER and not _other_owners(membership).exists():
         raise Conflict("A tenant needs at least one owner; make someone else owner first.", code="last_owner")
+    old = membership.role
     membership.role = role
     membership.save(update_fields=["role"])
+    if old != role:  # setting the role it has is harmless and not worth an entry
+        audit_record(tenant=membership.tenant_id, principal=principal, action="member.role_changed",
+                     target_type="membership", target_id=membership.pk,
+                     details={"email": membership.user.email, "old": old, "new": role})
     publish_tenant_event(membership.tenant_id, "member.role", {"id": membership.pk, "role": role})
     return membership
 
@@ -183,9 +189,13 @@ def membership_remove(*, principal, membership):
     if membership.role == OWNER and not _other_owners(membership).exists():
         raise Conflict("A tenant needs at least one owner; make someone else owner first.", code="last_owner")
     now = timezone.now()
-    APIKey.objects.filter(tenant_id=membership.tenant_id, created_by_id=membership.user_id, revoked=False).update(
-        revoked=True, revoked_at=now
-    )
+    keys = APIKey.objects.filter(tenant_id=membership.tenant_id, created_by_id=membership.user_id, revoked=False)
+    revoked = sorted(keys.values_list("prefix", flat=True))
+    keys.update(revoked=True, revoked_at=now)
+    audit_record(tenant=membership.tenant_id, principal=principal, action="member.removed",
+                 target_type="membership", target_id=membership.pk,
+                 details={"email": membership.user.email, "role": membership.role, "left": leaving,
+                          "revoked_keys": revoked})
     membership.delete()
     publish_tenant_event(membership.tenant_id, "member.removed", {"user": membership.user.email})
 
@@ -207,6 +217,9 @@ def api_key_create(*, principal, name, scopes, expires_at=None):
         name=name, tenant=principal.tenant, created_by=principal.user, scopes=sorted(set(scopes)),
         expiry_date=expires_at,
     )
+    audit_record(tenant=principal.tenant, principal=principal, action="api_key.created", target_type="api_key",
+                 target_id=key.prefix, details={"name": key.name, "scopes": key.scopes,
+                                                "expires_at": expires_at.isoformat() if expires_at else None})
     publish_tenant_event(principal.tenant.pk, "api_key.created", {"prefix": key.prefix, "name": key.name})
     return key, secret
 
@@ -220,5 +233,7 @@ def api_key_revoke(*, principal, api_key):
     api_key.revoked = True
     api_key.revoked_at = timezone.now()
     api_key.save(update_fields=["revoked", "revoked_at"])
+    audit_record(tenant=principal.tenant, principal=principal, action="api_key.revoked", target_type="api_key",
+                 target_id=api_key.prefix, details={"name": api_key.name})
     publish_tenant_event(principal.tenant.pk, "api_key.revoked", {"prefix": api_key.prefix})
     return api_key

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import audit_views, views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -16,4 +16,5 @@ urlpatterns = [
     path("members/<int:member_id>/remove/", views.member_remove, name="member-remove"),
     path("invites/<int:invite_id>/revoke/", views.invite_revoke, name="invite-revoke"),
     path("invites/<str:token>/accept/", views.invite_accept, name="invite-accept"),
+    path("audit-log/", audit_views.audit_log, name="audit-log"),
 ]

@@ -1,6 +1,9 @@
-"""x-request-id on every response, and in every log line written while serving it."""
+"""x-request-id on every response, and in every log line written while serving it; the request id and client IP
+are also what the audit log records (tenants/audit.py), read from this context so services need no request."""
 
 import contextvars
+import functools
+import ipaddress
 import logging
 import re
 import uuid
@@ -8,11 +11,22 @@ import uuid
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
 request_id_var = contextvars.ContextVar("request_id", default="-")
+request_ip_var = contextvars.ContextVar("request_ip", default="")
 _VALID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
 
 
 def new_request_id():
     return f"req_{uuid.uuid4().hex}"
+
+
+def _client_ip(request):
+    """REMOTE_ADDR (daphne puts the proxy's X-Forwarded-For there when started with --proxy-headers), if it is
+    an address at all."""
+    raw = request.META.get("REMOTE_ADDR", "")
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        return ""
 
 
 class RequestIdMiddleware:
@@ -29,25 +43,30 @@ class RequestIdMiddleware:
     def _begin(self, request):
         incoming = request.headers.get("X-Request-ID", "")
         request.request_id = incoming if _VALID.match(incoming) else new_request_id()
-        return request_id_var.set(request.request_id)
+        return request_id_var.set(request.request_id), request_ip_var.set(_client_ip(request))
+
+    @staticmethod
+    def _end(tokens):
+        request_id_var.reset(tokens[0])
+        request_ip_var.reset(tokens[1])
 
     def __call__(self, request):
         if iscoroutinefunction(self):
             return self.__acall__(request)
-        token = self._begin(request)
+        tokens = self._begin(request)
         try:
             response = self.get_response(request)
         finally:
-            request_id_var.reset(token)
+            self._end(tokens)
         response["x-request-id"] = request.request_id
         return response
 
     async def __acall__(self, request):
-        token = self._begin(request)
+        tokens = self._begin(request)
         try:
             response = await self.get_response(request)
         finally:
-            request_id_var.reset(token)
+            self._end(tokens)
         response["x-request-id"] = request.request_id
         return response
 
@@ -58,3 +77,61 @@ class RequestIdLogFilter(logging.Filter):
         request = getattr(record, "request", None)
         record.request_id = getattr(request, "request_id", None) or request_id_var.get()
         return True
+
+
+# Content-Security-Policy on every HTML response: scripts and styles only from our own static files (no inline
+# code, so an injected <script> or style attribute does nothing), websockets only back to this host, never framed.
+CSP_BASE = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "img-src": ["'self'", "data:"],  # the usage charts and the admin's icons are data: SVGs
+    "font-src": ["'self'"],
+    "connect-src": ["'self'"],
+    "object-src": ["'none'"],
+    "base-uri": ["'self'"],
+    "frame-ancestors": ["'none'"],
+}
+
+
+def csp_header(request, override=None):
+    policy = {**CSP_BASE, **(override or {})}
+    # The playground and training pages open ws(s)://<this host>; older browsers do not count that as 'self'.
+    ws = f"{'wss' if request.is_secure() else 'ws'}://{request.get_host()}"
+    policy["connect-src"] = [*policy["connect-src"], ws]
+    return "; ".join(f"{name} {' '.join(values)}" for name, values in policy.items())
+
+
+def csp_override(**directives):
+    """Marks a view's responses with a looser policy (directive names with underscores), stated at the view."""
+    def decorate(view):
+        @functools.wraps(view)
+        def wrapped(request, *args, **kwargs):
+            response = view(request, *args, **kwargs)
+            response.csp_override = {name.replace("_", "-"): values for name, values in directives.items()}
+            return response
+        return wrapped
+    return decorate
+
+
+class ContentSecurityPolicyMiddleware:
+    sync_capable = async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    @staticmethod
+    def _add(request, response):
+        if response.get("Content-Type", "").startswith("text/html") and "Content-Security-Policy" not in response:
+            response["Content-Security-Policy"] = csp_header(request, getattr(response, "csp_override", None))
+        return response
+
+    def __call__(self, request):
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
+        return self._add(request, self.get_response(request))
+
+    async def __acall__(self, request):
+        return self._add(request, await self.get_response(request))

@@ -1,8 +1,9 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from . import errors, health, metrics
+from .middleware import csp_override
 
 handler400 = "vajra.errors.handler400"
 handler403 = "vajra.errors.handler403"
@@ -15,8 +16,10 @@ urlpatterns = [
     path("metrics", metrics.metrics_view, name="metrics"),  # staff or VAJRA_METRICS_TOKEN
     path("api/schema/", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]),
          name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[],
-                                                     permission_classes=[]), name="api-docs"),
+    # Swagger UI's start-up script is served as a file (the split view); its page keeps one inline <style>
+    # block, so that page alone allows inline styles. Nothing else is relaxed.
+    path("api/docs/", csp_override(style_src=["'self'", "'unsafe-inline'"])(SpectacularSwaggerSplitView.as_view(
+        url_name="schema", authentication_classes=[], permission_classes=[])), name="api-docs"),
     path("api/v1/", include("tenants.api_urls")),
     path("api/v1/", include("inference.api_urls")),
     path("v1/", include("inference.training_urls")),

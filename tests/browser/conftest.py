@@ -26,3 +26,13 @@ def pytest_collection_modifyitems(items):
     """Browser tests run last: Playwright's sync API keeps an event loop running in the main thread until
     the session ends, and asgiref's async_to_sync (channels, websocket tests) refuses to run there."""
     items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+
+@pytest.fixture(autouse=True)
+def csp_violations(page):
+    """Every Content-Security-Policy refusal on any page a browser test visits fails that test: a script, style or
+    websocket the policy blocks would otherwise only show as a page that quietly does less."""
+    found = []
+    page.on("console", lambda message: "Content Security Policy" in message.text and found.append(message.text))
+    yield found
+    assert found == [], f"the page broke the Content-Security-Policy: {found}"

@@ -3,7 +3,7 @@
 import re
 
 import pytest
-from playwright.sync_api import expect
+from playwright.sync_api import Error, expect
 
 from tests.conftest import PASSWORD
 
@@ -65,3 +65,14 @@ def test_signup_create_use_and_revoke_a_key(page, live_server):
     response = call_me(page, live_server, secret)
     assert response.status == 401
     assert response.json()["error"]["code"] == "api_key_revoked"
+
+
+def test_the_policy_refuses_inline_script_and_the_tests_notice(page, live_server, csp_violations):
+    """Proof that a CSP break cannot pass unseen: an injected inline script is refused, and reported."""
+    page.goto(f"{live_server.url}/login/")
+    with pytest.raises(Error):
+        page.add_script_tag(content="window.injected = true")
+    assert page.evaluate("window.injected === undefined")
+    expect(page.get_by_role("button", name="Sign in")).to_be_visible()  # app.js and app.css still apply
+    assert any("inline script" in text for text in csp_violations)
+    csp_violations.clear()  # expected here; any other test that sees one fails

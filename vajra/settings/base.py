@@ -31,6 +31,7 @@ MIDDLEWARE = [
     "vajra.metrics.PrometheusBeforeMiddleware",
     "vajra.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "vajra.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

@@ -1,0 +1,141 @@
+"""Content-Security-Policy (issue 8 item 7): every HTML page carries the strict policy, and no page VAJRA renders
+holds inline code the policy would block (a <script> without src, a <style> block, a style= or on*= attribute,
+a javascript: URL). The Swagger UI page alone allows inline styles, and says so in its header."""
+
+from html.parser import HTMLParser
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from inference.models import Adapter, Node
+from tenants.models import User
+from tests.billing_fixtures import close, invoice_of, usage
+from tests.test_training_api import make_base, make_dataset, make_job
+
+pytest_plugins = ["tests.billing_fixtures"]
+pytestmark = pytest.mark.usefixtures("fast_password_hashing", "local_only")
+
+STRICT = {
+    "default-src": "'self'", "script-src": "'self'", "style-src": "'self'", "img-src": "'self' data:",
+    "font-src": "'self'", "connect-src": "'self' ws://testserver", "object-src": "'none'", "base-uri": "'self'",
+    "frame-ancestors": "'none'",
+}
+PAGES = ["dashboard", "api-keys", "members", "adapters", "playground", "training", "usage", "billing", "plan",
+         "tenant-create", "audit-log", "nodes"]
+
+
+def policy(response):
+    header = response.headers["Content-Security-Policy"]
+    return dict(part.strip().split(" ", 1) for part in header.split(";"))
+
+
+class InlineCode(HTMLParser):
+    """Collects what a strict CSP would refuse to run or apply."""
+
+    def __init__(self):
+        super().__init__()
+        self.found, self._in_script = [], False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "script":
+            self._in_script = "src" not in attrs
+        if tag == "style":
+            self.found.append("<style> block")
+        for name, value in attrs.items():
+            if name == "style" or name.startswith("on"):
+                self.found.append(f"<{tag} {name}=...>")
+            if name in ("href", "src", "action") and (value or "").strip().lower().startswith("javascript:"):
+                self.found.append(f"<{tag} {name}=javascript:...>")
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self._in_script = False
+
+    def handle_data(self, data):
+        if self._in_script and data.strip():
+            self.found.append(f"inline <script>: {data.strip()[:60]}")
+
+
+def inline_code(html):
+    parser = InlineCode()
+    parser.feed(html)
+    return parser.found
+
+
+@pytest.fixture
+def staff_alice(alice):
+    User.objects.filter(pk=alice.pk).update(is_staff=True)
+    return alice
+
+
+@pytest.fixture
+def objects(acme, plan):
+    """One of each thing a detail page shows: an adapter, a training job, an invoice, a node."""
+    base = make_base()
+    adapter = Adapter.objects.create(tenant=acme, base_model=base, name="support-bot")
+    job = make_job(acme, adapter, make_dataset(acme))
+    usage(acme, "3.2100000000", tier="warm")
+    close()
+    Node.objects.create(name="n1", base_model=base.name, state={}, last_heartbeat_at=timezone.now())
+    return {"adapter-detail": [adapter.name], "training-job": [job.id], "invoice": [invoice_of(acme).id]}
+
+
+def every_page(objects):
+    return [reverse(name) for name in PAGES] + [reverse(name, args=args) for name, args in objects.items()]
+
+
+def test_every_dashboard_page_has_the_strict_policy_and_no_inline_code(client, staff_alice, objects, settings):
+    settings.TEMPLATES[0]["OPTIONS"]["debug"] = True  # a template error fails the page, not just renders blank
+    client.force_login(staff_alice)
+    for url in every_page(objects):
+        response = client.get(url)
+        assert response.status_code == 200, url
+        assert policy(response) == STRICT, url
+        assert inline_code(response.content.decode()) == [], url
+
+
+@pytest.mark.parametrize("url", ["/login/", "/signup/", "/no-such-page/"])
+def test_signed_out_pages_and_errors_too(client, db, url):
+    response = client.get(url)
+    assert policy(response) == STRICT
+    assert inline_code(response.content.decode()) == []
+
+
+def test_the_server_error_page_is_clean(rf):
+    from django.views.defaults import server_error
+
+    assert inline_code(server_error(rf.get("/")).content.decode()) == []
+
+
+def test_https_pages_allow_wss_back_to_the_host(client, db, settings):
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    settings.ALLOWED_HOSTS = ["vajra.example.com"]
+    response = client.get("/login/", HTTP_X_FORWARDED_PROTO="https", HTTP_HOST="vajra.example.com")
+    assert policy(response)["connect-src"] == "'self' wss://vajra.example.com"
+
+
+def test_api_docs_relax_inline_styles_only(client, db):
+    response = client.get("/api/docs/")
+    assert response.status_code == 200
+    assert policy(response) == {**STRICT, "style-src": "'self' 'unsafe-inline'"}
+    assert [f for f in inline_code(response.content.decode()) if not f.startswith("<style>")] == []
+    script = client.get("/api/docs/?script=")
+    assert script.status_code == 200 and b"SwaggerUIBundle" in script.content
+    assert "Content-Security-Policy" not in script.headers  # JavaScript, not a page
+
+
+def test_json_and_the_admin(client, staff_alice):
+    assert "Content-Security-Policy" not in client.get("/healthz").headers
+    User.objects.filter(pk=staff_alice.pk).update(is_superuser=True)
+    client.force_login(staff_alice)
+    response = client.get("/admin/tenants/auditentry/")
+    assert response.status_code == 200 and policy(response) == STRICT
+
+
+def test_an_inline_script_would_be_caught():
+    """The checker itself: each kind of inline code it must find."""
+    found = inline_code('<script>alert(1)</script><p style="color:red" onclick="x()"><a href="javascript:x()">'
+                        '<style>p{}</style><script src="/static/a.js"></script>')
+    assert len(found) == 5
