@@ -112,11 +112,17 @@ def control_worker(transactional_db, tmp_path):
 
 
 @pytest.fixture
-def runtime_node(base_model_store, tmp_path):
+def runtime_concurrency():
+    """Celery threads of the test runtime node (a test parametrizes it to run more requests at once)."""
+    return 2
+
+
+@pytest.fixture
+def runtime_node(base_model_store, tmp_path, runtime_concurrency):
     """A real runtime node with the real base model, on its own queue."""
     name = f"test-{os.getpid()}"
     proc = Proc([sys.executable, "-m", "celery", "-A", "gpu_runtime.worker", "worker", "--pool", "threads",
-                 "--concurrency", "2", "--loglevel", "INFO", "--hostname", f"{name}@%h"],
+                 "--concurrency", str(runtime_concurrency), "--loglevel", "INFO", "--hostname", f"{name}@%h"],
                 tmp_path / "runtime.log",
                 process_env(VAJRA_NODE_NAME=name, VAJRA_MODEL_STORE=str(base_model_store),
                             VAJRA_HEARTBEAT_SECONDS="1"))
