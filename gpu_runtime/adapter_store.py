@@ -6,6 +6,14 @@ Hot adapters are pinned in a device slot and never evicted; warm ones are kept o
 cold ones live in object storage only. Loading and validating happen off the engine thread (a loader
 thread fills host RAM); the engine thread alone copies into slots. A new adapter is validated before
 anything is evicted, and one that failed is remembered so it fails fast. Every move is timed.
+
+On CUDA a slot write runs on one side copy stream, non-blocking from pinned host memory, ordered both ways
+against the compute stream: the compute stream waits for the copy before the next forward reads the slot,
+and the copy stream waits for the compute stream's last slot clear or move before it overwrites a reused
+slot (a forward still queued there may read the old weights until the clear runs). The paper's per-request
+streams (4.2.2) would not help here: one engine thread runs one batched forward for all rows, so there is one
+compute stream to isolate from, and every host-to-device copy shares one link to the device, so several copy
+streams would split its bandwidth, not add to it; one side stream gives the overlap there is to get.
 """
 
 import logging
@@ -89,7 +97,7 @@ class ObjectStore:
 
 class AdapterStore:
     def __init__(self, pool, base_facts, *, disk_dir, host_budget_bytes=2 << 30, disk_budget_bytes=20 << 30,
-                 eviction_threshold=0.9, object_store=None, max_rank=64):
+                 eviction_threshold=0.9, object_store=None, max_rank=64, cuda=None):
         self.pool = pool
         self.base_facts = base_facts
         self.disk_dir = Path(disk_dir)
@@ -112,10 +120,11 @@ class AdapterStore:
         self.counters = Counter()
         self._lock = threading.RLock()
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapter-loader")
-        self._pin_memory = pool.device.type == "cuda"
-        # On CUDA, slot copies run on a side stream from pinned host memory (paper 4.2.2) so that they
-        # overlap with whatever the compute stream still has queued.
-        self._copy_stream = torch.cuda.Stream(device=pool.device) if self._pin_memory else None
+        # ``cuda`` is torch.cuda on a CUDA pool; tests pass a recording stand-in to drive this path on a CPU.
+        self._cuda = cuda if cuda is not None else (torch.cuda if pool.device.type == "cuda" else None)
+        self._pin_memory = self._cuda is not None
+        self._copy_stream = self._cuda.Stream(device=pool.device) if self._cuda is not None else None
+        self._vacated = None  # event on the compute stream after its last slot clear or move
 
     # ---- state -------------------------------------------------------------------------------------
     def where(self, key):
@@ -253,9 +262,11 @@ class AdapterStore:
             started = time.perf_counter()
             slot = self._free_slot(adapter.facts.rank)
             if self._copy_stream is not None:
-                with torch.cuda.stream(self._copy_stream):
+                if self._vacated is not None:  # a reused slot: queued forwards and its clear go first
+                    self._copy_stream.wait_event(self._vacated)
+                with self._cuda.stream(self._copy_stream):
                     self.pool.write(slot, adapter.weights, adapter.facts.scaling, non_blocking=True)
-                torch.cuda.current_stream(self.pool.device).wait_stream(self._copy_stream)
+                self._cuda.current_stream(self.pool.device).wait_stream(self._copy_stream)
             else:
                 self.pool.write(slot, adapter.weights, adapter.facts.scaling)
             self.device[key] = slot
@@ -290,7 +301,14 @@ class AdapterStore:
     def _evict_device(self, key):
         slot = self.device.pop(key)
         self.pool.clear(slot)
+        self._mark_vacated()
         self.counters["device evictions"] += 1
+
+    def _mark_vacated(self):
+        """Records where the compute stream is after a slot clear or move, for the next copy to wait on."""
+        if self._cuda is not None:
+            self._vacated = self._cuda.Event()
+            self._vacated.record(self._cuda.current_stream(self.pool.device))
 
     # ---- defragmentation (VAJRA paper, Algorithm 4; engine thread only) ------------------------------------
     def fragmentation_index(self):
@@ -323,6 +341,7 @@ class AdapterStore:
                     if better and not self.in_use[key]:
                         target = min(better, key=lambda s: (self.pool.bucket_rank(s), s))
                         self.pool.move(slot, target)
+                        self._mark_vacated()
                         self.device[key] = target
                         used.discard(slot)
                         used.add(target)

@@ -1,4 +1,4 @@
-"""Fine-tuning on the resident base (VAJRA paper 4.3, Algorithm 3; DESIGN.md "Inside a runtime node").
+"""Fine-tuning on the resident base (VAJRA paper 4.3, Algorithm 3; the engine thread shares: gpu_runtime.engine).
 
 A job's trainable LoRA pairs live beside the engine's slot buffers and run through the same layer wrappers
 (gpu_runtime.lora) on the same frozen base weights: no second copy of the base, only A/B require grad. The

@@ -284,3 +284,81 @@ def test_running_requests_keep_their_version_while_the_new_one_serves_new_reques
     assert long_v1.wait(60)["finish_reason"] in ("stop", "length")
     assert generated_text(redis_client, long_v1.request.request_id) == reference
     assert generated_text(redis_client, handle2.request.request_id).split() == words(ANSWERS[0]).split()
+
+
+def test_training_runs_on_the_served_base_tensors_frozen_with_only_lora_a_b_trainable(node, tmp_path):
+    """No second copy of the base: the job's forward reads the very weight tensors the engine serves, none of
+    them requires grad or gets one, and the optimizer holds exactly the job's A/B pairs."""
+    from gpu_runtime import trainer
+
+    engine, store, base = node()
+    served = {name: (p.data_ptr(), p.shape) for name, p in engine.model.named_parameters()}
+    spec = spec_for(tmp_path, write_dataset(tmp_path / "data.jsonl", memorize_records()), epochs=1,
+                    batch_size=4, micro_batch_size=2)
+    run = trainer.prepare(spec, base=base, pool=store.pool, facts=BASE_FACTS)
+    assert run.model is engine.model and run.pool is store.pool
+    assert {name: (p.data_ptr(), p.shape) for name, p in run.model.named_parameters()} == served
+    assert not any(p.requires_grad for p in run.model.parameters())
+
+    read = set()  # the storage of every base weight the job's forward multiplies by
+    hooks = [wrapper.base.register_forward_hook(lambda m, args, out: read.add(m.weight.data_ptr()))
+             for wrapper in store.pool.layers.values()]
+    try:
+        assert run.micro_step() is True  # the first of the step's two micro-batches: its gradients stay
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert read and read <= {ptr for ptr, _ in served.values()}
+    assert len(read) == len(store.pool.layers)  # every wrapped layer ran on the served weight
+
+    lora = run.lora.parameters()
+    assert len(lora) == 2 * len(run.lora.pairs) and all(p.requires_grad and p.grad is not None for p in lora)
+    assert all(p.grad is None for p in run.model.parameters())
+    assert {id(p) for p in lora} == {id(p) for group in run.optimizer.param_groups for p in group["params"]}
+    served_ptrs = {ptr for ptr, _ in served.values()}
+    assert not any(p.data_ptr() in served_ptrs for p in lora)  # A/B are the job's own, beside the base
+
+
+def test_training_gets_one_micro_step_per_ten_inference_steps_while_rows_run(node, tmp_path):
+    """Inference priority x10 (VAJRA paper 6.1.2), counted in steps: while rows decode, exactly
+    ``training_every`` decode steps separate two training turns and a turn finishes at most one micro-step;
+    once the rows are gone training has the engine to itself."""
+    from gpu_runtime import trainer
+
+    engine, store, base = node(training_max_hold_s=0)  # no holding back for predicted arrivals: plain counting
+    assert engine.training_every == 10
+    steps = []  # ("decode" | "train", rows running, micro-steps finished by the turn)
+    decode, turn = engine._decode_step, engine._training_turn
+
+    def counted_decode():
+        steps.append(("decode", len(engine.rows), 0))
+        decode()
+
+    def counted_turn():
+        rows, before = len(engine.rows), engine.training_micro_steps
+        turn()
+        steps.append(("train", rows, engine.training_micro_steps - before))
+
+    engine._decode_step, engine._training_turn = counted_decode, counted_turn
+    handles = [engine.submit(InferenceRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=words([5, 6 + i, 7]),
+                                              sampling=SamplingParams(max_tokens=120, temperature=0)))
+               for i in range(4)]
+    wait_for(lambda: len(engine.rows) == 4)  # all admitted: no arrival makes a micro-step give way
+    spec = spec_for(tmp_path, write_dataset(tmp_path / "data.jsonl", memorize_records() * 2), epochs=50,
+                    batch_size=4, micro_batch_size=1)
+    run = trainer.prepare(spec, base=base, pool=store.pool, facts=BASE_FACTS)
+    engine.submit_training(run)
+    assert all(h.wait(120)["finish_reason"] in ("stop", "length") for h in handles)
+    wait_for(lambda: sum(1 for kind, rows, _ in steps if kind == "train" and not rows) >= 5)
+    engine.call(run.cancel).result(30)  # on the engine thread, between turns
+
+    during = [i for i, (kind, rows, _) in enumerate(steps) if kind == "train" and rows]
+    assert len(during) >= 3, steps  # training was not starved while rows ran
+    assert all(steps[i][2] <= 1 for i in during)
+    gaps = [sum(1 for kind, _, _ in steps[a + 1:b] if kind == "decode") for a, b in
+            zip(during, during[1:], strict=False)]
+    assert gaps and all(gap == engine.training_every for gap in gaps), gaps
+    decodes = sum(1 for kind, rows, _ in steps[during[0]:during[-1]] if kind == "decode")
+    assert decodes == engine.training_every * (len(during) - 1)  # 10 inference steps per training turn
+    alone = [i for i, (kind, rows, _) in enumerate(steps) if kind == "train" and not rows]
+    assert all(steps[i][2] == 1 for i in alone[1:])  # idle engine: a micro-step every turn

@@ -326,18 +326,27 @@ def test_another_tenants_dataset_is_404(post_train, charlie_api, dataset, unchan
         assert "acme" not in error["message"]
 
 
-def test_another_tenants_adapter_is_never_reached(post_train, charlie_api, contoso, acme, base, adapter_storage,
-                                                  sent):
-    """Adapter names are per tenant: charlie naming acme's adapter trains a new adapter of his own."""
+def test_an_adapter_name_resolves_inside_the_callers_tenant_so_another_tenants_adapter_is_never_reached(
+        post_train, charlie_api, contoso, acme, base, adapter_storage, sent):
+    """Adapters have no global id in the API: every endpoint (train, infer, versions, tier, rollback) names an
+    adapter by its name, and a name is resolved inside the caller's tenant (access_adapter(tenant=, name=)).
+    The only id-like form, ``a<pk>``, lives in the runtime's messages and is never read from a request. So
+    charlie naming acme's adapter, by its name or by that runtime form, names an adapter of his own (a new one
+    here, as any unused name does): acme's adapter is neither trained, changed nor revealed. (Another tenant's
+    dataset, which is named by a global id, is a 404: test_another_tenants_dataset_is_404.)"""
     acme_adapter = make_adapter(acme, base)
     v1 = make_version(acme_adapter, adapter_storage, 1, r=8)
-    response = post_train(dataset=make_dataset(contoso).id, client=charlie_api, hp={"rank": 2})
-    assert response.status_code == 201, response.json()
-    job = TrainingJob.objects.get()
-    assert job.tenant == contoso and job.adapter.tenant == contoso and job.base_version is None
-    assert job.hyperparameters["rank"] == 2
+    dataset = make_dataset(contoso)
+    for name in (acme_adapter.name, f"a{acme_adapter.pk}"):
+        response = post_train(dataset=dataset.id, client=charlie_api, adapter_id=name, hp={"rank": 2})
+        assert response.status_code == 201, response.json()
+        assert response.json()["adapter"] == name and response.json()["base_version"] is None
+        assert "acme" not in response.content.decode()
+        job = TrainingJob.objects.get(adapter__name=name, tenant=contoso)
+        assert job.adapter.tenant == contoso and job.base_version is None and job.hyperparameters["rank"] == 2
     acme_adapter.refresh_from_db()
     assert acme_adapter.current_version == v1 and not acme_adapter.training_jobs.exists()
+    assert list(acme_adapter.versions.all()) == [v1]
 
 
 def test_a_second_job_on_the_same_adapter_is_409(post_train, dataset, unchanged_db, sent):

@@ -111,10 +111,10 @@ def control_worker(transactional_db, tmp_path):
     proc.stop()
 
 
-def start_runtime_node(name, store, log_dir, **env):
+def start_runtime_node(name, store, log_dir, concurrency=2, **env):
     """A real runtime node process serving queue ``node.<name>`` (heartbeat every second, no metrics port)."""
     proc = Proc([sys.executable, "-m", "celery", "-A", "gpu_runtime.worker", "worker", "--pool", "threads",
-                 "--concurrency", "2", "--loglevel", "INFO", "--hostname", f"{name}@%h"],
+                 "--concurrency", str(concurrency), "--loglevel", "INFO", "--hostname", f"{name}@%h"],
                 Path(log_dir) / f"runtime-{name}.log",
                 process_env(VAJRA_NODE_NAME=name, VAJRA_MODEL_STORE=str(store), VAJRA_HEARTBEAT_SECONDS="1",
                             VAJRA_METRICS_PORT="0", **env))
@@ -123,9 +123,15 @@ def start_runtime_node(name, store, log_dir, **env):
 
 
 @pytest.fixture
-def runtime_node(base_model_store, tmp_path):
+def runtime_concurrency():
+    """Celery threads of the test runtime node (a test parametrizes it to run more requests at once)."""
+    return 2
+
+
+@pytest.fixture
+def runtime_node(base_model_store, tmp_path, runtime_concurrency):
     """A real runtime node with the real base model, on its own queue."""
-    proc = start_runtime_node(f"test-{os.getpid()}", base_model_store, tmp_path)
+    proc = start_runtime_node(f"test-{os.getpid()}", base_model_store, tmp_path, concurrency=runtime_concurrency)
     yield proc
     proc.stop()
 

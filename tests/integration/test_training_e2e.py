@@ -1,22 +1,23 @@
 """Fine-tuning end to end with real processes (daphne, a SmolLM2 runtime node, the control worker): a dataset
 upload, a training job through the API metered once per step, the trained version current and served, and a
-hot swap with requests running through it: each request finishes on the version it started with, with that
-version's exact greedy text, and none fails.
+hot swap with concurrent SSE streams running through it: each request finishes on the version it
+was admitted on, with that version's exact greedy text, and none fails.
 
-Requests in the swap test run one at a time: on a CPU, a row's fp32 logits depend slightly on the batch it
-shares (GEMM blocking), enough to flip a near-tie in greedy decoding, so only requests that each run alone
-(and, after the first, from the same cached prompt prefix) make "the exact text of its version" a sharp test
-of "never mixed weights"."""
+The streams share the engine's batch (three rows at a time), so a row's fp32 logits can differ
+from a lone reference row's in the last bits (CPU GEMM blocking depends on the batch); every row after the
+first on a version prefills from the same cached prompt prefix and the answers are short, which keeps that
+below any near-tie while a wrong adapter version changes the text outright."""
 
 import json
 import threading
 
 import httpx
 import pytest
+from django.utils import timezone
 
 from inference.models import Adapter, InferenceRequest, TrainingCheckpoint, TrainingJob, TrainingStep
 from tests.integration.conftest import wait_for
-from tests.integration.test_inference_e2e import MODEL, platform  # noqa: F401  (the fixture)
+from tests.integration.test_inference_e2e import MODEL, platform, sse_events  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -78,49 +79,83 @@ def test_a_training_job_through_the_api_is_metered_per_step_and_its_version_is_s
     assert answer["adapter"] == "tuned@v1" and answer["text"]
 
 
-def test_hot_swap_with_requests_running_through_it(platform, adapter_zip):  # noqa: F811
+# 16+ tokens: the prompt's first block comes from the prefix cache, so every row prefills alike; the answer is
+# long enough that the streams spend their time decoding, where training gets its turn every 10 steps
+STORY = "Here is a short story about a pelican who lives by the sea and loves to sing. Once upon a time,"
+
+
+def streamed(client, model, prompt=STORY, max_tokens=16):
+    """One SSE request: its request id, the version it was admitted on, its text and its final event."""
+    body = {"prompt": prompt, "adapter_id": model, "parameters": {"temperature": 0, "max_tokens": max_tokens},
+            "stream": True}
+    with client.stream("POST", f"/v1/models/{MODEL}/infer", json=body) as response:
+        assert response.status_code == 200, response.read()
+        events = list(sse_events(response))
+    head, final = json.loads(events[0]["data"]), json.loads(events[-1]["data"])
+    assert events[0]["event"] == "request" and events[-1]["event"] == "done", [e["event"] for e in events]
+    assert not final.get("error") and final["finish_reason"] in ("stop", "length"), final
+    text = "".join(json.loads(e["data"])["text"] for e in events if e["event"] == "delta")
+    return {"id": head["id"], "adapter": head["adapter"], "text": text, "stream": True}
+
+
+@pytest.mark.parametrize("runtime_concurrency", [5])  # three streams and the training job's task at once
+def test_hot_swap_with_streams_running_through_it(platform, adapter_zip):  # noqa: F811
     up = platform.post("/api/v1/adapters", data={"name": "support", "base_model": MODEL},
                        files={"file": ("adapter.zip", adapter_zip, "application/zip")})
     assert up.status_code == 201, up.text
     tier = platform.patch("/api/v1/adapters/support", json={"tier": "hot"})
     assert tier.status_code == 200, tier.text
-    greedy(platform, "support")  # fills the prefix cache: every later request takes the same path
-    v1_text = greedy(platform, "support")["text"]
+    greedy(platform, "support", STORY, 16)  # fills the prefix cache: every later request takes the same path
     dataset = upload_dataset(platform)
 
-    results, errors, stop = [], [], threading.Event()
+    results, errors, stop = {}, [], threading.Event()
 
-    def client_loop():
+    def client_loop(index, ask):
+        mine = results.setdefault(index, [])
         with httpx.Client(base_url=platform.base_url, headers=platform.headers, timeout=120) as client:
             while not stop.is_set():
                 try:
-                    results.append(greedy(client, "support"))
+                    mine.append(ask(client, "support"))
                 except Exception as exc:  # any failure during the swap fails the test below
                     errors.append(repr(exc))
 
-    threads = [threading.Thread(target=client_loop)]
+    asks = [streamed, streamed, streamed]  # three SSE streams at once
+    threads = [threading.Thread(target=client_loop, args=(i, ask)) for i, ask in enumerate(asks)]
     for thread in threads:
         thread.start()
     try:
-        job = train(platform, "support", dataset, learning_rate=5e-3)
-        done = wait_job(job["id"])
+        # two micro-steps: with three streams decoding, training gets one turn in ten steps
+        job = train(platform, "support", dataset, learning_rate=1e-2, batch_size=1, max_steps=2)
+        done = wait_job(job["id"], timeout=600)
+        seen_current = timezone.now()  # the swap has committed by now
         assert done.status == "succeeded", (done.error_code, done.error_message)
-        wait_for(lambda: any(r["adapter"] == "support@v2" for r in results[-4:]), 120,
-                 "requests to reach the new version")
+        wait_for(lambda: all(any(r["adapter"] == "support@v2" for r in mine[-3:]) for mine in results.values()),
+                 420, "every client to reach the new version")
     finally:
         stop.set()
         for thread in threads:
             thread.join(180)
     assert not errors, errors
-    by_version = {}
-    for r in results:
-        by_version.setdefault(r["adapter"], set()).add(r["text"])
-    assert set(by_version) <= {"support@v1", "support@v2"} and "support@v2" in by_version
-    assert by_version.get("support@v1", {v1_text}) == {v1_text}  # v1 requests: v1's exact text, never mixed
-    v2_text = greedy(platform, "support")["text"]
-    assert by_version["support@v2"] == {v2_text}
-    rows = list(InferenceRequest.objects.filter(pk__in=[r["id"] for r in results]).select_related("adapter_version"))
-    assert len(rows) == len(results) and all(row.status == "succeeded" for row in rows)
-    swap = done.result_version.created_at
-    assert any(row.adapter_version.number == 1 and row.created_at <= swap <= row.finished_at for row in rows), \
-        "no request was running on v1 when v2 became current"
+    everything = [r for mine in results.values() for r in mine]
+    assert {r["adapter"] for r in everything} == {"support@v1", "support@v2"}
+    for mine in results.values():  # each client: the old version, then the new one, never back
+        labels = [r["adapter"] for r in mine]
+        assert labels == sorted(labels), labels
+
+    # no mixed weights: each answer is exactly what a lone request pinned to its version produces
+    reference = {label: greedy(platform, label, STORY, 16)["text"] for label in ("support@v1", "support@v2")}
+    assert reference["support@v1"] != reference["support@v2"]  # else this test could not tell them apart
+    wrong = [(r["adapter"], r["text"]) for r in everything if r["text"] != reference[r["adapter"]]]
+    assert not wrong, (reference, wrong)
+
+    rows = {row.id: row for row in InferenceRequest.objects.filter(pk__in=[r["id"] for r in everything])
+            .select_related("adapter_version")}
+    assert len(rows) == len(everything) and all(row.status == "succeeded" for row in rows.values())
+    assert all(rows[r["id"]].adapter_version.number == int(r["adapter"][-1]) for r in everything)
+    swap = done.result_version.created_at  # inside the swap's transaction, before its commit
+    assert all(row.adapter_version.number == 1 for row in rows.values() if row.created_at < swap)
+    assert all(row.adapter_version.number == 2 for row in rows.values() if row.created_at > seen_current)
+    assert all(row.created_at > swap for row in rows.values() if row.adapter_version.number == 2)
+    through = [rows[r["id"]] for r in everything if r.get("stream")]
+    assert any(row.adapter_version.number == 1 and row.created_at <= swap <= row.finished_at for row in through), \
+        "no stream was running on v1 when v2 became current"

@@ -12,7 +12,8 @@ VAJRA_STREAM_TTL_SECONDS = env_int("VAJRA_STREAM_TTL_SECONDS", 3600, minimum=60)
 VAJRA_MODEL_STORE = env_str("VAJRA_MODEL_STORE", str(VAR_DIR / "models"))
 VAJRA_DEFAULT_BASE_MODEL = env_str("VAJRA_BASE_MODEL", "smollm2-135m-instruct")
 
-# Adapter-ready guarantees per tier, in ms (DESIGN.md: hot <= 10, warm <= 100, cold <= 2000).
+# Adapter-ready guarantees per tier, in ms, after the tiered-pricing paper (hot starts ~10 ms, warm under
+# 100 ms, cold under 2 s to fetch); SLO credits are paid when a request breaks its tier's.
 VAJRA_TIER_READY_MS = {"hot": 10, "warm": 100, "cold": 2000}
 # Placement (VAJRA paper, Algorithm 2): score = alpha * load + beta * locality + gamma * tenant affinity.
 VAJRA_PLACEMENT_WEIGHTS = (
