@@ -17,6 +17,12 @@ import pytest
 from django.db import connection
 
 ROOT = Path(__file__).resolve().parent.parent.parent
+SUMMARY = []  # lines tests report (figures of the load test), printed at the end of the run
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in SUMMARY:
+        terminalreporter.write_line(line)
 
 
 def free_port():
