@@ -1,5 +1,5 @@
-"""The whole platform as real processes for benchmarks: a private Redis, daphne, a runtime node and the
-control worker against a throwaway SQLite database, stopped (all of them) at the end."""
+"""The whole platform as real processes for benchmarks: a private Redis, daphne, runtime nodes (one, or more
+with add_node) and the control worker against a throwaway SQLite database, stopped (all of them) at the end."""
 
 import os
 import secrets
@@ -49,10 +49,14 @@ class Platform:
     """Redis + migrated SQLite + tenant and API key + daphne + runtime node + control worker, all stopped by
     stop() (also after a failed start)."""
 
-    def __init__(self, tmp, max_batch=32):
+    def __init__(self, tmp, max_batch=32, *, model_store=None, base_model="smollm2-135m-instruct", node_env=None):
         self.tmp = Path(tmp)
         self.max_batch = max_batch
+        self.model_store = Path(model_store or common.MODEL_STORE)
+        self.base_model = base_model
+        self.node_env = dict(node_env or {})
         self.procs = []
+        self.nodes = []
         self.redis = None
         self.node = f"bench-{os.getpid()}"
         self.port = free_port()
@@ -69,7 +73,8 @@ class Platform:
                     "REDIS_URL": self.redis_url, "DJANGO_SETTINGS_MODULE": "vajra.settings",
                     "DJANGO_DEBUG": "false", "DJANGO_SECRET_KEY": secrets.token_urlsafe(48), "DJANGO_HTTPS": "false",
                     "VAJRA_RATE_LIMIT_PER_KEY": "100000",
-                    "VAJRA_RATE_LIMIT_PER_TENANT": "100000", "VAJRA_MODEL_STORE": str(common.MODEL_STORE),
+                    "VAJRA_RATE_LIMIT_PER_TENANT": "100000", "VAJRA_MODEL_STORE": str(self.model_store),
+                    "VAJRA_BASE_MODEL": self.base_model,
                     "VAJRA_DTYPE": common.DTYPE, "VAJRA_DEVICE": common.DEVICE}
         (self.tmp / "var").mkdir(parents=True, exist_ok=True)
         python = sys.executable
@@ -79,25 +84,40 @@ class Platform:
         self.secret = next(line.split("=", 1)[1] for line in out.splitlines() if line.startswith("SECRET="))
         self.procs.append(Proc("daphne", [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
                                           "vajra.asgi:application"], self.env, self.tmp))
-        self.procs.append(Proc("runtime", [python, "-m", "celery", "-A", "gpu_runtime.worker", "worker", "--pool",
-                                           "threads", "--concurrency", "40", "--loglevel", "INFO", "--hostname",
-                                           f"{self.node}@%h"],
-                               {**self.env, "VAJRA_NODE_NAME": self.node, "VAJRA_MAX_BATCH": str(self.max_batch)},
-                               self.tmp))
+        self._start_node(self.node, "runtime")
         self.procs.append(Proc("control", [python, "-m", "celery", "-A", "vajra", "worker", "--queues", "control",
                                            "--pool", "threads", "--concurrency", "4", "--loglevel", "WARNING",
                                            "--hostname", f"control-{os.getpid()}@%h"], self.env, self.tmp))
-        self._wait(self._node_ready, 300, "the runtime node to be listed by /readyz")
+        self._wait(lambda: self._node_ready(self.node), 300, "the runtime node to be listed by /readyz")
         self.ready_s = time.perf_counter() - started
 
-    def _node_ready(self):
+    def _start_node(self, name, log_name):
+        self.procs.append(Proc(log_name, [sys.executable, "-m", "celery", "-A", "gpu_runtime.worker", "worker",
+                                          "--pool", "threads", "--concurrency", str(self.max_batch + 8), "--loglevel",
+                                          "INFO", "--hostname", f"{name}@%h"],
+                               {**self.env, "VAJRA_NODE_NAME": name, "VAJRA_MAX_BATCH": str(self.max_batch),
+                                **self.node_env}, self.tmp))
+        self.nodes.append(name)
+
+    def add_node(self, suffix):
+        """Another runtime node (same model, same settings) on its own queue, waited for until /readyz lists it."""
+        name = f"{self.node}-{suffix}"
+        self._start_node(name, f"runtime-{suffix}")
+        self._wait(lambda: self._node_ready(name), 300, f"runtime node {name} to be listed by /readyz")
+        return name
+
+    def node_log(self, name):
+        return next(p for p in self.procs if p.name == ("runtime" if name == self.node else
+                                                         f"runtime-{name[len(self.node) + 1:]}")).log_path
+
+    def _node_ready(self, name):
         import httpx
 
         try:
             body = httpx.get(f"{self.url}/readyz", timeout=2).json()
         except (httpx.HTTPError, ValueError):
             return False
-        return any(n["name"] == self.node and n["model_loaded"] for n in body.get("runtime", {}).get("nodes", []))
+        return any(n["name"] == name and n["model_loaded"] for n in body.get("runtime", {}).get("nodes", []))
 
     def _wait(self, predicate, timeout, what):
         deadline = time.monotonic() + timeout

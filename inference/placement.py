@@ -59,21 +59,36 @@ def _candidates(*, base_model, version):
     token = version_token(version) if version is not None else None
     out = []
     for node in nodes_up().filter(base_model=base_model.name):
-        adapters = _adapters(node)
-        slots, active = adapters.get("slots", 0), adapters.get("device", 0)
-        on_device = token is not None and token in _resident(node, "device")
-        if token is not None and not on_device and active >= slots:
-            continue  # no free slot and not resident: not a candidate
-        load = 1 - active / slots if slots else 0.0
-        locality = 1.0 if on_device else (0.5 if token is not None and token in _resident(node, "host") else 0.0)
-        out.append((node, load, locality))
+        facts = candidate(node, token)
+        if facts is not None:
+            out.append((node, *facts))
     return out
 
 
+def candidate(node, token):
+    """(load, locality) of a node for an adapter version token (None: base model only), or None when it has no
+    free slot and the adapter is not resident there."""
+    adapters = _adapters(node)
+    slots, active = adapters.get("slots", 0), adapters.get("device", 0)
+    on_device = token is not None and token in _resident(node, "device")
+    if token is not None and not on_device and active >= slots:
+        return None
+    load = 1 - active / slots if slots else 0.0
+    locality = 1.0 if on_device else (0.5 if token is not None and token in _resident(node, "host") else 0.0)
+    return load, locality
+
+
 def _score(candidates, tenant):
-    alpha, beta, gamma = settings.VAJRA_PLACEMENT_WEIGHTS
     recent = Counter(InferenceRequest.objects.filter(tenant=tenant, node__isnull=False)
                      .order_by("-created_at").values_list("node_id", flat=True)[:AFFINITY_WINDOW])
+    return rank(candidates, recent, settings.VAJRA_PLACEMENT_WEIGHTS)
+
+
+def rank(candidates, recent, weights):
+    """Algorithm 2's order of (node, load, locality) candidates, best first, given how many of the tenant's
+    recent requests ran on each node (``recent``: node pk -> count). No database: bench/scale.py replays
+    synthetic traces through it."""
+    alpha, beta, gamma = weights
     total = sum(recent.values())
     scored = []
     for node, load, locality in candidates:

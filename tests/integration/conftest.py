@@ -17,6 +17,12 @@ import pytest
 from django.db import connection
 
 ROOT = Path(__file__).resolve().parent.parent.parent
+SUMMARY = []  # lines tests report (figures of the load test), printed at the end of the run
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in SUMMARY:
+        terminalreporter.write_line(line)
 
 
 def free_port():
@@ -75,12 +81,11 @@ def wait_for(predicate, timeout, what, proc=None):
                          + (f"\n{proc.output()[-3000:]}" if proc else ""))
 
 
-@pytest.fixture
-def daphne(transactional_db, tmp_path):
-    """The real ASGI server on a free port; yields its base URL."""
+def start_daphne(log_path, **env):
+    """The real ASGI server on a free port, answering /healthz; returns (Proc, base URL)."""
     port = free_port()
     proc = Proc([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "vajra.asgi:application"],
-                tmp_path / "daphne.log", process_env())
+                log_path, process_env(**env))
 
     def up():
         try:
@@ -88,8 +93,19 @@ def daphne(transactional_db, tmp_path):
         except httpx.HTTPError:
             return False
 
-    wait_for(up, 60, "daphne to answer /healthz", proc)
-    yield f"http://127.0.0.1:{port}"
+    try:
+        wait_for(up, 60, "daphne to answer /healthz", proc)
+    except AssertionError:
+        proc.stop()
+        raise
+    return proc, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def daphne(transactional_db, tmp_path):
+    """The real ASGI server on a free port; yields its base URL."""
+    proc, url = start_daphne(tmp_path / "daphne.log")
+    yield url
     proc.stop()
 
 
@@ -102,22 +118,38 @@ def base_model_store():
     return store
 
 
+@pytest.fixture(scope="session")
+def tiny_model_store(base_model_store, tmp_path_factory):
+    """A store holding tiny-llama: random weights (2 layers, hidden 64) with SmolLM2's tokenizer and chat
+    template, in the layout the runtime loads (gpu_runtime.model_store.write_tiny_llama). A node on it loads
+    in a fraction of a second and decodes fast, for tests that need real nodes under load."""
+    from gpu_runtime.model_store import DEFAULT_MODEL, TINY_MODEL, write_tiny_llama
+
+    store = tmp_path_factory.mktemp("tiny-store")
+    write_tiny_llama(store, TINY_MODEL, tokenizer_from=base_model_store / DEFAULT_MODEL / "float32")
+    return store
+
+
+def start_control_worker(log_path, concurrency=2, **env):
+    return Proc([sys.executable, "-m", "celery", "-A", "vajra", "worker", "--queues", "control", "--pool",
+                 "threads", "--concurrency", str(concurrency), "--loglevel", "INFO", "--hostname",
+                 f"control-{os.getpid()}@%h"], log_path, process_env(**env))
+
+
 @pytest.fixture
 def control_worker(transactional_db, tmp_path):
-    proc = Proc([sys.executable, "-m", "celery", "-A", "vajra", "worker", "--queues", "control", "--pool",
-                 "threads", "--concurrency", "2", "--loglevel", "INFO", "--hostname", f"control-{os.getpid()}@%h"],
-                tmp_path / "control.log", process_env())
+    proc = start_control_worker(tmp_path / "control.log")
     yield proc
     proc.stop()
 
 
-def start_runtime_node(name, store, log_dir, concurrency=2, **env):
-    """A real runtime node process serving queue ``node.<name>`` (heartbeat every second, no metrics port)."""
+def start_runtime_node(store, log_path, *, name, base_model="smollm2-135m-instruct", concurrency=2, **env):
+    """A real runtime node (``celery -A gpu_runtime.worker``) serving ``base_model`` from ``store``, on its own
+    queue, heartbeating every second, with no metrics port (nodes share this machine)."""
     proc = Proc([sys.executable, "-m", "celery", "-A", "gpu_runtime.worker", "worker", "--pool", "threads",
-                 "--concurrency", str(concurrency), "--loglevel", "INFO", "--hostname", f"{name}@%h"],
-                Path(log_dir) / f"runtime-{name}.log",
-                process_env(VAJRA_NODE_NAME=name, VAJRA_MODEL_STORE=str(store), VAJRA_HEARTBEAT_SECONDS="1",
-                            VAJRA_METRICS_PORT="0", **env))
+                 "--concurrency", str(concurrency), "--loglevel", "INFO", "--hostname", f"{name}@%h"], log_path,
+                process_env(VAJRA_NODE_NAME=name, VAJRA_MODEL_STORE=str(store), VAJRA_BASE_MODEL=base_model,
+                            VAJRA_HEARTBEAT_SECONDS="1", VAJRA_METRICS_PORT="0", **env))
     proc.name = name
     return proc
 
@@ -131,7 +163,8 @@ def runtime_concurrency():
 @pytest.fixture
 def runtime_node(base_model_store, tmp_path, runtime_concurrency):
     """A real runtime node with the real base model, on its own queue."""
-    proc = start_runtime_node(f"test-{os.getpid()}", base_model_store, tmp_path, concurrency=runtime_concurrency)
+    proc = start_runtime_node(base_model_store, tmp_path / "runtime.log", name=f"test-{os.getpid()}",
+                              concurrency=runtime_concurrency)
     yield proc
     proc.stop()
 
@@ -145,9 +178,18 @@ def beat(transactional_db, tmp_path):
     proc.stop()
 
 
-@pytest.fixture(scope="session")
-def adapter_zip(base_model_store, tmp_path_factory):
-    """A real PEFT LoRA (r=8 on q_proj, v_proj) for SmolLM2, zipped inside one folder as people upload it."""
+@pytest.fixture
+def tiny_runtime_node(tiny_model_store, tmp_path):
+    """A real runtime node serving tiny-llama."""
+    proc = start_runtime_node(tiny_model_store, tmp_path / "runtime-tiny.log", name=f"tiny-{os.getpid()}",
+                              base_model="tiny-llama")
+    yield proc
+    proc.stop()
+
+
+def lora_zip(model_dir, tmp_dir):
+    """A real PEFT LoRA (r=8 on q_proj, v_proj) for the model in ``model_dir``, zipped inside one folder as
+    people upload it."""
     import io
     import zipfile
 
@@ -155,14 +197,26 @@ def adapter_zip(base_model_store, tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(base_model_store / "smollm2-135m-instruct" / "float32")
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
     torch.manual_seed(7)
     peft = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
                                            init_lora_weights=False))
-    path = tmp_path_factory.mktemp("upload") / "adapter"
+    path = Path(tmp_dir) / "adapter"
     peft.save_pretrained(path)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for f in path.iterdir():
             archive.write(f, f"my-adapter/{f.name}")
     return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def adapter_zip(base_model_store, tmp_path_factory):
+    """A real PEFT LoRA (r=8 on q_proj, v_proj) for SmolLM2."""
+    return lora_zip(base_model_store / "smollm2-135m-instruct" / "float32", tmp_path_factory.mktemp("upload"))
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_zip(tiny_model_store, tmp_path_factory):
+    """A real PEFT LoRA (r=8 on q_proj, v_proj) for tiny-llama's shapes."""
+    return lora_zip(tiny_model_store / "tiny-llama" / "float32", tmp_path_factory.mktemp("tiny-upload"))

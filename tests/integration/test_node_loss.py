@@ -25,7 +25,7 @@ BODY = {"prompt": "Once upon a time, in a small village by the sea, there lived"
 @pytest.fixture
 def two_nodes(base_model_store, tmp_path):
     names = [f"node-a-{os.getpid()}", f"node-b-{os.getpid()}"]
-    procs = {name: start_runtime_node(name, base_model_store, tmp_path) for name in names}
+    procs = {name: start_runtime_node(base_model_store, tmp_path / f"{name}.log", name=name) for name in names}
     yield procs
     for proc in procs.values():
         proc.stop()
@@ -88,8 +88,7 @@ def test_a_node_killed_mid_stream_hands_the_request_to_the_other_and_rejoins(
 
     # the node comes back under its name: it rejoins (up, a new start) and gets work
     before = down.started_at
-    (tmp_path / "again").mkdir()
-    two_nodes[a_name] = start_runtime_node(a_name, base_model_store, tmp_path / "again")
+    two_nodes[a_name] = start_runtime_node(base_model_store, tmp_path / f"{a_name}-again.log", name=a_name)
     back = wait_for(lambda: (n := loaded(a_name)) and n.started_at > before and n, 240, f"{a_name} to rejoin",
                     two_nodes[a_name])
     assert back.status == Node.UP
