@@ -175,6 +175,7 @@ class Engine:
     def _loop(self):
         while not self._stop.is_set():
             try:
+                self.streams.flush()  # entries Redis refused while it restarted, once it answers again
                 self._run_calls()
                 self._admit()
                 if self.rows:
