@@ -4,9 +4,12 @@ final event (exactly once: a finished row is never rewritten).
 The web's async entry points (``/v1/.../infer``, the OpenAI API, the playground) run the synchronous part of
 a request (API key, rate limit, row, task) in one trip to a submit thread (``on_submit_thread``)."""
 
+import json
+import logging
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -17,12 +20,14 @@ from rest_framework.exceptions import Throttled
 from billing.caps import check_spend
 from billing.ledger import record_inference
 from billing.plans import query_price
-from gpu_runtime.contract import TASK_INFER, node_queue
+from gpu_runtime.contract import TASK_INFER, node_queue, stream_key
+from vajra.errors import REDIS_DOWN, redis_unavailable
 
 from .adapters import adapter_ref
 from .models import Adapter, InferenceRequest
 from .placement import NoCapacity, place, record_scale_up
 
+log = logging.getLogger(__name__)
 ACTIVE = (InferenceRequest.QUEUED, InferenceRequest.RUNNING)
 SUBMIT_THREADS = 8  # PostgreSQL: submits run side by side on this many threads (SQLite: one, see submit_pool)
 
@@ -133,8 +138,14 @@ def _submit(principal, base_model, version, prompt, messages, sampling, api, req
             # ignore_result: the answer comes back on the request's Redis Stream; with a result the web would
             # SUBSCRIBE to a result channel per task (never read) and the node would store every final event.
             # argsrepr: Celery's events and logs show the request id, not the tenant's prompt (and skip a repr).
-            app.send_task(TASK_INFER, args=[payload], queue=queue, task_id=row.id, ignore_result=True,
-                          argsrepr=f"[<request {row.id}>]", kwargsrepr="{}")
+            try:
+                app.send_task(TASK_INFER, args=[payload], queue=queue, task_id=row.id, ignore_result=True,
+                              argsrepr=f"[<request {row.id}>]", kwargsrepr="{}")
+            except REDIS_DOWN:  # committed, but no node will ever see it: end the row now, and say why (503)
+                InferenceRequest.objects.filter(pk=row.id, status=InferenceRequest.QUEUED).update(
+                    status=InferenceRequest.FAILED, finish_reason="error", error_code="broker_unavailable",
+                    error_message="The broker (Redis) did not take the request; retry it.", finished_at=timezone.now())
+                raise redis_unavailable() from None
 
         transaction.on_commit(send)
     return row
@@ -176,3 +187,32 @@ def inference_finish(*, request_id, final):
         row.save()
         record_inference(row)  # its ledger rows, in this transaction: billed once, with the finish
     return row
+
+
+def stale_final(timeout_s):
+    return {"finish_reason": "error", "usage": None, "timings": None, "gpu_ms": None, "error": {
+        "code": "node_timeout", "message": f"No runtime node finished the request within {timeout_s} s (a node or "
+                                           "the broker may have restarted and lost it); retry it."}}
+
+
+def inference_expire_stale(*, limit=500):
+    """Fails requests still queued or running past VAJRA_REQUEST_TIMEOUT_SECONDS: a broker that restarted without
+    its data lost their task or their node's answer, and nothing else would ever end them. Bills nothing (no work
+    is known). Each row in its own transaction (inference_finish), at most ``limit`` per run; the final event goes
+    to the request's stream after commit, so a client still waiting gets it."""
+    from vajra.redis import get_redis
+
+    timeout_s = settings.VAJRA_REQUEST_TIMEOUT_SECONDS
+    cutoff = timezone.now() - timedelta(seconds=timeout_s)
+    ids = list(InferenceRequest.objects.filter(status__in=ACTIVE, created_at__lt=cutoff)
+               .order_by("created_at").values_list("pk", flat=True)[:limit])
+    final = stale_final(timeout_s)
+    expired = [request_id for request_id in ids
+               if getattr(inference_finish(request_id=request_id, final=final), "error_code", "") == "node_timeout"]
+    for request_id in expired:
+        try:
+            get_redis().xadd(stream_key(request_id), {"type": "final", "data": json.dumps(final)})
+            get_redis().expire(stream_key(request_id), 3600)
+        except REDIS_DOWN:
+            log.warning("could not tell the client of %s that it expired: Redis unavailable", request_id)
+    return len(expired)

@@ -5,6 +5,11 @@ from .env import VAR_DIR, env_choice, env_float, env_int, env_str
 # Runtime nodes heartbeat this often; a node silent for NODE_DOWN_AFTER_MISSED beats is marked down.
 VAJRA_HEARTBEAT_SECONDS = env_int("VAJRA_HEARTBEAT_SECONDS", 5, minimum=1)
 VAJRA_NODE_DOWN_AFTER_MISSED = env_int("VAJRA_NODE_DOWN_AFTER_MISSED", 3, minimum=1)
+# A request no node finished within this long is failed (node_timeout) by control.inference_expire_stale, run by
+# beat every VAJRA_REQUEST_SWEEP_SECONDS: a broker that restarted without its data may have lost its task or its
+# answer. Longer than a runtime task may run (its hard limit is 330 s) plus a queue wait.
+VAJRA_REQUEST_TIMEOUT_SECONDS = env_int("VAJRA_REQUEST_TIMEOUT_SECONDS", 900, minimum=5)
+VAJRA_REQUEST_SWEEP_SECONDS = env_int("VAJRA_REQUEST_SWEEP_SECONDS", 60, minimum=1)
 VAJRA_MODEL_STORE = env_str("VAJRA_MODEL_STORE", str(VAR_DIR / "models"))
 VAJRA_DEFAULT_BASE_MODEL = env_str("VAJRA_BASE_MODEL", "smollm2-135m-instruct")
 
