@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from celery import Celery, signals
 from kombu import Queue
 
-from . import logs
+from . import broker, logs
 from .config import RuntimeConfig
 from .contract import (
     CONTROL_QUEUE,
@@ -45,6 +45,7 @@ logs.carry_request_ids(logs.request_id_var)
 if logs.log_format() == "json":
     logs.json_logs_in_celery(logs.JsonFormatter(static={"node": config.node_name}))
 
+broker.install()
 # No fixups: Celery's Django fixup would set Django up whenever DJANGO_SETTINGS_MODULE is in the
 # environment (it is, under `make up`), and the runtime must stay Django-free.
 app = Celery("vajra-runtime", fixups=[])
