@@ -35,7 +35,8 @@ def test_database_url():
 
 def process_env(**extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env.update(DATABASE_URL=test_database_url(), PYTHONUNBUFFERED="1", **extra)
+    env.update(DATABASE_URL=test_database_url(), PYTHONUNBUFFERED="1")
+    env.update(extra)  # may point a process at other services (a private Redis or PostgreSQL)
     return env
 
 
@@ -75,12 +76,11 @@ def wait_for(predicate, timeout, what, proc=None):
                          + (f"\n{proc.output()[-3000:]}" if proc else ""))
 
 
-@pytest.fixture
-def daphne(transactional_db, tmp_path):
-    """The real ASGI server on a free port; yields its base URL."""
+def start_daphne(tmp_path, **env):
+    """The real ASGI server on a free port, up; returns (Proc, base URL). ``env``: extra environment."""
     port = free_port()
     proc = Proc([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "vajra.asgi:application"],
-                tmp_path / "daphne.log", process_env())
+                tmp_path / "daphne.log", process_env(**env))
 
     def up():
         try:
@@ -89,7 +89,14 @@ def daphne(transactional_db, tmp_path):
             return False
 
     wait_for(up, 60, "daphne to answer /healthz", proc)
-    yield f"http://127.0.0.1:{port}"
+    return proc, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def daphne(transactional_db, tmp_path):
+    """The real ASGI server on a free port; yields its base URL."""
+    proc, url = start_daphne(tmp_path)
+    yield url
     proc.stop()
 
 
@@ -102,25 +109,37 @@ def base_model_store():
     return store
 
 
+def start_control_worker(tmp_path, name="control", *, beat=False, **env):
+    """The control worker (``beat``: with beat inside it, its schedule file in ``tmp_path``)."""
+    argv = [sys.executable, "-m", "celery", "-A", "vajra", "worker", "--queues", "control", "--pool", "threads",
+            "--concurrency", "2", "--loglevel", "INFO", "--hostname", f"{name}-{os.getpid()}@%h"]
+    if beat:
+        argv += ["--beat", "--schedule", str(tmp_path / f"{name}-beat-schedule")]
+    return Proc(argv, tmp_path / f"{name}.log", process_env(**env))
+
+
 @pytest.fixture
 def control_worker(transactional_db, tmp_path):
-    proc = Proc([sys.executable, "-m", "celery", "-A", "vajra", "worker", "--queues", "control", "--pool",
-                 "threads", "--concurrency", "2", "--loglevel", "INFO", "--hostname", f"control-{os.getpid()}@%h"],
-                tmp_path / "control.log", process_env())
+    proc = start_control_worker(tmp_path)
     yield proc
     proc.stop()
+
+
+def start_runtime_node(store, tmp_path, concurrency=2, **env):
+    """A real runtime node with the real base model, on its own queue (``proc.name``)."""
+    name = f"test-{os.getpid()}"
+    proc = Proc([sys.executable, "-m", "celery", "-A", "gpu_runtime.worker", "worker", "--pool", "threads",
+                 "--concurrency", str(concurrency), "--loglevel", "INFO", "--hostname", f"{name}@%h"],
+                tmp_path / "runtime.log",
+                process_env(VAJRA_NODE_NAME=name, VAJRA_MODEL_STORE=str(store), VAJRA_HEARTBEAT_SECONDS="1", **env))
+    proc.name = name
+    return proc
 
 
 @pytest.fixture
 def runtime_node(base_model_store, tmp_path):
     """A real runtime node with the real base model, on its own queue."""
-    name = f"test-{os.getpid()}"
-    proc = Proc([sys.executable, "-m", "celery", "-A", "gpu_runtime.worker", "worker", "--pool", "threads",
-                 "--concurrency", "2", "--loglevel", "INFO", "--hostname", f"{name}@%h"],
-                tmp_path / "runtime.log",
-                process_env(VAJRA_NODE_NAME=name, VAJRA_MODEL_STORE=str(base_model_store),
-                            VAJRA_HEARTBEAT_SECONDS="1"))
-    proc.name = name
+    proc = start_runtime_node(base_model_store, tmp_path)
     yield proc
     proc.stop()
 
