@@ -176,6 +176,7 @@ class Engine:
     def _loop(self):
         while not self._stop.is_set():
             try:
+                self.streams.flush()  # entries Redis refused while it restarted, once it answers again
                 self._run_calls()
                 self._admit()
                 if self.rows:
@@ -489,6 +490,7 @@ class Engine:
     def _send_final(self, row):
         handle, now = row.handle, time.perf_counter()
         if row.finish_reason == SUPERSEDED:  # the current attempt, on another node, owns the stream and the end
+            self.streams.superseded(handle.request.request_id, handle.request.attempt)
             if row.key is not None:
                 self.store.release(row.key)
             handle.result = {"finish_reason": SUPERSEDED, "attempt": handle.request.attempt}

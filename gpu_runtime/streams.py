@@ -1,27 +1,92 @@
-"""Writes each request's events to its Redis Stream and reads cancel flags (see contract.py)."""
+"""Writes each request's events to its Redis Stream and reads cancel flags (see contract.py).
+
+Redis may restart under a running engine. A write that fails is kept, in order, and written by the next write or
+``flush`` once Redis answers again (tried at most every ``retry_s``, so the engine thread never waits on a dead
+Redis). Each entry carries ``seq`` (0, 1, 2, ... per stream): a reader that sees a gap knows entries were lost
+(a Redis that restarted without its data) instead of relaying a silently shortened answer.
+"""
 
 import json
+import logging
+import threading
+import time
+from collections import OrderedDict
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .contract import attempt_key, cancel_key, stream_key
 
+log = logging.getLogger("vajra.runtime.streams")
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
 
 class StreamWriter:
-    def __init__(self, client: redis.Redis, ttl_seconds=3600):
+    def __init__(self, client: redis.Redis, ttl_seconds=3600, *, retry_s=0.5, max_pending=100_000):
         self.redis = client
         self.ttl = ttl_seconds
+        self.retry_s = retry_s
+        self.max_pending = max_pending
+        self._seq = {}  # (stream id, attempt) -> next seq (dropped at its final event, or when superseded)
+        self._pending = OrderedDict()  # stream id -> [(type, data json, seq)] not yet written, in order
+        self._pending_count = 0
+        self._next_try = 0.0
+        self._lock = threading.Lock()  # the worker's writer is shared by task threads
 
     @classmethod
     def from_url(cls, url, ttl_seconds=3600):
-        return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2), ttl_seconds)
+        # One quick try per call: the writer keeps what fails and retries later itself.
+        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
+        return cls(client, ttl_seconds)
 
-    def _add(self, request_id, event_type, data):
-        key = stream_key(request_id)
-        pipe = self.redis.pipeline()
-        pipe.xadd(key, {"type": event_type, "data": json.dumps(data)})
-        pipe.expire(key, self.ttl)
-        pipe.execute()
+    def _add(self, request_id, event_type, data, attempt=1):
+        # seq counts each attempt's entries from 0: a failover attempt on another node starts its own count.
+        counter = (request_id, attempt)
+        data = json.dumps(data)
+        with self._lock:
+            seq = self._seq.pop(counter, 0) if event_type == "final" else self._seq.get(counter, 0)
+            if event_type != "final":
+                self._seq[counter] = seq + 1
+            entry = (event_type, data, seq)
+            if self._pending_count >= self.max_pending:  # Redis gone for long: memory stays bounded, readers see a gap
+                log.warning("dropping a stream entry of %s: %d entries wait for Redis", request_id, self._pending_count)
+                return
+            self._pending.setdefault(request_id, []).append(entry)
+            self._pending_count += 1
+            self._flush()
+
+    def flush(self):
+        """Writes what is pending (the engine calls it every loop); True when nothing is left."""
+        if not self._pending:
+            return True
+        with self._lock:
+            return self._flush()
+
+    def _flush(self):
+        if not self._pending:
+            return True
+        if time.monotonic() < self._next_try:  # failed a moment ago: wait for the retry time
+            return False
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for request_id, entries in self._pending.items():
+                key = stream_key(request_id)
+                for event_type, data, seq in entries:
+                    pipe.xadd(key, {"type": event_type, "data": data, "seq": seq})
+                pipe.expire(key, self.ttl)
+            pipe.execute()
+        except REDIS_DOWN as exc:
+            self._next_try = time.monotonic() + self.retry_s
+            log.warning("Redis unavailable, %d stream entries kept to write later: %s", self._pending_count, exc)
+            return False
+        self._pending.clear()
+        self._pending_count = 0
+        return True
+
+    @property
+    def pending(self):
+        return self._pending_count
 
     def event(self, stream_id, event_type, data):
         """Any other entry (a training job's ``progress``); readers skip types they do not know."""
@@ -29,29 +94,49 @@ class StreamWriter:
 
     def delta(self, request_id, text, attempt=1):
         # A failover attempt's entries say which attempt wrote them, so readers skip a superseded one's.
-        self._add(request_id, "delta", {"text": text, "attempt": attempt} if attempt > 1 else {"text": text})
+        self._add(request_id, "delta", {"text": text, "attempt": attempt} if attempt > 1 else {"text": text},
+                  attempt)
 
     def final(self, request_id, payload):
-        self._add(request_id, "final", payload)
+        self._add(request_id, "final", payload, payload.get("attempt", 1))
+
+    def superseded(self, request_id, attempt):
+        """An attempt failover replaced writes nothing more: forget its count."""
+        with self._lock:
+            self._seq.pop((request_id, attempt), None)
 
     def run_state(self, request_id):
         """(final event or None, current attempt or None) in one round trip: a task runs its request only when it
-        has not finished and the task carries the current attempt (contract.py, "Failover")."""
+        has not finished and the task carries the current attempt (contract.py, "Failover"). A final event still
+        waiting for Redis counts too."""
+        pending = [json.loads(data) for event_type, data, _ in self._pending.get(request_id, ())
+                   if event_type == "final"]
         pipe = self.redis.pipeline()
         pipe.xrevrange(stream_key(request_id), count=1)
         pipe.get(attempt_key(request_id))
-        entries, attempt = pipe.execute()
+        try:
+            entries, attempt = pipe.execute()
+        except REDIS_DOWN:
+            if pending:  # it ended here and waits for Redis: a redelivery must not run it again
+                return pending[-1], None
+            raise
         final, current = None, int(attempt) if attempt is not None else None
-        if entries and entries[0][1].get(b"type") == b"final":
+        if pending:
+            final = pending[-1]
+        elif entries and entries[0][1].get(b"type") == b"final":
             final = json.loads(entries[0][1][b"data"])
-            if current is not None and final.get("attempt", 1) != current:
-                final = None  # a superseded attempt's end: the current attempt has still to run
+        if final is not None and current is not None and final.get("attempt", 1) != current:
+            final = None  # a superseded attempt's end: the current attempt has still to run
         return final, current
 
     def cancelled(self, request_ids):
+        """The ids whose cancel flag is set; none while Redis is unreachable (their rows go on)."""
         if not request_ids:
             return set()
-        flags = self.redis.mget([cancel_key(r) for r in request_ids])
+        try:
+            flags = self.redis.mget([cancel_key(r) for r in request_ids])
+        except REDIS_DOWN:
+            return set()
         return {r for r, flag in zip(request_ids, flags, strict=True) if flag is not None}
 
     def stopped(self, requests):
@@ -60,7 +145,10 @@ class StreamWriter:
         if not requests:
             return set(), set()
         ids = [r for r, _ in requests]
-        flags = self.redis.mget([cancel_key(r) for r in ids] + [attempt_key(r) for r in ids])
+        try:
+            flags = self.redis.mget([cancel_key(r) for r in ids] + [attempt_key(r) for r in ids])
+        except REDIS_DOWN:  # unreachable: no row is stopped, they go on
+            return set(), set()
         cancelled = {r for r, flag in zip(ids, flags[:len(ids)], strict=True) if flag is not None}
         superseded = {r for (r, attempt), current in zip(requests, flags[len(ids):], strict=True)
                       if current is not None and int(current) != attempt}

@@ -10,7 +10,6 @@ only reports its result again (the control plane ignores a second one).
 import logging
 
 from .contract import (
-    CONTROL_QUEUE,
     TASK_TRAIN,
     TASK_TRAINING_CHECKPOINT,
     TASK_TRAINING_FINISHED,
@@ -18,13 +17,13 @@ from .contract import (
     TASK_TRAINING_STEP,
     ContractError,
 )
-from .worker import _streams, app, config, node
+from .worker import _streams, app, config, node, send_control
 
 log = logging.getLogger("vajra.runtime.train")
 
 
 def _send(name, *args):
-    app.send_task(name, args=list(args), queue=CONTROL_QUEUE)
+    send_control(name, list(args))
 
 
 def _failed(code, message):

@@ -11,13 +11,13 @@ import os
 import resource
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from datetime import UTC, datetime
 
 from celery import Celery, signals
 from kombu import Queue
 
-from . import logs
+from . import broker, logs
 from .config import RuntimeConfig
 from .contract import (
     CONTROL_QUEUE,
@@ -33,6 +33,7 @@ from .contract import (
 from .metrics import metrics_address, start_metrics_server
 from .prefetch import Prefetcher, PrefetchLoop
 from .redis_url import celery_url
+from .streams import REDIS_DOWN
 
 log = logging.getLogger("vajra.runtime.worker")
 
@@ -45,6 +46,7 @@ logs.carry_request_ids(logs.request_id_var)
 if logs.log_format() == "json":
     logs.json_logs_in_celery(logs.JsonFormatter(static={"node": config.node_name}))
 
+broker.install()
 # No fixups: Celery's Django fixup would set Django up whenever DJANGO_SETTINGS_MODULE is in the
 # environment (it is, under `make up`), and the runtime must stay Django-free.
 app = Celery("vajra-runtime", fixups=[])
@@ -80,6 +82,7 @@ class Node:
         # key -> AdapterRef of recent requests: the prefetcher speaks in keys, prepare() needs the ref
         self.adapter_refs = OrderedDict()
         self.load_error = None
+        self.redis_run_id = None  # the Redis instance this node last saw (check_redis_restart)
         self.ready = threading.Event()
         self.metrics = None
         self._stop = threading.Event()
@@ -178,7 +181,28 @@ class Node:
             busy_ratio=round(self.engine.busy_ratio(), 4) if self.engine else 0.0,
         )
 
+    def check_redis_restart(self):
+        """Sends recent final events again when Redis is a new instance (its run id changed): the old one may have
+        taken their messages down with it. Returns how many were sent again."""
+        try:
+            run_id = _streams().redis.info("server")["run_id"]
+        except REDIS_DOWN:
+            return 0
+        previous = self.redis_run_id
+        finals = [] if previous in (None, run_id) else recent_finals.recent()
+        if finals:
+            log.warning("Redis restarted (run id %s, was %s): reporting %d recent final events again", run_id,
+                        previous, len(finals))
+        for request_id, final in finals:
+            send_control(TASK_INFERENCE_FINISHED, [request_id, final])
+        self.redis_run_id = run_id  # only once all went: a failure tries again at the next beat
+        return len(finals)
+
     def send_heartbeat(self):
+        try:
+            self.check_redis_restart()
+        except Exception:  # the broker went away again: the next beat tries again
+            log.warning("final events not sent again", exc_info=True)
         try:
             app.send_task(TASK_NODE_HEARTBEAT, args=[self.heartbeat().to_json()], queue=CONTROL_QUEUE,
                           expires=self.config.heartbeat_seconds * 3)
@@ -229,6 +253,45 @@ def _on_worker_shutdown(**_):
     node.stop()
 
 
+# What the control plane bills from must reach it through a broker restart: a send is retried for about a minute
+# (kombu reconnects between tries) before the task fails loudly. Heartbeats are not: the next beat replaces one.
+CONTROL_RETRY = {"max_retries": 60, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 1.0}
+
+
+def send_control(name, args):
+    app.send_task(name, args=args, queue=CONTROL_QUEUE, retry=True, retry_policy=CONTROL_RETRY)
+
+
+class RecentFinals:
+    """The final events this node reported in the last ``window_s``. A Redis that restarts without its data loses
+    the ones still queued for the control worker, so the heartbeat sends these again when it sees a new Redis (the
+    control plane records each request once, so a second copy changes nothing)."""
+
+    def __init__(self, window_s=120, limit=10_000):
+        self.window_s = window_s
+        self._finals = deque(maxlen=limit)
+        self._lock = threading.Lock()
+
+    def add(self, request_id, final):
+        with self._lock:
+            self._finals.append((time.monotonic(), request_id, final))
+
+    def recent(self):
+        cutoff = time.monotonic() - self.window_s
+        with self._lock:
+            while self._finals and self._finals[0][0] < cutoff:
+                self._finals.popleft()
+            return [(request_id, final) for _, request_id, final in self._finals]
+
+
+recent_finals = RecentFinals()
+
+
+def report_finished(request_id, final):
+    recent_finals.add(request_id, final)
+    send_control(TASK_INFERENCE_FINISHED, [request_id, final])
+
+
 def _error(code, message):
     return {"finish_reason": "error", "error": {"code": code, "message": message}}
 
@@ -246,7 +309,10 @@ def infer(payload):
         if isinstance(payload, dict) and isinstance(payload.get("request_id"), str):
             _streams().final(payload["request_id"], result)
         return result
-    final, current = _streams().run_state(request.request_id)
+    try:
+        final, current = _streams().run_state(request.request_id)
+    except REDIS_DOWN:  # Redis restarting: whatever it held is gone with it, so this is no known redelivery
+        final, current = None, None
     if final is None and current is not None and current != request.attempt:
         # A superseded attempt (its node was lost and the request went to another node): the current attempt
         # reports the request's end; this one does nothing.
@@ -256,13 +322,12 @@ def infer(payload):
         engine = node.require_engine()
         node.observe(request)
         handle = engine.submit(request)
-        app.send_task(TASK_INFERENCE_STARTED, args=[request.request_id, config.node_name, request.attempt],
-                      queue=CONTROL_QUEUE)
+        send_control(TASK_INFERENCE_STARTED, [request.request_id, config.node_name, request.attempt])
         final = handle.wait()
         if final.get("finish_reason") == SUPERSEDED:  # another node runs the current attempt and reports it
             return final
     # the control plane records usage from this (idempotent on the request id)
-    app.send_task(TASK_INFERENCE_FINISHED, args=[request.request_id, final], queue=CONTROL_QUEUE)
+    report_finished(request.request_id, final)
     return final
 
 

@@ -4,9 +4,12 @@ final event (exactly once: a finished row is never rewritten).
 The web's async entry points (``/v1/.../infer``, the OpenAI API, the playground) run the synchronous part of
 a request (API key, rate limit, row, task) in one trip to a submit thread (``on_submit_thread``)."""
 
+import json
+import logging
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -17,14 +20,15 @@ from rest_framework.exceptions import Throttled
 from billing.caps import check_spend
 from billing.ledger import record_inference
 from billing.plans import account_for, plan_limits, query_price
-from gpu_runtime.contract import TASK_INFER, node_queue
-from vajra.errors import InvalidRequest
+from gpu_runtime.contract import TASK_INFER, node_queue, stream_key
+from vajra.errors import REDIS_DOWN, InvalidRequest, redis_unavailable
 
 from .adapters import adapter_ref
 from .models import Adapter, InferenceRequest
 from .placement import NoCapacity, place, record_scale_up
 from .prompt_tokens import prompt_tokens
 
+log = logging.getLogger(__name__)
 ACTIVE = (InferenceRequest.QUEUED, InferenceRequest.RUNNING)
 DEFAULT_MAX_TOKENS = 256  # when a request names none (or the plan's cap, if lower): a bounded default, no surprise
 SUBMIT_THREADS = 8  # PostgreSQL: submits run side by side on this many threads (SQLite: one, see submit_pool)
@@ -168,7 +172,17 @@ def _submit(principal, base_model, version, prompt, messages, sampling, api, req
             base_model=base_model, adapter_version=version, tier=tier, api=api, node=node,
             max_tokens=sampling["max_tokens"], payload=payload,
         )
-        transaction.on_commit(lambda: send_infer(payload, node_name=node.name, task_id=row.id))
+
+        def send():
+            try:
+                send_infer(payload, node_name=node.name, task_id=row.id)
+            except REDIS_DOWN:  # committed, but no node will ever see it: end the row now, and say why (503)
+                InferenceRequest.objects.filter(pk=row.id, status=InferenceRequest.QUEUED).update(
+                    status=InferenceRequest.FAILED, finish_reason="error", error_code="broker_unavailable",
+                    error_message="The broker (Redis) did not take the request; retry it.", finished_at=timezone.now())
+                raise redis_unavailable() from None
+
+        transaction.on_commit(send)
     return row
 
 
@@ -222,3 +236,42 @@ def inference_finish(*, request_id, final):
         row.save()
         record_inference(row)  # its ledger rows, in this transaction: billed once, with the finish
     return row
+
+
+def stale_final(timeout_s, attempt=1):
+    return {"finish_reason": "error", "attempt": attempt, "usage": None, "timings": None, "gpu_ms": None, "error": {
+        "code": "node_timeout", "message": f"No runtime node finished the request within {timeout_s} s (a node or "
+                                           "the broker may have restarted and lost it); retry it."}}
+
+
+def stream_append(request_id, kind, data):
+    """An entry the control plane adds to a request's stream itself (a failover's retry, an end no node wrote)."""
+    from vajra.redis import get_redis
+
+    key = stream_key(request_id)
+    pipe = get_redis().pipeline()
+    pipe.xadd(key, {"type": kind, "data": json.dumps(data)})
+    pipe.expire(key, settings.VAJRA_STREAM_TTL_SECONDS)
+    pipe.execute()
+
+
+def inference_expire_stale(*, limit=500):
+    """Fails requests still queued or running past VAJRA_REQUEST_TIMEOUT_SECONDS: a broker that restarted without
+    its data lost their task or their node's answer, and nothing else would ever end them. Bills nothing (no work
+    is known). Each row in its own transaction (inference_finish), at most ``limit`` per run; the final event goes
+    to the request's stream after commit, so a client still waiting gets it."""
+    timeout_s = settings.VAJRA_REQUEST_TIMEOUT_SECONDS
+    cutoff = timezone.now() - timedelta(seconds=timeout_s)
+    rows = list(InferenceRequest.objects.filter(status__in=ACTIVE, created_at__lt=cutoff)
+                .order_by("created_at").values_list("pk", "attempt")[:limit])
+    expired = 0
+    for request_id, attempt in rows:
+        final = stale_final(timeout_s, attempt)
+        if getattr(inference_finish(request_id=request_id, final=final), "error_code", "") != "node_timeout":
+            continue
+        expired += 1
+        try:
+            stream_append(request_id, "final", final)
+        except REDIS_DOWN:
+            log.warning("could not tell the client of %s that it expired: Redis unavailable", request_id)
+    return expired

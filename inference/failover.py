@@ -22,7 +22,7 @@ from django.db.models import F
 from gpu_runtime.contract import attempt_key, node_queue, stream_key
 
 from .adapters import adapter_ref
-from .dispatch import ACTIVE, inference_finish, send_infer
+from .dispatch import ACTIVE, inference_finish, send_infer, stream_append
 from .models import Adapter, AdapterVersion, InferenceRequest
 from .placement import NoCapacity, place, send_tier, version_token
 from .services import nodes_up
@@ -89,7 +89,7 @@ def request_reroute(*, request_id, lost, reason):
     if node is None:
         final = _node_lost_final(lost, reason, row.attempt)
         inference_finish(request_id=row.id, final=final)
-        transaction.on_commit(lambda: _append(row.id, "final", final))
+        transaction.on_commit(lambda: stream_append(row.id, "final", final))
         log.warning("request %s: node %s lost (%s), no node to retry on", row.id, lost, reason)
         return "failed"
     attempt = row.attempt + 1
@@ -100,20 +100,12 @@ def request_reroute(*, request_id, lost, reason):
     def send():
         redis = _redis()
         redis.set(attempt_key(row.id), attempt, ex=settings.VAJRA_STREAM_TTL_SECONDS)  # before the task runs
-        _append(row.id, "retry", retry)
+        stream_append(row.id, "retry", retry)
         send_infer(payload, node_name=node.name, task_id=f"{row.id}.{attempt}")
 
     transaction.on_commit(send)
     log.warning("request %s: node %s lost (%s), attempt %s on %s", row.id, lost, reason, attempt, node.name)
     return "retried"
-
-
-def _append(request_id, kind, data):
-    key = stream_key(request_id)
-    pipe = _redis().pipeline()
-    pipe.xadd(key, {"type": kind, "data": json.dumps(data)})
-    pipe.expire(key, settings.VAJRA_STREAM_TTL_SECONDS)
-    pipe.execute()
 
 
 def _current_versions(*, base_model, tier):

@@ -3,13 +3,21 @@ reads. A late reader misses nothing (it reads from the start, or from the last e
 
 import asyncio
 import json
+import logging
+import time
 
 import redis.asyncio as aioredis
 from django.conf import settings
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gpu_runtime.contract import cancel_key, stream_key
 
 BLOCK_MS = 15000  # a blocking read returns at least this often, so the caller can send keep-alives
+RECONNECT_S = 30  # a relay waits this long for a restarting Redis before it ends its client's stream
+RECONNECT_PAUSE_S = 0.5
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+log = logging.getLogger(__name__)
 
 
 _clients = {}  # event loop -> its shared client (redis.asyncio connections belong to the loop that opened them)
@@ -29,18 +37,42 @@ def _client():
     return client
 
 
-async def events(request_id, last_id="0", *, max_wait_s=600):
-    """Yields (entry id, type, data) until the final event; ("", "keepalive", None) while waiting."""
+def error_final(code, message):
+    """A final event the relay makes up itself when the runtime's own cannot reach the client."""
+    return {"finish_reason": "error", "usage": None, "timings": None, "gpu_ms": None,
+            "error": {"code": code, "message": message}}
+
+
+async def events(request_id, last_id="0", *, max_wait_s=600, check_seq=True, reconnect_s=RECONNECT_S):
+    """Yields (entry id, type, data) until the final event; ("", "keepalive", None) while waiting.
+
+    Redis going away is waited out (reads retried for up to ``reconnect_s``). Entries carry ``seq``: a gap means
+    Redis lost some (it restarted without its data), and the reader gets a typed error instead of a silently
+    shortened answer. ``check_seq=False`` for training streams, whose redelivered job counts from 0 again."""
     client = _client()
     key = stream_key(request_id)
     waited, attempt = 0, 1
+    expected = 0 if last_id == "0" else None  # resuming after an id: take the seq that follows it as it comes
+    down_since = None
     while True:
-        result = await client.xread({key: last_id}, block=BLOCK_MS, count=256)
+        try:
+            result = await client.xread({key: last_id}, block=BLOCK_MS, count=256)
+        except REDIS_DOWN as exc:
+            now = time.monotonic()
+            down_since = down_since or now
+            if now - down_since >= reconnect_s:
+                log.warning("relay of %s: Redis unavailable for %s s: %s", request_id, reconnect_s, exc)
+                yield "", "final", error_final("redis_unavailable", f"The token stream's Redis did not answer for "
+                                               f"{reconnect_s} s. See GET /v1/requests/{request_id} for the "
+                                               "request's outcome, or retry it.")
+                return
+            await asyncio.sleep(RECONNECT_PAUSE_S)
+            continue
+        down_since = None
         if not result:
             waited += BLOCK_MS / 1000
             if waited >= max_wait_s:
-                yield "", "final", {"finish_reason": "error", "error": {
-                    "code": "timeout", "message": f"no answer from the runtime within {max_wait_s} s"}}
+                yield "", "final", error_final("timeout", f"no answer from the runtime within {max_wait_s} s")
                 return
             yield "", "keepalive", None
             continue
@@ -50,16 +82,33 @@ async def events(request_id, last_id="0", *, max_wait_s=600):
             kind, data = fields[b"type"].decode(), json.loads(fields[b"data"])
             if isinstance(data, dict) and kind != "retry" and data.get("attempt", 1) < attempt:
                 continue  # written by an attempt a failover superseded (its node was thought lost)
-            if kind == "retry":
-                attempt = data["attempt"]
+            if kind == "retry":  # the next attempt's entries count their seq from 0
+                attempt, expected = data["attempt"], 0
+                yield entry_id.decode(), kind, data
+                continue
+            seq = fields.get(b"seq")
+            if check_seq and seq is not None:
+                if expected is not None and int(seq) != expected:
+                    log.warning("relay of %s: entry %s where %s was due: entries were lost", request_id,
+                                int(seq), expected)
+                    yield "", "final", error_final("stream_interrupted", "Part of the answer was lost (Redis "
+                                                   f"restarted). See GET /v1/requests/{request_id} for the "
+                                                   "request's outcome, or retry it.")
+                    return
+                expected = int(seq) + 1
             yield entry_id.decode(), kind, data
             if kind == "final":
                 return
 
 
 async def cancel(request_id, ttl_s=3600):
-    """Asks the engine to drop the request's row (it checks every step)."""
-    await _client().set(cancel_key(request_id), 1, ex=ttl_s)
+    """Asks the engine to drop the request's row (it checks every step). False when Redis is down."""
+    try:
+        await _client().set(cancel_key(request_id), 1, ex=ttl_s)
+    except REDIS_DOWN:
+        log.warning("cancel of %s not sent: Redis unavailable", request_id)
+        return False
+    return True
 
 
 def event_stream_response(request_id, chunks):

@@ -1,6 +1,7 @@
 """Control-queue tasks the runtime nodes and beat send by name."""
 
 from celery import shared_task
+from django.db import InterfaceError, OperationalError
 
 from gpu_runtime.contract import (
     TASK_TRAINING_CHECKPOINT,
@@ -10,6 +11,12 @@ from gpu_runtime.contract import (
 )
 
 from . import services
+
+# What the nodes report (usage, progress) must survive a database restart: the task is retried with backoff
+# (1, 2, 4 ... 30 s, about ten minutes in all) rather than dropped. The services are idempotent, so a retry
+# after a commit whose answer was lost changes nothing.
+DB_RETRY = {"autoretry_for": (OperationalError, InterfaceError), "retry_backoff": 1, "retry_backoff_max": 30,
+            "max_retries": 25}
 
 
 @shared_task(name="control.node_heartbeat", ignore_result=True, soft_time_limit=10, time_limit=20)
@@ -22,14 +29,22 @@ def nodes_mark_down():
     return services.nodes_mark_down()
 
 
-@shared_task(name="control.inference_finished", ignore_result=True, soft_time_limit=10, time_limit=20)
+@shared_task(name="control.inference_expire_stale", ignore_result=True, soft_time_limit=50, time_limit=60)
+def inference_expire_stale():
+    """Beat: fails requests no node answered within VAJRA_REQUEST_TIMEOUT_SECONDS (bounded batch)."""
+    from .dispatch import inference_expire_stale as expire
+
+    return expire(limit=500)
+
+
+@shared_task(name="control.inference_finished", ignore_result=True, **DB_RETRY, soft_time_limit=10, time_limit=20)
 def inference_finished(request_id, final):
     from .dispatch import inference_finish
 
     inference_finish(request_id=request_id, final=final)
 
 
-@shared_task(name="control.inference_started", ignore_result=True, soft_time_limit=10, time_limit=20)
+@shared_task(name="control.inference_started", ignore_result=True, **DB_RETRY, soft_time_limit=10, time_limit=20)
 def inference_started(request_id, node_name, attempt=1):
     from .dispatch import inference_start
 
@@ -52,28 +67,28 @@ def training_place(job_id):
     place(job_id=job_id)
 
 
-@shared_task(name=TASK_TRAINING_STARTED, ignore_result=True, soft_time_limit=10, time_limit=20)
+@shared_task(name=TASK_TRAINING_STARTED, ignore_result=True, **DB_RETRY, soft_time_limit=10, time_limit=20)
 def training_started(job_id, node_name, info):
     from .training_progress import training_started as started
 
     started(job_id=job_id, node_name=node_name, info=info)
 
 
-@shared_task(name=TASK_TRAINING_STEP, ignore_result=True, soft_time_limit=10, time_limit=20)
+@shared_task(name=TASK_TRAINING_STEP, ignore_result=True, **DB_RETRY, soft_time_limit=10, time_limit=20)
 def training_step(job_id, step, metering):
     from .training_progress import training_step as record
 
     record(job_id=job_id, step=step, metering=metering)
 
 
-@shared_task(name=TASK_TRAINING_CHECKPOINT, ignore_result=True, soft_time_limit=10, time_limit=20)
+@shared_task(name=TASK_TRAINING_CHECKPOINT, ignore_result=True, **DB_RETRY, soft_time_limit=10, time_limit=20)
 def training_checkpoint(job_id, step, uri, loss=None):
     from .training_progress import training_checkpoint as record
 
     record(job_id=job_id, step=step, uri=uri, loss=loss)
 
 
-@shared_task(name=TASK_TRAINING_FINISHED, ignore_result=True, soft_time_limit=60, time_limit=90)
+@shared_task(name=TASK_TRAINING_FINISHED, ignore_result=True, **DB_RETRY, soft_time_limit=60, time_limit=90)
 def training_finished(job_id, result):
     from .training_progress import training_finish
 

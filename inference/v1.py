@@ -27,7 +27,7 @@ from rest_framework.exceptions import (
 
 from tenants.keys import principal_from_key
 from tenants.limits import rate_limit_wait
-from vajra.errors import InvalidRequest, error_response
+from vajra.errors import INFRASTRUCTURE_DOWN, InvalidRequest, error_response, redis_unavailable, unavailable
 from vajra.serializers import StrictSerializer
 
 from . import access, relay
@@ -43,8 +43,8 @@ class Unavailable(APIException):
     status_code = 503
     default_code = "no_capacity"
 
-    def __init__(self, detail, wait):
-        super().__init__(detail)
+    def __init__(self, detail, wait, code=None):
+        super().__init__(detail, code)
         self.wait = wait
 
 
@@ -139,6 +139,8 @@ def api_view(methods, *, submits=False):
                 return await view(request, credential, *args, **kwargs)
             except (APIException, Http404) as exc:
                 return error_response(exc)
+            except INFRASTRUCTURE_DOWN as exc:  # a restarting database or Redis: 503, retry, never a 500
+                return error_response(unavailable(exc))
 
         handler.__name__ = view.__name__
         return csrf_exempt(handler)
@@ -303,5 +305,6 @@ async def request_events(request, principal, request_id):
 @api_view({"POST"})
 async def request_cancel(request, principal, request_id):
     _, body, _ = await sync_to_async(_row)(principal, request_id)
-    await relay.cancel(request_id)
+    if not await relay.cancel(request_id):
+        return error_response(redis_unavailable())
     return JsonResponse({**body, "cancel_requested": True}, status=202)

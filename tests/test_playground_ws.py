@@ -127,6 +127,7 @@ def test_chat_relays_start_deltas_done(alice, acme, node, support_bot, runtime, 
         assert welcome == {"type": "welcome", "tenant": "acme"}
         await ws.send_json_to(chat("support-bot@v1", temperature=0.3, max_tokens=32))
         start = await ws.receive_json_from(timeout=5)
+        assert "request_id" in start, start
         request_id = start["request_id"]
         for text in ("Rome", ",", " of course."):
             runtime.delta(request_id, text)

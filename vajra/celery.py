@@ -4,6 +4,9 @@ import os
 
 from celery import Celery
 
+from gpu_runtime.broker import install as install_broker_transport
+
+install_broker_transport()  # kombu's Redis transport with its reconnect fix (gpu_runtime/broker.py)
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vajra.settings")
 
 app = Celery("vajra")

@@ -5,7 +5,11 @@ DRF exceptions come through ``api_exception_handler``; Django's own 400/403/404/
 """
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
+from kombu.exceptions import OperationalError as BrokerError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rest_framework import exceptions, status
 from rest_framework.views import exception_handler
 
@@ -43,6 +47,35 @@ class InvalidRequest(exceptions.APIException):
         super().__init__(detail, code)
         self.param = param
         self.extra = extra or {}
+
+
+class ServiceUnavailable(exceptions.APIException):
+    """503: the database or Redis does not answer (a restart); the request may be retried as it is."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "service_unavailable"
+
+    def __init__(self, detail, *, code, wait=2):
+        super().__init__(detail, code)
+        self.wait = wait
+
+
+# What a restarting database or Redis raises; each becomes a 503 saying which, never a 500.
+DATABASE_DOWN = (OperationalError, InterfaceError)
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, BrokerError)
+INFRASTRUCTURE_DOWN = DATABASE_DOWN + REDIS_DOWN
+
+
+def redis_unavailable():
+    return ServiceUnavailable("Redis is not answering (it may be restarting); retry in a few seconds.",
+                              code="redis_unavailable")
+
+
+def unavailable(exc):
+    if isinstance(exc, DATABASE_DOWN):
+        return ServiceUnavailable("The database is not answering (it may be restarting); retry in a few seconds.",
+                                  code="database_unavailable")
+    return redis_unavailable()
 
 
 def error_body(message, *, status_code, code=None, param=None, error_type=None, extra=None):
@@ -103,11 +136,15 @@ def api_exception_handler(exc, context):
         exc = exceptions.NotFound(*exc.args)
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied(*exc.args)
+    if isinstance(exc, INFRASTRUCTURE_DOWN):
+        exc = unavailable(exc)
     response = exception_handler(exc, context)
     if response is None:
         return None  # Django turns it into a 500 through handler500
     param, message, code = _message_for(exc)
     message += _fix_for(exc, context.get("view"))
+    if isinstance(exc, ServiceUnavailable):
+        response["Retry-After"] = str(exc.wait)
     if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
         response["Retry-After"] = str(max(1, int(exc.wait + 0.999)))
         message = f"Rate limit exceeded. Retry after {response['Retry-After']} seconds."

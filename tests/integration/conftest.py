@@ -41,7 +41,8 @@ def test_database_url():
 
 def process_env(**extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env.update(DATABASE_URL=test_database_url(), PYTHONUNBUFFERED="1", **extra)
+    env.update(DATABASE_URL=test_database_url(), PYTHONUNBUFFERED="1")
+    env.update(extra)  # may point a process at other services (a private Redis or PostgreSQL)
     return env
 
 
@@ -130,10 +131,13 @@ def tiny_model_store(base_model_store, tmp_path_factory):
     return store
 
 
-def start_control_worker(log_path, concurrency=2, **env):
-    return Proc([sys.executable, "-m", "celery", "-A", "vajra", "worker", "--queues", "control", "--pool",
-                 "threads", "--concurrency", str(concurrency), "--loglevel", "INFO", "--hostname",
-                 f"control-{os.getpid()}@%h"], log_path, process_env(**env))
+def start_control_worker(log_path, concurrency=2, *, beat=False, **env):
+    """The control worker (``beat``: with beat inside it, its schedule file beside the log)."""
+    argv = [sys.executable, "-m", "celery", "-A", "vajra", "worker", "--queues", "control", "--pool", "threads",
+            "--concurrency", str(concurrency), "--loglevel", "INFO", "--hostname", f"control-{os.getpid()}@%h"]
+    if beat:
+        argv += ["--beat", "--schedule", str(Path(log_path).with_suffix(".beat-schedule"))]
+    return Proc(argv, log_path, process_env(**env))
 
 
 @pytest.fixture

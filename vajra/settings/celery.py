@@ -6,6 +6,7 @@ from gpu_runtime.redis_url import celery_url
 
 from .channels import REDIS_URL
 from .env import VAR_DIR, env_int
+from .runtime import VAJRA_REQUEST_SWEEP_SECONDS
 
 CELERY_BROKER_URL = celery_url(REDIS_URL)
 CELERY_RESULT_BACKEND = celery_url(REDIS_URL)
@@ -25,6 +26,9 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "run" / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     # Every second, so a node is down (and its requests retried elsewhere) right after its third missed beat.
     "nodes-mark-down": {"task": "control.nodes_mark_down", "schedule": 1.0},
+    # Requests whose task or answer a restarted broker lost (VAJRA_REQUEST_TIMEOUT_SECONDS, settings/runtime.py).
+    "inference-expire-stale": {"task": "control.inference_expire_stale",
+                               "schedule": float(VAJRA_REQUEST_SWEEP_SECONDS)},
     # Daily at 06:00 UTC (six hours for late usage to reach the ledger): invoices for past months.
     "invoices-close-period": {"task": "control.invoices_close_period", "schedule": crontab(minute=0, hour=6)},
     # Open invoices not yet finalized on Stripe (a Stripe outage, a lost response): retried well inside

@@ -9,6 +9,11 @@ VAJRA_NODE_DOWN_AFTER_MISSED = env_int("VAJRA_NODE_DOWN_AFTER_MISSED", 3, minimu
 VAJRA_MAX_ATTEMPTS = env_int("VAJRA_MAX_ATTEMPTS", 3, minimum=1)
 # How long a request's Redis Stream (and its failover attempt key) lives; the same variable as the runtime's.
 VAJRA_STREAM_TTL_SECONDS = env_int("VAJRA_STREAM_TTL_SECONDS", 3600, minimum=60)
+# A request no node finished within this long is failed (node_timeout) by control.inference_expire_stale, run by
+# beat every VAJRA_REQUEST_SWEEP_SECONDS: a broker that restarted without its data may have lost its task or its
+# answer. Longer than a runtime task may run (its hard limit is 330 s) plus a queue wait.
+VAJRA_REQUEST_TIMEOUT_SECONDS = env_int("VAJRA_REQUEST_TIMEOUT_SECONDS", 900, minimum=5)
+VAJRA_REQUEST_SWEEP_SECONDS = env_int("VAJRA_REQUEST_SWEEP_SECONDS", 60, minimum=1)
 VAJRA_MODEL_STORE = env_str("VAJRA_MODEL_STORE", str(VAR_DIR / "models"))
 VAJRA_DEFAULT_BASE_MODEL = env_str("VAJRA_BASE_MODEL", "smollm2-135m-instruct")
 
