@@ -95,6 +95,7 @@ class Heartbeat:
     resident: dict = field(default_factory=dict)  # tier -> ["adapter_id:version", ...] (placement locality)
     queue_depth: int = 0
     busy_ratio: float = 0.0
+    max_batch: int = 0  # rows the engine runs at once: placement weighs a node's requests in flight against it
     version: int = CONTRACT_VERSION
 
     def to_json(self):

@@ -179,6 +179,7 @@ class Node:
             prefetch=self.prefetcher.stats(),
             queue_depth=self.engine.queue_depth + len(self.engine.rows) if self.engine else 0,
             busy_ratio=round(self.engine.busy_ratio(), 4) if self.engine else 0.0,
+            max_batch=self.config.max_batch,
         )
 
     def check_redis_restart(self):

@@ -5,7 +5,9 @@ slot, or the adapter already resident). Each is scored
 
     alpha * load + beta * locality + gamma * tenant affinity
 
-with load = 1 - active adapters / slots, locality = 1 if the adapter version is on the node's device
+with load = the node's free share: 1 - active adapters / slots, or less when its requests in flight fill more of
+its batch (in-flight rows / the engine's max batch, counted from the request rows: heartbeats are seconds old
+and a burst would all go to one node), locality = 1 if the adapter version is on the node's device
 (0.5 if in its host RAM), affinity = the share of the tenant's recent requests that ran there. No
 candidate: a scale-up signal is recorded (the paper's ProvisionNewGPU) and the caller answers 503.
 """
@@ -15,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.db.models import Count
 
 from gpu_runtime.contract import node_queue
 
@@ -81,7 +84,17 @@ def candidate(node, token):
 def _score(candidates, tenant):
     recent = Counter(InferenceRequest.objects.filter(tenant=tenant, node__isnull=False)
                      .order_by("-created_at").values_list("node_id", flat=True)[:AFFINITY_WINDOW])
-    return rank(candidates, recent, settings.VAJRA_PLACEMENT_WEIGHTS)
+    in_flight = dict(InferenceRequest.objects.filter(node__in=[node for node, *_ in candidates],
+                                                     status__in=(InferenceRequest.QUEUED, InferenceRequest.RUNNING))
+                     .values("node_id").annotate(n=Count("pk")).values_list("node_id", "n"))
+    return rank([(node, busy_load(node, load, in_flight.get(node.pk, 0)), locality)
+                 for node, load, locality in candidates], recent, settings.VAJRA_PLACEMENT_WEIGHTS)
+
+
+def busy_load(node, load, in_flight):
+    """The free share of a node with ``in_flight`` requests: the lower of its free slots and its free batch rows."""
+    batch = node.state.get("max_batch") or 0
+    return min(load, max(0.0, 1 - in_flight / batch)) if batch else load
 
 
 def rank(candidates, recent, weights):

@@ -30,17 +30,36 @@ def version(acme, base):
     return v
 
 
-def node(name, *, base="tiny-llama", slots=10, device=0, pinned=0, resident=(), host=(), age_s=0, status="up"):
+def node(name, *, base="tiny-llama", slots=10, device=0, pinned=0, resident=(), host=(), age_s=0, status="up",
+         max_batch=0):
     return Node.objects.create(
         name=name, base_model=base, status=status, last_heartbeat_at=timezone.now() - timedelta(seconds=age_s),
         state={"adapters": {"slots": slots, "device": device, "pinned": pinned},
-               "resident": {"device": list(resident), "host": list(host)}})
+               "resident": {"device": list(resident), "host": list(host)}, "max_batch": max_batch})
 
 
 def test_load_decides_when_nothing_else_differs(acme, base, version):
     node("busy", device=8)
     node("idle", device=1)
     assert place(tenant=acme, base_model=base, version=version).name == "idle"
+
+
+def test_requests_in_flight_count_as_load_so_a_burst_spreads_over_the_nodes(acme, base):
+    """Heartbeats are seconds old: the request rows say how full each node's batch is now. One tenant's burst of
+    base-model requests stays on the node its affinity favours until that node is half full, then spreads."""
+    a, b = node("node-a", max_batch=8), node("node-b", max_batch=8)
+    placed = []
+    for i in range(8):
+        where = place(tenant=acme, base_model=base)
+        placed.append(where.name)
+        InferenceRequest.objects.create(id=f"req_burst_{i}", tenant=acme, base_model=base, tier="cold",
+                                        max_tokens=1, node=where, status="running")
+    assert placed[0] == "node-a" and set(placed) == {"node-a", "node-b"}
+    assert abs(placed.count("node-a") - placed.count("node-b")) <= 4
+    InferenceRequest.objects.update(status="succeeded")  # finished rows weigh nothing
+    scored = {s.node.name: s for s in score_nodes(tenant=acme, base_model=base)}
+    assert scored["node-a"].load == scored["node-b"].load == 1.0
+    assert a.pk != b.pk
 
 
 def test_locality_beats_a_little_load(acme, base, version):
