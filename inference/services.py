@@ -4,7 +4,7 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -29,7 +29,11 @@ def node_heartbeat(*, payload):
               "started_at": started_at, "last_heartbeat_at": timezone.now()}
     node = Node.objects.select_for_update().filter(name=beat.node).first()
     if node is None:
-        return Node.objects.create(name=beat.node, **fields)
+        try:
+            with transaction.atomic():
+                return Node.objects.create(name=beat.node, **fields)
+        except IntegrityError:  # a new node's first two beats (loader and heartbeat threads) raced: one created it
+            node = Node.objects.select_for_update().get(name=beat.node)
     was_down = node.status == Node.DOWN
     restarted = node.started_at is not None and started_at is not None and started_at > node.started_at
     for name, value in fields.items():

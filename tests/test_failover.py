@@ -210,6 +210,20 @@ def test_a_superseded_attempts_final_is_not_recorded(acme, base, sent):
     assert UsageEvent.objects.filter(request_id=row.id, kind="inference").count() == 1
 
 
+def test_a_new_nodes_racing_first_beats_make_one_node(db, monkeypatch):
+    """Its loader and heartbeat threads both beat at start: the second must not fail on the unique name."""
+    other = Node.objects.create(name="node-new", base_model=BASE, last_heartbeat_at=timezone.now())
+    real, looks = Node.objects.select_for_update, []
+
+    def first_look_misses():  # this beat looked before the other beat's row was committed
+        looks.append(1)
+        return real().filter(pk__in=[]) if len(looks) == 1 else real()
+
+    monkeypatch.setattr(Node.objects, "select_for_update", first_look_misses)
+    node = node_heartbeat(payload=beat(node="node-new", base_model=BASE, queue_depth=3))
+    assert node.pk == other.pk and node.state["queue_depth"] == 3 and Node.objects.count() == 1
+
+
 def test_the_runtime_runs_only_the_current_attempt():
     redis = get_redis()
     writer = StreamWriter(redis)

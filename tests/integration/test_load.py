@@ -33,9 +33,9 @@ SSE_CLIENTS, OPENAI_CLIENTS, WS_CLIENTS = 48, 16, 16
 MAX_TOKENS = 16
 REQUEST_TIMEOUT_S = 90
 ADAPTER = "load-bot"
-# Room for every stream at once: the tenant's quotas and the node's batch and task threads.
-WEB_ENV = {"VAJRA_MAX_CONCURRENT_REQUESTS": "256", "VAJRA_RATE_LIMIT_PER_KEY": "1000000",
-           "VAJRA_RATE_LIMIT_PER_TENANT": "1000000"}
+# Room for every stream at once: the tenant's rate limits, its plan's concurrency (load_platform) and the node's
+# batch and task threads.
+WEB_ENV = {"VAJRA_RATE_LIMIT_PER_KEY": "1000000", "VAJRA_RATE_LIMIT_PER_TENANT": "1000000"}
 CLIENTS = SSE_CLIENTS + OPENAI_CLIENTS + WS_CLIENTS
 
 
@@ -207,6 +207,12 @@ def percentile(values, q):
 
 @pytest.fixture
 def load_platform(transactional_db, tiny_model_store, tmp_path, alice, acme, tiny_adapter_zip):
+    from billing.models import PricePlan
+    from billing.plans import ensure_default_plan
+
+    # the concurrency quota is the plan's (billing.plans.plan_limits), read by the web through its plan cache
+    ensure_default_plan()
+    PricePlan.objects.filter(name="standard").update(max_concurrent_requests=4 * CLIENTS)
     procs = []
     try:
         daphne, url = start_daphne(tmp_path / "daphne.log", **WEB_ENV)
