@@ -175,3 +175,30 @@ def fast_password_hashing(settings):
     tests whose other processes (daphne in tests/integration) check those passwords with the real hashers.
     """
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+SUBMIT_FINAL = {"finish_reason": "stop", "usage": {"prompt_tokens": 3, "completion_tokens": 1, "cached_tokens": 0},
+                "timings": {"queued_ms": 1.0, "adapter_ready_ms": 0.0, "first_token_ms": 2.0, "total_ms": 3.0},
+                "gpu_ms": 2.0, "error": None}
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """The tasks the web sends: (name, args, options, thread name); the token stream faked ("Hi", then a final)."""
+    import threading
+
+    from inference import relay
+    from vajra.celery import app
+
+    calls = []
+
+    def send_task(name, args=None, **options):
+        calls.append((name, args, options, threading.current_thread().name))
+
+    async def events(request_id, last_id="0", **kwargs):
+        yield "1-0", "delta", {"text": "Hi"}
+        yield "2-0", "final", SUBMIT_FINAL
+
+    monkeypatch.setattr(app, "send_task", send_task)
+    monkeypatch.setattr(relay, "events", events)
+    return calls

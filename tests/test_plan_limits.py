@@ -6,13 +6,11 @@ counted with the real SmolLM2 tokenizer and chat template from the model store, 
 import json
 import subprocess
 import sys
-import threading
 
 import pytest
 from django.test import Client
 from django.utils import timezone
 
-from inference import relay
 from inference.models import BaseModel, InferenceRequest, Node
 from inference.prompt_tokens import prompt_tokens
 from tests.conftest import assert_error, create_key, put_on_plan
@@ -20,10 +18,6 @@ from tests.conftest import assert_error, create_key, put_on_plan
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_password_hashing")]
 BASE = "smollm2-135m-instruct"
 INFER, CHAT, COMPLETIONS = f"/v1/models/{BASE}/infer", "/v1/chat/completions", "/v1/completions"
-FINAL = {"finish_reason": "stop", "usage": {"prompt_tokens": 3, "completion_tokens": 1, "cached_tokens": 0},
-         "timings": {"queued_ms": 1.0, "adapter_ready_ms": 0.0, "first_token_ms": 2.0, "total_ms": 3.0},
-         "gpu_ms": 2.0, "error": None}
-
 
 @pytest.fixture
 def base(db):
@@ -34,25 +28,6 @@ def base(db):
 def node(base):
     return Node.objects.create(name="n1", base_model=BASE, state={"adapters": {"slots": 4, "device": 0}},
                                last_heartbeat_at=timezone.now())
-
-
-@pytest.fixture
-def sent(monkeypatch):
-    """The tasks the web sends (the broker's side of a submit); the token stream faked."""
-    from vajra.celery import app
-
-    calls = []
-
-    def send_task(name, args=None, **options):
-        calls.append((name, args, options, threading.current_thread().name))
-
-    async def events(request_id, last_id="0", **kwargs):
-        yield "1-0", "delta", {"text": "Hi"}
-        yield "2-0", "final", FINAL
-
-    monkeypatch.setattr(app, "send_task", send_task)
-    monkeypatch.setattr(relay, "events", events)
-    return calls
 
 
 @pytest.fixture

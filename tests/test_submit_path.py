@@ -22,10 +22,6 @@ from tests.conftest import create_key, db_snapshot, put_on_plan
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_password_hashing")]
 BASE = "smollm2-135m-instruct"
 INFER = f"/v1/models/{BASE}/infer"
-FINAL = {"finish_reason": "stop", "usage": {"prompt_tokens": 3, "completion_tokens": 1, "cached_tokens": 0},
-         "timings": {"queued_ms": 1.0, "adapter_ready_ms": 0.0, "first_token_ms": 2.0, "total_ms": 3.0},
-         "gpu_ms": 2.0, "error": None}
-
 
 @pytest.fixture
 def base(db):
@@ -45,25 +41,6 @@ def node(base):
 @pytest.fixture
 def secret(alice, acme):
     return create_key(alice, acme)[1]
-
-
-@pytest.fixture
-def sent(monkeypatch):
-    """The tasks the web sends: (name, args, options, thread name); the token stream faked."""
-    from vajra.celery import app
-
-    calls = []
-
-    def send_task(name, args=None, **options):
-        calls.append((name, args, options, threading.current_thread().name))
-
-    async def events(request_id, last_id="0", **kwargs):
-        yield "1-0", "delta", {"text": "Hi"}
-        yield "2-0", "final", FINAL
-
-    monkeypatch.setattr(app, "send_task", send_task)
-    monkeypatch.setattr(relay, "events", events)
-    return calls
 
 
 def asgi_post(path, body, secret):
