@@ -10,7 +10,14 @@ from inference.models import BaseModel, InferenceRequest
 from tests.conftest import PASSWORD
 
 # The real processes of tests/integration (imported, so that pytest sees them as fixtures here too).
-from tests.integration.conftest import base_model_store, control_worker, daphne, runtime_node, wait_for  # noqa: F401
+from tests.integration.conftest import (  # noqa: F401
+    base_model_store,
+    control_worker,
+    daphne,
+    runtime_concurrency,
+    runtime_node,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.browser,
