@@ -4,6 +4,8 @@ version), billing accounts (plan, spend cap), and the ledger (read-only; correct
 
 from django.contrib import admin
 
+from vajra.admin import ReadOnlyAdmin
+
 from .models import BillingAccount, PricePlan, UsageEvent
 
 PRICE_FIELDS = ("currency", "unit_price", "units_cold", "units_warm", "units_hot", "gpu_price_per_hour",
@@ -45,19 +47,10 @@ class BillingAccountAdmin(admin.ModelAdmin):
 
 
 @admin.register(UsageEvent)
-class UsageEventAdmin(admin.ModelAdmin):
+class UsageEventAdmin(ReadOnlyAdmin):
     list_display = ("key", "tenant", "kind", "tier", "units", "billed_gpu_ms", "gradients", "cost", "occurred_at",
                     "created_at")
     list_filter = ("kind", "tier", "period")
     search_fields = ("key", "tenant__slug")
     list_select_related = ("tenant",)
     date_hierarchy = "occurred_at"
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

@@ -7,6 +7,8 @@ from django.utils import timezone
 from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey as UnusedBaseAPIKey
 
+from vajra.admin import ReadOnlyAdmin
+
 from . import services
 from .models import APIKey, AuditEntry, Invite, Membership, Tenant, User
 
@@ -125,7 +127,7 @@ class TenantAPIKeyAdmin(APIKeyModelAdmin):
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
+class AuditEntryAdmin(ReadOnlyAdmin):
     """Read-only: the log is evidence, so not even staff edit or delete it."""
 
     list_display = ("created_at", "tenant", "action", "target_type", "target_id", "actor", "ip")
@@ -133,12 +135,3 @@ class AuditEntryAdmin(admin.ModelAdmin):
     search_fields = ("tenant__slug", "target_id", "actor_email", "actor_key_prefix", "request_id")
     list_select_related = ("tenant",)
     date_hierarchy = "created_at"
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
