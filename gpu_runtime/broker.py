@@ -1,4 +1,4 @@
-"""kombu's Redis transport with one fix, for the web's Celery app and the runtime's alike (Django-free).
+"""kombu's Redis transport with two fixes, for the web's Celery app and the runtime's alike (Django-free).
 
 With celery/kombu 5.7, a worker whose Redis goes away while it holds unacknowledged messages (acks_late: every
 running task) dies with "Unrecoverable error: AttributeError('NoneType' object has no attribute 'hostname')":
@@ -7,12 +7,16 @@ and a task still running then acks through that same dead channel when it ends. 
 warning, and the worker reconnects and goes on. The messages stay in Redis' unacked set,
 from which the visibility timeout hands them out again, as for a worker that crashed (and a Redis that restarted
 without its data has lost them anyway).
+
+Second, its connections read a buffer closed under them as the lost connection it is (gpu_runtime/redis_io.py).
 """
 
 import logging
 
 import kombu.transport
 from kombu.transport import redis
+
+from .redis_io import hardened
 
 log = logging.getLogger("vajra.broker")
 
@@ -43,6 +47,13 @@ class QoS(redis.QoS):
 
 class Channel(redis.Channel):
     QoS = QoS
+
+    def _connparams(self, asynchronous=False):
+        """kombu's connection parameters, over connections whose closed buffer reads as a lost connection
+        (gpu_runtime/redis_io.py): kombu then reconnects, as for any other broken one."""
+        params = super()._connparams(asynchronous=asynchronous)
+        params["connection_class"] = hardened(params["connection_class"])
+        return params
 
 
 class Transport(redis.Transport):

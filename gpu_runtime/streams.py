@@ -17,6 +17,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .contract import attempt_key, cancel_key, stream_key
+from .redis_io import client_from_url
 
 log = logging.getLogger("vajra.runtime.streams")
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
@@ -37,7 +38,7 @@ class StreamWriter:
     @classmethod
     def from_url(cls, url, ttl_seconds=3600):
         # One quick try per call: the writer keeps what fails and retries later itself.
-        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
+        client = client_from_url(url, socket_timeout=5, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
         return cls(client, ttl_seconds)
 
     def _add(self, request_id, event_type, data, attempt=1):

@@ -173,14 +173,22 @@ def _submit(principal, base_model, version, prompt, messages, sampling, api, req
             max_tokens=sampling["max_tokens"], payload=payload,
         )
 
+        def fail(code, message):
+            InferenceRequest.objects.filter(pk=row.id, status=InferenceRequest.QUEUED).update(
+                status=InferenceRequest.FAILED, finish_reason="error", error_code=code, error_message=message,
+                finished_at=timezone.now())
+
         def send():
+            # Committed, but if the broker did not take it no node will ever see it: the row ends now (nothing
+            # billed, never left queued), and the client hears why.
             try:
                 send_infer(payload, node_name=node.name, task_id=row.id)
-            except REDIS_DOWN:  # committed, but no node will ever see it: end the row now, and say why (503)
-                InferenceRequest.objects.filter(pk=row.id, status=InferenceRequest.QUEUED).update(
-                    status=InferenceRequest.FAILED, finish_reason="error", error_code="broker_unavailable",
-                    error_message="The broker (Redis) did not take the request; retry it.", finished_at=timezone.now())
+            except REDIS_DOWN:
+                fail("broker_unavailable", "The broker (Redis) did not take the request; retry it.")
                 raise redis_unavailable() from None
+            except Exception:
+                fail("dispatch_failed", "The request could not be sent to a runtime node.")
+                raise
 
         transaction.on_commit(send)
     return row

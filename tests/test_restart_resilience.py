@@ -160,6 +160,30 @@ def test_a_submit_the_broker_does_not_take_is_a_503_and_its_row_is_failed_not_le
     assert row.status == InferenceRequest.FAILED and row.error_code == "broker_unavailable"
 
 
+def test_a_send_that_fails_otherwise_leaves_no_row_queued(transactional_db, node, alice, acme, monkeypatch):
+    """Whatever stops the task on its way to the node (here a fault in sending it), the committed row ends failed
+    at once: never a queued row no node will ever run, and nothing billed."""
+    from inference import dispatch
+
+    _, secret = create_key(alice, acme)
+
+    def broken(payload, *, node_name, task_id):
+        raise RuntimeError("serializer fault")
+
+    monkeypatch.setattr(dispatch, "send_infer", broken)
+
+    async def post():
+        return await AsyncClient(raise_request_exception=False).post(
+            f"/v1/models/{BASE}/infer", json.dumps({"prompt": "Hi"}), content_type="application/json",
+            headers={"Authorization": f"Bearer {secret}"})
+
+    response = asyncio.run(post())
+    assert response.status_code == 500
+    row = InferenceRequest.objects.get()
+    assert row.status == InferenceRequest.FAILED and row.error_code == "dispatch_failed" and row.finished_at
+    assert not UsageEvent.objects.exists()
+
+
 def test_a_database_that_does_not_answer_is_a_503_saying_so(alice, acme, settings, monkeypatch):
     from inference import v1
 
