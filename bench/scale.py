@@ -7,7 +7,8 @@
                client TTFT (request sent -> first delta) p50/p99, and how many requests each node ran (from its
                own log). On this 2-core machine both nodes share the same two cores: a second node adds no
                compute, so the figure says what placement and a second engine cost or give here, not what a
-               second GPU would.
+               second GPU would. Then the same two nodes again with the cores split between them
+               (VAJRA_TORCH_THREADS, as `manage.py up --nodes` starts them), each with threads of its own.
     placement  a synthetic multi-tenant trace (TENANTS tenants with 1-5 adapters each, Zipf-skewed adapter
                popularity, requests that run for a few arrivals) replayed against NODES simulated nodes with
                DEVICE_SLOTS device slots (LRU, in-use adapters pinned) and HOST_SLOTS host-RAM adapters. Every
@@ -16,7 +17,7 @@
                candidates. Hit rate = the share of requests whose adapter was already in a device slot of the
                chosen node (host hits reported beside).
 
-    .venv/bin/python bench/scale.py [--quick] [--tiny]     # ~3-4 min (--quick ~2 min); slower when the cores are shared
+    .venv/bin/python bench/scale.py [--quick] [--tiny]     # ~4-5 min (--quick ~3 min); slower when the cores are shared
 
 --tiny serves tiny-llama (random weights, SmolLM2's tokenizer; gpu_runtime.model_store.write_tiny_llama).
 """
@@ -120,27 +121,42 @@ def nodes_benchmark(args, tmp):
         write_tiny_llama(store, tokenizer_from=common.MODEL_STORE / SMOLLM2 / "float32")
     n = 16 if args.quick else 32
     max_tokens, rounds = (16, 1) if args.quick else (16, 2)
+    one, two = two_phases(tmp / "default", store, model, n, max_tokens, rounds, {}, "")
+    # The same two nodes with this machine's cores split between them, as `manage.py up --nodes` starts them
+    split = str(max(1, (os.cpu_count() or 1) // 2))
+    _, two_split = two_phases(tmp / "split", store, model, n, max_tokens, rounds, {"VAJRA_TORCH_THREADS": split},
+                              f" ({split} thread{'s' if split != '1' else ''} each)", only_two=True)
+    return {"model": model, "one_node": one, "two_nodes": two, "two_nodes_cores_split": two_split,
+            "threads_per_node_split": int(split),
+            "two_over_one_tok_s": round(two["tok_s"] / one["tok_s"], 3),
+            "two_split_over_one_tok_s": round(two_split["tok_s"] / one["tok_s"], 3),
+            "note": f"both nodes run on the same {os.cpu_count()} CPU cores: a second node adds no compute here"}
+
+
+def two_phases(tmp, store, model, n, max_tokens, rounds, node_env, label, *, only_two=False):
+    """A platform with one node (its phase skipped when ``only_two``), then a second node beside it."""
+    tmp.mkdir(parents=True)
     # heartbeats every second: placement sees each node's queue depth and adapters while the load runs
     platform = Platform(tmp, max_batch=n, model_store=store, base_model=model,
-                        node_env={"VAJRA_HEARTBEAT_SECONDS": "1"})
+                        node_env={"VAJRA_HEARTBEAT_SECONDS": "1", **node_env})
+    one = None
     try:
-        print(f"starting the platform with one node ({model}) ...", flush=True)
+        print(f"starting the platform with one node ({model}){label} ...", flush=True)
         platform.start()
         round_of_streams(platform.url, platform.secret, model, 2, 4, "warm")  # first-call costs off the figures
-        one = phase(platform, model, "one node", rounds, n, max_tokens)
+        if not only_two:
+            one = phase(platform, model, "one node", rounds, n, max_tokens)
         print("starting a second node ...", flush=True)
         platform.add_node("b")
         round_of_streams(platform.url, platform.secret, model, 4, 4, "warm2")
-        two = phase(platform, model, "two nodes", rounds, n, max_tokens)
+        two = phase(platform, model, f"two nodes{label}", rounds, n, max_tokens)
     except BaseException:
         for proc in platform.procs:
             print(f"--- {proc.name} log tail\n{proc.tail(1500)}", file=sys.stderr)
         raise
     finally:
         platform.stop()
-    return {"model": model, "one_node": one, "two_nodes": two,
-            "two_over_one_tok_s": round(two["tok_s"] / one["tok_s"], 3),
-            "note": f"both nodes run on the same {os.cpu_count()} CPU cores: a second node adds no compute here"}
+    return one, two
 
 
 # ---- placement locality (simulated nodes, the platform's own scoring) -----------------------------------------------
@@ -258,19 +274,21 @@ def main():
         nodes = nodes_benchmark(args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    one, two = nodes["one_node"], nodes["two_nodes"]
+    one, two, split = nodes["one_node"], nodes["two_nodes"], nodes["two_nodes_cores_split"]
     common.print_table(f"one vs two runtime nodes ({nodes['model']}, {one['streams']} concurrent SSE streams x "
                        f"{one['max_tokens']} tokens, {one['rounds']} rounds each)",
                        ["", "tokens/s", "TTFT p50 ms", "TTFT p99 ms", "requests per node"],
                        [["one node", one["tok_s"], one["ttft_ms"]["p50"], one["ttft_ms"]["p99"],
                          one["requests_per_node"]],
                         ["two nodes", two["tok_s"], two["ttft_ms"]["p50"], two["ttft_ms"]["p99"],
-                         two["requests_per_node"]]])
-    print(f"two / one tokens/s: {nodes['two_over_one_tok_s']}x  ({nodes['note']})")
+                         two["requests_per_node"]],
+                        [f"two nodes, {nodes['threads_per_node_split']} thread(s) each", split["tok_s"],
+                         split["ttft_ms"]["p50"], split["ttft_ms"]["p99"], split["requests_per_node"]]])
+    print(f"two / one tokens/s: {nodes['two_over_one_tok_s']}x; cores split: {nodes['two_split_over_one_tok_s']}x  "
+          f"({nodes['note']})")
     idle = [name for name, count in two["requests_per_node"].items() if not count]
-    if idle:  # Algorithm 2's load term counts adapters in slots, not queued requests; affinity then sticks
-        print(f"placement sent no request to {', '.join(idle)}: base-model-only requests leave every node's load "
-              "term equal, and the tenant's affinity keeps them on the node it used first")
+    if idle:
+        print(f"placement sent no request to {', '.join(idle)}")
     common.print_table(f"placement locality ({placement['requests']} requests, {placement['tenants']} tenants, "
                        f"{placement['adapters']} adapters, {NODES} nodes x {DEVICE_SLOTS} device slots)",
                        ["policy", "device hit rate", "host hit rate", "refused", "requests per node"],

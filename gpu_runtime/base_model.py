@@ -88,14 +88,17 @@ def load_base_model(config):
             f"Base model {config.base_model} is not in {config.model_store}; "
             "run: python -m gpu_runtime.model_store import"
         )
+    if getattr(config, "torch_threads", 0):
+        torch.set_num_threads(config.torch_threads)  # before the first op: it sizes torch's CPU thread pool
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device)
     variant = dtype if dtype in manifest["variants"] else "float32"
     path = Path(config.model_store) / config.base_model / variant
     model, tokenizer, timings, loader = load_model_dir(path, getattr(torch, dtype), device)
-    log.info("base model %s (%s) on %s as %s via %s: read %.0f ms (tokenizer %.0f, page-in %.0f), to device %.0f ms, "
-             "warm-up %.0f ms", config.base_model, variant, device, dtype, loader, timings["read"],
-             timings["tokenizer"], timings.get("page_in", 0.0), timings["to_device"], timings["warm_up"])
+    log.info("base model %s (%s) on %s as %s via %s, %d CPU threads: read %.0f ms (tokenizer %.0f, page-in %.0f), "
+             "to device %.0f ms, warm-up %.0f ms", config.base_model, variant, device, dtype, loader,
+             torch.get_num_threads(), timings["read"], timings["tokenizer"], timings.get("page_in", 0.0),
+             timings["to_device"], timings["warm_up"])
     return BaseModel(config.base_model, model, tokenizer, device, dtype, manifest, timings)
 
 

@@ -84,6 +84,7 @@ class RuntimeConfig:
     training_preemption: bool = True  # TRAINING_PREEMPTION_ENABLED (Table 6)
     training_every: int = 10  # inference priority 10x training: decode steps per training micro-step
     train_time_limit_s: int = 24 * 3600  # a training task's hard limit (and the broker's redelivery timeout)
+    torch_threads: int = 0  # CPU threads of torch's ops (0: torch's default, one per core)
 
     @classmethod
     def from_env(cls):
@@ -116,4 +117,6 @@ class RuntimeConfig:
             training_preemption=_bool("TRAINING_PREEMPTION_ENABLED", True),  # VAJRA paper, Table 6
             training_every=_int("VAJRA_TRAINING_EVERY", 10),  # VAJRA paper 6.1.2: P_inference = 10 x P_training
             train_time_limit_s=_int("VAJRA_TRAIN_TIME_LIMIT_SECONDS", 24 * 3600, minimum=60),
+            # Several nodes on one machine's CPU share its cores: `manage.py up --nodes` splits them
+            torch_threads=_int("VAJRA_TORCH_THREADS", 0, minimum=0),
         )

@@ -100,3 +100,19 @@ def test_runtime_config_refuses_bad_values(monkeypatch):
     monkeypatch.setenv("VAJRA_NODE_NAME", "bad name!")
     with pytest.raises(ConfigError, match="VAJRA_NODE_NAME"):
         RuntimeConfig.from_env()
+    monkeypatch.setenv("VAJRA_NODE_NAME", "node-a")
+    monkeypatch.setenv("VAJRA_TORCH_THREADS", "-1")
+    with pytest.raises(ConfigError, match="VAJRA_TORCH_THREADS=-1 is below the minimum 0"):
+        RuntimeConfig.from_env()
+    monkeypatch.setenv("VAJRA_TORCH_THREADS", "3")
+    assert RuntimeConfig.from_env().torch_threads == 3
+
+
+def test_make_up_splits_the_cores_between_the_nodes_it_starts(monkeypatch):
+    from vajra.management.commands.up import node_threads
+
+    monkeypatch.delenv("VAJRA_TORCH_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert [node_threads(n) for n in (1, 2, 3, 32)] == ["16", "8", "5", "1"]
+    monkeypatch.setenv("VAJRA_TORCH_THREADS", "4")  # the operator's choice is kept
+    assert node_threads(2) == "4"

@@ -74,6 +74,11 @@ def run_once(var_dir, tmp_path, n, nodes=("local",)):
             return body["status"] == "ready" and body["runtime"]["nodes_up"] == len(nodes) and body
         ready = wait_for(node_reported, 180, "the runtime nodes to report through control", up)
         assert sorted(n["name"] for n in ready["runtime"]["nodes"]) == sorted(nodes)
+        if len(nodes) > 1:  # nodes sharing this machine's CPU split its cores (VAJRA_TORCH_THREADS)
+            threads = max(1, os.cpu_count() // len(nodes))
+            wait_for(lambda: all(re.search(rf"runtime-{node}\S* *\|.*base model .*, {threads} CPU threads:",
+                                           up.output()) for node in nodes), 180,
+                     f"each node to log its base model loaded on {threads} CPU thread(s)", up)
 
         login = httpx.Client(base_url=url, follow_redirects=True)
         page = login.get("/login/")

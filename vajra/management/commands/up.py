@@ -41,6 +41,13 @@ def port_free(host, port):
     return True
 
 
+def node_threads(count):
+    """VAJRA_TORCH_THREADS for each of ``count`` runtime nodes started on this machine: its cores split between
+    them (each node's torch would otherwise start one thread per core, and two nodes on a CPU would fight over every
+    core); an operator's own VAJRA_TORCH_THREADS is kept."""
+    return os.environ.get("VAJRA_TORCH_THREADS") or str(max(1, (os.cpu_count() or 1) // count))
+
+
 class Command(BaseCommand):
     help = "Prepare and start the whole platform (web, runtime node(s), control worker, beat)."
 
@@ -96,9 +103,11 @@ class Command(BaseCommand):
             if name != "runtime" or len(nodes) == 1:
                 manager.add_process(name, command, env=env, cwd=str(settings.BASE_DIR))
                 continue
+            threads = node_threads(len(nodes))
             for i, node in enumerate(nodes):  # one runtime process per node, each on its own queue and port
                 manager.add_process(f"runtime-{node}", command, cwd=str(settings.BASE_DIR), env={
-                    **env, "VAJRA_NODE_NAME": node, "VAJRA_METRICS_PORT": str(metrics_port + i if metrics_port else 0)})
+                    **env, "VAJRA_NODE_NAME": node, "VAJRA_METRICS_PORT": str(metrics_port + i if metrics_port else 0),
+                    "VAJRA_TORCH_THREADS": threads})
         threading.Thread(target=self.announce, args=(url, var), daemon=True).start()
         manager.loop()
         sys.exit(manager.returncode or 0)
