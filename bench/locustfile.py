@@ -7,8 +7,8 @@
 Two users, weighted 3:1: ``InferUser`` streams ``POST /v1/models/{model}/infer`` (SSE; ``VAJRA_ADAPTER`` sends
 half of its requests through that adapter) and ``OpenAIChatUser`` streams ``POST /v1/chat/completions``. Each
 request is reported twice: its HTTP answer (time to the first byte) and ``ttft`` (time to the first text delta),
-and a stream that ends without its final event is reported as a failure. Environment: VAJRA_API_KEY (required),
-VAJRA_MODEL, VAJRA_ADAPTER, VAJRA_MAX_TOKENS (default 32). ``--host`` (or LOCUST_HOST) is the platform's URL.
+and a stream that ends without its final event, or with an error event, is reported as a failure.
+Environment: VAJRA_API_KEY (required), VAJRA_MODEL, VAJRA_ADAPTER, VAJRA_MAX_TOKENS (default 32). ``--host`` (or LOCUST_HOST) is the platform's URL.
 The tenant's quotas apply (its plan's max_concurrent_requests, default 16): raise them for a load tenant or expect
 429s.
 """
@@ -31,6 +31,16 @@ def api_key():
     return key
 
 
+def final_error(data):
+    """The error an event carries (a request the runtime failed), or None."""
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        return None  # "[DONE]"
+    error = payload.get("error") if isinstance(payload, dict) else None
+    return f"{error.get('code')}: {error.get('message')}" if error else None
+
+
 def fire(name, started, length=0, exception=None):
     events.request.fire(request_type="SSE", name=name, response_time=(time.perf_counter() - started) * 1000,
                         response_length=length, exception=exception, context={})
@@ -46,7 +56,7 @@ class StreamingUser(HttpUser):
 
     def stream(self, path, body, name, delta_text, is_final):
         """POSTs ``body``, reads the SSE answer to its end; reports ``ttft`` and a missing final event."""
-        started, first, ended, size = time.perf_counter(), None, False, 0
+        started, first, ended, size, error = time.perf_counter(), None, False, 0, None
         with self.client.post(path, json=body, stream=True, catch_response=True, name=name) as response:
             if response.status_code != 200:
                 response.failure(f"{response.status_code}: {response.text[:200]}")
@@ -55,6 +65,7 @@ class StreamingUser(HttpUser):
                 if not line or not line.startswith("data: "):
                     continue
                 data = line[len("data: "):]
+                error = error or final_error(data)  # infer's final event; an error chunk of the OpenAI stream
                 if is_final(data):
                     ended = True
                     continue
@@ -64,11 +75,13 @@ class StreamingUser(HttpUser):
                     if first is None:
                         first = True
                         fire(f"{name} ttft", started)
-            if ended:
-                response.success()
+            if not ended:
+                error = "the stream ended without its final event"
+            if error:
+                response.failure(error)
             else:
-                response.failure("the stream ended without its final event")
-        fire(f"{name} complete", started, size, None if ended else RuntimeError("no final event"))
+                response.success()
+        fire(f"{name} complete", started, size, RuntimeError(error) if error else None)
 
 
 class InferUser(StreamingUser):
@@ -77,7 +90,8 @@ class InferUser(StreamingUser):
     @task
     def infer(self):
         self.n += 1
-        body = {"prompt": f"Request {self.n}: write two sentences about the sea.", "stream": True,
+        # a completion prompt: a small base model often ends an instruction given as a bare prompt at once
+        body = {"prompt": f"Note {self.n}. The sea at night is", "stream": True,
                 "parameters": {"temperature": 0.7, "max_tokens": MAX_TOKENS}}
         if ADAPTER and self.n % 2:
             body["adapter_id"] = ADAPTER

@@ -345,18 +345,22 @@ class Engine:
 
     def _prefill(self, rows):
         """Prefills newly admitted rows: those with a cached prompt prefix one by one from their cached KV,
-        the rest together in one left-padded forward pass (each row with its own adapter slot)."""
-        fresh = []
+        the rest together in one left-padded forward pass (each row with its own adapter slot). Each group's KV
+        joins the batch's as it is computed (``_merge``); the rows join ``self.rows`` after the last group."""
+        if not self.rows:  # an empty batch: whatever cache it held is stale
+            self.cache = self.mask = None
+        merged, fresh = [], []  # in the order their KV joins the batch cache, which self.rows must follow
         for row in rows:
             cached, cache = self.prefix_cache.lookup(row.key, row.ids) if self.prefix_cache else (0, None)
             if cached:
                 row.cached_tokens = cached
                 self._prefill_group([row], cache, offset=cached)
+                merged.append(row)
             else:
                 fresh.append(row)
         if fresh:
             self._prefill_group(fresh, DynamicCache())
-        for row in rows:
+        for row in merged + fresh:
             self.rows.append(row)
             self._accept_token(row, row.last_token)
         self._retire()
@@ -390,8 +394,9 @@ class Engine:
 
     def _merge(self, cache, mask):
         """Adds prefilled rows' cache (with its [rows, length] mask) to the batch cache, left-padding
-        whichever is shorter."""
-        if self.cache is None or not self.rows:
+        whichever is shorter. Keyed on the batch cache, not on ``self.rows``: the groups of one admission merge
+        before their rows join (two groups into an empty batch kept only the second's KV)."""
+        if self.cache is None:
             self.cache, self.mask = cache, mask
             return
         total = max(self.mask.shape[1], mask.shape[1])

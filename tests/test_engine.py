@@ -202,3 +202,30 @@ def test_prefix_cache_reuses_a_shared_prompt_prefix_per_adapter_version(engine, 
     # a prompt sharing only the first block reuses that block, whatever follows it
     partial = engine.submit(request(system[:5] + [60, 61, 62, 63, 64], ref(paths[0], 0), max_tokens=4))
     assert partial.wait(60)["usage"]["cached_tokens"] == 4
+
+
+def test_rows_from_the_prefix_cache_and_fresh_rows_admitted_together_into_an_empty_batch(engine, adapters,
+                                                                                         redis_client):
+    """Regressions (seen under locust): an idle engine admitting at once a row prefilled from the prefix cache and
+    others kept only the last group's KV and mask, and the next decode step failed every row with "Sizes of tensors
+    must match"; and rows admitted cached, fresh, cached, fresh took the KV of another row (the batch cache holds the
+    cached rows first), so their text went wrong without any error."""
+    import threading
+    import time
+
+    base, _ = adapters
+    system = [11, 12, 13, 14, 15, 16, 17, 18, 19]
+    assert engine.submit(request(system + [40, 41], max_tokens=4)).wait(60)["finish_reason"] != "error"
+    while engine.rows:  # the batch is empty again
+        time.sleep(0.01)
+    holding = threading.Event()
+    engine.call(lambda: (holding.set(), time.sleep(0.5)))  # the engine thread waits; the requests queue up
+    assert holding.wait(10)
+    prompts = [system + [50, 51, 52], [3, 4, 5], system + [60, 61], [6, 7]]
+    handles = [engine.submit(request(ids, max_tokens=12)) for ids in prompts]
+    results = [h.wait(60) for h in handles]
+    assert [r["finish_reason"] for r in results if r["finish_reason"] == "error"] == [], results
+    assert [r["usage"]["cached_tokens"] for r in results] == [8, 0, 8, 0]
+    got = [streamed_text(redis_client, h.request.request_id)[0].split() for h in handles]
+    want = [[f"t{t}" for t in reference_tokens(base, None, ids, 12)] for ids in prompts]
+    assert got == want
