@@ -8,9 +8,9 @@ Two users, weighted 3:1: ``InferUser`` streams ``POST /v1/models/{model}/infer``
 half of its requests through that adapter) and ``OpenAIChatUser`` streams ``POST /v1/chat/completions``. Each
 request is reported twice: its HTTP answer (time to the first byte) and ``ttft`` (time to the first text delta),
 and a stream that ends without its final event, or with an error event, is reported as a failure.
-Environment: VAJRA_API_KEY (required), VAJRA_MODEL, VAJRA_ADAPTER, VAJRA_MAX_TOKENS (default 32). ``--host`` (or LOCUST_HOST) is the platform's URL.
-The tenant's quotas apply (its plan's max_concurrent_requests, default 16): raise them for a load tenant or expect
-429s.
+Environment: VAJRA_API_KEY (required), VAJRA_MODEL, VAJRA_ADAPTER, VAJRA_MAX_TOKENS (default 32). ``--host`` (or
+LOCUST_HOST) is the platform's URL. The tenant's quotas apply (its plan's max_concurrent_requests, default 16):
+raise them for a load tenant or expect 429s.
 """
 
 import json
