@@ -350,16 +350,20 @@ class Engine:
         if not self.rows:  # an empty batch: whatever cache it held is stale
             self.cache = self.mask = None
         merged, fresh = [], []  # in the order their KV joins the batch cache, which self.rows must follow
-        for row in rows:
-            cached, cache = self.prefix_cache.lookup(row.key, row.ids) if self.prefix_cache else (0, None)
-            if cached:
-                row.cached_tokens = cached
-                self._prefill_group([row], cache, offset=cached)
-                merged.append(row)
-            else:
-                fresh.append(row)
-        if fresh:
-            self._prefill_group(fresh, DynamicCache())
+        try:
+            for row in rows:
+                cached, cache = self.prefix_cache.lookup(row.key, row.ids) if self.prefix_cache else (0, None)
+                if cached:
+                    row.cached_tokens = cached
+                    self._prefill_group([row], cache, offset=cached)
+                    merged.append(row)
+                else:
+                    fresh.append(row)
+            if fresh:
+                self._prefill_group(fresh, DynamicCache())
+        except BaseException:  # the admission fails whole: the groups merged so far leave the batch cache again
+            self._keep_cache_rows(len(self.rows))
+            raise
         for row in merged + fresh:
             self.rows.append(row)
             self._accept_token(row, row.last_token)
@@ -406,6 +410,17 @@ class Engine:
         for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
             mine.keys = torch.cat([mine.keys, theirs.keys])
             mine.values = torch.cat([mine.values, theirs.values])
+
+    def _keep_cache_rows(self, n):
+        """Cuts the batch cache and mask back to their first ``n`` rows (those of ``self.rows``)."""
+        if self.cache is None or self.mask.shape[0] == n:
+            return
+        if n == 0:
+            self.cache = self.mask = None
+            return
+        self.mask = self.mask[:n]
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[:n], layer.values[:n]
 
     @staticmethod
     def _left_pad(cache, pad):

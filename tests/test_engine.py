@@ -229,3 +229,40 @@ def test_rows_from_the_prefix_cache_and_fresh_rows_admitted_together_into_an_emp
     got = [streamed_text(redis_client, h.request.request_id)[0].split() for h in handles]
     want = [[f"t{t}" for t in reference_tokens(base, None, ids, 12)] for ids in prompts]
     assert got == want
+
+
+def test_a_failed_admission_leaves_the_running_rows_and_their_cache_as_they_were(engine, adapters, redis_client,
+                                                                                  monkeypatch):
+    """A prefill that fails after a prefix-cached row's KV joined the batch cache (here the fresh group's forward
+    raises): the new rows fail with engine_error, the running row decodes on, its text unchanged."""
+    import threading
+    import time
+
+    base, _ = adapters
+    system = [11, 12, 13, 14, 15, 16, 17, 18, 19]
+    assert engine.submit(request(system + [40, 41], max_tokens=4)).wait(60)["finish_reason"] != "error"
+    running_ids = [3, 4, 5, 6]
+    running = engine.submit(request(running_ids, max_tokens=60))
+    deadline = time.monotonic() + 30
+    while not engine.rows and time.monotonic() < deadline:
+        time.sleep(0.001)
+    holding = threading.Event()
+    engine.call(lambda: (holding.set(), time.sleep(0.3)))  # the engine thread waits; the requests queue up
+    real = engine._prefill_group
+
+    def fresh_group_fails(rows, cache, offset=0):
+        if not offset:
+            raise RuntimeError("out of memory (test)")
+        return real(rows, cache, offset)
+
+    assert holding.wait(10)
+    assert engine.rows and not running.done.is_set()  # the first row decodes in the batch the others join
+    monkeypatch.setattr(engine, "_prefill_group", fresh_group_fails)
+    joining = [engine.submit(request(ids, max_tokens=8)) for ids in (system + [50, 51, 52], [3, 4])]
+    failed = [h.wait(60) for h in joining]
+    monkeypatch.setattr(engine, "_prefill_group", real)
+    assert [r["error"]["code"] for r in failed] == ["engine_error", "engine_error"]
+    result = running.wait(60)
+    assert result["finish_reason"] != "error", result
+    expected = reference_tokens(base, None, running_ids, 60)
+    assert streamed_text(redis_client, running.request.request_id)[0].split() == [f"t{t}" for t in expected]
