@@ -34,6 +34,7 @@ from transformers import DynamicCache
 
 from .adapter_store import NoFreeSlot, adapter_key
 from .adapter_validation import AdapterRejected
+from .batch_kv import BatchKV
 from .contract import SUPERSEDED
 from .detokenize import IncrementalText
 from .sampling import sample_token
@@ -103,8 +104,7 @@ class Engine:
         self._calls = queue.Queue()  # functions to run on the engine thread between steps
         self._pending = []
         self.rows = []
-        self.cache = None
-        self.mask = None  # [rows, kv length] 1 = real token, 0 = left padding
+        self.kv = BatchKV()  # the KV cache and mask of self.rows, row for row (batch_kv.py)
         self.busy_ms = 0.0
         self.started = time.perf_counter()
         self.steps = 0
@@ -348,7 +348,7 @@ class Engine:
         the rest together in one left-padded forward pass (each row with its own adapter slot). Each group's KV
         joins the batch's as it is computed (``_merge``); the rows join ``self.rows`` after the last group."""
         if not self.rows:  # an empty batch: whatever cache it held is stale
-            self.cache = self.mask = None
+            self.kv.clear()
         merged, fresh = [], []  # in the order their KV joins the batch cache, which self.rows must follow
         try:
             for row in rows:
@@ -362,7 +362,7 @@ class Engine:
             if fresh:
                 self._prefill_group(fresh, DynamicCache())
         except BaseException:  # the admission fails whole: the groups merged so far leave the batch cache again
-            self._keep_cache_rows(len(self.rows))
+            self.kv.keep_first(len(self.rows))
             raise
         for row in merged + fresh:
             self.rows.append(row)
@@ -394,54 +394,18 @@ class Engine:
             row.gpu_ms += elapsed * lengths[i] / total  # a prefill costs in proportion to its tokens
             row.last_token = sample_token(logits[i], row.handle.request.sampling, row.generator)
         full = torch.cat([torch.ones(len(rows), offset, dtype=mask.dtype, device=self.device), mask], dim=1)
-        self._merge(cache, full)
-
-    def _merge(self, cache, mask):
-        """Adds prefilled rows' cache (with its [rows, length] mask) to the batch cache, left-padding
-        whichever is shorter. Keyed on the batch cache, not on ``self.rows``: the groups of one admission merge
-        before their rows join (two groups into an empty batch kept only the second's KV)."""
-        if self.cache is None:
-            self.cache, self.mask = cache, mask
-            return
-        total = max(self.mask.shape[1], mask.shape[1])
-        self._left_pad(self.cache, total - self.mask.shape[1])
-        self._left_pad(cache, total - mask.shape[1])
-        self.mask = torch.cat([_pad_left(self.mask, total), _pad_left(mask, total)])
-        for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
-            mine.keys = torch.cat([mine.keys, theirs.keys])
-            mine.values = torch.cat([mine.values, theirs.values])
-
-    def _keep_cache_rows(self, n):
-        """Cuts the batch cache and mask back to their first ``n`` rows (those of ``self.rows``)."""
-        if self.cache is None or self.mask.shape[0] == n:
-            return
-        if n == 0:
-            self.cache = self.mask = None
-            return
-        self.mask = self.mask[:n]
-        for layer in self.cache.layers:
-            layer.keys, layer.values = layer.keys[:n], layer.values[:n]
-
-    @staticmethod
-    def _left_pad(cache, pad):
-        if pad <= 0:
-            return
-        for layer in cache.layers:
-            zeros = layer.keys.new_zeros(*layer.keys.shape[:2], pad, layer.keys.shape[3])
-            layer.keys = torch.cat([zeros, layer.keys], dim=2)
-            layer.values = torch.cat([zeros.clone(), layer.values], dim=2)
+        self.kv.merge(cache, full)
 
     def _decode_step(self):
         started = time.perf_counter()
         ids = torch.tensor([[row.last_token] for row in self.rows], device=self.device)
-        positions = self.mask.sum(dim=1, keepdim=True)
-        mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
+        positions, mask = self.kv.next_step()
         if self.pool is not None:
             self.pool.set_rows([row.slot for row in self.rows])
         with torch.inference_mode():
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                             past_key_values=self.cache, use_cache=True)
-        self.mask = mask
+                             past_key_values=self.kv.cache, use_cache=True)
+        self.kv.mask = mask
         logits = out.logits[:, -1].float()
         share = self._busy(started) / len(self.rows)
         self.steps += 1
@@ -493,17 +457,7 @@ class Engine:
             return
         done = [row for row in self.rows if row.finish_reason is not None]
         self.rows = [self.rows[i] for i in keep]
-        if self.rows:
-            index = torch.tensor(keep, device=self.device)
-            self.cache.batch_select_indices(index)
-            self.mask = self.mask.index_select(0, index)
-            first = int(self.mask.any(dim=0).nonzero()[0])  # columns that are padding for every row
-            if first:
-                self.mask = self.mask[:, first:]
-                for layer in self.cache.layers:
-                    layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
-        else:
-            self.cache = self.mask = None
+        self.kv.select(keep)
         for row in done:
             self._send_final(row)
 
@@ -552,11 +506,6 @@ class Engine:
         finally:
             handle.result = final
             handle.done.set()
-
-
-def _pad_left(mask, total):
-    pad = total - mask.shape[1]
-    return torch.cat([mask.new_zeros(mask.shape[0], pad), mask], dim=1) if pad > 0 else mask
 
 
 def _ms(start, end):
