@@ -23,6 +23,19 @@ def _fresh_plan_cache():
 
 
 @pytest.fixture(autouse=True)
+def _fresh_channel_layer():
+    """Each test talks to the channel layer from its own event loop (async_to_sync, the communicators).
+    channels_redis keeps per-channel asyncio locks on the layer object, shared by every consumer of the
+    process; one left held by a loop that ended with its test is "bound to a different event loop" in the next
+    (CI saw it once in tests/test_ws.py). A fresh layer object per test; daphne runs one loop and is unaffected."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
+@pytest.fixture(autouse=True)
 def _clean_redis_limits():
     r = get_redis()
     for pattern in ("vajra:rl:*", "vajra:login:*"):
