@@ -263,6 +263,38 @@ def stream_append(request_id, kind, data):
     pipe.execute()
 
 
+def finals_from_streams(*, limit=500):
+    """Records the final event of each request still active VAJRA_FINAL_RECONCILE_SECONDS after it began whose
+    Redis Stream already ends with it: the node finished it, but the control task carrying the final was lost (a
+    control worker killed after taking the message off its queue and before recording it: kombu's Redis transport
+    holds the message nowhere in between). Billed once, as from that task: ``inference_finish`` records a final
+    once, whoever brings it. A stream that ends otherwise (still answering, a failover's retry, another attempt's
+    final) is left alone. Returns how many rows it ended."""
+    from vajra.redis import get_redis
+
+    cutoff = timezone.now() - timedelta(seconds=settings.VAJRA_FINAL_RECONCILE_SECONDS)
+    rows = list(InferenceRequest.objects.filter(status__in=ACTIVE, created_at__lt=cutoff)
+                .order_by("created_at").values_list("pk", "attempt")[:limit])
+    if not rows:
+        return 0
+    pipe = get_redis().pipeline(transaction=False)
+    for request_id, _ in rows:
+        pipe.xrevrange(stream_key(request_id), count=1)
+    ended = 0
+    for (request_id, attempt), last in zip(rows, pipe.execute(), strict=True):
+        if not last or last[0][1].get(b"type") != b"final":
+            continue
+        final = json.loads(last[0][1][b"data"])
+        if final.get("attempt", 1) != attempt:
+            continue
+        row = inference_finish(request_id=request_id, final=final)
+        if row is not None and row.status in InferenceRequest.TERMINAL:
+            ended += 1
+            log.warning("request %s: recorded its final event from its stream (the task carrying it was lost)",
+                        request_id)
+    return ended
+
+
 def inference_expire_stale(*, limit=500):
     """Fails requests still queued or running past VAJRA_REQUEST_TIMEOUT_SECONDS: a broker that restarted without
     its data lost their task or their node's answer, and nothing else would ever end them. Bills nothing (no work

@@ -31,10 +31,18 @@ def nodes_mark_down():
 
 @shared_task(name="control.inference_expire_stale", ignore_result=True, soft_time_limit=50, time_limit=60)
 def inference_expire_stale():
-    """Beat: fails requests no node answered within VAJRA_REQUEST_TIMEOUT_SECONDS (bounded batch)."""
+    """Beat: records the finals whose control task was lost (from the requests' streams), then fails requests
+    no node answered within VAJRA_REQUEST_TIMEOUT_SECONDS (bounded batches)."""
+    from vajra.errors import REDIS_DOWN
+
+    from .dispatch import finals_from_streams
     from .dispatch import inference_expire_stale as expire
 
-    return expire(limit=500)
+    try:
+        recorded = finals_from_streams(limit=500)
+    except REDIS_DOWN:  # the streams are unknown while Redis is away: the next sweep looks again
+        recorded = 0
+    return {"recorded_from_streams": recorded, "expired": expire(limit=500)}
 
 
 @shared_task(name="control.inference_finished", ignore_result=True, **DB_RETRY, soft_time_limit=10, time_limit=20)

@@ -210,3 +210,38 @@ def test_the_tasks_that_carry_usage_retry_database_errors_with_bounded_backoff()
         assert set(task.autoretry_for) == {OperationalError, InterfaceError}, task.name
         assert task.retry_backoff and task.retry_backoff_max <= 60 and 0 < task.max_retries <= 50, task.name
 
+
+
+def test_the_sweep_records_a_final_whose_control_task_was_lost_from_the_stream_once(node, acme, settings):
+    """The node wrote the final event; the control task carrying it was lost (a worker killed after taking it off
+    its queue). The sweep finds it on the request's stream and bills it once; streams that do not end with the
+    row's own final are left alone."""
+    settings.VAJRA_FINAL_RECONCILE_SECONDS = 30
+    writer = StreamWriter(redis.Redis.from_url(settings.REDIS_URL), ttl_seconds=60)
+    final = {"finish_reason": "stop", "attempt": 1, "usage": {"prompt_tokens": 5, "completion_tokens": 7,
+             "cached_tokens": 0}, "timings": {"first_token_ms": 40.0, "total_ms": 90.0}, "gpu_ms": 55.5, "error": None}
+    lost = make_row(acme, InferenceRequest.RUNNING, 60, node=node)
+    writer.delta(lost.pk, "Hello")
+    writer.final(lost.pk, final)
+    answering = make_row(acme, InferenceRequest.RUNNING, 60, node=node)  # still decoding: its stream has deltas
+    writer.delta(answering.pk, "Hel")
+    superseded = make_row(acme, InferenceRequest.RUNNING, 60, node=node, attempt=2)  # failover's new attempt runs
+    writer.final(superseded.pk, final)  # the lost node's attempt 1 ended after the reroute
+    young = make_row(acme, InferenceRequest.RUNNING, 5, node=node)  # its task may still be on its way
+    writer.final(young.pk, final)
+
+    assert dispatch.finals_from_streams() == 1
+    assert dispatch.finals_from_streams() == 0
+    lost.refresh_from_db()
+    assert lost.status == InferenceRequest.SUCCEEDED and lost.completion_tokens == 7 and lost.gpu_ms == 55.5
+    assert list(UsageEvent.objects.values_list("request_id", flat=True)) == [lost.pk]  # billed once
+    for row in (answering, superseded, young):
+        row.refresh_from_db()
+        assert row.status == InferenceRequest.RUNNING
+    # the task arriving after all changes nothing: billed once still
+    dispatch.inference_finish(request_id=lost.pk, final=final)
+    assert UsageEvent.objects.filter(request_id=lost.pk).count() == 1
+
+    from inference.tasks import inference_expire_stale
+
+    assert inference_expire_stale() == {"recorded_from_streams": 0, "expired": 0}
