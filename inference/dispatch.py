@@ -136,8 +136,17 @@ def inference_submit(*, principal, base_model, version=None, prompt="", messages
     sampling = sampling_within_plan(sampling, limits, param=max_tokens_param)
     check_context(base_model, prompt=prompt, messages=messages, max_tokens=sampling["max_tokens"])
     check_spend(principal.tenant, account=account)  # 402 once this month's spend reached the cap (billing/caps.py)
+    args = (principal, base_model, version, prompt, messages, sampling, api, request_id, limits)
     try:
-        return _submit(principal, base_model, version, prompt, messages, sampling, api, request_id, limits)
+        try:
+            return _submit(*args)
+        except Throttled:
+            # Rows whose answer was delivered but whose final the control plane has not recorded yet (it lags, e.g.
+            # while it reconnects after a broker restart) hold the quota: record those from their streams, and if
+            # any ended, try once more.
+            if not answered_meanwhile(principal.tenant):
+                raise
+            return _submit(*args)
     except NoCapacity as exc:
         record_scale_up(exc)
         raise
@@ -270,17 +279,36 @@ def finals_from_streams(*, limit=500):
     holds the message nowhere in between). Billed once, as from that task: ``inference_finish`` records a final
     once, whoever brings it. A stream that ends otherwise (still answering, a failover's retry, another attempt's
     final) is left alone. Returns how many rows it ended."""
-    from vajra.redis import get_redis
-
     cutoff = timezone.now() - timedelta(seconds=settings.VAJRA_FINAL_RECONCILE_SECONDS)
     rows = list(InferenceRequest.objects.filter(status__in=ACTIVE, created_at__lt=cutoff)
                 .order_by("created_at").values_list("pk", "attempt")[:limit])
-    if not rows:
+    ended = _record_finals(rows)
+    for request_id in ended:
+        log.warning("request %s: recorded its final event from its stream (the task carrying it was lost)",
+                    request_id)
+    return len(ended)
+
+
+def answered_meanwhile(tenant):
+    """Records the finals already on the streams of the tenant's active requests (see finals_from_streams);
+    how many ended. Redis away: none."""
+    rows = list(InferenceRequest.objects.filter(tenant=tenant, status__in=ACTIVE).values_list("pk", "attempt"))
+    try:
+        return len(_record_finals(rows))
+    except REDIS_DOWN:
         return 0
+
+
+def _record_finals(rows):
+    """(request id, attempt) pairs -> the ids ended by the final event their stream ends with (one round trip)."""
+    from vajra.redis import get_redis
+
+    if not rows:
+        return []
     pipe = get_redis().pipeline(transaction=False)
     for request_id, _ in rows:
         pipe.xrevrange(stream_key(request_id), count=1)
-    ended = 0
+    ended = []
     for (request_id, attempt), last in zip(rows, pipe.execute(), strict=True):
         if not last or last[0][1].get(b"type") != b"final":
             continue
@@ -289,9 +317,7 @@ def finals_from_streams(*, limit=500):
             continue
         row = inference_finish(request_id=request_id, final=final)
         if row is not None and row.status in InferenceRequest.TERMINAL:
-            ended += 1
-            log.warning("request %s: recorded its final event from its stream (the task carrying it was lost)",
-                        request_id)
+            ended.append(request_id)
     return ended
 
 

@@ -114,6 +114,38 @@ def test_concurrency_over_the_plans_limit_is_429_with_retry_after(path, acme, co
     assert post(alice_api, path, body_for(path, max_tokens=4)).status_code == 200, "one finished: room for one"
 
 
+def test_rows_answered_but_not_yet_recorded_do_not_hold_the_concurrency_quota(acme, alice, alice_api, base, node,
+                                                                              sent, settings):
+    """The control plane lags (e.g. reconnecting after a broker restart): a row whose final event is on its stream
+    is recorded (billed once) when the quota would refuse, and the request goes through; rows still answering do
+    hold it."""
+    import redis
+
+    from billing.models import UsageEvent
+    from gpu_runtime.streams import StreamWriter
+
+    put_on_plan(acme, max_concurrent_requests=2)
+    for i in range(2):
+        InferenceRequest.objects.create(id=f"req_busy{i}", tenant=acme, base_model=base, api="infer", node=node,
+                                        max_tokens=4, status=InferenceRequest.RUNNING, tier="cold")
+    writer = StreamWriter(redis.Redis.from_url(settings.REDIS_URL), ttl_seconds=60)
+    writer.delta("req_busy0", "Hello")
+    writer.final("req_busy0", {"finish_reason": "stop", "attempt": 1, "gpu_ms": 12.0, "error": None,
+                               "usage": {"prompt_tokens": 3, "completion_tokens": 1, "cached_tokens": 0},
+                               "timings": {"first_token_ms": 20.0, "total_ms": 30.0}})
+    writer.delta("req_busy1", "Hel")  # still answering
+
+    assert post(alice_api, INFER, body_for(INFER, max_tokens=4)).status_code == 200
+    done = InferenceRequest.objects.get(pk="req_busy0")
+    assert done.status == InferenceRequest.SUCCEEDED and done.completion_tokens == 1 and done.gpu_ms == 12.0
+    assert UsageEvent.objects.filter(request_id="req_busy0").count() == 1
+    assert InferenceRequest.objects.get(pk="req_busy1").status == InferenceRequest.RUNNING
+    assert len(sent) == 1
+    # now two requests are really in progress: the next one is refused
+    assert_error(post(alice_api, INFER, body_for(INFER, max_tokens=4)), 429)
+    assert len(sent) == 1 and UsageEvent.objects.count() == 1
+
+
 def test_the_submit_reads_the_plan_without_a_query_more_than_the_spend_check(acme, alice, base, node, sent,
                                                                              django_assert_num_queries):
     from inference.dispatch import inference_submit
