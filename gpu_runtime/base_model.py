@@ -88,7 +88,7 @@ def load_base_model(config):
             f"Base model {config.base_model} is not in {config.model_store}; "
             "run: python -m gpu_runtime.model_store import"
         )
-    if getattr(config, "torch_threads", 0):
+    if config.torch_threads:
         torch.set_num_threads(config.torch_threads)  # before the first op: it sizes torch's CPU thread pool
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device)

@@ -346,7 +346,7 @@ class Engine:
     def _prefill(self, rows):
         """Prefills newly admitted rows: those with a cached prompt prefix one by one from their cached KV,
         the rest together in one left-padded forward pass (each row with its own adapter slot). Each group's KV
-        joins the batch's as it is computed (``_merge``); the rows join ``self.rows`` after the last group."""
+        joins the batch's as it is computed (``BatchKV.merge``); the rows join ``self.rows`` after the last group."""
         if not self.rows:  # an empty batch: whatever cache it held is stale
             self.kv.clear()
         merged, fresh = [], []  # in the order their KV joins the batch cache, which self.rows must follow

@@ -22,17 +22,14 @@ class ClosedFileIsConnectionError:
     """Mixin for a redis-py Connection class (TCP or unix socket)."""
 
     def read_response(self, *args, **kwargs):
-        try:
-            return super().read_response(*args, **kwargs)
-        except ValueError as exc:
-            if not _closed_under_us(exc):
-                raise
-            self.disconnect()
-            raise redis.ConnectionError(f"the Redis connection was closed during a read ({exc})") from exc
+        return self._reading(super().read_response, *args, **kwargs)
 
     def can_read(self, *args, **kwargs):
+        return self._reading(super().can_read, *args, **kwargs)
+
+    def _reading(self, read, *args, **kwargs):
         try:
-            return super().can_read(*args, **kwargs)
+            return read(*args, **kwargs)
         except ValueError as exc:
             if not _closed_under_us(exc):
                 raise

@@ -124,8 +124,8 @@ class StreamWriter:
         final, current = None, int(attempt) if attempt is not None else None
         if pending:
             final = pending[-1]
-        elif entries and entries[0][1].get(b"type") == b"final":
-            final = json.loads(entries[0][1][b"data"])
+        else:
+            final = final_of(entries)
         if final is not None and current is not None and final.get("attempt", 1) != current:
             final = None  # a superseded attempt's end: the current attempt has still to run
         return final, current
@@ -154,6 +154,13 @@ class StreamWriter:
         superseded = {r for (r, attempt), current in zip(requests, flags[len(ids):], strict=True)
                       if current is not None and int(current) != attempt}
         return cancelled, superseded
+
+
+def final_of(last_entries):
+    """The final event of a stream whose last entry (XREVRANGE ... COUNT 1) is one, else None."""
+    if last_entries and last_entries[0][1].get(b"type") == b"final":
+        return json.loads(last_entries[0][1][b"data"])
+    return None
 
 
 def read_events(client, request_id, last_id="0", block_ms=5000):

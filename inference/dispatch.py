@@ -21,6 +21,7 @@ from billing.caps import check_spend
 from billing.ledger import record_inference
 from billing.plans import account_for, plan_limits, query_price
 from gpu_runtime.contract import TASK_INFER, node_queue, stream_key
+from gpu_runtime.streams import final_of
 from vajra.errors import REDIS_DOWN, InvalidRequest, redis_unavailable
 
 from .adapters import adapter_ref
@@ -310,10 +311,8 @@ def _record_finals(rows):
         pipe.xrevrange(stream_key(request_id), count=1)
     ended = []
     for (request_id, attempt), last in zip(rows, pipe.execute(), strict=True):
-        if not last or last[0][1].get(b"type") != b"final":
-            continue
-        final = json.loads(last[0][1][b"data"])
-        if final.get("attempt", 1) != attempt:
+        final = final_of(last)
+        if final is None or final.get("attempt", 1) != attempt:
             continue
         row = inference_finish(request_id=request_id, final=final)
         if row is not None and row.status in InferenceRequest.TERMINAL:
