@@ -4,6 +4,8 @@ and leave at step boundaries, events land on real Redis Streams, GPU-ms adds up,
 import copy
 import json
 import os
+import threading
+import time
 import uuid
 
 import pytest
@@ -204,24 +206,32 @@ def test_prefix_cache_reuses_a_shared_prompt_prefix_per_adapter_version(engine, 
     assert partial.wait(60)["usage"]["cached_tokens"] == 4
 
 
+SYSTEM = [11, 12, 13, 14, 15, 16, 17, 18, 19]  # 9 tokens: two 4-token blocks for the prefix cache
+
+
+def warm_prefix_cache(engine):
+    assert engine.submit(request(SYSTEM + [40, 41], max_tokens=4)).wait(60)["finish_reason"] != "error"
+
+
+def hold_engine(engine, seconds):
+    """Keeps the engine thread busy for ``seconds`` from now: what is submitted meanwhile is admitted at once."""
+    holding = threading.Event()
+    engine.call(lambda: (holding.set(), time.sleep(seconds)))
+    assert holding.wait(10)
+
+
 def test_rows_from_the_prefix_cache_and_fresh_rows_admitted_together_into_an_empty_batch(engine, adapters,
                                                                                          redis_client):
     """Regressions (seen under locust): an idle engine admitting at once a row prefilled from the prefix cache and
     others kept only the last group's KV and mask, and the next decode step failed every row with "Sizes of tensors
     must match"; and rows admitted cached, fresh, cached, fresh took the KV of another row (the batch cache holds the
     cached rows first), so their text went wrong without any error."""
-    import threading
-    import time
-
     base, _ = adapters
-    system = [11, 12, 13, 14, 15, 16, 17, 18, 19]
-    assert engine.submit(request(system + [40, 41], max_tokens=4)).wait(60)["finish_reason"] != "error"
+    warm_prefix_cache(engine)
     while engine.rows:  # the batch is empty again
         time.sleep(0.01)
-    holding = threading.Event()
-    engine.call(lambda: (holding.set(), time.sleep(0.5)))  # the engine thread waits; the requests queue up
-    assert holding.wait(10)
-    prompts = [system + [50, 51, 52], [3, 4, 5], system + [60, 61], [6, 7]]
+    hold_engine(engine, 0.5)
+    prompts = [SYSTEM + [50, 51, 52], [3, 4, 5], SYSTEM + [60, 61], [6, 7]]
     handles = [engine.submit(request(ids, max_tokens=12)) for ids in prompts]
     results = [h.wait(60) for h in handles]
     assert [r["finish_reason"] for r in results if r["finish_reason"] == "error"] == [], results
@@ -235,19 +245,13 @@ def test_a_failed_admission_leaves_the_running_rows_and_their_cache_as_they_were
                                                                                   monkeypatch):
     """A prefill that fails after a prefix-cached row's KV joined the batch cache (here the fresh group's forward
     raises): the new rows fail with engine_error, the running row decodes on, its text unchanged."""
-    import threading
-    import time
-
     base, _ = adapters
-    system = [11, 12, 13, 14, 15, 16, 17, 18, 19]
-    assert engine.submit(request(system + [40, 41], max_tokens=4)).wait(60)["finish_reason"] != "error"
+    warm_prefix_cache(engine)
     running_ids = [3, 4, 5, 6]
     running = engine.submit(request(running_ids, max_tokens=60))
     deadline = time.monotonic() + 30
     while not engine.rows and time.monotonic() < deadline:
         time.sleep(0.001)
-    holding = threading.Event()
-    engine.call(lambda: (holding.set(), time.sleep(0.3)))  # the engine thread waits; the requests queue up
     real = engine._prefill_group
 
     def fresh_group_fails(rows, cache, offset=0):
@@ -255,10 +259,10 @@ def test_a_failed_admission_leaves_the_running_rows_and_their_cache_as_they_were
             raise RuntimeError("out of memory (test)")
         return real(rows, cache, offset)
 
-    assert holding.wait(10)
+    hold_engine(engine, 0.3)
     assert engine.rows and not running.done.is_set()  # the first row decodes in the batch the others join
     monkeypatch.setattr(engine, "_prefill_group", fresh_group_fails)
-    joining = [engine.submit(request(ids, max_tokens=8)) for ids in (system + [50, 51, 52], [3, 4])]
+    joining = [engine.submit(request(ids, max_tokens=8)) for ids in (SYSTEM + [50, 51, 52], [3, 4])]
     failed = [h.wait(60) for h in joining]
     monkeypatch.setattr(engine, "_prefill_group", real)
     assert [r["error"]["code"] for r in failed] == ["engine_error", "engine_error"]
