@@ -56,34 +56,42 @@ def _append(**fields):
         return existing, False
 
 
-def _inference_occurred_at(row):
-    """When the request ended on its node: created + the node's total time (the final event has no clock of its
+def occurred_at_of(created_at, total_ms):
+    """When a request ended on its node: created + the node's total time (the final event has no clock of its
     own), never later than now. The broker hop to the node is not in total_ms, so the lag is an upper bound."""
     now = timezone.now()
-    if row.total_ms is None or row.created_at is None:
+    if total_ms is None or created_at is None:
         return now
-    return min(row.created_at + timedelta(milliseconds=max(row.total_ms, 0)), now)
+    return min(created_at + timedelta(milliseconds=max(total_ms, 0)), now)
 
 
-def _charges(row):
+def finish_status(finish_reason):
+    """The request status a final event's finish_reason ends it in."""
+    from inference.models import InferenceRequest
+
+    return {"stop": InferenceRequest.SUCCEEDED, "length": InferenceRequest.SUCCEEDED,
+            "cancelled": InferenceRequest.CANCELLED}.get(finish_reason, InferenceRequest.FAILED)
+
+
+def charges(*, status, gpu_ms, completion_tokens):
     """(charge units?, bill at all?) for a finished request, by the policy in the module docstring."""
     from inference.models import InferenceRequest
 
-    worked = measured_ms(row.gpu_ms) > 0 or row.completion_tokens > 0
-    if row.status == InferenceRequest.SUCCEEDED:
+    worked = measured_ms(gpu_ms) > 0 or completion_tokens > 0
+    if status == InferenceRequest.SUCCEEDED:
         return True, True
-    if row.status == InferenceRequest.CANCELLED:
+    if status == InferenceRequest.CANCELLED:
         return worked, worked
-    return False, measured_ms(row.gpu_ms) > 0
+    return False, measured_ms(gpu_ms) > 0
 
 
 def record_inference(row):
     """The ledger rows of a request that has just reached a terminal state, from its row as the runtime's final
     event filled it (called by inference_finish inside its transaction). The inference row, or None: bills nothing."""
-    charge_units, bill = _charges(row)
+    charge_units, bill = charges(status=row.status, gpu_ms=row.gpu_ms, completion_tokens=row.completion_tokens)
     if not bill:
         return None
-    occurred_at = _inference_occurred_at(row)
+    occurred_at = occurred_at_of(row.created_at, row.total_ms)
     account = account_for(row.tenant_id, create=True)
     plan = plan_for(row.tenant_id, occurred_at, account=account, create=True)
     cost = inference_cost(plan, tier=row.tier, gpu_ms=row.gpu_ms, charge_units=charge_units)

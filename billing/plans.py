@@ -223,14 +223,35 @@ def plan_limits(tenant, *, account=None):
                       dataset_max_bytes=plan.dataset_max_bytes, dataset_max_records=plan.dataset_max_records)
 
 
-def query_price(tier, *, tenant=None):
-    """A query's price by tier under the tenant's plan (the standard plan without a tenant): units and integer
-    micro-dollars (half-even), the shape the inference API shows. GPU time is priced on the ledger at the end."""
-    name = account_for(tenant).plan_name if tenant is not None else DEFAULT_PLAN
-    plan = cached_plan(name)
-    units = plan.units_for(tier)
-    micro = (units * plan.unit_price * 1_000_000).to_integral_value(rounding=ROUND_HALF_EVEN)
-    return {"units": units, "micro_usd": int(micro)}
+def price_json(plan, cost):
+    """A price as the APIs show it: units, integer micro-dollars (half-even) and the exact amount at the ledger's
+    10 places, with the plan that priced it."""
+    micro = (cost.cost * 1_000_000).to_integral_value(rounding=ROUND_HALF_EVEN)
+    return {"units": cost.units, "micro_usd": int(micro), "usd": format(quantize(cost.cost), "f"),
+            "plan": plan.name}
+
+
+def query_price(tier, *, tenant):
+    """The price of one query of ``tier`` under the tenant's current plan, before it runs: its tier's units (GPU
+    time is added when it ends, ``finished_price``). The one price every page and API shows for a query (tier
+    cards, the playground, the responses' ``cost``); the plan comes through the 30 s plan cache."""
+    plan = cached_plan(account_for(tenant).plan_name)
+    return price_json(plan, inference_cost(plan, tier=tier, gpu_ms=0))
+
+
+def finished_price(*, tenant, tier, created_at, final):
+    """What a finished request is billed, from the runtime's final event: the same plan version, policy
+    (``billing.ledger.charges``) and formula as its ledger row, so the two agree to the 1e-10 dollar. ``final``
+    is the contract's final event (finish_reason, usage, timings, gpu_ms)."""
+    from .ledger import charges, finish_status, occurred_at_of
+
+    timings, usage = final.get("timings") or {}, final.get("usage") or {}
+    charge_units, bill = charges(status=finish_status(final.get("finish_reason")), gpu_ms=final.get("gpu_ms"),
+                                 completion_tokens=usage.get("completion_tokens") or 0)
+    plan = plan_for(tenant, occurred_at_of(created_at, timings.get("total_ms")))
+    if not bill:
+        return price_json(plan, InferenceCost(units=0, billed_gpu_ms=0, cost_units=ZERO, cost_compute=ZERO))
+    return price_json(plan, inference_cost(plan, tier=tier, gpu_ms=final.get("gpu_ms"), charge_units=charge_units))
 
 
 def money_text(value, places=2):

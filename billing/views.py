@@ -2,7 +2,6 @@
 
 from datetime import timedelta
 
-from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import render
 from django.utils import timezone
@@ -14,6 +13,7 @@ from tenants.views import tenant_member_required
 
 from .invoice_views import billing_invoices
 from .metering import percentile
+from .plans import TIERS, plan_for
 from .usage_views import usage_context
 
 # Percentiles are computed here over the newest rows; a tenant past this many in a week sees a note.
@@ -22,11 +22,10 @@ WINDOWS = (("Last 24 hours", timedelta(hours=24)), ("Last 7 days", timedelta(day
 RECENT_REQUESTS = 20
 
 
-def tier_stats(rows, tier):
+def tier_stats(rows, info):
     """Requests, p50/p95 adapter-ready and first-token times, and guarantee breaches for one tier's rows."""
     ready = sorted(r["adapter_ready_ms"] for r in rows if r["adapter_ready_ms"] is not None)
     first = sorted(r["first_token_ms"] for r in rows if r["first_token_ms"] is not None)
-    info = tier_info(tier)
     p95 = percentile(ready, 95)
     return {**info, "requests": len(rows), "ready_p50": percentile(ready, 50), "ready_p95": p95,
             "first_p50": percentile(first, 50), "first_p95": percentile(first, 95),
@@ -40,15 +39,17 @@ def tier_latency(*, tenant, now):
     rows = list(tenant_requests(tenant=tenant).filter(created_at__gte=since).values(
         "tier", "created_at", "adapter_ready_ms", "first_token_ms", "guarantee_broken")[:USAGE_ROWS_CAP])
     tiers = [tier for tier, _ in Adapter.TIER_CHOICES]
+    infos = {tier: tier_info(tier, tenant=tenant) for tier in tiers}
     windows = []
     for label, span in WINDOWS:
         start = now - span
         recent = [r for r in rows if r["created_at"] >= start]
-        windows.append({"label": label, "tiers": [tier_stats([r for r in recent if r["tier"] == t], t) for t in tiers]})
+        windows.append({"label": label, "tiers": [tier_stats([r for r in recent if r["tier"] == t], infos[t])
+                                                   for t in tiers]})
     by_day = {}
     for row in rows:
         by_day.setdefault((timezone.localdate(row["created_at"]), row["tier"]), []).append(row)
-    days = [{"day": day, **tier_stats(day_rows, tier)} for (day, tier), day_rows in
+    days = [{"day": day, **tier_stats(day_rows, infos[tier])} for (day, tier), day_rows in
             sorted(by_day.items(), key=lambda item: (item[0][0], tiers.index(item[0][1])), reverse=True)]
     return {"windows": windows, "days": days, "capped": len(rows) >= USAGE_ROWS_CAP}
 
@@ -69,8 +70,8 @@ def usage(request):
 @tenant_member_required
 def billing(request):
     context = {
-        "tiers": list(settings.VAJRA_TIER_UNITS.items()),
-        "granularity_ms": settings.VAJRA_BILLING_GRANULARITY_MS,
+        "tiers": [tier_info(tier, tenant=request.principal.tenant) for tier in TIERS],
+        "granularity_ms": plan_for(request.principal.tenant).billing_granularity_ms,
         **billing_invoices(principal=request.principal),
     }
     return render(request, "billing/billing.html", context)

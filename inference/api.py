@@ -8,6 +8,7 @@ from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from billing.plans import query_price
 from vajra.errors import InvalidRequest
 from vajra.serializers import StrictSerializer
 
@@ -17,9 +18,11 @@ from .models import Adapter, BaseModel
 NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 
 
-def tier_info(tier):
-    units = settings.VAJRA_TIER_UNITS[tier]
-    return {"tier": tier, "units_per_query": units, "usd_per_query": units * settings.VAJRA_UNIT_PRICE_MICRO_USD / 1e6,
+def tier_info(tier, *, tenant):
+    """A tier card: its price under the tenant's plan (billing.plans.query_price) and its guarantee."""
+    price = query_price(tier, tenant=tenant)
+    return {"tier": tier, "units_per_query": price["units"], "usd_per_query": float(price["usd"]),
+            "micro_usd_per_query": price["micro_usd"], "plan": price["plan"],
             "adapter_ready_ms_guarantee": settings.VAJRA_TIER_READY_MS[tier]}
 
 
@@ -45,7 +48,7 @@ class AdapterOut(serializers.Serializer):
 
     def to_representation(self, instance):
         data = super().to_representation(instance)
-        data["tier"] = tier_info(instance.tier)
+        data["tier"] = tier_info(instance.tier, tenant=instance.tenant_id)
         data["model"] = f"{instance.name}@v{instance.current_version.number}" if instance.current_version else None
         return data
 

@@ -38,7 +38,7 @@ from tenants.ws import TenantConsumer
 from vajra.errors import InvalidRequest, error_response
 
 from . import access, relay
-from .dispatch import cost_for, inference_submit, on_submit_thread
+from .dispatch import cost_for, final_cost_of, inference_submit, on_submit_thread
 from .placement import NoCapacity
 from .v1 import CHARS_PER_TOKEN_BOUND, ParametersIn, Unavailable, version_label
 
@@ -130,7 +130,7 @@ def resume_access(principal, content):
 
 def start_event(row, *, resumed):
     return {"type": "start", "request_id": row.id, "model": row.base_model.name, "adapter": version_label(row),
-            "tier": row.tier, "cost": cost_for(row.tier), "resumed": resumed}
+            "tier": row.tier, "cost": cost_for(row), "resumed": resumed}
 
 
 class PlaygroundConsumer(TenantConsumer):
@@ -181,9 +181,9 @@ class PlaygroundConsumer(TenantConsumer):
             row, last_id, start = await database_sync_to_async(prepare)(self.principal, content)
         self.request_id, self.finished = row.id, False
         await self.send_json(start)
-        self.generation = asyncio.create_task(self._relay(row.id, last_id, start["cost"]))
+        self.generation = asyncio.create_task(self._relay(row.id, last_id))
 
-    async def _relay(self, request_id, last_id, cost):
+    async def _relay(self, request_id, last_id):
         try:
             async for entry_id, kind, data in relay.events(request_id, last_id):
                 if kind == "delta":
@@ -196,7 +196,8 @@ class PlaygroundConsumer(TenantConsumer):
                     await self.send_json({"type": "done", "request_id": request_id,
                                           "finish_reason": data.get("finish_reason"), "usage": data.get("usage"),
                                           "timings": data.get("timings"), "gpu_ms": data.get("gpu_ms"),
-                                          "cost": cost, "error": data.get("error")})
+                                          "cost": await final_cost_of(request_id, data),
+                                          "error": data.get("error")})
         except Exception:  # Redis went away: say so rather than leave the client waiting
             log.exception("playground relay of %s failed", request_id)
             await self.send_json({"type": "error", "request_id": request_id, "error": {

@@ -18,8 +18,8 @@ from django.utils import timezone
 from rest_framework.exceptions import Throttled
 
 from billing.caps import check_spend
-from billing.ledger import record_inference
-from billing.plans import account_for, plan_limits, query_price
+from billing.ledger import finish_status, record_inference
+from billing.plans import account_for, finished_price, plan_limits, query_price
 from gpu_runtime.contract import TASK_INFER, node_queue, stream_key
 from gpu_runtime.streams import final_of
 from vajra.errors import REDIS_DOWN, InvalidRequest, redis_unavailable
@@ -86,14 +86,33 @@ def new_request_id():
     return f"req_{uuid.uuid4().hex}"
 
 
-def units_for(tier):
-    return settings.VAJRA_TIER_UNITS[tier]
+def cost_for(row):
+    """A request's price under its tenant's plan, before it ends: its tier's units (billing.plans.query_price)."""
+    return query_price(row.tier, tenant=row.tenant_id)
 
 
-def cost_for(tier, tenant=None):
-    """A query's price from the billing plan (the tenant's when given, else the standard plan): units and
-    micro-dollars. GPU time is added on the ledger when the request ends (billing/ledger.py)."""
-    return query_price(tier, tenant=tenant)
+def final_cost(row, final):
+    """A finished request's price from its final event: what its ledger row bills (billing.plans.finished_price)."""
+    return finished_price(tenant=row.tenant_id, tier=row.tier, created_at=row.created_at, final=final)
+
+
+def request_cost(row):
+    """A request's price as its row stands: what it is billed once it has ended, its quoted price before."""
+    if row.status not in InferenceRequest.TERMINAL:
+        return cost_for(row)
+    return final_cost(row, {"finish_reason": row.finish_reason, "gpu_ms": row.gpu_ms,
+                            "usage": {"completion_tokens": row.completion_tokens},
+                            "timings": {"total_ms": row.total_ms}})
+
+
+def _final_cost_of(request_id, final):
+    row = InferenceRequest.objects.filter(pk=request_id).only("tenant_id", "tier", "created_at").first()
+    return final_cost(row, final) if row is not None else None
+
+
+async def final_cost_of(request_id, final):
+    """``final_cost`` for the request ``request_id``, from async code (the relays send it with the final)."""
+    return await sync_to_async(_final_cost_of)(request_id, final)
 
 
 def sampling_within_plan(sampling, limits, *, param="max_tokens"):
@@ -226,8 +245,7 @@ def inference_start(*, request_id, node_name, attempt=1):
 
 def inference_finish(*, request_id, final):
     """Records the runtime's final event once; a redelivered or duplicate event changes nothing."""
-    status = {"stop": InferenceRequest.SUCCEEDED, "length": InferenceRequest.SUCCEEDED,
-              "cancelled": InferenceRequest.CANCELLED}.get(final.get("finish_reason"), InferenceRequest.FAILED)
+    status = finish_status(final.get("finish_reason"))
     usage, timings, error = final.get("usage") or {}, final.get("timings") or {}, final.get("error") or {}
     with transaction.atomic():
         row = InferenceRequest.objects.select_for_update().filter(pk=request_id).first()

@@ -24,7 +24,7 @@ from vajra.errors import InvalidRequest, error_body
 from vajra.serializers import StrictSerializer
 
 from . import access, relay
-from .dispatch import cost_for, inference_submit
+from .dispatch import cost_for, final_cost_of, inference_submit
 from .models import AdapterVersion, BaseModel
 from .placement import NoCapacity
 from .v1 import (
@@ -213,23 +213,25 @@ class Envelope:
         delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
-    def answer(self, text, final):
+    def answer(self, text, final, cost):
         return {**self._base(False), "choices": [self._choice(text, final["finish_reason"], False)],
-                "usage": usage_of(final), "vajra": self.extension(final)}
+                "usage": usage_of(final), "vajra": self.extension(final, cost)}
 
-    def chunk(self, text=None, finish_reason=None, *, role=False, include_usage=False, final=None):
+    def chunk(self, text=None, finish_reason=None, *, role=False, include_usage=False, final=None, cost=None):
         body = {**self._base(True), "choices": [self._choice(text, finish_reason, True, role)]}
         if include_usage:
             body["usage"] = None  # as OpenAI: null on every chunk but the last
         if final is not None:
-            body["vajra"] = self.extension(final)
+            body["vajra"] = self.extension(final, cost)
         return body
 
     def usage_chunk(self, final):
         return {**self._base(True), "choices": [], "usage": usage_of(final)}
 
-    def extension(self, final):
-        return {**self.vajra, "timings": final.get("timings"), "gpu_ms": final.get("gpu_ms")}
+    def extension(self, final, cost):
+        """The ``vajra`` block of the answer's end: ``cost`` is what the request is billed (its ledger row)."""
+        return {**self.vajra, "timings": final.get("timings"), "gpu_ms": final.get("gpu_ms"),
+                **({"cost": cost} if cost is not None else {})}
 
 
 def usage_of(final):
@@ -273,7 +275,7 @@ def _submit(principal, data, *, api, prompt="", messages=(), request_id=None):
     prefix = "chatcmpl-" if api == "chat" else "cmpl-"
     return Envelope(api=api, id=prefix + row.id, created=int(row.created_at.timestamp()), model=data["model"],
                     vajra={"request_id": row.id, "base_model": base_model.name, "adapter": label,
-                           "tier": row.tier, "cost": cost_for(row.tier)})
+                           "tier": row.tier, "cost": cost_for(row)})
 
 
 def sse_data(body):
@@ -305,8 +307,8 @@ def stream_response(request_id, envelope, include_usage, param):
                 if failed:
                     yield sse_data(failed[1])
                 else:
-                    yield sse_data(envelope.chunk(finish_reason=data["finish_reason"],
-                                                  include_usage=include_usage, final=data))
+                    yield sse_data(envelope.chunk(finish_reason=data["finish_reason"], include_usage=include_usage,
+                                                  final=data, cost=await final_cost_of(request_id, data)))
                     if include_usage:
                         yield sse_data(envelope.usage_chunk(data))
                 yield b"data: [DONE]\n\n"
@@ -360,7 +362,7 @@ async def respond(request, raw_key, parse, *, api):
     failed = final_error(final, param)
     if failed:
         return JsonResponse(failed[1], status=failed[0])
-    return JsonResponse(envelope.answer(text, final))
+    return JsonResponse(envelope.answer(text, final, await final_cost_of(request_id, final)))
 
 
 def chat_input(request):

@@ -31,7 +31,7 @@ from vajra.errors import INFRASTRUCTURE_DOWN, InvalidRequest, error_response, re
 from vajra.serializers import StrictSerializer
 
 from . import access, relay
-from .dispatch import cost_for, inference_submit, on_submit_thread
+from .dispatch import cost_for, final_cost_of, inference_submit, on_submit_thread, request_cost
 from .placement import NoCapacity
 
 # A prompt past this many characters per token of context is too long for certain (BPE tokens average
@@ -193,7 +193,7 @@ def _submit_and_describe(principal, model_id, data, refusal=None):
 
 def describe(row, version_label):
     return {"id": row.id, "object": "inference", "model": row.base_model.name, "adapter": version_label,
-            "tier": row.tier, "cost": cost_for(row.tier)}
+            "tier": row.tier, "cost": cost_for(row)}
 
 
 def version_label(row):
@@ -201,10 +201,13 @@ def version_label(row):
     return f"{version.adapter.name}@v{version.number}" if version else None
 
 
-def final_body(head, final, text=None):
+def final_body(head, final, text=None, cost=None):
+    """The answer's end: ``cost`` is what the request is billed (``final_cost_of``), in place of the head's quote."""
     body = dict(head)
     if text is not None:
         body["text"] = text
+    if cost is not None:
+        body["cost"] = cost
     body.update({"finish_reason": final.get("finish_reason"), "usage": final.get("usage"),
                  "timings": final.get("timings"), "gpu_ms": final.get("gpu_ms")})
     if final.get("error"):
@@ -219,7 +222,8 @@ def sse_response(request_id, head, last_id="0"):
             if kind == "keepalive":
                 yield b": keep-alive\n\n"
             elif kind == "final":
-                yield relay.sse(entry_id, "done", final_body(head, data))
+                cost = await final_cost_of(request_id, data)
+                yield relay.sse(entry_id, "done", final_body(head, data, cost=cost))
             else:
                 yield relay.sse(entry_id, kind, data)
 
@@ -252,7 +256,8 @@ async def infer(request, raw_key, model_id):
     error = (final or {}).get("error")
     if error:
         status = 400 if error.get("code") in {"context_length_exceeded", "invalid_request"} else 502
-    return JsonResponse(final_body(head, final, "".join(parts)), status=status)
+    cost = await final_cost_of(row_id, final) if final is not None else None
+    return JsonResponse(final_body(head, final, "".join(parts), cost=cost), status=status)
 
 
 @api_view({"GET"})
@@ -278,7 +283,7 @@ def request_json(row):
                       "cached_tokens": row.cached_tokens},
             "timings": {"queued_ms": row.queued_ms, "adapter_ready_ms": row.adapter_ready_ms,
                         "first_token_ms": row.first_token_ms, "total_ms": row.total_ms},
-            "gpu_ms": row.gpu_ms, "guarantee_broken": row.guarantee_broken, "cost": cost_for(row.tier),
+            "gpu_ms": row.gpu_ms, "guarantee_broken": row.guarantee_broken, "cost": request_cost(row),
             "created_at": row.created_at.isoformat(),
             "finished_at": row.finished_at.isoformat() if row.finished_at else None}
 

@@ -28,8 +28,9 @@ TIER_PLACES = {
 }
 
 
-def _tiers():
-    return [{**tier_info(tier), "label": label, "place": TIER_PLACES[tier]} for tier, label in Adapter.TIER_CHOICES]
+def _tiers(tenant):
+    return [{**tier_info(tier, tenant=tenant), "label": label, "place": TIER_PLACES[tier]}
+            for tier, label in Adapter.TIER_CHOICES]
 
 
 def _require_adapters_view(principal):
@@ -41,8 +42,9 @@ def _require_adapters_view(principal):
 def _adapters_page(request, form, *, status=200):
     rows = list(access.tenant_adapters(tenant=request.principal.tenant))
     for adapter in rows:
-        adapter.tier_info = tier_info(adapter.tier)
-    context = {"adapters": rows, "form": form, "tiers": _tiers(), "can_write": request.principal.can("adapters.write")}
+        adapter.tier_info = tier_info(adapter.tier, tenant=adapter.tenant_id)
+    context = {"adapters": rows, "form": form, "tiers": _tiers(request.principal.tenant),
+               "can_write": request.principal.can("adapters.write")}
     return render(request, "inference/adapters.html", context, status=status)
 
 
@@ -92,8 +94,8 @@ def _detail_page(request, name, tier_form=None, *, status=200):
     adapter = access.access_adapter(tenant=request.principal.tenant, name=name)
     context = {
         "adapter": adapter,
-        "tier": tier_info(adapter.tier),
-        "tiers": _tiers(),
+        "tier": tier_info(adapter.tier, tenant=adapter.tenant_id),
+        "tiers": _tiers(request.principal.tenant),
         "versions": adapter.versions.order_by("-number"),
         "tier_form": tier_form or AdapterTierForm(initial={"tier": adapter.tier}),
         "can_write": request.principal.can("adapters.write"),
@@ -123,7 +125,7 @@ def adapter_tier(request, name):
     except APIException as exc:  # hot with no node capacity left: 409 no_hot_capacity
         form.add_error(None, str(exc.detail))  # not a mistake in the form: shown above it
         return _detail_page(request, name, form, status=exc.status_code)
-    info = tier_info(adapter.tier)
+    info = tier_info(adapter.tier, tenant=adapter.tenant_id)
     messages.success(request, f"{adapter.name} is now {adapter.tier}: {info['units_per_query']} units per query, "
                               f"adapter ready within {info['adapter_ready_ms_guarantee']} ms.")
     return redirect("adapter-detail", name=adapter.name)
@@ -175,10 +177,11 @@ def playground(request):
     ready = {}
     for version in access.tenant_versions(tenant=tenant).filter(status=AdapterVersion.READY):
         ready.setdefault(version.adapter_id, []).append(version)
-    adapters = [{"adapter": a, "tier": tier_info(a.tier), "versions": ready[a.pk]}
+    adapters = [{"adapter": a, "tier": tier_info(a.tier, tenant=tenant), "versions": ready[a.pk]}
                 for a in access.tenant_adapters(tenant=tenant) if a.current_version_id and a.pk in ready]
     return render(request, "inference/playground.html", {
-        "base_models": BaseModel.objects.order_by("name"), "base_tier": tier_info(Adapter.COLD), "adapters": adapters,
+        "base_models": BaseModel.objects.order_by("name"), "base_tier": tier_info(Adapter.COLD, tenant=tenant),
+        "adapters": adapters,
         "can_infer": request.principal.can("infer"), "max_tokens_cap": plan_limits(tenant).max_tokens})
 
 

@@ -4,7 +4,7 @@ prices refused, metering lag; and hypothesis properties of the Decimal rounding 
 
 import importlib
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from fractions import Fraction
 
 import pytest
@@ -20,9 +20,9 @@ from billing import plans
 from billing.ledger import record_adjustment, record_inference
 from billing.metering import metering_lag
 from billing.models import BillingAccount, PricePlan, UsageEvent
-from inference.dispatch import cost_for, inference_finish
+from inference.dispatch import final_cost, inference_finish, request_cost
 from inference.models import Adapter, AdapterVersion, BaseModel, InferenceRequest
-from tests.conftest import make_member
+from tests.conftest import make_member, put_on_plan
 
 pytestmark = pytest.mark.usefixtures("fast_password_hashing")
 
@@ -113,7 +113,8 @@ def test_reads_write_nothing_and_a_flushed_database_still_prices(acme, unchanged
         plan = plans.plan_for(acme)
         assert plan.pk is None and plan.unit_price == Decimal("0.0001")
         assert plans.account_for(acme).pk is None
-        assert cost_for("warm", acme) == {"units": 5, "micro_usd": 500}
+        assert plans.query_price("warm", tenant=acme) == {"units": 5, "micro_usd": 500, "usd": "0.0005000000",
+                                                          "plan": "standard"}
     assert plans.plan_for(acme, create=True).pk is not None
 
 
@@ -259,17 +260,20 @@ def test_the_request_and_its_ledger_row_commit_together(acme, standard, monkeypa
 def test_a_price_change_is_a_new_version_and_bills_from_its_date(acme, standard):
     PricePlan.objects.create(name="standard", version=2, effective_from=timezone.now() - timedelta(minutes=5),
                              unit_price=Decimal("0.0003"))
-    assert cost_for("warm") == {"units": 5, "micro_usd": 1500}  # the saved plan cleared the cache
+    # the saved plan cleared the cache
+    assert plans.query_price("warm", tenant=acme)["micro_usd"] == 1500
     finish(acme, gpu_ms=0.0, completion=1)
     [event] = ledger(acme)
     assert event.plan.version == 2 and event.cost_units == Decimal("0.0003")
 
 
-def test_cost_for_uses_the_tenants_plan(acme, standard):
+def test_query_price_uses_the_tenants_plan(acme, contoso, standard):
     PricePlan.objects.create(name="gold", version=1, effective_from=datetime(2021, 1, 1, tzinfo=UTC), units_hot=10)
     BillingAccount.objects.create(tenant=acme, plan_name="gold")
-    assert cost_for("hot") == {"units": 20, "micro_usd": 2000}
-    assert cost_for("hot", acme) == {"units": 10, "micro_usd": 1000}
+    assert plans.query_price("hot", tenant=contoso) == {"units": 20, "micro_usd": 2000, "usd": "0.0020000000",
+                                                        "plan": "standard"}
+    assert plans.query_price("hot", tenant=acme) == {"units": 10, "micro_usd": 1000, "usd": "0.0010000000",
+                                                     "plan": "gold"}
 
 
 # ---- training steps and adjustments ---------------------------------------------------------------------------
@@ -422,3 +426,21 @@ def test_slo_credit_is_the_premium_over_cold():
     assert plans.slo_credit(plan, tier="hot") == (-19, Decimal("-0.0019"))
     assert plans.slo_credit(plan, tier="warm") == (-4, Decimal("-0.0004"))
     assert plans.slo_credit(plan, tier="cold") == (0, Decimal("0"))
+
+
+@pytest.mark.parametrize(("reason", "gpu_ms", "completion"), [
+    ("stop", 23.4, 7), ("length", 0.0, 64), ("cancelled", 31.0, 3), ("cancelled", 0.0, 0), ("error", 15.0, 0)])
+def test_the_finished_price_shown_is_the_ledger_row(acme, standard, reason, gpu_ms, completion):
+    """On a plan other than the standard one, what a finished request shows is its ledger row, to 1e-10 dollar."""
+    put_on_plan(acme, "premium", unit_price=Decimal("0.00037"), gpu_price_per_hour=Decimal("3.1"),
+                tenancy_factor=Decimal("0.7"), billing_granularity_ms=7)
+    row = submitted(acme, version=adapter_version(acme, tier="hot"))
+    error = {"code": "runtime_error", "message": "boom"} if reason == "error" else None
+    final = final_event(reason=reason, gpu_ms=gpu_ms, completion=completion, error=error)
+    shown = final_cost(row, final)
+    row = inference_finish(request_id=row.id, final=final)
+    rows = [r for r in ledger(acme) if r.kind == UsageEvent.INFERENCE]
+    billed = rows[0].cost if rows else Decimal(0)
+    assert shown["plan"] == "premium" and Decimal(shown["usd"]) == billed
+    assert shown["micro_usd"] == int((billed * 10**6).to_integral_value(rounding=ROUND_HALF_EVEN))
+    assert request_cost(row) == shown  # the request's detail shows the same once it ended

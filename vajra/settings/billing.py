@@ -1,4 +1,4 @@
-"""Billing: tier prices in units per query (both papers), per-gradient training prices, the Stripe connection,
+"""Billing: per-gradient training prices, the Stripe connection,
 and the training jobs those prices apply to."""
 
 import json
@@ -8,10 +8,8 @@ from django.core.exceptions import ImproperlyConfigured
 
 from .env import env_int, env_str
 
-VAJRA_TIER_UNITS = {"cold": 1, "warm": 5, "hot": 20}
-# What a unit costs, in micro-dollars (integers: money is never a float). Default $0.0001 per unit.
-VAJRA_UNIT_PRICE_MICRO_USD = env_int("VAJRA_UNIT_PRICE_MICRO_USD", 100, minimum=0)
-VAJRA_BILLING_GRANULARITY_MS = env_int("VAJRA_BILLING_GRANULARITY_MS", 10, minimum=1)
+# Query prices (tier units, unit price, GPU time and its granularity) are the tenant's price plan
+# (billing.PricePlan, edited in the admin), never settings: billing.plans.query_price reads them.
 # Stripe: unset STRIPE_SECRET_KEY runs local-only (invoices issued here, no payment collection).
 # STRIPE_API_KEY is the older name, still read when STRIPE_SECRET_KEY is unset.
 STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY") or env_str("STRIPE_API_KEY", "")
