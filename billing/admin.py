@@ -1,12 +1,15 @@
 """Django admin for platform staff: price plans (a version in use is read-only: a price change is a new
-version), billing accounts (plan, spend cap), and the ledger (read-only; corrections are adjustment rows,
-``manage.py billing_adjust``)."""
+version), billing accounts (plan, spend cap), the ledger (read-only; corrections are adjustment rows,
+``manage.py billing_adjust``) and invoices (read-only, with the operator actions of billing/operator.py)."""
 
-from django.contrib import admin
+import stripe
+from django.contrib import admin, messages
+from rest_framework.exceptions import APIException
 
 from vajra.admin import ReadOnlyAdmin
 
-from .models import BillingAccount, PricePlan, UsageEvent
+from .models import BillingAccount, Invoice, InvoiceLine, PricePlan, UsageEvent
+from .operator import ACTIONS, invoice_operate
 
 PRICE_FIELDS = ("currency", "unit_price", "units_cold", "units_warm", "units_hot", "gpu_price_per_hour",
                 "tenancy_factor", "gradient_price_per_million", "billing_granularity_ms", "monthly_spend_cap",
@@ -54,3 +57,44 @@ class UsageEventAdmin(ReadOnlyAdmin):
     search_fields = ("key", "tenant__slug")
     list_select_related = ("tenant",)
     date_hierarchy = "occurred_at"
+
+
+class InvoiceLineInline(admin.TabularInline):
+    model = InvoiceLine
+    fields = ("position", "kind", "description", "quantity", "unit", "amount_exact", "amount")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+def _operator_action(word):
+    to, button, done = ACTIONS[word]
+
+    def act(modeladmin, request, queryset):
+        for invoice in queryset.exclude(status=Invoice.DRAFT).order_by("period", "id"):
+            try:
+                invoice_operate(invoice=invoice, to=to, user=request.user)
+            except APIException as exc:
+                modeladmin.message_user(request, str(exc.detail), messages.ERROR)
+            except stripe.StripeError as exc:
+                modeladmin.message_user(request, f"Invoice {invoice.number}: Stripe refused: "
+                                                 f"{exc.user_message or exc}. Nothing was changed.", messages.ERROR)
+            else:
+                modeladmin.message_user(request, f"Invoice {invoice.number} {done}.", messages.SUCCESS)
+
+    act.__name__ = word.replace("-", "_")
+    return admin.action(description=f"{button} the selected invoices")(act)
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(ReadOnlyAdmin):
+    list_display = ("number", "tenant", "period", "status", "currency", "total", "finalized_at", "paid_at",
+                    "voided_at")
+    list_filter = ("status", "period")
+    search_fields = ("id", "number", "tenant__slug", "stripe_invoice_id")
+    list_select_related = ("tenant",)
+    inlines = [InvoiceLineInline]
+    actions = [_operator_action(word) for word in ACTIONS]

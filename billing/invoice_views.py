@@ -1,8 +1,10 @@
-"""Invoice pages: the list on the billing page, an invoice as a page and as a PDF, its actions (void, write off;
-paid out of band in local-only mode) and the Stripe billing portal for payment methods.
+"""Invoice pages: the list on the billing page, an invoice as a page and as a PDF, the operator actions (void,
+write off; paid out of band in local-only mode: billing/operator.py) and the Stripe billing portal for payment
+methods.
 
-Reading needs ``billing.read`` (owners, admins, billing viewers); acting needs ``billing.manage`` (owners, admins).
-Another tenant's invoice is a 404 (``billing.access``); an action the invoice's state does not allow is a 409.
+Reading needs ``billing.read`` (owners, admins, billing viewers); acting is for platform staff only, whatever their
+role in the tenant. Another tenant's invoice is a 404 (``billing.access``); an action the invoice's state does not
+allow is a 409.
 """
 
 import calendar
@@ -20,23 +22,16 @@ from django.views.decorators.http import require_POST
 from rest_framework.exceptions import APIException
 
 from tenants.views import tenant_member_required
-from vajra.errors import Conflict
 
 from . import pdf
 from .access import access_invoice, tenant_invoices
-from .invoices import check_transition, invoice_transition
 from .models import Invoice
-from .stripe_sync import portal_url, stripe_enabled, stripe_invoice_status
+from .operator import ACTIONS, invoice_operate, operator_actions, require_operator
+from .stripe_sync import portal_url, stripe_enabled
 
 log = logging.getLogger(__name__)
 
 INVOICES_SHOWN = 36
-# URL word -> (status it moves to, button, what happened)
-ACTIONS = {
-    "void": (Invoice.VOID, "Void", "voided"),
-    "mark-uncollectible": (Invoice.UNCOLLECTIBLE, "Mark uncollectible", "marked uncollectible"),
-    "mark-paid": (Invoice.PAID, "Mark paid (received outside VAJRA)", "marked paid"),
-}
 
 
 def _require(principal, action, what):
@@ -66,24 +61,9 @@ def document_context(invoice):
             "currency": invoice.currency.upper()}
 
 
-def _actions(principal, invoice):
-    if not principal.can("billing.manage"):
-        return []
-    shown = []
-    for word, (to, button, _) in ACTIONS.items():
-        try:
-            check_transition(invoice, to)
-        except Conflict:
-            continue
-        if to == Invoice.PAID and stripe_enabled():
-            continue  # Stripe collects it: paid when Stripe says so
-        shown.append({"word": word, "button": button})
-    return shown
-
-
 def _invoice_page(request, invoice, *, status=200):
-    principal = request.principal
-    context = {**document_context(invoice), "actions": _actions(principal, invoice), "stripe_on": stripe_enabled()}
+    context = {**document_context(invoice), "actions": operator_actions(request.user, invoice),
+               "stripe_on": stripe_enabled()}
     return render(request, "billing/invoice.html", context, status=status)
 
 
@@ -111,18 +91,10 @@ def invoice_action(request, invoice_id, action):
         raise Http404(f"No invoice action '{action}'.")
     to, _, done = ACTIONS[action]
     principal = request.principal
-    _require(principal, "billing.manage", "change invoices")
-    invoice = access_invoice(tenant=principal.tenant, invoice_id=invoice_id)
+    invoice = access_invoice(tenant=principal.tenant, invoice_id=invoice_id)  # another tenant's: 404 first
+    require_operator(request.user)
     try:
-        check_transition(invoice, to)
-        if to == Invoice.PAID and stripe_enabled():
-            raise Conflict(f"Invoice {invoice.number} is collected by Stripe: it is marked paid when Stripe reports "
-                           "the payment.", code="invoice_state")
-        if stripe_enabled():
-            stripe_invoice_status(invoice=invoice, to=to)
-        # With Stripe on, its webhook may have moved the invoice already: that is the same outcome.
-        invoice, _ = invoice_transition(invoice_id=invoice.id, to=to, already_ok=stripe_enabled(),
-                                        principal=principal)
+        invoice = invoice_operate(invoice=invoice, to=to, user=request.user)
     except APIException as exc:
         messages.error(request, exc.detail)
         return _invoice_page(request, access_invoice(tenant=principal.tenant, invoice_id=invoice_id),

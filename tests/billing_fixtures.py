@@ -1,5 +1,6 @@
 """Fixtures for invoice and Stripe tests (``pytest_plugins = ["tests.billing_fixtures"]``): ledger rows written
-directly, a billing viewer (dana, in alice's tenant acme), sent Celery tasks captured, and the Stripe fake
+directly, a billing viewer (dana, in alice's tenant acme), platform staff (olga, an operator), sent Celery tasks
+captured, and the Stripe fake
 (tests/stripe_fake.py: localstripe over real HTTP, one process per test session on a free port, reset before
 each test). Its state is pickled to the session's own temporary directory, not localstripe's fixed
 /tmp/localstripe.pickle, so a stock ``localstripe`` running elsewhere on the machine does not share it.
@@ -35,6 +36,20 @@ def dana(acme, alice):
 @pytest.fixture
 def dana_client(dana):
     return session_client(dana)
+
+
+@pytest.fixture
+def olga(acme, alice):
+    """Platform staff (an operator), a billing viewer in acme so the dashboard shows her its invoices."""
+    user = make_member("olga@vajra.test", acme, BILLING_VIEWER)
+    user.is_staff = True
+    user.save(update_fields=["is_staff"])
+    return user
+
+
+@pytest.fixture
+def olga_client(olga):
+    return session_client(olga)
 
 
 @pytest.fixture

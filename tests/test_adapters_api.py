@@ -105,7 +105,7 @@ def test_upload_creates_the_adapter_and_version_1(alice_api, tiny_llama, peft_v1
     assert (body["name"], body["base_model"], body["model"]) == ("support-bot", "tiny-llama", "support-bot@v1")
     assert body["description"] == "Answers support tickets"
     assert body["tier"] == {"tier": "cold", "units_per_query": 1, "usd_per_query": 0.0001,
-                            "adapter_ready_ms_guarantee": 2000}
+                            "micro_usd_per_query": 100, "plan": "standard", "adapter_ready_ms_guarantee": 2000}
     assert (version["number"], version["status"], version["sha256"]) == (1, "ready", sha)
     assert (version["rank"], version["alpha"], version["target_modules"]) == (4, 8.0, ["q_proj", "v_proj"])
     assert version["size_bytes"] == len(peft_v1[WEIGHTS_FILE]) and version["dtype"] == "F32"

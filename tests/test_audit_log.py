@@ -126,11 +126,11 @@ def test_period_close_records_the_finalized_invoice(open_invoice, acme):
     ("mark-uncollectible", "invoice.marked_uncollectible", Invoice.UNCOLLECTIBLE),
     ("mark-paid", "invoice.paid", Invoice.PAID),
 ])
-def test_invoice_actions_from_the_dashboard(open_invoice, alice_client, alice, word, action, status):
-    response = alice_client.post(reverse("invoice-action", args=[open_invoice.id, word]), **HEADERS)
+def test_invoice_actions_from_the_dashboard(open_invoice, olga_client, olga, word, action, status):
+    response = olga_client.post(reverse("invoice-action", args=[open_invoice.id, word]), **HEADERS)
     assert response.status_code == 302
     entry = only_entry(action=action)
-    assert (entry.target_id, entry.actor_user, entry.ip) == (open_invoice.id, alice, "203.0.113.7")
+    assert (entry.target_id, entry.actor_user, entry.ip) == (open_invoice.id, olga, "203.0.113.7")
     assert entry.details == {"number": open_invoice.number, "old": "open", "new": status}
 
 

@@ -139,13 +139,16 @@ def test_chat_relays_start_deltas_done(alice, acme, node, support_bot, runtime, 
 
     start, deltas, done = run(go)
     assert start == {"type": "start", "request_id": start["request_id"], "model": "test-base",
-                     "adapter": "support-bot@v1", "tier": "warm", "cost": {"units": 5, "micro_usd": 500},
+                     "adapter": "support-bot@v1", "tier": "warm",
+                     "cost": {"units": 5, "micro_usd": 500, "usd": "0.0005000000", "plan": "standard"},
                      "resumed": False}
     assert [d["type"] for d in deltas] == ["delta"] * 3 and "".join(d["text"] for d in deltas) == "Rome, of course."
     assert all(d["request_id"] == start["request_id"] and d["id"] for d in deltas)
     assert done == {"type": "done", "request_id": start["request_id"], "finish_reason": "stop",
                     "usage": FINAL["usage"], "timings": FINAL["timings"], "gpu_ms": 20.0,
-                    "cost": {"units": 5, "micro_usd": 500}, "error": None}
+                    # what its ledger row bills: the units and 20 GPU-ms (2 slices x $2.00/h x 0.3)
+                    "cost": {"units": 5, "micro_usd": 503, "usd": "0.0005033333", "plan": "standard"},
+                    "error": None}
 
     row = InferenceRequest.objects.get(pk=start["request_id"])
     assert (row.tenant, row.user, row.api, row.tier, row.max_tokens) == (acme, alice, "playground", "warm", 32)
@@ -188,7 +191,7 @@ def test_base_model_with_an_api_key(alice, acme, node, runtime):
 
     welcome, start, done = run(go)
     assert welcome["tenant"] == "acme"
-    assert start["adapter"] is None and start["tier"] == "cold" and start["cost"] == {"units": 1, "micro_usd": 100}
+    assert start["adapter"] is None and start["tier"] == "cold" and start["cost"]["micro_usd"] == 100
     assert done["finish_reason"] == "stop"
     assert InferenceRequest.objects.get(pk=start["request_id"]).api_key.tenant == acme
 

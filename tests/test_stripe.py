@@ -173,8 +173,8 @@ def test_the_billing_page_shows_the_pay_link_of_an_open_invoice(synced_invoice, 
     ("void", Invoice.VOID, "void"),
     ("mark-uncollectible", Invoice.UNCOLLECTIBLE, "mark_uncollectible"),
 ])
-def test_void_and_write_off_happen_on_stripe_too(synced_invoice, stripe_on, alice_client, action, status, path):
-    response = alice_client.post(reverse("invoice-action", args=[synced_invoice.id, action]))
+def test_void_and_write_off_happen_on_stripe_too(synced_invoice, stripe_on, olga_client, action, status, path):
+    response = olga_client.post(reverse("invoice-action", args=[synced_invoice.id, action]))
     assert response.status_code == 302
     assert invoice_of(synced_invoice.tenant).status == status
     call = posts(stripe_on, f"/v1/invoices/{synced_invoice.stripe_invoice_id}/{path}")
@@ -182,24 +182,24 @@ def test_void_and_write_off_happen_on_stripe_too(synced_invoice, stripe_on, alic
     assert stripe_client().v1.invoices.retrieve(synced_invoice.stripe_invoice_id).status == status
 
 
-def test_paid_is_stripes_word_when_stripe_is_on(synced_invoice, alice_client, unchanged_db):
+def test_paid_is_stripes_word_when_stripe_is_on(synced_invoice, olga_client, unchanged_db):
     with unchanged_db():
-        response = alice_client.post(reverse("invoice-action", args=[synced_invoice.id, "mark-paid"]))
+        response = olga_client.post(reverse("invoice-action", args=[synced_invoice.id, "mark-paid"]))
     assert response.status_code == 409 and b"collected by Stripe" in response.content
 
 
-def test_an_invoice_still_being_sent_to_stripe_cannot_be_voided_yet(stripe_on, acme_usage, alice_client,
+def test_an_invoice_still_being_sent_to_stripe_cannot_be_voided_yet(stripe_on, acme_usage, olga_client,
                                                                    sent_tasks, unchanged_db):
     (invoice_id,), _ = close()  # its sync task never ran
     with unchanged_db():
-        response = alice_client.post(reverse("invoice-action", args=[invoice_id, "void"]))
+        response = olga_client.post(reverse("invoice-action", args=[invoice_id, "void"]))
     assert response.status_code == 409 and b"still being sent to Stripe" in response.content
 
 
-def test_stripe_refusing_an_action_changes_nothing(synced_invoice, stripe_on, alice_client, unchanged_db):
+def test_stripe_refusing_an_action_changes_nothing(synced_invoice, stripe_on, olga_client, unchanged_db):
     stripe_on.fail(r"/void$", times=1)
     with unchanged_db():
-        response = alice_client.post(reverse("invoice-action", args=[synced_invoice.id, "void"]))
+        response = olga_client.post(reverse("invoice-action", args=[synced_invoice.id, "void"]))
     assert response.status_code == 502 and b"Nothing was changed" in response.content
 
 
