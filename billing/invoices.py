@@ -1,6 +1,9 @@
 """Monthly invoices from the usage ledger: draft -> open (finalized: numbered, immutable) -> paid | void |
 uncollectible.
 
+An invoice takes the tenant's open ledger rows (no invoice has taken them: ``InvoicedUsage``) dated in its month or
+before, so usage whose final or adjustment lands in a month already invoiced goes on the next invoice finalized,
+with lines of its own for that month, and "sum of finalized invoices + open ledger = sum of the ledger" holds.
 Lines: inference per tier and adapter, training per job, SLO credits per tier (negative), each adjustment on its
 own. A line keeps its exact ledger sum (``amount_exact``) and shows whole cents (``amount``), allocated by largest
 remainder: every line is its exact sum floored to the cent, and the cents still missing to reach the ledger total
@@ -17,7 +20,7 @@ import time
 from datetime import date
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Exists, OuterRef, Sum
 from django.db.models.signals import pre_delete, pre_save
 from django.utils import timezone
@@ -25,7 +28,7 @@ from django.utils import timezone
 from tenants.audit import audit_record
 from vajra.errors import Conflict
 
-from .models import Invoice, InvoiceLine, UsageEvent
+from .models import Invoice, InvoicedUsage, InvoiceLine, UsageEvent
 from .plans import period_of
 from .selectors import money_sum, money_value
 
@@ -129,22 +132,53 @@ def allocate_cents(exact_amounts, total):
     return floors
 
 
-def ledger_lines(*, tenant_id, period):
-    """(unsaved lines, exact ledger sum, currency) for the tenant's month. Aggregated in the database."""
-    rows = UsageEvent.objects.filter(tenant_id=tenant_id, period=period)
+def open_ledger(*, tenant_id=None, through):
+    """Ledger rows no invoice has taken yet, dated in ``through``'s month or before (of one tenant, or all)."""
+    rows = UsageEvent.objects.filter(period__lte=through, invoiced__isnull=True)
+    return rows.filter(tenant_id=tenant_id) if tenant_id is not None else rows
+
+
+def _period_lines(rows, period, late):
     lines = [*_inference_lines(rows), *_training_lines(rows), *_credit_lines(rows), *_adjustment_lines(rows)]
+    if late:  # usage of an earlier month recorded after that month closed: its own lines, saying which month
+        for line in lines:
+            line.usage_period = period
+            line.description = f"{period:%B %Y}, recorded after that month closed: {line.description}"[:300]
+    return lines
+
+
+def ledger_lines(*, invoice):
+    """(unsaved lines, exact ledger sum, currency) of the rows ``invoice`` took (``invoice_take``): its month's,
+    then each earlier month's late rows. Aggregated in the database."""
+    rows = UsageEvent.objects.filter(invoiced__invoice=invoice)
+    periods = sorted(set(rows.order_by().values_list("period", flat=True)), key=lambda p: (p != invoice.period, p))
+    lines = [line for period in periods
+             for line in _period_lines(rows.filter(period=period), period, late=period != invoice.period)]
     ledger_sum = money_value(rows.aggregate(cost=money_sum())["cost"])
     if sum((line.amount_exact for line in lines), Decimal(0)) != ledger_sum:
-        raise ValueError(f"tenant {tenant_id} {period:%Y-%m}: invoice lines do not add up to the ledger "
-                         f"({ledger_sum}); a usage kind has no line")
+        raise ValueError(f"tenant {invoice.tenant_id} {invoice.period:%Y-%m}: invoice lines do not add up to the "
+                         f"ledger ({ledger_sum}); a usage kind has no line")
     currencies = set(rows.order_by().values_list("plan__currency", flat=True).distinct())
     if len(currencies) > 1:
-        raise ValueError(f"tenant {tenant_id} {period:%Y-%m}: usage priced in several currencies {currencies}")
+        raise ValueError(f"tenant {invoice.tenant_id} {invoice.period:%Y-%m}: usage priced in several currencies "
+                         f"{currencies}")
     total = ledger_sum.quantize(CENT, rounding=ROUND_HALF_UP)
     for position, (line, amount) in enumerate(zip(lines, allocate_cents([li.amount_exact for li in lines], total),
                                                   strict=True)):
         line.amount, line.position = amount, position
     return lines, ledger_sum, (currencies.pop() if currencies else "usd")
+
+
+def invoice_take(*, invoice):
+    """Marks the tenant's open ledger rows dated in the invoice's month or before as taken by ``invoice``, in one
+    INSERT ... SELECT (the ledger rows themselves are never updated); how many. A row another invoice took first
+    hits InvoicedUsage's primary key: the finalization rolls back and is retried."""
+    open_rows = open_ledger(tenant_id=invoice.tenant_id, through=invoice.period).values_list("id", flat=True)
+    sql, params = open_rows.query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO {InvoicedUsage._meta.db_table} (usage_event_id, invoice_id) "
+                       f"SELECT taken.id, %s FROM ({sql}) taken", [invoice.id, *params])
+        return cursor.rowcount
 
 
 # ---- services --------------------------------------------------------------------------------------------------
@@ -182,7 +216,8 @@ def _finalize(invoice_id):
     invoice = Invoice.objects.select_for_update().get(id=invoice_id)
     if invoice.status != Invoice.DRAFT:
         return invoice, False
-    lines, _, currency = ledger_lines(tenant_id=invoice.tenant_id, period=invoice.period)
+    invoice_take(invoice=invoice)
+    lines, _, currency = ledger_lines(invoice=invoice)
     invoice.lines.all().delete()
     for line in lines:
         line.invoice = invoice
@@ -244,15 +279,16 @@ def invoice_transition(*, invoice_id, to, at=None, already_ok=False, principal=N
 
 
 def invoices_close_period(*, period=None, limit, seconds, now=None):
-    """Finalizes invoices for ``period`` (default: the month before now's) for tenants with ledger rows and no
-    finalized invoice for it: at most ``limit`` of them, starting no new one after ``seconds``. Running it again
-    does nothing new. Returns (invoice ids finalized, whether more may be waiting)."""
+    """Finalizes invoices for ``period`` (default: the month before now's) for tenants with open ledger rows dated
+    in it or before (usage recorded after an earlier month's invoice included) and no finalized invoice for it: at
+    most ``limit`` of them, starting no new one after ``seconds``. Running it again does nothing new. Returns
+    (invoice ids finalized, whether more may be waiting)."""
     now = now or timezone.now()
     period = period or previous_period(now)
     if period >= period_of(now):
         raise ValueError(f"{period:%Y-%m} is not over yet; only past months are invoiced.")
     finalized = Invoice.objects.filter(tenant_id=OuterRef("tenant_id"), period=period).exclude(status=Invoice.DRAFT)
-    tenant_ids = list(UsageEvent.objects.filter(period=period).exclude(Exists(finalized))
+    tenant_ids = list(open_ledger(through=period).exclude(Exists(finalized))
                       .values_list("tenant_id", flat=True).distinct().order_by("tenant_id")[:limit])
     started, closed = time.monotonic(), []
     for done, tenant_id in enumerate(tenant_ids, start=1):

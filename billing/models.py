@@ -204,9 +204,12 @@ class Invoice(models.Model):
 
 
 class InvoiceLine(models.Model):
-    """A line per tier, per adapter and for training (and SLO credits), summed from the ledger."""
+    """A line per tier, per adapter and for training (and SLO credits), summed from the ledger rows the invoice
+    took; usage of an earlier month recorded after that month's invoice gets lines of its own (``usage_period``)."""
 
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    # The month this line's usage is from when earlier than the invoice's own (null: the invoice's own month).
+    usage_period = models.DateField(null=True, blank=True)
     kind = models.CharField(max_length=12, choices=UsageEvent.KIND_CHOICES)
     description = models.CharField(max_length=300)
     tier = models.CharField(max_length=8, blank=True)
@@ -222,6 +225,18 @@ class InvoiceLine(models.Model):
 
     def __str__(self):
         return f"{self.invoice_id}: {self.description}"
+
+
+class InvoicedUsage(models.Model):
+    """Which invoice took a ledger row: one per row, so a row is invoiced once whatever is retried (its primary
+    key is the row's). Written when the invoice is finalized; the ledger itself stays append-only. A ledger row
+    with none is open: it goes on the tenant's next invoice to be finalized, whichever month it is dated in."""
+
+    usage_event = models.OneToOneField(UsageEvent, on_delete=models.PROTECT, primary_key=True, related_name="invoiced")
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="usage")
+
+    def __str__(self):
+        return f"{self.usage_event_id} on {self.invoice_id}"
 
 
 class StripeEvent(models.Model):

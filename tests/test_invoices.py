@@ -9,6 +9,7 @@ from decimal import ROUND_HALF_UP, Decimal
 import pytest
 from django.conf import settings
 from django.db import transaction
+from django.db.models import ProtectedError
 from django.urls import reverse
 from hypothesis import given
 from hypothesis import strategies as st
@@ -126,13 +127,16 @@ def test_largest_remainder_allocation(amounts):
     assert all(abs(c - a) < CENT for c, a in zip(cents, amounts, strict=True))
 
 
-def test_only_the_tenants_rows_of_that_month_are_invoiced(acme, contoso, plan):
+def test_the_tenants_open_rows_of_that_month_and_before_are_invoiced(acme, contoso, plan):
     usage(acme, "1.0000000000", tier="cold")
-    usage(acme, "5.0000000000", tier="cold", period=date(2026, 9, 1))
-    usage(acme, "7.0000000000", tier="cold", period=date(2026, 11, 1))
+    usage(acme, "5.0000000000", tier="cold", period=date(2026, 9, 1))  # never invoiced: goes on October's
+    usage(acme, "7.0000000000", tier="cold", period=date(2026, 11, 1))  # a later month: not yet
     usage(contoso, "3.0000000000", tier="cold")
     close()
-    assert invoice_of(acme).total == Decimal("1.00")
+    october = invoice_of(acme)
+    assert october.total == Decimal("6.00")
+    assert [(line.usage_period, line.amount) for line in october.lines.order_by("position")] == [
+        (None, Decimal("1.00")), (date(2026, 9, 1), Decimal("5.00"))]
     assert invoice_of(contoso).total == Decimal("3.00")
     assert not Invoice.objects.filter(period__in=[date(2026, 9, 1), date(2026, 11, 1)]).exists()
 
@@ -238,7 +242,8 @@ def test_an_open_invoice_and_its_lines_are_immutable(acme, plan):
     line.amount = Decimal("0.01")
     sneaky = InvoiceLine(invoice=invoice, kind="adjustment", description="sneaky", amount_exact=1, amount=1)
     for write in (line.save, line.delete, sneaky.save, invoice.delete):
-        with pytest.raises(InvoiceFinalized), transaction.atomic():  # a refused delete breaks its transaction
+        # a refused delete breaks its transaction; the invoice's taken ledger rows protect it too
+        with pytest.raises((InvoiceFinalized, ProtectedError)), transaction.atomic():
             write()
     stale = invoice_of(acme)
     stale.status = Invoice.DRAFT

@@ -1,0 +1,96 @@
+"""Nothing is lost after a close: usage whose final is recorded after its month was invoiced, and adjustments dated
+into an invoiced month, go on the tenant's next invoice as lines for that month; every ledger row is taken by one
+invoice at most, marked in InvoicedUsage (the ledger rows themselves are never updated)."""
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+import pytest
+from django.db import IntegrityError, transaction
+
+from billing.invoices import invoice_take, invoices_close_period
+from billing.ledger import record_adjustment
+from billing.models import Invoice, InvoicedUsage, InvoiceLine, UsageEvent
+from billing.selectors import money_sum, money_value
+from inference.dispatch import inference_finish
+from tests.billing_fixtures import PERIOD, close, invoice_of, usage
+from tests.test_billing_ledger import final_event, submitted
+
+pytest_plugins = ["tests.billing_fixtures"]
+pytestmark = pytest.mark.usefixtures("local_only")
+
+NOVEMBER = date(2026, 11, 1)
+IN_DECEMBER = datetime(2026, 12, 2, 7, 0, tzinfo=UTC)
+
+
+def exact(rows):
+    return money_value(rows.aggregate(cost=money_sum())["cost"])
+
+
+def assert_nothing_lost():
+    """sum of finalized invoices + open ledger = sum of the ledger, and each invoice is the rows it took."""
+    finalized = Invoice.objects.exclude(status=Invoice.DRAFT)
+    invoiced = sum((line.amount_exact for line in InvoiceLine.objects.filter(invoice__in=finalized)), Decimal(0))
+    open_rows = exact(UsageEvent.objects.filter(invoiced__isnull=True))
+    assert invoiced + open_rows == exact(UsageEvent.objects.all())
+    for invoice in finalized:
+        lines = sum((line.amount_exact for line in invoice.lines.all()), Decimal(0))
+        assert lines == exact(UsageEvent.objects.filter(invoiced__invoice=invoice))
+
+
+def test_a_late_final_and_a_backdated_adjustment_go_on_the_next_invoice(acme, plan):
+    usage(acme, "2.0000000000", tier="cold")
+    close()
+    october = invoice_of(acme)
+    assert october.total == Decimal("2.00")
+    assert_nothing_lost()
+
+    # after October closed: a request of October's whose final arrives only now, and an adjustment dated into it
+    row = submitted(acme, created_at=datetime(2026, 10, 31, 23, 59, 59, tzinfo=UTC))
+    inference_finish(request_id=row.id, final=final_event(gpu_ms=23.4, total_ms=120.0))
+    late = UsageEvent.objects.get(key=f"inference:{row.id}")
+    adjustment = record_adjustment(tenant=acme, amount="-0.75", description="credit for the October outage",
+                                   at=datetime(2026, 10, 20, tzinfo=UTC))
+    assert late.period == adjustment.period == PERIOD
+    usage(acme, "3.0000000000", tier="warm", period=NOVEMBER)
+    assert set(UsageEvent.objects.filter(invoiced__isnull=True)) == {late, adjustment,
+                                                                     UsageEvent.objects.get(period=NOVEMBER)}
+    assert_nothing_lost()
+    assert close() == ([], False)  # October stays as it was finalized: the late rows wait for November's
+    assert invoice_of(acme).total == Decimal("2.00") and october.lines.count() == 1
+
+    (november_id,), _ = invoices_close_period(period=NOVEMBER, limit=10, seconds=60, now=IN_DECEMBER)
+    november = Invoice.objects.get(pk=november_id)
+    lines = list(november.lines.order_by("position"))
+    assert [(line.usage_period, line.kind) for line in lines] == [
+        (None, "inference"), (PERIOD, "inference"), (PERIOD, "adjustment")]
+    assert lines[1].description.startswith("October 2026, recorded after that month closed: Inference, cold tier")
+    assert lines[1].amount_exact == late.cost and lines[2].amount_exact == Decimal("-0.75")
+    assert november.total == (Decimal("3") + late.cost - Decimal("0.75")).quantize(Decimal("0.01"))
+    assert not UsageEvent.objects.filter(invoiced__isnull=True).exists()
+    assert_nothing_lost()
+    # once taken, never again: closing both months again finds nothing
+    assert close() == ([], False)
+    assert invoices_close_period(period=NOVEMBER, limit=10, seconds=60, now=IN_DECEMBER) == ([], False)
+
+
+def test_late_usage_of_a_tenant_with_no_usage_in_the_next_month_still_gets_invoiced(acme, contoso, plan):
+    usage(acme, "1.0000000000", tier="cold")
+    close()
+    record_adjustment(tenant=acme, amount="4.10", description="setup fee", at=datetime(2026, 10, 2, tzinfo=UTC))
+    (november_id,), _ = invoices_close_period(period=NOVEMBER, limit=10, seconds=60, now=IN_DECEMBER)
+    november = Invoice.objects.get(pk=november_id)
+    assert (november.tenant, november.total) == (acme, Decimal("4.10"))
+    assert_nothing_lost()
+
+
+def test_a_row_is_taken_by_one_invoice_once(acme, plan):
+    usage(acme, "1.0000000000", tier="cold")
+    close()
+    october = invoice_of(acme)
+    assert invoice_take(invoice=october) == 0  # nothing open is left to take
+    row = UsageEvent.objects.get()
+    with pytest.raises(IntegrityError), transaction.atomic():  # a second invoice cannot take it too
+        InvoicedUsage.objects.create(usage_event=row, invoice=Invoice.objects.create(
+            id="inv_other", tenant=acme, period=NOVEMBER))
+    assert InvoicedUsage.objects.get(usage_event=row).invoice == october
