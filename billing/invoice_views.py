@@ -7,10 +7,7 @@ role in the tenant. Another tenant's invoice is a 404 (``billing.access``); an a
 allow is a 409.
 """
 
-import calendar
 import logging
-from datetime import date
-from decimal import Decimal
 
 import stripe
 from django.contrib import messages
@@ -25,7 +22,7 @@ from tenants.views import tenant_member_required
 
 from . import pdf
 from .access import access_invoice, tenant_invoices
-from .models import Invoice
+from .document import document_context, invoice_preview
 from .operator import ACTIONS, invoice_operate, operator_actions, require_operator
 from .stripe_sync import portal_url, stripe_enabled
 
@@ -40,25 +37,17 @@ def _require(principal, action, what):
 
 
 def billing_invoices(*, principal):
-    """The billing page's invoice part: the list (for billing.read), local-only notice, who may act."""
+    """The billing page's invoice part: the upcoming invoice and the list (for billing.read), the local-only
+    notice, who may manage payment methods."""
     readable = principal.can("billing.read")
+    upcoming = invoice_preview(tenant=principal.tenant) if readable else None
     return {
         "invoices_readable": readable,
+        "upcoming": document_context(*upcoming) if upcoming else None,
         "invoices": list(tenant_invoices(tenant=principal.tenant)[:INVOICES_SHOWN]) if readable else [],
         "stripe_on": stripe_enabled(),
         "billing_manage": principal.can("billing.manage"),
     }
-
-
-def document_context(invoice):
-    """What the invoice document shows: the page and the PDF render it alike."""
-    lines = list(invoice.lines.all())
-    period_end = date(invoice.period.year, invoice.period.month,
-                      calendar.monthrange(invoice.period.year, invoice.period.month)[1])
-    pay_url = invoice.hosted_invoice_url if invoice.status == Invoice.OPEN and stripe_enabled() else ""
-    return {"invoice": invoice, "lines": lines, "tenant": invoice.tenant, "period_end": period_end,
-            "ledger_sum": sum((line.amount_exact for line in lines), Decimal(0)), "pay_url": pay_url,
-            "currency": invoice.currency.upper()}
 
 
 def _invoice_page(request, invoice, *, status=200):

@@ -17,9 +17,10 @@ refuse any save or delete that would change it, whoever calls it; only its statu
 import logging
 import secrets
 import time
-from datetime import date
+from datetime import UTC, date, timedelta
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
+from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Exists, OuterRef, Sum
 from django.db.models.signals import pre_delete, pre_save
@@ -57,6 +58,23 @@ def previous_period(now=None):
     """The first day of the month before ``now``'s (UTC)."""
     current = period_of(now or timezone.now())
     return date(current.year - (current.month == 1), (current.month - 2) % 12 + 1, 1)
+
+
+def issuer():
+    """Who issues invoices (VAJRA_INVOICE_ISSUER_*), as each invoice keeps it."""
+    return {"name": settings.VAJRA_INVOICE_ISSUER_NAME, "address": list(settings.VAJRA_INVOICE_ISSUER_ADDRESS),
+            "email": settings.VAJRA_INVOICE_ISSUER_EMAIL, "tax_id": settings.VAJRA_INVOICE_ISSUER_TAX_ID}
+
+
+def due_on(issued_at, terms_days):
+    """The day an invoice issued at ``issued_at`` is due (UTC): ``terms_days`` later."""
+    return (issued_at.astimezone(UTC) + timedelta(days=terms_days)).date()
+
+
+def payment_terms(terms_days):
+    if terms_days is None:
+        return ""
+    return "Due on receipt" if terms_days == 0 else f"Net {terms_days}: due {terms_days} days after the invoice date"
 
 
 def new_invoice_id():
@@ -147,26 +165,31 @@ def _period_lines(rows, period, late):
     return lines
 
 
-def ledger_lines(*, invoice):
-    """(unsaved lines, exact ledger sum, currency) of the rows ``invoice`` took (``invoice_take``): its month's,
-    then each earlier month's late rows. Aggregated in the database."""
-    rows = UsageEvent.objects.filter(invoiced__invoice=invoice)
-    periods = sorted(set(rows.order_by().values_list("period", flat=True)), key=lambda p: (p != invoice.period, p))
-    lines = [line for period in periods
-             for line in _period_lines(rows.filter(period=period), period, late=period != invoice.period)]
+def ledger_lines(*, rows, period, tenant_id):
+    """(unsaved lines, exact ledger sum, currency) of the ledger ``rows`` on an invoice for ``period``: that month's
+    lines, then each earlier month's. Aggregated in the database."""
+    periods = sorted(set(rows.order_by().values_list("period", flat=True)), key=lambda p: (p != period, p))
+    lines = [line for month in periods
+             for line in _period_lines(rows.filter(period=month), month, late=month != period)]
     ledger_sum = money_value(rows.aggregate(cost=money_sum())["cost"])
     if sum((line.amount_exact for line in lines), Decimal(0)) != ledger_sum:
-        raise ValueError(f"tenant {invoice.tenant_id} {invoice.period:%Y-%m}: invoice lines do not add up to the "
-                         f"ledger ({ledger_sum}); a usage kind has no line")
+        raise ValueError(f"tenant {tenant_id} {period:%Y-%m}: invoice lines do not add up to the ledger "
+                         f"({ledger_sum}); a usage kind has no line")
     currencies = set(rows.order_by().values_list("plan__currency", flat=True).distinct())
     if len(currencies) > 1:
-        raise ValueError(f"tenant {invoice.tenant_id} {invoice.period:%Y-%m}: usage priced in several currencies "
-                         f"{currencies}")
+        raise ValueError(f"tenant {tenant_id} {period:%Y-%m}: usage priced in several currencies {currencies}")
     total = ledger_sum.quantize(CENT, rounding=ROUND_HALF_UP)
     for position, (line, amount) in enumerate(zip(lines, allocate_cents([li.amount_exact for li in lines], total),
                                                   strict=True)):
         line.amount, line.position = amount, position
     return lines, ledger_sum, (currencies.pop() if currencies else "usd")
+
+
+def totals(lines):
+    """(subtotal, credits, total) of an invoice's lines: SLO credits apart, adjustments in the subtotal."""
+    subtotal = sum((li.amount for li in lines if li.kind != UsageEvent.SLO_CREDIT), Decimal("0.00"))
+    credits = sum((li.amount for li in lines if li.kind == UsageEvent.SLO_CREDIT), Decimal("0.00"))
+    return subtotal, credits, subtotal + credits
 
 
 def invoice_take(*, invoice):
@@ -217,18 +240,20 @@ def _finalize(invoice_id):
     if invoice.status != Invoice.DRAFT:
         return invoice, False
     invoice_take(invoice=invoice)
-    lines, _, currency = ledger_lines(invoice=invoice)
+    lines, _, currency = ledger_lines(rows=UsageEvent.objects.filter(invoiced__invoice=invoice),
+                                      period=invoice.period, tenant_id=invoice.tenant_id)
     invoice.lines.all().delete()
     for line in lines:
         line.invoice = invoice
     InvoiceLine.objects.bulk_create(lines)
-    invoice.subtotal = sum((li.amount for li in lines if li.kind != UsageEvent.SLO_CREDIT), Decimal("0.00"))
-    invoice.credits = sum((li.amount for li in lines if li.kind == UsageEvent.SLO_CREDIT), Decimal("0.00"))
-    invoice.total = invoice.subtotal + invoice.credits
+    invoice.subtotal, invoice.credits, invoice.total = totals(lines)
     invoice.currency = currency
     invoice.number = _next_number(invoice.period)
     invoice.status = Invoice.OPEN
     invoice.finalized_at = timezone.now()
+    invoice.issuer = issuer()
+    invoice.payment_terms_days = settings.VAJRA_INVOICE_PAYMENT_TERMS_DAYS
+    invoice.due_on = due_on(invoice.finalized_at, invoice.payment_terms_days)
     invoice.save()
     audit_record(tenant=invoice.tenant_id, action="invoice.finalized", target_type="invoice", target_id=invoice.id,
                  details={"number": invoice.number, "total": str(invoice.total), "currency": invoice.currency})

@@ -188,6 +188,10 @@ class Invoice(models.Model):
     subtotal = models.DecimalField(**CENTS, default=ZERO)
     credits = models.DecimalField(**CENTS, default=ZERO)
     total = models.DecimalField(**CENTS, default=ZERO)
+    # The document: who issued it and when it is due, fixed when it is finalized (VAJRA_INVOICE_* settings then).
+    issuer = models.JSONField(default=dict, blank=True)  # name, address (lines), email, tax_id
+    payment_terms_days = models.PositiveIntegerField(null=True, blank=True)
+    due_on = models.DateField(null=True, blank=True)
     stripe_invoice_id = models.CharField(max_length=100, blank=True)
     hosted_invoice_url = models.URLField(max_length=500, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

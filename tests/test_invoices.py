@@ -368,7 +368,7 @@ def test_the_invoice_page_and_its_pdf(open_invoice, alice_client):
     assert "Local-only mode" in html
     from django.template.loader import render_to_string
 
-    from billing.invoice_views import document_context
+    from billing.document import document_context
 
     document = render_to_string("billing/invoice_document.html", document_context(open_invoice))  # the PDF's HTML
     for text in (html, document):

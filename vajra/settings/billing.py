@@ -28,6 +28,31 @@ if STRIPE_API_BASE and urlparse(STRIPE_API_BASE).scheme not in ("http", "https")
 # starting new ones after this many seconds; a full batch queues the next run at once.
 VAJRA_INVOICE_CLOSE_BATCH = env_int("VAJRA_INVOICE_CLOSE_BATCH", 100, minimum=1)
 VAJRA_INVOICE_CLOSE_SECONDS = env_int("VAJRA_INVOICE_CLOSE_SECONDS", 40, minimum=1)
+# The invoice as a document: who issues it (copied onto each invoice when it is finalized, so a later change
+# never rewrites an issued one) and its payment terms (due this many days after it is issued; 0: on receipt).
+VAJRA_INVOICE_ISSUER_NAME = env_str("VAJRA_INVOICE_ISSUER_NAME", "VAJRA")
+# Address lines separated by "\n" (the two characters, as an env file can hold them) or real newlines.
+VAJRA_INVOICE_ISSUER_ADDRESS = [line.strip() for line in
+                                env_str("VAJRA_INVOICE_ISSUER_ADDRESS", "").replace("\\n", "\n").splitlines()
+                                if line.strip()]
+VAJRA_INVOICE_ISSUER_EMAIL = env_str("VAJRA_INVOICE_ISSUER_EMAIL", "")
+VAJRA_INVOICE_ISSUER_TAX_ID = env_str("VAJRA_INVOICE_ISSUER_TAX_ID", "")
+VAJRA_INVOICE_PAYMENT_TERMS_DAYS = env_int("VAJRA_INVOICE_PAYMENT_TERMS_DAYS", 14, minimum=0, maximum=365)
+if len(VAJRA_INVOICE_ISSUER_NAME) > 200:
+    raise ImproperlyConfigured("VAJRA_INVOICE_ISSUER_NAME is longer than 200 characters.")
+if len(VAJRA_INVOICE_ISSUER_ADDRESS) > 8 or any(len(line) > 200 for line in VAJRA_INVOICE_ISSUER_ADDRESS):
+    raise ImproperlyConfigured("VAJRA_INVOICE_ISSUER_ADDRESS has more than 8 lines or a line over 200 characters.")
+if len(VAJRA_INVOICE_ISSUER_TAX_ID) > 50:
+    raise ImproperlyConfigured("VAJRA_INVOICE_ISSUER_TAX_ID is longer than 50 characters.")
+if VAJRA_INVOICE_ISSUER_EMAIL:
+    from django.core.exceptions import ValidationError
+    from django.core.validators import validate_email
+
+    try:
+        validate_email(VAJRA_INVOICE_ISSUER_EMAIL)
+    except ValidationError:
+        raise ImproperlyConfigured(f"VAJRA_INVOICE_ISSUER_EMAIL={VAJRA_INVOICE_ISSUER_EMAIL!r} is not an email "
+                                   "address.") from None
 
 # Training cost (VAJRA paper A.2): sum over steps of G_j x C_gradient / 1e6 x P_GPU, with C_gradient the price
 # of a million gradients ($0.05) and P_GPU the GPU price per hour ($2.00), both in micro-dollars.
