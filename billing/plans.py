@@ -254,6 +254,15 @@ def finished_price(*, tenant, tier, created_at, final):
     return price_json(plan, inference_cost(plan, tier=tier, gpu_ms=final.get("gpu_ms"), charge_units=charge_units))
 
 
+def training_price(*, tenant, gradients):
+    """What ``gradients`` of training cost under the tenant's current plan (A.2, ``training_cost``), in integer
+    micro-dollars rounded up (an estimate never under-quotes), with the plan: the one price that training
+    estimates and pages show."""
+    plan = cached_plan(account_for(tenant).plan_name)
+    cost = training_cost(plan, gradients=gradients)
+    return int((cost * 1_000_000).to_integral_value(rounding=ROUND_CEILING)), plan
+
+
 def money_text(value, places=2):
     """A Decimal as a plain string with ``places`` decimals (half-even), for pages: never in E notation."""
     return format(Decimal(value).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN), "f")

@@ -23,7 +23,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing.caps import check_training_spend
-from billing.plans import plan_limits
+from billing.plans import plan_limits, training_price
 from gpu_runtime.adapter_validation import MAX_LORA_RANK
 from gpu_runtime.contract import CONTROL_QUEUE, TASK_TRAIN, ContractError, cancel_key, node_queue
 from gpu_runtime.training_spec import Hyperparameters, TrainingSpec, trainable_elements
@@ -49,10 +49,10 @@ def new_job_id():
     return f"ftjob_{uuid.uuid4().hex[:24]}"
 
 
-def gradient_cost_micro_usd(gradients):
-    """G x C_gradient / 1e6 x P_GPU in micro-dollars: both prices are micro-dollars, hence / 1e12; rounded up."""
-    numerator = gradients * settings.VAJRA_TRAIN_C_GRADIENT_MICRO_USD * settings.VAJRA_P_GPU_MICRO_USD_PER_HOUR
-    return -(-numerator // 10**12)
+def gradient_cost_micro_usd(gradients, *, tenant):
+    """G x C_gradient / 1e6 x P_GPU under the tenant's plan (billing.plans.training_price), micro-dollars rounded
+    up."""
+    return training_price(tenant=tenant, gradients=gradients)[0]
 
 
 def micro_usd_text(micro_usd):
@@ -73,13 +73,13 @@ class Estimate:
                 "cost_usd": micro_usd_text(self.cost_micro_usd)}
 
 
-def training_estimate(*, base_model, hp, records):
+def training_estimate(*, tenant, base_model, hp, records):
     """What a job of ``records`` records with these hyperparameters computes and costs, before it starts."""
     facts = base_facts(base_model)
     elements = trainable_elements(facts.modules, facts.num_layers, hp.rank, hp.target_modules)
     gradients = elements * hp.micro_batches(records)
     return Estimate(records=records, total_steps=hp.total_steps(records), trainable_params=elements,
-                    gradients=gradients, cost_micro_usd=gradient_cost_micro_usd(gradients))
+                    gradients=gradients, cost_micro_usd=gradient_cost_micro_usd(gradients, tenant=tenant))
 
 
 # ---- checking a train request (nothing is written until every check passed) ----------------------------------
@@ -141,7 +141,7 @@ def training_quote(*, principal, base_model, adapter_name, dataset_ref, hyperpar
     version = adapter.current_version if adapter else None
     hp = _hyperparameters(hyperparameters, base_model=base_model, version=version)
     _, records = _dataset_and_records(principal, dataset_ref, _url_dataset(principal, dataset_ref, base_model))
-    return training_estimate(base_model=base_model, hp=hp, records=records)
+    return training_estimate(tenant=principal.tenant, base_model=base_model, hp=hp, records=records)
 
 
 def training_create(*, principal, base_model, adapter_name, dataset_ref, hyperparameters):
@@ -179,7 +179,7 @@ def _create(principal, base_model, adapter_name, dataset_ref, hyperparameters, u
                            param="adapter_id")
     hp = _hyperparameters(hyperparameters, base_model=base_model, version=version)
     dataset, records = _dataset_and_records(principal, dataset_ref, url_dataset)
-    estimate = training_estimate(base_model=base_model, hp=hp, records=records)
+    estimate = training_estimate(tenant=tenant, base_model=base_model, hp=hp, records=records)
     check_training_spend(tenant, gradients=estimate.gradients)  # 402 when the estimate would pass the spend cap
     if adapter is None:
         limits = plan_limits(tenant)

@@ -14,7 +14,6 @@ DRF views (no stream to hold, unlike /v1/.../infer): the same auth, rate limits,
 file:// URL (VAJRA_TENANT_DATASET_URL_PREFIXES).
 """
 
-from django.conf import settings
 from django.db.models import Sum
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
@@ -22,6 +21,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from billing.plans import training_price
 from vajra.errors import InvalidRequest
 from vajra.serializers import StrictSerializer
 
@@ -53,6 +53,14 @@ def money(micro_usd):
     return {"cost_micro_usd": micro_usd, "cost_usd": micro_usd_text(micro_usd)}
 
 
+def training_prices(tenant):
+    """The tenant's plan's training prices, in micro-dollars (billing.plans.training_price reads the same plan)."""
+    plan = training_price(tenant=tenant, gradients=0)[1]
+    return {"c_gradient_micro_usd": int((plan.gradient_price_per_million * 10**6).to_integral_value()),
+            "p_gpu_micro_usd_per_hour": int((plan.gpu_price_per_hour * 10**6).to_integral_value()),
+            "plan": plan.name}
+
+
 def job_json(job):
     gradients = getattr(job, "gradients_used", None)
     if gradients is None:
@@ -68,7 +76,7 @@ def job_json(job):
         "estimate": {"gradients": job.estimated_gradients, **money(job.estimated_cost_micro_usd),
                      "total_steps": job.total_steps, "trainable_params": job.trainable_params},
         "usage": {"steps": job.trained_steps, "gradients": gradients or 0,
-                  **money(gradient_cost_micro_usd(gradients or 0))},
+                  **money(gradient_cost_micro_usd(gradients or 0, tenant=job.tenant_id))},
         "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
         "created_at": job.created_at.isoformat(),
         "started_at": job.started_at.isoformat() if job.started_at else None,
@@ -116,8 +124,7 @@ class TrainEstimateView(APIView):
     def post(self, request, model_id):
         estimate = training_quote(principal=request.auth, **_validated(request, model_id))
         return Response({"object": "training.estimate", "model": model_id, **estimate.to_json(),
-                         "prices": {"c_gradient_micro_usd": settings.VAJRA_TRAIN_C_GRADIENT_MICRO_USD,
-                                    "p_gpu_micro_usd_per_hour": settings.VAJRA_P_GPU_MICRO_USD_PER_HOUR}})
+                         "prices": training_prices(request.auth.tenant)})
 
 
 class JobListView(APIView):

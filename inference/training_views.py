@@ -5,9 +5,7 @@ The forms call the same services as the train API (inference/training.py), so a 
 there, and writes nothing.
 """
 
-from decimal import Decimal
 
-from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
@@ -17,7 +15,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 from rest_framework.exceptions import APIException
 
-from billing.plans import plan_limits
+from billing.plans import plan_limits, training_price
 from tenants.forms import add_service_error
 from tenants.views import tenant_member_required
 
@@ -45,6 +43,11 @@ def _job_form(principal, data=None):
                            adapter_names=[a.name for a in access.tenant_adapters(tenant=tenant)])
 
 
+def _plan_prices(tenant):
+    plan = training_price(tenant=tenant, gradients=0)[1]
+    return {"c_gradient_usd": plan.gradient_price_per_million, "p_gpu_usd": plan.gpu_price_per_hour}
+
+
 def _training_page(request, *, form=None, job_form=None, report=None, estimate=None, status=200):
     principal = request.principal
     can_read_datasets, can_read_training = principal.can("datasets.read"), principal.can("training.read")
@@ -57,8 +60,7 @@ def _training_page(request, *, form=None, job_form=None, report=None, estimate=N
         "job_form": job_form or _job_form(principal), "estimate": estimate,
         "jobs": access.tenant_training_jobs(tenant=principal.tenant)[:JOBS_ON_PAGE] if can_read_training else [],
         "jobs_shown": JOBS_ON_PAGE,
-        "c_gradient_usd": Decimal(settings.VAJRA_TRAIN_C_GRADIENT_MICRO_USD) / 10**6,
-        "p_gpu_usd": Decimal(settings.VAJRA_P_GPU_MICRO_USD_PER_HOUR) / 10**6,
+        **_plan_prices(principal.tenant),
     }
     return render(request, "inference/training.html", context, status=status)
 

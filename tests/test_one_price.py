@@ -17,6 +17,7 @@ from inference.dispatch import inference_finish
 from inference.models import Adapter, InferenceRequest
 from tests.conftest import create_key, put_on_plan
 from tests.test_openai_api_unit import BASE, CHAT, FINAL, catalog, node, post, ready_adapter, runtime, sse_data  # noqa: F401
+from tests.test_training_api import api, base, dataset, post_train, sent  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("fast_password_hashing")
 PREMIUM = {"unit_price": Decimal("0.00037"), "units_warm": 7, "gpu_price_per_hour": Decimal("3.10"),
@@ -110,3 +111,16 @@ def test_a_plan_version_in_effect_later_prices_a_later_final(premium, warm_bot, 
     cost = answer["vajra"]["cost"]
     assert cost["units"] == 7 and Decimal(cost["usd"]) > Decimal("0.0063")
     assert_is_the_ledger(cost, billed(answer["vajra"]["request_id"]))
+
+
+def test_the_training_estimate_is_priced_by_the_tenants_plan(acme, post_train, dataset, sent):  # noqa: F811
+    """test_estimate_by_hand's job (26880 gradients) on a plan at $0.08 per million gradients and $3.00 a GPU-hour:
+    26880 x 0.08 / 1e6 x 3.00 = $0.0064512, what the ledger bills for those gradients; quoted rounded up."""
+    from billing.plans import plan_for, training_cost
+
+    put_on_plan(acme, "premium", gradient_price_per_million=Decimal("0.08"), gpu_price_per_hour=Decimal("3.00"))
+    estimate = post_train(dataset=dataset.id, path="train/estimate", hp={"rank": 4}).json()
+    assert (estimate["gradients"], estimate["cost_micro_usd"], estimate["cost_usd"]) == (26880, 6452, "0.006452")
+    assert estimate["prices"] == {"c_gradient_micro_usd": 80000, "p_gpu_micro_usd_per_hour": 3000000,
+                                  "plan": "premium"}
+    assert training_cost(plan_for(acme), gradients=26880) == Decimal("0.0064512")

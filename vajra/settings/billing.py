@@ -1,5 +1,5 @@
-"""Billing: per-gradient training prices, the Stripe connection,
-and the training jobs those prices apply to."""
+"""Billing: the Stripe connection, invoices (the close, the issuer and payment terms), payment standing, and the
+training jobs the plan's gradient prices apply to."""
 
 import json
 from urllib.parse import urlparse
@@ -8,8 +8,8 @@ from django.core.exceptions import ImproperlyConfigured
 
 from .env import env_int, env_str
 
-# Query prices (tier units, unit price, GPU time and its granularity) are the tenant's price plan
-# (billing.PricePlan, edited in the admin), never settings: billing.plans.query_price reads them.
+# Prices (tier units, unit price, GPU time and its granularity, the price of a million gradients) are the
+# tenant's price plan (billing.PricePlan, edited in the admin), never settings: billing.plans prices from it.
 # Stripe: unset STRIPE_SECRET_KEY runs local-only (invoices issued here, no payment collection).
 # STRIPE_API_KEY is the older name, still read when STRIPE_SECRET_KEY is unset.
 STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY") or env_str("STRIPE_API_KEY", "")
@@ -54,10 +54,6 @@ if VAJRA_INVOICE_ISSUER_EMAIL:
         raise ImproperlyConfigured(f"VAJRA_INVOICE_ISSUER_EMAIL={VAJRA_INVOICE_ISSUER_EMAIL!r} is not an email "
                                    "address.") from None
 
-# Training cost (VAJRA paper A.2): sum over steps of G_j x C_gradient / 1e6 x P_GPU, with C_gradient the price
-# of a million gradients ($0.05) and P_GPU the GPU price per hour ($2.00), both in micro-dollars.
-VAJRA_TRAIN_C_GRADIENT_MICRO_USD = env_int("VAJRA_TRAIN_C_GRADIENT_MICRO_USD", 50_000, minimum=0)
-VAJRA_P_GPU_MICRO_USD_PER_HOUR = env_int("VAJRA_P_GPU_MICRO_USD_PER_HOUR", 2_000_000, minimum=0)
 # Training jobs: a checkpoint every this many optimizer steps (a redelivered job resumes from the last one);
 # a job no node can take is retried this often, and fails with no_capacity after waiting this long.
 VAJRA_TRAIN_CHECKPOINT_EVERY = env_int("VAJRA_TRAIN_CHECKPOINT_EVERY", 10, minimum=1)
