@@ -17,6 +17,7 @@ message says all of them, the first first, in the same words whichever way the r
 import json
 import math
 
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from rest_framework import serializers
 
 from gpu_runtime.requests import MAX_SEED, MAX_STOP_LENGTH, MAX_STOP_SEQUENCES, MAX_TEMPERATURE, MAX_TOKENS, MAX_TOP_K
@@ -79,6 +80,25 @@ class StopField(serializers.Field):
 
     def to_representation(self, value):
         return value
+
+
+class NumberFieldSchema(OpenApiSerializerFieldExtension):
+    """The API schema states a NumberField's type and bounds (OpenAPI 3.0)."""
+
+    target_class = NumberField
+
+    def map_serializer_field(self, auto_schema, direction):
+        field = self.target
+        return {"type": "integer" if field.integer else "number", "minimum": field.low, "maximum": field.high,
+                "nullable": True, **({"exclusiveMinimum": True} if field.low_open else {})}
+
+
+class StopFieldSchema(OpenApiSerializerFieldExtension):
+    target_class = StopField
+
+    def map_serializer_field(self, auto_schema, direction):
+        text = {"type": "string", "minLength": 1, "maxLength": MAX_STOP_LENGTH}
+        return {"oneOf": [text, {"type": "array", "items": text, "maxItems": MAX_STOP_SEQUENCES}], "nullable": True}
 
 
 def max_tokens_field():

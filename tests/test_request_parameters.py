@@ -293,3 +293,15 @@ def test_a_malformed_resume_last_id_on_the_playground_is_an_error_event(answered
     assert refused["type"] == "error" and refused["error"]["code"] == "invalid_last_event_id", refused
     assert refused["error"]["param"] == "last_id" and refused["error"]["message"].startswith("last_id must be")
     assert (start["type"], delta["text"], done["type"]) == ("start", " three", "done")
+
+
+def test_the_api_schema_states_the_same_bounds():
+    from drf_spectacular.openapi import AutoSchema
+
+    mapped = {name: AutoSchema()._map_serializer_field(field, "request")
+              for name, field in parameters.SamplingFields().fields.items()}
+    assert mapped["temperature"] == {"type": "number", "minimum": 0, "maximum": 2, "nullable": True}
+    assert mapped["top_p"]["exclusiveMinimum"] is True and mapped["top_p"]["maximum"] == 1
+    assert mapped["seed"] == {"type": "integer", "minimum": 0, "maximum": MAX_SEED, "nullable": True}
+    assert mapped["max_tokens"]["maximum"] == MAX_TOKENS and mapped["top_k"]["maximum"] == MAX_TOP_K
+    assert mapped["stop"]["oneOf"][1]["maxItems"] == 4
