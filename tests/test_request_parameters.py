@@ -305,3 +305,14 @@ def test_the_api_schema_states_the_same_bounds():
     assert mapped["seed"] == {"type": "integer", "minimum": 0, "maximum": MAX_SEED, "nullable": True}
     assert mapped["max_tokens"]["maximum"] == MAX_TOKENS and mapped["top_k"]["maximum"] == MAX_TOP_K
     assert mapped["stop"]["oneOf"][1]["maxItems"] == 4
+
+
+@pytest.mark.parametrize("field, value", [("seed", -1), ("seed", MAX_SEED + 1), ("top_k", MAX_TOP_K + 1),
+                                          ("max_tokens", MAX_TOKENS + 1)])
+def test_the_runtime_contract_holds_the_same_bounds(field, value):
+    from gpu_runtime.contract import ContractError
+    from gpu_runtime.requests import SamplingParams
+
+    with pytest.raises(ContractError, match=field):
+        SamplingParams(**{field: value})
+    SamplingParams(**{field: value - 1 if value > 0 else 0})
