@@ -1,7 +1,8 @@
 """A ledger correction by staff: ``manage.py billing_adjust <tenant slug> <amount> "<why>" [--key <id>]``.
 
-A positive amount charges, a negative one refunds; it lands in the current billing month (or ``--at``'s). With
-``--key`` a rerun of the same command records nothing new (the key is the adjustment's idempotency key)."""
+A positive amount charges, a negative one refunds; it lands in the current billing month (or ``--at``'s; a month
+already invoiced puts it on the tenant's next invoice, as a line for that month). With ``--key`` a rerun of the
+same command records nothing new (the key is the adjustment's idempotency key)."""
 
 from decimal import Decimal, InvalidOperation
 
