@@ -48,7 +48,8 @@ class AdapterOut(serializers.Serializer):
 
     def to_representation(self, instance):
         data = super().to_representation(instance)
-        data["tier"] = tier_info(instance.tier, tenant=instance.tenant_id)
+        infos = self.context.get("tier_infos")  # a list passes each tier's card once, not once per adapter
+        data["tier"] = infos[instance.tier] if infos else tier_info(instance.tier, tenant=instance.tenant_id)
         data["model"] = f"{instance.name}@v{instance.current_version.number}" if instance.current_version else None
         return data
 
@@ -81,7 +82,10 @@ class AdapterListView(APIView):
 
     @extend_schema(responses={200: AdapterOut(many=True)})
     def get(self, request):
-        return Response({"data": AdapterOut(access.tenant_adapters(tenant=request.auth.tenant), many=True).data})
+        tenant = request.auth.tenant
+        infos = {tier: tier_info(tier, tenant=tenant) for tier, _ in Adapter.TIER_CHOICES}
+        return Response({"data": AdapterOut(access.tenant_adapters(tenant=tenant), many=True,
+                                            context={"tier_infos": infos}).data})
 
     @extend_schema(request={"multipart/form-data": UploadIn}, responses={201: AdapterOut})
     def post(self, request):

@@ -28,6 +28,11 @@ TIER_PLACES = {
 }
 
 
+def _tier_infos(tenant):
+    """Each tier's card under the tenant's plan, once per page (not once per adapter)."""
+    return {tier: tier_info(tier, tenant=tenant) for tier, _ in Adapter.TIER_CHOICES}
+
+
 def _tiers(tenant):
     return [{**tier_info(tier, tenant=tenant), "label": label, "place": TIER_PLACES[tier]}
             for tier, label in Adapter.TIER_CHOICES]
@@ -41,8 +46,9 @@ def _require_adapters_view(principal):
 
 def _adapters_page(request, form, *, status=200):
     rows = list(access.tenant_adapters(tenant=request.principal.tenant))
+    infos = _tier_infos(request.principal.tenant)
     for adapter in rows:
-        adapter.tier_info = tier_info(adapter.tier, tenant=adapter.tenant_id)
+        adapter.tier_info = infos[adapter.tier]
     context = {"adapters": rows, "form": form, "tiers": _tiers(request.principal.tenant),
                "can_write": request.principal.can("adapters.write")}
     return render(request, "inference/adapters.html", context, status=status)
@@ -177,10 +183,11 @@ def playground(request):
     ready = {}
     for version in access.tenant_versions(tenant=tenant).filter(status=AdapterVersion.READY):
         ready.setdefault(version.adapter_id, []).append(version)
-    adapters = [{"adapter": a, "tier": tier_info(a.tier, tenant=tenant), "versions": ready[a.pk]}
+    infos = _tier_infos(tenant)
+    adapters = [{"adapter": a, "tier": infos[a.tier], "versions": ready[a.pk]}
                 for a in access.tenant_adapters(tenant=tenant) if a.current_version_id and a.pk in ready]
     return render(request, "inference/playground.html", {
-        "base_models": BaseModel.objects.order_by("name"), "base_tier": tier_info(Adapter.COLD, tenant=tenant),
+        "base_models": BaseModel.objects.order_by("name"), "base_tier": infos[Adapter.COLD],
         "adapters": adapters,
         "can_infer": request.principal.can("infer"), "max_tokens_cap": plan_limits(tenant).max_tokens})
 
