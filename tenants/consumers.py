@@ -6,7 +6,6 @@ key, a removed member or a suspended tenant closes it.
 """
 
 from django.http import Http404
-from rest_framework.exceptions import APIException
 
 from .events import event_visible, tenant_group, visible_events
 from .models import Tenant
@@ -57,18 +56,12 @@ class TenantEventsConsumer(TenantConsumer):
             await self.send_json({"type": "event", "event": event, "data": data})
 
     async def _follow_own_change(self, event, data):
-        """Keeps the socket's principal what REST would resolve now, so that what it hears next is what it may
-        read next."""
+        """Keeps the socket's principal what REST would resolve now (a member's new role, a key's narrowed
+        scopes), so that what it hears next is what it may read next."""
         principal = self.principal
-        if event == "api_key.scopes" and principal.is_key and data["prefix"] == principal.api_key.prefix:
-            principal.api_key.scopes = list(data["scopes"])
-        elif event == "member.role" and not principal.is_key:
-            try:
-                self.principal = await self._resolve_principal(None, principal.user)
-            except Http404:  # removed since: its own member.removed is on the way, but nothing more is sent
-                await self.refuse(*access_withdrawn(principal, "member.removed", {"user": principal.user.email}))
-            except APIException:  # the tenant was suspended since
-                await self.refuse(*access_withdrawn(principal, "tenant.status", {"status": Tenant.SUSPENDED}))
+        own_key = event == "api_key.scopes" and principal.is_key and data["prefix"] == principal.api_key.prefix
+        if own_key or (event == "member.role" and not principal.is_key):
+            await self.recheck()
 
     async def disconnect(self, code):
         if getattr(self, "group", None):

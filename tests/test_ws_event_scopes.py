@@ -8,12 +8,14 @@ Real ASGI application, Redis channel layer and database, as in tests/test_ws.py.
 import pytest
 from channels.db import database_sync_to_async
 
+from inference.models import InferenceRequest
 from tenants import services
 from tenants.events import EVENT_READ_ACTIONS
 from tenants.keys import principal_from_membership
 from tenants.models import APIKey, AuditEntry, Membership, Tenant, User
 from tenants.roles import ADMIN, BILLING_VIEWER, DEVELOPER, OWNER, SCOPES
 from tests.conftest import PASSWORD, assert_error, create_key, key_client, make_member, session_client
+from tests.test_playground_ws import chat, open_playground
 from tests.test_ws import as_member, expect_refusal, key_protocols, open_socket, run, session_headers
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_password_hashing")]
@@ -149,8 +151,10 @@ def test_demotion_closes_the_socket_of_a_key_it_revokes_and_narrows_the_others(a
         for communicator in (by_narrow, by_wide, alices):
             assert (await communicator.receive_json_from())["type"] == "welcome"
         await database_sync_to_async(demote)()
+        # alice's first: a socket refused and torn down while it holds the process's channel-layer read could
+        # take a message meant for another socket with it
+        seen = [(await alices.receive_json_from(timeout=5))["event"] for _ in range(3)]
         await expect_refusal(by_narrow, 4401, "api_key_revoked")
-        seen = [(await alices.receive_json_from(timeout=3))["event"] for _ in range(3)]
         quiet = await by_wide.receive_nothing(timeout=0.3)  # keys are the sessions' business, not the keys'
         await by_wide.send_json_to({"type": "ping"})
         pong = await by_wide.receive_json_from()
@@ -177,8 +181,8 @@ def test_removing_a_member_closes_their_keys_sockets_and_tells_the_others(alice,
         for communicator in (by_key, alices):
             assert (await communicator.receive_json_from())["type"] == "welcome"
         await database_sync_to_async(remove_bob)()
+        seen = [await alices.receive_json_from(timeout=5) for _ in range(3)]  # first: see above
         await expect_refusal(by_key, 4401, "api_key_revoked")
-        seen = [await alices.receive_json_from(timeout=3) for _ in range(3)]
         await alices.disconnect()
         return seen
 
@@ -187,3 +191,52 @@ def test_removing_a_member_closes_their_keys_sockets_and_tells_the_others(alice,
         ("member.removed", {"user": "bob@acme.test"}),
         *sorted((("api_key.revoked", {"prefix": key.prefix}) for key in (wide, narrow)),
                 key=lambda pair: pair[1]["prefix"])]
+
+
+# ---- every socket reads its credentials again before acting on a message --------------------------------------
+
+def _chat_after(change, **socket):
+    """Opens the playground, makes ``change`` while it is open, then sends a chat: (first reply, rows written)."""
+    async def go():
+        ws, welcome = await open_playground(**socket)
+        assert welcome["type"] == "welcome", welcome
+        await database_sync_to_async(change)()
+        await ws.send_json_to(chat())
+        reply = await ws.receive_json_from(timeout=5)
+        close = None if await ws.receive_nothing(timeout=0.3) else await ws.receive_output()
+        await ws.disconnect(timeout=0.1)
+        return reply, close
+
+    reply, close = run(go)
+    return reply, close, InferenceRequest.objects.count()
+
+
+def test_a_key_revoked_while_its_playground_is_open_cannot_chat(alice, acme):
+    key, secret = create_key(alice, acme, scopes=["infer"])
+    reply, close, rows = _chat_after(lambda: services.api_key_revoke(principal=as_member(alice, acme), api_key=key),
+                                     subprotocols=key_protocols(secret))
+    assert reply["error"]["code"] == "api_key_revoked" and close["code"] == 4401
+    assert rows == 0
+
+
+def test_a_key_narrowed_while_its_playground_is_open_loses_infer(alice, bob, acme):
+    _, secret = services.api_key_create(principal=as_member(bob, acme), name="bob", scopes=["infer", "usage:read"])
+
+    def demote():
+        services.membership_set_role(principal=as_member(alice, acme), membership=bob.memberships.get(tenant=acme),
+                                     role=BILLING_VIEWER)
+
+    reply, close, rows = _chat_after(demote, subprotocols=key_protocols(secret))
+    assert reply["error"]["code"] == "missing_scope" and close is None  # a chat refusal: the socket stays open
+    assert rows == 0
+
+
+def test_a_member_removed_while_their_playground_is_open_cannot_chat(alice, bob, acme):
+    headers = session_headers(bob)
+
+    def remove():
+        services.membership_remove(principal=as_member(alice, acme), membership=bob.memberships.get(tenant=acme))
+
+    reply, close, rows = _chat_after(remove, headers=headers)
+    assert reply["error"]["code"] == "member_removed" and close["code"] == 4403
+    assert rows == 0
