@@ -79,3 +79,9 @@ def test_a_bug_behind_the_api_is_json_500_with_a_request_id():
     response = APIClient(raise_request_exception=False).get("/api/v1/test/broken")
     error = assert_error(response, 500, code="server_error")
     assert "x-request-id" in error["message"] and "a bug" not in error["message"]
+
+
+def test_a_dashboard_form_without_its_csrf_token_is_the_styled_403():
+    response = Client(enforce_csrf_checks=True).post("/login/", {"email": "a@b.test", "password": "x"})
+    assert_styled_page(response, 403, "This form could not be accepted")
+    assert b"CSRF verification failed" not in response.content
