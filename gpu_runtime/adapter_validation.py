@@ -69,6 +69,21 @@ class BaseFacts:
         return cls(manifest["name"], tuple(aliases), arch["num_hidden_layers"], modules)
 
 
+# Room in a weights file besides the tensors' data: the 8-byte length and a JSON header of a few hundred bytes per
+# tensor (name, dtype, shape, offsets), with metadata.
+HEADER_BYTES_PER_TENSOR = 512
+HEADER_BYTES_FIXED = 64 * 1024
+
+
+def max_weights_bytes(base, max_rank=MAX_LORA_RANK):
+    """The largest legal weights file for ``base``: every linear layer of every block at rank ``max_rank`` in F32
+    (the widest dtype served), plus header room. An upload past it cannot be a valid adapter for this base."""
+    per_layer = sum(fan_in + fan_out for _, fan_in, fan_out in base.modules.values())
+    tensors = 2 * len(base.modules) * base.num_layers
+    return (base.num_layers * per_layer * max_rank * DTYPE_BYTES["F32"] + tensors * HEADER_BYTES_PER_TENSOR
+            + HEADER_BYTES_FIXED)
+
+
 @dataclass
 class AdapterFacts:
     """What validation learnt: enough to place the adapter into device slots."""

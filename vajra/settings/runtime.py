@@ -59,6 +59,13 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     "adapters": _adapter_storage,
 }
-# Largest upload the web accepts in one request (the validator's caps apply on top).
-DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("VAJRA_MAX_UPLOAD_BYTES", 256 << 20, minimum=1 << 20)
-FILE_UPLOAD_MAX_MEMORY_SIZE = 8 << 20
+# Request bodies are refused past a route's limit before anything parses them (vajra.body_limits): the upload routes
+# (adapters, datasets) take VAJRA_MAX_UPLOAD_BYTES, every other route VAJRA_MAX_BODY_BYTES. An adapter upload is
+# capped again, tighter, by its base model's largest legal adapter (inference.uploads.upload_cap).
+VAJRA_MAX_UPLOAD_BYTES = env_int("VAJRA_MAX_UPLOAD_BYTES", 256 << 20, minimum=1 << 20)
+VAJRA_MAX_BODY_BYTES = env_int("VAJRA_MAX_BODY_BYTES", 2 << 20, minimum=64 << 10)
+# Form fields and JSON read through request.body stay within the small limit; uploaded files always stream to a
+# temporary file on disk (never whole into memory), and the ASGI handler spools a body past this size to disk.
+DATA_UPLOAD_MAX_MEMORY_SIZE = VAJRA_MAX_BODY_BYTES
+FILE_UPLOAD_MAX_MEMORY_SIZE = 1 << 20
+FILE_UPLOAD_HANDLERS = ["django.core.files.uploadhandler.TemporaryFileUploadHandler"]
