@@ -23,6 +23,7 @@ from tenants.audit import audit_record
 from vajra.errors import Conflict, InvalidRequest
 
 from .models import Adapter, AdapterVersion
+from .storage_quota import require_storage
 from .uploads import UploadDir, sha256_of, unpack_upload, upload_cap
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ def adapter_upload(*, principal, base_model, name, files, description=""):
             facts = validate_adapter(tmp, base, max_weights_bytes=max_weights_bytes(base))
         except AdapterRejected as exc:
             raise _refused(exc) from None
+        require_storage(tenant=tenant, adding=facts.weights_bytes)  # before anything is stored
         storage = adapter_storage()
         key = f"adapters/t{tenant.pk}/{uuid.uuid4().hex}"
         saved = []
@@ -87,6 +89,7 @@ def adapter_upload(*, principal, base_model, name, files, description=""):
 @transaction.atomic
 def _record_version(*, principal, base_model, name, description, facts, sha256, storage_key):
     tenant = principal.tenant
+    require_storage(tenant=tenant, adding=facts.weights_bytes, lock=True)  # again, under the tenant's lock
     adapter = (Adapter.objects.select_for_update().filter(tenant=tenant, name=name, deleted_at__isnull=True).first())
     if adapter is None:
         limits = plan_limits(tenant)

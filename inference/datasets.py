@@ -25,6 +25,7 @@ from . import access
 from .adapters import adapter_storage
 from .models import Dataset, TrainingJob
 from .prompt_tokens import VARIANT, load_tokenizer
+from .storage_quota import require_storage
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def dataset_upload(*, principal, file, name=None, base_model=None):
         raise refusal(parsed)
     size_bytes, sha256 = _size_and_sha256(stream)
     tenant = principal.tenant
+    require_storage(tenant=tenant, adding=size_bytes)  # before anything is stored
     dataset_id = "ds_" + secrets.token_hex(12)
     storage = adapter_storage()
     stream.seek(0)
@@ -116,6 +118,7 @@ def _size_and_sha256(stream):
 
 @transaction.atomic
 def _record_dataset(*, principal, dataset_id, storage_key, parsed, size_bytes, sha256, name):
+    require_storage(tenant=principal.tenant, adding=size_bytes, lock=True)  # again, under the tenant's lock
     return Dataset.objects.create(
         id=dataset_id, tenant=principal.tenant, name=name, format=parsed.format, records=parsed.record_count,
         size_bytes=size_bytes, tokens=parsed.tokens, tokens_exact=parsed.tokens_exact, sha256=sha256,

@@ -459,3 +459,47 @@ def test_upload_past_the_base_models_largest_adapter_is_refused(alice_api, tiny_
     with unchanged_db():
         assert_error(upload(alice_api, files), 400, code="archive_too_large", param="file")
     assert stored_files(adapter_storage) == []
+
+
+def test_storage_quota_is_the_plans(alice_api, acme, uploaded, peft_v1, peft_v2, adapter_storage, unchanged_db,
+                                    charlie, contoso):
+    used = uploaded.current_version.size_bytes
+    put_on_plan(acme, storage_max_bytes=used + len(peft_v1[WEIGHTS_FILE]) - 1)  # one byte short of a second copy
+    before = stored_files(adapter_storage)
+    with unchanged_db():
+        error = assert_error(upload(alice_api, zipped(peft_v1), name="another"), 413, code="storage_quota_exceeded",
+                             param="file")
+    assert f"uses {used} of the {used + len(peft_v1[WEIGHTS_FILE]) - 1} bytes" in error["message"]
+    assert stored_files(adapter_storage) == before
+    # deleting the adapter gives its bytes back
+    assert alice_api.delete(f"{URL}/support-bot").status_code == 204
+    assert upload(alice_api, zipped(peft_v1), name="another").status_code == 201
+    # charlie's tenant, on the standard plan, is not held to acme's
+    assert upload(key_client(create_key(charlie, contoso)[1]), zipped(peft_v1)).status_code == 201
+
+
+def test_storage_quota_is_checked_again_under_the_tenants_lock(alice_api, acme, tiny_llama, peft_v1,
+                                                               adapter_storage, unchanged_db, monkeypatch):
+    """Room seen before storing may be gone by the time the version is recorded: the files stored are removed."""
+    from inference import adapters
+
+    put_on_plan(acme, storage_max_bytes=len(peft_v1[WEIGHTS_FILE]))
+    checks = []
+    require = adapters.require_storage
+
+    def shrinking(*, tenant, adding, lock=False):
+        checks.append(lock)
+        if lock:  # another upload took the room meanwhile
+            from billing.models import PricePlan
+
+            PricePlan.objects.filter(name="small").update(storage_max_bytes=1)
+            from billing.plans import _forget_display_plans
+
+            _forget_display_plans()
+        return require(tenant=tenant, adding=adding, lock=lock)
+
+    monkeypatch.setattr(adapters, "require_storage", shrinking)
+    assert_error(upload(alice_api, zipped(peft_v1)), 413, code="storage_quota_exceeded")
+    assert checks == [False, True]
+    assert stored_files(adapter_storage) == []
+    assert not Adapter.objects.exists()

@@ -2,11 +2,12 @@
 
 - It drops the ``reason`` of an ASGI ``websocket.close`` (it calls ``sendClose(code)`` only). VAJRA's refusals
   close with a code *and* a reason saying what to fix, so we pass the reason on to autobahn's ``sendClose``.
-- It buffers a request body whole, whatever its size: twisted spools it to a file, then daphne reads the file
-  into the application's queue in 8 KiB messages at once, so a 200 MB upload sat in the web process's memory.
+- It buffers a request body whole, whatever its size: twisted spools it to a file, parses a multipart or form
+  body into ``request.args`` in memory (several copies of it; daphne never reads ``args``), then daphne reads the
+  file into the application's queue in 8 KiB messages at once: a 200 MB upload took gigabytes of the web process.
   ``bound_request_bodies`` answers a body over its route's limit (vajra.body_limits) with the 413 as soon as
-  the headers (Content-Length) or the counted chunks show it, and closes the connection; and it hands an
-  accepted body to the application from twisted's file as the application reads it.
+  the headers (Content-Length) or the counted chunks show it, and closes the connection; turns twisted's form
+  parsing off; and hands an accepted body to the application from twisted's file as the application reads it.
 """
 
 import asyncio
@@ -106,6 +107,7 @@ def bound_request_bodies():
         self._vajra_limit = limit_for(unquote(urlsplit(raw_path).path))
         self._vajra_received = 0
         self._vajra_refused = False
+        self._parsePOSTFormSubmission = False  # Django parses the body, from a stream
         if length is not None and length > self._vajra_limit:
             return refuse(self)
         got_length(self, length)

@@ -41,6 +41,9 @@ VAJRA_MAX_TOKENS_CAP = env_int("VAJRA_MAX_TOKENS_CAP", 2048, minimum=1)
 # Training datasets (JSONL): the largest file and the most records one upload may have (a new plan's default).
 VAJRA_DATASET_MAX_BYTES = env_int("VAJRA_DATASET_MAX_BYTES", 50 << 20, minimum=1)
 VAJRA_DATASET_MAX_RECORDS = env_int("VAJRA_DATASET_MAX_RECORDS", 50_000, minimum=1)
+# Bytes of adapter weights and datasets one tenant may keep (a new plan's default): 10 GiB, room for a hundred
+# large adapters or a few hundred datasets at the standard plan's per-file cap.
+VAJRA_STORAGE_MAX_BYTES = env_int("VAJRA_STORAGE_MAX_BYTES", 10 << 30, minimum=1)
 
 # Where adapter files live: the filesystem under var/objects by default, or S3 through django-storages.
 VAJRA_ADAPTER_STORAGE = env_choice("VAJRA_ADAPTER_STORAGE", "filesystem", {"filesystem", "s3"})
