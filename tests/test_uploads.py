@@ -229,6 +229,23 @@ def test_zip_header_lying_about_its_size_never_expands_past_what_it_claims(tmp_p
     assert (dest / WEIGHTS_FILE).stat().st_size == claimed
 
 
+def test_zip_declaring_more_than_the_cap_is_refused_before_reading(tmp_path):
+    claimed = _lie_about_size(zip_bytes([(WEIGHTS_FILE, bytes(1000))], compression=zipfile.ZIP_STORED), 5000)
+    with pytest.raises(AdapterRejected) as info:
+        unpack_upload([("a.zip", claimed)], tmp_path, cap=2000)
+    assert info.value.code == "archive_too_large"
+    assert list(tmp_path.iterdir()) == []  # refused from the declared sizes: nothing extracted
+
+
+def test_the_cap_follows_from_the_base_model():
+    from gpu_runtime.adapter_validation import MAX_CONFIG_BYTES, MAX_LORA_RANK, max_weights_bytes
+
+    # tiny-llama: 2 layers; q 64->64, k and v 64->32, o 64->64, gate and up 64->128, down 128->64
+    data = 2 * (128 + 96 + 96 + 128 + 192 + 192 + 192) * MAX_LORA_RANK * 4
+    assert data < max_weights_bytes(BASE) < data + (64 << 10) + 28 * 512 + 1
+    assert uploads.upload_cap(BASE) == max_weights_bytes(BASE) + MAX_CONFIG_BYTES + uploads.EXTRA_FILES_BYTES
+
+
 def test_tar_gz_bomb_is_refused(tmp_path, small_cap):
     archive = tar_bytes([(WEIGHTS_FILE, bytes(2 * small_cap))])
     assert len(archive) < small_cap // 100
