@@ -13,7 +13,7 @@ from .operator import ACTIONS, invoice_operate
 
 PRICE_FIELDS = ("currency", "unit_price", "units_cold", "units_warm", "units_hot", "gpu_price_per_hour",
                 "tenancy_factor", "gradient_price_per_million", "billing_granularity_ms", "monthly_spend_cap",
-                "max_adapters", "max_concurrent_requests", "max_tokens")
+                "max_adapters", "max_concurrent_requests", "max_tokens", "storage_max_bytes")
 
 
 @admin.register(PricePlan)

@@ -20,6 +20,7 @@ from .adapters import adapter_delete, adapter_set_tier, adapter_upload
 from .api import tier_info
 from .forms import AdapterTierForm, AdapterUploadForm
 from .models import Adapter, Node
+from .storage_quota import storage_usage
 
 TIER_PLACES = {
     Adapter.HOT: "Pinned in GPU memory on a node, never evicted",
@@ -49,8 +50,9 @@ def _adapters_page(request, form, *, status=200):
     infos = _tier_infos(request.principal.tenant)
     for adapter in rows:
         adapter.tier_info = infos[adapter.tier]
+    used, limit = storage_usage(request.principal.tenant)
     context = {"adapters": rows, "form": form, "tiers": _tiers(request.principal.tenant),
-               "can_write": request.principal.can("adapters.write")}
+               "can_write": request.principal.can("adapters.write"), "storage_used": used, "storage_limit": limit}
     return render(request, "inference/adapters.html", context, status=status)
 
 

@@ -19,7 +19,7 @@ def mark_invoiced(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('billing', '0004_ledger_append_only'),
+        ('billing', '0005_plan_storage_quota'),
     ]
 
     operations = [
