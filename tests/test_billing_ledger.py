@@ -134,7 +134,7 @@ def test_negative_prices_are_refused_by_the_model_the_database_and_the_admin(db,
             "currency": "usd", "unit_price": "-0.0001", "units_cold": 1, "units_warm": 5, "units_hot": 20,
             "gpu_price_per_hour": "2.00", "tenancy_factor": "0.3", "gradient_price_per_million": "0.05",
             "billing_granularity_ms": 10, "monthly_spend_cap": "", "max_adapters": 50,
-            "max_concurrent_requests": 16, "max_tokens": 2048}
+            "max_concurrent_requests": 16, "max_tokens": 2048, "storage_max_bytes": 10 * 2**30}
     with unchanged_db():
         response = client.post("/admin/billing/priceplan/add/", form)
         assert response.status_code == 200 and "greater than or equal to 0" in response.content.decode()
