@@ -94,3 +94,34 @@ def test_a_row_is_taken_by_one_invoice_once(acme, plan):
         InvoicedUsage.objects.create(usage_event=row, invoice=Invoice.objects.create(
             id="inv_other", tenant=acme, period=NOVEMBER))
     assert InvoicedUsage.objects.get(usage_event=row).invoice == october
+
+
+@pytest.mark.django_db(transaction=True)
+def test_invoices_finalized_before_rows_were_marked_keep_their_rows():
+    """The migration that adds InvoicedUsage marks each finalized invoice's rows (its month's, recorded before it
+    was finalized), so the first close after it does not invoice them again; a row recorded later stays open."""
+    import time
+
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+    from django.utils import timezone
+
+    before, after = [("billing", "0005_plan_storage_quota")], [("billing", "0006_invoiced_usage_and_document")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old = executor.loader.project_state(before).apps
+    tenant = old.get_model("tenants", "Tenant").objects.create(name="Acme", slug="acme")
+    plan = old.get_model("billing", "PricePlan").objects.get_or_create(
+        name="standard", version=1, defaults={"effective_from": datetime(2020, 1, 1, tzinfo=UTC)})[0]
+    ledger = old.get_model("billing", "UsageEvent").objects
+    fields = {"tenant": tenant, "plan": plan, "period": PERIOD, "occurred_at": datetime(2026, 10, 5, tzinfo=UTC)}
+    taken = ledger.create(key="inference:old", kind="inference", cost=Decimal("1"), **fields)
+    time.sleep(0.01)
+    old.get_model("billing", "Invoice").objects.create(id="inv_old", tenant=tenant, period=PERIOD, status="open",
+                                                       number="VAJ-202610-0001", total=Decimal("1.00"),
+                                                       finalized_at=timezone.now())
+    time.sleep(0.01)
+    late = ledger.create(key="adjustment:late", kind="adjustment", cost=Decimal("2"), **fields)
+    MigrationExecutor(connection).migrate(after)
+    assert list(InvoicedUsage.objects.values_list("usage_event_id", "invoice_id")) == [(taken.pk, "inv_old")]
+    assert list(UsageEvent.objects.filter(invoiced__isnull=True).values_list("pk", flat=True)) == [late.pk]
