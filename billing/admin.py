@@ -1,6 +1,6 @@
 """Django admin for platform staff: price plans (a version in use is read-only: a price change is a new
 version), billing accounts (plan, spend cap), the ledger (read-only; corrections are adjustment rows,
-``manage.py billing_adjust``) and invoices (read-only, with the operator actions of billing/operator.py)."""
+``manage.py billing_adjust``) and invoices (read-only, with the operator actions of billing/invoice_actions.py)."""
 
 import stripe
 from django.contrib import admin, messages
@@ -8,8 +8,8 @@ from rest_framework.exceptions import APIException
 
 from vajra.admin import ReadOnlyAdmin
 
+from .invoice_actions import ACTIONS, invoice_operate
 from .models import BillingAccount, Invoice, InvoiceLine, PricePlan, UsageEvent
-from .operator import ACTIONS, invoice_operate
 
 PRICE_FIELDS = ("currency", "unit_price", "units_cold", "units_warm", "units_hot", "gpu_price_per_hour",
                 "tenancy_factor", "gradient_price_per_million", "billing_granularity_ms", "monthly_spend_cap",

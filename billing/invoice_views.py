@@ -1,5 +1,5 @@
 """Invoice pages: the list on the billing page, an invoice as a page and as a PDF, the operator actions (void,
-write off; paid out of band in local-only mode: billing/operator.py) and the Stripe billing portal for payment
+write off; paid out of band in local-only mode: billing/invoice_actions.py) and the Stripe billing portal for payment
 methods.
 
 Reading needs ``billing.read`` (owners, admins, billing viewers); acting is for platform staff only, whatever their
@@ -23,7 +23,7 @@ from tenants.views import tenant_member_required
 from . import pdf
 from .access import access_invoice, tenant_invoices
 from .document import document_context, invoice_preview
-from .operator import ACTIONS, invoice_operate, operator_actions, require_operator
+from .invoice_actions import ACTIONS, invoice_operate, operator_actions, require_operator
 from .stripe_sync import portal_url, stripe_enabled
 
 log = logging.getLogger(__name__)
