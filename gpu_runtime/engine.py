@@ -495,8 +495,13 @@ class Engine:
         for row in done:
             try:
                 self._send_final(row)
-            except Exception:  # one final that cannot be sent must not keep the others' from going out
+            except Exception as exc:  # one final that cannot be sent must not keep the others' from going out
                 log.exception("final of request %s failed", row.handle.request.request_id)
+                if not row.handle.done.is_set():  # nor leave its task waiting for it
+                    try:
+                        self._fail_unadmitted(row.handle, "engine_error", f"ending the request failed: {exc}")
+                    except Exception:
+                        log.exception("error final of request %s failed", row.handle.request.request_id)
 
     def _send_final(self, row):
         handle, now = row.handle, time.perf_counter()
@@ -510,12 +515,11 @@ class Engine:
         if row.finish_reason != "error":
             try:
                 tail = row.text.finish()
+                if tail:
+                    self.streams.delta(handle.request.request_id, tail, handle.request.attempt)
             except Exception as exc:  # the row had ended well; its text's last piece failed: it ends in error
-                tail = ""
                 row.finish_reason = None
                 self._row_fault(row, "detokenize_error", f"turning the tokens into text failed: {exc}")
-            if tail:
-                self.streams.delta(handle.request.request_id, tail, handle.request.attempt)
         if row.key is not None:
             self.store.release(row.key)
         self._deliver(handle, {

@@ -214,3 +214,26 @@ def test_a_final_that_fails_to_render_ends_its_row_in_error_and_the_others_get_t
     assert result["finish_reason"] == "error" and result["error"]["code"] == "detokenize_error"
     assert result["usage"]["completion_tokens"] == MAX_TOKENS
     assert_healthy_rows_untouched(engine, adapters, redis_client, handles)
+
+
+def test_a_final_that_cannot_be_sent_still_ends_its_task_and_the_others_get_theirs(engine, adapters, redis_client,
+                                                                                  monkeypatch):
+    """Ending a row fails outside its text (here releasing its adapter raises): its waiting task still gets an
+    error final, and the rows retired in the same step get their own."""
+    _, paths = adapters
+    bad = request(BAD_PROMPT, ref(paths[BAD_ADAPTER], BAD_ADAPTER), max_tokens=MAX_TOKENS)
+
+    def inject(bad):
+        release = engine.store.release
+
+        def failing_release(key):
+            if key == (bad.adapter.adapter_id, bad.adapter.version):
+                raise RuntimeError("release failed (test)")
+            release(key)
+
+        monkeypatch.setattr(engine.store, "release", failing_release)
+
+    handles, bad_handle = run_with_a_bad_row(engine, paths, bad, inject, monkeypatch)
+    result = bad_handle.wait(60)
+    assert result["finish_reason"] == "error" and result["error"]["code"] == "engine_error"
+    assert_healthy_rows_untouched(engine, adapters, redis_client, handles)
