@@ -19,15 +19,13 @@ also predicted (the prefetcher's idea, Algorithm 1, applied to scheduling): when
 pace and the next one is due before a micro-step would end, the engine holds the micro-step back, so that
 request does not wait at all; a job held back for ``training_max_hold_s`` trains anyway (no starvation).
 
-Faults are isolated per row. What one row's own work raises or yields (its logits not finite, e.g. an adapter
-whose weights make NaN; its sampler; its detokenizer or stop strings) ends that row alone with a typed error in its
-final (``non_finite_logits``, ``sampling_error``, ``detokenize_error``); every other row of its batch and of its
-prefill group goes on with exactly the tokens it would have had without it (rows share no arithmetic: each row's
-LoRA delta, attention and KV are its own, and padding is masked). A forward pass that raises is not attributable to
-one row: a failed prefill fails the rows it was admitting (``engine_error``) and the running batch goes on, its KV
-untouched; a failed decode step fails every running row (``engine_error``), because the batch KV cache is left
-half-appended (the layers before the fault hold the step's column, the later ones do not) and no row can go on
-from it. Running the rows again one by one would need each row's KV rebuilt from scratch, so the engine does not.
+Faults are isolated per row: what one row's own work raises or yields (non-finite logits, e.g. from its adapter;
+its sampler; its detokenizer or stop strings) ends that row alone with a typed error (``non_finite_logits``,
+``sampling_error``, ``detokenize_error``); the others in its batch and prefill group get exactly their own tokens
+(each row's LoRA delta, attention and KV are its own; padding is masked). A forward pass that raises is not one
+row's: a failed prefill fails the rows it admitted (``engine_error``), the running batch untouched; a failed decode
+step fails every running row, as it leaves the batch KV half-appended (only the layers before the fault hold the
+step's column) and rebuilding each row's KV to retry them one by one would cost a prefill per row.
 """
 
 import logging

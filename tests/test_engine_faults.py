@@ -237,3 +237,33 @@ def test_a_final_that_cannot_be_sent_still_ends_its_task_and_the_others_get_thei
     result = bad_handle.wait(60)
     assert result["finish_reason"] == "error" and result["error"]["code"] == "engine_error"
     assert_healthy_rows_untouched(engine, adapters, redis_client, handles)
+
+
+def test_a_decode_forward_that_raises_fails_the_batch_and_the_engine_serves_on(engine, adapters, redis_client,
+                                                                               monkeypatch):
+    """Not one row's fault: the last decoder layer raises in a decode step, after the first has appended the step's
+    column to the batch KV. Every running row ends with engine_error; the next request decodes from a fresh batch."""
+    base, paths = adapters
+    for _, a in HEALTHY[::2]:  # adapters ready: every row joins the one prefill
+        assert engine.submit(request([1], ref(paths[a], a), max_tokens=1)).wait(60)["finish_reason"] == "length"
+    layer = engine.model.model.layers[-1]
+    real, raised = layer.forward, []
+
+    def forward(hidden_states, *args, **kwargs):
+        if hidden_states.shape[1] == 1 and not raised:
+            raised.append(1)
+            raise RuntimeError("device fault (test)")
+        return real(hidden_states, *args, **kwargs)
+
+    monkeypatch.setattr(layer, "forward", forward)
+    hold_engine(engine, 0.3)
+    handles = [engine.submit(request(ids, ref(paths[a], a) if a is not None else None, max_tokens=MAX_TOKENS))
+               for ids, a in HEALTHY]
+    results = [h.wait(60) for h in handles]
+    assert [r["error"]["code"] for r in results] == ["engine_error"] * len(HEALTHY)
+    assert all(r["usage"]["completion_tokens"] == 1 for r in results)  # the prefill's token, then the fault
+    assert not engine.rows and len(engine.kv) == 0
+    after = engine.submit(request([3, 4, 5, 6], max_tokens=MAX_TOKENS))
+    assert after.wait(60)["finish_reason"] == "length"
+    assert streamed_text(redis_client, after.request.request_id)[0] == words(
+        reference_tokens(base, None, [3, 4, 5, 6], MAX_TOKENS))
