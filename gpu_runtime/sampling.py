@@ -3,7 +3,7 @@
 Every accepted temperature (0..2) is safe: probabilities are computed in fp32 from logits shifted so that the
 largest is 0, so dividing by a tiny temperature gives 0 for the best token and a large negative number or -inf for
 the others, never inf - inf; temperatures below ``GREEDY_BELOW`` are greedy outright. Huge finite logits sample
-like any others. Logits that are not finite (NaN, +inf, or nothing above -inf) mean the row's forward pass broke
+like any others, and top-k and top-p always keep the best token. Logits that are not finite (NaN, +inf, or nothing above -inf) mean the row's forward pass broke
 (its adapter's weights, an overflow): ``SamplingError`` says so, and the engine ends that row alone.
 """
 
@@ -41,6 +41,7 @@ def sample_token(logits, params, generator=None):
         sorted_logits, order = torch.sort(logits, descending=True)
         probs = torch.softmax(sorted_logits, dim=-1)
         drop = probs.cumsum(dim=-1) - probs >= params.top_p  # keep the token crossing p
+        drop[0] = False  # and the best one always: a top_p below fp32's smallest number compares as 0
         logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))

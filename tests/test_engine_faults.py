@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import gpu_runtime.engine as engine_module
 from gpu_runtime.detokenize import IncrementalText
@@ -24,7 +26,7 @@ HUGE = torch.tensor([1e38, -1e38, 3e38, 2.9e38, -3.4e38, 0.0, 1e30])  # finite, 
 
 
 @pytest.mark.parametrize("temperature", [1e-37, 1e-30, GREEDY_BELOW / 2, GREEDY_BELOW, 1e-3, 0.5, 1.0, 2.0])
-@pytest.mark.parametrize("top_k, top_p", [(0, 1.0), (3, 1.0), (0, 0.5), (2, 0.1)])
+@pytest.mark.parametrize("top_k, top_p", [(0, 1.0), (3, 1.0), (0, 0.5), (2, 0.1), (0, 1e-50)])
 def test_sampling_is_safe_for_every_accepted_temperature(temperature, top_k, top_p):
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
     generator = torch.Generator().manual_seed(7)
@@ -42,6 +44,27 @@ def test_very_small_temperatures_are_greedy():
     for temperature in (1e-37, 1e-12, GREEDY_BELOW / 10):
         params = SamplingParams(temperature=temperature, top_p=0.9, top_k=40)
         assert {sample_token(logits, params, torch.Generator().manual_seed(s)) for s in range(10)} == {best}
+
+
+FP32_MAX = float(torch.finfo(torch.float32).max)
+
+
+@settings(max_examples=300, deadline=None)
+@given(temperature=st.floats(0, 2), top_p=st.floats(0, 1, exclude_min=True), top_k=st.integers(0, 1_000_000),
+       seed=st.integers(0, 2**63 - 1),
+       logits=st.lists(st.floats(-FP32_MAX, FP32_MAX, width=32) | st.just(-math.inf), min_size=1, max_size=40))
+def test_any_accepted_parameters_over_any_finite_logits_pick_a_best_candidate(temperature, top_p, top_k, seed,
+                                                                              logits):
+    """Every accepted parameter value over any finite logits (some -inf, masked) picks a token, never a masked one,
+    and below GREEDY_BELOW the best one."""
+    if all(value == -math.inf for value in logits):
+        logits[0] = 0.0
+    params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    values = torch.tensor(logits, dtype=torch.float32)
+    token = sample_token(values, params, torch.Generator().manual_seed(seed))
+    assert values[token] > -math.inf
+    if temperature < GREEDY_BELOW:
+        assert values[token] == values.max()
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
