@@ -3,8 +3,9 @@
 Every accepted temperature (0..2) is safe: probabilities are computed in fp32 from logits shifted so that the
 largest is 0, so dividing by a tiny temperature gives 0 for the best token and a large negative number or -inf for
 the others, never inf - inf; temperatures below ``GREEDY_BELOW`` are greedy outright. Huge finite logits sample
-like any others, and top-k and top-p always keep the best token. Logits that are not finite (NaN, +inf, or nothing above -inf) mean the row's forward pass broke
-(its adapter's weights, an overflow): ``SamplingError`` says so, and the engine ends that row alone.
+like any others, and top-k and top-p always keep the best token. Logits that are not finite (NaN, +inf, or nothing
+above -inf) mean the row's forward pass broke (its adapter's weights, an overflow): ``SamplingError`` says so, and
+the engine ends that row alone.
 """
 
 import math
