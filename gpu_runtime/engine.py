@@ -18,6 +18,14 @@ runs a whole optimizer step (all its micro-batches). Arrivals are
 also predicted (the prefetcher's idea, Algorithm 1, applied to scheduling): when requests come at a steady
 pace and the next one is due before a micro-step would end, the engine holds the micro-step back, so that
 request does not wait at all; a job held back for ``training_max_hold_s`` trains anyway (no starvation).
+
+Faults are isolated per row: what one row's own work raises or yields (non-finite logits, e.g. from its adapter;
+its sampler; its detokenizer or stop strings) ends that row alone with a typed error (``non_finite_logits``,
+``sampling_error``, ``detokenize_error``); the others in its batch and prefill group get exactly their own tokens
+(each row's LoRA delta, attention and KV are its own; padding is masked). A forward pass that raises is not one
+row's: a failed prefill fails the rows it admitted (``engine_error``), the running batch untouched; a failed decode
+step fails every running row, as it leaves the batch KV half-appended (only the layers before the fault hold the
+step's column) and rebuilding each row's KV to retry them one by one would cost a prefill per row.
 """
 
 import logging
@@ -37,7 +45,7 @@ from .adapter_validation import AdapterRejected
 from .batch_kv import BatchKV
 from .contract import SUPERSEDED
 from .detokenize import IncrementalText
-from .sampling import sample_token
+from .sampling import SamplingError, sample_token
 
 log = logging.getLogger("vajra.runtime.engine")
 
@@ -366,7 +374,8 @@ class Engine:
             raise
         for row in merged + fresh:
             self.rows.append(row)
-            self._accept_token(row, row.last_token)
+            if row.finish_reason is None:  # a row whose sampling failed leaves with its error at _retire
+                self._accept_token(row, row.last_token)
         self._retire()
 
     def _prefill_group(self, rows, cache, offset=0):
@@ -386,13 +395,15 @@ class Engine:
             out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, **kwargs)
         logits = out.logits[:, -1].float()
         if self.prefix_cache:  # new blocks only; a row prefilled from cached KV starts at 0, unpadded
+            finite = torch.isfinite(logits).all(dim=-1).tolist()  # a broken row's KV is never reused
             for i, (row, n) in enumerate(zip(rows, lengths, strict=True)):
-                self.prefix_cache.store(row.key, row.ids, cache, row=i, start=0 if offset else width - n)
+                if finite[i]:
+                    self.prefix_cache.store(row.key, row.ids, cache, row=i, start=0 if offset else width - n)
         elapsed = self._busy(started)
         total = sum(lengths)
         for i, row in enumerate(rows):
             row.gpu_ms += elapsed * lengths[i] / total  # a prefill costs in proportion to its tokens
-            row.last_token = sample_token(logits[i], row.handle.request.sampling, row.generator)
+            row.last_token = self._sample(row, logits[i])
         full = torch.cat([torch.ones(len(rows), offset, dtype=mask.dtype, device=self.device), mask], dim=1)
         self.kv.merge(cache, full)
 
@@ -411,8 +422,25 @@ class Engine:
         self.steps += 1
         for i, row in enumerate(self.rows):
             row.gpu_ms += share
-            self._accept_token(row, sample_token(logits[i], row.handle.request.sampling, row.generator))
+            token = self._sample(row, logits[i])
+            if row.finish_reason is None:
+                self._accept_token(row, token)
         self._retire()
+
+    def _sample(self, row, logits):
+        """The row's next token; a failure ends this row alone (its finish_reason is set, the token is None)."""
+        try:
+            return sample_token(logits, row.handle.request.sampling, row.generator)
+        except SamplingError as exc:
+            self._row_fault(row, exc.code, exc.message)
+        except Exception as exc:
+            self._row_fault(row, "sampling_error", f"sampling the next token failed: {exc}")
+        return None
+
+    def _row_fault(self, row, code, message):
+        log.warning("request %s failed alone: %s: %s", row.handle.request.request_id, code, message,
+                    exc_info=code != "non_finite_logits")
+        self._finish(row, "error", {"code": code, "message": message})
 
     def _busy(self, started):
         ms = (time.perf_counter() - started) * 1000
@@ -428,7 +456,11 @@ class Engine:
             return
         row.completion_tokens += 1
         self.tokens_out += 1
-        delta = row.text.add(token)
+        try:
+            delta = row.text.add(token)
+        except Exception as exc:  # this row's text (its tokens, its stop strings): this row alone fails
+            self._row_fault(row, "detokenize_error", f"turning the tokens into text failed: {exc}")
+            return
         if delta:
             self.streams.delta(row.handle.request.request_id, delta, row.handle.request.attempt)
         if row.text.stopped:
@@ -459,7 +491,15 @@ class Engine:
         self.rows = [self.rows[i] for i in keep]
         self.kv.select(keep)
         for row in done:
-            self._send_final(row)
+            try:
+                self._send_final(row)
+            except Exception as exc:  # one final that cannot be sent must not keep the others' from going out
+                log.exception("final of request %s failed", row.handle.request.request_id)
+                if not row.handle.done.is_set():  # nor leave its task waiting for it
+                    try:
+                        self._fail_unadmitted(row.handle, "engine_error", f"ending the request failed: {exc}")
+                    except Exception:
+                        log.exception("error final of request %s failed", row.handle.request.request_id)
 
     def _send_final(self, row):
         handle, now = row.handle, time.perf_counter()
@@ -471,9 +511,13 @@ class Engine:
             handle.done.set()
             return
         if row.finish_reason != "error":
-            tail = row.text.finish()
-            if tail:
-                self.streams.delta(handle.request.request_id, tail, handle.request.attempt)
+            try:
+                tail = row.text.finish()
+                if tail:
+                    self.streams.delta(handle.request.request_id, tail, handle.request.attempt)
+            except Exception as exc:  # the row had ended well; its text's last piece failed: it ends in error
+                row.finish_reason = None
+                self._row_fault(row, "detokenize_error", f"turning the tokens into text failed: {exc}")
         if row.key is not None:
             self.store.release(row.key)
         self._deliver(handle, {
