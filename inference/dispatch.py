@@ -32,6 +32,15 @@ from .prompt_tokens import prompt_tokens
 log = logging.getLogger(__name__)
 ACTIVE = (InferenceRequest.QUEUED, InferenceRequest.RUNNING)
 DEFAULT_MAX_TOKENS = 256  # when a request names none (or the plan's cap, if lower): a bounded default, no surprise
+# HTTP status of a request whose final carries one of these error codes: the request's own input (its prompt, its
+# parameters, its adapter's weights) caused it; every other runtime error is the platform's (502).
+FINAL_ERROR_STATUS = {"context_length_exceeded": 400, "invalid_request": 400, "non_finite_logits": 422}
+
+
+def final_error_status(code):
+    return FINAL_ERROR_STATUS.get(code, 502)
+
+
 SUBMIT_THREADS = 8  # PostgreSQL: submits run side by side on this many threads (SQLite: one, see submit_pool)
 
 _pool = None

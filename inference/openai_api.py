@@ -24,7 +24,7 @@ from vajra.errors import InvalidRequest, error_body
 from vajra.serializers import StrictSerializer
 
 from . import access, parameters, relay
-from .dispatch import cost_for, final_cost_of, inference_submit
+from .dispatch import cost_for, final_cost_of, final_error_status, inference_submit
 from .models import AdapterVersion, BaseModel
 from .parameters import SamplingFields
 from .placement import NoCapacity
@@ -37,8 +37,6 @@ from .v1 import (
     deferred,
     read_json,
 )
-
-RUNTIME_CLIENT_ERRORS = {"context_length_exceeded", "invalid_request"}
 
 # Parameter -> the values that mean "off": accepted (and ignored) because clients send them routinely.
 COMMON_NEUTRAL = {
@@ -235,9 +233,9 @@ def final_error(final, param):
     else:
         error = (final or {}).get("error") or {}
         code = error.get("code") or "runtime_error"
-        status = 400 if code in RUNTIME_CLIENT_ERRORS else 502
+        status = final_error_status(code)
         message = error.get("message") or "The runtime failed to answer; retry, quoting the x-request-id."
-    return status, error_body(message, status_code=status, code=code, param=param if status == 400 else None)
+    return status, error_body(message, status_code=status, code=code, param=param if status < 500 else None)
 
 
 def _submit(principal, data, *, api, prompt="", messages=(), request_id=None):

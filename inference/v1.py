@@ -31,7 +31,7 @@ from vajra.errors import INFRASTRUCTURE_DOWN, InvalidRequest, error_response, re
 from vajra.serializers import StrictSerializer
 
 from . import access, parameters, relay
-from .dispatch import cost_for, final_cost_of, inference_submit, on_submit_thread, request_cost
+from .dispatch import cost_for, final_cost_of, final_error_status, inference_submit, on_submit_thread, request_cost
 from .parameters import SamplingFields
 from .placement import NoCapacity
 
@@ -245,7 +245,7 @@ async def infer(request, raw_key, model_id):
     status = 200
     error = (final or {}).get("error")
     if error:
-        status = 400 if error.get("code") in {"context_length_exceeded", "invalid_request"} else 502
+        status = final_error_status(error.get("code"))
     cost = await final_cost_of(row_id, final) if final is not None else None
     return JsonResponse(final_body(head, final, "".join(parts), cost=cost), status=status)
 

@@ -251,11 +251,12 @@ def test_completion_stream_without_usage(alice_api, catalog, node, runtime):
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
 
-@pytest.mark.parametrize("error_code, status", [("context_length_exceeded", 400), ("engine_error", 502)])
+@pytest.mark.parametrize("error_code, status", [("context_length_exceeded", 400), ("non_finite_logits", 422),
+                                                ("sampling_error", 502), ("engine_error", 502)])
 def test_runtime_error_is_an_openai_error(alice_api, catalog, node, runtime, error_code, status):
     runtime.final = {**FINAL, "finish_reason": "error", "error": {"code": error_code, "message": "it broke"}}
     error = assert_error(post(alice_api, CHAT, chat()), status, code=error_code)
-    assert error["message"] == "it broke" and error["type"] == ("invalid_request_error" if status == 400
+    assert error["message"] == "it broke" and error["type"] == ("invalid_request_error" if status < 500
                                                                  else "api_error")
 
 
