@@ -10,8 +10,6 @@ Authentication is an API key (``Authorization: Bearer``). Every refusal happens 
 or a task sent.
 """
 
-import json
-
 from asgiref.sync import sync_to_async
 from django.http import Http404, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -27,6 +25,7 @@ from rest_framework.exceptions import (
 
 from tenants.keys import principal_from_key
 from tenants.limits import rate_limit_wait
+from vajra import parsers
 from vajra.errors import INFRASTRUCTURE_DOWN, InvalidRequest, error_response, redis_unavailable, unavailable
 from vajra.serializers import StrictSerializer
 
@@ -120,10 +119,7 @@ async def authorized_submit(request, raw_key, submit, *args):
 def read_json(request):
     if request.content_type != "application/json":
         raise UnsupportedMediaType(request.content_type or "none")
-    try:
-        return json.loads(request.body or b"null")
-    except ValueError:
-        raise ParseError("Malformed JSON.") from None
+    return parsers.loads(request.body or b"null")
 
 
 def api_view(methods, *, submits=False):

@@ -10,14 +10,16 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.sessions import CookieMiddleware, SessionMiddleware  # noqa: E402
 
-from vajra.daphne_compat import pass_close_reasons  # noqa: E402
+from vajra.daphne_compat import leave_bodies_to_django, pass_close_reasons  # noqa: E402
+from vajra.middleware import ContentTypeGuard  # noqa: E402
 from vajra.routing import websocket_urlpatterns  # noqa: E402
 
 pass_close_reasons()
+leave_bodies_to_django()
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": ContentTypeGuard(django_asgi_app),
         # Session only: who the caller is (session user or API key) is decided in the consumer, so
         # that refusals close with a code and a reason instead of a bare HTTP 403.
         "websocket": CookieMiddleware(SessionMiddleware(URLRouter(websocket_urlpatterns))),

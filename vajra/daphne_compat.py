@@ -1,7 +1,8 @@
-"""daphne 4.2 drops the ``reason`` of an ASGI ``websocket.close`` (it calls ``sendClose(code)`` only).
+"""Two mends to daphne 4.2, applied when running under it; everything else is daphne's own path.
 
-VAJRA's refusals close with a code *and* a reason saying what to fix, so when running under daphne we
-pass the reason on to autobahn's ``sendClose``, which supports it. Everything else is daphne's own path.
+daphne drops the ``reason`` of an ASGI ``websocket.close`` (it calls ``sendClose(code)`` only). VAJRA's refusals
+close with a code *and* a reason saying what to fix, so ``pass_close_reasons`` passes the reason on to autobahn's
+``sendClose``, which supports it. ``leave_bodies_to_django`` stops Twisted refusing form bodies on its own.
 """
 
 
@@ -23,3 +24,23 @@ def pass_close_reasons():
 
     WebSocketProtocol.handle_reply = handle_reply
     WebSocketProtocol._vajra_close_reason = True
+
+
+def leave_bodies_to_django():
+    """Twisted parses every POST body that says multipart/form-data or x-www-form-urlencoded itself (daphne never
+    reads the result) and answers one it cannot parse with a bare 400 before the application sees it: no body, no
+    x-request-id, not the API's error shape. Django parses bodies, and refuses bad ones in the API's shape."""
+    try:
+        from daphne.http_protocol import WebRequest
+    except ImportError:  # another ASGI server: nothing to mend
+        return
+    if getattr(WebRequest, "_vajra_bodies_to_django", False):
+        return
+    original = WebRequest.__init__
+
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self._parsePOSTFormSubmission = False
+
+    WebRequest.__init__ = __init__
+    WebRequest._vajra_bodies_to_django = True
