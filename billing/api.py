@@ -38,6 +38,7 @@ KINDS = [kind for kind, _ in UsageEvent.KIND_CHOICES]
 # The bounds a from/to may name: no usage predates 2000, and past 9998 date arithmetic nears datetime's end.
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST = datetime(9998, 12, 31, tzinfo=UTC)
+DATE_OR_DATETIME = {"type": "string", "anyOf": [{"format": "date"}, {"format": "date-time"}]}
 
 
 def _instant(request, name):
@@ -107,7 +108,7 @@ class UsageMetricsView(APIView):
     required_action = None  # usage.read or billing.read: checked in get (either one lets a key or member read)
 
     @extend_schema(operation_id="v1_usage_metrics", responses={200: OpenApiTypes.OBJECT}, parameters=[
-        OpenApiParameter("from", str), OpenApiParameter("to", str),
+        OpenApiParameter("from", DATE_OR_DATETIME), OpenApiParameter("to", DATE_OR_DATETIME),
         OpenApiParameter("granularity", str, enum=list(TRUNC)), OpenApiParameter("tier", str, enum=list(TIERS)),
         OpenApiParameter("adapter", str), OpenApiParameter("kind", str, enum=KINDS)])
     def get(self, request, tenant_id):

@@ -104,8 +104,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    # the OpenAI API's message roles, apart from a member's role in a tenant
-    "ENUM_NAME_OVERRIDES": {"MessageRoleEnum": ["system", "developer", "user", "assistant"]},
+    # a member's role in a tenant and the OpenAI API's message roles are both "role"
+    "ENUM_NAME_OVERRIDES": {"MemberRoleEnum": "tenants.roles.ROLES",
+                            "MessageRoleEnum": ["system", "developer", "user", "assistant"]},
 }
 
 LOG_LEVEL = env_choice("VAJRA_LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"})
