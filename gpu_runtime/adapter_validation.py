@@ -91,7 +91,7 @@ def _read_config(directory):
         raise AdapterRejected("config_too_large", f"{CONFIG_FILE} is over {MAX_CONFIG_BYTES} bytes.")
     try:
         config = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise AdapterRejected("invalid_config", f"{CONFIG_FILE} is not valid JSON: {exc}.") from None
     if not isinstance(config, dict):
         raise AdapterRejected("invalid_config", f"{CONFIG_FILE} must be a JSON object.")

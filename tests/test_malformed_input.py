@@ -175,3 +175,12 @@ def test_an_unparseable_content_type_is_400_before_django(path):
     error = json.loads(response["body"])["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["code"] == "invalid_content_type" and error["param"] == "Content-Type"
+
+
+def test_an_adapter_config_nested_too_deep_is_rejected(tmp_path):
+    from gpu_runtime.adapter_validation import CONFIG_FILE, AdapterRejected, _read_config
+
+    (tmp_path / CONFIG_FILE).write_text("[" * 30_000 + "]" * 30_000)
+    with pytest.raises(AdapterRejected) as rejected:
+        _read_config(tmp_path)
+    assert rejected.value.code == "invalid_config"
