@@ -77,7 +77,7 @@ def test_nan_is_not_json(alice_key, unchanged_db, sent):
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("path", ["/ws/v1/tenants/acme/events/", "/ws/v1/playground/"])
 @pytest.mark.parametrize("authenticated", [False, True])
-def test_deep_json_on_a_websocket_is_4400(alice_key, path, authenticated):
+def test_deep_json_on_a_websocket_is_4400(alice_key, unchanged_db, path, authenticated):
     async def go():
         communicator = WebsocketCommunicator(application, path, subprotocols=["vajra.v1", f"bearer.{alice_key[1]}"]
                                              if authenticated else ["vajra.v1"])
@@ -91,7 +91,8 @@ def test_deep_json_on_a_websocket_is_4400(alice_key, path, authenticated):
         await communicator.wait()
         return message, closed
 
-    message, closed = async_to_sync(go)()
+    with unchanged_db():
+        message, closed = async_to_sync(go)()
     assert message["type"] == "error" and message["error"]["code"] == "json_too_deep", message
     assert closed["type"] == "websocket.close" and closed["code"] == 4400, closed
 
@@ -163,12 +164,13 @@ def test_malformed_multipart_is_400_in_the_error_shape(alice, acme, unchanged_db
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("path", MULTIPART_PATHS + ["/api/v1/signup", "/v1/chat/completions", "/login/"])
-def test_an_unparseable_content_type_is_400_before_django(path):
+def test_an_unparseable_content_type_is_400_before_django(unchanged_db, path):
     """Django raises LookupError building a request whose Content-Type names an unknown charset (a 500 before any
     middleware); the ASGI application answers it in the error shape."""
     communicator = HttpCommunicator(application, "POST", path, body=b"--abc--\r\n",
                                     headers=[(b"content-type", b"multipart/form-data; boundary*=bogus''abc")])
-    response = async_to_sync(communicator.get_response)()
+    with unchanged_db():
+        response = async_to_sync(communicator.get_response)()
     headers = dict(response["headers"])
     assert response["status"] == 400
     assert headers[b"x-request-id"].startswith(b"req_")
@@ -184,3 +186,19 @@ def test_an_adapter_config_nested_too_deep_is_rejected(tmp_path):
     with pytest.raises(AdapterRejected) as rejected:
         _read_config(tmp_path)
     assert rejected.value.code == "invalid_config"
+
+
+@pytest.mark.parametrize("path", ["/v1/models/a%00b", "/v1/models/a%00b/versions", "/v1/requests/req%00",
+                                  "/v1/usage/acme/metrics?adapter=a%00b", "/v1/training/jobs/a%00b",
+                                  "/v1/training/jobs?after=a%00b", "/api/v1/adapters/a%00b", "/api/v1/datasets/a%00b",
+                                  "/api/v1/audit-log?action%00=x"])
+def test_a_nul_character_in_the_path_or_query_is_400(alice_key, unchanged_db, path):
+    """PostgreSQL cannot compare text holding NUL: each of these was a 500 there (a DataError on the lookup)."""
+    with unchanged_db():
+        assert_error(key_client(alice_key[1]).get(path), 400, code="null_character")
+
+
+def test_a_nul_character_in_a_page_url_is_a_400_page(alice_client, unchanged_db):
+    with unchanged_db():
+        response = alice_client.get("/adapters/a%00b/")
+    assert response.status_code == 400 and response["Content-Type"].startswith("text/html")

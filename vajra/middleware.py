@@ -73,6 +73,41 @@ class RequestIdMiddleware:
         return response
 
 
+class NullCharacterMiddleware:
+    """Refuses a path or query parameter holding a NUL character (%00) with a 400: PostgreSQL cannot store or
+    compare text holding one, so a lookup by it would be a 500, and no id or parameter VAJRA takes holds one.
+    (JSON bodies reach the serializers, whose string fields refuse it, naming the field.)"""
+
+    sync_capable = async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    @staticmethod
+    def _refusal(request):
+        if "\x00" not in request.path and not any(
+                "\x00" in key or "\x00" in value for key, values in request.GET.lists() for value in values):
+            return None
+        from django.http import JsonResponse
+
+        from vajra import errors
+
+        if not request.path.startswith(("/api/", "/v1/")):
+            return errors.handler400(request)  # a page: Django's 400 page
+        return JsonResponse(errors.error_body("The path or query string holds a NUL character (%00); remove it.",
+                                              status_code=400, code="null_character"), status=400)
+
+    def __call__(self, request):
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
+        return self._refusal(request) or self.get_response(request)
+
+    async def __acall__(self, request):
+        return self._refusal(request) or await self.get_response(request)
+
+
 class RequestIdLogFilter(logging.Filter):
     def filter(self, record):
         # django.request logs 4xx/5xx responses after the middleware has returned, with the request.

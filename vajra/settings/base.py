@@ -30,6 +30,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "vajra.metrics.PrometheusBeforeMiddleware",
     "vajra.middleware.RequestIdMiddleware",
+    "vajra.middleware.NullCharacterMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "vajra.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
