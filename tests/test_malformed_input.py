@@ -202,3 +202,22 @@ def test_a_nul_character_in_a_page_url_is_a_400_page(alice_client, unchanged_db)
     with unchanged_db():
         response = alice_client.get("/adapters/a%00b/")
     assert response.status_code == 400 and response["Content-Type"].startswith("text/html")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("path", ["/ws/v1/training/ftjob_a\x00b/", "/ws/v1/tenants/a\x00b/events/", "/ws/v1/nowhere/"])
+def test_a_websocket_path_that_names_no_route_is_4404(alice_key, unchanged_db, path):
+    """A training job id holding NUL was a DataError in the consumer on PostgreSQL; a path matching no route made
+    Channels' router raise."""
+    async def go():
+        communicator = WebsocketCommunicator(application, path, subprotocols=["vajra.v1", f"bearer.{alice_key[1]}"])
+        connected, _ = await communicator.connect()
+        assert connected
+        message = await communicator.receive_json_from()
+        closed = await communicator.receive_output()
+        await communicator.wait()
+        return message, closed
+
+    with unchanged_db():
+        message, closed = async_to_sync(go)()
+    assert message["error"]["code"] == "unknown_route" and closed["code"] == 4404, (message, closed)
