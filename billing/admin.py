@@ -10,7 +10,7 @@ from .models import BillingAccount, PricePlan, UsageEvent
 
 PRICE_FIELDS = ("currency", "unit_price", "units_cold", "units_warm", "units_hot", "gpu_price_per_hour",
                 "tenancy_factor", "gradient_price_per_million", "billing_granularity_ms", "monthly_spend_cap",
-                "max_adapters", "max_concurrent_requests", "max_tokens")
+                "max_adapters", "max_concurrent_requests", "max_tokens", "storage_max_bytes")
 
 
 @admin.register(PricePlan)

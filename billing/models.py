@@ -38,6 +38,10 @@ def default_dataset_max_records():
     return settings.VAJRA_DATASET_MAX_RECORDS
 
 
+def default_storage_max_bytes():
+    return settings.VAJRA_STORAGE_MAX_BYTES
+
+
 class PricePlan(models.Model):
     """One version of a plan's prices, effective from a date. Defaults are the papers' numbers: tiers 1 / 5 /
     20 units per query, P_GPU = $2.00/h, M_tenancy = 0.3, C_gradient = $0.05 per million gradients,
@@ -68,6 +72,9 @@ class PricePlan(models.Model):
                                                        validators=[MinValueValidator(1)])
     dataset_max_records = models.PositiveIntegerField(default=default_dataset_max_records,
                                                       validators=[MinValueValidator(1)])
+    # Bytes of adapter weights and datasets a tenant may keep in storage (inference.storage_quota counts them).
+    storage_max_bytes = models.PositiveBigIntegerField(default=default_storage_max_bytes,
+                                                       validators=[MinValueValidator(1)])
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -212,6 +212,7 @@ class PlanLimits:
     max_tokens: int
     dataset_max_bytes: int
     dataset_max_records: int
+    storage_max_bytes: int
 
 
 def plan_limits(tenant, *, account=None):
@@ -220,7 +221,8 @@ def plan_limits(tenant, *, account=None):
     plan = cached_plan((account or account_for(tenant)).plan_name)
     return PlanLimits(plan=plan.name, max_adapters=plan.max_adapters,
                       max_concurrent_requests=plan.max_concurrent_requests, max_tokens=plan.max_tokens,
-                      dataset_max_bytes=plan.dataset_max_bytes, dataset_max_records=plan.dataset_max_records)
+                      dataset_max_bytes=plan.dataset_max_bytes, dataset_max_records=plan.dataset_max_records,
+                      storage_max_bytes=plan.storage_max_bytes)
 
 
 def query_price(tier, *, tenant=None):

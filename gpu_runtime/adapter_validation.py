@@ -8,6 +8,7 @@ Every refusal is an ``AdapterRejected`` with a stable ``code`` and a message say
 """
 
 import json
+import math
 import re
 import struct
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ MAX_LORA_RANK = 64
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_HEADER_BYTES = 4 * 1024 * 1024
 MAX_WEIGHTS_BYTES = 1024 * 1024 * 1024
+MAX_TENSOR_DIMS = 8
+# PEFT options that change the math per layer or add weights beyond the LoRA pairs; PEFT saves them empty or false.
+UNSUPPORTED_OPTIONS = ("use_dora", "use_rslora", "modules_to_save", "rank_pattern", "alpha_pattern")
 
 _TENSOR_RE = re.compile(
     r"^base_model\.model\.model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])(?:\.[\w-]+)?\.weight$"
@@ -65,6 +69,21 @@ class BaseFacts:
         return cls(manifest["name"], tuple(aliases), arch["num_hidden_layers"], modules)
 
 
+# Room in a weights file besides the tensors' data: the 8-byte length and a JSON header of a few hundred bytes per
+# tensor (name, dtype, shape, offsets), with metadata.
+HEADER_BYTES_PER_TENSOR = 512
+HEADER_BYTES_FIXED = 64 * 1024
+
+
+def max_weights_bytes(base, max_rank=MAX_LORA_RANK):
+    """The largest legal weights file for ``base``: every linear layer of every block at rank ``max_rank`` in F32
+    (the widest dtype served), plus header room. An upload past it cannot be a valid adapter for this base."""
+    per_layer = sum(fan_in + fan_out for _, fan_in, fan_out in base.modules.values())
+    tensors = 2 * len(base.modules) * base.num_layers
+    return (base.num_layers * per_layer * max_rank * DTYPE_BYTES["F32"] + tensors * HEADER_BYTES_PER_TENSOR
+            + HEADER_BYTES_FIXED)
+
+
 @dataclass
 class AdapterFacts:
     """What validation learnt: enough to place the adapter into device slots."""
@@ -91,15 +110,76 @@ def _read_config(directory):
         raise AdapterRejected("config_too_large", f"{CONFIG_FILE} is over {MAX_CONFIG_BYTES} bytes.")
     try:
         config = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
+    except (ValueError, UnicodeDecodeError) as exc:
         raise AdapterRejected("invalid_config", f"{CONFIG_FILE} is not valid JSON: {exc}.") from None
+    except RecursionError:
+        raise AdapterRejected("invalid_config", f"{CONFIG_FILE} is nested too deeply.") from None
     if not isinstance(config, dict):
         raise AdapterRejected("invalid_config", f"{CONFIG_FILE} must be a JSON object.")
     return config
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive_number(value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value) and value > 0
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _shown(value):
+    """A config value as a refusal quotes it: short, whatever its size."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_tensor_entry(name, info):
+    """(dtype, shape, (begin, end)) of one header entry, every field's type checked."""
+    def bad(what):
+        raise AdapterRejected("invalid_safetensors", f"tensor {name!r}: {what}.")
+
+    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        bad("an entry must hold exactly dtype, shape and data_offsets")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str):
+        bad("dtype must be a string")
+    if dtype not in DTYPES:
+        raise AdapterRejected("bad_dtype", f"tensor {name!r} is {dtype[:20]!r}; adapters must be F16, BF16 or F32.")
+    if not isinstance(shape, list) or len(shape) > MAX_TENSOR_DIMS or not all(_is_int(d) and d >= 0 for d in shape):
+        bad(f"shape must be a list of at most {MAX_TENSOR_DIMS} non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
+        bad("data_offsets must be two integers")
+    begin, end = offsets
+    if not 0 <= begin <= end:
+        bad("data_offsets must be [begin, end] with 0 <= begin <= end")
+    needed = math.prod(shape) * DTYPE_BYTES[dtype]
+    if end - begin != needed:
+        bad(f"data_offsets span {end - begin} bytes; shape {shape} of {dtype} needs {needed}")
+    return dtype, shape, (begin, end)
+
+
+def _check_coverage(path, spans, data_len):
+    """Tensor data is contiguous and covers the data section exactly: no gap, no overlap, nothing after."""
+    at = 0
+    for begin, end, name in sorted(spans):
+        if begin != at:
+            what = "overlaps the tensor before it" if begin < at else f"leaves {begin - at} unused bytes before it"
+            raise AdapterRejected("invalid_safetensors", f"{path.name}: tensor {name!r} {what}.")
+        at = end
+    if at != data_len:
+        what = "past the end of the file" if at > data_len else f"{data_len - at} bytes after the last tensor"
+        raise AdapterRejected("invalid_safetensors", f"{path.name}: tensor data runs {what}; the file must hold "
+                              "its tensors and nothing else.")
+
+
 def read_safetensors_header(path, max_header_bytes=MAX_HEADER_BYTES, max_file_bytes=MAX_WEIGHTS_BYTES):
-    """(header dict without __metadata__, data start offset). Checks sizes and offsets, reads no tensor."""
+    """(header dict without __metadata__, data start offset). Checks every field's type and that the tensors'
+    data tiles the file exactly; reads no tensor."""
     size = path.stat().st_size
     if size > max_file_bytes:
         raise AdapterRejected("weights_too_large", f"{path.name} is {size} bytes; the cap is {max_file_bytes}.")
@@ -113,22 +193,16 @@ def read_safetensors_header(path, max_header_bytes=MAX_HEADER_BYTES, max_file_by
                                   f"{path.name}'s header claims {header_len} bytes; the cap is {max_header_bytes}.")
         try:
             header = json.loads(f.read(header_len))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nesting too deep to parse
             raise AdapterRejected("invalid_safetensors", f"{path.name}'s header is not valid JSON.") from None
     if not isinstance(header, dict):
         raise AdapterRejected("invalid_safetensors", f"{path.name}'s header is not a JSON object.")
-    header.pop("__metadata__", None)
-    data_len = size - 8 - header_len
-    for name, info in header.items():
-        try:
-            dtype, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise AdapterRejected("invalid_safetensors", f"tensor {name} has a malformed header entry.") from None
-        if dtype not in DTYPES:
-            raise AdapterRejected("bad_dtype", f"tensor {name} is {dtype}; adapters must be F16, BF16 or F32.")
-        count = int(np.prod(shape)) if shape else 1
-        if not (0 <= start <= end <= data_len) or end - start != count * DTYPE_BYTES[dtype]:
-            raise AdapterRejected("invalid_safetensors", f"tensor {name}'s data offsets do not fit the file.")
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise AdapterRejected("invalid_safetensors", f"{path.name}'s __metadata__ must map strings to strings.")
+    entries = {name: _check_tensor_entry(name, info) for name, info in header.items()}
+    _check_coverage(path, [(begin, end, name) for name, (_, _, (begin, end)) in entries.items()],
+                    size - 8 - header_len)
     return header, 8 + header_len
 
 
@@ -153,24 +227,27 @@ def validate_adapter(directory, base, *, max_rank=MAX_LORA_RANK, max_weights_byt
     if str(config.get("peft_type", "")).upper() != "LORA":
         raise AdapterRejected("not_lora", f"peft_type is {config.get('peft_type')!r}; only LORA adapters are served.")
     claimed = config.get("base_model_name_or_path")
+    if claimed is not None and not isinstance(claimed, str):
+        raise AdapterRejected("invalid_config", "base_model_name_or_path must be a string.")
     # PEFT records the path the base was loaded from; a path inside our model store names the model too.
     if claimed and claimed not in (base.name, *base.aliases) and base.name not in Path(str(claimed)).parts:
         raise AdapterRejected("base_mismatch", f"The adapter was trained for {claimed!r}, not {base.name!r}; "
                               "train it on this base model.")
     rank = config.get("r")
-    if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= max_rank:
-        raise AdapterRejected("bad_rank", f"rank r={rank!r} is outside 1..{max_rank}.")
+    if not _is_int(rank) or not 1 <= rank <= max_rank:
+        raise AdapterRejected("bad_rank", f"rank r={_shown(rank)} must be an integer in 1..{max_rank}.")
     alpha = config.get("lora_alpha", rank)
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
-        raise AdapterRejected("bad_alpha", f"lora_alpha={alpha!r} must be a positive number.")
-    if config.get("use_dora") or config.get("use_rslora") or config.get("modules_to_save"):
-        raise AdapterRejected("unsupported_option",
-                              "DoRA, rsLoRA and modules_to_save are not supported; plain LoRA only.")
+    if not _positive_number(alpha):
+        raise AdapterRejected("bad_alpha", f"lora_alpha={_shown(alpha)} must be a positive finite number.")
+    if any(config.get(option) for option in UNSUPPORTED_OPTIONS):
+        raise AdapterRejected("unsupported_option", f"{', '.join(UNSUPPORTED_OPTIONS)} are not supported; plain "
+                              "LoRA with one rank and alpha for every layer only.")
     targets = config.get("target_modules")
     if isinstance(targets, str):
         targets = [targets]
-    if not targets or not all(isinstance(t, str) for t in targets):
-        raise AdapterRejected("bad_target_modules", "target_modules must name the base's linear layers.")
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+        raise AdapterRejected("bad_target_modules", "target_modules must be a non-empty list naming the base's "
+                              "linear layers.")
     unknown = sorted(set(targets) - set(base.modules))
     if unknown:
         raise AdapterRejected("unknown_target_modules", f"target modules {', '.join(unknown)} do not exist in "
@@ -181,9 +258,11 @@ def validate_adapter(directory, base, *, max_rank=MAX_LORA_RANK, max_weights_byt
         raise AdapterRejected("missing_weights", f"{WEIGHTS_FILE} is missing.")
     header, data_start = read_safetensors_header(weights, max_file_bytes=max_weights_bytes)
     layers = config.get("layers_to_transform")
-    layers = list(range(base.num_layers)) if layers is None else ([layers] if isinstance(layers, int) else layers)
-    if not all(isinstance(i, int) and 0 <= i < base.num_layers for i in layers):
-        raise AdapterRejected("bad_layers", f"layers_to_transform must be within 0..{base.num_layers - 1}.")
+    layers = list(range(base.num_layers)) if layers is None else ([layers] if _is_int(layers) else layers)
+    if (not isinstance(layers, list) or not layers or len(set(map(repr, layers))) != len(layers)
+            or not all(_is_int(i) and 0 <= i < base.num_layers for i in layers)):
+        raise AdapterRejected("bad_layers", "layers_to_transform must be a layer index or a non-empty list of "
+                              f"distinct layer indexes within 0..{base.num_layers - 1}.")
     expected = {}
     for layer in layers:
         for module in targets:

@@ -12,6 +12,7 @@ Every bad line is reported with its 1-based number and the reason (the first pro
 tenant can fix the whole file in one go. Whole-file problems (empty, too large) have ``line`` None.
 """
 
+import io
 import json
 from dataclasses import dataclass, field
 
@@ -175,8 +176,15 @@ def parse_dataset(data, *, max_records, max_bytes, max_tokens=None, count_tokens
     with it (and ``max_tokens``, the context length) a record that does not fit is an error. Without it
     tokens are counted as UTF-8 bytes, an upper bound for byte-level BPE, and nothing is refused for length.
     ``keep_records=False`` only validates and counts (the web does not need the records in memory).
-    ``caps_of`` names whose size and record caps they are, in the messages (the web names the plan)."""
+    ``caps_of`` names whose size and record caps they are, in the messages (the web names the plan).
+    ``data`` is bytes or a seekable binary file, read a line at a time (an upload is never read whole)."""
     parsed = ParsedDataset(format=None, tokens_exact=count_tokens is not None)
+    if isinstance(data, bytes | bytearray):
+        size, lines = len(data), iter(data.split(b"\n"))
+    else:
+        size = data.seek(0, io.SEEK_END)
+        data.seek(0)
+        lines = iter(data.readline, b"")  # splits at b"\n" only, as bytes.split does
 
     def refuse(line, code, message):
         if len(parsed.errors) < max_listed_errors:
@@ -184,13 +192,12 @@ def parse_dataset(data, *, max_records, max_bytes, max_tokens=None, count_tokens
         else:
             parsed.errors_omitted += 1
 
-    if len(data) > max_bytes:
-        refuse(None, "too_large", f"the file is {len(data)} bytes; {caps_of} allows {max_bytes}")
+    if size > max_bytes:
+        refuse(None, "too_large", f"the file is {size} bytes; {caps_of} allows {max_bytes}")
         return parsed
     count = count_tokens or _utf8_bytes
     format_line = None
     seen = 0
-    lines = data.split(b"\n")
     for number, raw in enumerate(lines, start=1):
         if number == 1 and raw.startswith(UTF8_BOM):
             raw = raw[len(UTF8_BOM):]
@@ -198,7 +205,7 @@ def parse_dataset(data, *, max_records, max_bytes, max_tokens=None, count_tokens
             continue
         seen += 1
         if seen > max_records:
-            extra = sum(1 for rest in lines[number:] if rest.strip())
+            extra = sum(1 for rest in lines if rest.strip())  # the lines after this one
             refuse(number, "too_many_records", f"the file has {max_records + 1 + extra} records; {caps_of} allows "
                                                f"{max_records} (this is the first line past the limit)")
             break

@@ -4,8 +4,14 @@ from dataclasses import asdict, dataclass, field
 
 from .contract import ContractError
 
+# The bounds of a request's sampling parameters, for the node and the control plane alike (inference/parameters.py
+# refuses past them with a 400 before a request is written).
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_LENGTH = 64
+MAX_TOKENS = 8192
+MAX_TEMPERATURE = 2
+MAX_TOP_K = 1_000_000  # past any served vocabulary: a top_k that large keeps every token
+MAX_SEED = 2 ** 63 - 1  # torch.Generator.manual_seed takes at most 64 bits; a non-negative int64 fits every store
 
 
 @dataclass(frozen=True)
@@ -24,16 +30,16 @@ class SamplingParams:
         def is_int(value):
             return isinstance(value, int) and not isinstance(value, bool)
 
-        if not is_int(self.max_tokens) or not 1 <= self.max_tokens <= 8192:
-            bad("max_tokens", "must be an integer in 1..8192")
-        if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature <= 2:
-            bad("temperature", "must be a number in 0..2")
+        if not is_int(self.max_tokens) or not 1 <= self.max_tokens <= MAX_TOKENS:
+            bad("max_tokens", f"must be an integer in 1..{MAX_TOKENS}")
+        if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature <= MAX_TEMPERATURE:
+            bad("temperature", f"must be a number in 0..{MAX_TEMPERATURE}")
         if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
             bad("top_p", "must be a number in (0, 1]")
-        if not is_int(self.top_k) or self.top_k < 0:
-            bad("top_k", "must be a non-negative integer")
-        if self.seed is not None and not is_int(self.seed):
-            bad("seed", "must be an integer")
+        if not is_int(self.top_k) or not 0 <= self.top_k <= MAX_TOP_K:
+            bad("top_k", f"must be an integer in 0..{MAX_TOP_K}")
+        if self.seed is not None and (not is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
+            bad("seed", f"must be an integer in 0..{MAX_SEED}")
         stops = self.stop
         if not isinstance(stops, (list, tuple)) or len(stops) > MAX_STOP_SEQUENCES or not all(
                 isinstance(s, str) and 0 < len(s) <= MAX_STOP_LENGTH for s in stops):

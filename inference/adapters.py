@@ -11,12 +11,20 @@ from django.db.models import Max
 from django.utils import timezone
 
 from billing.plans import plan_limits
-from gpu_runtime.adapter_validation import CONFIG_FILE, WEIGHTS_FILE, AdapterRejected, BaseFacts, validate_adapter
+from gpu_runtime.adapter_validation import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    AdapterRejected,
+    BaseFacts,
+    max_weights_bytes,
+    validate_adapter,
+)
 from tenants.audit import audit_record
 from vajra.errors import Conflict, InvalidRequest
 
 from .models import Adapter, AdapterVersion
-from .uploads import UploadDir, sha256_of, unpack_upload
+from .storage_quota import require_storage
+from .uploads import UploadDir, sha256_of, unpack_upload, upload_cap
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +59,18 @@ def _refused(exc):
 
 def adapter_upload(*, principal, base_model, name, files, description=""):
     """Validates the upload (no torch), stores the two files, and records a new immutable version (the
-    adapter is created on its first upload). Nothing is written unless every check passes."""
+    adapter is created on its first upload). ``files`` are (name, UploadedFile or bytes) pairs, read as streams.
+    Nothing is written unless every check passes."""
     principal.require("adapters.write")
     tenant = principal.tenant
+    base = base_facts(base_model)
     with UploadDir() as tmp:
         try:
-            unpack_upload(files, tmp)
-            facts = validate_adapter(tmp, base_facts(base_model))
+            unpack_upload(files, tmp, cap=upload_cap(base))
+            facts = validate_adapter(tmp, base, max_weights_bytes=max_weights_bytes(base))
         except AdapterRejected as exc:
             raise _refused(exc) from None
+        require_storage(tenant=tenant, adding=facts.weights_bytes)  # before anything is stored
         storage = adapter_storage()
         key = f"adapters/t{tenant.pk}/{uuid.uuid4().hex}"
         saved = []
@@ -78,6 +89,7 @@ def adapter_upload(*, principal, base_model, name, files, description=""):
 @transaction.atomic
 def _record_version(*, principal, base_model, name, description, facts, sha256, storage_key):
     tenant = principal.tenant
+    require_storage(tenant=tenant, adding=facts.weights_bytes, lock=True)  # again, under the tenant's lock
     adapter = (Adapter.objects.select_for_update().filter(tenant=tenant, name=name, deleted_at__isnull=True).first())
     if adapter is None:
         limits = plan_limits(tenant)

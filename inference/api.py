@@ -86,7 +86,7 @@ class AdapterListView(APIView):
         fields = {k: request.data[k] for k in request.data if k not in request.FILES}
         data = self.UploadIn(data=fields)
         data.is_valid(raise_exception=True)
-        files = [(f.name, f.read()) for name in request.FILES for f in request.FILES.getlist(name)]
+        files = [(f.name, f) for name in request.FILES for f in request.FILES.getlist(name)]  # streamed, never read()
         if not files:
             raise InvalidRequest("Attach the adapter as 'file': a zip or tar of the PEFT folder, or the two files "
                                  "adapter_config.json and adapter_model.safetensors.", param="file", code="no_file")

@@ -37,15 +37,14 @@ from tenants.limits import rate_limit_wait
 from tenants.ws import TenantConsumer
 from vajra.errors import InvalidRequest, error_response
 
-from . import access, relay
+from . import access, parameters, relay
 from .dispatch import cost_for, inference_submit, on_submit_thread
 from .placement import NoCapacity
-from .v1 import CHARS_PER_TOKEN_BOUND, ParametersIn, Unavailable, version_label
+from .v1 import CHARS_PER_TOKEN_BOUND, SAMPLING_DEFAULTS, ParametersIn, Unavailable, version_label
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGES = 200
-SAMPLING_FIELDS = tuple(ParametersIn().fields)
 
 
 class MessageIn(serializers.Serializer):
@@ -76,7 +75,10 @@ class ChatIn(ParametersIn):
 class ResumeIn(serializers.Serializer):
     type = serializers.ChoiceField(choices=["resume"])
     request_id = serializers.CharField(max_length=40)
-    last_id = serializers.RegexField(r"^(0|\d+-\d+)$", max_length=40, default="0")
+    last_id = serializers.CharField(max_length=41, default="0")
+
+    def validate_last_id(self, value):
+        return relay.checked_last_id(value, param="last_id")
 
 
 def error_event(exc):
@@ -100,7 +102,7 @@ def chat_submit(principal, content):
     principal.require("infer")
     chat = ChatIn(data=content)
     if not chat.is_valid():
-        raise serializers.ValidationError(chat.errors)
+        raise parameters.refusal(chat.errors)
     data = chat.validated_data
     base_model, version = resolve_model(tenant=principal.tenant, ref=data["model"])
     if sum(len(m["content"]) for m in data["messages"]) > base_model.context_length * CHARS_PER_TOKEN_BOUND:
@@ -112,7 +114,7 @@ def chat_submit(principal, content):
     try:
         row = inference_submit(principal=principal, base_model=base_model, version=version,
                                messages=[dict(m) for m in data["messages"]],
-                               sampling={name: data[name] for name in SAMPLING_FIELDS}, api="playground")
+                               sampling=parameters.sampling(data, SAMPLING_DEFAULTS), api="playground")
     except NoCapacity as exc:
         raise Unavailable(str(exc), exc.retry_after) from None
     return row, "0", start_event(row, resumed=False)

@@ -12,7 +12,7 @@ import secrets
 from pathlib import Path
 
 from django.conf import settings
-from django.core.files.base import ContentFile
+from django.core.files import File
 from django.db import transaction
 from django.http import Http404
 from django.utils import timezone
@@ -25,6 +25,7 @@ from . import access
 from .adapters import adapter_storage
 from .models import Dataset, TrainingJob
 from .prompt_tokens import VARIANT, load_tokenizer
+from .storage_quota import require_storage
 
 log = logging.getLogger(__name__)
 
@@ -85,26 +86,39 @@ def dataset_upload(*, principal, file, name=None, base_model=None):
     if file.size is not None and file.size > max_bytes:  # refused before it is read into memory
         raise refusal(ParsedDataset(format=None, errors=[LineError(
             None, "too_large", f"the file is {file.size} bytes; the plan '{limits.plan}' allows {max_bytes}")]))
-    data = file.read()
-    parsed = validate_dataset(data, base_model=base_model or _default_base_model(), tenant=principal.tenant)
+    # Read as a stream, a line at a time, from the upload's temporary file (never whole into memory).
+    stream = file.file if isinstance(file, File) else file
+    parsed = validate_dataset(stream, base_model=base_model or _default_base_model(), tenant=principal.tenant)
     if parsed.errors:
         raise refusal(parsed)
+    size_bytes, sha256 = _size_and_sha256(stream)
     tenant = principal.tenant
+    require_storage(tenant=tenant, adding=size_bytes)  # before anything is stored
     dataset_id = "ds_" + secrets.token_hex(12)
     storage = adapter_storage()
-    key = storage.save(f"datasets/{tenant.pk}/{dataset_id}.jsonl", ContentFile(data))
+    stream.seek(0)
+    key = storage.save(f"datasets/{tenant.pk}/{dataset_id}.jsonl", File(stream))
     try:
         return _record_dataset(
-            principal=principal, dataset_id=dataset_id, storage_key=key, parsed=parsed, size_bytes=len(data),
-            sha256=hashlib.sha256(data).hexdigest(), name=(name or os.path.basename(file.name or ""))[:200]
-            or f"{dataset_id}.jsonl")
+            principal=principal, dataset_id=dataset_id, storage_key=key, parsed=parsed, size_bytes=size_bytes,
+            sha256=sha256, name=(name or os.path.basename(file.name or ""))[:200] or f"{dataset_id}.jsonl")
     except BaseException:
         storage.delete(key)  # the database said no: leave no orphaned file behind
         raise
 
 
+def _size_and_sha256(stream):
+    stream.seek(0)
+    digest, size = hashlib.sha256(), 0
+    while block := stream.read(1 << 20):
+        digest.update(block)
+        size += len(block)
+    return size, digest.hexdigest()
+
+
 @transaction.atomic
 def _record_dataset(*, principal, dataset_id, storage_key, parsed, size_bytes, sha256, name):
+    require_storage(tenant=principal.tenant, adding=size_bytes, lock=True)  # again, under the tenant's lock
     return Dataset.objects.create(
         id=dataset_id, tenant=principal.tenant, name=name, format=parsed.format, records=parsed.record_count,
         size_bytes=size_bytes, tokens=parsed.tokens, tokens_exact=parsed.tokens_exact, sha256=sha256,

@@ -103,7 +103,8 @@ def sampling_within_plan(sampling, limits, *, param="max_tokens"):
     if value is None:
         return {**sampling, "max_tokens": min(DEFAULT_MAX_TOKENS, limits.max_tokens)}
     if value > limits.max_tokens:
-        raise InvalidRequest(f"{param} is {value}, over the limit of {limits.max_tokens} on the plan "
+        name = param.rsplit(".", 1)[-1]  # the message names the field, as inference/parameters.py words refusals
+        raise InvalidRequest(f"{name} is {value}, over the limit of {limits.max_tokens} on the plan "
                              f"'{limits.plan}'; ask for at most {limits.max_tokens} tokens or upgrade the plan.",
                              param=param, code="max_tokens_exceeded")
     return sampling

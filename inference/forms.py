@@ -50,7 +50,7 @@ class AdapterUploadForm(forms.Form):
     def service_kwargs(self):
         data = self.cleaned_data
         return {"name": data["name"], "description": data["description"],
-                "files": [(f.name, f.read()) for f in data["file"]]}
+                "files": [(f.name, f) for f in data["file"]]}  # streamed from their temporary files
 
 
 class AdapterTierForm(forms.Form):

@@ -25,9 +25,10 @@ from vajra.errors import InvalidRequest, error_body
 from vajra.schema import documented, errors
 from vajra.serializers import StrictSerializer
 
-from . import access, relay
+from . import access, parameters, relay
 from .dispatch import cost_for, inference_submit
 from .models import AdapterVersion, BaseModel
+from .parameters import SamplingFields
 from .placement import NoCapacity
 from .v1 import (
     CHARS_PER_TOKEN_BOUND,
@@ -96,18 +97,6 @@ class ContentField(serializers.Field):
                                           "parts; images, audio and files are not supported.")
 
 
-@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}],
-                     "nullable": True})
-class StopField(serializers.Field):
-    def to_internal_value(self, data):
-        stops = [data] if isinstance(data, str) else data
-        if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) and 0 < len(s) <= 64
-                                                                    for s in stops):
-            raise serializers.ValidationError("stop must be a string or a list of at most 4 non-empty strings of "
-                                              "at most 64 characters.")
-        return stops
-
-
 class MessageIn(StrictSerializer):
     role = serializers.ChoiceField(choices=["system", "developer", "user", "assistant"])
     content = ContentField()
@@ -121,22 +110,13 @@ class StreamOptionsIn(StrictSerializer):
     include_usage = serializers.BooleanField(required=False, default=False)
 
 
-class SamplingIn(StrictSerializer):
+class SamplingIn(StrictSerializer, SamplingFields):
+    """The sampling parameters (inference/parameters.py; top_k is vLLM's extension) and the request's options."""
+
     model = serializers.CharField(max_length=200)
-    temperature = serializers.FloatField(min_value=0, max_value=2, required=False, allow_null=True)
-    top_p = serializers.FloatField(min_value=0, max_value=1, required=False, allow_null=True)
-    top_k = serializers.IntegerField(min_value=0, required=False, allow_null=True)  # vLLM's extension
-    max_tokens = serializers.IntegerField(min_value=1, required=False, allow_null=True)
-    max_completion_tokens = serializers.IntegerField(min_value=1, required=False, allow_null=True)
-    stop = StopField(required=False, allow_null=True)
-    seed = serializers.IntegerField(min_value=-(2 ** 63), max_value=2 ** 63 - 1, required=False, allow_null=True)
+    max_completion_tokens = parameters.max_tokens_field()
     stream = serializers.BooleanField(required=False, allow_null=True, default=False)
     stream_options = StreamOptionsIn(required=False, allow_null=True)
-
-    def validate_top_p(self, value):
-        if value is not None and value <= 0:
-            raise serializers.ValidationError("top_p must be in (0, 1].")
-        return value
 
     def validate(self, data):
         if None not in (data.get("max_tokens"), data.get("max_completion_tokens")) and \
@@ -164,16 +144,18 @@ class CompletionIn(SamplingIn):
 def validated(serializer_class, body, neutral):
     serializer = serializer_class(data=strip_neutral(body, neutral))
     if not serializer.is_valid():
-        raise serializers.ValidationError(serializer.errors)
+        raise parameters.refusal(serializer.errors)
     return serializer.validated_data
 
 
+SAMPLING_DEFAULTS = parameters.defaults(temperature=1.0)  # OpenAI's
+
+
 def sampling_of(data):
-    # None: the default; OpenAI's is "the rest of the context", VAJRA's is bounded (dispatch.sampling_within_plan)
-    return {"max_tokens": data.get("max_completion_tokens") or data.get("max_tokens"),
-            "temperature": 1.0 if data.get("temperature") is None else data["temperature"],
-            "top_p": data.get("top_p") or 1.0, "top_k": data.get("top_k") or 0, "stop": data.get("stop") or [],
-            "seed": data.get("seed")}
+    # max_tokens None: the default; OpenAI's is "the rest of the context", VAJRA's is bounded
+    # (dispatch.sampling_within_plan)
+    max_tokens = data.get("max_completion_tokens") or data.get("max_tokens")
+    return {**parameters.sampling(data, SAMPLING_DEFAULTS), "max_tokens": max_tokens}
 
 
 def model_not_found(name, reason):

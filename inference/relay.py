@@ -4,6 +4,7 @@ reads. A late reader misses nothing (it reads from the start, or from the last e
 import asyncio
 import json
 import logging
+import re
 import time
 
 import redis.asyncio as aioredis
@@ -12,12 +13,29 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gpu_runtime.contract import cancel_key, stream_key
+from vajra.errors import InvalidRequest
 
 BLOCK_MS = 15000  # a blocking read returns at least this often, so the caller can send keep-alives
 RECONNECT_S = 30  # a relay waits this long for a restarting Redis before it ends its client's stream
 RECONNECT_PAUSE_S = 0.5
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 log = logging.getLogger(__name__)
+
+
+# A stream entry id as Redis writes it, "<ms>-<seq>", or "<ms>" alone; "0" is the stream's start.
+ENTRY_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")  # ASCII digits: \d also takes other scripts' digits
+ENTRY_PART_MAX = 2 ** 64 - 1
+
+
+def checked_last_id(value, *, param):
+    """``value`` when it is an entry id to resume after; a 400 naming ``param`` otherwise (Redis would refuse it
+    in the middle of the stream)."""
+    match = ENTRY_ID.fullmatch(value) if isinstance(value, str) else None
+    if match is None or any(int(part) > ENTRY_PART_MAX for part in match.groups() if part is not None):
+        raise InvalidRequest(f"{param} must be the id of an event received from this stream (\"<ms>-<seq>\", "
+                             f"e.g. \"1700000000000-0\"), or 0 for the start; got {json.dumps(value)[:40]}.",
+                             param=param, code="invalid_last_event_id")
+    return value
 
 
 _clients = {}  # event loop -> its shared client (redis.asyncio connections belong to the loop that opened them)

@@ -25,6 +25,7 @@ from . import access
 from .datasets import dataset_upload
 from .forms import DatasetUploadForm, TrainingJobForm
 from .models import TrainingJob
+from .storage_quota import storage_used
 from .training import micro_usd_text, training_cancel, training_create, training_quote
 from .training_api import job_json
 from .training_ws import RECENT_EVENTS, job_snapshot
@@ -52,7 +53,7 @@ def _training_page(request, *, form=None, job_form=None, report=None, estimate=N
         "form": form or DatasetUploadForm(), "report": report, "can_read_datasets": can_read_datasets,
         "can_write_datasets": principal.can("datasets.write"),
         "datasets": access.tenant_datasets(tenant=principal.tenant) if can_read_datasets else [],
-        "limits": plan_limits(principal.tenant),
+        "limits": plan_limits(principal.tenant), "storage_used": storage_used(principal.tenant),
         "can_read_training": can_read_training, "can_write_training": principal.can("training.write"),
         "job_form": job_form or _job_form(principal), "estimate": estimate,
         "jobs": access.tenant_training_jobs(tenant=principal.tenant)[:JOBS_ON_PAGE] if can_read_training else [],

@@ -30,8 +30,9 @@ from vajra.errors import INFRASTRUCTURE_DOWN, InvalidRequest, error_response, re
 from vajra.schema import documented, errors
 from vajra.serializers import StrictSerializer
 
-from . import access, relay
+from . import access, parameters, relay
 from .dispatch import cost_for, inference_submit, on_submit_thread
+from .parameters import SamplingFields
 from .placement import NoCapacity
 from .v1_schema import SSE, CancelOut, InferenceOut, RequestOut, VersionsOut
 
@@ -49,20 +50,8 @@ class Unavailable(APIException):
         self.wait = wait
 
 
-class ParametersIn(StrictSerializer):
-    temperature = serializers.FloatField(min_value=0, max_value=2, default=0.7)
-    # None: the default (256, or the plan's cap if lower); the plan's cap is checked at submit (dispatch.py)
-    max_tokens = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)
-    top_p = serializers.FloatField(min_value=0, max_value=1, default=1.0)
-    top_k = serializers.IntegerField(min_value=0, default=0)
-    stop = serializers.ListField(child=serializers.CharField(max_length=64, trim_whitespace=False), max_length=4,
-                                 default=list)
-    seed = serializers.IntegerField(required=False, allow_null=True, default=None)
-
-    def validate_top_p(self, value):
-        if value <= 0:
-            raise serializers.ValidationError("top_p must be in (0, 1].")
-        return value
+class ParametersIn(StrictSerializer, SamplingFields):
+    """The sampling parameters (inference/parameters.py), nested as ``parameters``."""
 
 
 class InferIn(StrictSerializer):
@@ -72,10 +61,11 @@ class InferIn(StrictSerializer):
     stream = serializers.BooleanField(default=False)
 
 
-def sampling_from(parameters):
-    data = dict(parameters or {})
-    defaults = ParametersIn().to_internal_value({})
-    return {**defaults, **data}
+SAMPLING_DEFAULTS = parameters.defaults(temperature=0.7)
+
+
+def sampling_from(data):
+    return parameters.sampling(data or {}, SAMPLING_DEFAULTS)
 
 
 def bearer_key(request):
@@ -227,7 +217,7 @@ def sse_response(request_id, head, last_id="0"):
 def infer_input(request):
     serializer = InferIn(data=read_json(request))
     if not serializer.is_valid():
-        raise serializers.ValidationError(serializer.errors)
+        raise parameters.refusal(serializer.errors)
     return serializer.validated_data
 
 
@@ -302,8 +292,8 @@ async def request_detail(request, principal, request_id):
     (200, "text/event-stream"): SSE, **errors(401, 403, 404, 429)}})
 @api_view({"GET"})
 async def request_events(request, principal, request_id):
+    last_id = relay.checked_last_id(request.headers.get("Last-Event-ID") or "0", param="Last-Event-ID")
     row, _, label = await sync_to_async(_row)(principal, request_id)
-    last_id = request.headers.get("Last-Event-ID") or "0"
     return sse_response(row.id, describe(row, label), last_id)
 
 

@@ -20,6 +20,7 @@ from .adapters import adapter_delete, adapter_set_tier, adapter_upload
 from .api import tier_info
 from .forms import AdapterTierForm, AdapterUploadForm
 from .models import Adapter, Node
+from .storage_quota import storage_usage
 
 TIER_PLACES = {
     Adapter.HOT: "Pinned in GPU memory on a node, never evicted",
@@ -42,7 +43,9 @@ def _adapters_page(request, form, *, status=200):
     rows = list(access.tenant_adapters(tenant=request.principal.tenant))
     for adapter in rows:
         adapter.tier_info = tier_info(adapter.tier)
-    context = {"adapters": rows, "form": form, "tiers": _tiers(), "can_write": request.principal.can("adapters.write")}
+    used, limit = storage_usage(request.principal.tenant)
+    context = {"adapters": rows, "form": form, "tiers": _tiers(), "can_write": request.principal.can("adapters.write"),
+               "storage_used": used, "storage_limit": limit}
     return render(request, "inference/adapters.html", context, status=status)
 
 

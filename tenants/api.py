@@ -12,10 +12,11 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from vajra.client_ip import client_ip
 from vajra.serializers import StrictSerializer
 
 from . import access, services
-from .limits import client_ip, hit
+from .limits import hit
 from .models import SLUG_RE
 from .permissions import IsPerson, require_session
 from .roles import ROLES, SCOPES

@@ -1,8 +1,13 @@
-"""Live events of one tenant (keys, members, invites): ws/v1/tenants/<slug>/events/."""
+"""Live events of one tenant (keys, members, invites): ws/v1/tenants/<slug>/events/.
+
+A socket hears only the event types its principal could read over REST (tenants/events.py); the welcome lists
+them. Its principal follows changes made while it is open: a member's new role, a key's narrowed scopes; a revoked
+key, a removed member or a suspended tenant closes it.
+"""
 
 from django.http import Http404
 
-from .events import tenant_group
+from .events import event_visible, tenant_group, visible_events
 from .models import Tenant
 from .ws import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED, TenantConsumer
 
@@ -30,7 +35,7 @@ class TenantEventsConsumer(TenantConsumer):
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.send_json({"type": "welcome", "tenant": slug, "role": principal.role,
                               "api_key": principal.api_key.prefix if principal.is_key else None,
-                              "scopes": principal.scopes})
+                              "scopes": principal.scopes, "events": visible_events(principal)})
 
     async def receive_json(self, content, **kwargs):
         if content.get("type") == "ping":
@@ -41,11 +46,22 @@ class TenantEventsConsumer(TenantConsumer):
     async def tenant_event(self, message):
         if self.closed:
             return
-        withdrawn = access_withdrawn(self.principal, message["event"], message["data"])
+        event, data = message["event"], message["data"]
+        withdrawn = access_withdrawn(self.principal, event, data)
         if withdrawn:
             await self.refuse(*withdrawn)
             return
-        await self.send_json({"type": "event", "event": message["event"], "data": message["data"]})
+        await self._follow_own_change(event, data)
+        if not self.closed and event_visible(self.principal, event):
+            await self.send_json({"type": "event", "event": event, "data": data})
+
+    async def _follow_own_change(self, event, data):
+        """Keeps the socket's principal what REST would resolve now (a member's new role, a key's narrowed
+        scopes), so that what it hears next is what it may read next."""
+        principal = self.principal
+        own_key = event == "api_key.scopes" and principal.is_key and data["prefix"] == principal.api_key.prefix
+        if own_key or (event == "member.role" and not principal.is_key):
+            await self.recheck()
 
     async def disconnect(self, code):
         if getattr(self, "group", None):

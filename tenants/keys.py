@@ -28,6 +28,25 @@ def principal_from_key(raw_key):
     if key is None or not key.is_valid(raw_key):
         raise _refused("Incorrect API key provided. Check the key, or create one on the API keys page.",
                        "invalid_api_key")
+    _check_usable(key)
+    now = timezone.now()
+    if key.last_used_at is None or key.last_used_at < now - LAST_USED_RESOLUTION:
+        APIKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        key.last_used_at = now
+    return Principal(tenant=key.tenant, user=key.created_by, api_key=key)
+
+
+def principal_from_key_again(api_key):
+    """The principal of a key this connection already verified, read again: revoked, expired, narrowed or its
+    tenant suspended since, it answers as ``principal_from_key`` would now."""
+    key = APIKey.objects.select_related("tenant", "created_by").filter(pk=api_key.pk).first()
+    if key is None:
+        raise _refused("This API key was revoked. Create a new key on the API keys page.", "api_key_revoked")
+    _check_usable(key)
+    return Principal(tenant=key.tenant, user=key.created_by, api_key=key)
+
+
+def _check_usable(key):
     if key.revoked:
         raise _refused("This API key was revoked. Create a new key on the API keys page.", "api_key_revoked")
     if key.is_expired:
@@ -42,11 +61,6 @@ def principal_from_key(raw_key):
         )
         exc.override_code = "tenant_suspended"
         raise exc
-    now = timezone.now()
-    if key.last_used_at is None or key.last_used_at < now - LAST_USED_RESOLUTION:
-        APIKey.objects.filter(pk=key.pk).update(last_used_at=now)
-        key.last_used_at = now
-    return Principal(tenant=key.tenant, user=key.created_by, api_key=key)
 
 
 def principal_from_membership(membership):

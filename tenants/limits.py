@@ -48,33 +48,42 @@ class TenantRateThrottle(BaseThrottle):
         return self._wait
 
 
-def _login_bucket(email, ip):
-    digest = hashlib.sha256(f"{email.strip().lower()}|{ip}".encode()).hexdigest()[:32]
-    return f"vajra:login:{digest}"
+def _login_buckets(email, ip):
+    """The counters a failed sign-in adds to, with the failures each allows: this account from this address,
+    this account from anywhere (an attacker rotating addresses), this address against any account (one
+    address trying many)."""
+    email = email.strip().lower()
+
+    def bucket(what):
+        return "vajra:login:" + hashlib.sha256(what.encode()).hexdigest()[:32]
+    return [(bucket(f"{email}|{ip}"), settings.VAJRA_LOGIN_MAX_FAILURES),
+            (bucket(f"account|{email}"), settings.VAJRA_LOGIN_MAX_FAILURES_PER_ACCOUNT),
+            (bucket(f"address|{ip}"), settings.VAJRA_LOGIN_MAX_FAILURES_PER_ADDRESS)]
 
 
 def login_retry_after(email, ip):
-    """Seconds this email+address must wait before trying again (0 if not locked out)."""
+    """Seconds before this email may try again from this address (0 if no counter has reached its limit)."""
     r = get_redis()
-    bucket = _login_bucket(email, ip)
-    failures = int(r.get(bucket) or 0)
-    if failures < settings.VAJRA_LOGIN_MAX_FAILURES:
-        return 0
-    return max(1, r.ttl(bucket))
+    buckets = _login_buckets(email, ip)
+    pipe = r.pipeline()
+    for bucket, _ in buckets:
+        pipe.get(bucket)
+        pipe.ttl(bucket)
+    replies = pipe.execute()
+    waits = [max(1, ttl) for (_, limit), failures, ttl in zip(buckets, replies[::2], replies[1::2], strict=True)
+             if int(failures or 0) >= limit]
+    return max(waits, default=0)
 
 
 def login_failed(email, ip):
-    r = get_redis()
-    bucket = _login_bucket(email, ip)
-    pipe = r.pipeline()
-    pipe.incr(bucket)
-    pipe.expire(bucket, settings.VAJRA_LOGIN_LOCKOUT_SECONDS)
+    pipe = get_redis().pipeline()
+    for bucket, _ in _login_buckets(email, ip):
+        pipe.incr(bucket)
+        pipe.expire(bucket, settings.VAJRA_LOGIN_LOCKOUT_SECONDS)
     pipe.execute()
 
 
 def login_succeeded(email, ip):
-    get_redis().delete(_login_bucket(email, ip))
-
-
-def client_ip(request):
-    return request.META.get("REMOTE_ADDR", "")
+    """The right password clears this account's counters; the address's count against other accounts stays."""
+    account_buckets = [bucket for bucket, _ in _login_buckets(email, ip)[:2]]
+    get_redis().delete(*account_buckets)

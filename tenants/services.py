@@ -170,11 +170,38 @@ def membership_set_role(*, principal, membership, role):
     membership.role = role
     membership.save(update_fields=["role"])
     if old != role:  # setting the role it has is harmless and not worth an entry
+        narrowed, revoked = _narrow_member_keys(membership, role)
         audit_record(tenant=membership.tenant_id, principal=principal, action="member.role_changed",
                      target_type="membership", target_id=membership.pk,
-                     details={"email": membership.user.email, "old": old, "new": role})
+                     details={"email": membership.user.email, "old": old, "new": role,
+                              "narrowed_keys": narrowed, "revoked_keys": revoked})
     publish_tenant_event(membership.tenant_id, "member.role", {"id": membership.pk, "role": role})
     return membership
+
+
+def _narrow_member_keys(membership, role):
+    """A key can do no more than its creator's role allows: after a role change, each of the member's live keys in
+    this tenant keeps only the scopes the new role has, and a key left with none is revoked. A wider role widens
+    no key. Returns ({prefix: scopes kept}, [prefixes revoked])."""
+    allowed = set(scopes_for_role(role))
+    keys = APIKey.objects.select_for_update().filter(tenant_id=membership.tenant_id, created_by_id=membership.user_id,
+                                                     revoked=False).order_by("prefix")
+    narrowed, revoked = {}, []
+    for key in keys:
+        kept = sorted(set(key.scopes) & allowed)
+        if kept == sorted(key.scopes):
+            continue
+        if kept:
+            key.scopes = kept
+            key.save(update_fields=["scopes"])
+            narrowed[key.prefix] = kept
+            publish_tenant_event(membership.tenant_id, "api_key.scopes", {"prefix": key.prefix, "scopes": kept})
+        else:
+            key.revoked, key.revoked_at = True, timezone.now()
+            key.save(update_fields=["revoked", "revoked_at"])
+            revoked.append(key.prefix)
+            publish_tenant_event(membership.tenant_id, "api_key.revoked", {"prefix": key.prefix})
+    return narrowed, revoked
 
 
 @transaction.atomic
@@ -198,6 +225,8 @@ def membership_remove(*, principal, membership):
                           "revoked_keys": revoked})
     membership.delete()
     publish_tenant_event(membership.tenant_id, "member.removed", {"user": membership.user.email})
+    for prefix in revoked:
+        publish_tenant_event(membership.tenant_id, "api_key.revoked", {"prefix": prefix})
 
 
 @transaction.atomic

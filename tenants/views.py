@@ -5,6 +5,7 @@ shown on the page, and Http404 from the access functions propagates as a 404."""
 
 from functools import wraps
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import authenticate, login, logout
 from django.contrib.auth.decorators import login_required
@@ -18,18 +19,16 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 from rest_framework.exceptions import APIException
 
+from vajra.client_ip import client_ip
 from vajra.errors import InvalidRequest
 
 from . import access, forms, services
 from .active import SESSION_KEY, active_membership
 from .api import invite_accept_url
 from .keys import principal_from_membership
-from .limits import client_ip, hit, login_failed, login_retry_after, login_succeeded
+from .limits import hit, login_failed, login_retry_after, login_succeeded
 from .models import Invite
 from .roles import can_grant_role
-
-# Shared with the REST signup endpoint, so the form cannot be used to get around its limit.
-SIGNUP_LIMIT_PER_HOUR = 20
 
 
 def tenant_member_required(view):
@@ -73,7 +72,7 @@ def signup(request):
     context = {"form": form, "next": next_url}
     if request.method != "POST":
         return render(request, "registration/signup.html", context)
-    wait = hit(f"signup:{client_ip(request)}", limit=SIGNUP_LIMIT_PER_HOUR, window=3600)
+    wait = hit(f"signup:{client_ip(request)}", limit=settings.VAJRA_SIGNUPS_PER_IP_PER_HOUR, window=3600)
     if wait:
         return _too_many(request, "registration/signup.html", context, wait,
                          f"Too many sign-ups from your address; try again in {wait} seconds.")

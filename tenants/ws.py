@@ -23,7 +23,7 @@ from rest_framework.exceptions import APIException
 from vajra import parsers
 from vajra.errors import error_body
 
-from .keys import principal_from_key, principal_from_membership
+from .keys import principal_from_key, principal_from_key_again, principal_from_membership
 from .limits import hit
 
 PROTOCOL = "vajra.v1"
@@ -105,7 +105,29 @@ class TenantConsumer(AsyncJsonWebsocketConsumer):
             self._cancel_auth_timer()
             await self._authenticate(key=content["api_key"])
             return
-        await self.receive_json(content)
+        if await self.recheck():
+            await self.receive_json(content)
+
+    async def recheck(self):
+        """Reads the socket's credentials again, as a new request would: a key revoked or narrowed, a member
+        removed or given another role, a tenant suspended since the socket opened acts with what it has now, or
+        the socket is closed. Runs before each client message. False when the socket was closed."""
+        try:
+            self.principal = await self._reload_principal()
+        except Http404:
+            await self.refuse(CLOSE_FORBIDDEN, "member_removed", "You are no longer a member of this tenant.")
+        except APIException as exc:
+            await self._refuse_for(exc)
+        return not self.closed
+
+    @database_sync_to_async
+    def _reload_principal(self):
+        principal = self.principal
+        if principal.is_key:
+            return principal_from_key_again(principal.api_key)
+        from .access import access_tenant_membership
+
+        return principal_from_membership(access_tenant_membership(user=principal.user, slug=principal.tenant.slug))
 
     async def _authenticate(self, *, key=None, user=None):
         try:
@@ -120,9 +142,12 @@ class TenantConsumer(AsyncJsonWebsocketConsumer):
         except Http404 as exc:
             await self.refuse(CLOSE_NOT_FOUND, "not_found", str(exc) or "Not found.")
         except APIException as exc:
-            code = getattr(exc, "override_code", None) or exc.get_codes()
-            await self.refuse(_STATUS_TO_CLOSE.get(exc.status_code, CLOSE_FORBIDDEN),
-                              code if isinstance(code, str) else "refused", str(exc.detail))
+            await self._refuse_for(exc)
+
+    async def _refuse_for(self, exc):
+        code = getattr(exc, "override_code", None) or exc.get_codes()
+        await self.refuse(_STATUS_TO_CLOSE.get(exc.status_code, CLOSE_FORBIDDEN),
+                          code if isinstance(code, str) else "refused", str(exc.detail))
 
     @database_sync_to_async
     def _resolve_principal(self, key, user):

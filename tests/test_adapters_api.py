@@ -386,3 +386,120 @@ def test_billing_viewer_cannot_upload_or_list(acme, alice, tiny_llama, peft_v1, 
     with unchanged_db():
         assert_error(upload(client, zipped(peft_v1)), 403, code="role_forbidden")
         assert_error(client.get(URL), 403, code="role_forbidden")
+
+
+# Uploads stream from temporary files, and malformed weights are a 400 with nothing stored.
+
+def test_uploaded_files_reach_the_service_as_temporary_files_on_disk(alice_api, tiny_llama, peft_v1, monkeypatch):
+    from django.core.files.uploadedfile import TemporaryUploadedFile
+
+    from inference import adapters
+
+    seen = []
+    unpack = adapters.unpack_upload
+
+    def spy(files, dest, **kwargs):
+        seen.extend(f for _, f in files)
+        return unpack(files, dest, **kwargs)
+
+    monkeypatch.setattr(adapters, "unpack_upload", spy)
+    assert upload(alice_api, list(peft_v1.items())).status_code == 201
+    assert len(seen) == 2 and all(isinstance(f, TemporaryUploadedFile) for f in seen)
+
+
+def _with_header(adapter, change):
+    """The adapter's two files with its safetensors header changed by ``change(header)``; data kept."""
+    raw = adapter[WEIGHTS_FILE]
+    length = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + length])
+    change(header)
+    encoded = json.dumps(header).encode()
+    return [(CONFIG_FILE, adapter[CONFIG_FILE]),
+            (WEIGHTS_FILE, len(encoded).to_bytes(8, "little") + encoded + raw[8 + length:])]
+
+
+def _first_tensor(header):
+    return header[min(k for k in header if k != "__metadata__")]
+
+
+@pytest.mark.parametrize("field,value", [
+    ("dtype", ["F32"]), ("data_offsets", ["0", "64"]), ("shape", ["four", 64]), ("shape", [4.5, 64])])
+def test_malformed_header_fields_are_a_400(alice_api, tiny_llama, peft_v1, adapter_storage, unchanged_db, field,
+                                           value):
+    files = _with_header(peft_v1, lambda h: _first_tensor(h).update({field: value}))
+    with unchanged_db():
+        assert_error(upload(alice_api, files), 400, code="invalid_safetensors", param="file")
+    assert stored_files(adapter_storage) == []
+
+
+def test_empty_layers_to_transform_is_a_400(alice_api, tiny_llama, peft_v1, adapter_storage, unchanged_db):
+    config = json.loads(peft_v1[CONFIG_FILE])
+    config["layers_to_transform"] = []
+    files = [(CONFIG_FILE, json.dumps(config).encode()), (WEIGHTS_FILE, peft_v1[WEIGHTS_FILE])]
+    with unchanged_db():
+        assert_error(upload(alice_api, files), 400, code="bad_layers", param="file")
+    assert stored_files(adapter_storage) == []
+
+
+def test_valid_tensors_followed_by_zeros_are_a_400(alice_api, tiny_llama, peft_v1, adapter_storage, unchanged_db):
+    files = [(CONFIG_FILE, peft_v1[CONFIG_FILE]), (WEIGHTS_FILE, peft_v1[WEIGHTS_FILE] + bytes(256 << 10))]
+    with unchanged_db():
+        error = assert_error(upload(alice_api, files), 400, code="invalid_safetensors", param="file")
+    assert "after the last tensor" in error["message"]
+    assert stored_files(adapter_storage) == []
+
+
+def test_upload_past_the_base_models_largest_adapter_is_refused(alice_api, tiny_llama, peft_v1, adapter_storage,
+                                                                 unchanged_db):
+    from inference.adapters import base_facts
+    from inference.uploads import upload_cap
+
+    cap = upload_cap(base_facts(tiny_llama))
+    files = [(CONFIG_FILE, peft_v1[CONFIG_FILE]), (WEIGHTS_FILE, bytes(cap))]
+    with unchanged_db():
+        assert_error(upload(alice_api, files), 400, code="archive_too_large", param="file")
+    assert stored_files(adapter_storage) == []
+
+
+def test_storage_quota_is_the_plans(alice_api, acme, uploaded, peft_v1, peft_v2, adapter_storage, unchanged_db,
+                                    charlie, contoso):
+    used = uploaded.current_version.size_bytes
+    put_on_plan(acme, storage_max_bytes=used + len(peft_v1[WEIGHTS_FILE]) - 1)  # one byte short of a second copy
+    before = stored_files(adapter_storage)
+    with unchanged_db():
+        error = assert_error(upload(alice_api, zipped(peft_v1), name="another"), 413, code="storage_quota_exceeded",
+                             param="file")
+    assert f"uses {used} of the {used + len(peft_v1[WEIGHTS_FILE]) - 1} bytes" in error["message"]
+    assert stored_files(adapter_storage) == before
+    # deleting the adapter gives its bytes back
+    assert alice_api.delete(f"{URL}/support-bot").status_code == 204
+    assert upload(alice_api, zipped(peft_v1), name="another").status_code == 201
+    # charlie's tenant, on the standard plan, is not held to acme's
+    assert upload(key_client(create_key(charlie, contoso)[1]), zipped(peft_v1)).status_code == 201
+
+
+def test_storage_quota_is_checked_again_under_the_tenants_lock(alice_api, acme, tiny_llama, peft_v1,
+                                                               adapter_storage, unchanged_db, monkeypatch):
+    """Room seen before storing may be gone by the time the version is recorded: the files stored are removed."""
+    from inference import adapters
+
+    put_on_plan(acme, storage_max_bytes=len(peft_v1[WEIGHTS_FILE]))
+    checks = []
+    require = adapters.require_storage
+
+    def shrinking(*, tenant, adding, lock=False):
+        checks.append(lock)
+        if lock:  # another upload took the room meanwhile
+            from billing.models import PricePlan
+
+            PricePlan.objects.filter(name="small").update(storage_max_bytes=1)
+            from billing.plans import _forget_display_plans
+
+            _forget_display_plans()
+        return require(tenant=tenant, adding=adding, lock=lock)
+
+    monkeypatch.setattr(adapters, "require_storage", shrinking)
+    assert_error(upload(alice_api, zipped(peft_v1)), 413, code="storage_quota_exceeded")
+    assert checks == [False, True]
+    assert stored_files(adapter_storage) == []
+    assert not Adapter.objects.exists()

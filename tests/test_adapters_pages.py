@@ -325,3 +325,12 @@ def test_usage_page_when_there_are_no_requests(alice_web):
 def test_usage_page_for_every_role(bob, acme, alice):
     for user in (bob, make_member("vera@acme.test", acme, BILLING_VIEWER)):
         assert web(user).get(reverse("usage")).status_code == 200
+
+
+def test_list_page_shows_storage_used_of_the_plans_quota(alice_web, acme, uploaded):
+    from tests.conftest import put_on_plan
+
+    put_on_plan(acme, storage_max_bytes=10 << 20)
+    page = " ".join(text(alice_web.get(reverse("adapters"))).replace("\xa0", " ").split())
+    size = uploaded.current_version.size_bytes
+    assert f"Storage used by adapters and datasets: {size / 1024:.1f} KB of 10.0 MB" in page

@@ -158,7 +158,8 @@ def test_member_role_change_and_removal(client, alice, bob, acme):
     client.post(reverse("member-role", args=[bob_membership.pk]), {"role": ADMIN}, **HEADERS)
     changed = only_entry(action="member.role_changed")
     assert (changed.target_type, changed.target_id, changed.actor_user) == ("membership", str(bob_membership.pk), alice)
-    assert changed.details == {"email": "bob@acme.test", "old": DEVELOPER, "new": ADMIN}
+    assert changed.details == {"email": "bob@acme.test", "old": DEVELOPER, "new": ADMIN, "narrowed_keys": {},
+                               "revoked_keys": []}
     client.post(reverse("member-remove", args=[bob_membership.pk]), **HEADERS)
     removed = only_entry(action="member.removed")
     assert removed.details == {"email": "bob@acme.test", "role": ADMIN, "left": False, "revoked_keys": [key.prefix]}

@@ -215,6 +215,16 @@ def test_over_the_plans_record_cap(alice_api, acme, unchanged_db, storage):
     assert stored_files(storage) == []
 
 
+def test_over_the_plans_storage_quota(alice_api, acme, unchanged_db, storage):
+    assert upload(alice_api, GOOD_CHAT).status_code == 201
+    put_on_plan(acme, storage_max_bytes=2 * len(GOOD_CHAT) - 1)
+    before = stored_files(storage)
+    with unchanged_db():
+        error = assert_error(upload(alice_api, GOOD_CHAT), 413, code="storage_quota_exceeded", param="file")
+    assert f"uses {len(GOOD_CHAT)} of the {2 * len(GOOD_CHAT) - 1} bytes" in error["message"]
+    assert stored_files(storage) == before
+
+
 def test_another_tenants_plan_caps_do_not_apply(alice_api, acme, charlie, contoso, storage):
     put_on_plan(acme, dataset_max_bytes=10, dataset_max_records=1)
     charlie_api = key_client(create_key(charlie, contoso)[1])

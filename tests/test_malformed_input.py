@@ -65,12 +65,10 @@ def test_deep_json_without_credentials_is_still_a_401(db, unchanged_db):
                      401)
 
 
-def test_nan_is_not_json(alice_key, unchanged_db, sent):
-    body = '{"model": "x", "prompt": "hi", "temperature": NaN}'
+def test_nan_is_not_json_to_the_strict_drf_endpoints(alice_client, unchanged_db):
     with unchanged_db():
-        error = assert_error(key_client(alice_key[1]).generic("POST", "/v1/completions", body,
-                                                              content_type="application/json"), 400,
-                             code="parse_error")
+        error = assert_error(alice_client.generic("POST", "/api/v1/keys", '{"name": NaN}',
+                                                  content_type="application/json"), 400, code="parse_error")
     assert "NaN" in error["message"]
 
 

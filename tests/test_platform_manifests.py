@@ -202,6 +202,9 @@ def test_web_is_daphne_with_health_probes(docs):
     web = the(docs, "Deployment", "web")
     (container,) = containers(web, init=False)
     assert container["command"][0] == "daphne" and "vajra.asgi:application" in container["command"]
+    # the client's address comes from VAJRA_TRUSTED_PROXIES (vajra/client_ip.py), never from any peer's header
+    assert "--proxy-headers" not in container["command"]
+    assert config_data(docs, "vajra-config")["VAJRA_TRUSTED_PROXIES"]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     env = {e["name"]: e for e in container["env"]}
@@ -260,6 +263,7 @@ def test_processes_match_the_procfile(docs):
     procfile = dict(line.split(": ", 1) for line in (ROOT / "platform" / "Procfile").read_text().splitlines()
                     if line.strip())
     assert set(procfile) == {"web", "runtime", "control", "beat"}
+    assert "--proxy-headers" not in shlex.split(procfile["web"])
     for name, kind in (("runtime", "StatefulSet"), ("control", "Deployment"), ("beat", "Deployment")):
         command = containers(the(docs, kind, name), init=False)[0]["command"]
         local = shlex.split(procfile[name])

@@ -229,6 +229,23 @@ def test_zip_header_lying_about_its_size_never_expands_past_what_it_claims(tmp_p
     assert (dest / WEIGHTS_FILE).stat().st_size == claimed
 
 
+def test_zip_declaring_more_than_the_cap_is_refused_before_reading(tmp_path):
+    claimed = _lie_about_size(zip_bytes([(WEIGHTS_FILE, bytes(1000))], compression=zipfile.ZIP_STORED), 5000)
+    with pytest.raises(AdapterRejected) as info:
+        unpack_upload([("a.zip", claimed)], tmp_path, cap=2000)
+    assert info.value.code == "archive_too_large"
+    assert list(tmp_path.iterdir()) == []  # refused from the declared sizes: nothing extracted
+
+
+def test_the_cap_follows_from_the_base_model():
+    from gpu_runtime.adapter_validation import MAX_CONFIG_BYTES, MAX_LORA_RANK, max_weights_bytes
+
+    # tiny-llama: 2 layers; q 64->64, k and v 64->32, o 64->64, gate and up 64->128, down 128->64
+    data = 2 * (128 + 96 + 96 + 128 + 192 + 192 + 192) * MAX_LORA_RANK * 4
+    assert data < max_weights_bytes(BASE) < data + (64 << 10) + 28 * 512 + 1
+    assert uploads.upload_cap(BASE) == max_weights_bytes(BASE) + MAX_CONFIG_BYTES + uploads.EXTRA_FILES_BYTES
+
+
 def test_tar_gz_bomb_is_refused(tmp_path, small_cap):
     archive = tar_bytes([(WEIGHTS_FILE, bytes(2 * small_cap))])
     assert len(archive) < small_cap // 100
@@ -298,3 +315,94 @@ def test_encrypted_zip_member_is_invalid(tmp_path, adapter_files):
         at = archive.index(signature) + flags_at
         archive[at] |= 0x1  # the "encrypted" flag: zipfile asks for a password
     assert refused([("a.zip", bytes(archive))], tmp_path) == "invalid_archive"
+
+
+# Request bodies are bounded per route before anything parses them (vajra.body_limits).
+
+def _asgi(app, path, headers, chunks):
+    """Runs one HTTP request through an ASGI app; returns (status, headers, body, messages the app received)."""
+    import asyncio
+
+    pending = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+    given, sent = [], []
+
+    async def receive():
+        message = pending.pop(0) if pending else {"type": "http.disconnect"}
+        given.append(message)
+        return message
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"testserver"), *headers], "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict(start["headers"]), body, given
+
+
+def _assert_413(status, headers, body, limit):
+    import json
+
+    assert status == 413
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == "body_too_large"
+    assert str(limit) in error["message"]
+    assert headers[b"x-request-id"].startswith(b"req_")
+
+
+def test_body_over_the_upload_limit_is_refused_from_content_length_before_reading(settings, unchanged_db):
+    from vajra.asgi import application
+
+    settings.VAJRA_MAX_UPLOAD_BYTES = 1 << 20
+    headers = [(b"content-length", str(200 << 20).encode()),
+               (b"content-type", b"multipart/form-data; boundary=x")]
+    with unchanged_db():
+        status, response_headers, body, given = _asgi(application, "/api/v1/adapters", headers, [b"x" * 100])
+    _assert_413(status, response_headers, body, 1 << 20)
+    assert given == []  # not one byte of the body was read
+
+
+def test_other_routes_take_the_small_limit(settings, unchanged_db):
+    from vajra.asgi import application
+
+    settings.VAJRA_MAX_BODY_BYTES = 64 << 10
+    with unchanged_db():
+        status, headers, body, given = _asgi(application, "/v1/models/tiny/infer",
+                                             [(b"content-length", str(65 << 10).encode())], [b"{}"])
+    _assert_413(status, headers, body, 64 << 10)
+    assert given == []
+
+
+def test_chunked_body_is_counted_and_refused_at_the_limit(settings, unchanged_db):
+    from vajra.asgi import application
+
+    settings.VAJRA_MAX_BODY_BYTES = 64 << 10
+    chunks = [b"a" * (16 << 10)] * 64  # 1 MiB without Content-Length
+    with unchanged_db():
+        status, headers, body, given = _asgi(application, "/v1/models/tiny/infer",
+                                             [(b"content-type", b"application/json")], chunks)
+    _assert_413(status, headers, body, 64 << 10)
+    assert len(given) <= 5  # reading stopped at the chunk that crossed 64 KiB
+
+
+def test_bodies_within_the_limit_reach_the_app_whole(settings):
+    from vajra.body_limits import BodyLimitMiddleware
+
+    settings.VAJRA_MAX_BODY_BYTES = 64 << 10
+    received = []
+
+    async def echo(scope, receive, send):
+        while True:
+            message = await receive()
+            received.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"".join(received)})
+
+    chunks = [b"b" * (16 << 10)] * 4  # exactly the limit, chunked
+    status, _, body, _ = _asgi(BodyLimitMiddleware(echo), "/v1/models/tiny/infer", [], chunks)
+    assert status == 200 and body == b"".join(chunks)

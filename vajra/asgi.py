@@ -10,16 +10,18 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.sessions import CookieMiddleware, SessionMiddleware  # noqa: E402
 
-from vajra.daphne_compat import leave_bodies_to_django, pass_close_reasons  # noqa: E402
+from vajra.body_limits import BodyLimitMiddleware  # noqa: E402
+from vajra.daphne_compat import bound_request_bodies, pass_close_reasons  # noqa: E402
 from vajra.middleware import ContentTypeGuard  # noqa: E402
 from vajra.routing import websocket_urlpatterns  # noqa: E402
 
 pass_close_reasons()
-leave_bodies_to_django()
+bound_request_bodies()
 
 application = ProtocolTypeRouter(
     {
-        "http": ContentTypeGuard(django_asgi_app),
+        # Bodies over their route's limit are refused before Django reads them (vajra.body_limits).
+        "http": ContentTypeGuard(BodyLimitMiddleware(django_asgi_app)),
         # Session only: who the caller is (session user or API key) is decided in the consumer, so
         # that refusals close with a code and a reason instead of a bare HTTP 403.
         "websocket": CookieMiddleware(SessionMiddleware(URLRouter(websocket_urlpatterns))),

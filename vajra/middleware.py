@@ -3,7 +3,6 @@ are also what the audit log records (tenants/audit.py), read from this context s
 
 import contextvars
 import functools
-import ipaddress
 import json
 import logging
 import re
@@ -12,6 +11,8 @@ import uuid
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.utils.http import parse_header_parameters
 
+from .client_ip import client_ip
+
 request_id_var = contextvars.ContextVar("request_id", default="-")
 request_ip_var = contextvars.ContextVar("request_ip", default="")
 _VALID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
@@ -19,16 +20,6 @@ _VALID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
 
 def new_request_id():
     return f"req_{uuid.uuid4().hex}"
-
-
-def _client_ip(request):
-    """REMOTE_ADDR (daphne puts the proxy's X-Forwarded-For there when started with --proxy-headers), if it is
-    an address at all."""
-    raw = request.META.get("REMOTE_ADDR", "")
-    try:
-        return str(ipaddress.ip_address(raw))
-    except ValueError:
-        return ""
 
 
 class RequestIdMiddleware:
@@ -45,7 +36,7 @@ class RequestIdMiddleware:
     def _begin(self, request):
         incoming = request.headers.get("X-Request-ID", "")
         request.request_id = incoming if _VALID.match(incoming) else new_request_id()
-        return request_id_var.set(request.request_id), request_ip_var.set(_client_ip(request))
+        return request_id_var.set(request.request_id), request_ip_var.set(client_ip(request))
 
     @staticmethod
     def _end(tokens):

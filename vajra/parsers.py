@@ -4,7 +4,8 @@
 Python's decoder recurses once per level, so a body of 50,000 brackets raises RecursionError (a 500); and a
 value nested a few hundred levels deep parses but breaks whatever walks it recursively later (validation,
 json.dumps into a row). Nothing VAJRA takes nests deeper than a handful of levels, so anything past
-``MAX_JSON_DEPTH`` is refused as a 400 before any view sees it. NaN and Infinity are not JSON and are refused too.
+``MAX_JSON_DEPTH`` is refused as a 400 before any view sees it. NaN and Infinity are refused where DRF's strict
+parser refuses them; elsewhere they reach the parameter checks, which name the parameter.
 """
 
 import json
@@ -43,10 +44,10 @@ def depth_within(value, limit=MAX_JSON_DEPTH):
     return True
 
 
-def loads(raw):
-    """The parsed value of ``raw`` (str or bytes), or MalformedJSON."""
+def loads(raw, *, constants=True):
+    """The parsed value of ``raw`` (str or bytes), or MalformedJSON; ``constants=False`` refuses NaN and Infinity."""
     try:
-        value = json.loads(raw, parse_constant=_refuse_constant)
+        value = json.loads(raw, parse_constant=None if constants else _refuse_constant)
     except RecursionError:
         raise _too_deep() from None
     except ValueError as exc:  # JSONDecodeError, bad UTF-8, digits past Python's limit, NaN
@@ -66,4 +67,4 @@ class JSONParser(parsers.JSONParser):
             text = raw.decode(encoding)
         except (LookupError, UnicodeDecodeError) as exc:
             raise MalformedJSON(f"JSON parse error - {exc}") from None
-        return loads(text)
+        return loads(text, constants=not self.strict)

@@ -101,6 +101,8 @@ def test_start_a_job_and_watch_it_live(page, daphne, runtime_node, control_worke
     expect(page).to_have_url(re.compile(r"/training/jobs/ftjob_[0-9a-f]{24}/#job$"))
     job = TrainingJob.objects.get()
     assert job.estimated_gradients == gradients and job.total_steps == 4
+    for element in ("tj-step-text", "tj-chart", "tj-live", "tj-status"):  # the job page has what the watcher reads
+        expect(page.locator(f"#{element}")).to_be_attached()
     page.evaluate(WATCH_JOB)
 
     # The page follows the job over the websocket, without a reload. (A node that never starts it: its log says why.)

@@ -54,7 +54,7 @@ def test_websocket_handshake_with_api_key(daphne, acme_key):
         _connect_then_read(_ws_url(daphne, "acme"), ["vajra.v1", f"bearer.{acme_key}"]))
     assert protocol == "vajra.v1"  # the key is never echoed back as the chosen subprotocol
     assert welcome == {"type": "welcome", "tenant": "acme", "role": None,
-                       "api_key": acme_key.split(".")[0], "scopes": welcome["scopes"]}
+                       "api_key": acme_key.split(".")[0], "scopes": welcome["scopes"], "events": ["tenant.status"]}
     assert pong == {"type": "pong"}
 
 

@@ -1,5 +1,6 @@
 """README's first command, for real: the embedded default (SQLite, private Redis) from an empty var/,
-the demo tenant and key, every process up, Ctrl-C stopping every child, and a second start working."""
+the demo tenant and key, every process up with DEBUG off (styled error pages, static files served by the app),
+Ctrl-C stopping every child, and a second start working (with two nodes and DEBUG on)."""
 
 import os
 import re
@@ -55,9 +56,10 @@ def read_env(path):
     return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and line[0] != "#")
 
 
-def run_once(var_dir, tmp_path, n, nodes=("local",)):
+def run_once(var_dir, tmp_path, n, nodes=("local",), debug=False):
     port = free_port()
-    up = Up(var_dir, port, tmp_path / f"up-{n}.log", ["--nodes", ",".join(nodes)] if len(nodes) > 1 else [])
+    args = (["--nodes", ",".join(nodes)] if len(nodes) > 1 else []) + (["--debug"] if debug else [])
+    up = Up(var_dir, port, tmp_path / f"up-{n}.log", args)
     try:
         wait_for(lambda: "VAJRA is up at" in up.output(), 240, "make up to print its banner", up)
         demo = read_env(var_dir / "demo.env")
@@ -83,6 +85,15 @@ def run_once(var_dir, tmp_path, n, nodes=("local",)):
         login = httpx.Client(base_url=url, follow_redirects=True)
         page = login.get("/login/")
         assert page.status_code == 200
+        # production-like unless asked for: the styled 404, not Django's debug page; static files from the app
+        assert f"DEBUG:    {'on' if debug else 'off'}" in banner
+        missing = httpx.get(f"{url}/no-such-page/", timeout=10)
+        assert missing.status_code == 404
+        assert ("Using the URLconf" in missing.text) == debug
+        if not debug:
+            assert "Not found" in missing.text and "/static/vajra/app.css" in missing.text
+        css = httpx.get(f"{url}/static/vajra/app.css", timeout=10)
+        assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
         pids = up.child_pids()
         assert len(pids) == 4 + len(nodes), up.output()[-2000:]  # redis, web, runtime per node, control, beat
     finally:
@@ -100,6 +111,7 @@ def test_make_up_embedded_default_twice_then_with_two_nodes(tmp_path):
     assert stat.S_IMODE((var_dir / "demo.env").stat().st_mode) == 0o600
     assert (var_dir / "db.sqlite3").is_file()  # the embedded default database
     assert not (var_dir / "run" / "redis.sock").exists()  # the private Redis went with Ctrl-C
-    second = run_once(var_dir, tmp_path, 2, nodes=("node-a", "node-b"))  # README: two runtime nodes
+    # README: two runtime nodes; and `make up DEBUG=1`
+    second = run_once(var_dir, tmp_path, 2, nodes=("node-a", "node-b"), debug=True)
     # idempotent demo tenant: same login and key across restarts
     assert (second["VAJRA_API_KEY"], second["VAJRA_PASSWORD"]) == (first["VAJRA_API_KEY"], first["VAJRA_PASSWORD"])

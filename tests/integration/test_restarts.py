@@ -1,4 +1,4 @@
-"""Broker and database restarts under traffic (issue 8, item 3), with real processes: daphne, a runtime node with
+"""Broker and database restarts under traffic, with real processes: daphne, a runtime node with
 SmolLM2, the control worker with beat.
 
 Clients stream (SSE) and ask plain requests in a loop while Redis is SIGKILLed and started again empty (its own
@@ -10,11 +10,13 @@ billing policy bills, each once; a client that got an answer was billed for it.
 The machine's own PostgreSQL and Redis are shared: these tests never touch them.
 """
 
+import contextlib
 import glob
 import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -221,8 +223,23 @@ class Traffic:
         return list(self.outcomes)
 
 
+@contextlib.contextmanager
+def database(url):
+    """A DB-API connection to the platform's database, SQLite (the embedded default) or PostgreSQL, with its
+    parameter placeholder."""
+    if url.startswith("sqlite:///"):
+        conn = sqlite3.connect(url[len("sqlite:///"):], timeout=30)
+        try:
+            yield conn, "?"
+        finally:
+            conn.close()
+    else:
+        with psycopg.connect(url) as conn:
+            yield conn, "%s"
+
+
 def rows_and_ledger(dsn):
-    with psycopg.connect(dsn) as conn:
+    with database(dsn) as (conn, _):
         rows = {r[0]: {"status": r[1], "gpu_ms": r[2], "completion_tokens": r[3], "error_code": r[4]}
                 for r in conn.execute("SELECT id, status, gpu_ms, completion_tokens, error_code "
                                       "FROM inference_inferencerequest")}
@@ -231,7 +248,7 @@ def rows_and_ledger(dsn):
 
 
 def active_rows(dsn):
-    with psycopg.connect(dsn) as conn:
+    with database(dsn) as (conn, _):
         return conn.execute("SELECT count(*) FROM inference_inferencerequest "
                             "WHERE status IN ('queued', 'running')").fetchone()[0]
 
@@ -277,9 +294,9 @@ def start_platform(tmp_path, store, **env):
 
 
 def node_serving(dsn):
-    with psycopg.connect(dsn) as conn:
-        return conn.execute("SELECT count(*) FROM inference_node n JOIN inference_basemodel b ON b.name = %s "
-                            "WHERE n.status = 'up'", [MODEL]).fetchone()[0] > 0
+    with database(dsn) as (conn, param):
+        return conn.execute("SELECT count(*) FROM inference_node n JOIN inference_basemodel b "
+                            f"ON b.name = {param} WHERE n.status = 'up'", [MODEL]).fetchone()[0] > 0
 
 
 def test_redis_restart_under_traffic(transactional_db, base_model_store, alice, acme, tmp_path):

@@ -5,6 +5,7 @@ A value that cannot be parsed raises ``ImproperlyConfigured`` naming the variabl
 first request that happens to need it.
 """
 
+import ipaddress
 import os
 from pathlib import Path
 from urllib.parse import urlparse
@@ -76,6 +77,17 @@ def env_list(name, default):
     if value is None:
         return list(default)
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_networks(name, default):
+    """A comma-separated list of IP addresses or CIDR networks (``10.0.0.0/8, 192.0.2.7``)."""
+    networks = []
+    for item in env_list(name, default):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ImproperlyConfigured(f"{name}: {item!r} is not an IP address or network.") from None
+    return tuple(networks)
 
 
 def env_choice(name, default, choices):

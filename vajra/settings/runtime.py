@@ -41,6 +41,9 @@ VAJRA_MAX_TOKENS_CAP = env_int("VAJRA_MAX_TOKENS_CAP", 2048, minimum=1)
 # Training datasets (JSONL): the largest file and the most records one upload may have (a new plan's default).
 VAJRA_DATASET_MAX_BYTES = env_int("VAJRA_DATASET_MAX_BYTES", 50 << 20, minimum=1)
 VAJRA_DATASET_MAX_RECORDS = env_int("VAJRA_DATASET_MAX_RECORDS", 50_000, minimum=1)
+# Bytes of adapter weights and datasets one tenant may keep (a new plan's default): 10 GiB, room for a hundred
+# large adapters or a few hundred datasets at the standard plan's per-file cap.
+VAJRA_STORAGE_MAX_BYTES = env_int("VAJRA_STORAGE_MAX_BYTES", 10 << 30, minimum=1)
 
 # Where adapter files live: the filesystem under var/objects by default, or S3 through django-storages.
 VAJRA_ADAPTER_STORAGE = env_choice("VAJRA_ADAPTER_STORAGE", "filesystem", {"filesystem", "s3"})
@@ -59,6 +62,13 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     "adapters": _adapter_storage,
 }
-# Largest upload the web accepts in one request (the validator's caps apply on top).
-DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("VAJRA_MAX_UPLOAD_BYTES", 256 << 20, minimum=1 << 20)
-FILE_UPLOAD_MAX_MEMORY_SIZE = 8 << 20
+# Request bodies are refused past a route's limit before anything parses them (vajra.body_limits): the upload routes
+# (adapters, datasets) take VAJRA_MAX_UPLOAD_BYTES, every other route VAJRA_MAX_BODY_BYTES. An adapter upload is
+# capped again, tighter, by its base model's largest legal adapter (inference.uploads.upload_cap).
+VAJRA_MAX_UPLOAD_BYTES = env_int("VAJRA_MAX_UPLOAD_BYTES", 256 << 20, minimum=1 << 20)
+VAJRA_MAX_BODY_BYTES = env_int("VAJRA_MAX_BODY_BYTES", 2 << 20, minimum=64 << 10)
+# Form fields and JSON read through request.body stay within the small limit; uploaded files always stream to a
+# temporary file on disk (never whole into memory), and the ASGI handler spools a body past this size to disk.
+DATA_UPLOAD_MAX_MEMORY_SIZE = VAJRA_MAX_BODY_BYTES
+FILE_UPLOAD_MAX_MEMORY_SIZE = 1 << 20
+FILE_UPLOAD_HANDLERS = ["django.core.files.uploadhandler.TemporaryFileUploadHandler"]

@@ -3,7 +3,7 @@
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import DEBUG
-from .env import env_bool, env_int, env_list, env_str
+from .env import env_bool, env_int, env_list, env_networks, env_str
 
 _DEV_SECRET = "django-insecure-vajra-dev-only-never-use-in-production-0123456789abcdef"
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", _DEV_SECRET if DEBUG else None)
@@ -23,6 +23,9 @@ CSRF_COOKIE_SECURE = _https
 SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 31536000 if _https else 0, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_SECONDS > 0
 SECURE_HSTS_PRELOAD = SECURE_HSTS_SECONDS > 0
+# The proxies in front of web (addresses or CIDRs). Only a request whose peer is one of them has its
+# X-Forwarded-For read (vajra/client_ip.py); with none, the peer is the client whatever the headers say.
+VAJRA_TRUSTED_PROXIES = env_networks("VAJRA_TRUSTED_PROXIES", [])
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("DJANGO_BEHIND_PROXY", False) else None
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
@@ -41,6 +44,10 @@ AUTH_PASSWORD_VALIDATORS = [
 VAJRA_RATE_LIMIT_PER_KEY = env_int("VAJRA_RATE_LIMIT_PER_KEY", 600, minimum=1)
 VAJRA_RATE_LIMIT_PER_TENANT = env_int("VAJRA_RATE_LIMIT_PER_TENANT", 3000, minimum=1)
 VAJRA_SIGNUPS_PER_IP_PER_HOUR = env_int("VAJRA_SIGNUPS_PER_IP_PER_HOUR", 20, minimum=1)
+# Failed sign-ins before a lockout: for one account from one address, for one account from any address, and
+# for one address against any account.
 VAJRA_LOGIN_MAX_FAILURES = env_int("VAJRA_LOGIN_MAX_FAILURES", 5, minimum=1)
+VAJRA_LOGIN_MAX_FAILURES_PER_ACCOUNT = env_int("VAJRA_LOGIN_MAX_FAILURES_PER_ACCOUNT", 20, minimum=1)
+VAJRA_LOGIN_MAX_FAILURES_PER_ADDRESS = env_int("VAJRA_LOGIN_MAX_FAILURES_PER_ADDRESS", 50, minimum=1)
 VAJRA_LOGIN_LOCKOUT_SECONDS = env_int("VAJRA_LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
 VAJRA_INVITE_TTL_HOURS = env_int("VAJRA_INVITE_TTL_HOURS", 168, minimum=1)

@@ -4,6 +4,9 @@ Steps: migrate, collect static files, import the base model (once), create the d
 private Redis on a unix socket under var/ when REDIS_URL is unset, then web, one runtime node (or one per
 name in ``--nodes node-a,node-b``), the control worker and beat from platform/Procfile under honcho. Ctrl-C
 stops every child, Redis included.
+
+The processes run production-like: DEBUG off (``--debug``, ``make up DEBUG=1``, turns it on), with what DEBUG off
+needs for a local run over plain HTTP (see ``platform_env``).
 """
 
 import os
@@ -20,12 +23,14 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from django.core.management.utils import get_random_secret_key
 from honcho.environ import parse_procfile
 from honcho.manager import Manager
 
 from gpu_runtime.redis_url import socket_path
 from tenants.management.commands.demo_tenant import read_env_file
 from vajra.embedded_redis import redis_server_argv
+from vajra.settings.env import env_bool
 
 PROCFILE = Path(settings.BASE_DIR) / "platform" / "Procfile"
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}")
@@ -39,6 +44,37 @@ def port_free(host, port):
         except OSError:
             return False
     return True
+
+
+LOCAL_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
+WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
+
+
+def local_secret_key(var):
+    """This checkout's own secret key, made once and kept in var/ (mode 0600), so sessions outlive a restart."""
+    path = Path(var) / "secret_key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(get_random_secret_key())
+    return path.read_text().strip()
+
+
+def platform_env(*, debug, host, var):
+    """The Django settings web, control and beat run with. DEBUG off unless asked for; then what it needs for a
+    local run over plain HTTP: a secret key of this checkout's own, no HTTPS-only cookies, redirect or HSTS, and
+    the host names the server is reached by. Whatever the operator set in the environment wins."""
+    if debug:
+        return {"DJANGO_DEBUG": "true"}
+    hosts = list(LOCAL_HOSTS)
+    if host in WILDCARD_HOSTS:  # reached from other machines by this one's name
+        hosts.append(socket.gethostname())
+    elif host not in hosts:
+        hosts.append(f"[{host}]" if ":" in host else host)
+    defaults = {"DJANGO_SECRET_KEY": lambda: local_secret_key(var), "DJANGO_HTTPS": lambda: "false",
+                "DJANGO_ALLOWED_HOSTS": lambda: ",".join(hosts)}
+    env = {name: make() for name, make in defaults.items() if not os.environ.get(name, "").strip()}
+    return {"DJANGO_DEBUG": "false", **env}
 
 
 def node_threads(count):
@@ -58,8 +94,10 @@ class Command(BaseCommand):
         parser.add_argument("--nodes", default=os.environ.get("VAJRA_NODES", ""),
                             help="comma-separated runtime node names, one process each (e.g. node-a,node-b)")
         parser.add_argument("--prepare-only", action="store_true", help="set up, start nothing")
+        parser.add_argument("--debug", action="store_true", default=env_bool("DJANGO_DEBUG", False),
+                            help="run with Django's DEBUG on (debug error pages); off unless this or DJANGO_DEBUG=true")
 
-    def handle(self, *args, host, port, node, nodes, prepare_only, **options):
+    def handle(self, *args, host, port, node, nodes, prepare_only, debug, **options):
         url = f"http://{host}:{port}"
         if not prepare_only and not port_free(host, port):
             raise CommandError(f"{host}:{port} is in use (another `make up`?). Stop it or set VAJRA_PORT.")
@@ -77,7 +115,7 @@ class Command(BaseCommand):
         bad = [n for n in names if not NODE_NAME.fullmatch(n)]
         if bad or len(set(names)) != len(names):
             raise CommandError(f"--nodes: give distinct names of letters, digits and dashes (got {nodes!r}).")
-        self.run_platform(url, host, port, names, var)
+        self.run_platform(url, host, port, names, var, platform_env(debug=debug, host=host, var=var))
 
     def step(self, name, action):
         started = time.monotonic()
@@ -89,8 +127,8 @@ class Command(BaseCommand):
             raise CommandError(f"{name} failed (exit {exc.returncode})") from None
         self.stdout.write(f" {time.monotonic() - started:.1f} s")
 
-    def run_platform(self, url, host, port, nodes, var):
-        env = dict(os.environ, PYTHONUNBUFFERED="1", VAJRA_HOST=host, VAJRA_PORT=str(port),
+    def run_platform(self, url, host, port, nodes, var, django_env):
+        env = dict(os.environ, **django_env, PYTHONUNBUFFERED="1", VAJRA_HOST=host, VAJRA_PORT=str(port),
                    VAJRA_NODE_NAME=nodes[0], REDIS_URL=settings.REDIS_URL,
                    PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
         manager = Manager()
@@ -108,11 +146,12 @@ class Command(BaseCommand):
                 manager.add_process(f"runtime-{node}", command, cwd=str(settings.BASE_DIR), env={
                     **env, "VAJRA_NODE_NAME": node, "VAJRA_METRICS_PORT": str(metrics_port + i if metrics_port else 0),
                     "VAJRA_TORCH_THREADS": threads})
-        threading.Thread(target=self.announce, args=(url, var), daemon=True).start()
+        debug = django_env["DJANGO_DEBUG"] == "true"
+        threading.Thread(target=self.announce, args=(url, var, debug), daemon=True).start()
         manager.loop()
         sys.exit(manager.returncode or 0)
 
-    def announce(self, url, var):
+    def announce(self, url, var, debug):
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
@@ -133,4 +172,5 @@ class Command(BaseCommand):
             f"  (also in {var / 'demo.env'}; source it with: set -a; . {var / 'demo.env'}; set +a)\n"
             f"  try:      curl -H \"Authorization: Bearer {key}\" {url}/api/v1/me\n"
             f"  API docs: {url}/api/docs/     stop: Ctrl-C\n"
+            f"  DEBUG:    {'on' if debug else 'off (make up DEBUG=1 turns it on)'}\n"
         ))
