@@ -35,6 +35,10 @@ from .selectors import TRUNC, usage_metrics
 # The most buckets one query may ask for (an hourly month, a daily three years).
 MAX_RANGE = {"hour": timedelta(days=31), "day": timedelta(days=1100), "month": timedelta(days=3660)}
 KINDS = [kind for kind, _ in UsageEvent.KIND_CHOICES]
+# The bounds a from/to may name: no usage predates 2000, and past 9998 date arithmetic nears datetime's end.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(9998, 12, 31, tzinfo=UTC)
+DATE_OR_DATETIME = {"type": "string", "anyOf": [{"format": "date"}, {"format": "date-time"}]}
 
 
 def _instant(request, name):
@@ -45,6 +49,8 @@ def _instant(request, name):
     try:
         day = parse_date(raw)
         if day is not None:
+            if not EARLIEST.date() <= day <= LATEST.date():
+                raise _out_of_range(name, raw)
             return datetime.combine(day, time.min, tzinfo=UTC), True
         moment = parse_datetime(raw.replace(" ", "+"))  # a '+' offset arrives as a space when not URL-encoded
     except ValueError:
@@ -52,7 +58,15 @@ def _instant(request, name):
     if moment is None:
         raise InvalidRequest(f"{name} must be an ISO 8601 date (2026-11-01) or datetime (2026-11-01T12:00:00Z), "
                              f"got {raw!r}.", param=name, code="invalid_date")
-    return (moment if timezone.is_aware(moment) else moment.replace(tzinfo=UTC)).astimezone(UTC), False
+    moment = moment if timezone.is_aware(moment) else moment.replace(tzinfo=UTC)
+    if not EARLIEST <= moment <= LATEST:  # out there, "the whole day named" or a UTC offset would overflow
+        raise _out_of_range(name, raw)
+    return moment.astimezone(UTC), False
+
+
+def _out_of_range(name, raw):
+    return InvalidRequest(f"{name} must lie between {EARLIEST.date()} and {LATEST.date()}, got {raw!r}.", param=name,
+                          code="date_out_of_range")
 
 
 def _choice(request, name, choices, default=None):
@@ -94,7 +108,7 @@ class UsageMetricsView(APIView):
     required_action = None  # usage.read or billing.read: checked in get (either one lets a key or member read)
 
     @extend_schema(operation_id="v1_usage_metrics", responses={200: OpenApiTypes.OBJECT}, parameters=[
-        OpenApiParameter("from", str), OpenApiParameter("to", str),
+        OpenApiParameter("from", DATE_OR_DATETIME), OpenApiParameter("to", DATE_OR_DATETIME),
         OpenApiParameter("granularity", str, enum=list(TRUNC)), OpenApiParameter("tier", str, enum=list(TIERS)),
         OpenApiParameter("adapter", str), OpenApiParameter("kind", str, enum=KINDS)])
     def get(self, request, tenant_id):

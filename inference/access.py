@@ -7,7 +7,8 @@ from django.http import Http404
 
 from .models import Adapter, AdapterVersion, BaseModel, Dataset, InferenceRequest, TrainingJob
 
-MODEL_REF = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]{0,63})(?:@v?(?P<version>\d+))?$")
+# A version number past nine digits names no version (and would overflow the database's integer).
+MODEL_REF = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]{0,63})(?:@v?(?P<version>\d{1,9}))?$")
 
 
 def access_base_model(*, name):

@@ -4,12 +4,13 @@ from django.conf import settings
 from django.db import transaction
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.plans import query_price
 from vajra.errors import InvalidRequest
+from vajra.parsers import JSONParser
 from vajra.serializers import StrictSerializer
 
 from . import access, adapters

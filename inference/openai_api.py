@@ -17,10 +17,12 @@ from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
 from django.http import Http404, JsonResponse
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
 
 from vajra.errors import InvalidRequest, error_body
+from vajra.schema import documented, errors
 from vajra.serializers import StrictSerializer
 
 from . import access, parameters, relay
@@ -37,6 +39,7 @@ from .v1 import (
     deferred,
     read_json,
 )
+from .v1_schema import SSE, ChatCompletionOut, CompletionOut, ModelListOut, ModelOut
 
 # Parameter -> the values that mean "off": accepted (and ignored) because clients send them routinely.
 COMMON_NEUTRAL = {
@@ -76,6 +79,9 @@ def strip_neutral(data, neutral):
     return {k: v for k, v in data.items() if k not in neutral and k not in IGNORED}
 
 
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {
+    "type": "object", "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
+    "required": ["type", "text"]}}]})
 class ContentField(serializers.Field):
     """A string, or a list of text parts (joined by newlines, as vLLM does); no images or audio."""
 
@@ -359,11 +365,17 @@ def completion_input(request):
     return data, {"prompt": data["prompt"]}
 
 
+@documented(post={"operation_id": "v1_chat_completions", "request": ChatIn, "responses": {
+    (200, "application/json"): ChatCompletionOut, (200, "text/event-stream"): SSE,
+    **errors(400, 401, 403, 404, 409, 415, 429, 502, 503)}})
 @api_view({"POST"}, submits=True)
 async def chat_completions(request, raw_key):
     return await respond(request, raw_key, lambda: chat_input(request), api="chat")
 
 
+@documented(post={"operation_id": "v1_completions", "request": CompletionIn, "responses": {
+    (200, "application/json"): CompletionOut, (200, "text/event-stream"): SSE,
+    **errors(400, 401, 403, 404, 409, 415, 429, 502, 503)}})
 @api_view({"POST"}, submits=True)
 async def completions(request, raw_key):
     return await respond(request, raw_key, lambda: completion_input(request), api="completions")
@@ -399,11 +411,13 @@ def model_card(principal, model_id):
     return adapter_card(name, version, principal.tenant)
 
 
+@documented(get={"operation_id": "v1_models", "responses": {200: ModelListOut, **errors(401, 403, 429)}})
 @api_view({"GET"})
 async def models_list(request, principal):
     return JsonResponse({"object": "list", "data": await sync_to_async(model_cards)(principal)})
 
 
+@documented(get={"operation_id": "v1_model", "responses": {200: ModelOut, **errors(401, 403, 404, 429)}})
 @api_view({"GET"})
 async def model_detail(request, principal, model_id):
     return JsonResponse(await sync_to_async(model_card)(principal, model_id))

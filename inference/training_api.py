@@ -192,7 +192,7 @@ class AdapterRollbackView(APIView):
     required_action = "adapters.write"
 
     class RollbackIn(StrictSerializer):
-        version = serializers.IntegerField(min_value=1)
+        version = serializers.IntegerField(min_value=1, max_value=2 ** 31 - 1)
 
     @extend_schema(request=RollbackIn, responses={200: AdapterOut})
     def post(self, request, name):

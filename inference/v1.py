@@ -10,8 +10,6 @@ Authentication is an API key (``Authorization: Bearer``). Every refusal happens 
 or a task sent.
 """
 
-import json
-
 from asgiref.sync import sync_to_async
 from django.http import Http404, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -27,13 +25,16 @@ from rest_framework.exceptions import (
 
 from tenants.keys import principal_from_key
 from tenants.limits import rate_limit_wait
+from vajra import parsers
 from vajra.errors import INFRASTRUCTURE_DOWN, InvalidRequest, error_response, redis_unavailable, unavailable
+from vajra.schema import documented, errors
 from vajra.serializers import StrictSerializer
 
 from . import access, parameters, relay
 from .dispatch import cost_for, final_cost_of, final_error_status, inference_submit, on_submit_thread, request_cost
 from .parameters import SamplingFields
 from .placement import NoCapacity
+from .v1_schema import SSE, CancelOut, InferenceOut, RequestOut, VersionsOut
 
 # A prompt past this many characters per token of context is too long for certain (BPE tokens average
 # ~4 characters); the engine checks the exact token count and answers context_length_exceeded.
@@ -110,10 +111,7 @@ async def authorized_submit(request, raw_key, submit, *args):
 def read_json(request):
     if request.content_type != "application/json":
         raise UnsupportedMediaType(request.content_type or "none")
-    try:
-        return json.loads(request.body or b"null")
-    except ValueError:
-        raise ParseError("Malformed JSON.") from None
+    return parsers.loads(request.body or b"null")
 
 
 def api_view(methods, *, submits=False):
@@ -227,6 +225,9 @@ def infer_input(request):
     return serializer.validated_data
 
 
+@documented(post={"operation_id": "v1_infer", "request": InferIn, "responses": {
+    (200, "application/json"): InferenceOut, (200, "text/event-stream"): SSE,
+    **errors(400, 401, 403, 404, 409, 415, 429, 502, 503)}})
 @api_view({"POST"}, submits=True)
 async def infer(request, raw_key, model_id):
     data, refusal = deferred(lambda: infer_input(request))
@@ -250,6 +251,7 @@ async def infer(request, raw_key, model_id):
     return JsonResponse(final_body(head, final, "".join(parts), cost=cost), status=status)
 
 
+@documented(get={"operation_id": "v1_versions", "responses": {200: VersionsOut, **errors(401, 403, 404, 429)}})
 @api_view({"GET"})
 async def versions(request, principal, model_id):
     def listing():
@@ -284,12 +286,15 @@ def _row(principal, request_id):
     return row, request_json(row), version_label(row)
 
 
+@documented(get={"operation_id": "v1_request", "responses": {200: RequestOut, **errors(401, 403, 404, 429)}})
 @api_view({"GET"})
 async def request_detail(request, principal, request_id):
     _, body, _ = await sync_to_async(_row)(principal, request_id)
     return JsonResponse(body)
 
 
+@documented(get={"operation_id": "v1_request_events", "responses": {
+    (200, "text/event-stream"): SSE, **errors(401, 403, 404, 429)}})
 @api_view({"GET"})
 async def request_events(request, principal, request_id):
     last_id = relay.checked_last_id(request.headers.get("Last-Event-ID") or "0", param="Last-Event-ID")
@@ -297,6 +302,8 @@ async def request_events(request, principal, request_id):
     return sse_response(row.id, describe(row, label), last_id)
 
 
+@documented(post={"operation_id": "v1_request_cancel", "request": None,
+                  "responses": {202: CancelOut, **errors(401, 403, 404, 429, 503)}})
 @api_view({"POST"})
 async def request_cancel(request, principal, request_id):
     _, body, _ = await sync_to_async(_row)(principal, request_id)

@@ -148,6 +148,8 @@ def adapter_rollback(request, name):
     access.access_adapter(tenant=principal.tenant, name=name)  # another tenant's adapter: 404 before anything
     try:
         number = int(request.POST.get("version", ""))
+        if not 0 < number < 2 ** 31:  # past the database's integer: no such version
+            raise ValueError(number)
         adapter = hot_swap.adapter_rollback(principal=principal, adapter_name=name, version_number=number)
     except ValueError:
         messages.error(request, "Choose the version to roll back to.")

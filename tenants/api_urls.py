@@ -11,8 +11,8 @@ urlpatterns = [
     path("keys", api.APIKeyListView.as_view(), name="api-v1-keys"),
     path("keys/<str:prefix>", api.APIKeyDetailView.as_view(), name="api-v1-key"),
     path("members", api.MemberListView.as_view(), name="api-v1-members"),
-    path("members/<int:member_id>", api.MemberDetailView.as_view(), name="api-v1-member"),
+    path("members/<id:member_id>", api.MemberDetailView.as_view(), name="api-v1-member"),
     path("invites", api.InviteListView.as_view(), name="api-v1-invites"),
-    path("invites/<int:invite_id>", api.InviteDetailView.as_view(), name="api-v1-invite"),
+    path("invites/<id:invite_id>", api.InviteDetailView.as_view(), name="api-v1-invite"),
     path("audit-log", audit_views.AuditLogView.as_view(), name="api-v1-audit-log"),
 ]

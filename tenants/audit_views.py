@@ -11,6 +11,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from vajra.converters import MAX_ID
 from vajra.serializers import StrictSerializer
 
 from . import access
@@ -24,7 +25,7 @@ PAGE_ROWS = 50
 
 class AuditQuery(StrictSerializer):
     limit = serializers.IntegerField(min_value=1, max_value=MAX_PAGE, default=PAGE_ROWS)
-    before = serializers.IntegerField(min_value=1, required=False)
+    before = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False)
     action = serializers.ChoiceField(choices=sorted(ACTIONS), required=False, error_messages={
         "invalid_choice": f'"{{input}}" is not an audit action; choose from {", ".join(sorted(ACTIONS))}.'})
 

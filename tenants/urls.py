@@ -12,9 +12,9 @@ urlpatterns = [
     path("keys/", views.api_keys, name="api-keys"),
     path("keys/<str:prefix>/revoke/", views.api_key_revoke, name="api-key-revoke"),
     path("members/", views.members, name="members"),
-    path("members/<int:member_id>/role/", views.member_role, name="member-role"),
-    path("members/<int:member_id>/remove/", views.member_remove, name="member-remove"),
-    path("invites/<int:invite_id>/revoke/", views.invite_revoke, name="invite-revoke"),
+    path("members/<id:member_id>/role/", views.member_role, name="member-role"),
+    path("members/<id:member_id>/remove/", views.member_remove, name="member-remove"),
+    path("invites/<id:invite_id>/revoke/", views.invite_revoke, name="invite-revoke"),
     path("invites/<str:token>/accept/", views.invite_accept, name="invite-accept"),
     path("audit-log/", audit_views.audit_log, name="audit-log"),
 ]

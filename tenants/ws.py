@@ -11,7 +11,6 @@ Refusals accept the socket first, send ``{"type": "error", "error": {...}}`` and
 """
 
 import asyncio
-import json
 from urllib.parse import urlparse
 
 from channels.auth import get_user
@@ -21,6 +20,7 @@ from django.conf import settings
 from django.http import Http404
 from rest_framework.exceptions import APIException
 
+from vajra import parsers
 from vajra.errors import error_body
 
 from .keys import principal_from_key, principal_from_key_again, principal_from_membership
@@ -89,9 +89,10 @@ class TenantConsumer(AsyncJsonWebsocketConsumer):
         if self.closed:
             return
         try:
-            content = json.loads(text_data or "")
-        except ValueError:
-            await self.refuse(CLOSE_BAD_MESSAGE, "invalid_json", "Messages must be JSON objects.")
+            content = parsers.loads(text_data or "")
+        except parsers.MalformedJSON as exc:
+            code = "json_too_deep" if exc.get_codes() == "json_too_deep" else "invalid_json"
+            await self.refuse(CLOSE_BAD_MESSAGE, code, f"Messages must be JSON objects ({exc.detail}).")
             return
         if not isinstance(content, dict):
             await self.refuse(CLOSE_BAD_MESSAGE, "invalid_json", "Messages must be JSON objects.")

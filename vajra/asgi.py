@@ -12,6 +12,7 @@ from channels.sessions import CookieMiddleware, SessionMiddleware  # noqa: E402
 
 from vajra.body_limits import BodyLimitMiddleware  # noqa: E402
 from vajra.daphne_compat import bound_request_bodies, pass_close_reasons  # noqa: E402
+from vajra.middleware import ContentTypeGuard  # noqa: E402
 from vajra.routing import websocket_urlpatterns  # noqa: E402
 
 pass_close_reasons()
@@ -20,7 +21,7 @@ bound_request_bodies()
 application = ProtocolTypeRouter(
     {
         # Bodies over their route's limit are refused before Django reads them (vajra.body_limits).
-        "http": BodyLimitMiddleware(django_asgi_app),
+        "http": ContentTypeGuard(BodyLimitMiddleware(django_asgi_app)),
         # Session only: who the caller is (session user or API key) is decided in the consumer, so
         # that refusals close with a code and a reason instead of a bare HTTP 403.
         "websocket": CookieMiddleware(SessionMiddleware(URLRouter(websocket_urlpatterns))),

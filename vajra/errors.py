@@ -127,7 +127,15 @@ def _fix_for(exc, view):
         media = [parser.media_type for parser in getattr(view, "parser_classes", ())]
         if media and "application/json" not in media:
             return f" Send the body as {' or '.join(media)}."
-    return _FIXES.get(type(exc), "")
+    if isinstance(exc, exceptions.ParseError) and getattr(view, "parser_classes", None):
+        media = [parser.media_type for parser in view.parser_classes]
+        if "application/json" not in media:
+            return f" Send a well-formed {' or '.join(media)} body."
+    return _fix_of(exc)
+
+
+def _fix_of(exc):
+    return next((fix for kind, fix in _FIXES.items() if isinstance(exc, kind)), "")
 
 
 def api_exception_handler(exc, context):
@@ -209,7 +217,7 @@ def error_response(exc):
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied(*exc.args)
     param, message, code = _message_for(exc)
-    message += _FIXES.get(type(exc), "")
+    message += _fix_of(exc)
     code = getattr(exc, "override_code", None) or code
     response = JsonResponse(error_body(message, status_code=exc.status_code, code=code, param=param,
                                        extra=getattr(exc, "extra", None)), status=exc.status_code)

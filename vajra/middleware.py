@@ -3,11 +3,13 @@ are also what the audit log records (tenants/audit.py), read from this context s
 
 import contextvars
 import functools
+import json
 import logging
 import re
 import uuid
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.utils.http import parse_header_parameters
 
 from .client_ip import client_ip
 
@@ -60,6 +62,41 @@ class RequestIdMiddleware:
             self._end(tokens)
         response["x-request-id"] = request.request_id
         return response
+
+
+class NullCharacterMiddleware:
+    """Refuses a path or query parameter holding a NUL character (%00) with a 400: PostgreSQL cannot store or
+    compare text holding one, so a lookup by it would be a 500, and no id or parameter VAJRA takes holds one.
+    (JSON bodies reach the serializers, whose string fields refuse it, naming the field.)"""
+
+    sync_capable = async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    @staticmethod
+    def _refusal(request):
+        if "\x00" not in request.path and not any(
+                "\x00" in key or "\x00" in value for key, values in request.GET.lists() for value in values):
+            return None
+        from django.http import JsonResponse
+
+        from vajra import errors
+
+        if not request.path.startswith(("/api/", "/v1/")):
+            return errors.handler400(request)  # a page: Django's 400 page
+        return JsonResponse(errors.error_body("The path or query string holds a NUL character (%00); remove it.",
+                                              status_code=400, code="null_character"), status=400)
+
+    def __call__(self, request):
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
+        return self._refusal(request) or self.get_response(request)
+
+    async def __acall__(self, request):
+        return self._refusal(request) or await self.get_response(request)
 
 
 class RequestIdLogFilter(logging.Filter):
@@ -126,3 +163,40 @@ class ContentSecurityPolicyMiddleware:
 
     async def __acall__(self, request):
         return self._add(request, await self.get_response(request))
+
+
+class ContentTypeGuard:
+    """ASGI: answers a request whose Content-Type Django cannot parse (an RFC 2231 parameter naming an unknown
+    charset, ``boundary*=bogus''x``, raises LookupError while Django builds the request, before any middleware:
+    a 500) with a 400 in the API's error shape and an x-request-id."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            for name, value in scope.get("headers", ()):
+                if name.lower() == b"content-type" and not _parses(value.decode("latin1")):
+                    await self._refuse(send)
+                    return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _refuse(send):
+        from vajra.errors import error_body
+
+        body = json.dumps(error_body("The Content-Type header cannot be parsed; send e.g. 'application/json' or "
+                                     "'multipart/form-data; boundary=...'.", status_code=400,
+                                     code="invalid_content_type", param="Content-Type")).encode()
+        await send({"type": "http.response.start", "status": 400, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", new_request_id().encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _parses(content_type):
+    try:
+        parse_header_parameters(content_type)
+    except (LookupError, ValueError):
+        return False
+    return True

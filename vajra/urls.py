@@ -1,9 +1,12 @@
 from django.contrib import admin
-from django.urls import include, path, re_path
+from django.urls import include, path, re_path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from . import errors, health, metrics
+from .converters import IdConverter
 from .middleware import csp_override
+
+register_converter(IdConverter, "id")  # before the URL modules below use it
 
 handler400 = "vajra.errors.handler400"
 handler403 = "vajra.errors.handler403"

@@ -66,3 +66,22 @@ def test_websocket_refusals_close_with_code_and_reason(daphne, acme_key, charlie
     # another tenant's slug with acme's key: as if it did not exist
     error, close = asyncio.run(_refused(_ws_url(daphne, "contoso"), ["vajra.v1", f"bearer.{acme_key}"]))
     assert close.code == 4404 and error["error"]["type"] == "not_found_error"
+
+
+@pytest.mark.parametrize("content_type, body, code", [
+    ("multipart/form-data; boundary=abc", b"--abc--", None),  # Twisted itself would refuse it with a bare 400
+    ("multipart/form-data; boundary=abc", b"no parts at all", None),
+    ("multipart/form-data; boundary*=bogus''abc", b"--abc--\r\n", "invalid_content_type"),
+    ("application/json", b"[" * 50_000 + b"]" * 50_000, "json_too_deep"),
+])
+def test_malformed_bodies_reach_the_app_and_get_the_error_shape(daphne, acme_key, unchanged_db, content_type, body,
+                                                                  code):
+    path = "/api/v1/signup" if content_type == "application/json" else "/api/v1/datasets"
+    with unchanged_db():
+        response = httpx.post(f"{daphne}{path}", content=body, timeout=10,
+                              headers={"Content-Type": content_type, "Authorization": f"Bearer {acme_key}"})
+    assert response.status_code == 400, response.text
+    assert response.headers["x-request-id"].startswith("req_")
+    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    if code is not None:
+        assert response.json()["error"]["code"] == code

@@ -30,6 +30,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "vajra.metrics.PrometheusBeforeMiddleware",
     "vajra.middleware.RequestIdMiddleware",
+    "vajra.middleware.NullCharacterMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "vajra.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -88,7 +89,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["tenants.permissions.IsTenantPrincipal"],
     "DEFAULT_THROTTLE_CLASSES": ["tenants.limits.TenantRateThrottle"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["vajra.parsers.JSONParser"],  # DRF's, bounded in depth
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "vajra.errors.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -104,6 +105,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # a member's role in a tenant and the OpenAI API's message roles are both "role"
+    "ENUM_NAME_OVERRIDES": {"MemberRoleEnum": "tenants.roles.ROLES",
+                            "MessageRoleEnum": ["system", "developer", "user", "assistant"]},
 }
 
 LOG_LEVEL = env_choice("VAJRA_LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"})
