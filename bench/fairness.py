@@ -14,7 +14,8 @@ Two parts, each side by side:
    Redis Stream, per worker concurrency.
 
 The engine part runs SmolLM2-135M (``--model smollm2``, the default) or the tiny random-weight Llama
-(``--model tiny``); the intake part runs the tiny model (its point is the queue, not the model). fp32 on CPU.
+(``--model tiny``, written as fairness.tiny.json); the intake part runs the tiny model (its point is the queue, not
+the model). fp32 on CPU.
 
     .venv/bin/python bench/fairness.py [--quick] [--model smollm2|tiny] [--skip-intake]
 """
@@ -251,7 +252,7 @@ def main():
         if not args.skip_intake:
             payload["intake"] = intake_part(args, directory)
     payload["machine"]["load_average_after"] = common.load_average()
-    common.write_result("fairness", payload, quick=args.quick)
+    common.write_result("fairness" if args.model == "smollm2" else "fairness.tiny", payload, quick=args.quick)
 
 
 if __name__ == "__main__":
