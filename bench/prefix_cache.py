@@ -79,7 +79,7 @@ def run(engine, client, chat, max_tokens):
 
     request_id = f"bench_{uuid.uuid4().hex}"
     submitted_epoch_ms = time.time() * 1000
-    handle = engine.submit(InferenceRequest(request_id=request_id, messages=chat,
+    handle = engine.submit(InferenceRequest(request_id=request_id, messages=chat, tenant="bench",
                                             sampling=SamplingParams(max_tokens=max_tokens)))
     final = handle.wait(1800)
     if final is None or final.get("error"):

@@ -88,7 +88,7 @@ class Heartbeat:
     model_loaded: bool
     memory: dict = field(default_factory=dict)  # bytes: {"device_allocated", "host_rss", ...}
     adapters: dict = field(default_factory=dict)  # tier -> count
-    prefix_cache: dict = field(default_factory=dict)  # blocks, bytes, lookups, hits, hit_rate, tokens_saved
+    prefix_cache: dict = field(default_factory=dict)  # blocks, bytes, tenants, lookups, hits, hit_rate, tokens_saved
     prefetch: dict = field(default_factory=dict)  # Algorithm 1: predictions, hits, hit_rate, actions
     base_architecture: dict = field(default_factory=dict)  # what adapters must fit (model manifest)
     context_length: int = 0

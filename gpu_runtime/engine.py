@@ -3,7 +3,8 @@
 Continuous mixed-adapter batching: requests join the running batch at step boundaries (after their own
 prefill) and leave as soon as they finish; one decode step serves every row, each with its own adapter
 slot or none (base layer once, each adapter's delta on its rows: gpu_runtime.lora). Rows share one
-left-padded KV cache; position ids and the attention mask keep each row's own positions.
+left-padded KV cache; position ids and the attention mask keep each row's own positions. Requests wait for a row
+in per-tenant queues served in turns (gpu_runtime.admission), so one tenant's flood cannot hold another's back.
 
 Each step's wall time is attributed to the rows it served (a prefill to its row, a decode step split
 evenly), so the requests' GPU-ms add up to the engine's busy time.
@@ -42,6 +43,7 @@ from transformers import DynamicCache
 
 from .adapter_store import NoFreeSlot, adapter_key
 from .adapter_validation import AdapterRejected
+from .admission import AdmissionQueue
 from .batch_kv import BatchKV
 from .contract import SUPERSEDED
 from .detokenize import IncrementalText
@@ -94,7 +96,7 @@ class Row:
 
 class Engine:
     def __init__(self, base, store, streams, *, max_batch=8, idle_wait_s=0.05, prefix_cache=None,
-                 training_every=10, training_preemption=True, training_max_hold_s=2.0):
+                 training_every=10, training_preemption=True, training_max_hold_s=2.0, fair_admission=True):
         self.base = base
         self.model, self.tokenizer = base.model, base.tokenizer
         self.device = torch.device(base.device)
@@ -110,7 +112,7 @@ class Engine:
         self.eos_ids.discard(None)
         self._incoming = queue.Queue()
         self._calls = queue.Queue()  # functions to run on the engine thread between steps
-        self._pending = []
+        self._pending = AdmissionQueue(fair=fair_admission)  # waiting for a row, per tenant (admission.py)
         self.rows = []
         self.kv = BatchKV()  # the KV cache and mask of self.rows, row for row (batch_kv.py)
         self.busy_ms = 0.0
@@ -281,7 +283,7 @@ class Engine:
             except queue.Empty:
                 break
         still, joining = [], []
-        for handle in self._pending:
+        for handle in self._pending.in_turn():
             if len(self.rows) + len(joining) >= self.max_batch:
                 still.append(handle)
                 continue
@@ -298,7 +300,7 @@ class Engine:
                 still.append(handle)
             else:
                 joining.append(row)
-        self._pending = still
+        self._pending.keep(still)
         if joining:
             try:
                 self._prefill(joining)
@@ -360,7 +362,8 @@ class Engine:
         merged, fresh = [], []  # in the order their KV joins the batch cache, which self.rows must follow
         try:
             for row in rows:
-                cached, cache = self.prefix_cache.lookup(row.key, row.ids) if self.prefix_cache else (0, None)
+                tenant = row.handle.request.tenant  # the cache never answers across tenants (prefix_cache.py)
+                cached, cache = self.prefix_cache.lookup(tenant, row.key, row.ids) if self.prefix_cache else (0, None)
                 if cached:
                     row.cached_tokens = cached
                     self._prefill_group([row], cache, offset=cached)
@@ -398,7 +401,8 @@ class Engine:
             finite = torch.isfinite(logits).all(dim=-1).tolist()  # a broken row's KV is never reused
             for i, (row, n) in enumerate(zip(rows, lengths, strict=True)):
                 if finite[i]:
-                    self.prefix_cache.store(row.key, row.ids, cache, row=i, start=0 if offset else width - n)
+                    self.prefix_cache.store(row.handle.request.tenant, row.key, row.ids, cache, row=i,
+                                            start=0 if offset else width - n)
         elapsed = self._busy(started)
         total = sum(lengths)
         for i, row in enumerate(rows):

@@ -2,12 +2,18 @@
 recomputed.
 
 The KV of a prompt is kept in blocks of ``block`` tokens. Block b is keyed by a hash chained over the
-adapter version and every token up to the end of block b, so a block is valid only for the exact prefix
-(and the base and adapter version) that computed it; the KV of a prefix is only valid for the weights that
+tenant, the adapter version and every token up to the end of block b, so a block is valid only for the exact
+prefix (and the base and adapter version) that computed it; the KV of a prefix is only valid for the weights that
 made it. A lookup walks the chain from the first block and stops at the first miss, so any prompt that
 shares a system prompt with an earlier one reuses the shared blocks, whatever follows them. Each block
-holds only its own tokens' KV (memory grows linearly with what is cached), under a byte budget, least
-recently used out first (a hit refreshes its whole chain).
+holds only its own tokens' KV (memory grows linearly with what is cached), under a byte budget.
+
+The cache is a boundary between tenants: each tenant's blocks live apart and a lookup only ever reads the
+asking tenant's own, so no hit, no timing and no ``cached_tokens`` figure says anything about another tenant's
+prompts. A request without a tenant is never cached. Over the budget, the tenant holding the most bytes loses its
+least recently used block (a hit refreshes its whole chain): whoever stores, a tenant keeps its blocks while it
+holds no more than any other, so one tenant's prompts cannot push every other tenant's blocks out; with n tenants
+caching, each keeps at least its share of ``budget / n``.
 """
 
 import hashlib
@@ -19,9 +25,9 @@ import torch
 from transformers import DynamicCache
 
 
-def _chain(adapter_key, ids, block):
+def _chain(tenant, adapter_key, ids, block):
     """Digests of each full block of ``ids``, each covering everything before it."""
-    digest = hashlib.blake2b(repr(adapter_key).encode(), digest_size=16).digest()
+    digest = hashlib.blake2b(repr((tenant, adapter_key)).encode(), digest_size=16).digest()
     digests = []
     for start in range(0, len(ids) - block + 1, block):
         digest = hashlib.blake2b(digest + struct.pack(f"<{block}i", *ids[start:start + block]),
@@ -34,7 +40,8 @@ class PrefixCache:
     def __init__(self, budget_bytes=512 << 20, block=16):
         self.budget = budget_bytes
         self.block = block
-        self._blocks = OrderedDict()  # digest -> ([(keys, values) per layer], bytes)
+        self._tenants = {}  # tenant -> OrderedDict(digest -> ([(keys, values) per layer], bytes)), LRU first
+        self._tenant_bytes = {}  # tenant -> bytes its blocks hold
         self._bytes = 0
         self._lock = threading.Lock()
         self.lookups = self.hits = self.tokens_saved = 0
@@ -43,16 +50,20 @@ class PrefixCache:
         """Whole blocks of the prompt, leaving at least one token to run (its logits start the answer)."""
         return ids[: (len(ids) - 1) // self.block * self.block]
 
-    def lookup(self, adapter_key, ids):
-        """(cached length, a fresh DynamicCache holding that prefix's KV) or (0, None)."""
+    def lookup(self, tenant, adapter_key, ids):
+        """(cached length, a fresh DynamicCache holding that prefix's KV) or (0, None); only ``tenant``'s own
+        blocks are read."""
+        if not tenant:
+            return 0, None
         with self._lock:
             self.lookups += 1
+            blocks = self._tenants.get(tenant, {})
             found = []
-            for digest in _chain(adapter_key, self._cacheable(ids), self.block):
-                entry = self._blocks.get(digest)
+            for digest in _chain(tenant, adapter_key, self._cacheable(ids), self.block):
+                entry = blocks.get(digest)
                 if entry is None:
                     break
-                self._blocks.move_to_end(digest)
+                blocks.move_to_end(digest)
                 found.append(entry[0])
             if not found:
                 return 0, None
@@ -65,33 +76,53 @@ class PrefixCache:
                          torch.cat([blocks[index][1] for blocks in found], dim=2), index)
         return length, cache
 
-    def store(self, adapter_key, ids, cache, row=0, start=0):
-        """Keeps the KV blocks of ``ids`` not cached yet, from batch row ``row`` of a prefilled cache whose
-        tokens for this row begin at ``start`` (after its left padding)."""
-        digests = _chain(adapter_key, self._cacheable(ids), self.block)
+    def store(self, tenant, adapter_key, ids, cache, row=0, start=0):
+        """Keeps ``tenant``'s KV blocks of ``ids`` not cached yet, from batch row ``row`` of a prefilled cache whose
+        tokens for this row begin at ``start`` (after its left padding). Nothing is kept without a tenant."""
+        if not tenant:
+            return
+        digests = _chain(tenant, adapter_key, self._cacheable(ids), self.block)
         with self._lock:
-            missing = [(b, d) for b, d in enumerate(digests) if d not in self._blocks]
+            held = self._tenants.get(tenant, {})
+            missing = [(b, d) for b, d in enumerate(digests) if d not in held]
         for b, digest in missing:
             lo, hi = start + b * self.block, start + (b + 1) * self.block
             layers = [(layer.keys[row:row + 1, :, lo:hi].clone(), layer.values[row:row + 1, :, lo:hi].clone())
                       for layer in cache.layers]
             size = sum(k.numel() * k.element_size() * 2 for k, _ in layers)
             with self._lock:
-                if digest in self._blocks or size > self.budget:
+                blocks = self._tenants.setdefault(tenant, OrderedDict())
+                if digest in blocks or size > self.budget:
                     continue
-                self._blocks[digest] = (layers, size)
+                blocks[digest] = (layers, size)
+                self._tenant_bytes[tenant] = self._tenant_bytes.get(tenant, 0) + size
                 self._bytes += size
                 while self._bytes > self.budget:
-                    _, (_, freed) = self._blocks.popitem(last=False)
-                    self._bytes -= freed
+                    self._evict_one()
+
+    def _evict_one(self):
+        """Drops the least recently used block of the tenant holding the most bytes (called holding the lock)."""
+        largest = max(self._tenant_bytes, key=self._tenant_bytes.get)
+        blocks = self._tenants[largest]
+        _, (_, freed) = blocks.popitem(last=False)
+        self._bytes -= freed
+        self._tenant_bytes[largest] -= freed
+        if not blocks:
+            del self._tenants[largest], self._tenant_bytes[largest]
+
+    def tenant_bytes(self, tenant):
+        with self._lock:
+            return self._tenant_bytes.get(tenant, 0)
 
     def stats(self):
         with self._lock:
-            return {"blocks": len(self._blocks), "bytes": self._bytes, "lookups": self.lookups, "hits": self.hits,
+            return {"blocks": sum(len(b) for b in self._tenants.values()), "bytes": self._bytes,
+                    "tenants": len(self._tenants), "lookups": self.lookups, "hits": self.hits,
                     "hit_rate": round(self.hits / self.lookups, 4) if self.lookups else 0.0,
                     "tokens_saved": self.tokens_saved}
 
     def clear(self):
         with self._lock:
-            self._blocks.clear()
+            self._tenants.clear()
+            self._tenant_bytes.clear()
             self._bytes = 0

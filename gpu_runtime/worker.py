@@ -1,7 +1,11 @@
 """The runtime node's entry: a Celery worker (threads pool, never prefork) on queue ``node.<name>``.
 
-    celery -A gpu_runtime.worker worker --pool threads --concurrency 8
+    celery -A gpu_runtime.worker worker --pool threads --concurrency 64
 
+Each ``runtime.infer`` task holds a pool thread while its request waits in the engine, so the concurrency is how
+many requests reach the engine's per-tenant admission queues (gpu_runtime.admission), where tenants take turns;
+tasks beyond it wait in the node's Celery queue, first come, first served, behind whatever came first. A waiting
+thread costs next to nothing: keep the concurrency at least what the tenants' quotas may put on this node.
 On start it loads the base model once (kept resident) and heartbeats to the ``control`` queue. Its
 Celery app is configured from environment variables only; it never imports Django.
 """

@@ -61,7 +61,7 @@ def reference_tokens(base, adapter_path, prompt_ids, n):
 
 def request(prompt_ids, adapter=None, **sampling):
     return InferenceRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=words(prompt_ids), adapter=adapter,
-                            sampling=SamplingParams(**{"max_tokens": 32, **sampling}))
+                            tenant="acme", sampling=SamplingParams(**{"max_tokens": 32, **sampling}))
 
 
 def ref(path, i):

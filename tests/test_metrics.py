@@ -213,7 +213,7 @@ def run_request(node, adapter_path, prompt_ids, max_tokens=6):
 
     ref = AdapterRef(adapter_id="adapter-0", version=1, uri=str(adapter_path), tier="warm")
     request = InferenceRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=words(prompt_ids), adapter=ref,
-                               sampling=SamplingParams(max_tokens=max_tokens))
+                               tenant="acme", sampling=SamplingParams(max_tokens=max_tokens))
     final = node.engine.submit(request).wait(60)
     assert final is not None and final["finish_reason"] in ("stop", "length"), final
     return final

@@ -13,6 +13,7 @@ from django.test import AsyncClient, Client
 from django.utils import timezone
 from rest_framework.exceptions import Throttled
 
+from gpu_runtime.requests import InferenceRequest as RuntimeRequest
 from inference import dispatch, relay
 from inference.models import BaseModel, InferenceRequest, Node
 from inference.placement import place
@@ -67,6 +68,8 @@ def test_an_asgi_infer_authenticates_and_submits_in_one_trip_to_a_submit_thread(
     [(name, args, options, thread)] = sent
     assert threads == [thread] and thread.startswith("vajra-submit"), "key and submit: one trip, one thread"
     assert name == "runtime.infer" and args[0]["prompt"] == "Tell me a secret recipe"
+    # the node keys its prefix cache and its admission turns by the tenant the message carries
+    assert RuntimeRequest.from_json(args[0]).tenant == "acme"
     row = InferenceRequest.objects.get()
     assert options["task_id"] == row.id and options["queue"] == "node.n1"
     assert options["ignore_result"] is True, "no result subscription per task: the answer is on the Redis Stream"
