@@ -9,6 +9,7 @@ tenant of var/demo.env; tenant B is created here. Writes bench/results/hostile_p
 
 import io
 import json
+import re
 import subprocess
 import sys
 import time
@@ -26,7 +27,8 @@ MODEL = "smollm2-135m-instruct"
 TENANT_B = """
 from tenants.models import APIKey, Membership, Tenant, User
 from tenants.roles import OWNER, SCOPES
-tenant, _ = Tenant.objects.get_or_create(slug="probe-b", defaults={"name": "Probe B"})
+import time
+tenant = Tenant.objects.create(slug=f"probe-b-{int(time.time())}", name="Probe B")  # fresh: nothing of its own cached
 user = User.objects.filter(email="probe-b@vajra.local").first() or User.objects.create_user(
     email="probe-b@vajra.local", password="probe-b-password-1")
 Membership.objects.get_or_create(tenant=tenant, user=user, defaults={"role": OWNER})
@@ -240,21 +242,24 @@ def run(p, model_dir):
     print("prefix cache oracle")
     for _ in range(2):  # tenant A warms the cache with its secret prompt
         p.client.post(infer, headers=p.a, json={"prompt": secret + "Hello", "parameters": {"max_tokens": 1}})
-    for guess in (secret + "Hello", secret[:-20] + "x" * 20 + "Hello"):
-        r = p.send("prefix cache", "B guesses A's prompt", "POST", infer, headers=p.b,
-                   json={"prompt": guess, "parameters": {"max_tokens": 1}})
-        cached = (r.json().get("usage") or {}).get("cached_tokens", 0) if r is not None and r.status_code == 200 else 0
-        if cached:
-            p.table["prefix cache"]["leaks"] += 1
-            p.table["prefix cache"]["examples"].append(f"cached_tokens {cached} for tenant B")
+    # B's first request with A's exact prompt: any cached token could only be A's
+    r = p.send("prefix cache", "B sends A's prompt", "POST", infer, headers=p.b,
+               json={"prompt": secret + "Hello", "parameters": {"max_tokens": 1}})
+    cached = (r.json().get("usage") or {}).get("cached_tokens", 0) if r is not None and r.status_code == 200 else 0
+    if cached:
+        p.table["prefix cache"]["leaks"] += 1
+        p.table["prefix cache"]["examples"].append(f"cached_tokens {cached} for tenant B")
 
     print("client IP and lockout")
+    form = httpx.Client(base_url=p.url, timeout=30)  # a browser: the sign-in form's CSRF cookie and token
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.get("/login/").text).group(1)
     locked = False
     for i in range(12):
-        r = p.send("login lockout", "wrong password, rotating X-Forwarded-For", "POST", "/login/",
-                   data={"email": "demo@vajra.local", "password": f"wrong-{i}"},
-                   headers={"X-Forwarded-For": f"203.0.113.{i + 1}"})
-        locked = locked or (r is not None and r.status_code == 429)
+        response = form.post("/login/", data={"email": "demo@vajra.local", "password": f"wrong-{i}",
+                                              "csrfmiddlewaretoken": token},
+                             headers={"X-Forwarded-For": f"203.0.113.{i + 1}"})
+        p.record("login lockout", "wrong password, rotating X-Forwarded-For", response.status_code)
+        locked = locked or response.status_code == 429
     if not locked:
         p.table["login lockout"]["leaks"] += 1
         p.table["login lockout"]["examples"].append("12 wrong passwords from rotating X-Forwarded-For: never locked")
