@@ -22,9 +22,8 @@ def new_request_id():
     return f"req_{uuid.uuid4().hex}"
 
 
-class RequestIdMiddleware:
-    """Keeps a caller's well-formed X-Request-ID (so traces join up), else makes one. Sync and async, so
-    streaming API views do not pay a thread hop for it."""
+class SyncAndAsyncMiddleware:
+    """A middleware that runs in whichever mode the rest of the chain runs: async views pay no thread hop for it."""
 
     sync_capable = async_capable = True
 
@@ -32,6 +31,10 @@ class RequestIdMiddleware:
         self.get_response = get_response
         if iscoroutinefunction(get_response):
             markcoroutinefunction(self)
+
+
+class RequestIdMiddleware(SyncAndAsyncMiddleware):
+    """Keeps a caller's well-formed X-Request-ID (so traces join up), else makes one."""
 
     def _begin(self, request):
         incoming = request.headers.get("X-Request-ID", "")
@@ -64,17 +67,10 @@ class RequestIdMiddleware:
         return response
 
 
-class NullCharacterMiddleware:
+class NullCharacterMiddleware(SyncAndAsyncMiddleware):
     """Refuses a path or query parameter holding a NUL character (%00) with a 400: PostgreSQL cannot store or
     compare text holding one, so a lookup by it would be a 500, and no id or parameter VAJRA takes holds one.
     (JSON bodies reach the serializers, whose string fields refuse it, naming the field.)"""
-
-    sync_capable = async_capable = True
-
-    def __init__(self, get_response):
-        self.get_response = get_response
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
 
     @staticmethod
     def _refusal(request):
@@ -142,14 +138,7 @@ def csp_override(**directives):
     return decorate
 
 
-class ContentSecurityPolicyMiddleware:
-    sync_capable = async_capable = True
-
-    def __init__(self, get_response):
-        self.get_response = get_response
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
-
+class ContentSecurityPolicyMiddleware(SyncAndAsyncMiddleware):
     @staticmethod
     def _add(request, response):
         if response.get("Content-Type", "").startswith("text/html") and "Content-Security-Policy" not in response:
