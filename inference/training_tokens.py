@@ -64,8 +64,9 @@ def training_tokens(base_model, *, dataset=None, data=None, fallback=0):
             tokens = count_dataset_tokens(counter, data)
         else:
             try:
-                tokens = _stored_dataset_tokens(counter.tokenizer, counter.template, tuple(sorted(counter.special.items())),
-                                                dataset.storage_key, dataset.sha256)
+                special = tuple(sorted(counter.special.items()))
+                tokens = _stored_dataset_tokens(counter.tokenizer, counter.template, special, dataset.storage_key,
+                                                dataset.sha256)
             except OSError:
                 log.exception("cannot read dataset %s to count its tokens", dataset.pk)
     if tokens is None:
