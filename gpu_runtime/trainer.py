@@ -19,8 +19,8 @@ gradient accumulation over micro-batches equals one big batch.
 Metering: each optimizer step reports gradients = trainable elements x the tokens of the step's records
 (gpu_runtime.training_spec ``training_gradients``: the same however the step is split into micro-batches), its
 tokens, forward+backward (+ optimizer) ms and loss, keyed by (job, step). Checkpoints (weights + AdamW state,
-safetensors, never pickle) go to ``<output_uri>/checkpoints/step-<n>/`` every ``checkpoint_every`` steps; a redelivered job
-resumes after the last complete one and re-reports the steps after it under the same keys, which the
+safetensors, never pickle) go to ``<output_uri>/checkpoints/step-<n>/`` every ``checkpoint_every`` steps; a
+redelivered job resumes after the last complete one and re-reports the steps after it under the same keys, which the
 control plane ignores, so no step is billed twice. Data order is a permutation per epoch from the seed, so
 a resumed job sees the same batches.
 """
