@@ -74,7 +74,11 @@ def reference_million_tokens(tenant):
     base_model = BaseModel.objects.filter(name=settings.VAJRA_DEFAULT_BASE_MODEL).first()
     if base_model is None:
         return None
-    hp, facts = Hyperparameters(), base_facts(base_model)
+    try:
+        facts = base_facts(base_model)
+    except (KeyError, TypeError, ZeroDivisionError):  # a row without its architecture yet: no price to show
+        return None
+    hp = Hyperparameters()
     elements = trainable_elements(facts.modules, facts.num_layers, hp.rank, hp.target_modules)
     return base_model.name, hp.rank, hp.target_modules, million_tokens_micro_usd(elements, tenant=tenant)
 

@@ -342,3 +342,18 @@ def test_a_deleted_adapters_job_still_renders(alice, running):
     response = web(alice).get(job_page(running))
     assert response.status_code == 200 and reverse("adapter-detail", args=["support-bot"]) not in \
         response.content.decode().split('data-training-job')[0]
+
+
+def test_the_training_page_shows_the_price_per_million_training_tokens(alice, dataset, settings):
+    """A new rank-8 q, v adapter on the default base model: SmolLM2-135M has 30 layers, q_proj 576 -> 576 and
+    v_proj 576 -> 192, so 8 x (1152 + 768) x 30 = 460,800 trainable; a million tokens are 460,800,000,000
+    gradients, x $0.00000005 / 1e6 x $2.00 = $0.04608, shown as $0.046080."""
+    from inference.models import BaseModel
+
+    settings.VAJRA_DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+    BaseModel.objects.create(name="smollm2-135m-instruct", architecture={
+        "hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3,
+        "num_hidden_layers": 30})
+    html = web(alice).get(reverse("training")).content.decode()
+    reference = html[html.index("data-reference-price"):]
+    assert "rank-8 adapter (q_proj, v_proj) on\n          smollm2-135m-instruct costs $0.046080 per million" in reference
