@@ -356,4 +356,5 @@ def test_the_training_page_shows_the_price_per_million_training_tokens(alice, da
         "num_hidden_layers": 30})
     html = web(alice).get(reverse("training")).content.decode()
     reference = html[html.index("data-reference-price"):]
-    assert "rank-8 adapter (q_proj, v_proj) on\n          smollm2-135m-instruct costs $0.046080 per million" in reference
+    assert "rank-8 adapter (q_proj, v_proj) on\n          smollm2-135m-instruct costs $0.046080 per million" in (
+        reference)
