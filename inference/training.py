@@ -25,7 +25,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing.caps import check_training_spend
-from billing.plans import plan_limits, training_price
+from billing.plans import plan_limits, training_cost, training_price
 from gpu_runtime.adapter_validation import MAX_LORA_RANK
 from gpu_runtime.contract import CONTROL_QUEUE, TASK_TRAIN, ContractError, cancel_key, node_queue
 from gpu_runtime.training_spec import Hyperparameters, TrainingSpec, trainable_elements, training_gradients
@@ -92,7 +92,8 @@ class Estimate:
     tokens_exact: bool  # False: the web has no tokenizer for the base model, so an upper bound
     trained_tokens: int
     gradients: int
-    cost_micro_usd: int
+    cost_micro_usd: int  # rounded up: an estimate never under-quotes
+    cost_exact: Decimal  # what the ledger would bill for these gradients, at its 10 places
     million_tokens_micro_usd: int
 
     def to_json(self):
@@ -100,7 +101,7 @@ class Estimate:
                 "dataset_tokens": self.dataset_tokens, "tokens_exact": self.tokens_exact,
                 "trained_tokens": self.trained_tokens, "gradients": self.gradients,
                 "cost_micro_usd": self.cost_micro_usd, "cost_usd": micro_usd_text(self.cost_micro_usd),
-                "per_million_tokens": {"cost_micro_usd": self.million_tokens_micro_usd,
+                "cost_exact_usd": format(self.cost_exact, "f"), "per_million_tokens": {"cost_micro_usd": self.million_tokens_micro_usd,
                                        "cost_usd": micro_usd_text(self.million_tokens_micro_usd)}}
 
 
@@ -111,9 +112,10 @@ def training_estimate(*, tenant, base_model, hp, records, tokens, tokens_exact=T
     elements = trainable_elements(facts.modules, facts.num_layers, hp.rank, hp.target_modules)
     trained = hp.trained_tokens(records, tokens)
     gradients = training_gradients(elements, trained)
+    micro_usd, plan = training_price(tenant=tenant, gradients=gradients)
     return Estimate(records=records, total_steps=hp.total_steps(records), trainable_params=elements,
                     dataset_tokens=tokens, tokens_exact=tokens_exact, trained_tokens=trained, gradients=gradients,
-                    cost_micro_usd=gradient_cost_micro_usd(gradients, tenant=tenant),
+                    cost_micro_usd=micro_usd, cost_exact=training_cost(plan, gradients=gradients),
                     million_tokens_micro_usd=million_tokens_micro_usd(elements, tenant=tenant))
 
 

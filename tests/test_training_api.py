@@ -204,6 +204,7 @@ def test_estimate_by_hand(post_train, dataset, sent):
     assert (estimate.json()["dataset_tokens"], estimate.json()["trained_tokens"]) == (120, 360)
     assert estimate.json()["tokens_exact"] is False  # the web has no tokenizer for tiny-llama: the upload's count
     assert estimate.json()["per_million_tokens"] == {"cost_micro_usd": 180, "cost_usd": "0.000180"}
+    assert estimate.json()["cost_exact_usd"] == "0.0000000645"  # the ledger's 10 places, half-even
     for micro in (1, 4):  # the micro-batch size changes nothing
         same = post_train(dataset=dataset.id, path="train/estimate", hp={"rank": 4, "micro_batch_size": micro})
         assert {k: same.json()[k] for k in expected} == expected
