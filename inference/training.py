@@ -101,7 +101,8 @@ class Estimate:
                 "dataset_tokens": self.dataset_tokens, "tokens_exact": self.tokens_exact,
                 "trained_tokens": self.trained_tokens, "gradients": self.gradients,
                 "cost_micro_usd": self.cost_micro_usd, "cost_usd": micro_usd_text(self.cost_micro_usd),
-                "cost_exact_usd": format(self.cost_exact, "f"), "per_million_tokens": {"cost_micro_usd": self.million_tokens_micro_usd,
+                "cost_exact_usd": format(self.cost_exact, "f"),
+                "per_million_tokens": {"cost_micro_usd": self.million_tokens_micro_usd,
                                        "cost_usd": micro_usd_text(self.million_tokens_micro_usd)}}
 
 
