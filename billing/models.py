@@ -44,8 +44,10 @@ def default_storage_max_bytes():
 
 class PricePlan(models.Model):
     """One version of a plan's prices, effective from a date. Defaults are the papers' numbers: tiers 1 / 5 /
-    20 units per query, P_GPU = $2.00/h, M_tenancy = 0.3, C_gradient = $0.05 per million gradients,
-    BILLING_GRANULARITY_MS = 10. A version is never edited once a ledger row points at it: a price change is
+    20 units per query, P_GPU = $2.00/h, M_tenancy = 0.3, BILLING_GRANULARITY_MS = 10; C_gradient =
+    $0.00000005 per million gradients, a gradient being one trainable element on one trained token
+    (gpu_runtime.training_spec), so a million tokens on SmolLM2-135M with LoRA r=8 on q, v (460,800 trainable)
+    cost $0.046. A version is never edited once a ledger row points at it: a price change is
     a new version with a later ``effective_from``."""
 
     name = models.SlugField(max_length=40, default="standard")
@@ -58,7 +60,7 @@ class PricePlan(models.Model):
     units_hot = models.PositiveIntegerField(default=20)
     gpu_price_per_hour = models.DecimalField(**MONEY, default=Decimal("2.00"), validators=[MinValueValidator(ZERO)])
     tenancy_factor = models.DecimalField(**MONEY, default=Decimal("0.3"), validators=[MinValueValidator(ZERO)])
-    gradient_price_per_million = models.DecimalField(**MONEY, default=Decimal("0.05"),
+    gradient_price_per_million = models.DecimalField(**MONEY, default=Decimal("0.00000005"),
                                                      validators=[MinValueValidator(ZERO)])
     billing_granularity_ms = models.PositiveIntegerField(default=10, validators=[MinValueValidator(1)])
     monthly_spend_cap = models.DecimalField(**CENTS, null=True, blank=True, validators=[MinValueValidator(ZERO)])

@@ -5,6 +5,9 @@ Formulas (issue 7, VAJRA paper 4.3.1 and Appendix A.2):
     inference = units(tier) x unit_price  +  ceil(gpu_ms / granularity) x granularity x P_GPU / 3,600,000 x M_tenancy
     training  = G x C_gradient / 1,000,000 x P_GPU                      (A.2 literally, per optimizer step)
 
+G counts one gradient per trainable element per trained token (gpu_runtime.training_spec ``training_gradients``),
+so a job's bill follows its tokens and trainable parameters, never how its steps are split into micro-batches.
+
 Rounding: each formula is quantized once, to 10 decimal places with ROUND_HALF_EVEN (the ledger's precision,
 ``billing.models.MONEY``); half-even rather than half-up so that millions of rounded rows carry no upward bias.
 Before that nothing rounds: the products are exact and the one division comes last, in a 60-digit context (a
@@ -142,7 +145,8 @@ def account_for(tenant, *, create=False):
 
 
 def ensure_default_plan():
-    """The 'standard' plan v1 (migration 0002 creates it; a database flushed by a test may not have it)."""
+    """The 'standard' plan v1 (migration 0002 creates it and 0007 adds the per-token gradient price as a later
+    version; a database flushed by a test may have neither, and then gets v1 at the model's defaults)."""
     try:
         with transaction.atomic():
             return PricePlan.objects.get_or_create(name=DEFAULT_PLAN, version=1,

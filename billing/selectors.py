@@ -68,7 +68,7 @@ def _bucket(granularity):
 def _clean(row):
     out = {name: row[name] for name in _metrics() if name != "cost_scaled"}
     out["gpu_ms"] = round(float(out["gpu_ms"]), 3)
-    out["cost"] = str(money_value(row["cost_scaled"]))
+    out["cost"] = format(money_value(row["cost_scaled"]), "f")  # never in E notation, however small
     return out
 
 

@@ -106,7 +106,7 @@ def tier_prices(plan):
                      "credit_usd": money_text(units_cost(plan, premium), 6) if premium else None})
     return {"tiers": rows, "slice_usd": money_text(slice_cost, 10),
             "gpu_ms_usd": money_text(plan.gpu_price_per_hour * plan.tenancy_factor / MS_PER_HOUR, 10),
-            "million_gradients_usd": money_text(training_cost(plan, gradients=1_000_000), 6),
+            "million_gradients_usd": plain(training_cost(plan, gradients=1_000_000)),
             "prices": {name: plain(getattr(plan, name)) for name in (
                 "unit_price", "gpu_price_per_hour", "tenancy_factor", "gradient_price_per_million")}}
 

@@ -16,10 +16,11 @@ Loss: token cross-entropy on the answer only (assistant turns of chat records, t
 prompt/completion records, each with its end token), averaged over the optimizer step's answer tokens, so
 gradient accumulation over micro-batches equals one big batch.
 
-Metering: each optimizer step reports gradients = trainable elements x micro-batches, its forward+backward
-(+ optimizer) ms and loss, keyed by (job, step). Checkpoints (weights + AdamW state, safetensors, never
-pickle) go to ``<output_uri>/checkpoints/step-<n>/`` every ``checkpoint_every`` steps; a redelivered job
-resumes after the last complete one and re-reports the steps after it under the same keys, which the
+Metering: each optimizer step reports gradients = trainable elements x the tokens of the step's records
+(gpu_runtime.training_spec ``training_gradients``: the same however the step is split into micro-batches), its
+tokens, forward+backward (+ optimizer) ms and loss, keyed by (job, step). Checkpoints (weights + AdamW state,
+safetensors, never pickle) go to ``<output_uri>/checkpoints/step-<n>/`` every ``checkpoint_every`` steps; a
+redelivered job resumes after the last complete one and re-reports the steps after it under the same keys, which the
 control plane ignores, so no step is billed twice. Data order is a permutation per epoch from the seed, so
 a resumed job sees the same batches.
 """
@@ -41,6 +42,7 @@ from torch import nn
 from . import object_io
 from .datasets import parse_dataset
 from .lora import adapter_weights_from_tensors
+from .training_spec import training_gradients
 
 log = logging.getLogger("vajra.runtime.trainer")
 
@@ -194,7 +196,7 @@ class TrainingRun:
         self.optimizer = torch.optim.AdamW(self.lora.parameters(), lr=self.hp.learning_rate, weight_decay=0.0)
         self.total_steps = self.hp.total_steps(len(self.examples))
         self.steps_per_epoch = math.ceil(len(self.examples) / self.hp.batch_size)
-        self.gradients_per_micro_batch = self.lora.numel()
+        self.trainable = self.lora.numel()
 
     @property
     def job_id(self):
@@ -318,7 +320,7 @@ class TrainingRun:
     def _report_step(self):
         loss = round(self._step_loss, 6)
         self.events.put(("step", self.step, {
-            "gradients": self.gradients_per_micro_batch * self._micro, "micro_batches": self._micro,
+            "gradients": training_gradients(self.trainable, self._step_tokens), "micro_batches": self._micro,
             "tokens": self._step_tokens, "compute_ms": round(self._step_ms, 3), "loss": loss}))
         done = self.step >= self.total_steps
         if done or self.step % self.spec.checkpoint_every == 0:

@@ -8,6 +8,12 @@ Step arithmetic (OpenAI's and PEFT's usual meaning): an optimizer step consumes 
 as micro-batches of ``micro_batch_size`` records (gradient accumulation); an epoch is ``ceil(records /
 batch_size)`` steps; a job runs ``epochs`` epochs, capped at ``max_steps`` when given. A micro-batch is the
 unit the engine interleaves with inference, so it bounds how long an arriving inference request waits.
+
+Metering (VAJRA paper A.2's G): one gradient is one trainable element's gradient on one token, and a token is
+any token of a trained record as the trainer encodes it (chat template or prompt + completion + end token;
+prompt tokens included, padding never), so an optimizer step's gradients = trainable elements x the tokens of
+its records. The count follows the work and not its split: the same data, epochs and batch size give the same
+gradients whatever ``micro_batch_size`` is.
 """
 
 import math
@@ -101,14 +107,26 @@ class Hyperparameters:
         steps = math.ceil(records / self.batch_size) * self.epochs
         return min(steps, self.max_steps) if self.max_steps else steps
 
-    def micro_batches(self, records):
-        """Micro-batches over the whole job (the last batch of an epoch may be short)."""
+    def trained_records(self, records):
+        """(whole epochs, records of the last partial epoch) the job trains: every record once per epoch, and a
+        job capped by ``max_steps`` stops after that many batches (only an epoch's last batch is short)."""
         per_epoch_steps = math.ceil(records / self.batch_size)
-        full, rest = divmod(records, self.batch_size)
-        per_epoch = full * self.accumulation + math.ceil(rest / self.micro_batch_size)
         if self.max_steps and self.max_steps < per_epoch_steps * self.epochs:
-            return self.max_steps * self.accumulation  # an upper bound: a capped job may end on a short batch
-        return per_epoch * self.epochs
+            epochs, steps = divmod(self.max_steps, per_epoch_steps)
+            return epochs, steps * self.batch_size
+        return self.epochs, 0
+
+    def trained_tokens(self, records, tokens):
+        """The tokens the job trains, for a dataset of ``records`` records holding ``tokens`` tokens in all: exact
+        for whole epochs; a partial epoch's batches are drawn at random, so it counts them at the dataset's mean
+        record length (rounded up)."""
+        epochs, rest = self.trained_records(records)
+        return epochs * tokens + (-(-rest * tokens // records) if records else 0)
+
+
+def training_gradients(trainable, tokens):
+    """G for ``tokens`` trained tokens with ``trainable`` trainable elements (see Metering above)."""
+    return trainable * tokens
 
 
 def trainable_elements(modules, num_layers, rank, target_modules):

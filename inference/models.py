@@ -263,7 +263,7 @@ class TrainingStep(models.Model):
 
     job = models.ForeignKey(TrainingJob, on_delete=models.PROTECT, related_name="steps")
     step = models.PositiveIntegerField()
-    gradients = models.BigIntegerField()  # trainable elements x micro-batches
+    gradients = models.BigIntegerField()  # trainable elements x the tokens of the step's records
     micro_batches = models.PositiveIntegerField()
     tokens = models.PositiveIntegerField()
     compute_ms = models.FloatField()  # forward + backward + optimizer

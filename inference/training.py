@@ -7,8 +7,10 @@ once its file checks out; ``node`` stays empty until placement finds an up node 
 none can take it, ``control.training_place`` tries again every VAJRA_TRAIN_PLACE_RETRY_SECONDS (a countdown
 task, so no beat entry is needed) and the job fails with ``no_capacity`` after VAJRA_TRAIN_QUEUE_TIMEOUT_SECONDS.
 
-Estimate (VAJRA paper A.2): gradients = trainable LoRA elements x micro-batches over the job, and
-cost = gradients x C_gradient / 1e6 x P_GPU, in integer micro-dollars rounded up.
+Estimate (VAJRA paper A.2): gradients = trainable LoRA elements x the tokens the job trains (every token of its
+records as the trainer encodes them, counted with the base model's tokenizer and chat template:
+inference.training_tokens; gpu_runtime.training_spec defines the gradient), and cost = gradients x C_gradient /
+1e6 x P_GPU, in integer micro-dollars rounded up. The same counts and formula bill each step the node reports.
 """
 
 import hashlib
@@ -23,10 +25,10 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing.caps import check_training_spend
-from billing.plans import plan_limits, training_price
+from billing.plans import plan_limits, training_cost, training_price
 from gpu_runtime.adapter_validation import MAX_LORA_RANK
 from gpu_runtime.contract import CONTROL_QUEUE, TASK_TRAIN, ContractError, cancel_key, node_queue
-from gpu_runtime.training_spec import Hyperparameters, TrainingSpec, trainable_elements
+from gpu_runtime.training_spec import Hyperparameters, TrainingSpec, trainable_elements, training_gradients
 from tenants.audit import audit_record
 from vajra.errors import Conflict, InvalidRequest
 
@@ -34,8 +36,9 @@ from .access import access_dataset
 from .adapters import adapter_ref, adapter_storage, base_facts
 from .dataset_urls import is_dataset_url, read_url_dataset, store_url_dataset
 from .datasets import validate_dataset
-from .models import Adapter, TrainingEvent, TrainingJob
+from .models import Adapter, BaseModel, TrainingEvent, TrainingJob
 from .placement import NoCapacity, place, record_scale_up
+from .training_tokens import training_tokens
 
 TASK_VALIDATE = "control.training_validate"
 TASK_PLACE = "control.training_place"
@@ -59,27 +62,62 @@ def micro_usd_text(micro_usd):
     return str((Decimal(micro_usd) / 10**6).quantize(Decimal("0.000001")))
 
 
+def million_tokens_micro_usd(trainable, *, tenant):
+    """What a million trained tokens cost at ``trainable`` trainable elements: the per-token price of a job."""
+    return gradient_cost_micro_usd(training_gradients(trainable, 10**6), tenant=tenant)
+
+
+def reference_million_tokens(tenant):
+    """(base model name, rank, targets, micro-dollars a million training tokens cost) for a new adapter with the
+    default shape on the default base model, for pages that show the per-token price before any estimate; None
+    while no node has reported that base model."""
+    base_model = BaseModel.objects.filter(name=settings.VAJRA_DEFAULT_BASE_MODEL).first()
+    if base_model is None:
+        return None
+    try:
+        facts = base_facts(base_model)
+    except (KeyError, TypeError, ZeroDivisionError):  # a row without its architecture yet: no price to show
+        return None
+    hp = Hyperparameters()
+    elements = trainable_elements(facts.modules, facts.num_layers, hp.rank, hp.target_modules)
+    return base_model.name, hp.rank, hp.target_modules, million_tokens_micro_usd(elements, tenant=tenant)
+
+
 @dataclass(frozen=True)
 class Estimate:
     records: int
     total_steps: int
     trainable_params: int
+    dataset_tokens: int  # one epoch
+    tokens_exact: bool  # False: the web has no tokenizer for the base model, so an upper bound
+    trained_tokens: int
     gradients: int
-    cost_micro_usd: int
+    cost_micro_usd: int  # rounded up: an estimate never under-quotes
+    cost_exact: Decimal  # what the ledger would bill for these gradients, at its 10 places
+    million_tokens_micro_usd: int
 
     def to_json(self):
         return {"records": self.records, "total_steps": self.total_steps, "trainable_params": self.trainable_params,
-                "gradients": self.gradients, "cost_micro_usd": self.cost_micro_usd,
-                "cost_usd": micro_usd_text(self.cost_micro_usd)}
+                "dataset_tokens": self.dataset_tokens, "tokens_exact": self.tokens_exact,
+                "trained_tokens": self.trained_tokens, "gradients": self.gradients,
+                "cost_micro_usd": self.cost_micro_usd, "cost_usd": micro_usd_text(self.cost_micro_usd),
+                "cost_exact_usd": format(self.cost_exact, "f"),
+                "per_million_tokens": {"cost_micro_usd": self.million_tokens_micro_usd,
+                                       "cost_usd": micro_usd_text(self.million_tokens_micro_usd)}}
 
 
-def training_estimate(*, tenant, base_model, hp, records):
-    """What a job of ``records`` records with these hyperparameters computes and costs, before it starts."""
+def training_estimate(*, tenant, base_model, hp, records, tokens, tokens_exact=True):
+    """What a job of ``records`` records holding ``tokens`` tokens (one epoch) with these hyperparameters computes
+    and costs, before it starts."""
     facts = base_facts(base_model)
     elements = trainable_elements(facts.modules, facts.num_layers, hp.rank, hp.target_modules)
-    gradients = elements * hp.micro_batches(records)
+    trained = hp.trained_tokens(records, tokens)
+    gradients = training_gradients(elements, trained)
+    micro_usd, plan = training_price(tenant=tenant, gradients=gradients)
     return Estimate(records=records, total_steps=hp.total_steps(records), trainable_params=elements,
-                    gradients=gradients, cost_micro_usd=gradient_cost_micro_usd(gradients, tenant=tenant))
+                    dataset_tokens=tokens, tokens_exact=tokens_exact, trained_tokens=trained, gradients=gradients,
+                    cost_micro_usd=micro_usd, cost_exact=training_cost(plan, gradients=gradients),
+                    million_tokens_micro_usd=million_tokens_micro_usd(elements, tenant=tenant))
 
 
 # ---- checking a train request (nothing is written until every check passed) ----------------------------------
@@ -128,6 +166,15 @@ def _dataset_and_records(principal, dataset_ref, url_dataset):
     return dataset, dataset.records
 
 
+def _estimate(tenant, base_model, hp, dataset, records, url_dataset):
+    if url_dataset is not None:
+        tokens, exact = training_tokens(base_model, data=url_dataset[1], fallback=url_dataset[2].tokens)
+    else:
+        tokens, exact = training_tokens(base_model, dataset=dataset, fallback=dataset.tokens)
+    return training_estimate(tenant=tenant, base_model=base_model, hp=hp, records=records, tokens=tokens,
+                             tokens_exact=exact)
+
+
 def _url_dataset(principal, dataset_ref, base_model):
     if not is_dataset_url(dataset_ref):
         return None
@@ -140,8 +187,9 @@ def training_quote(*, principal, base_model, adapter_name, dataset_ref, hyperpar
     adapter = _existing_adapter(principal.tenant, adapter_name, base_model, lock=False)
     version = adapter.current_version if adapter else None
     hp = _hyperparameters(hyperparameters, base_model=base_model, version=version)
-    _, records = _dataset_and_records(principal, dataset_ref, _url_dataset(principal, dataset_ref, base_model))
-    return training_estimate(tenant=principal.tenant, base_model=base_model, hp=hp, records=records)
+    url_dataset = _url_dataset(principal, dataset_ref, base_model)
+    dataset, records = _dataset_and_records(principal, dataset_ref, url_dataset)
+    return _estimate(principal.tenant, base_model, hp, dataset, records, url_dataset)
 
 
 def training_create(*, principal, base_model, adapter_name, dataset_ref, hyperparameters):
@@ -179,7 +227,7 @@ def _create(principal, base_model, adapter_name, dataset_ref, hyperparameters, u
                            param="adapter_id")
     hp = _hyperparameters(hyperparameters, base_model=base_model, version=version)
     dataset, records = _dataset_and_records(principal, dataset_ref, url_dataset)
-    estimate = training_estimate(tenant=tenant, base_model=base_model, hp=hp, records=records)
+    estimate = _estimate(tenant, base_model, hp, dataset, records, url_dataset)
     check_training_spend(tenant, gradients=estimate.gradients)  # 402 when the estimate would pass the spend cap
     if adapter is None:
         limits = plan_limits(tenant)

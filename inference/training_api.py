@@ -21,7 +21,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing.plans import training_price
+from billing.plans import plain, training_price
 from vajra.errors import InvalidRequest
 from vajra.serializers import StrictSerializer
 
@@ -54,9 +54,10 @@ def money(micro_usd):
 
 
 def training_prices(tenant):
-    """The tenant's plan's training prices, in micro-dollars (billing.plans.training_price reads the same plan)."""
+    """The tenant's plan's training prices (billing.plans.training_price reads the same plan): C_gradient exact in
+    dollars per million gradients (a fraction of a micro-dollar), P_GPU in micro-dollars an hour."""
     plan = training_price(tenant=tenant, gradients=0)[1]
-    return {"c_gradient_micro_usd": int((plan.gradient_price_per_million * 10**6).to_integral_value()),
+    return {"c_gradient_usd": plain(plan.gradient_price_per_million),
             "p_gpu_micro_usd_per_hour": int((plan.gpu_price_per_hour * 10**6).to_integral_value()),
             "plan": plan.name}
 

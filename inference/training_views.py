@@ -15,7 +15,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 from rest_framework.exceptions import APIException
 
-from billing.plans import plan_limits, training_price
+from billing.plans import plain, plan_limits, training_price
 from tenants.forms import add_service_error
 from tenants.views import tenant_member_required
 
@@ -24,7 +24,7 @@ from .datasets import dataset_upload
 from .forms import DatasetUploadForm, TrainingJobForm
 from .models import TrainingJob
 from .storage_quota import storage_used
-from .training import micro_usd_text, training_cancel, training_create, training_quote
+from .training import micro_usd_text, reference_million_tokens, training_cancel, training_create, training_quote
 from .training_api import job_json
 from .training_ws import RECENT_EVENTS, job_snapshot
 
@@ -46,7 +46,11 @@ def _job_form(principal, data=None):
 
 def _plan_prices(tenant):
     plan = training_price(tenant=tenant, gradients=0)[1]
-    return {"c_gradient_usd": plan.gradient_price_per_million, "p_gpu_usd": plan.gpu_price_per_hour}
+    reference = reference_million_tokens(tenant)
+    return {"c_gradient_usd": plain(plan.gradient_price_per_million), "p_gpu_usd": plan.gpu_price_per_hour,
+            "reference_price": reference and {"base_model": reference[0], "rank": reference[1],
+                                              "targets": ", ".join(reference[2]),
+                                              "cost_usd": micro_usd_text(reference[3])}}
 
 
 def _training_page(request, *, form=None, job_form=None, report=None, estimate=None, status=200):

@@ -27,7 +27,7 @@ from tests.conftest import make_member, put_on_plan
 pytestmark = pytest.mark.usefixtures("fast_password_hashing")
 
 STANDARD = {"unit_price": Decimal("0.0001"), "gpu_price_per_hour": Decimal("2.00"), "tenancy_factor": Decimal("0.3"),
-            "gradient_price_per_million": Decimal("0.05"), "billing_granularity_ms": 10}
+            "gradient_price_per_million": Decimal("0.00000005"), "billing_granularity_ms": 10}
 
 
 # ---- helpers shared with the other billing tests -------------------------------------------------------------
@@ -287,15 +287,16 @@ def test_training_steps_are_billed_once_per_job_and_step(acme, standard, setting
                                       size_bytes=10, sha256="0" * 64, storage_key="k")
     job = TrainingJob.objects.create(id="ftjob_1", tenant=acme, base_model=base_model(), adapter=version.adapter,
                                      dataset=dataset, status=TrainingJob.RUNNING, started_at=timezone.now())
-    metering = {"gradients": 26880, "micro_batches": 2, "tokens": 100, "compute_ms": 1500.5, "loss": 1.5}
+    # SmolLM2-135M, LoRA r=8 on q, v: 460,800 trainable x 100 tokens
+    metering = {"gradients": 46_080_000, "micro_batches": 2, "tokens": 100, "compute_ms": 1500.5, "loss": 1.5}
     assert training_step(job_id=job.id, step=1, metering=metering) is True
     assert training_step(job_id=job.id, step=1, metering=metering) is False  # resumed: re-reported
-    assert training_step(job_id=job.id, step=2, metering={**metering, "gradients": 13440}) is True
+    assert training_step(job_id=job.id, step=2, metering={**metering, "gradients": 23_040_000, "tokens": 50}) is True
     rows = ledger(acme)
     assert [(r.key, r.kind, r.gradients, r.step) for r in rows] == [
-        ("training:ftjob_1:1", "training", 26880, 1), ("training:ftjob_1:2", "training", 13440, 2)]
-    # A.2: 26880 x $0.05 / 1,000,000 x $2.00 = $0.002688
-    assert [r.cost for r in rows] == [Decimal("0.002688"), Decimal("0.001344")]
+        ("training:ftjob_1:1", "training", 46_080_000, 1), ("training:ftjob_1:2", "training", 23_040_000, 2)]
+    # A.2: 46,080,000 x $0.00000005 / 1,000,000 x $2.00 = $0.000004608
+    assert [r.cost for r in rows] == [Decimal("0.000004608"), Decimal("0.000002304")]
     assert rows[0].gpu_ms == 1500.5 and rows[0].billed_gpu_ms == 0 and rows[0].adapter_id == version.adapter_id
 
 
@@ -396,9 +397,19 @@ def test_training_cost_is_the_a2_formula_rounded_once(plan, gradients):
 @settings(max_examples=200, deadline=None)
 @given(steps=st.lists(st.integers(min_value=0, max_value=10**9), min_size=1, max_size=50))
 def test_per_step_training_costs_add_up_to_the_cost_of_the_sum_at_the_papers_prices(steps):
-    plan = a_plan(**STANDARD)  # $0.05 x $2.00 / 1e6 = $1e-7 per gradient: exact at 10 places
+    plan = a_plan(**{**STANDARD, "gradient_price_per_million": Decimal("0.05")})  # $1e-7 a gradient: exact
     assert sum(plans.training_cost(plan, gradients=g) for g in steps) == plans.training_cost(plan,
                                                                                             gradients=sum(steps))
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(st.integers(min_value=0, max_value=10**12), min_size=1, max_size=50))
+def test_per_step_training_costs_stay_within_half_a_ledger_place_a_step_of_the_sum_at_the_default_price(steps):
+    """$1e-13 a gradient (one trainable element on one token): each row rounds to 10 places, so a job's rows may
+    differ from the cost of its sum by at most half a 1e-10 dollar per step."""
+    plan = a_plan(**STANDARD)
+    rows = sum(plans.training_cost(plan, gradients=g) for g in steps)
+    assert abs(rows - plans.training_cost(plan, gradients=sum(steps))) <= Decimal("0.5E-10") * (len(steps) + 1)
 
 
 @settings(max_examples=200, deadline=None)

@@ -114,13 +114,12 @@ def test_a_plan_version_in_effect_later_prices_a_later_final(premium, warm_bot, 
 
 
 def test_the_training_estimate_is_priced_by_the_tenants_plan(acme, post_train, dataset, sent):  # noqa: F811
-    """test_estimate_by_hand's job (26880 gradients) on a plan at $0.08 per million gradients and $3.00 a GPU-hour:
-    26880 x 0.08 / 1e6 x 3.00 = $0.0064512, what the ledger bills for those gradients; quoted rounded up."""
+    """test_estimate_by_hand's job (645120 gradients) on a plan at $0.08 per million gradients and $3.00 a GPU-hour:
+    645120 x 0.08 / 1e6 x 3.00 = $0.1548288, what the ledger bills for those gradients; quoted rounded up."""
     from billing.plans import plan_for, training_cost
 
     put_on_plan(acme, "premium", gradient_price_per_million=Decimal("0.08"), gpu_price_per_hour=Decimal("3.00"))
     estimate = post_train(dataset=dataset.id, path="train/estimate", hp={"rank": 4}).json()
-    assert (estimate["gradients"], estimate["cost_micro_usd"], estimate["cost_usd"]) == (26880, 6452, "0.006452")
-    assert estimate["prices"] == {"c_gradient_micro_usd": 80000, "p_gpu_micro_usd_per_hour": 3000000,
-                                  "plan": "premium"}
-    assert training_cost(plan_for(acme), gradients=26880) == Decimal("0.0064512")
+    assert (estimate["gradients"], estimate["cost_micro_usd"], estimate["cost_usd"]) == (645120, 154829, "0.154829")
+    assert estimate["prices"] == {"c_gradient_usd": "0.08", "p_gpu_micro_usd_per_hour": 3000000, "plan": "premium"}
+    assert training_cost(plan_for(acme), gradients=645120) == Decimal("0.1548288")

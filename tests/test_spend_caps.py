@@ -151,11 +151,16 @@ def test_training_is_refused_with_402_once_the_cap_is_reached(post_train, datase
     assert not TrainingJob.objects.exists()
 
 
-def test_training_is_refused_when_its_estimate_would_pass_the_cap(post_train, dataset, acme, unchanged_db, sent):
-    capped(acme, "0.01", "0.008")  # the job's estimate is $0.002688 (tests/test_training_api.py, by hand)
+def test_training_is_refused_when_its_estimate_would_pass_the_cap(post_train, acme, adapter_storage, unchanged_db,
+                                                                  sent):
+    # 10 records of 896,000 tokens in all (the upload's count): 1792 trainable x 2,688,000 tokens over 3 epochs =
+    # 4,816,896,000 gradients x $0.00000005 / 1e6 x $2.00 = $0.0004816896, quoted $0.000482
+    make_base()
+    dataset = make_dataset(acme, tokens=896_000)
+    capped(acme, "0.01", "0.0099")
     error = refused(unchanged_db, sent, lambda: post_train(dataset=dataset.id, hp={"rank": 4}), 402,
                     code="spend_cap_reached")
-    assert error["message"].startswith("This training job's estimated cost $0.002688 would take this month's "
+    assert error["message"].startswith("This training job's estimated cost $0.000482 would take this month's "
                                        "spend $0.01 past the cap $0.01;")
     BillingAccount.objects.filter(tenant=acme).update(spend_cap=Decimal("0.02"))
     assert post_train(dataset=dataset.id, hp={"rank": 4}).status_code == 201
@@ -247,7 +252,7 @@ def test_owners_set_the_cap_and_developers_cannot(acme, alice, bob):
 def test_plan_page_shows_tier_prices_and_guarantees(acme, bob):
     html = session_client(bob).get("/billing/plan/").content.decode()
     for text in ("standard v1", "$0.000100", "$0.000500", "$0.002000", "≤ 10 ms", "≤ 100 ms", "≤ 2000 ms",
-                 "$0.001900 (the premium over cold)", "$0.0000016667 per step", "$0.100000 per million gradients"):
+                 "$0.001900 (the premium over cold)", "$0.0000016667 per step", "$0.0000001 per million gradients"):
         assert text in html, text
     assert UsageEvent.objects.count() == 0 and not BillingAccount.objects.exists()  # a page view writes nothing
 

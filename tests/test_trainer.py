@@ -127,7 +127,9 @@ def test_training_learns_the_dataset_and_the_new_version_generates_it(node, tmp_
     started = send.named(TASK_TRAINING_STARTED)[0][2]
     trainable = 2 * 8 * (64 + 64 + 64 + 32 + 64 + 64 + 128 + 64)  # layers x rank x (in + out) for q, v, o, down
     assert started["trainable_params"] == trainable
-    assert all(m["gradients"] == trainable * 2 and m["micro_batches"] == 2 for _, _, m in steps)
+    # every step trains all 4 records: gradients = trainable elements x their tokens, in micro-batches of 2
+    assert len({m["tokens"] for _, _, m in steps}) == 1
+    assert all(m["gradients"] == trainable * m["tokens"] and m["micro_batches"] == 2 for _, _, m in steps)
     assert send.named(TASK_TRAINING_FINISHED) == [(spec.job_id, result)]
 
     # the trained adapter is a valid PEFT folder the store serves like an upload, and it learnt the answers
@@ -137,6 +139,26 @@ def test_training_learns_the_dataset_and_the_new_version_generates_it(node, tmp_
         handle, final = greedy(engine, prompt, adapter=ref, max_tokens=len(answer) + 1)
         assert generated_text(redis_client, handle.request.request_id).split() == words(answer).split()
         assert final["finish_reason"] == "stop"  # and it learnt to stop after the answer
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_the_metered_gradients_do_not_depend_on_the_micro_batch_size(node, tmp_path, epochs):
+    """The same data, epochs and batch size run as micro-batches of 1, 2 and 4 records (and 8 records, batches of
+    4, so an epoch's steps differ in tokens): each step bills the same gradients, trainable x the step's tokens."""
+    engine, store, base = node()
+    records = memorize_records() * 2
+    uri = write_dataset(tmp_path / "data.jsonl", records)
+    metered = {}
+    for micro in (1, 2, 4):
+        send = Recorder()
+        spec = spec_for(tmp_path, uri, epochs=epochs, micro_batch_size=micro)
+        assert run_job(spec, engine=engine, store=store, base=base, send=send)["status"] == "succeeded"
+        trainable = send.named(TASK_TRAINING_STARTED)[0][2]["trainable_params"]
+        steps = send.named(TASK_TRAINING_STEP)
+        assert all(m["gradients"] == trainable * m["tokens"] and m["micro_batches"] == 4 // micro
+                   for _, _, m in steps)
+        metered[micro] = [(step, m["gradients"], m["tokens"]) for _, step, m in steps]
+    assert metered[1] == metered[2] == metered[4] and len(metered[1]) == 2 * epochs
 
 
 def test_a_redelivered_job_resumes_from_its_last_checkpoint_and_reports_the_same_steps(node, tmp_path):

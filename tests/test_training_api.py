@@ -55,13 +55,15 @@ def make_base(name=BASE):
     return BaseModel.objects.create(name=name, architecture=MANIFEST["architecture"])
 
 
-def make_dataset(tenant, records=RECORDS, data=None):
+def make_dataset(tenant, records=RECORDS, data=None, tokens=None):
+    """A stored dataset row; ``tokens`` (default 12 a record) stands for the upload's count, which an estimate
+    takes where the web has no tokenizer for the base model (tiny-llama has none in the model store)."""
     data = data if data is not None else jsonl(records)
     dataset_id = f"ds_{hashlib.sha256(data + tenant.slug.encode()).hexdigest()[:24]}"
     key = storages["adapters"].save(f"datasets/{tenant.pk}/{dataset_id}.jsonl", ContentFile(data))
     return Dataset.objects.create(id=dataset_id, tenant=tenant, name="train.jsonl", format=Dataset.COMPLETION,
                                   records=records, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
-                                  storage_key=key)
+                                  storage_key=key, tokens=12 * records if tokens is None else tokens)
 
 
 def make_version(adapter, root, number, *, r=4, modules=("q_proj", "v_proj"), current=True):
@@ -188,15 +190,24 @@ def test_train_a_new_adapter(post_train, dataset, sent, acme):
 
 def test_estimate_by_hand(post_train, dataset, sent):
     """tiny-llama: hidden 64, 4 heads of 16, 2 KV heads, 2 layers. Rank 4 on q_proj (64 -> 64) and v_proj
-    (64 -> 32): 4 x (64 + 64) + 4 x (64 + 32) = 896 per layer, 1792 trainable. 10 records, batches of 4 in
-    micro-batches of 2: an epoch is 3 steps (4, 4, 2 records) and 2 + 2 + 1 = 5 micro-batches; 3 epochs: 9 steps,
-    15 micro-batches, 1792 x 15 = 26880 gradients. Cost: 26880 x $0.05 / 1e6 x $2.00 = $0.002688."""
-    expected = {"gradients": 26880, "cost_micro_usd": 2688, "cost_usd": "0.002688", "total_steps": 9,
+    (64 -> 32): 4 x (64 + 64) + 4 x (64 + 32) = 896 per layer, 1792 trainable. 10 records of 120 tokens in all,
+    batches of 4 in micro-batches of 2: an epoch is 3 steps (4, 4, 2 records); 3 epochs: 9 steps, 360 tokens
+    trained, 1792 x 360 = 645120 gradients. Cost: 645120 x $0.00000005 / 1e6 x $2.00 = $0.000000064512, quoted
+    as 1 micro-dollar (rounded up); a million tokens: 1.792e9 gradients = $0.0001792, 180 micro-dollars."""
+    expected = {"gradients": 645120, "cost_micro_usd": 1, "cost_usd": "0.000001", "total_steps": 9,
                 "trainable_params": 1792}
+    assert dataset.tokens == 120
     estimate = post_train(dataset=dataset.id, path="train/estimate", hp={"rank": 4})
     assert estimate.status_code == 200, estimate.json()
     assert {k: estimate.json()[k] for k in expected} == expected
     assert estimate.json()["records"] == RECORDS and estimate.json()["object"] == "training.estimate"
+    assert (estimate.json()["dataset_tokens"], estimate.json()["trained_tokens"]) == (120, 360)
+    assert estimate.json()["tokens_exact"] is False  # the web has no tokenizer for tiny-llama: the upload's count
+    assert estimate.json()["per_million_tokens"] == {"cost_micro_usd": 180, "cost_usd": "0.000180"}
+    assert estimate.json()["cost_exact_usd"] == "0.0000000645"  # the ledger's 10 places, half-even
+    for micro in (1, 4):  # the micro-batch size changes nothing
+        same = post_train(dataset=dataset.id, path="train/estimate", hp={"rank": 4, "micro_batch_size": micro})
+        assert {k: same.json()[k] for k in expected} == expected
     assert not TrainingJob.objects.exists() and not Adapter.objects.exists() and sent == []
 
     created = post_train(dataset=dataset.id, hp={"rank": 4}).json()
@@ -219,7 +230,7 @@ def test_train_an_existing_adapter_continues_from_its_current_version(post_train
     assert (job.hyperparameters["rank"], job.hyperparameters["alpha"], job.hyperparameters["target_modules"]) == (
         8, 8.0, ["k_proj", "o_proj", "q_proj", "v_proj"])
     # q 64->64, k 64->32, v 64->32, o 64->64: 8 x (128 + 96 + 96 + 128) = 3584 per layer, 2 layers
-    assert job.trainable_params == 7168 and job.estimated_gradients == 7168 * 15
+    assert job.trainable_params == 7168 and job.estimated_gradients == 7168 * 120 * 3  # 120 tokens, 3 epochs
     assert Adapter.objects.count() == 1
 
 

@@ -97,10 +97,10 @@ def viewer(acme):
 def running(acme, base, dataset):
     """A running job, 2 of 9 steps done, with its step rows and events."""
     job = make_job(acme, make_adapter(acme, base), dataset, status=TrainingJob.RUNNING, total_steps=9,
-                   trained_steps=2, last_loss=1.75, estimated_gradients=26880, estimated_cost_micro_usd=2688,
+                   trained_steps=2, last_loss=1.75, estimated_gradients=645120, estimated_cost_micro_usd=1,
                    trainable_params=1792, started_at=timezone.now())
     for step, loss in [(1, 2.5), (2, 1.75)]:
-        TrainingStep.objects.create(job=job, step=step, gradients=2 * 1792, micro_batches=2, tokens=40,
+        TrainingStep.objects.create(job=job, step=step, gradients=1792 * 40, micro_batches=2, tokens=40,
                                     compute_ms=12.0, loss=loss)
         event(job, f"Step {step}/9: training loss {loss:.4f}.", step=step, loss=loss)
     event(job, "Checkpoint saved at step 2.", step=2, loss=1.75, level=TrainingEvent.WARNING)
@@ -163,18 +163,20 @@ def test_charlie_never_reaches_acmes_jobs(charlie, running, unchanged_db, sent):
 # ---- estimate and start ---------------------------------------------------------------------------------------
 
 def test_estimate_shows_what_the_api_would(alice, dataset, unchanged_db, sent, post_form):
-    """As tests/test_training_api.py's estimate by hand, with micro-batches of 1 (the form does not set them): an
-    epoch of 10 records in batches of 4 is 3 steps and 4 + 4 + 2 = 10 micro-batches; 3 epochs, 9 steps and 30
-    micro-batches; 1792 trainable x 30 = 53760 gradients, x $0.05 / 1e6 x $2.00 = $0.005376."""
+    """As tests/test_training_api.py's estimate by hand, with micro-batches of 1 (the form does not set them, and
+    they change nothing): 10 records of 120 tokens, 3 epochs, 9 steps and 360 tokens; 1792 trainable x 360 =
+    645120 gradients, x $0.00000005 / 1e6 x $2.00, quoted as 1 micro-dollar; $0.000180 per million tokens."""
     client = web(alice)  # signing in writes last_login: before the snapshot
     with unchanged_db():
         response = post_form(client, form(dataset, action="estimate"))
     assert response.status_code == 200
     html = response.content.decode()
     estimate = html[html.index("data-estimate"):]
-    assert "<dd data-estimate-steps>9</dd>" in estimate and "<dd data-estimate-gradients>53760</dd>" in estimate
-    assert "$0.005376" in estimate and "(5376 micro-$)" in estimate and "<dd>1792</dd>" in estimate
-    assert "$0.05 per\n            million × the GPU price ($2.00 an hour)" in estimate
+    assert "<dd data-estimate-steps>9</dd>" in estimate and "<dd data-estimate-gradients>645120</dd>" in estimate
+    assert "<dd data-estimate-tokens>360 <span" in estimate and "(at most)" in estimate
+    assert "$0.000001" in estimate and "(1 micro-$)" in estimate and "<dd>1792</dd>" in estimate
+    assert "<dd data-estimate-per-million>$0.000180</dd>" in estimate
+    assert "$0.00000005 per million × the GPU price ($2.00 an hour)" in estimate
     assert 'value="support-bot"' in html and 'name="job-rank" value="4"' in html  # the form keeps its values
     assert sent == []
 
@@ -187,7 +189,8 @@ def test_start_creates_one_job_and_opens_its_page(alice, acme, dataset, sent, po
     assert (job.tenant, job.adapter.name, job.dataset, job.created_by) == (acme, "support-bot", dataset, alice)
     assert {k: job.hyperparameters[k] for k in ("rank", "alpha", "target_modules", "max_steps", "seed", "epochs")} == {
         "rank": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj"], "max_steps": 5, "seed": 7, "epochs": 3}
-    assert job.total_steps == 5 and job.estimated_gradients == 1792 * 20
+    # 5 steps: a whole epoch (120 tokens) and 8 of the next epoch's 10 records at 12 tokens each
+    assert job.total_steps == 5 and job.estimated_gradients == 1792 * (120 + 96)
     assert sent == [("control.training_validate", [job.id], {"queue": "control"})]
     html = client.get(response.url).content.decode()
     assert f"Started {job.id} on support-bot: 5 steps" in html and "Validating files" in html
@@ -264,8 +267,9 @@ def test_the_job_page_shows_the_recorded_state(request, who, running):
     events = html[html.index('id="tj-events"'):]
     assert "Step 2/9: training loss 1.7500." in events and 'badge--level-warning">warning<' in events
     assert "<td class=\"num\">2</td>" in events and "1.7500" in events
-    # estimate vs usage: 2 steps of 3584 gradients = 7168 x $0.05 / 1e6 x $2.00 = $0.000717 (rounded up)
-    assert 'id="tj-usage-gradients">7168<' in html and "$0.000717" in html and "$0.002688" in html
+    # estimate vs usage: 2 steps of 1792 x 40 gradients = 143360 x $0.00000005 / 1e6 x $2.00, 1 micro-$ rounded up
+    assert 'id="tj-usage-gradients">143360<' in html and "<td class=\"num\">645120</td>" in html
+    assert html.count("$0.000001") == 2
     assert f'action="{reverse("training-job-cancel", args=[running.id])}"' in html and "csrfmiddlewaretoken" in html
     assert "<dt>Learning rate</dt><dd>0.0001</dd>" in html
 
@@ -338,3 +342,19 @@ def test_a_deleted_adapters_job_still_renders(alice, running):
     response = web(alice).get(job_page(running))
     assert response.status_code == 200 and reverse("adapter-detail", args=["support-bot"]) not in \
         response.content.decode().split('data-training-job')[0]
+
+
+def test_the_training_page_shows_the_price_per_million_training_tokens(alice, dataset, settings):
+    """A new rank-8 q, v adapter on the default base model: SmolLM2-135M has 30 layers, q_proj 576 -> 576 and
+    v_proj 576 -> 192, so 8 x (1152 + 768) x 30 = 460,800 trainable; a million tokens are 460,800,000,000
+    gradients, x $0.00000005 / 1e6 x $2.00 = $0.04608, shown as $0.046080."""
+    from inference.models import BaseModel
+
+    settings.VAJRA_DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+    BaseModel.objects.create(name="smollm2-135m-instruct", architecture={
+        "hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3,
+        "num_hidden_layers": 30})
+    html = web(alice).get(reverse("training")).content.decode()
+    reference = html[html.index("data-reference-price"):]
+    assert "rank-8 adapter (q_proj, v_proj) on\n          smollm2-135m-instruct costs $0.046080 per million" in (
+        reference)

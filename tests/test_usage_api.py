@@ -36,7 +36,7 @@ def billed(tenant, when, *, version=None, gpu_ms=10.0, prompt=5, completion=7):
 @pytest.fixture
 def usage(acme):
     """October 30th to November 2nd 2025: base-model queries (cold), a warm and a hot adapter, a training step
-    (1,000,000 gradients: $0.10)."""
+    (1,000,000 gradients: $0.0000001 at the default $0.00000005 per million gradients)."""
     warm = adapter_version(acme, "support-bot", tier="warm")
     hot = adapter_version(acme, "hot-bot", tier="hot")
     billed(acme, "2025-10-30T23:30:00")  # cold, base model: 0.0001 + 10 ms
@@ -77,7 +77,7 @@ def test_daily_buckets_by_kind_tier_and_adapter(api, usage):
         ("2025-10-30", "inference", "cold", None, 1, "0.0001016667"),
         ("2025-10-31", "inference", "hot", "hot-bot", 1, "0.0020166667"),
         ("2025-10-31", "inference", "warm", "support-bot", 2, "0.0010066667"),
-        ("2025-11-01", "training", None, "support-bot", 0, "0.1000000000"),
+        ("2025-11-01", "training", None, "support-bot", 0, "0.0000001000"),  # never "1.000E-7"
         ("2025-11-02", "inference", "cold", None, 1, "0.0001016667"),
     ]
     warm = body["data"][2]
@@ -114,7 +114,7 @@ def test_filters(api, usage):
     assert {r["kind"] for r in by_adapter["data"]} == {"inference", "training"}
     assert by_adapter["totals"]["requests"] == 2 and by_adapter["totals"]["gradients"] == 1_000_000
     training = get(api, **window, kind="training").json()
-    assert training["totals"]["cost"] == "0.1000000000" and training["totals"]["requests"] == 0
+    assert training["totals"]["cost"] == "0.0000001000" and training["totals"]["requests"] == 0
     assert get(api, **window, adapter="no-such").json()["data"] == []
 
 

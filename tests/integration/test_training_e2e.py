@@ -10,11 +10,13 @@ below any near-tie while a wrong adapter version changes the text outright."""
 
 import json
 import threading
+from decimal import Decimal
 
 import httpx
 import pytest
 from django.utils import timezone
 
+from billing.models import UsageEvent
 from inference.models import Adapter, InferenceRequest, TrainingCheckpoint, TrainingJob, TrainingStep
 from tests.integration.conftest import wait_for
 from tests.integration.test_inference_e2e import MODEL, platform, sse_events  # noqa: F401  (the fixture)
@@ -66,9 +68,19 @@ def test_a_training_job_through_the_api_is_metered_per_step_and_its_version_is_s
     assert done.status == "succeeded", (done.error_code, done.error_message)
     steps = list(TrainingStep.objects.filter(job=done).order_by("step"))
     assert [s.step for s in steps] == [1, 2, 3]
-    per_micro_batch = done.trainable_params  # batch 2 as micro-batches of 1
-    assert all(s.gradients == per_micro_batch * 2 and s.micro_batches == 2 and s.compute_ms > 0 for s in steps)
-    assert sum(s.gradients for s in steps) == done.estimated_gradients
+    # batch 2 as micro-batches of 1; a step's gradients = trainable elements x the tokens of its two records
+    assert all(s.gradients == done.trainable_params * s.tokens and s.micro_batches == 2 and s.compute_ms > 0
+               for s in steps)
+    # the estimate counted the dataset with the model store's tokenizer and chat template, as the node encodes it:
+    # 3 steps of 2 of the 8 records drawn at random, so the bill is within 10 % of the estimate at the mean length
+    quote = estimate.json()
+    assert quote["tokens_exact"] is True and quote["gradients"] == done.estimated_gradients
+    billed = sum(s.gradients for s in steps)
+    assert abs(billed - quote["gradients"]) <= 0.1 * quote["gradients"], (billed, quote)
+    rows = UsageEvent.objects.filter(kind=UsageEvent.TRAINING, key__startswith=f"training:{done.id}:")
+    cost, quoted = sum(r.cost for r in rows), Decimal(quote["cost_exact_usd"])
+    assert rows.count() == 3 and abs(cost - quoted) <= Decimal("0.1") * quoted, (cost, quote)
+    assert Decimal(quote["cost_usd"]) >= quoted  # the micro-dollar quote rounds up
     assert TrainingCheckpoint.objects.filter(job=done).exists() or done.total_steps < 10
     adapter = Adapter.objects.get(name="tuned")
     assert adapter.current_version == done.result_version and adapter.current_version.source == "training"
