@@ -289,6 +289,14 @@ class AdapterStore:
                 return slot
         raise NoFreeSlot(f"no free slot for rank {rank}: all fitting slots are pinned or in use")
 
+    def holding_slots_for(self, key):
+        """The unpinned adapters in the device slots that host-ready ``key`` could take. When ``activate(key)``
+        raised NoFreeSlot they are all in use: as long as no new row takes them, the least recently used one is
+        released with its last row and its slot goes to ``key``. Empty when every fitting slot is pinned."""
+        with self._lock:
+            fitting = set(self.pool.slots_for_rank(self.host[key].facts.rank))
+            return {k for k, slot in self.device.items() if slot in fitting and k not in self.pinned}
+
     def _keep_below_threshold(self, keep):
         """Past LRU_EVICTION_THRESHOLD of the slots, evicts least recently used idle adapters to host RAM."""
         limit = int(self.pool.capacity * self.eviction_threshold)

@@ -283,12 +283,16 @@ class Engine:
             except queue.Empty:
                 break
         still, joining = [], []
+        draining = set()  # adapters whose slots a request waits for: no new row takes them this round
         for handle in self._pending.in_turn():
             if len(self.rows) + len(joining) >= self.max_batch:
                 still.append(handle)
                 continue
+            if handle.request.adapter is not None and adapter_key(handle.request.adapter) in draining:
+                still.append(handle)
+                continue
             try:
-                row = self._try_join(handle)
+                row = self._try_join(handle, draining)
             except (RequestError, AdapterRejected) as exc:
                 self._fail_unadmitted(handle, exc.code, exc.message)
                 continue
@@ -311,8 +315,11 @@ class Engine:
                         self.store.release(row.key)
                     self._fail_unadmitted(row.handle, "engine_error", str(exc))
 
-    def _try_join(self, handle):
-        """A Row ready to prefill (adapter in its slot, prompt tokenized), or None if it must wait."""
+    def _try_join(self, handle, draining):
+        """A Row ready to prefill (adapter in its slot, prompt tokenized), or None if it must wait. A request whose
+        adapter finds every fitting slot held by running rows adds those slots' adapters to ``draining``: requests
+        later in the round (other tenants' included) do not take them, so one of those slots frees for it when its
+        rows end, instead of a tenant keeping every slot of a rank busy with overlapping requests."""
         request = handle.request
         if request.base_model and request.base_model != self.base.name:
             raise RequestError("unknown_base_model", f"this node serves {self.base.name}, not {request.base_model}")
@@ -329,6 +336,7 @@ class Engine:
             try:
                 slot = self.store.activate(key)
             except NoFreeSlot:
+                draining |= self.store.holding_slots_for(key)
                 return None
             handle.adapter_ready = time.perf_counter()
         handle.training_waits = self.training_micro_steps - handle.training_mark

@@ -1,6 +1,8 @@
 """Tenants sharing one engine (the tiny Llama, real Redis Streams): the prefix cache never answers one tenant from
-another's prompts, and a tenant's flood of requests cannot hold another tenant's lone request behind it."""
+another's prompts, and a tenant's flood of requests cannot hold another tenant's lone request behind it, nor keep
+its adapter out of the slots."""
 
+import copy
 import os
 import threading
 import time
@@ -9,11 +11,13 @@ import uuid
 import pytest
 import redis
 
+from gpu_runtime.adapter_store import AdapterStore
 from gpu_runtime.engine import Engine
+from gpu_runtime.lora import SlotPool
 from gpu_runtime.prefix_cache import PrefixCache
-from gpu_runtime.requests import InferenceRequest, SamplingParams
+from gpu_runtime.requests import AdapterRef, InferenceRequest, SamplingParams
 from gpu_runtime.streams import StreamWriter
-from tests.runtime_fixtures import tiny_base, tiny_base_model, words
+from tests.runtime_fixtures import BASE_FACTS, make_adapter, tiny_base, tiny_base_model, words
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +132,42 @@ def test_first_come_first_served_holds_the_lone_request_behind_the_flood(base, m
     finally:
         engine.stop()
     assert [tenant for batch in after for tenant in batch][-1] == "contoso", after
+
+
+def test_a_tenant_holding_every_slot_of_a_rank_does_not_keep_another_tenants_adapter_out(base, tmp_path, monkeypatch):
+    """Two rank-4 slots, both held by acme's running rows (adapters a and b). contoso's adapter needs one of them:
+    acme's next requests on a and b wait while one of those slots drains, so contoso's row is admitted before them
+    (taking a and b again each round would keep both slots in use for as long as acme keeps sending)."""
+    model = copy.deepcopy(base)
+    store = AdapterStore(SlotPool(model, BASE_FACTS, buckets={4: 2}), BASE_FACTS, disk_dir=tmp_path / "disk")
+    streams = StreamWriter(redis.Redis.from_url(os.environ["REDIS_URL"]), ttl_seconds=60)
+    engine = Engine(tiny_base_model(model), store, streams, max_batch=8)
+    engine.start()
+    refs = {name: AdapterRef(adapter_id=name, version=1, uri=str(make_adapter(base, tmp_path / name, seed=seed)))
+            for seed, name in enumerate(("acme-a", "acme-b", "contoso-c"))}
+    rounds, real = [], engine._prefill
+    monkeypatch.setattr(engine, "_prefill", lambda rows: (rounds.append(
+        [row.handle.request.adapter.adapter_id for row in rows]), real(rows))[1])
+
+    def on(tenant, name, tokens):
+        return engine.submit(InferenceRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=words([5, 6, 7]),
+                                              tenant=tenant, adapter=refs[name],
+                                              sampling=SamplingParams(max_tokens=tokens)))
+    try:
+        first = [on("acme", "acme-a", 24), on("acme", "acme-b", 24)]
+        deadline = time.monotonic() + 60
+        while len(engine.rows) < 2 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        holding = threading.Event()
+        engine.call(lambda: (holding.set(), time.sleep(0.5)))
+        assert holding.wait(10)
+        lone = on("contoso", "contoso-c", 4)
+        later = [on("acme", "acme-a", 24), on("acme", "acme-b", 24)]
+        for handle in [*first, lone, *later]:
+            assert handle.wait(120)["finish_reason"] in ("stop", "length"), handle.result
+    finally:
+        engine.stop()
+        store.shutdown()
+    order = [name for batch in rounds for name in batch]
+    assert order[:2] == ["acme-a", "acme-b"] or order[:2] == ["acme-b", "acme-a"], rounds
+    assert order[2] == "contoso-c", rounds  # ahead of acme's second requests on the adapters it held
