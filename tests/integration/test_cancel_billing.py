@@ -1,9 +1,11 @@
-"""What a cancelled request is billed, end to end (daphne, a real runtime node with SmolLM2, the control worker, the
-ledger): the node has one row (VAJRA_MAX_BATCH=1) and two task threads, so behind a long answer one request waits in
-the engine's admission queue and another in the node's Celery queue. Both are cancelled through
+"""What a cancelled request is billed, end to end (daphne, a real runtime node on tiny-llama, the control worker, the
+ledger): the node has one row (VAJRA_MAX_BATCH=1) and two task threads, so behind a long answer (each forward pass
+slowed down by 20 ms, tests/integration/forward_clock_node.py) one request waits in the engine's admission queue
+and another in the node's Celery queue. Both are cancelled through
 POST /v1/requests/{id}/cancel: each ends ``cancelled`` with no token and 0 GPU-ms, and the ledger bills neither.
 The long answer, cancelled mid-way, is billed its tier's units and the GPU-ms it used."""
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -11,18 +13,21 @@ import pytest
 
 from billing.models import UsageEvent
 from gpu_runtime.contract import stream_key
+from gpu_runtime.model_store import TINY_MODEL
 from inference.models import BaseModel, InferenceRequest
 from tests.conftest import create_key
 from tests.integration.conftest import start_runtime_node, wait_for
 
 pytestmark = pytest.mark.slow
-MODEL = "smollm2-135m-instruct"
+MODEL = TINY_MODEL
+LONG = 1000  # tokens of the long answer: 20 s at least, cancelled after a few
 
 
 @pytest.fixture
-def one_row_node(base_model_store, tmp_path):
-    proc = start_runtime_node(base_model_store, tmp_path / "runtime.log", name=f"one-row-{tmp_path.name}",
-                              VAJRA_MAX_BATCH="1")
+def one_row_node(tiny_model_store, tmp_path):
+    proc = start_runtime_node(tiny_model_store, tmp_path / "runtime.log", name=f"one-row-{os.getpid()}",
+                              base_model=TINY_MODEL, app="tests.integration.forward_clock_node",
+                              VAJRA_MAX_BATCH="1", VAJRA_TEST_FORWARD_SLEEP_MS="20")
     yield proc
     proc.stop()
 
@@ -45,7 +50,7 @@ def test_cancelled_while_queued_bills_nothing_and_cancelled_mid_way_bills_what_i
         return InferenceRequest.objects.exclude(pk__in=ids).order_by("-created_at").first()
 
     with ThreadPoolExecutor(3) as pool:
-        long = pool.submit(infer, "Count from 1 to 500, separated by commas:", 250)
+        long = pool.submit(infer, "Count from 1 to 500, separated by commas:", LONG)
         a = wait_for(lambda: InferenceRequest.objects.filter(status=InferenceRequest.RUNNING).first(), 120,
                      "the long request to start", one_row_node)
         wait_for(lambda: get_redis().xlen(stream_key(a.pk)) >= 3, 60, "its first tokens", one_row_node)
@@ -74,7 +79,7 @@ def test_cancelled_while_queued_bills_nothing_and_cancelled_mid_way_bills_what_i
         assert kinds == [b"final"]  # not a token streamed
     row = wait_for(lambda: InferenceRequest.objects.filter(pk=a.pk, status=InferenceRequest.CANCELLED).first(), 60,
                    "the long request's final")
-    assert row.gpu_ms > 0 and 0 < row.completion_tokens < 250
+    assert row.gpu_ms > 0 and 0 < row.completion_tokens < LONG
     event = wait_for(lambda: UsageEvent.objects.filter(key=f"inference:{a.pk}").first(), 60, "its ledger row")
     assert event.units == 1 and event.gpu_ms == pytest.approx(row.gpu_ms, abs=0.001) and event.billed_gpu_ms > 0
     assert event.cost == event.cost_units + event.cost_compute and event.cost_units > 0
