@@ -44,6 +44,20 @@ class AdmissionQueue:
             order.extend(self._queues[t][depth] for t in tenants if depth < len(self._queues[t]))
         return order
 
+    def discard(self, handles):
+        """Takes ``handles`` out of the queue without a turn: requests that left before they were considered (a
+        cancelled one) leave their tenant's place in the turns as it was."""
+        gone = {id(handle) for handle in handles}
+        if not gone:
+            return
+        self._arrivals = deque(h for h in self._arrivals if id(h) not in gone)
+        for tenant, waiting in list(self._queues.items()):
+            waiting = deque(h for h in waiting if id(h) not in gone)
+            if waiting:
+                self._queues[tenant] = waiting
+            else:
+                del self._queues[tenant]
+
     def keep(self, waiting):
         """Ends a round: ``waiting`` (in any order) still waits; every other handle left the queue (admitted or
         failed), and its tenant counts as served at this turn."""

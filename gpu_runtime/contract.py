@@ -16,7 +16,9 @@ Token transport (Redis)
   "usage": {"prompt_tokens", "completion_tokens", "cached_tokens"}, "timings": {"queued_ms", "adapter_ready_ms",
   "first_token_ms", "total_ms"}, "gpu_ms", "error": {"code", "message"} | null}. Streams expire after
   ``VAJRA_STREAM_TTL_SECONDS``. A reader resumes from the last entry id it saw.
-- ``vajra:cancel:<request_id>``: set (any value) to cancel; the engine drops the row within one step.
+- ``vajra:cancel:<request_id>``: set (any value) to cancel; the engine drops the row within one step. A request
+  cancelled before it ran (its task still queued, or waiting for a row) ends ``cancelled`` with no token and
+  ``gpu_ms`` 0.
 - Failover: when the node running a request is lost, the control plane sends the request again to another
   node with ``attempt`` + 1 in its payload, sets ``vajra:attempt:<request_id>`` to that number first, and
   appends a ``retry`` entry {"attempt", "node", "reason"} to the request's stream: the next attempt's deltas

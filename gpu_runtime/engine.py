@@ -6,8 +6,11 @@ slot or none (base layer once, each adapter's delta on its rows: gpu_runtime.lor
 left-padded KV cache; position ids and the attention mask keep each row's own positions. Requests wait for a row
 in per-tenant queues served in turns (gpu_runtime.admission), so one tenant's flood cannot hold another's back.
 
-Each step's wall time is attributed to the rows it served (a prefill to its row, a decode step split
-evenly), so the requests' GPU-ms add up to the engine's busy time.
+Each step's device time (gpu_runtime.step_clock: its forward pass and logits, CUDA events on a GPU) is attributed
+to the rows it served (a prefill to its rows by their tokens, a decode step split evenly), so the requests' GPU-ms
+add up to the engine's busy time. Cancel flags are read before each admission round for every waiting request and
+every running row: a request cancelled while it waits leaves the queue with no prefill, no token and 0 GPU-ms (the
+ledger bills it nothing); a row cancelled mid-way leaves within a step with the GPU-ms it used.
 
 Training (gpu_runtime.trainer) shares this thread at inference's priority x10 (VAJRA paper 6.1.2): while rows
 are decoding, a training job gets one micro-step per ``training_every`` (10) decode steps; when no row is
@@ -48,6 +51,7 @@ from .batch_kv import BatchKV
 from .contract import SUPERSEDED
 from .detokenize import IncrementalText
 from .sampling import SamplingError, sample_token
+from .step_clock import StepClock
 
 log = logging.getLogger("vajra.runtime.engine")
 
@@ -116,6 +120,7 @@ class Engine:
         self.rows = []
         self.kv = BatchKV()  # the KV cache and mask of self.rows, row for row (batch_kv.py)
         self.busy_ms = 0.0
+        self.clock = StepClock(self.device)
         self.started = time.perf_counter()
         self.steps = 0
         self.tokens_out = 0
@@ -188,9 +193,10 @@ class Engine:
             try:
                 self.streams.flush()  # entries Redis refused while it restarted, once it answers again
                 self._run_calls()
-                self._admit()
-                if self.rows:
+                self._take_arrivals()
+                if self.rows or self._pending:
                     self._check_cancelled()
+                self._admit()
                 if self.rows:
                     self._decode_step()
                     self._since_training += 1
@@ -276,12 +282,16 @@ class Engine:
         if run.finished:
             self.training.pop(0)
 
-    def _admit(self):
+    def _take_arrivals(self):
         while True:
             try:
                 self._pending.append(self._incoming.get_nowait())
             except queue.Empty:
                 break
+
+    def _admit(self):
+        """Admits waiting requests into free rows; only those whose cancel flag was read since they arrived
+        (``_check_cancelled``): arrivals wait in ``_incoming`` until then."""
         still, joining = [], []
         draining = set()  # adapters whose slots a request waits for: no new row takes them this round
         for handle in self._pending.in_turn():
@@ -390,7 +400,6 @@ class Engine:
         self._retire()
 
     def _prefill_group(self, rows, cache, offset=0):
-        started = time.perf_counter()
         lengths = [len(row.ids) - offset for row in rows]
         width = max(lengths)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(self.eos_ids), 0)
@@ -402,16 +411,17 @@ class Engine:
         kwargs = {}
         if len(rows) > 1:  # left padding: each row's own positions (a single row needs neither)
             kwargs = {"attention_mask": mask, "position_ids": (mask.cumsum(dim=1) - 1).clamp(min=0)}
+        started = self.clock.start()
         with torch.inference_mode():
             out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, **kwargs)
         logits = out.logits[:, -1].float()
+        elapsed = self._busy(started)
         if self.prefix_cache:  # new blocks only; a row prefilled from cached KV starts at 0, unpadded
             finite = torch.isfinite(logits).all(dim=-1).tolist()  # a broken row's KV is never reused
             for i, (row, n) in enumerate(zip(rows, lengths, strict=True)):
                 if finite[i]:
                     self.prefix_cache.store(row.handle.request.tenant, row.key, row.ids, cache, row=i,
                                             start=0 if offset else width - n)
-        elapsed = self._busy(started)
         total = sum(lengths)
         for i, row in enumerate(rows):
             row.gpu_ms += elapsed * lengths[i] / total  # a prefill costs in proportion to its tokens
@@ -420,11 +430,11 @@ class Engine:
         self.kv.merge(cache, full)
 
     def _decode_step(self):
-        started = time.perf_counter()
         ids = torch.tensor([[row.last_token] for row in self.rows], device=self.device)
         positions, mask = self.kv.next_step()
         if self.pool is not None:
             self.pool.set_rows([row.slot for row in self.rows])
+        started = self.clock.start()
         with torch.inference_mode():
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                              past_key_values=self.kv.cache, use_cache=True)
@@ -455,7 +465,8 @@ class Engine:
         self._finish(row, "error", {"code": code, "message": message})
 
     def _busy(self, started):
-        ms = (time.perf_counter() - started) * 1000
+        """The step's device time since ``started`` (a ``self.clock`` mark), added to the engine's busy time."""
+        ms = self.clock.elapsed_ms(started)
         self.busy_ms += ms
         return ms
 
@@ -481,8 +492,25 @@ class Engine:
             self._finish(row, "length")
 
     def _check_cancelled(self):
+        """One read of the cancel and attempt flags of every waiting request and running row. A waiting request
+        that is cancelled or superseded leaves the queue before it is prefilled, holding nothing and owing
+        nothing; a running row leaves the batch at the next ``_retire``."""
+        waiting = list(self._pending.in_turn())
+        handles = waiting + [row.handle for row in self.rows]
         cancelled, superseded = self.streams.stopped(
-            [(row.handle.request.request_id, row.handle.request.attempt) for row in self.rows])
+            [(handle.request.request_id, handle.request.attempt) for handle in handles])
+        if not cancelled and not superseded:
+            return
+        gone = [handle for handle in waiting
+                if handle.request.request_id in cancelled or handle.request.request_id in superseded]
+        self._pending.discard(gone)
+        for handle in gone:
+            if handle.request.request_id in superseded:
+                self.streams.superseded(handle.request.request_id, handle.request.attempt)
+                handle.result = {"finish_reason": SUPERSEDED, "attempt": handle.request.attempt}
+                handle.done.set()
+            else:
+                self._deliver(handle, unadmitted_final(handle.submitted, "cancelled"))
         for row in self.rows:
             if row.handle.request.request_id in superseded:  # failover sent it to another node: drop it unsaid
                 self._finish(row, SUPERSEDED)
@@ -547,12 +575,7 @@ class Engine:
         })
 
     def _fail_unadmitted(self, handle, code, message):
-        self._deliver(handle, {
-            "finish_reason": "error", "usage": {"prompt_tokens": 0, "completion_tokens": 0},
-            "timings": {"queued_ms": _ms(handle.submitted, time.perf_counter()), "adapter_ready_ms": 0.0,
-                        "first_token_ms": None, "total_ms": _ms(handle.submitted, time.perf_counter())},
-            "gpu_ms": 0.0, "error": {"code": code, "message": message},
-        })
+        self._deliver(handle, unadmitted_final(handle.submitted, "error", {"code": code, "message": message}))
 
     def _deliver(self, handle, final):
         if handle.request.attempt > 1:
@@ -562,6 +585,16 @@ class Engine:
         finally:
             handle.result = final
             handle.done.set()
+
+
+def unadmitted_final(submitted, reason, error=None):
+    """The final event of a request that ended before it joined the batch (``submitted``: its perf_counter
+    arrival): no prompt processed, no token, 0 GPU-ms."""
+    now = time.perf_counter()
+    return {"finish_reason": reason, "usage": {"prompt_tokens": 0, "completion_tokens": 0},
+            "timings": {"queued_ms": _ms(submitted, now), "adapter_ready_ms": 0.0, "first_token_ms": None,
+                        "total_ms": _ms(submitted, now)},
+            "gpu_ms": 0.0, "error": error}
 
 
 def _ms(start, end):

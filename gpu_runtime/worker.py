@@ -323,6 +323,12 @@ def infer(payload):
         # reports the request's end; this one does nothing.
         log.info("request %s: attempt %s superseded by attempt %s", request.request_id, request.attempt, current)
         return {"superseded": request.attempt, "current": current}
+    if final is None and _cancelled_before_start(request):
+        from .engine import unadmitted_final
+
+        final = {**unadmitted_final(time.perf_counter(), "cancelled"),
+                 **({"attempt": request.attempt} if request.attempt > 1 else {})}
+        _streams().final(request.request_id, final)
     if final is None:  # not a redelivery of a request that already ran: run it (never twice)
         engine = node.require_engine()
         node.observe(request)
@@ -334,6 +340,12 @@ def infer(payload):
     # the control plane records usage from this (idempotent on the request id)
     report_finished(request.request_id, final)
     return final
+
+
+def _cancelled_before_start(request):
+    """Whether the request was cancelled while its task waited in the node's queue: it ends ``cancelled`` without
+    reaching the engine (no prefill, no token, 0 GPU-ms: the ledger bills it nothing)."""
+    return request.request_id in _streams().cancelled([request.request_id])
 
 
 @app.task(name="runtime.cancel")

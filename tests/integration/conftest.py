@@ -147,13 +147,14 @@ def control_worker(transactional_db, tmp_path):
     proc.stop()
 
 
-def start_runtime_node(store, log_path, *, name, base_model="smollm2-135m-instruct", concurrency=2, **env):
-    """A real runtime node (``celery -A gpu_runtime.worker``) serving ``base_model`` from ``store``, on its own
-    queue, heartbeating every second, with no metrics port (nodes share this machine). In float32 unless told: on
-    a CPU with native bf16 ("auto" picks it) a row's greedy text depends on what else is in its batch, and the
-    tests compare answers with a lone request's."""
+def start_runtime_node(store, log_path, *, name, base_model="smollm2-135m-instruct", concurrency=2,
+                       app="gpu_runtime.worker", **env):
+    """A real runtime node (``celery -A gpu_runtime.worker``, or ``app``: a module wrapping it) serving
+    ``base_model`` from ``store``, on its own queue, heartbeating every second, with no metrics port (nodes share
+    this machine). In float32 unless told: on a CPU with native bf16 ("auto" picks it) a row's greedy text depends
+    on what else is in its batch, and the tests compare answers with a lone request's."""
     env = {"VAJRA_DTYPE": "float32", **env}
-    proc = Proc([sys.executable, "-m", "celery", "-A", "gpu_runtime.worker", "worker", "--pool", "threads",
+    proc = Proc([sys.executable, "-m", "celery", "-A", app, "worker", "--pool", "threads",
                  "--concurrency", str(concurrency), "--loglevel", "INFO", "--hostname", f"{name}@%h"], log_path,
                 process_env(VAJRA_NODE_NAME=name, VAJRA_MODEL_STORE=str(store), VAJRA_BASE_MODEL=base_model,
                             VAJRA_HEARTBEAT_SECONDS="1", VAJRA_METRICS_PORT="0", **env))

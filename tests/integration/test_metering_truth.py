@@ -2,8 +2,11 @@
 
 N requests run through the real runtime. The control worker is SIGKILLed while their final events flow to it and
 a new one is started. Then: one ledger row per request (no duplicate, none missing), and the GPU-ms billed before
-rounding add up to the runtime's own account of its inference time (the engine's busy_ms, from runtime.ping) and
-to the final events' gpu_ms, within 1 %.
+rounding add up to the final events' gpu_ms and to the runtime's own account of its inference time (the engine's
+busy_ms, from runtime.ping), and, within 1 %, to a clock the engine does not keep: the wall time of every forward
+pass of the node's model, summed by a wrapper the test installs around it (tests/integration/forward_clock_node.py).
+That clock's intervals lie inside the engine's step timing, which adds only the call into the module and the slice
+of the last logits, so the 1 % holds however loaded the machine is: time lost to other processes falls inside both.
 
 Redis hands a dead worker's unacknowledged messages out again only after the broker's visibility timeout (an
 hour by default). The test fast-forwards that hour once the runtime has acknowledged all its own messages: it
@@ -27,11 +30,20 @@ from billing.metering import metering_lag
 from billing.models import UsageEvent
 from inference.models import BaseModel, InferenceRequest
 from tests.conftest import create_key
-from tests.integration.conftest import Proc, process_env, wait_for
+from tests.integration.conftest import Proc, process_env, start_runtime_node, wait_for
 
 pytestmark = pytest.mark.slow
 MODEL = "smollm2-135m-instruct"
 N = 12
+
+
+@pytest.fixture
+def runtime_node(base_model_store, tmp_path):
+    """The real runtime node, its model's forward passes timed by the test's own clock."""
+    proc = start_runtime_node(base_model_store, tmp_path / "runtime.log", name=f"test-{os.getpid()}",
+                              app="tests.integration.forward_clock_node")
+    yield proc
+    proc.stop()
 
 
 def start_control_worker(tmp_path, name):
@@ -98,9 +110,13 @@ def test_every_request_is_billed_once_and_billed_time_is_the_runtimes_busy_time(
 
         pong = app.send_task("runtime.ping", queue=f"node.{runtime_node.name}").get(timeout=60)
         busy_ms = pong["busy_ms"]
+        forwards = app.send_task("test.forward_ms", queue=f"node.{runtime_node.name}").get(timeout=60)
+        forward_ms = forwards["ms"]
         billed_before_rounding = UsageEvent.objects.aggregate(ms=Sum("gpu_ms"))["ms"]
         finals_ms = sum(answer["gpu_ms"] for answer in answers)
-        assert busy_ms > 0
+        assert busy_ms > 0 and forwards["calls"] >= N
+        assert abs(billed_before_rounding - forward_ms) <= 0.01 * forward_ms, (billed_before_rounding, forward_ms)
+        assert forward_ms <= busy_ms  # the forward passes lie inside the engine's steps
         assert abs(billed_before_rounding - busy_ms) <= 0.01 * busy_ms, (billed_before_rounding, busy_ms)
         assert abs(billed_before_rounding - finals_ms) <= 0.01 * finals_ms, (billed_before_rounding, finals_ms)
         for event in events:  # and the bill rounds each up to the plan's 10 ms
@@ -111,7 +127,8 @@ def test_every_request_is_billed_once_and_billed_time_is_the_runtimes_busy_time(
         from_streams = replacement.output().count("recorded its final event from its stream")
         print(f"\nmetering: {N} requests, {metered_before_kill} metered before the kill, {held} messages held by the "
               f"killed worker, {from_streams} finals recorded from their streams; GPU-ms billed before "
-              f"rounding {billed_before_rounding:.3f}, runtime busy {busy_ms:.3f}, finals {finals_ms:.3f}; "
+              f"rounding {billed_before_rounding:.3f}, runtime busy {busy_ms:.3f}, finals {finals_ms:.3f}, "
+              f"forward passes {forward_ms:.3f} ({forwards['calls']} calls); "
               f"lag p50 {lag['p50_seconds']} s, p95 {lag['p95_seconds']} s, max {lag['max_seconds']} s")
     finally:
         replacement.stop()
