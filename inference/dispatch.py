@@ -204,7 +204,7 @@ def _submit(principal, base_model, version, prompt, messages, sampling, api, req
         tier = version.adapter.tier if version is not None else Adapter.COLD
         request_id = request_id or new_request_id()
         payload = {"request_id": request_id, "prompt": prompt, "messages": list(messages), "sampling": sampling,
-                   "adapter": adapter_ref(version) if version is not None else None, "tenant": tenant.slug,
+                   "adapter": adapter_ref(version) if version is not None else None, "tenant": f"t{tenant.pk}",
                    "base_model": base_model.name}
         row = InferenceRequest.objects.create(
             id=request_id, tenant=tenant, api_key=principal.api_key, user=principal.user,
