@@ -72,7 +72,7 @@ def require_storage(*, tenant, adding, lock=False):
     used = storage_used(tenant)
     if used + adding > limits.storage_max_bytes:
         raise StorageQuotaExceeded(
-            f"This upload needs {adding} bytes, and the tenant uses {used} of the {limits.storage_max_bytes} bytes "
+            f"This needs {adding} bytes of storage, and the tenant uses {used} of the {limits.storage_max_bytes} bytes "
             f"of storage the plan '{limits.plan}' allows; delete adapters or datasets, or upgrade the plan.")
     return used
 
