@@ -61,19 +61,25 @@ def storage_release(*, tenant, limit=100):
         Dataset.objects.filter(pk=pk).update(storage_key="")
 
 
-def require_storage(*, tenant, adding, lock=False):
+def storage_lock(tenant):
+    """Locks the tenant's row (inside a transaction): the one lock every storage check takes, before any adapter's."""
+    Tenant.objects.select_for_update().filter(pk=tenant.pk).first()
+
+
+def require_storage(*, tenant, adding, lock=False, param="file"):
     """Refuses (413 storage_quota_exceeded, saying used and limit) when ``adding`` more bytes would take the tenant
     past its plan's storage quota. With ``lock`` (inside a transaction) the tenant's row is locked first, so two
     uploads at once cannot both take the last room."""
     if lock:
-        Tenant.objects.select_for_update().filter(pk=tenant.pk).first()
+        storage_lock(tenant)
     storage_release(tenant=tenant)
     limits = plan_limits(tenant)
     used = storage_used(tenant)
     if used + adding > limits.storage_max_bytes:
         raise StorageQuotaExceeded(
             f"This needs {adding} bytes of storage, and the tenant uses {used} of the {limits.storage_max_bytes} bytes "
-            f"of storage the plan '{limits.plan}' allows; delete adapters or datasets, or upgrade the plan.")
+            f"of storage the plan '{limits.plan}' allows; delete adapters or datasets, or upgrade the plan.",
+            param=param)
     return used
 
 
