@@ -7,6 +7,7 @@ from datetime import date
 from decimal import Decimal
 
 from django.conf import settings
+from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
@@ -22,12 +23,13 @@ def period_end(period):
 
 def invoice_preview(*, tenant, now=None):
     """(an unsaved invoice, its lines) for the tenant's current month so far: the open ledger rows the next invoice
-    would take if the month closed ``now`` (its own month's, and any earlier month's recorded after that month's
-    invoice). Writes nothing."""
+    would take if the month closed ``now``: its own month's, and an earlier month's only once that month's invoice is
+    finalized (until then its open rows go on that month's own invoice). Writes nothing."""
     now = now or timezone.now()
     period = period_of(now)
-    lines, _, currency = ledger_lines(rows=open_ledger(tenant_id=tenant.pk, through=period), period=period,
-                                      tenant_id=tenant.pk)
+    closed = Invoice.objects.filter(tenant=tenant, period__lt=period).exclude(status=Invoice.DRAFT).values("period")
+    rows = open_ledger(tenant_id=tenant.pk, through=period).filter(Q(period=period) | Q(period__in=closed))
+    lines, _, currency = ledger_lines(rows=rows, period=period, tenant_id=tenant.pk)
     subtotal, credits, total = totals(lines)
     terms = settings.VAJRA_INVOICE_PAYMENT_TERMS_DAYS
     invoice = Invoice(tenant=tenant, period=period, status=Invoice.DRAFT, currency=currency, subtotal=subtotal,

@@ -23,6 +23,8 @@ DTYPES = {"F16": np.float16, "BF16": np.uint16, "F32": np.float32}  # BF16 read 
 DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4}
 
 MAX_LORA_RANK = 64
+# The largest alpha / r served: past it the scaled delta overflows the weights' dtype and swamps the base layer.
+MAX_LORA_SCALING = 1e4
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_HEADER_BYTES = 4 * 1024 * 1024
 MAX_WEIGHTS_BYTES = 1024 * 1024 * 1024
@@ -239,6 +241,9 @@ def validate_adapter(directory, base, *, max_rank=MAX_LORA_RANK, max_weights_byt
     alpha = config.get("lora_alpha", rank)
     if not _positive_number(alpha):
         raise AdapterRejected("bad_alpha", f"lora_alpha={_shown(alpha)} must be a positive finite number.")
+    if alpha / rank > MAX_LORA_SCALING:
+        raise AdapterRejected("bad_alpha", f"lora_alpha={_shown(alpha)} with r={rank} scales the update by "
+                              f"{alpha / rank:.3g}; lora_alpha / r must be at most {MAX_LORA_SCALING:g}.")
     if any(config.get(option) for option in UNSUPPORTED_OPTIONS):
         raise AdapterRejected("unsupported_option", f"{', '.join(UNSUPPORTED_OPTIONS)} are not supported; plain "
                               "LoRA with one rank and alpha for every layer only.")

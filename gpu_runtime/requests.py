@@ -64,7 +64,8 @@ class InferenceRequest:
     messages: tuple = ()  # chat messages [{"role", "content"}], rendered with the base's chat template
     adapter: AdapterRef | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
-    tenant: str = ""  # the tenant's slug: prefix cache entries and admission turns are its own; empty: never cached
+    tenant: str = ""  # the tenant's id ("t42"), never reused or renamed: prefix cache entries and admission turns are
+    # its own; empty: never cached
     base_model: str = ""  # empty: whatever this node serves; else it must match
     attempt: int = 1  # > 1: sent again after the node running it was lost (contract.py, "Failover")
 

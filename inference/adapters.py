@@ -23,7 +23,7 @@ from tenants.audit import audit_record
 from vajra.errors import Conflict, InvalidRequest
 
 from .models import Adapter, AdapterVersion
-from .storage_quota import require_storage
+from .storage_quota import require_storage, storage_release
 from .uploads import UploadDir, sha256_of, unpack_upload, upload_cap
 
 log = logging.getLogger(__name__)
@@ -152,11 +152,14 @@ def _apply_tier_on_commit(version, tier=None):
 
 @transaction.atomic
 def adapter_delete(*, principal, adapter):
-    """Stops serving the adapter; its versions stay for the request history and invoices."""
+    """Stops serving the adapter; its versions' rows stay for the request history and invoices, their files are
+    removed once no request or training job in progress uses them (storage_quota.storage_release)."""
     principal.require("adapters.write")
     adapter.deleted_at = timezone.now()
     adapter.tier = Adapter.COLD
     adapter.save(update_fields=["deleted_at", "tier"])
+    tenant = principal.tenant
+    transaction.on_commit(lambda: storage_release(tenant=tenant))
     if adapter.current_version_id:
         adapter.current_version.adapter = adapter
         _apply_tier_on_commit(adapter.current_version)

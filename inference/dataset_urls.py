@@ -21,6 +21,7 @@ from vajra.errors import InvalidRequest
 from .adapters import adapter_storage
 from .datasets import validate_dataset
 from .models import Dataset
+from .storage_quota import require_storage
 
 SCHEMES = ("s3", "file")
 
@@ -73,7 +74,9 @@ def read_url_dataset(*, tenant, url, base_model):
 
 
 def store_url_dataset(*, principal, url, data, parsed):
-    """The snapshot as a dataset row (inside the caller's transaction; the caller deletes the file if it fails)."""
+    """The snapshot as a dataset row (inside the caller's transaction; the caller deletes the file if it fails),
+    within the tenant's storage quota as an upload is (413 storage_quota_exceeded, nothing stored)."""
+    require_storage(tenant=principal.tenant, adding=len(data), lock=True, param="dataset")
     dataset_id = "ds_" + secrets.token_hex(12)
     key = adapter_storage().save(f"datasets/{principal.tenant.pk}/{dataset_id}.jsonl", ContentFile(data))
     return Dataset.objects.create(

@@ -25,7 +25,7 @@ from . import access
 from .adapters import adapter_storage
 from .models import Dataset, TrainingJob
 from .prompt_tokens import VARIANT, load_tokenizer
-from .storage_quota import require_storage
+from .storage_quota import require_storage, storage_release
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,8 @@ def _record_dataset(*, principal, dataset_id, storage_key, parsed, size_bytes, s
 
 @transaction.atomic
 def dataset_delete(*, principal, dataset):
-    """Hides the dataset; its file stays for the jobs that trained on it. A job still using it keeps it (409)."""
+    """Hides the dataset and, after commit, removes its file (storage_quota.storage_release); the jobs that trained
+    on it keep the row. A job still using it keeps it (409)."""
     principal.require("datasets.write")
     jobs = access.tenant_training_jobs(tenant=principal.tenant)
     active = jobs.filter(dataset=dataset, status__in=TrainingJob.ACTIVE).values_list("id", flat=True).first()
@@ -136,4 +137,6 @@ def dataset_delete(*, principal, dataset):
                        "or wait for it to end.", code="dataset_in_use")
     dataset.deleted_at = timezone.now()
     dataset.save(update_fields=["deleted_at"])
+    tenant = principal.tenant
+    transaction.on_commit(lambda: storage_release(tenant=tenant))
     return dataset

@@ -199,12 +199,12 @@ def _submit(principal, base_model, version, prompt, messages, sampling, api, req
             raise Throttled(wait=1, detail=f"{active} requests are in progress, the limit of "
                                            f"{limits.max_concurrent_requests} concurrent requests on the plan "
                                            f"'{limits.plan}'; retry when one finishes or upgrade the plan.")
-        if no_capacity is not None:  # after the quota, as before: a throttled request is no scale-up signal
+        if no_capacity is not None:  # after the quota: a throttled request is no scale-up signal
             raise no_capacity
         tier = version.adapter.tier if version is not None else Adapter.COLD
         request_id = request_id or new_request_id()
         payload = {"request_id": request_id, "prompt": prompt, "messages": list(messages), "sampling": sampling,
-                   "adapter": adapter_ref(version) if version is not None else None, "tenant": tenant.slug,
+                   "adapter": adapter_ref(version) if version is not None else None, "tenant": f"t{tenant.pk}",
                    "base_model": base_model.name}
         row = InferenceRequest.objects.create(
             id=request_id, tenant=tenant, api_key=principal.api_key, user=principal.user,

@@ -30,7 +30,8 @@ from .adapters import adapter_ref, adapter_storage, base_facts
 from .models import Adapter, AdapterVersion, TrainingJob
 from .placement import send_tier, version_token
 from .services import nodes_up
-from .training import event, output_key, storage_uri
+from .storage_quota import StorageQuotaExceeded, require_storage
+from .training import event, finish, output_key, storage_uri
 from .uploads import UploadDir, sha256_of
 
 log = logging.getLogger(__name__)
@@ -75,11 +76,18 @@ def checked_output(job, adapter):
 
 
 def version_from_training(*, job_id, output, final_loss=None):
-    """One transaction: the new version, the adapter's current version (the swap) and the job's success."""
+    """One transaction: the new version, the adapter's current version (the swap) and the job's success. A version
+    past the tenant's storage quota fails the job (storage_quota_exceeded); its checkpoints and output stay in the
+    job's folder."""
     with transaction.atomic():
-        job = TrainingJob.objects.select_for_update().filter(pk=job_id).first()
+        job = TrainingJob.objects.select_for_update().select_related("tenant").filter(pk=job_id).first()
         if job is None or job.status in TrainingJob.TERMINAL:
             return job
+        try:  # the tenant's row is locked before the adapter's, in the order uploads take them
+            require_storage(tenant=job.tenant, adding=output.facts.weights_bytes, lock=True)
+        except StorageQuotaExceeded as exc:
+            return finish(job, TrainingJob.FAILED, code=exc.default_code,
+                          message=f"The trained adapter was not kept: {exc.detail}")
         adapter = Adapter.objects.select_for_update(of=("self",)).select_related("base_model", "current_version").get(
             pk=job.adapter_id)
         previous = adapter.current_version

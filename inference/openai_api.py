@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
+from django.core.validators import ProhibitNullCharactersValidator
 from django.http import Http404, JsonResponse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -83,7 +84,11 @@ def strip_neutral(data, neutral):
     "type": "object", "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
     "required": ["type", "text"]}}]})
 class ContentField(serializers.Field):
-    """A string, or a list of text parts (joined by newlines, as vLLM does); no images or audio."""
+    """A string, or a list of text parts (joined by newlines, as vLLM does); no images or audio. No NUL, as in every
+    string field: the request row cannot store one."""
+
+    def __init__(self, **kwargs):
+        super().__init__(validators=[ProhibitNullCharactersValidator()], **kwargs)
 
     def to_internal_value(self, data):
         if isinstance(data, str):
@@ -136,6 +141,7 @@ class CompletionIn(SamplingIn):
             value = value[0]
         if not isinstance(value, str):
             raise serializers.ValidationError("prompt must be one string; batches and token ids are not supported.")
+        ProhibitNullCharactersValidator()(value)
         return value
 
 

@@ -72,11 +72,13 @@ class StopField(serializers.Field):
             code = "invalid_type"
         elif len(stops) > MAX_STOP_SEQUENCES or not all(0 < len(s) <= MAX_STOP_LENGTH for s in stops):
             code = "out_of_range"
+        elif any("\x00" in s for s in stops):
+            code = "null_characters_not_allowed"
         else:
             return stops
         raise serializers.ValidationError(
             f"{self.field_name} must be a string or a list of at most {MAX_STOP_SEQUENCES} strings of 1 to "
-            f"{MAX_STOP_LENGTH} characters; got {shown(data)}.", code=code)
+            f"{MAX_STOP_LENGTH} characters without NUL; got {shown(data)}.", code=code)
 
     def to_representation(self, value):
         return value

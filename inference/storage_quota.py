@@ -1,15 +1,20 @@
-"""A tenant's storage quota: the bytes of adapter weights and datasets it keeps, against its plan's
-``storage_max_bytes``. Counted: every version of the tenant's adapters that are not deleted, and its datasets that
-are not deleted (deleting an adapter or a dataset gives its bytes back to the quota)."""
+"""A tenant's storage quota: the bytes of adapter weights and datasets it keeps in object storage, against its plan's
+``storage_max_bytes``. Counted: every version of the tenant's adapters, and its datasets, while their files are
+stored. Deleting an adapter or a dataset hides it at once; its files are removed (and its bytes given back to the
+quota) as soon as nothing uses them: no request in progress runs on a version, no training job in progress
+continues from it or trains on the dataset. A row whose files are removed keeps its history with an empty
+``storage_key``."""
 
-from django.db.models import Sum
+from django.core.files.storage import storages
+from django.db.models import Exists, OuterRef, Q, Sum
 from rest_framework import status
 from rest_framework.exceptions import APIException
 
 from billing.plans import plan_limits
+from gpu_runtime.adapter_validation import CONFIG_FILE, WEIGHTS_FILE
 from tenants.models import Tenant
 
-from .models import AdapterVersion, Dataset
+from .models import AdapterVersion, Dataset, InferenceRequest, TrainingJob
 
 CODE = "storage_quota_exceeded"
 
@@ -24,25 +29,57 @@ class StorageQuotaExceeded(APIException):
 
 
 def storage_used(tenant):
-    """Bytes the tenant keeps in storage now."""
-    versions = AdapterVersion.objects.filter(adapter__tenant=tenant, adapter__deleted_at__isnull=True)
-    datasets = Dataset.objects.filter(tenant=tenant, deleted_at__isnull=True)
+    """Bytes the tenant keeps in storage now: a deleted adapter's versions and deleted datasets count until their
+    files are removed."""
+    versions = AdapterVersion.objects.filter(adapter__tenant=tenant).filter(
+        Q(adapter__deleted_at__isnull=True) | ~Q(storage_key=""))
+    datasets = Dataset.objects.filter(tenant=tenant).filter(Q(deleted_at__isnull=True) | ~Q(storage_key=""))
     return ((versions.aggregate(n=Sum("size_bytes"))["n"] or 0)
             + (datasets.aggregate(n=Sum("size_bytes"))["n"] or 0))
 
 
-def require_storage(*, tenant, adding, lock=False):
+def storage_release(*, tenant, limit=100):
+    """Removes the files of the tenant's deleted adapters' versions and deleted datasets that nothing uses any more
+    (at most ``limit`` of each per call), and empties their ``storage_key``. A deleted adapter is never served,
+    rolled back to or trained on again, so only requests and training jobs already in progress can need its files.
+    Files go first: a failure after that leaves the key, and the next call removes nothing more and tries again."""
+    active_requests = (InferenceRequest.QUEUED, InferenceRequest.RUNNING)
+    in_use = (Exists(InferenceRequest.objects.filter(adapter_version=OuterRef("pk"), status__in=active_requests))
+              | Exists(TrainingJob.objects.filter(base_version=OuterRef("pk"), status__in=TrainingJob.ACTIVE)))
+    versions = (AdapterVersion.objects.filter(adapter__tenant=tenant, adapter__deleted_at__isnull=False)
+                .exclude(storage_key="").exclude(in_use).values_list("pk", "storage_key")[:limit])
+    datasets = (Dataset.objects.filter(tenant=tenant, deleted_at__isnull=False).exclude(storage_key="")
+                .exclude(Exists(TrainingJob.objects.filter(dataset=OuterRef("pk"), status__in=TrainingJob.ACTIVE)))
+                .values_list("pk", "storage_key")[:limit])
+    storage = storages["adapters"]
+    for pk, key in list(versions):
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            storage.delete(f"{key}/{name}")
+        AdapterVersion.objects.filter(pk=pk).update(storage_key="")
+    for pk, key in list(datasets):
+        storage.delete(key)
+        Dataset.objects.filter(pk=pk).update(storage_key="")
+
+
+def storage_lock(tenant):
+    """Locks the tenant's row (inside a transaction): the one lock every storage check takes, before any adapter's."""
+    Tenant.objects.select_for_update().filter(pk=tenant.pk).first()
+
+
+def require_storage(*, tenant, adding, lock=False, param="file"):
     """Refuses (413 storage_quota_exceeded, saying used and limit) when ``adding`` more bytes would take the tenant
     past its plan's storage quota. With ``lock`` (inside a transaction) the tenant's row is locked first, so two
     uploads at once cannot both take the last room."""
     if lock:
-        Tenant.objects.select_for_update().filter(pk=tenant.pk).first()
+        storage_lock(tenant)
+    storage_release(tenant=tenant)
     limits = plan_limits(tenant)
     used = storage_used(tenant)
     if used + adding > limits.storage_max_bytes:
         raise StorageQuotaExceeded(
-            f"This upload needs {adding} bytes, and the tenant uses {used} of the {limits.storage_max_bytes} bytes "
-            f"of storage the plan '{limits.plan}' allows; delete adapters or datasets, or upgrade the plan.")
+            f"This needs {adding} bytes of storage, and the tenant uses {used} of the {limits.storage_max_bytes} bytes "
+            f"of storage the plan '{limits.plan}' allows; delete adapters or datasets, or upgrade the plan.",
+            param=param)
     return used
 
 

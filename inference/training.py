@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from billing.caps import check_training_spend
 from billing.plans import plan_limits, training_cost, training_price
-from gpu_runtime.adapter_validation import MAX_LORA_RANK
+from gpu_runtime.adapter_validation import DTYPE_BYTES, MAX_LORA_RANK
 from gpu_runtime.contract import CONTROL_QUEUE, TASK_TRAIN, ContractError, cancel_key, node_queue
 from gpu_runtime.training_spec import Hyperparameters, TrainingSpec, trainable_elements, training_gradients
 from tenants.audit import audit_record
@@ -38,6 +38,7 @@ from .dataset_urls import is_dataset_url, read_url_dataset, store_url_dataset
 from .datasets import validate_dataset
 from .models import Adapter, BaseModel, TrainingEvent, TrainingJob
 from .placement import NoCapacity, place, record_scale_up
+from .storage_quota import require_storage, storage_lock
 from .training_tokens import training_tokens
 
 TASK_VALIDATE = "control.training_validate"
@@ -189,7 +190,20 @@ def training_quote(*, principal, base_model, adapter_name, dataset_ref, hyperpar
     hp = _hyperparameters(hyperparameters, base_model=base_model, version=version)
     url_dataset = _url_dataset(principal, dataset_ref, base_model)
     dataset, records = _dataset_and_records(principal, dataset_ref, url_dataset)
-    return _estimate(principal.tenant, base_model, hp, dataset, records, url_dataset)
+    estimate = _estimate(principal.tenant, base_model, hp, dataset, records, url_dataset)
+    _require_storage(principal.tenant, estimate, url_dataset)
+    return estimate
+
+
+def _require_storage(tenant, estimate, url_dataset):
+    """413 storage_quota_exceeded when the URL dataset's snapshot, or it and the trained adapter, cannot fit: the
+    trainer saves the adapter's parameters in F32 (a header on top), and the version is checked again when it is
+    recorded (hot_swap.version_from_training)."""
+    snapshot = len(url_dataset[1]) if url_dataset is not None else 0
+    if snapshot:
+        require_storage(tenant=tenant, adding=snapshot, param="dataset")
+    require_storage(tenant=tenant, adding=snapshot + estimate.trainable_params * DTYPE_BYTES["F32"],
+                    param="hyperparameters")
 
 
 def training_create(*, principal, base_model, adapter_name, dataset_ref, hyperparameters):
@@ -215,6 +229,7 @@ def training_create(*, principal, base_model, adapter_name, dataset_ref, hyperpa
 
 def _create(principal, base_model, adapter_name, dataset_ref, hyperparameters, url_dataset, stored):
     tenant = principal.tenant
+    storage_lock(tenant)  # the storage check below runs under it; taken before the adapter's, as uploads do
     adapter = _existing_adapter(tenant, adapter_name, base_model, lock=True)
     version = adapter.current_version if adapter else None
     if version is not None:
@@ -229,6 +244,7 @@ def _create(principal, base_model, adapter_name, dataset_ref, hyperparameters, u
     dataset, records = _dataset_and_records(principal, dataset_ref, url_dataset)
     estimate = _estimate(tenant, base_model, hp, dataset, records, url_dataset)
     check_training_spend(tenant, gradients=estimate.gradients)  # 402 when the estimate would pass the spend cap
+    _require_storage(tenant, estimate, url_dataset)
     if adapter is None:
         limits = plan_limits(tenant)
         if Adapter.objects.filter(tenant=tenant, deleted_at__isnull=True).count() >= limits.max_adapters:

@@ -32,6 +32,10 @@ class SignupForm(forms.Form):
                                    widget=forms.TextInput(attrs={"data-slug-from": "id_tenant_name"}))
 
 
+class TenantSwitchForm(forms.Form):
+    slug = forms.RegexField(SLUG_RE, max_length=40, error_messages={"invalid": SLUG_ERROR})
+
+
 class LoginForm(forms.Form):
     email = forms.EmailField(max_length=254,
                              widget=forms.EmailInput(attrs={"autocomplete": "email", "autofocus": True}))

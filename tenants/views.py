@@ -10,6 +10,7 @@ from django.contrib import messages
 from django.contrib.auth import authenticate, login, logout
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import BadRequest
 from django.db import transaction
 from django.shortcuts import redirect, render, resolve_url
 from django.utils.cache import add_never_cache_headers
@@ -138,7 +139,10 @@ def dashboard(request):
 @require_POST
 @login_required
 def tenant_switch(request):
-    membership = access.access_tenant_membership(user=request.user, slug=request.POST.get("slug", ""))
+    form = forms.TenantSwitchForm(request.POST)
+    if not form.is_valid():
+        raise BadRequest(form.errors.as_text())
+    membership = access.access_tenant_membership(user=request.user, slug=form.cleaned_data["slug"])
     request.session[SESSION_KEY] = membership.tenant_id
     return redirect(_next_url(request))
 

@@ -261,6 +261,16 @@ def test_non_finite_alpha_is_refused(tmp_path):
     assert rejected(path) == "bad_alpha"
 
 
+@pytest.mark.parametrize("alpha", [1e300, 4 * 10**4 + 1])
+def test_alpha_whose_scaling_is_out_of_bounds_is_refused(tmp_path, alpha):
+    # alpha / r past MAX_LORA_SCALING makes every delta overflow (1e300 / 4 is inf in F16 and F32 weights)
+    assert rejected(write_adapter(tmp_path / "a", config={"lora_alpha": alpha})) == "bad_alpha"
+
+
+def test_alpha_at_the_scaling_bound_is_accepted(tmp_path):
+    assert validate_adapter(write_adapter(tmp_path / "a", config={"lora_alpha": 4 * 10**4}), BASE).scaling == 1e4
+
+
 def test_trailing_bytes_after_the_tensors_are_refused(tmp_path):
     path = write_adapter(tmp_path / "a")
     with open(path / "adapter_model.safetensors", "ab") as f:

@@ -16,7 +16,8 @@ from safetensors.numpy import load_file, save_file
 
 from gpu_runtime.adapter_validation import CONFIG_FILE, WEIGHTS_FILE
 from inference import access, uploads
-from inference.models import Adapter, AdapterVersion, BaseModel, Node
+from inference.models import Adapter, AdapterVersion, BaseModel, InferenceRequest, Node
+from inference.storage_quota import storage_used
 from tenants.roles import BILLING_VIEWER
 from tests.conftest import assert_error, create_key, key_client, make_member, put_on_plan, session_client
 from tests.test_adapter_validation import write_adapter
@@ -327,17 +328,49 @@ def test_tier_change_and_delete_lock_inside_a_transaction(alice_api, uploaded, m
 
 # Delete
 
-def test_delete_hides_the_adapter_and_keeps_its_versions(alice_api, uploaded, peft_v1, adapter_storage):
-    response = alice_api.delete(f"{URL}/support-bot")
+def test_delete_hides_the_adapter_keeps_its_versions_and_removes_their_files(alice_api, acme, uploaded, peft_v1,
+                                                                              adapter_storage,
+                                                                              django_capture_on_commit_callbacks):
+    # The version rows stay for the request history and invoices; the files go, since nothing can load a deleted
+    # adapter's version any more, and their bytes leave the storage quota with them.
+    with django_capture_on_commit_callbacks(execute=True):
+        response = alice_api.delete(f"{URL}/support-bot")
     assert response.status_code == 204
     assert alice_api.get(URL).json()["data"] == []
     assert_error(alice_api.get(f"{URL}/support-bot"), 404)
     assert AdapterVersion.objects.filter(adapter=uploaded).count() == 1
-    assert len(stored_files(adapter_storage)) == 2
+    assert stored_files(adapter_storage) == [] and storage_used(acme) == 0
     # The name is free again: a new adapter, starting at version 1.
     again = upload(alice_api, zipped(peft_v1))
     assert again.status_code == 201 and again.json()["model"] == "support-bot@v1"
     assert Adapter.objects.count() == 2
+
+
+def test_a_deleted_adapters_files_stay_and_count_while_a_request_uses_them(alice_api, acme, uploaded, peft_v1,
+                                                                           peft_v2, adapter_storage):
+    version = uploaded.current_version
+    running = InferenceRequest.objects.create(id="req_running", tenant=acme, base_model=uploaded.base_model,
+                                              adapter_version=version, tier=uploaded.tier, max_tokens=4,
+                                              status=InferenceRequest.RUNNING)
+    assert alice_api.delete(f"{URL}/support-bot").status_code == 204
+    assert len(stored_files(adapter_storage)) == 2 and storage_used(acme) == version.size_bytes
+    InferenceRequest.objects.filter(pk=running.pk).update(status=InferenceRequest.SUCCEEDED)
+    # the next storage check gives the bytes back once nothing uses the files
+    assert upload(alice_api, zipped(peft_v2), name="another").status_code == 201
+    assert not (adapter_storage / version.storage_key / WEIGHTS_FILE).exists()
+    assert len(stored_files(adapter_storage)) == 2
+    assert AdapterVersion.objects.get(pk=version.pk).storage_key == ""
+
+
+def test_upload_and_delete_in_a_loop_stays_within_the_storage_quota(alice_api, acme, tiny_llama, peft_v1,
+                                                                    adapter_storage,
+                                                                    django_capture_on_commit_callbacks):
+    put_on_plan(acme, storage_max_bytes=len(peft_v1[WEIGHTS_FILE]))
+    for _ in range(5):
+        assert upload(alice_api, zipped(peft_v1)).status_code == 201
+        with django_capture_on_commit_callbacks(execute=True):
+            assert alice_api.delete(f"{URL}/support-bot").status_code == 204
+    assert stored_files(adapter_storage) == [] and storage_used(acme) == 0
 
 
 # Quotas, scopes, roles, tenants

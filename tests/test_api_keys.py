@@ -194,7 +194,8 @@ def test_bearer_scheme_is_case_insensitive(alice_key):
     assert client.get("/api/v1/me").status_code == 200
 
 
-@pytest.mark.parametrize("presented", ["wrong-secret", "nosuchprefix.abc", "no-dot-at-all", "."])
+@pytest.mark.parametrize("presented", ["wrong-secret", "nosuchprefix.abc", "no-dot-at-all", ".", "ab\x00cd.x",
+                                       "abc.d\x00ef"])
 def test_wrong_key_is_401_invalid_api_key(alice_key, unchanged_db, presented):
     key, _ = alice_key
     raw = f"{key.prefix}.{'x' * 32}" if presented == "wrong-secret" else presented

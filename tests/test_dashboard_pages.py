@@ -185,6 +185,15 @@ def test_switch_to_someone_elses_tenant_is_404(alice_web, acme, charlie):
     assert dict(alice_web.session) == with_session
 
 
+@pytest.mark.parametrize("slug", ["ac\x00me", "", "x" * 200])
+def test_switch_to_a_malformed_slug_is_400(alice_web, acme, slug):
+    alice_web.post(reverse("tenant-switch"), {"slug": "acme"})
+    with_session = dict(alice_web.session)
+    response = alice_web.post(reverse("tenant-switch"), {"slug": slug})
+    assert response.status_code == 400
+    assert dict(alice_web.session) == with_session
+
+
 def test_create_another_tenant(alice_web, alice):
     response = alice_web.post(reverse("tenant-create"), {"name": "Acme Research", "slug": "acme-research"})
     assert response.status_code == 302

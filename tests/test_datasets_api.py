@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from inference.datasets import dataset_upload, dataset_uri
 from inference.models import Adapter, BaseModel, Dataset, TrainingJob
+from inference.storage_quota import storage_used
 from tenants.principal import Principal
 from tenants.roles import BILLING_VIEWER, OWNER
 from tests.conftest import assert_error, create_key, key_client, make_member, put_on_plan, session_client
@@ -283,14 +284,16 @@ def test_list_and_get(alice_api, uploaded):
     assert got == listed[0] and got["records"] == 2
 
 
-def test_delete_hides_it_and_keeps_the_file(alice_api, uploaded, storage):
-    response = alice_api.delete(f"{URL}/{uploaded.id}")
+def test_delete_hides_it_and_removes_the_file(alice_api, acme, uploaded, storage, django_capture_on_commit_callbacks):
+    # Jobs that trained on it keep pointing at the row; only a job in progress reads the file, and none is (409).
+    with django_capture_on_commit_callbacks(execute=True):
+        response = alice_api.delete(f"{URL}/{uploaded.id}")
     assert response.status_code == 204
     assert_error(alice_api.get(f"{URL}/{uploaded.id}"), 404, code="not_found")
     assert alice_api.get(URL).json()["data"] == []
     uploaded.refresh_from_db()
-    assert uploaded.deleted_at is not None
-    assert stored_files(storage) == [uploaded.storage_key]  # jobs that trained on it still point at it
+    assert uploaded.deleted_at is not None and uploaded.storage_key == ""
+    assert stored_files(storage) == [] and storage_used(acme) == 0
 
 
 def test_a_dataset_in_use_by_a_running_job_cannot_be_deleted(alice_api, uploaded, acme, unchanged_db):

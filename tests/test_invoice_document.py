@@ -2,7 +2,7 @@
 invoice when it is finalized; bad values refuse to start), the upcoming invoice on the billing page and through
 the API, and the JSON invoice API (list, detail, PDF) for keys and members that may read billing."""
 
-from datetime import timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
@@ -10,15 +10,16 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
-from billing.document import document_context
+from billing.document import document_context, invoice_preview
 from billing.models import Invoice
 from billing.plans import period_of
-from tests.billing_fixtures import close, invoice_of, usage
+from tests.billing_fixtures import NOW, PERIOD, close, invoice_of, usage
 from tests.conftest import assert_error, create_key, key_client
 from tests.test_settings import run_django
 
 pytest_plugins = ["tests.billing_fixtures"]
 pytestmark = pytest.mark.usefixtures("fast_password_hashing", "local_only")
+NOVEMBER = date(2026, 11, 1)
 
 ISSUER = {"VAJRA_INVOICE_ISSUER_NAME": "Vajra Cloud Ltd", "VAJRA_INVOICE_ISSUER_ADDRESS": ["1 Frozen Core Way",
           "Bengaluru 560001"], "VAJRA_INVOICE_ISSUER_EMAIL": "billing@vajra.example", "VAJRA_INVOICE_ISSUER_TAX_ID":
@@ -83,6 +84,19 @@ def test_the_upcoming_invoice_on_the_billing_page_and_through_the_api(acme, alic
     assert [line["amount_exact"] for line in body["lines"]] == ["2.0000000000", "0.0123456789"]
     assert sum(Decimal(line["amount"]) for line in body["lines"]) == Decimal(body["total"])
     assert body["issuer"]["name"] == "Vajra Cloud Ltd" and not Invoice.objects.exists()
+
+
+def test_the_upcoming_invoice_takes_last_months_rows_only_once_that_month_is_invoiced(acme, plan):
+    usage(acme, "3.0000000000", period=PERIOD)  # October, before its invoice is finalized
+    usage(acme, "1.0000000000", period=NOVEMBER)
+    _, lines = invoice_preview(tenant=acme, now=NOW)
+    assert [(line.amount_exact, line.usage_period) for line in lines] == [(Decimal("1.0000000000"), None)]
+    close()  # October's invoice takes its row; a row recorded afterwards is late usage on November's invoice
+    usage(acme, "0.5000000000", period=PERIOD)
+    _, lines = invoice_preview(tenant=acme, now=NOW)
+    assert [(line.amount_exact, line.usage_period) for line in lines] == [(Decimal("1.0000000000"), None),
+                                                                         (Decimal("0.5000000000"), PERIOD)]
+    assert "recorded after that month closed" in lines[1].description
 
 
 def test_the_invoice_api_lists_details_and_downloads_with_billing_read(open_invoice, alice, acme):

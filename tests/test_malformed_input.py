@@ -163,8 +163,8 @@ def test_malformed_multipart_is_400_in_the_error_shape(alice, acme, unchanged_db
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("path", MULTIPART_PATHS + ["/api/v1/signup", "/v1/chat/completions", "/login/"])
 def test_an_unparseable_content_type_is_400_before_django(unchanged_db, path):
-    """Django raises LookupError building a request whose Content-Type names an unknown charset (a 500 before any
-    middleware); the ASGI application answers it in the error shape."""
+    """Django raises LookupError building a request whose Content-Type names an unknown charset, before any
+    middleware runs; the ASGI application answers it in the error shape."""
     communicator = HttpCommunicator(application, "POST", path, body=b"--abc--\r\n",
                                     headers=[(b"content-type", b"multipart/form-data; boundary*=bogus''abc")])
     with unchanged_db():
@@ -191,7 +191,7 @@ def test_an_adapter_config_nested_too_deep_is_rejected(tmp_path):
                                   "/v1/training/jobs?after=a%00b", "/api/v1/adapters/a%00b", "/api/v1/datasets/a%00b",
                                   "/api/v1/audit-log?action%00=x"])
 def test_a_nul_character_in_the_path_or_query_is_400(alice_key, unchanged_db, path):
-    """PostgreSQL cannot compare text holding NUL: each of these was a 500 there (a DataError on the lookup)."""
+    """PostgreSQL cannot compare text holding NUL: each of these would reach a lookup it refuses (a DataError)."""
     with unchanged_db():
         assert_error(key_client(alice_key[1]).get(path), 400, code="null_character")
 
@@ -205,8 +205,8 @@ def test_a_nul_character_in_a_page_url_is_a_400_page(alice_client, unchanged_db)
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("path", ["/ws/v1/training/ftjob_a\x00b/", "/ws/v1/tenants/a\x00b/events/", "/ws/v1/nowhere/"])
 def test_a_websocket_path_that_names_no_route_is_4404(alice_key, unchanged_db, path):
-    """A training job id holding NUL was a DataError in the consumer on PostgreSQL; a path matching no route made
-    Channels' router raise."""
+    """A training job id holding NUL would reach a lookup PostgreSQL refuses (a DataError in the consumer);
+    a path matching no route makes Channels' router raise."""
     async def go():
         communicator = WebsocketCommunicator(application, path, subprotocols=["vajra.v1", f"bearer.{alice_key[1]}"])
         connected, _ = await communicator.connect()

@@ -92,6 +92,14 @@ REFUSALS = [
     (COMPLETIONS, {"model": BASE, "prompt": ["a", "b"]}, 400, None, "prompt"),
     (COMPLETIONS, {"model": BASE, "prompt": ""}, 400, "empty_prompt", "prompt"),
     (COMPLETIONS, {"model": "nope", "prompt": "Hi"}, 404, "model_not_found", "model"),
+    # NUL: PostgreSQL cannot store or compare text holding one
+    (COMPLETIONS, {"model": BASE, "prompt": "a\x00b"}, 400, "null_characters_not_allowed", "prompt"),
+    (COMPLETIONS, {"model": BASE, "prompt": ["a\x00b"]}, 400, "null_characters_not_allowed", "prompt"),
+    (CHAT, {"model": BASE, "messages": [{"role": "user", "content": "a\x00b"}]}, 400, None, "messages.0.content"),
+    (CHAT, {"model": BASE, "messages": [{"role": "user", "content": [{"type": "text", "text": "a\x00b"}]}]}, 400,
+     None, "messages.0.content"),
+    (CHAT, chat(stop=["a\x00"]), 400, None, "stop"),
+    (CHAT, chat("ti\x00ny"), 400, None, "model"),
 ]
 
 

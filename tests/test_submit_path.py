@@ -52,7 +52,7 @@ def asgi_post(path, body, secret):
     return async_to_sync(go)()
 
 
-def test_an_asgi_infer_authenticates_and_submits_in_one_trip_to_a_submit_thread(node, secret, sent, monkeypatch):
+def test_an_asgi_infer_authenticates_and_submits_in_one_trip_to_a_submit_thread(node, secret, sent, monkeypatch, acme):
     import inference.v1
 
     threads = []
@@ -68,8 +68,9 @@ def test_an_asgi_infer_authenticates_and_submits_in_one_trip_to_a_submit_thread(
     [(name, args, options, thread)] = sent
     assert threads == [thread] and thread.startswith("vajra-submit"), "key and submit: one trip, one thread"
     assert name == "runtime.infer" and args[0]["prompt"] == "Tell me a secret recipe"
-    # the node keys its prefix cache and its admission turns by the tenant the message carries
-    assert RuntimeRequest.from_json(args[0]).tenant == "acme"
+    # the node keys its prefix cache and its admission turns by the tenant the message carries: the tenant's id, which
+    # no rename of the slug or later signup can give to another tenant
+    assert RuntimeRequest.from_json(args[0]).tenant == f"t{acme.pk}"
     row = InferenceRequest.objects.get()
     assert options["task_id"] == row.id and options["queue"] == "node.n1"
     assert options["ignore_result"] is True, "no result subscription per task: the answer is on the Redis Stream"

@@ -277,6 +277,28 @@ def test_a_url_dataset_over_the_plans_caps_is_400(post_train, acme, base, tmp_pa
     assert expected in error["message"], error
 
 
+def test_a_url_dataset_past_the_storage_quota_is_413(post_train, acme, base, tmp_path, settings, unchanged_db, sent,
+                                                    adapter_storage):
+    store = tmp_path / "store" / "acme"
+    store.mkdir(parents=True)
+    (store / "support.jsonl").write_bytes(jsonl(6))
+    settings.VAJRA_TENANT_DATASET_URL_PREFIXES = {"acme": [f"file://{store}/"]}
+    put_on_plan(acme, storage_max_bytes=len(jsonl(6)) - 1)
+    refused(unchanged_db, sent, lambda: post_train(dataset=f"file://{store}/support.jsonl"), 413,
+            code="storage_quota_exceeded", param="dataset")
+    assert not [p for p in adapter_storage.rglob("*") if p.is_file()], "no snapshot stored"
+
+
+@pytest.mark.parametrize("path", ["train", "train/estimate"])
+def test_a_job_whose_adapter_cannot_fit_the_storage_quota_is_413(post_train, dataset, acme, unchanged_db, sent,
+                                                                 path):
+    # rank 8 on q_proj and v_proj of the tiny base, saved in F32: more bytes than the quota leaves
+    put_on_plan(acme, storage_max_bytes=dataset.size_bytes + 1000)
+    error = refused(unchanged_db, sent, lambda: post_train(dataset=dataset.id, path=path), 413,
+                    code="storage_quota_exceeded", param="hyperparameters")
+    assert "bytes of storage" in error["message"]
+
+
 # ---- bad input: 400 / 404 / 409, nothing written, no task sent ------------------------------------------------
 
 @pytest.mark.parametrize("hp, param", [

@@ -21,6 +21,8 @@ from gpu_runtime.contract import (
 from gpu_runtime.training_spec import TrainingSpec
 from inference import hot_swap, tasks, training
 from inference.models import Adapter, AdapterVersion, ScaleUpSignal, TrainingCheckpoint, TrainingJob, TrainingStep
+from inference.storage_quota import storage_used
+from tests.conftest import put_on_plan
 from tests.test_adapter_validation import write_adapter
 from tests.test_training_api import (
     capture_sent,
@@ -388,6 +390,20 @@ def test_a_bad_output_fails_the_job_and_keeps_the_current_version(running, adapt
     adapter.refresh_from_db()
     assert (running.status, running.error_code) == (TrainingJob.FAILED, code)
     assert adapter.current_version.number == 1 and adapter.versions.count() == 1 and sent == []
+
+
+def test_an_output_past_the_storage_quota_fails_the_job_and_keeps_its_checkpoint(running, adapter, adapter_storage,
+                                                                                  sent, commit, acme):
+    result = write_output(adapter_storage, running)
+    put_on_plan(acme, storage_max_bytes=storage_used(acme))  # full: the trained version does not fit
+    with commit():
+        tasks.training_finished(running.id, result)
+    running.refresh_from_db()
+    adapter.refresh_from_db()
+    assert (running.status, running.error_code) == (TrainingJob.FAILED, "storage_quota_exceeded")
+    assert "storage" in running.error_message
+    assert adapter.current_version.number == 1 and adapter.versions.count() == 1 and sent == []
+    assert (adapter_storage / "training" / running.id / "final" / "adapter_model.safetensors").exists()
 
 
 @pytest.mark.parametrize("result, status, code", [

@@ -151,6 +151,13 @@ def test_wrong_key_is_4401(alice_key, unchanged_db, how):
     assert "Incorrect API key" in close["reason"]
 
 
+def test_a_key_with_a_nul_is_an_invalid_key(alice_key, unchanged_db):
+    # PostgreSQL refuses NUL in text, so the key must be refused before any lookup
+    with unchanged_db():
+        error, _ = refused(4401, "invalid_api_key", send='{"type": "auth", "api_key": "ab\\u0000cd.x"}')
+    assert error["type"] == "authentication_error"
+
+
 def test_revoked_key_is_4401(alice, acme):
     _, secret = create_key(alice, acme, revoked=True)
     error, _ = refused(4401, "api_key_revoked", subprotocols=key_protocols(secret))

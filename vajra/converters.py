@@ -1,5 +1,5 @@
 """Path converters. ``<id:...>`` is Django's ``<int:...>`` bounded to a primary key's range: a longer number
-matches no route (a 404 in the API's shape) instead of overflowing the database's integer (a 500)."""
+matches no route (a 404 in the API's shape), since the database's integer cannot hold it."""
 
 MAX_ID = 2 ** 63 - 1
 

@@ -4,7 +4,8 @@
   close with a code *and* a reason saying what to fix, so we pass the reason on to autobahn's ``sendClose``.
 - It buffers a request body whole, whatever its size: twisted spools it to a file, parses a multipart or form
   body into ``request.args`` in memory (several copies of it; daphne never reads ``args``), then daphne reads the
-  file into the application's queue in 8 KiB messages at once: a 200 MB upload took gigabytes of the web process.
+  file into the application's queue in 8 KiB messages at once, so a large upload would hold several times its size
+  in the web process's memory.
   ``bound_request_bodies`` answers a body over its route's limit (vajra.body_limits) with the 413 as soon as
   the headers (Content-Length) or the counted chunks show it, and closes the connection; turns twisted's form
   parsing off; and hands an accepted body to the application from twisted's file as the application reads it.

@@ -156,8 +156,8 @@ class ContentSecurityPolicyMiddleware(SyncAndAsyncMiddleware):
 
 class ContentTypeGuard:
     """ASGI: answers a request whose Content-Type Django cannot parse (an RFC 2231 parameter naming an unknown
-    charset, ``boundary*=bogus''x``, raises LookupError while Django builds the request, before any middleware:
-    a 500) with a 400 in the API's error shape and an x-request-id."""
+    charset, ``boundary*=bogus''x``, raises LookupError while Django builds the request, before any middleware
+    could answer it) with a 400 in the API's error shape and an x-request-id."""
 
     def __init__(self, app):
         self.app = app

@@ -1,8 +1,8 @@
 """JSON from clients, bounded in nesting: every request body (DRF's parser here, the async /v1 views through
 ``loads``) and every websocket message goes through ``loads``.
 
-Python's decoder recurses once per level, so a body of 50,000 brackets raises RecursionError (a 500); and a
-value nested a few hundred levels deep parses but breaks whatever walks it recursively later (validation,
+Python's decoder recurses once per level, so a body of 50,000 brackets raises RecursionError (a 500 unless refused);
+and a value nested a few hundred levels deep parses but breaks whatever walks it recursively later (validation,
 json.dumps into a row). Nothing VAJRA takes nests deeper than a handful of levels, so anything past
 ``MAX_JSON_DEPTH`` is refused as a 400 before any view sees it. NaN and Infinity are refused where DRF's strict
 parser refuses them; elsewhere they reach the parameter checks, which name the parameter.
