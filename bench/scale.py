@@ -13,7 +13,9 @@
                TIER_REQUESTS requests through each while a flood of base-model SSE streams keeps both nodes busy.
                Adapter-ready p50/p99 (the final's ``timings.adapter_ready_ms``) beside the tier's guarantee
                (hot <= 10 ms, warm <= 100 ms), and on which node each ran (its request row): every hot request
-               should run on the node that pins its adapter.
+               should run on the node that pins its adapter. The engine measures adapter-ready from the request's
+               submission to its admission into the batch, so on a busy node it includes waiting for the step
+               under way, even for an adapter already in its slot.
     placement  a synthetic multi-tenant trace (TENANTS tenants with 1-5 adapters each, Zipf-skewed adapter
                popularity, requests that run for a few arrivals) replayed against NODES simulated nodes with
                DEVICE_SLOTS device slots (LRU, in-use adapters pinned) and HOST_SLOTS host-RAM adapters. Every
