@@ -132,13 +132,14 @@ def hot_adapters_replace(*, base_model, lost=None):
     return len(orphans)
 
 
-def node_rejoined(*, node):
-    """A node back up (or restarted) holds nothing: its warm adapters go back to its disk and host RAM, and hot
-    adapters held nowhere are pinned again."""
+def node_rejoined(*, node, hot=True):
+    """A node back up (or restarted) holds nothing: its warm adapters go back to its disk and host RAM, and (with
+    ``hot``) hot adapters held nowhere are pinned again."""
     from vajra.celery import app
 
     warm = list(_current_versions(base_model=node.base_model, tier=Adapter.WARM))
     for version in warm:
         transaction.on_commit(lambda version=version: app.send_task(
             "runtime.set_tier", args=[adapter_ref(version), Adapter.WARM], queue=node_queue(node.name)))
-    return {"warm": len(warm), "hot_repinned": hot_adapters_replace(base_model=node.base_model, lost=node.name)}
+    return {"warm": len(warm),
+            "hot_repinned": hot_adapters_replace(base_model=node.base_model, lost=node.name) if hot else 0}
