@@ -87,7 +87,7 @@ def _candidates(*, base_model, version):
 
 def tier_candidates(nodes, token, *, rank=None, tier=None):
     """(node, load, locality) of the nodes that may run a request for an adapter version token (None: base model
-    only) of this rank and tier, by the tier rules above. No database: bench/scale.py replays traces through it."""
+    only) of this rank and tier, by the tier rules above (no database: the nodes' heartbeat state alone)."""
     if tier == HOT:
         pinned = [node for node in nodes if token in _resident(node, "pinned")]
         if pinned:  # the pin holds its slot: only the node's load is scored
@@ -198,7 +198,11 @@ def _pin_sent_to(version, node):
 
 def pin_move(version, node):
     """The failover pin: a hot version pinned on no up node is pinned on ``node`` (after commit), where its
-    request runs, so its next requests find it there."""
+    request runs, so its next requests find it there; unless that node has no hot capacity left for its rank (the
+    request then runs unpinned, and its adapter-ready time decides its SLO credit)."""
+    if hot_capacity(node) <= 0 or not bucket_room(node, version.rank):
+        log.warning("hot adapter %s: pinned on no up node, and %s has no hot capacity for it", version, node.name)
+        return
     log.warning("hot adapter %s: pinned on no up node, pinning it on %s", version, node.name)
     transaction.on_commit(lambda: _send_set_tier(version, Adapter.HOT, [node]))
 

@@ -200,6 +200,17 @@ def test_a_hot_request_whose_pin_is_down_moves_the_pin_where_it_runs(acme, base,
     assert sent == []  # the pin is on its way: not sent again
 
 
+def test_a_hot_request_whose_pin_is_down_runs_unpinned_where_no_node_has_hot_capacity(
+        acme, base, version, sent, settings, django_capture_on_commit_callbacks):
+    settings.VAJRA_HOT_SLOT_SHARE = 0.5
+    token = f"a{tier(version, 'hot').adapter_id}:1"
+    node("gone", pins=[token], status="down")
+    spare = node("spare", slots=10, pinned=5)  # every hot slot of its share taken
+    with django_capture_on_commit_callbacks(execute=True):
+        assert place(tenant=acme, base_model=base, version=version) == spare
+    assert sent == [] and pin_sent(token) is None
+
+
 def test_warm_prefers_nodes_holding_it_in_host_ram_over_load(acme, base, version):
     token = f"a{tier(version, 'warm').adapter_id}:1"
     holder = node("holder", device=8, host=[token])  # 0.5*0.2 + 0.3*0.5 = 0.25
