@@ -9,6 +9,13 @@
                compute, so the figure says what placement and a second engine cost or give here, not what a
                second GPU would. Then the same two nodes again with the cores split between them
                (VAJRA_TORCH_THREADS, as `manage.py up --nodes` starts them), each with threads of its own.
+    tiers      on the two nodes of the first phase: one hot and one warm adapter (random r=8 q,v LoRAs), then
+               TIER_REQUESTS requests through each while a flood of base-model SSE streams keeps both nodes busy.
+               Adapter-ready p50/p99 (the final's ``timings.adapter_ready_ms``) beside the tier's guarantee
+               (hot <= 10 ms, warm <= 100 ms), and on which node each ran (its request row): every hot request
+               should run on the node that pins its adapter. The engine measures adapter-ready from the request's
+               submission to its admission into the batch, so on a busy node it includes waiting for the step
+               under way, even for an adapter already in its slot.
     placement  a synthetic multi-tenant trace (TENANTS tenants with 1-5 adapters each, Zipf-skewed adapter
                popularity, requests that run for a few arrivals) replayed against NODES simulated nodes with
                DEVICE_SLOTS device slots (LRU, in-use adapters pinned) and HOST_SLOTS host-RAM adapters. Every
@@ -45,6 +52,7 @@ from platform_procs import Platform
 NAME = "scale"
 SMOLLM2, TINY = "smollm2-135m-instruct", "tiny-llama"
 NODES, DEVICE_SLOTS, HOST_SLOTS, TENANTS = 4, 8, 24, 60
+GUARANTEE_MS = {"hot": 10, "warm": 100}
 
 
 # ---- one node vs two (real processes) -------------------------------------------------------------------------------
@@ -121,25 +129,27 @@ def nodes_benchmark(args, tmp):
         write_tiny_llama(store, tokenizer_from=common.MODEL_STORE / SMOLLM2 / "float32")
     n = 16 if args.quick else 32
     max_tokens, rounds = (16, 1) if args.quick else (16, 2)
-    one, two = two_phases(tmp / "default", store, model, n, max_tokens, rounds, {}, "")
+    one, two, tiers = two_phases(tmp / "default", store, model, n, max_tokens, rounds, {}, "",
+                                 tier_requests=8 if args.quick else 24)
     # The same two nodes with this machine's cores split between them, as `manage.py up --nodes` starts them
     split = str(max(1, (os.cpu_count() or 1) // 2))
-    _, two_split = two_phases(tmp / "split", store, model, n, max_tokens, rounds, {"VAJRA_TORCH_THREADS": split},
+    _, two_split, _ = two_phases(tmp / "split", store, model, n, max_tokens, rounds, {"VAJRA_TORCH_THREADS": split},
                               f" ({split} thread{'s' if split != '1' else ''} each)", only_two=True)
-    return {"model": model, "one_node": one, "two_nodes": two, "two_nodes_cores_split": two_split,
+    return {"model": model, "one_node": one, "two_nodes": two, "two_nodes_cores_split": two_split, "tiers": tiers,
             "threads_per_node_split": int(split),
             "two_over_one_tok_s": round(two["tok_s"] / one["tok_s"], 3),
             "two_split_over_one_tok_s": round(two_split["tok_s"] / one["tok_s"], 3),
             "note": f"both nodes run on the same {os.cpu_count()} CPU cores: a second node adds no compute here"}
 
 
-def two_phases(tmp, store, model, n, max_tokens, rounds, node_env, label, *, only_two=False):
-    """A platform with one node (its phase skipped when ``only_two``), then a second node beside it."""
+def two_phases(tmp, store, model, n, max_tokens, rounds, node_env, label, *, only_two=False, tier_requests=0):
+    """A platform with one node (its phase skipped when ``only_two``), then a second node beside it (and the
+    tier phase on both when ``tier_requests``)."""
     tmp.mkdir(parents=True)
     # heartbeats every second: placement sees each node's queue depth and adapters while the load runs
     platform = Platform(tmp, max_batch=n, model_store=store, base_model=model,
                         node_env={"VAJRA_HEARTBEAT_SECONDS": "1", **node_env})
-    one = None
+    one = tiers = None
     try:
         print(f"starting the platform with one node ({model}){label} ...", flush=True)
         platform.start()
@@ -150,13 +160,90 @@ def two_phases(tmp, store, model, n, max_tokens, rounds, node_env, label, *, onl
         platform.add_node("b")
         round_of_streams(platform.url, platform.secret, model, 4, 4, "warm2")
         two = phase(platform, model, f"two nodes{label}", rounds, n, max_tokens)
+        if tier_requests:
+            tiers = tier_phase(platform, store, model, tier_requests, n, max_tokens)
     except BaseException:
         for proc in platform.procs:
             print(f"--- {proc.name} log tail\n{proc.tail(1500)}", file=sys.stderr)
         raise
     finally:
         platform.stop()
-    return one, two
+    return one, two, tiers
+
+
+MAKE_ADAPTER = """
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+torch.manual_seed({seed})
+model = AutoModelForCausalLM.from_pretrained({model_dir!r})
+peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                        init_lora_weights=False))
+peft.save_pretrained({out!r})
+"""
+
+
+def upload_zip(http, name, model, path):
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for f in path.iterdir():
+            archive.write(f, f"{name}/{f.name}")
+    response = http.post("/api/v1/adapters", data={"name": name, "base_model": model},
+                         files={"file": ("adapter.zip", buffer.getvalue(), "application/zip")})
+    if response.status_code != 201:
+        raise RuntimeError(f"adapter upload refused: {response.status_code} {response.text}")
+
+
+def tier_phase(platform, store, model, n_requests, n_flood, max_tokens):
+    """Hot and warm adapters' adapter-ready times over two busy nodes, and where the hot requests ran."""
+    import threading
+
+    import httpx
+
+    http = httpx.Client(base_url=platform.url, headers={"Authorization": f"Bearer {platform.secret}"}, timeout=300)
+    for seed, (name, tier) in enumerate((("hot-bot", "hot"), ("warm-bot", "warm"))):
+        out = platform.tmp / name
+        subprocess_run([sys.executable, "-c", MAKE_ADAPTER.format(seed=seed, model_dir=str(store / model / "float32"),
+                                                                 out=str(out))])
+        upload_zip(http, name, model, out)
+        response = http.patch(f"/api/v1/adapters/{name}", json={"tier": tier})
+        if response.status_code != 200:
+            raise RuntimeError(f"tier {tier} refused: {response.status_code} {response.text}")
+    time.sleep(3)  # the set_tier tasks run and the next heartbeats report the pin and host RAM
+    results = {}
+    flood = threading.Thread(target=round_of_streams,
+                             args=(platform.url, platform.secret, model, n_flood, max_tokens * 2, "flood"))
+    flood.start()
+    time.sleep(1)
+    for name, tier in (("hot-bot", "hot"), ("warm-bot", "warm")):
+        ready, nodes = [], Counter()
+        for i in range(n_requests):
+            body = {"prompt": f"Tier {tier} request {i}: say something.", "adapter_id": name,
+                    "parameters": {"temperature": 0, "max_tokens": 4}}
+            answer = http.post(f"/v1/models/{model}/infer", json=body)
+            answer.raise_for_status()
+            result = answer.json()
+            ready.append(result["timings"]["adapter_ready_ms"])
+            nodes[http.get(f"/v1/requests/{result['id']}").json()["node"]] += 1
+        results[tier] = {"requests": n_requests, "guarantee_ms": GUARANTEE_MS[tier],
+                         "adapter_ready_ms": {"p50": round(statistics.median(ready), 3),
+                                              "p99": round(common.percentile(ready, 99), 3)},
+                         "within_guarantee": sum(ms <= GUARANTEE_MS[tier] for ms in ready),
+                         "requests_per_node": dict(nodes)}
+        print(f"  {tier}: adapter ready p50 {results[tier]['adapter_ready_ms']['p50']} ms, "
+              f"p99 {results[tier]['adapter_ready_ms']['p99']} ms (guarantee {GUARANTEE_MS[tier]} ms); "
+              f"nodes {dict(nodes)}", flush=True)
+    flood.join()
+    return results
+
+
+def subprocess_run(argv):
+    import subprocess
+
+    subprocess.run(argv, cwd=common.ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 # ---- placement locality (simulated nodes, the platform's own scoring) -----------------------------------------------
@@ -286,6 +373,12 @@ def main():
                          split["ttft_ms"]["p50"], split["ttft_ms"]["p99"], split["requests_per_node"]]])
     print(f"two / one tokens/s: {nodes['two_over_one_tok_s']}x; cores split: {nodes['two_split_over_one_tok_s']}x  "
           f"({nodes['note']})")
+    tiers = nodes["tiers"]
+    common.print_table("tier promise over two nodes (adapter ready, under a flood of base-model streams)",
+                       ["tier", "requests", "p50 ms", "p99 ms", "guarantee ms", "within", "requests per node"],
+                       [[tier, t["requests"], t["adapter_ready_ms"]["p50"], t["adapter_ready_ms"]["p99"],
+                         t["guarantee_ms"], t["within_guarantee"], t["requests_per_node"]]
+                        for tier, t in tiers.items()])
     idle = [name for name, count in two["requests_per_node"].items() if not count]
     if idle:
         print(f"placement sent no request to {', '.join(idle)}")

@@ -137,10 +137,20 @@ class AdapterStore:
             return "loading" if key in self.loading else "object"
 
     def resident(self, limit=200):
-        """Which adapter versions sit on the device and in host RAM ("id:version"), for placement."""
+        """Which adapter versions sit on the device and in host RAM, and which of those on the device are pinned
+        (hot), as "id:version", for placement."""
         with self._lock:
-            return {tier: [f"{k[0]}:{k[1]}" for k in list(table)[-limit:]]
+            held = {tier: [f"{k[0]}:{k[1]}" for k in list(table)[-limit:]]
                     for tier, table in (("device", self.device), ("host", self.host))}
+            held["pinned"] = sorted(f"{k[0]}:{k[1]}" for k in self.pinned if k in self.device)[:limit]
+            return held
+
+    def buckets(self):
+        """Per rank bucket: its slots and how many hold a pinned adapter (placement's rank-bucket capacity).
+        Keys are ranks as strings (JSON object keys)."""
+        with self._lock:
+            pinned = Counter(self.pool.bucket_rank(slot) for key, slot in self.device.items() if key in self.pinned)
+            return {str(rank): {"slots": count, "pinned": pinned[rank]} for rank, count in self.pool.buckets.items()}
 
     def summary(self):
         """Adapters per tier and the timing of recent tier moves, for heartbeats."""
@@ -150,6 +160,7 @@ class AdapterStore:
                 by_move.setdefault(f"{source}->{target}", []).append(ms)
             return {"device": len(self.device), "host": len(self.host), "disk": len(self.disk),
                     "pinned": len(self.pinned), "failed": len(self.failed), "slots": self.pool.capacity,
+                    "buckets": self.buckets(),
                     "host_bytes": sum(h.nbytes for h in self.host.values()),
                     "fragmentation": round(self.fragmentation_index(), 4),
                     "moves": {move: {"count": len(v), "p50_ms": round(sorted(v)[len(v) // 2], 3),

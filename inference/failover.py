@@ -8,7 +8,8 @@ new node's queue. Billing needs nothing more: the ledger row is written once, fr
 event is recorded first (inference.dispatch.inference_finish), and the lost node's time is never billed.
 A request with no node left to take it, or past ``VAJRA_MAX_ATTEMPTS``, ends with a ``node_lost`` error.
 
-A hot adapter is pinned on at least one node: when the node that pinned it is lost, it is pinned on another.
+A hot adapter is pinned on at least one node: when the node that pinned it is lost, it is pinned on another (the
+failover pin), and placement sends its requests there (inference/placement.py).
 A node that comes back gets its warm adapters again.
 """
 
@@ -24,7 +25,7 @@ from gpu_runtime.contract import attempt_key, node_queue, stream_key
 from .adapters import adapter_ref
 from .dispatch import ACTIVE, inference_finish, send_infer, stream_append
 from .models import Adapter, AdapterVersion, InferenceRequest
-from .placement import NoCapacity, place, send_tier, version_token
+from .placement import NoCapacity, pin_sent, place, send_tier, version_token
 from .services import nodes_up
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def node_lost(*, node, reason, before=None):
         rows = rows.filter(created_at__lt=before)
     moved = [request_reroute(request_id=pk, lost=node.name, reason=reason)
              for pk in rows.order_by("created_at").values_list("pk", flat=True)[:BATCH]]
-    hot = hot_adapters_replace(base_model=node.base_model)
+    hot = hot_adapters_replace(base_model=node.base_model, lost=node.name)
     return {"requests": len(moved), "retried": moved.count("retried"), "failed": moved.count("failed"),
             "hot_repinned": hot}
 
@@ -115,26 +116,30 @@ def _current_versions(*, base_model, tier):
             .order_by("-created_at")[:BATCH])
 
 
-def hot_adapters_replace(*, base_model):
-    """Hot adapters of this base that no up node holds on its device any more are pinned again (after
-    commit: placement picks the node with the most hot capacity)."""
-    on_device = set()
-    for node in nodes_up().filter(base_model=base_model):
-        on_device.update((node.state.get("resident") or {}).get("device", []))
+def hot_adapters_replace(*, base_model, lost=None):
+    """Hot adapters of this base that no up node reports pinned, and whose pin is not on its way to an up node,
+    are pinned again: the failover pin (after commit: placement picks the node with the most hot capacity). A pin
+    sent to ``lost`` (a node that lost or restarted) is not on its way."""
+    up = list(nodes_up().filter(base_model=base_model))
+    pinned = set()
+    for node in up:
+        pinned.update((node.state.get("resident") or {}).get("pinned", []))
+    names = {node.name for node in up} - {lost}
     orphans = [v for v in _current_versions(base_model=base_model, tier=Adapter.HOT)
-               if version_token(v) not in on_device]
+               if version_token(v) not in pinned and pin_sent(version_token(v)) not in names]
     for version in orphans:
         transaction.on_commit(lambda version=version: send_tier(version, Adapter.HOT))
     return len(orphans)
 
 
-def node_rejoined(*, node):
-    """A node back up (or restarted) holds nothing: its warm adapters go back to its disk and host RAM, and hot
-    adapters held nowhere are pinned again."""
+def node_rejoined(*, node, hot=True):
+    """A node back up (or restarted) holds nothing: its warm adapters go back to its disk and host RAM, and (with
+    ``hot``) hot adapters held nowhere are pinned again."""
     from vajra.celery import app
 
     warm = list(_current_versions(base_model=node.base_model, tier=Adapter.WARM))
     for version in warm:
         transaction.on_commit(lambda version=version: app.send_task(
             "runtime.set_tier", args=[adapter_ref(version), Adapter.WARM], queue=node_queue(node.name)))
-    return {"warm": len(warm), "hot_repinned": hot_adapters_replace(base_model=node.base_model)}
+    return {"warm": len(warm),
+            "hot_repinned": hot_adapters_replace(base_model=node.base_model, lost=node.name) if hot else 0}

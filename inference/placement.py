@@ -1,7 +1,19 @@
 """Placement (VAJRA paper, Algorithm 2) and tier moves on the nodes.
 
-Candidates are the up nodes serving the request's base model with room for its adapter (a free device
-slot, or the adapter already resident). Each is scored
+Candidates are the up nodes serving the request's base model with room for its adapter: a free device slot in a
+rank bucket that fits the adapter's rank (a node whose slot pool has no bucket that large, or whose fitting buckets
+are all held by pinned adapters, is not a candidate), or the adapter already resident. The adapter's tier narrows
+them first (``tier_candidates``):
+
+- hot: the up nodes that report it pinned on their device (its pin, or its failover pin), however busy they are:
+  the engine queues the request there and the adapter is ready when it is admitted. A pin sent but not yet in a
+  heartbeat counts (``pin_sent``). With no pin on an up node (its node is down or silent), the request goes where
+  the warm rule says and the pin moves there (``pin_move``); its adapter-ready time is then what it is, on the
+  request row, and the SLO credit covers a broken guarantee.
+- warm: the candidates holding it in host RAM or on the device, when there are any; else every candidate.
+- cold and base-model-only requests: every candidate.
+
+What is left is scored
 
     alpha * load + beta * locality + gamma * tenant affinity
 
@@ -17,15 +29,17 @@ from collections import Counter
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Count
 
 from gpu_runtime.contract import node_queue
 
-from .models import InferenceRequest, ScaleUpSignal
+from .models import Adapter, InferenceRequest, ScaleUpSignal
 from .services import nodes_up
 
 log = logging.getLogger(__name__)
 AFFINITY_WINDOW = 50
+HOT, WARM = Adapter.HOT, Adapter.WARM
 
 
 class NoCapacity(Exception):
@@ -58,27 +72,54 @@ def _resident(node, tier):
 
 
 def _candidates(*, base_model, version):
-    """(node, load, locality) of the up nodes serving the base model with room for the adapter."""
-    token = version_token(version) if version is not None else None
-    out = []
-    for node in nodes_up().filter(base_model=base_model.name):
-        facts = candidate(node, token)
-        if facts is not None:
-            out.append((node, *facts))
+    """(node, load, locality) of the up nodes that may run a request for this version (None: base model only)."""
+    nodes = list(nodes_up().filter(base_model=base_model.name))
+    if version is None:
+        return tier_candidates(nodes, None)
+    token, tier = version_token(version), version.adapter.tier
+    if tier == HOT and not any(token in _resident(node, "pinned") for node in nodes):
+        sent = pin_sent(token)
+        nodes_pinning = [node for node in nodes if node.name == sent]
+        if nodes_pinning:  # its pin is on the way to an up node, whose next heartbeats will report it
+            return [(node, candidate(node, None)[0], 1.0) for node in nodes_pinning]
+    return tier_candidates(nodes, token, rank=version.rank, tier=tier)
+
+
+def tier_candidates(nodes, token, *, rank=None, tier=None):
+    """(node, load, locality) of the nodes that may run a request for an adapter version token (None: base model
+    only) of this rank and tier, by the tier rules above (no database: the nodes' heartbeat state alone)."""
+    if tier == HOT:
+        pinned = [node for node in nodes if token in _resident(node, "pinned")]
+        if pinned:  # the pin holds its slot: only the node's load is scored
+            return [(node, candidate(node, None)[0], 1.0) for node in pinned]
+    out = [(node, *facts) for node in nodes if (facts := candidate(node, token, rank)) is not None]
+    if tier in (HOT, WARM):
+        holders = [c for c in out if c[2] > 0]
+        if holders:
+            return holders
     return out
 
 
-def candidate(node, token):
-    """(load, locality) of a node for an adapter version token (None: base model only), or None when it has no
-    free slot and the adapter is not resident there."""
+def candidate(node, token, rank=None):
+    """(load, locality) of a node for an adapter version token (None: base model only) of ``rank``, or None when
+    the adapter is not resident there and it has no free slot, or no rank bucket with room for it."""
     adapters = _adapters(node)
     slots, active = adapters.get("slots", 0), adapters.get("device", 0)
     on_device = token is not None and token in _resident(node, "device")
-    if token is not None and not on_device and active >= slots:
+    if token is not None and not on_device and (active >= slots or not bucket_room(node, rank)):
         return None
     load = 1 - active / slots if slots else 0.0
     locality = 1.0 if on_device else (0.5 if token is not None and token in _resident(node, "host") else 0.0)
     return load, locality
+
+
+def bucket_room(node, rank):
+    """Whether the node's slot pool has a rank bucket that fits ``rank`` with a slot not held by a pinned adapter
+    (a node whose heartbeat carries no buckets, or an unknown rank: yes)."""
+    buckets = _adapters(node).get("buckets")
+    if not buckets or rank is None:
+        return True
+    return any(int(bucket) >= rank and room["slots"] > room["pinned"] for bucket, room in buckets.items())
 
 
 def _score(candidates, tenant):
@@ -119,14 +160,51 @@ def node_depth(node):
 
 
 def place(*, tenant, base_model, version=None):
-    """The node to run this request on, or NoCapacity (after recording a scale-up signal)."""
+    """The node to run this request on, or NoCapacity (after recording a scale-up signal). A hot version whose
+    pin is on no up node gets its pin moved to the chosen node."""
     candidates = _candidates(base_model=base_model, version=version)
     if not candidates:
         raise NoCapacity(f"No runtime node can take this request now (no up node serves {base_model.name} with a "
                          "free adapter slot); retry shortly.", base_model=base_model.name)
     if len(candidates) == 1:  # nothing to choose between: no need for the tenant's recent requests (a query)
-        return candidates[0][0]
-    return _score(candidates, tenant)[0].node
+        node = candidates[0][0]
+    else:
+        node = _score(candidates, tenant)[0].node
+    if version is not None and version.adapter.tier == HOT:
+        token = version_token(version)
+        if token not in _resident(node, "pinned") and pin_sent(token) != node.name:
+            pin_move(version, node)
+    return node
+
+
+def _pin_key(token):
+    return f"vajra:hot-pin:{token}"
+
+
+def pin_sent(token):
+    """The node a hot version's pin was last sent to, while its heartbeats may not report it yet (None)."""
+    from vajra.redis import get_redis
+
+    sent = get_redis().get(_pin_key(token))
+    return sent.decode() if sent is not None else None
+
+
+def _pin_sent_to(version, node):
+    from vajra.redis import get_redis
+
+    seconds = settings.VAJRA_HEARTBEAT_SECONDS * settings.VAJRA_NODE_DOWN_AFTER_MISSED * 2
+    get_redis().set(_pin_key(version_token(version)), node.name, ex=seconds)
+
+
+def pin_move(version, node):
+    """The failover pin: a hot version pinned on no up node is pinned on ``node`` (after commit), where its
+    request runs, so its next requests find it there; unless that node has no hot capacity left for its rank (the
+    request then runs unpinned, and its adapter-ready time decides its SLO credit)."""
+    if hot_capacity(node) <= 0 or not bucket_room(node, version.rank):
+        log.warning("hot adapter %s: pinned on no up node, and %s has no hot capacity for it", version, node.name)
+        return
+    log.warning("hot adapter %s: pinned on no up node, pinning it on %s", version, node.name)
+    transaction.on_commit(lambda: _send_set_tier(version, Adapter.HOT, [node]))
 
 
 def record_scale_up(exc):
@@ -140,9 +218,12 @@ def hot_capacity(node):
     return int(adapters.get("slots", 0) * settings.VAJRA_HOT_SLOT_SHARE) - adapters.get("pinned", 0)
 
 
-def place_hot(*, base_model, adapter):
-    """The node that will pin a hot adapter: the one with the most hot capacity left."""
-    nodes = [n for n in nodes_up().filter(base_model=base_model.name) if hot_capacity(n) > 0]
+def place_hot(*, base_model, adapter, rank=None):
+    """The node that will pin a hot adapter: the one with the most hot capacity left, among those with a rank
+    bucket that fits ``rank`` (default: its current version's)."""
+    if rank is None and adapter.current_version_id:
+        rank = adapter.current_version.rank
+    nodes = [n for n in nodes_up().filter(base_model=base_model.name) if hot_capacity(n) > 0 and bucket_room(n, rank)]
     if not nodes:
         raise NoCapacity(f"No node serving {base_model.name} has hot capacity left; keep '{adapter.name}' warm "
                          "for now or ask for more capacity.")
@@ -152,20 +233,29 @@ def place_hot(*, base_model, adapter):
 def send_tier(version, tier=None):
     """Moves a version on the nodes to its adapter's tier (hot: pinned on one node; warm: disk + host RAM on
     the nodes serving its base; cold: dropped back to object storage). Sent after commit."""
-    from vajra.celery import app
-
-    from .adapters import adapter_ref
-
     tier = tier or version.adapter.tier
-    ref = adapter_ref(version)
     base_model = version.adapter.base_model
     if tier == "hot":
         try:
-            targets = [place_hot(base_model=base_model, adapter=version.adapter)]
+            targets = [place_hot(base_model=base_model, adapter=version.adapter, rank=version.rank)]
         except NoCapacity:
             log.warning("hot adapter %s: no node with hot capacity at send time", version)
             return
     else:
         targets = list(nodes_up().filter(base_model=base_model.name))
-    for node in targets:
+    _send_set_tier(version, tier, targets)
+
+
+def _send_set_tier(version, tier, nodes):
+    from vajra.celery import app
+    from vajra.redis import get_redis
+
+    from .adapters import adapter_ref
+
+    if tier == HOT:
+        _pin_sent_to(version, nodes[0])  # before the task runs: placement sends the version's requests there
+    else:
+        get_redis().delete(_pin_key(version_token(version)))
+    ref = adapter_ref(version)
+    for node in nodes:
         app.send_task("runtime.set_tier", args=[ref, tier], queue=node_queue(node.name))

@@ -42,9 +42,9 @@ def node_heartbeat(*, payload):
     if restarted or was_down:
         from .failover import node_lost, node_rejoined
 
-        if restarted:  # requests sent to it before it restarted died with the old process
+        if restarted:  # requests sent to it before it restarted died with the old process, and its pins
             node_lost(node=node, reason="restarted", before=started_at)
-        node_rejoined(node=node)
+        node_rejoined(node=node, hot=not restarted)  # node_lost pinned a restarted node's hot adapters again
     return node
 
 

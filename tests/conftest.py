@@ -38,7 +38,7 @@ def _fresh_channel_layer():
 @pytest.fixture(autouse=True)
 def _clean_redis_limits():
     r = get_redis()
-    for pattern in ("vajra:rl:*", "vajra:login:*"):
+    for pattern in ("vajra:rl:*", "vajra:login:*", "vajra:hot-pin:*"):
         keys = list(r.scan_iter(pattern))
         if keys:
             r.delete(*keys)

@@ -221,3 +221,19 @@ def test_summary_reports_tiers_and_timed_moves(store_for, objects):
     assert (summary["device"], summary["host"], summary["disk"], summary["slots"]) == (1, 1, 1, 2)
     assert set(summary["moves"]) == {"object->disk", "disk->host", "host->device"}
     assert all(m["count"] == 1 and m["max_ms"] >= m["p50_ms"] >= 0 for m in summary["moves"].values())
+
+
+def test_heartbeat_reports_pins_on_device_and_pinned_slots_per_rank_bucket(store_for, objects):
+    """What placement needs from a node: which versions are pinned on its device (a hot pin only counts once it
+    is there) and, per rank bucket, its slots and how many of them pinned adapters hold."""
+    store = store_for({4: 2, 8: 1})
+    r0, r1, r3 = (refs(objects[1])[i] for i in (0, 1, 3))  # ranks 4, 4, 8
+    for ref in (r0, r3):
+        store.set_tier(AdapterRef(ref.adapter_id, ref.version, ref.uri, "hot"), "hot").result(timeout=30)
+    assert store.resident()["pinned"] == []  # pinned in name, not yet on the device
+    store.activate(adapter_key(r0), acquire=False)
+    store.activate(adapter_key(r3), acquire=False)
+    store.activate(ready(store, r1), acquire=False)  # on the device, not pinned
+    resident = store.resident()
+    assert resident["pinned"] == ["a0:1", "a3:1"] and set(resident["device"]) == {"a0:1", "a1:1", "a3:1"}
+    assert store.summary()["buckets"] == {"4": {"slots": 2, "pinned": 1}, "8": {"slots": 1, "pinned": 1}}

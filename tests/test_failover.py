@@ -176,6 +176,34 @@ def test_hot_adapters_of_a_lost_node_are_pinned_again_and_a_rejoining_node_gets_
     assert all(t[0] != f"a{versions['cold-bot'].adapter_id}" for t in tiers)
 
 
+def test_a_node_that_restarted_loses_its_pins_and_they_are_pinned_again(acme, base, sent, settings):
+    """Its pin was sent to it a moment ago (the pin's record still names it) but the restarted process holds
+    nothing: the hot adapter is pinned again, and a pin that an up node reports is left alone."""
+    from inference.placement import pin_sent, send_tier
+
+    settings.VAJRA_HEARTBEAT_SECONDS, settings.VAJRA_NODE_DOWN_AFTER_MISSED = 1, 3
+    versions = []
+    for name in ("hot-a", "hot-b"):
+        adapter = Adapter.objects.create(tenant=acme, base_model=base, name=name, tier="hot")
+        versions.append(AdapterVersion.objects.create(
+            adapter=adapter, number=1, status="ready", sha256="0" * 64, size_bytes=1, rank=8, alpha=16,
+            target_modules=["q_proj"], dtype="F32", storage_key=f"k/{name}"))
+        adapter.current_version = versions[-1]
+        adapter.save()
+    node("node-a")
+    Node.objects.create(name="node-b", base_model=BASE, last_heartbeat_at=timezone.now(),
+                        started_at="2026-12-01T00:00:00+00:00",
+                        state={"adapters": {"slots": 8, "device": 1, "pinned": 1},
+                               "resident": {"device": [f"a{versions[1].adapter_id}:1"],
+                                            "pinned": [f"a{versions[1].adapter_id}:1"]}})
+    send_tier(versions[0])  # the most hot capacity left: node-a
+    assert pin_sent(f"a{versions[0].adapter_id}:1") == "node-a"
+    sent.clear()
+    node_heartbeat(payload=beat(node="node-a", base_model=BASE, started_at=timezone.now().isoformat()))
+    tiers = [(args[0]["adapter_id"], args[1]) for name, args, options in sent if name == "runtime.set_tier"]
+    assert tiers == [(f"a{versions[0].adapter_id}", "hot")]
+
+
 def test_readers_skip_what_a_superseded_attempt_wrote_after_the_retry():
     from asgiref.sync import async_to_sync
 

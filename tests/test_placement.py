@@ -1,5 +1,5 @@
 """Algorithm 2: candidates, scores (alpha load + beta locality + gamma affinity), scale-up signals, and
-hot capacity."""
+hot capacity; the tier rules before it (hot on its pin, warm on host-RAM holders, rank-bucket capacity)."""
 
 from datetime import timedelta
 
@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from inference.dispatch import inference_submit
 from inference.models import Adapter, AdapterVersion, BaseModel, InferenceRequest, Node, ScaleUpSignal
-from inference.placement import NoCapacity, place, place_hot, score_nodes
+from inference.placement import NoCapacity, pin_sent, place, place_hot, score_nodes
 from tenants.keys import principal_from_membership
 from tenants.models import Membership
 
@@ -31,11 +31,13 @@ def version(acme, base):
 
 
 def node(name, *, base="tiny-llama", slots=10, device=0, pinned=0, resident=(), host=(), age_s=0, status="up",
-         max_batch=0):
+         max_batch=0, pins=(), buckets=None):
+    """A node as its heartbeat describes it; ``pins`` are pinned on its device (and so resident there)."""
+    adapters = {"slots": slots, "device": device, "pinned": pinned, **({"buckets": buckets} if buckets else {})}
     return Node.objects.create(
         name=name, base_model=base, status=status, last_heartbeat_at=timezone.now() - timedelta(seconds=age_s),
-        state={"adapters": {"slots": slots, "device": device, "pinned": pinned},
-               "resident": {"device": list(resident), "host": list(host)}, "max_batch": max_batch})
+        state={"adapters": adapters, "max_batch": max_batch,
+               "resident": {"device": [*resident, *pins], "host": list(host), "pinned": list(pins)}})
 
 
 def test_load_decides_when_nothing_else_differs(acme, base, version):
@@ -130,3 +132,120 @@ def test_request_status_moves_queued_running_terminal_once(acme, base, version):
     inference_start(request_id=row.id, node_name="n1")  # a late start never reopens it
     row.refresh_from_db()
     assert (row.status, row.completion_tokens, row.gpu_ms) == ("succeeded", 4, 8.0)
+
+
+def in_flight(acme, base, where, n):
+    for i in range(n):
+        InferenceRequest.objects.create(id=f"req_{where.name}_{i}", tenant=acme, base_model=base, tier="cold",
+                                        max_tokens=1, node=where, status="running")
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    from vajra.celery import app
+
+    calls = []
+    monkeypatch.setattr(app, "send_task", lambda name, args=None, **options: calls.append((name, args, options)))
+    return calls
+
+
+def tier(version, name):
+    version.adapter.tier = name
+    version.adapter.save()
+    return version
+
+
+def test_hot_never_leaves_its_pin_while_the_pin_is_up_however_busy(acme, base, version, sent):
+    """Load, locality elsewhere and the tenant's affinity all favour the other node: the hot request still runs
+    on the node that pins its adapter, and nothing is re-pinned."""
+    token = f"a{tier(version, 'hot').adapter_id}:1"
+    pinned = node("pinned", device=9, max_batch=4, pins=[token])
+    idle = node("idle", device=0, max_batch=4, host=[token])
+    in_flight(acme, base, pinned, 4)  # its batch is full
+    for i in range(10):  # and all the tenant's recent requests ran on the other
+        InferenceRequest.objects.create(id=f"req_aff_{i}", tenant=acme, base_model=base, tier="cold", max_tokens=1,
+                                        node=idle, status="succeeded")
+    assert place(tenant=acme, base_model=base, version=version) == pinned
+    assert [s.node.name for s in score_nodes(tenant=acme, base_model=base, version=version)] == ["pinned"]
+    assert place(tenant=acme, base_model=base) == idle  # a base-model request goes by load as ever
+    assert sent == [] and pin_sent(token) is None
+
+
+def test_a_hot_adapter_pinned_on_two_nodes_goes_to_the_less_busy_pin(acme, base, version):
+    token = f"a{tier(version, 'hot').adapter_id}:1"
+    busy = node("pin-busy", max_batch=4, pins=[token])
+    spare = node("pin-spare", max_batch=4, pins=[token])
+    node("no-pin", max_batch=4)
+    in_flight(acme, base, busy, 3)
+    assert place(tenant=acme, base_model=base, version=version) == spare
+
+
+def test_a_hot_request_whose_pin_is_down_moves_the_pin_where_it_runs(acme, base, version, sent,
+                                                                     django_capture_on_commit_callbacks):
+    """The pinned node is down: the request runs on an up node (one holding the adapter in host RAM first) and the
+    pin moves there (the failover pin), so the next request goes there before any heartbeat reports it."""
+    token = f"a{tier(version, 'hot').adapter_id}:1"
+    node("gone", pins=[token], status="down")
+    node("empty", device=0)
+    holder = node("holder", device=5, host=[token])
+    with django_capture_on_commit_callbacks(execute=True):
+        assert place(tenant=acme, base_model=base, version=version) == holder
+    assert [(name, args[1], options["queue"]) for name, args, options in sent] == [
+        ("runtime.set_tier", "hot", "node.holder")]
+    assert pin_sent(token) == "holder"
+    sent.clear()
+    Node.objects.filter(name="holder").update(state={"adapters": {"slots": 10, "device": 10}, "resident": {}})
+    with django_capture_on_commit_callbacks(execute=True):  # full, its heartbeat not yet showing the pin
+        assert place(tenant=acme, base_model=base, version=version) == holder
+    assert sent == []  # the pin is on its way: not sent again
+
+
+def test_a_hot_request_whose_pin_is_down_runs_unpinned_where_no_node_has_hot_capacity(
+        acme, base, version, sent, settings, django_capture_on_commit_callbacks):
+    settings.VAJRA_HOT_SLOT_SHARE = 0.5
+    token = f"a{tier(version, 'hot').adapter_id}:1"
+    node("gone", pins=[token], status="down")
+    spare = node("spare", slots=10, pinned=5)  # every hot slot of its share taken
+    with django_capture_on_commit_callbacks(execute=True):
+        assert place(tenant=acme, base_model=base, version=version) == spare
+    assert sent == [] and pin_sent(token) is None
+
+
+def test_warm_prefers_nodes_holding_it_in_host_ram_over_load(acme, base, version):
+    token = f"a{tier(version, 'warm').adapter_id}:1"
+    holder = node("holder", device=8, host=[token])  # 0.5*0.2 + 0.3*0.5 = 0.25
+    node("idle", device=0)  # 0.5*1.0 = 0.5: Algorithm 2 alone would pick it
+    assert place(tenant=acme, base_model=base, version=version) == holder
+    Node.objects.filter(name="holder").update(state={"adapters": {"slots": 10, "device": 10},
+                                                     "resident": {"host": [token]}})
+    assert place(tenant=acme, base_model=base, version=version).name == "idle"  # the holder has no free slot
+    tier(version, "cold")
+    Node.objects.filter(name="holder").update(state={"adapters": {"slots": 10, "device": 8},
+                                                     "resident": {"host": [token]}})
+    assert place(tenant=acme, base_model=base, version=version).name == "idle"  # cold: Algorithm 2 alone
+
+
+def test_rank_bucket_capacity_filters_candidates(acme, base, version):
+    """A rank-16 adapter: a node whose pool has no bucket that large is no candidate, nor one whose fitting bucket
+    is full of pinned adapters; a bigger bucket with an unpinned slot fits; an adapter already resident fits."""
+    AdapterVersion.objects.filter(pk=version.pk).update(rank=16)
+    version.refresh_from_db()
+    node("small-buckets", buckets={"8": {"slots": 8, "pinned": 0}})
+    node("pinned-full", buckets={"8": {"slots": 8, "pinned": 0}, "16": {"slots": 2, "pinned": 2}})
+    with pytest.raises(NoCapacity):
+        place(tenant=acme, base_model=base, version=version)
+    assert place(tenant=acme, base_model=base).name in {"small-buckets", "pinned-full"}  # base-only: no slot
+    node("resident", device=9, resident=[f"a{version.adapter_id}:1"], buckets={"8": {"slots": 10, "pinned": 0}})
+    assert place(tenant=acme, base_model=base, version=version).name == "resident"
+    node("big-bucket", device=9, buckets={"8": {"slots": 8, "pinned": 0}, "64": {"slots": 2, "pinned": 1}})
+    assert {s.node.name for s in score_nodes(tenant=acme, base_model=base, version=version)} == {
+        "resident", "big-bucket"}
+
+
+def test_hot_capacity_needs_a_rank_bucket_that_fits(acme, base, version, settings):
+    settings.VAJRA_HOT_SLOT_SHARE = 0.5
+    AdapterVersion.objects.filter(pk=version.pk).update(rank=32)
+    version.adapter.refresh_from_db()
+    node("roomy-small", slots=20, buckets={"8": {"slots": 20, "pinned": 0}})
+    node("fits", slots=10, pinned=3, buckets={"8": {"slots": 6, "pinned": 0}, "32": {"slots": 4, "pinned": 3}})
+    assert place_hot(base_model=base, adapter=version.adapter).name == "fits"
