@@ -71,7 +71,10 @@ class Handle:
     done: threading.Event = field(default_factory=threading.Event)
     result: dict | None = None
     adapter_future: object = None
-    adapter_ready: float | None = None
+    host_ready: float | None = None  # when its adapter was in host RAM (at once when it already was)
+    slot_wait_from: float | None = None  # when it first found no free slot for its adapter
+    adapter_ready_ms: float = 0.0  # waiting for its adapter alone (host RAM, a free slot, the copy into it)
+    admitted: float | None = None
     training_mark: int = 0  # the engine's training micro-step count when the request arrived
     training_waits: int | None = None  # micro-steps that ran between its arrival and its admission
 
@@ -145,6 +148,7 @@ class Engine:
         self._arrivals.append(handle.submitted)
         if request.adapter is not None and self.store is not None:
             handle.adapter_future = self.store.prepare(request.adapter)
+            handle.adapter_future.add_done_callback(lambda _: setattr(handle, "host_ready", time.perf_counter()))
         self._incoming.put(handle)
         return handle
 
@@ -342,13 +346,19 @@ class Engine:
             if not future.done():
                 return None
             future.result()  # raises AdapterRejected for a broken adapter
+            handle.host_ready = handle.host_ready or time.perf_counter()  # done, its callback not yet run
             key = adapter_key(request.adapter)
+            started = time.perf_counter()
             try:
                 slot = self.store.activate(key)
             except NoFreeSlot:
+                handle.slot_wait_from = handle.slot_wait_from or started
                 draining |= self.store.holding_slots_for(key)
                 return None
-            handle.adapter_ready = time.perf_counter()
+            # The tier's adapter-ready time: the adapter's own waits, not the wait for a batch row or a step
+            handle.adapter_ready_ms = _ms(handle.submitted, handle.host_ready or handle.submitted) + _ms(
+                handle.slot_wait_from or started, time.perf_counter())
+        handle.admitted = time.perf_counter()
         handle.training_waits = self.training_micro_steps - handle.training_mark
         generator = None
         if request.sampling.temperature > 0:
@@ -565,8 +575,8 @@ class Engine:
             "usage": {"prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens,
                       "cached_tokens": row.cached_tokens},
             "timings": {
-                "queued_ms": _ms(handle.submitted, handle.adapter_ready or handle.submitted),
-                "adapter_ready_ms": _ms(handle.submitted, handle.adapter_ready) if handle.adapter_ready else 0.0,
+                "queued_ms": _ms(handle.submitted, handle.admitted or handle.submitted),
+                "adapter_ready_ms": handle.adapter_ready_ms,
                 "first_token_ms": _ms(handle.submitted, row.first_token) if row.first_token else None,
                 "total_ms": _ms(handle.submitted, now),
             },

@@ -270,3 +270,14 @@ def test_a_failed_admission_leaves_the_running_rows_and_their_cache_as_they_were
     assert result["finish_reason"] != "error", result
     expected = reference_tokens(base, None, running_ids, 60)
     assert streamed_text(redis_client, running.request.request_id)[0].split() == [f"t{t}" for t in expected]
+
+
+def test_adapter_ready_time_is_the_adapters_wait_not_the_wait_for_a_row(engine, adapters):
+    """The tier's adapter-ready time counts waiting for the adapter (host RAM, a slot, the copy); a request whose
+    adapter already sits in its slot and waits for the engine's step under way is queued, not loading."""
+    _, paths = adapters
+    assert engine.submit(request([5, 6, 7], ref(paths[0], 0), max_tokens=2)).wait(120)["finish_reason"]
+    hold_engine(engine, 0.5)
+    timings = engine.submit(request([5, 6, 8], ref(paths[0], 0), max_tokens=2)).wait(120)["timings"]
+    assert timings["queued_ms"] >= 400  # it waited for the engine
+    assert timings["adapter_ready_ms"] < timings["queued_ms"] / 4  # not for its adapter, already in its slot
