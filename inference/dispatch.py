@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections, connection, connections, transaction
+from django.db import DatabaseError, close_old_connections, connection, connections, transaction
 from django.utils import timezone
 from rest_framework.exceptions import Throttled
 
@@ -115,12 +115,17 @@ def request_cost(row):
 
 
 def _final_cost_of(request_id, final):
-    row = InferenceRequest.objects.filter(pk=request_id).only("tenant_id", "tier", "created_at").first()
-    return final_cost(row, final) if row is not None else None
+    try:
+        row = InferenceRequest.objects.filter(pk=request_id).only("tenant_id", "tier", "created_at").first()
+        return final_cost(row, final) if row is not None else None
+    except DatabaseError:  # the answer still ends; its ledger row is written once the database is back
+        log.warning("request %s: no price for its final while the database is unreachable", request_id)
+        return None
 
 
 async def final_cost_of(request_id, final):
-    """``final_cost`` for the request ``request_id``, from async code (the relays send it with the final)."""
+    """``final_cost`` for the request ``request_id``, from async code (the relays send it with the final); None
+    while the database cannot be reached, so a stream whose answer is complete always ends."""
     return await sync_to_async(_final_cost_of)(request_id, final)
 
 

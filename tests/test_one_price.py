@@ -123,3 +123,25 @@ def test_the_training_estimate_is_priced_by_the_tenants_plan(acme, post_train, d
     assert (estimate["gradients"], estimate["cost_micro_usd"], estimate["cost_usd"]) == (645120, 154829, "0.154829")
     assert estimate["prices"] == {"c_gradient_usd": "0.08", "p_gpu_micro_usd_per_hour": 3000000, "plan": "premium"}
     assert training_cost(plan_for(acme), gradients=645120) == Decimal("0.1548288")
+
+
+def test_a_stream_ends_with_its_final_while_the_database_cannot_price_it(premium, warm_bot, alice_api, node,  # noqa: F811
+                                                                         runtime, monkeypatch):
+    """The answer is complete: the done event goes out with the quote's cost, and the ledger row follows once the
+    database is back (the control plane records the final)."""
+    from django.db import OperationalError
+
+    from inference import dispatch
+
+    def unreachable(*args, **kwargs):
+        raise OperationalError("the database went away")
+
+    monkeypatch.setattr(dispatch, "final_cost", unreachable)
+    response = post(alice_api, reverse("v1-infer", args=[BASE]), {"prompt": "Hi", "adapter_id": "warm-bot",
+                                                                    "stream": True})
+    events = [block for block in b"".join(response).decode().split("\n\n") if block.startswith("id:")
+              or "event:" in block]
+    done = [b for b in events if "event: done" in b]
+    assert len(done) == 1
+    data = json.loads(dict(line.split(": ", 1) for line in done[0].split("\n") if ": " in line)["data"])
+    assert data["finish_reason"] == "stop" and data["cost"]["units"] == 7  # the quote, as the request began

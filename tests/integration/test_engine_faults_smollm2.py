@@ -109,8 +109,8 @@ def test_a_nan_adapter_row_fails_alone_and_the_others_are_token_identical(engine
     if phase == "prefill":  # the slot turns NaN once the row holds it, before its prefill
         try_join = engine._try_join
 
-        def poisoning_try_join(handle):
-            row = try_join(handle)
+        def poisoning_try_join(handle, draining):
+            row = try_join(handle, draining)
             if row is not None and handle.request is bad:
                 poison_slot(engine.pool, row.slot)
             return row
