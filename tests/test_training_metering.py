@@ -5,7 +5,10 @@ that never rewrites a billed one."""
 
 import importlib
 import json
+import os
 import random
+import subprocess
+import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -93,12 +96,13 @@ COMPLETION = [{"prompt": "Translate to German: cat", "completion": " Katze"},
 
 @pytest.fixture
 def smollm2_store():
-    store = Path(settings.VAJRA_MODEL_STORE) / SMOLLM2 / "float32"
-    if not (store / "tokenizer.json").is_file():
-        pytest.skip(f"no SmolLM2 in the model store {settings.VAJRA_MODEL_STORE}")
-    return store
+    """SmolLM2's files in the model store the web reads, imported once as `make up` does (later runs reuse them)."""
+    subprocess.run([sys.executable, "-m", "gpu_runtime.model_store", "import"], check=True, timeout=600,
+                   env={**os.environ, "VAJRA_MODEL_STORE": str(settings.VAJRA_MODEL_STORE)}, stdout=subprocess.DEVNULL)
+    return Path(settings.VAJRA_MODEL_STORE) / SMOLLM2 / "float32"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("records", [CHAT, COMPLETION], ids=["chat", "completion"])
 def test_the_web_counts_the_tokens_the_trainer_encodes(db, smollm2_store, records):
     from transformers import AutoTokenizer
