@@ -125,8 +125,8 @@ def test_the_training_estimate_is_priced_by_the_tenants_plan(acme, post_train, d
     assert training_cost(plan_for(acme), gradients=645120) == Decimal("0.1548288")
 
 
-def test_a_stream_ends_with_its_final_while_the_database_cannot_price_it(premium, warm_bot, alice_api, node,  # noqa: F811
-                                                                         runtime, monkeypatch):
+def test_a_stream_ends_with_its_final_while_the_database_cannot_price_it(
+        premium, warm_bot, alice_api, node, runtime, monkeypatch):  # noqa: F811
     """The answer is complete: the done event goes out with the quote's cost, and the ledger row follows once the
     database is back (the control plane records the final)."""
     from django.db import OperationalError
