@@ -121,6 +121,11 @@ def _final_cost_of(request_id, final):
     except DatabaseError:  # the answer still ends; its ledger row is written once the database is back
         log.warning("request %s: no price for its final while the database is unreachable", request_id)
         return None
+    finally:
+        # An ASGI request's sync work runs on a thread of its own for as long as its stream lasts: a connection
+        # kept there would hold a PostgreSQL backend per open stream (80 streams passed max_connections).
+        if not _sqlite() and not connection.in_atomic_block:
+            connection.close()
 
 
 async def final_cost_of(request_id, final):
