@@ -1,7 +1,7 @@
 """Shared pieces of the benchmarks: machine facts, timing with repeats, tables, JSON results, the real
 SmolLM2 engine and random PEFT adapters for it.
 
-Speed on these VMs drifts several-fold over minutes (../shared/FACTS.md), so each benchmark measures the
+Speed on these VMs drifts several-fold over minutes, so each benchmark measures the
 things it compares back to back in one process, alternating between them, and reports ratios beside the
 absolute figures.
 """

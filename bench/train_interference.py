@@ -14,7 +14,7 @@ with the same request schedule:
                      micro-steps are started and then given way, so more compute is thrown away)
     train alone      the job with no inference, for the same duration
 
-Target (issue 6 item 8): inference p99 TTFT with training <= 1.2x without. Every request of a shared run
+Target: inference p99 TTFT with training <= 1.2x without. Every request of a shared run
 also records how many training micro-steps completed between its arrival and its admission (at most 1 is
 the preemption guarantee; it is reported, not assumed), and each run counts the micro-steps that gave way
 and the compute they threw away.

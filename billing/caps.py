@@ -1,4 +1,4 @@
-"""Spend controls (issue 7, item 7): a monthly spend cap per tenant, checked at admission; a warning at 80 %.
+"""Spend controls: a monthly spend cap per tenant, checked at admission; a warning at 80 %.
 
 The cap is the account's ``spend_cap`` when set, else its plan's ``monthly_spend_cap`` (none by default). Spend
 is the ledger's net sum for the current billing month (UTC), credits and adjustments included. Admission refuses

@@ -1,6 +1,6 @@
 """Which price plan applies, and what usage costs under it (Decimal only; never a float).
 
-Formulas (issue 7, VAJRA paper 4.3.1 and Appendix A.2):
+Formulas (VAJRA paper 4.3.1 and Appendix A.2):
 
     inference = units(tier) x unit_price  +  ceil(gpu_ms / granularity) x granularity x P_GPU / 3,600,000 x M_tenancy
     training  = G x C_gradient / 1,000,000 x P_GPU                      (A.2 literally, per optimizer step)

@@ -1,4 +1,4 @@
-"""Payment standing (issue 7, item 7): active -> past_due (a payment failed) -> suspended after the grace period.
+"""Payment standing: active -> past_due (a payment failed) -> suspended after the grace period.
 
 The Stripe webhook (billing/webhooks*.py) reports payments: ``account_past_due`` on a failed one,
 ``account_paid`` on a paid one. ``accounts_suspend_past_due`` (control task, beat) suspends the accounts past due

@@ -1,4 +1,4 @@
-"""The one owner of every adapter's lifecycle on a node, across tiers (STYLE.md items 11-12):
+"""The one owner of every adapter's lifecycle on a node, across tiers:
 
     object storage --fetch--> node-local disk --validate+read--> host RAM --copy--> device slot
 

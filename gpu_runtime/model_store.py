@@ -100,7 +100,7 @@ def import_smollm2(store, name=DEFAULT_MODEL, *, force=False):
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     read_ms = (time.perf_counter() - started) * 1000
-    # A GGUF-loaded model refuses save_pretrained while it still looks quantized (FACTS.md).
+    # A GGUF-loaded model refuses save_pretrained while it still looks quantized.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

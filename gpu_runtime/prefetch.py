@@ -9,7 +9,7 @@ request is due, so that the request finds it in host RAM or on the device.
 
 Each target is the cheapest tier from which the rest of the load still ends before the request, so an
 adapter climbs in stages as T counts down and holds no RAM or slot earlier than it must. Load times are
-measured from the store's timed moves. The AdapterStore stays the one owner of tiers (STYLE.md item 12):
+measured from the store's timed moves. The AdapterStore stays the one owner of tiers:
 this module only predicts, decides and counts, and acts through callbacks; it needs neither torch nor Django.
 Times are seconds on one monotonic clock (``time.monotonic``); durations are milliseconds.
 """

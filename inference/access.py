@@ -1,4 +1,4 @@
-"""The one way to reach each tenant-owned inference resource (STYLE.md item 1). Another tenant's adapter,
+"""The one way to reach each tenant-owned inference resource. Another tenant's adapter,
 version or request is a 404 that never says it exists."""
 
 import re

@@ -1,4 +1,4 @@
-"""Fine-tuning jobs on the control plane (issue 6): the cost estimate, creating a job, checking its file and
+"""Fine-tuning jobs on the control plane: the cost estimate, creating a job, checking its file and
 placing it on a node, and cancelling it. What the runtime reports back is in training_progress.py; the new
 version and its swap onto the nodes (Algorithm 3) in hot_swap.py.
 

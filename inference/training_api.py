@@ -1,4 +1,4 @@
-"""The training API (VAJRA paper A.1 and issue 6), with API keys (scope ``train``) or the dashboard's session:
+"""The training API (VAJRA paper A.1), with API keys (scope ``train``) or the dashboard's session:
 
     POST /v1/models/{model_id}/train           {"adapter_id", "dataset", "hyperparameters": {...}} -> 201 job
     POST /v1/models/{model_id}/train/estimate  the same body -> 200 estimate, nothing written

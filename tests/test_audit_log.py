@@ -1,4 +1,4 @@
-"""The audit log (issue 8 item 7): each audited action writes exactly one entry with who, what, the IP and the
+"""The audit log: each audited action writes exactly one entry with who, what, the IP and the
 request id, in the action's own transaction; a refused action writes none; only owners and admins read it,
 only their own tenant's, through GET /api/v1/audit-log and the dashboard page; entries cannot be changed."""
 

@@ -1,4 +1,4 @@
-"""The usage ledger (issue 7, items 1-3 and 10's property tests): the standard plan, prices worked out by hand for
+"""The usage ledger: the standard plan, prices worked out by hand for
 each tier, append-only rows, duplicates ignored by key, training steps and adjustments, plan versions, negative
 prices refused, metering lag; and hypothesis properties of the Decimal rounding of the A.2 formulas."""
 

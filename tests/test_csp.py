@@ -1,4 +1,4 @@
-"""Content-Security-Policy (issue 8 item 7): every HTML page carries the strict policy, and no page VAJRA renders
+"""Content-Security-Policy: every HTML page carries the strict policy, and no page VAJRA renders
 holds inline code the policy would block (a <script> without src, a <style> block, a style= or on*= attribute,
 a javascript: URL). The Swagger UI page alone allows inline styles, and says so in its header."""
 

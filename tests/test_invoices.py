@@ -1,4 +1,4 @@
-"""Invoices (issue 7, item 5): the period close, lines per tier, adapter, training job and SLO credit, totals equal
+"""Invoices: the period close, lines per tier, adapter, training job and SLO credit, totals equal
 to the ledger sum to the cent, numbering, immutability once open, the state machine (409 otherwise), the page and
 its PDF, tenant isolation and roles. Ledger rows are written directly; Stripe is off here (tests/test_stripe.py)."""
 

@@ -1,4 +1,4 @@
-"""Structured logs (issue 8, item 6): VAJRA_LOG_FORMAT=json writes one JSON object per line carrying the request
+"""Structured logs: VAJRA_LOG_FORMAT=json writes one JSON object per line carrying the request
 id; on web it is the response's x-request-id; it travels with Celery tasks (a real worker over the private
 Redis) so control and runtime lines name the same request."""
 

@@ -1,4 +1,4 @@
-"""/metrics (issue 8, item 6): on web, refused without a staff session or the metrics token, and the platform's
+"""/metrics: on web, refused without a staff session or the metrics token, and the platform's
 gauges computed from the rows; on a runtime node, the collector's figures after real requests on the tiny
 engine, and its HTTP server; the monitoring files (alert rules, scrape config, Grafana dashboard) parse and
 name only metrics that exist."""

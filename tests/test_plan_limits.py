@@ -164,7 +164,7 @@ def test_the_submit_reads_the_plan_without_a_query_more_than_the_spend_check(acm
         inference_submit(principal=principal, base_model=base, prompt="Hi", sampling=sampling, api="infer")
 
 
-# ---- bad sampling parameters (issue 5) ------------------------------------------------------------------------
+# ---- bad sampling parameters ------------------------------------------------------------------------
 
 BAD_SAMPLING = [
     ({"temperature": -0.1}, "temperature", "0"),
@@ -185,7 +185,7 @@ def test_bad_sampling_is_400_naming_the_field_and_limit(path, change, field, lim
     assert error["message"].startswith((param, field)) and limit in error["message"], error
 
 
-# ---- prompts past the context, counted in tokens (issue 5) ----------------------------------------------------
+# ---- prompts past the context, counted in tokens ----------------------------------------------------
 
 def test_the_web_counts_prompts_and_chats_as_the_runtime_does(base):
     from django.conf import settings

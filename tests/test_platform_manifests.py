@@ -1,4 +1,4 @@
-"""The deployment files in platform/ (issue 8, item 5): every Kubernetes manifest validates against the
+"""The deployment files in platform/: every Kubernetes manifest validates against the
 Kubernetes API schemas (kubernetes-validate, strict: unknown fields are errors), the pieces fit together
 (selectors, services, probes, volumes, config references), the runtime is one GPU per pod with its own queue,
 the autoscaler reads metrics web really exports, and every environment variable the code reads is set by the

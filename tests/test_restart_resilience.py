@@ -1,4 +1,4 @@
-"""The pieces that carry the platform through Redis and PostgreSQL restarts (issue 8, item 3), one at a time:
+"""The pieces that carry the platform through Redis and PostgreSQL restarts, one at a time:
 the runtime's stream writer, the relay's reconnect and gap check, the sweep of requests nobody will finish, the
 submit path with the broker down, and the control tasks' retries. tests/integration/test_restarts.py runs them
 together under traffic."""

@@ -1,4 +1,4 @@
-"""SLO credits (issue 7, item 8): a request that broke its tier's adapter-ready guarantee gets the tier's premium
+"""SLO credits: a request that broke its tier's adapter-ready guarantee gets the tier's premium
 over cold back as its own ledger row, once, in the same transaction as the request's charge."""
 
 from decimal import Decimal

@@ -1,4 +1,4 @@
-"""Spend controls (issue 7, item 7): the monthly cap refuses inference requests and training jobs at admission with
+"""Spend controls: the monthly cap refuses inference requests and training jobs at admission with
 402 (nothing written, no task sent), the 80 % warning on the pages and by email once a month, the cap form, and
 the failed-payment policy (grace period, then suspend)."""
 

@@ -1,4 +1,4 @@
-"""Stripe (issue 7, item 6), against the Stripe fake over real HTTP (tests/stripe_fake.py: localstripe, extended
+"""Stripe, against the Stripe fake over real HTTP (tests/stripe_fake.py: localstripe, extended
 for what it lacks), with the real ``stripe`` client: a customer once per tenant, invoice + items + finalize with
 idempotency keys from local ids, a retry that charges once, the webhook (signature, paid, failed, void,
 uncollectible, duplicates and replays, unknown types), the billing portal, and local-only mode."""

@@ -1,4 +1,4 @@
-"""The train API (issue 6, items 2 and 5): starting a job on a new or an existing adapter, the estimate worked out
+"""The train API: starting a job on a new or an existing adapter, the estimate worked out
 by hand, jobs, events, checkpoints, cancel, rollback; every bad input refused with nothing written and no task
 sent; and charlie (contoso) never reaching acme's jobs, datasets or adapters."""
 

@@ -1,4 +1,4 @@
-"""GET /v1/usage/{tenant_id}/metrics (seed A.1, issue 7 item 4): buckets by hour, day and month, filters by tier,
+"""GET /v1/usage/{tenant_id}/metrics (VAJRA paper A.1): buckets by hour, day and month, filters by tier,
 adapter and kind, exact cost sums, who may read it, and every bad input refused with the ledger unchanged."""
 
 from datetime import UTC, datetime, timedelta

@@ -1,4 +1,4 @@
-"""Metering truth (issue 7, item 10) with real processes: daphne, a runtime node with SmolLM2, the control worker.
+"""Metering truth with real processes: daphne, a runtime node with SmolLM2, the control worker.
 
 N requests run through the real runtime. The control worker is SIGKILLed while their final events flow to it and
 a new one is started. Then: one ledger row per request (no duplicate, none missing), and the GPU-ms billed before
