@@ -2,11 +2,13 @@
 worker. A member signs in, picks the base model, asks a question and watches the answer stream in."""
 
 import re
+from decimal import ROUND_HALF_EVEN, Decimal
 
 import pytest
 from playwright.sync_api import expect
 
-from inference.models import BaseModel, InferenceRequest
+from billing.models import UsageEvent
+from inference.models import InferenceRequest
 from tests.conftest import PASSWORD
 
 # The real processes of tests/integration (imported, so that pytest sees them as fixtures here too).
@@ -17,6 +19,7 @@ from tests.integration.conftest import (  # noqa: F401
     runtime_concurrency,
     runtime_node,
     wait_for,
+    wait_until_serving,
 )
 
 pytestmark = [
@@ -53,8 +56,7 @@ def sign_in(page, base_url, email):
 
 
 def test_chat_streams_tokens_live_with_stats(page, daphne, runtime_node, control_worker, alice):  # noqa: F811
-    wait_for(lambda: BaseModel.objects.filter(name=MODEL).exists(), 180, "the node to register its base model",
-             runtime_node)
+    wait_until_serving(MODEL, runtime_node, 180)
     page.set_default_timeout(30_000)
     sign_in(page, daphne, alice.email)
     expect(page.get_by_role("heading", level=1)).to_have_text("Playground")
@@ -82,7 +84,7 @@ def test_chat_streams_tokens_live_with_stats(page, daphne, runtime_node, control
     assert all(s["stoppable"] for s in streaming if s["length"]), "Stop works while tokens arrive"
 
     expect(stats).to_contain_text(re.compile(r"first token \d+ ms \(server \d+ ms\)"))
-    expect(stats).to_contain_text(re.compile(r"[\d.]+ tokens/s · \d+ tokens · 1 unit · \$0\.0001"))
+    expect(stats).to_contain_text(re.compile(r"[\d.]+ tokens/s · \d+ tokens · 1 unit · \$0\.000\d+"))
     assert "Paris" in text.text_content()
     expect(page.get_by_role("button", name="Stop")).to_be_disabled()
     expect(page.get_by_role("button", name="Send")).to_be_enabled()
@@ -90,6 +92,11 @@ def test_chat_streams_tokens_live_with_stats(page, daphne, runtime_node, control
     row = wait_for(lambda: InferenceRequest.objects.filter(api="playground", status="succeeded").first(), 60,
                    "the control worker to record the playground request")
     assert row.tenant.slug == "acme" and row.adapter_version is None and row.completion_tokens > 0
+    # What the page showed when the reply ended is what the ledger bills for it (the GPU time is added to the
+    # tier's units, so the figure is the final's, not the quote's), at the page's micro-dollar precision.
+    billed = wait_for(lambda: UsageEvent.objects.filter(request=row).first(), 60, "the request's ledger row")
+    shown = re.search(r"\$(0\.\d+)", stats.text_content()).group(1)
+    assert Decimal(shown) == billed.cost.quantize(Decimal("0.000001"), rounding=ROUND_HALF_EVEN), (shown, billed.cost)
     page.screenshot(path="/tmp/playground.png", full_page=True)
 
     # Multi-turn: the second question goes with the first exchange, and the reply streams in the same way.

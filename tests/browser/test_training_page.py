@@ -9,7 +9,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from inference.models import Adapter, BaseModel, TrainingJob
+from inference.models import Adapter, TrainingJob
 from tests.conftest import PASSWORD
 
 # The real processes of tests/integration (imported, so that pytest sees them as fixtures here too).
@@ -20,6 +20,7 @@ from tests.integration.conftest import (  # noqa: F401
     runtime_concurrency,
     runtime_node,
     wait_for,
+    wait_until_serving,
 )
 
 pytestmark = [
@@ -60,8 +61,7 @@ def sign_in(page, base_url, email, next_path):
 
 
 def test_start_a_job_and_watch_it_live(page, daphne, runtime_node, control_worker, alice):  # noqa: F811
-    wait_for(lambda: BaseModel.objects.filter(name=MODEL).exists(), 180, "the node to register its base model",
-             runtime_node)
+    wait_until_serving(MODEL, runtime_node, 180)
     page.set_default_timeout(30_000)
     sign_in(page, daphne, alice.email, "/training/")
     expect(page.get_by_role("heading", level=1)).to_have_text("Training")

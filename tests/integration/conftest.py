@@ -82,6 +82,19 @@ def wait_for(predicate, timeout, what, proc=None):
                          + (f"\n{proc.output()[-3000:]}" if proc else ""))
 
 
+def wait_until_serving(model, proc, timeout=180):
+    """Until a node that serves ``model`` is up with a fresh heartbeat (what placement needs to route to it), not
+    just until the model's catalog row exists: the row is written before the node's first heartbeat, and a request
+    sent between the two is answered 503 (no capacity)."""
+    from inference.models import BaseModel
+    from inference.services import nodes_up
+
+    def serving():
+        return BaseModel.objects.filter(name=model).exists() and nodes_up().filter(base_model=model).exists()
+
+    return wait_for(serving, timeout, f"a node serving {model} to be up", proc)
+
+
 def start_daphne(log_path, **env):
     """The real ASGI server on a free port, answering /healthz; returns (Proc, base URL)."""
     port = free_port()

@@ -14,9 +14,9 @@ import pytest
 from billing.models import UsageEvent
 from gpu_runtime.contract import stream_key
 from gpu_runtime.model_store import TINY_MODEL
-from inference.models import BaseModel, InferenceRequest
+from inference.models import InferenceRequest
 from tests.conftest import create_key
-from tests.integration.conftest import start_runtime_node, wait_for
+from tests.integration.conftest import start_runtime_node, wait_for, wait_until_serving
 
 pytestmark = pytest.mark.slow
 MODEL = TINY_MODEL
@@ -36,7 +36,7 @@ def test_cancelled_while_queued_bills_nothing_and_cancelled_mid_way_bills_what_i
         daphne, one_row_node, control_worker, alice, acme):
     from vajra.redis import get_redis
 
-    wait_for(lambda: BaseModel.objects.filter(name=MODEL).exists(), 180, "the node to register", one_row_node)
+    wait_until_serving(MODEL, one_row_node, 180)
     _, secret = create_key(alice, acme)
     client = httpx.Client(base_url=daphne, headers={"Authorization": f"Bearer {secret}"}, timeout=300)
 

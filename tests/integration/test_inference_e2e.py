@@ -10,7 +10,7 @@ import pytest
 
 from inference.models import Adapter, AdapterVersion, BaseModel, InferenceRequest
 from tests.conftest import create_key
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import wait_for, wait_until_serving
 
 pytestmark = pytest.mark.slow
 MODEL = "smollm2-135m-instruct"
@@ -18,8 +18,7 @@ MODEL = "smollm2-135m-instruct"
 
 @pytest.fixture
 def platform(daphne, runtime_node, control_worker, alice, acme):
-    wait_for(lambda: BaseModel.objects.filter(name=MODEL).exists(), 180, "the node to register its base model",
-             runtime_node)
+    wait_until_serving(MODEL, runtime_node, 180)
     _, secret = create_key(alice, acme)
     return httpx.Client(base_url=daphne, headers={"Authorization": f"Bearer {secret}"}, timeout=120)
 

@@ -28,9 +28,9 @@ from django.db.models import Sum
 
 from billing.metering import metering_lag
 from billing.models import UsageEvent
-from inference.models import BaseModel, InferenceRequest
+from inference.models import InferenceRequest
 from tests.conftest import create_key
-from tests.integration.conftest import Proc, process_env, start_runtime_node, wait_for
+from tests.integration.conftest import Proc, process_env, start_runtime_node, wait_for, wait_until_serving
 
 pytestmark = pytest.mark.slow
 MODEL = "smollm2-135m-instruct"
@@ -72,8 +72,7 @@ def restore_unacked_messages():
 
 def test_every_request_is_billed_once_and_billed_time_is_the_runtimes_busy_time(
         daphne, runtime_node, control_worker, alice, acme, tmp_path):
-    wait_for(lambda: BaseModel.objects.filter(name=MODEL).exists(), 180, "the node to register its base model",
-             runtime_node)
+    wait_until_serving(MODEL, runtime_node, 180)
     _, secret = create_key(alice, acme)
     client = httpx.Client(base_url=daphne, headers={"Authorization": f"Bearer {secret}"}, timeout=300)
 

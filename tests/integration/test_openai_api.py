@@ -11,7 +11,7 @@ from openai import OpenAI
 
 from inference.models import BaseModel, InferenceRequest
 from tests.conftest import create_key
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import wait_for, wait_until_serving
 
 pytestmark = pytest.mark.slow
 MODEL = "smollm2-135m-instruct"
@@ -22,8 +22,7 @@ QUESTION = [{"role": "system", "content": "You answer in one short sentence."},
 @pytest.fixture
 def client(daphne, runtime_node, control_worker, alice, acme, adapter_zip):
     """The OpenAI client for alice's key, once the node serves the base model and her adapter is uploaded."""
-    wait_for(lambda: BaseModel.objects.filter(name=MODEL).exists(), 180, "the node to register its base model",
-             runtime_node)
+    wait_until_serving(MODEL, runtime_node, 180)
     _, secret = create_key(alice, acme)
     upload = httpx.post(f"{daphne}/api/v1/adapters", headers={"Authorization": f"Bearer {secret}"},
                         data={"name": "support-bot", "base_model": MODEL},
