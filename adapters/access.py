@@ -5,7 +5,7 @@ import re
 
 from django.http import Http404
 
-from .models import Adapter, AdapterVersion, BaseModel, Dataset, InferenceRequest, TrainingJob
+from .models import Adapter, AdapterVersion, BaseModel
 
 # A version number past nine digits names no version (and would overflow the database's integer).
 MODEL_REF = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]{0,63})(?:@v?(?P<version>\d{1,9}))?$")
@@ -62,37 +62,3 @@ def tenant_versions(*, tenant, base_model=None):
     return qs.order_by("adapter__name", "-number")
 
 
-def access_inference_request(*, tenant, request_id):
-    row = InferenceRequest.objects.filter(tenant=tenant, id=request_id).first()
-    if row is None:
-        raise Http404(f"No request '{request_id}' in this tenant.")
-    return row
-
-
-def tenant_requests(*, tenant):
-    return InferenceRequest.objects.filter(tenant=tenant).order_by("-created_at")
-
-
-def tenant_datasets(*, tenant):
-    return Dataset.objects.filter(tenant=tenant, deleted_at__isnull=True).order_by("-created_at")
-
-
-def access_dataset(*, tenant, dataset_id):
-    dataset = Dataset.objects.filter(tenant=tenant, id=dataset_id, deleted_at__isnull=True).first()
-    if dataset is None:
-        raise Http404(f"No dataset '{dataset_id}' in this tenant. GET /api/v1/datasets lists yours.")
-    return dataset
-
-
-def tenant_training_jobs(*, tenant):
-    return (TrainingJob.objects.filter(tenant=tenant).select_related("adapter", "dataset", "base_model",
-                                                                      "result_version", "base_version")
-            .order_by("-created_at"))
-
-
-def access_training_job(*, tenant, job_id, lock=False):
-    qs = TrainingJob.objects.filter(tenant=tenant, id=job_id).select_related("adapter", "dataset", "base_model")
-    job = (qs.select_for_update(of=("self",)) if lock else qs).first()
-    if job is None:
-        raise Http404(f"No training job '{job_id}' in this tenant.")
-    return job

@@ -1,6 +1,5 @@
 """REST API for the base-model catalog and a tenant's adapters (/api/v1/...)."""
 
-from django.conf import settings
 from django.db import transaction
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
@@ -8,23 +7,15 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing.plans import query_price
+from billing.plans import tier_info
 from vajra.errors import InvalidRequest
 from vajra.parsers import JSONParser
 from vajra.serializers import StrictSerializer
 
-from . import access, adapters
+from . import access, services
 from .models import Adapter, BaseModel
 
 NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-
-
-def tier_info(tier, *, tenant):
-    """A tier card: its price under the tenant's plan (billing.plans.query_price) and its guarantee."""
-    price = query_price(tier, tenant=tenant)
-    return {"tier": tier, "units_per_query": price["units"], "usd_per_query": float(price["usd"]),
-            "micro_usd_per_query": price["micro_usd"], "plan": price["plan"],
-            "adapter_ready_ms_guarantee": settings.VAJRA_TIER_READY_MS[tier]}
 
 
 class VersionOut(serializers.Serializer):
@@ -72,7 +63,7 @@ class BaseModelListView(APIView):
 
 
 class AdapterListView(APIView):
-    required_actions = {"GET": "adapters.view", "POST": "adapters.write"}
+    required_actions = {"GET": "services.view", "POST": "services.write"}
     parser_classes = [MultiPartParser]
 
     class UploadIn(StrictSerializer):
@@ -98,14 +89,14 @@ class AdapterListView(APIView):
             raise InvalidRequest("Attach the adapter as 'file': a zip or tar of the PEFT folder, or the two files "
                                  "adapter_config.json and adapter_model.safetensors.", param="file", code="no_file")
         base_model = access.access_base_model(name=data.validated_data["base_model"])
-        version = adapters.adapter_upload(principal=request.auth, base_model=base_model, files=files,
+        version = services.adapter_upload(principal=request.auth, base_model=base_model, files=files,
                                           name=data.validated_data["name"],
                                           description=data.validated_data["description"])
         return Response(AdapterOut(version.adapter).data, status=status.HTTP_201_CREATED)
 
 
 class AdapterDetailView(APIView):
-    required_actions = {"GET": "adapters.view", "PATCH": "adapters.write", "DELETE": "adapters.write"}
+    required_actions = {"GET": "services.view", "PATCH": "services.write", "DELETE": "services.write"}
     parser_classes = [JSONParser]
 
     class TierIn(StrictSerializer):
@@ -121,19 +112,19 @@ class AdapterDetailView(APIView):
         data.is_valid(raise_exception=True)
         with transaction.atomic():  # the row lock needs a transaction (PostgreSQL refuses FOR UPDATE without one)
             adapter = access.access_adapter(tenant=request.auth.tenant, name=name, lock=True)
-            adapter = adapters.adapter_set_tier(principal=request.auth, adapter=adapter, **data.validated_data)
+            adapter = services.adapter_set_tier(principal=request.auth, adapter=adapter, **data.validated_data)
         return Response(AdapterOut(adapter).data)
 
     @extend_schema(responses={204: None})
     def delete(self, request, name):
         with transaction.atomic():
             adapter = access.access_adapter(tenant=request.auth.tenant, name=name, lock=True)
-            adapters.adapter_delete(principal=request.auth, adapter=adapter)
+            services.adapter_delete(principal=request.auth, adapter=adapter)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class AdapterVersionListView(APIView):
-    required_action = "adapters.view"
+    required_action = "services.view"
 
     @extend_schema(responses={200: VersionOut(many=True)})
     def get(self, request, name):

@@ -7,7 +7,7 @@ add_generation_prompt=True)``. Here: the base model's ``tokenizer.json`` from th
 renders it (a sandboxed environment with trim_blocks, lstrip_blocks and loop controls, the special tokens as
 variables), then tokenized without special tokens, as transformers does. Loaded once per base model and kept
 (read again when the files change). A web without the model store (or a model without a chat template) has no
-counter: the caller then keeps the bound in characters (inference/v1.py ``CHARS_PER_TOKEN_BOUND``).
+counter: the caller then keeps the bound in characters (serving/v1.py ``CHARS_PER_TOKEN_BOUND``).
 """
 
 import functools

@@ -22,6 +22,7 @@ from gpu_runtime.adapter_validation import (
 from tenants.audit import audit_record
 from vajra.errors import Conflict, InvalidRequest
 
+from . import tier_moves
 from .models import Adapter, AdapterVersion
 from .storage_quota import require_storage, storage_release
 from .uploads import UploadDir, sha256_of, unpack_upload, upload_cap
@@ -121,16 +122,11 @@ def _record_version(*, principal, base_model, name, description, facts, sha256, 
 @transaction.atomic
 def adapter_set_tier(*, principal, adapter, tier):
     """Changes the tier; hot needs a node with hot capacity left (409 otherwise)."""
-    from .placement import NoCapacity, place_hot
-
     principal.require("adapters.write")
     if tier not in dict(Adapter.TIER_CHOICES):
         raise InvalidRequest(f"tier must be one of cold, warm, hot; got {tier!r}.", param="tier", code="invalid_tier")
     if tier == Adapter.HOT:
-        try:
-            place_hot(base_model=adapter.base_model, adapter=adapter)
-        except NoCapacity as exc:
-            raise Conflict(str(exc), code="no_hot_capacity", param="tier") from None
+        tier_moves.check_hot(base_model=adapter.base_model, adapter=adapter)
     old = adapter.tier
     adapter.tier = tier
     adapter.save(update_fields=["tier"])
@@ -145,9 +141,7 @@ def adapter_set_tier(*, principal, adapter, tier):
 
 
 def _apply_tier_on_commit(version, tier=None):
-    from .placement import send_tier
-
-    transaction.on_commit(lambda: send_tier(version, tier))
+    tier_moves.send_on_commit(version, tier)
 
 
 @transaction.atomic

@@ -3,10 +3,13 @@
 stored. Deleting an adapter or a dataset hides it at once; its files are removed (and its bytes given back to the
 quota) as soon as nothing uses them: no request in progress runs on a version, no training job in progress
 continues from it or trains on the dataset. A row whose files are removed keeps its history with an empty
-``storage_key``."""
+``storage_key``.
+
+Datasets are training's, and requests and training jobs in progress are serving's and training's: those apps sit
+above this one and register what they keep and what they use here when Django starts (``register_storage``)."""
 
 from django.core.files.storage import storages
-from django.db.models import Exists, OuterRef, Q, Sum
+from django.db.models import Q, Sum
 from rest_framework import status
 from rest_framework.exceptions import APIException
 
@@ -14,9 +17,19 @@ from billing.plans import plan_limits
 from gpu_runtime.adapter_validation import CONFIG_FILE, WEIGHTS_FILE
 from tenants.models import Tenant
 
-from .models import AdapterVersion, Dataset, InferenceRequest, TrainingJob
+from .models import AdapterVersion
 
 CODE = "storage_quota_exceeded"
+_kept = []  # tenant -> bytes of files another app keeps in the tenant's storage
+_released = []  # (tenant=, storage=, limit=) -> removes the files of that app's deleted rows that nothing uses
+_version_users = []  # () -> an expression over AdapterVersion rows: their files are in use by that app's work
+
+
+def register_storage(*, kept=None, release=None, version_in_use=None):
+    """Called by the apps above this one from their AppConfig.ready (each callable as in the lists above)."""
+    for registry, fn in ((_kept, kept), (_released, release), (_version_users, version_in_use)):
+        if fn is not None and fn not in registry:
+            registry.append(fn)
 
 
 class StorageQuotaExceeded(APIException):
@@ -33,9 +46,7 @@ def storage_used(tenant):
     files are removed."""
     versions = AdapterVersion.objects.filter(adapter__tenant=tenant).filter(
         Q(adapter__deleted_at__isnull=True) | ~Q(storage_key=""))
-    datasets = Dataset.objects.filter(tenant=tenant).filter(Q(deleted_at__isnull=True) | ~Q(storage_key=""))
-    return ((versions.aggregate(n=Sum("size_bytes"))["n"] or 0)
-            + (datasets.aggregate(n=Sum("size_bytes"))["n"] or 0))
+    return (versions.aggregate(n=Sum("size_bytes"))["n"] or 0) + sum(kept(tenant) for kept in _kept)
 
 
 def storage_release(*, tenant, limit=100):
@@ -43,22 +54,17 @@ def storage_release(*, tenant, limit=100):
     (at most ``limit`` of each per call), and empties their ``storage_key``. A deleted adapter is never served,
     rolled back to or trained on again, so only requests and training jobs already in progress can need its files.
     Files go first: a failure after that leaves the key, and the next call removes nothing more and tries again."""
-    active_requests = (InferenceRequest.QUEUED, InferenceRequest.RUNNING)
-    in_use = (Exists(InferenceRequest.objects.filter(adapter_version=OuterRef("pk"), status__in=active_requests))
-              | Exists(TrainingJob.objects.filter(base_version=OuterRef("pk"), status__in=TrainingJob.ACTIVE)))
     versions = (AdapterVersion.objects.filter(adapter__tenant=tenant, adapter__deleted_at__isnull=False)
-                .exclude(storage_key="").exclude(in_use).values_list("pk", "storage_key")[:limit])
-    datasets = (Dataset.objects.filter(tenant=tenant, deleted_at__isnull=False).exclude(storage_key="")
-                .exclude(Exists(TrainingJob.objects.filter(dataset=OuterRef("pk"), status__in=TrainingJob.ACTIVE)))
-                .values_list("pk", "storage_key")[:limit])
+                .exclude(storage_key=""))
+    for in_use in _version_users:
+        versions = versions.exclude(in_use())
     storage = storages["adapters"]
-    for pk, key in list(versions):
+    for pk, key in list(versions.values_list("pk", "storage_key")[:limit]):
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             storage.delete(f"{key}/{name}")
         AdapterVersion.objects.filter(pk=pk).update(storage_key="")
-    for pk, key in list(datasets):
-        storage.delete(key)
-        Dataset.objects.filter(pk=pk).update(storage_key="")
+    for release in _released:
+        release(tenant=tenant, storage=storage, limit=limit)
 
 
 def storage_lock(tenant):

@@ -1,7 +1,6 @@
-"""Dashboard pages for adapters, the playground, and (staff only) runtime nodes; training is in training_views.py."""
+"""Dashboard pages for adapters: the list with uploads, an adapter's page with its versions, tier and delete."""
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.http import JsonResponse
@@ -10,16 +9,15 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 from rest_framework.exceptions import APIException
 
-from billing.plans import plan_limits
+from billing.plans import tier_info
 from tenants.forms import add_service_error
 from tenants.views import tenant_member_required
 from vajra.errors import error_body, error_response
 
-from . import access, hot_swap
-from .adapters import adapter_delete, adapter_set_tier, adapter_upload
-from .api import tier_info
+from . import access
 from .forms import AdapterTierForm, AdapterUploadForm
-from .models import Adapter, Node
+from .models import Adapter
+from .services import adapter_delete, adapter_set_tier, adapter_upload
 from .storage_quota import storage_usage
 
 TIER_PLACES = {
@@ -29,7 +27,7 @@ TIER_PLACES = {
 }
 
 
-def _tier_infos(tenant):
+def tier_infos(tenant):
     """Each tier's card under the tenant's plan, once per page (not once per adapter)."""
     return {tier: tier_info(tier, tenant=tenant) for tier, _ in Adapter.TIER_CHOICES}
 
@@ -39,7 +37,7 @@ def _tiers(tenant):
             for tier, label in Adapter.TIER_CHOICES]
 
 
-def _require_adapters_view(principal):
+def require_adapters_view(principal):
     if not principal.can("adapters.view"):
         raise PermissionDenied(f"Your role '{principal.role}' in {principal.tenant.name} does not include adapters; "
                                "ask an owner or admin.")
@@ -47,7 +45,7 @@ def _require_adapters_view(principal):
 
 def _adapters_page(request, form, *, status=200):
     rows = list(access.tenant_adapters(tenant=request.principal.tenant))
-    infos = _tier_infos(request.principal.tenant)
+    infos = tier_infos(request.principal.tenant)
     for adapter in rows:
         adapter.tier_info = infos[adapter.tier]
     used, limit = storage_usage(request.principal.tenant)
@@ -75,7 +73,7 @@ def _form_error_json(form):
 def adapters(request):
     """The tenant's adapters; POST uploads one: a new adapter, or a new version of one with that name."""
     principal = request.principal
-    _require_adapters_view(principal)
+    require_adapters_view(principal)
     if request.method != "POST":
         return _adapters_page(request, AdapterUploadForm())
     form = AdapterUploadForm(request.POST, request.FILES)
@@ -98,7 +96,7 @@ def adapters(request):
     return redirect("adapters")
 
 
-def _detail_page(request, name, tier_form=None, *, status=200):
+def detail_page(request, name, tier_form=None, *, status=200):
     adapter = access.access_adapter(tenant=request.principal.tenant, name=name)
     context = {
         "adapter": adapter,
@@ -113,26 +111,26 @@ def _detail_page(request, name, tier_form=None, *, status=200):
 
 @tenant_member_required
 def adapter_detail(request, name):
-    _require_adapters_view(request.principal)
-    return _detail_page(request, name)
+    require_adapters_view(request.principal)
+    return detail_page(request, name)
 
 
 @require_POST
 @tenant_member_required
 def adapter_tier(request, name):
     principal = request.principal
-    _require_adapters_view(principal)
+    require_adapters_view(principal)
     access.access_adapter(tenant=principal.tenant, name=name)  # another tenant's adapter: 404 before anything
     form = AdapterTierForm(request.POST)
     if not form.is_valid():
-        return _detail_page(request, name, form, status=400)
+        return detail_page(request, name, form, status=400)
     try:
         with transaction.atomic():
             adapter = access.access_adapter(tenant=principal.tenant, name=name, lock=True)
             adapter_set_tier(principal=principal, adapter=adapter, tier=form.cleaned_data["tier"])
     except APIException as exc:  # hot with no node capacity left: 409 no_hot_capacity
         form.add_error(None, str(exc.detail))  # not a mistake in the form: shown above it
-        return _detail_page(request, name, form, status=exc.status_code)
+        return detail_page(request, name, form, status=exc.status_code)
     info = tier_info(adapter.tier, tenant=adapter.tenant_id)
     messages.success(request, f"{adapter.name} is now {adapter.tier}: {info['units_per_query']} units per query, "
                               f"adapter ready within {info['adapter_ready_ms_guarantee']} ms.")
@@ -141,64 +139,18 @@ def adapter_tier(request, name):
 
 @require_POST
 @tenant_member_required
-def adapter_rollback(request, name):
-    """Makes an earlier version current again (the same swap as a finished training job)."""
-    principal = request.principal
-    _require_adapters_view(principal)
-    access.access_adapter(tenant=principal.tenant, name=name)  # another tenant's adapter: 404 before anything
-    try:
-        number = int(request.POST.get("version", ""))
-        if not 0 < number < 2 ** 31:  # past the database's integer: no such version
-            raise ValueError(number)
-        adapter = hot_swap.adapter_rollback(principal=principal, adapter_name=name, version_number=number)
-    except ValueError:
-        messages.error(request, "Choose the version to roll back to.")
-        return _detail_page(request, name, status=400)
-    except APIException as exc:  # already current, or not ready
-        messages.error(request, str(exc.detail))
-        return _detail_page(request, name, status=exc.status_code)
-    messages.success(request, f"{adapter.name} v{number} is current again: new requests use it, and requests "
-                              "already running finish on the version they started with.")
-    return redirect("adapter-detail", name=adapter.name)
-
-
-@require_POST
-@tenant_member_required
 def adapter_remove(request, name):
     principal = request.principal
-    _require_adapters_view(principal)
+    require_adapters_view(principal)
     try:
         with transaction.atomic():
             adapter = access.access_adapter(tenant=principal.tenant, name=name, lock=True)
             adapter_delete(principal=principal, adapter=adapter)
     except APIException as exc:
         messages.error(request, exc.detail)
-        return _detail_page(request, name, status=exc.status_code)
+        return detail_page(request, name, status=exc.status_code)
     messages.success(request, f"Deleted {adapter.name}: requests naming it now get 404. Its versions stay in the "
                               "request history and on invoices.")
     return redirect("adapters")
 
 
-@tenant_member_required
-def playground(request):
-    from .models import AdapterVersion, BaseModel
-
-    tenant = request.principal.tenant
-    ready = {}
-    for version in access.tenant_versions(tenant=tenant).filter(status=AdapterVersion.READY):
-        ready.setdefault(version.adapter_id, []).append(version)
-    infos = _tier_infos(tenant)
-    adapters = [{"adapter": a, "tier": infos[a.tier], "versions": ready[a.pk]}
-                for a in access.tenant_adapters(tenant=tenant) if a.current_version_id and a.pk in ready]
-    return render(request, "inference/playground.html", {
-        "base_models": BaseModel.objects.order_by("name"), "base_tier": infos[Adapter.COLD],
-        "adapters": adapters,
-        "can_infer": request.principal.can("infer"), "max_tokens_cap": plan_limits(tenant).max_tokens})
-
-
-@login_required
-def nodes(request):
-    # Nodes are shared by every tenant: only platform staff may see them.
-    if not request.user.is_staff:
-        raise PermissionDenied("The Nodes page is for platform staff.")
-    return render(request, "inference/nodes.html", {"nodes": Node.objects.order_by("name")})

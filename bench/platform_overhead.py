@@ -56,10 +56,10 @@ from platform_report import report  # noqa: E402
 WEB_BREAKDOWN = """
 import json, os, statistics, time
 from django.db import close_old_connections, transaction
-from inference import access
-from inference.dispatch import inference_submit
-from inference.placement import place
-from inference.v1 import InferIn, _submit_and_describe, authorize, sampling_from
+from adapters import access
+from serving.dispatch import inference_submit
+from fleet.placement import place
+from serving.v1 import InferIn, _submit_and_describe, authorize, sampling_from
 from tenants.keys import principal_from_key
 from tenants.limits import rate_limit_wait
 

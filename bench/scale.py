@@ -19,7 +19,7 @@
     placement  a synthetic multi-tenant trace (TENANTS tenants with 1-5 adapters each, Zipf-skewed adapter
                popularity, requests that run for a few arrivals) replayed against NODES simulated nodes with
                DEVICE_SLOTS device slots (LRU, in-use adapters pinned) and HOST_SLOTS host-RAM adapters. Every
-               request is placed by inference.placement's own candidate filter and Algorithm 2 ranking (load,
+               request is placed by fleet.placement's own candidate filter and Algorithm 2 ranking (load,
                locality, tenant affinity with the settings' weights), or uniformly at random among the same
                candidates. Hit rate = the share of requests whose adapter was already in a device slot of the
                chosen node (host hits reported beside).
@@ -295,7 +295,7 @@ def synthetic_trace(n, seed):
 def replay(trace, policy, seed):
     from django.conf import settings
 
-    from inference.placement import AFFINITY_WINDOW, candidate, rank
+    from fleet.placement import AFFINITY_WINDOW, candidate, rank
 
     rng = random.Random(seed)
     nodes = [SimNode(pk) for pk in range(NODES)]

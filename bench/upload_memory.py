@@ -31,7 +31,7 @@ BOUNDARY = "vajrabench"
 SMOLLM2_ARCHITECTURE = {"num_hidden_layers": 30, "hidden_size": 576, "intermediate_size": 1536,
                         "num_attention_heads": 9, "num_key_value_heads": 3}
 CREATE_BASE = f"""
-from inference.models import BaseModel
+from adapters.models import BaseModel
 BaseModel.objects.create(name="smollm2-135m-instruct", architecture={SMOLLM2_ARCHITECTURE!r})
 """
 

@@ -27,7 +27,7 @@ from rest_framework.views import APIView
 from tenants.principal import Principal
 from vajra.errors import InvalidRequest
 
-from .metering import metering_lag
+from .metering_lag import metering_lag
 from .models import UsageEvent
 from .plans import TIERS, account_for, cached_plan, period_of, period_start
 from .selectors import TRUNC, usage_metrics
@@ -148,5 +148,5 @@ class MeteringView(APIView):
 
     @extend_schema(operation_id="billing_metering", responses={200: OpenApiTypes.OBJECT})
     def get(self, request):
-        return Response({"object": "billing.metering", **metering_lag()})
+        return Response({"object": "billing.metering_lag", **metering_lag()})
 

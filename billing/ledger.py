@@ -65,22 +65,22 @@ def occurred_at_of(created_at, total_ms):
     return min(created_at + timedelta(milliseconds=max(total_ms, 0)), now)
 
 
+# The terminal statuses of a request, which decide what it is billed (serving.models.InferenceRequest records the same
+# values; billing sits below serving and names them itself).
+SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+
+
 def finish_status(finish_reason):
     """The request status a final event's finish_reason ends it in."""
-    from inference.models import InferenceRequest
-
-    return {"stop": InferenceRequest.SUCCEEDED, "length": InferenceRequest.SUCCEEDED,
-            "cancelled": InferenceRequest.CANCELLED}.get(finish_reason, InferenceRequest.FAILED)
+    return {"stop": SUCCEEDED, "length": SUCCEEDED, "cancelled": CANCELLED}.get(finish_reason, FAILED)
 
 
 def charges(*, status, gpu_ms, completion_tokens):
     """(charge units?, bill at all?) for a finished request, by the policy in the module docstring."""
-    from inference.models import InferenceRequest
-
     worked = measured_ms(gpu_ms) > 0 or completion_tokens > 0
-    if status == InferenceRequest.SUCCEEDED:
+    if status == SUCCEEDED:
         return True, True
-    if status == InferenceRequest.CANCELLED:
+    if status == CANCELLED:
         return worked, worked
     return False, measured_ms(gpu_ms) > 0
 
@@ -97,9 +97,7 @@ def record_inference(row):
     cost = inference_cost(plan, tier=row.tier, gpu_ms=row.gpu_ms, charge_units=charge_units)
     adapter_id = None
     if row.adapter_version_id is not None:
-        from inference.models import AdapterVersion
-
-        adapter_id = AdapterVersion.objects.filter(pk=row.adapter_version_id).values_list("adapter_id", flat=True)[0]
+        adapter_id = row.adapter_version.adapter_id
     common = {"tenant_id": row.tenant_id, "plan": plan, "occurred_at": occurred_at, "period": period_of(occurred_at),
               "tier": row.tier, "adapter_id": adapter_id, "adapter_version_id": row.adapter_version_id,
               "request_id": row.pk}

@@ -74,7 +74,7 @@ class PricePlan(models.Model):
                                                        validators=[MinValueValidator(1)])
     dataset_max_records = models.PositiveIntegerField(default=default_dataset_max_records,
                                                       validators=[MinValueValidator(1)])
-    # Bytes of adapter weights and datasets a tenant may keep in storage (inference.storage_quota counts them).
+    # Bytes of adapter weights and datasets a tenant may keep in storage (adapters.storage_quota counts them).
     storage_max_bytes = models.PositiveBigIntegerField(default=default_storage_max_bytes,
                                                        validators=[MinValueValidator(1)])
     created_at = models.DateTimeField(auto_now_add=True)
@@ -144,12 +144,12 @@ class UsageEvent(models.Model):
     occurred_at = models.DateTimeField(db_index=True)  # when it happened on the node (metering lag = created - this)
     period = models.DateField(db_index=True)  # first day of the billing month it belongs to
     tier = models.CharField(max_length=8, blank=True)
-    adapter = models.ForeignKey("inference.Adapter", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
-    adapter_version = models.ForeignKey("inference.AdapterVersion", on_delete=models.PROTECT, null=True, blank=True,
+    adapter = models.ForeignKey("adapters.Adapter", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    adapter_version = models.ForeignKey("adapters.AdapterVersion", on_delete=models.PROTECT, null=True, blank=True,
                                         related_name="+")
-    request = models.ForeignKey("inference.InferenceRequest", on_delete=models.PROTECT, null=True, blank=True,
+    request = models.ForeignKey("serving.InferenceRequest", on_delete=models.PROTECT, null=True, blank=True,
                                 related_name="+")
-    job = models.ForeignKey("inference.TrainingJob", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    job = models.ForeignKey("training.TrainingJob", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
     step = models.PositiveIntegerField(null=True, blank=True)
     units = models.IntegerField(default=0)
     gpu_ms = models.FloatField(default=0)  # as measured
@@ -226,7 +226,7 @@ class InvoiceLine(models.Model):
     kind = models.CharField(max_length=12, choices=UsageEvent.KIND_CHOICES)
     description = models.CharField(max_length=300)
     tier = models.CharField(max_length=8, blank=True)
-    adapter = models.ForeignKey("inference.Adapter", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    adapter = models.ForeignKey("adapters.Adapter", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
     quantity = models.DecimalField(max_digits=24, decimal_places=3, default=ZERO)
     unit = models.CharField(max_length=20, blank=True)  # requests, GPU-ms, gradients
     amount_exact = models.DecimalField(**MONEY)  # the ledger sum

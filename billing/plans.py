@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal, localcontext
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
@@ -277,3 +278,9 @@ def money_text(value, places=2):
 def plain(value):
     """A Decimal without trailing zeros and never in E notation: 2.00 -> "2", 0.0001 -> "0.0001"."""
     return format(Decimal(value).normalize(), "f")
+def tier_info(tier, *, tenant):
+    """A tier card: its price under the tenant's plan (billing.plans.query_price) and its guarantee."""
+    price = query_price(tier, tenant=tenant)
+    return {"tier": tier, "units_per_query": price["units"], "usd_per_query": float(price["usd"]),
+            "micro_usd_per_query": price["micro_usd"], "plan": price["plan"],
+            "adapter_ready_ms_guarantee": settings.VAJRA_TIER_READY_MS[tier]}

@@ -3,7 +3,6 @@ from django.urls import path
 from . import invoice_views, usage_views, views, webhooks
 
 urlpatterns = [
-    path("usage/", views.usage, name="usage"),
     path("billing/", views.billing, name="billing"),
     path("billing/plan/", usage_views.plan, name="plan"),
     path("billing/plan/spend-cap", usage_views.spend_cap, name="spend-cap"),

@@ -1,112 +1,45 @@
 """Node loss: what happens to a node's work when it is marked down, or comes back having restarted.
 
-A request the lost node had not finished is sent again to another node (Algorithm 2 placement, the lost node
-excluded as it is no longer up) as the next attempt: the row takes the new node and attempt, the request's
-Redis Stream gets a ``retry`` entry so readers start the answer over, ``vajra:attempt:<id>`` is set so that a
-late redelivery of the old attempt does nothing (gpu_runtime.contract, "Failover"), and the task goes to the
-new node's queue. Billing needs nothing more: the ledger row is written once, from whichever attempt's final
-event is recorded first (inference.dispatch.inference_finish), and the lost node's time is never billed.
-A request with no node left to take it, or past ``VAJRA_MAX_ATTEMPTS``, ends with a ``node_lost`` error.
+The node's unfinished requests are serving's to move: ``node_lost`` sends ``node_lost_signal`` and serving's
+receiver (serving/reroute.py) sends each request to another node or ends it; fleet sits below serving and never
+imports it.
 
 A hot adapter is pinned on at least one node: when the node that pinned it is lost, it is pinned on another (the
-failover pin), and placement sends its requests there (inference/placement.py).
+failover pin), and placement sends its requests there (fleet/placement.py).
 A node that comes back gets its warm adapters again.
 """
 
-import json
 import logging
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import F
+from django.dispatch import Signal
 
-from gpu_runtime.contract import attempt_key, node_queue, stream_key
+from adapters.models import Adapter, AdapterVersion
+from adapters.services import adapter_ref
 
-from .adapters import adapter_ref
-from .dispatch import ACTIVE, inference_finish, send_infer, stream_append
-from .models import Adapter, AdapterVersion, InferenceRequest
-from .placement import NoCapacity, pin_sent, place, send_tier, version_token
-from .services import nodes_up
+from . import runtime_client
+from .heartbeats import nodes_up
+from .models import Node
+from .placement import pin_sent, send_tier, version_token
 
 log = logging.getLogger(__name__)
 BATCH = 200  # requests or adapters handled per lost node in one pass (the next pass takes the rest)
 
-
-def _redis():
-    from vajra.redis import get_redis
-
-    return get_redis()
+# Sent by node_lost inside its transaction, with ``node``, ``reason`` and ``before``; a receiver moves the node's
+# unfinished work and returns counts ({"requests", "retried", "failed"}) that node_lost adds to its answer.
+node_lost_signal = Signal()
 
 
 def node_lost(*, node, reason, before=None):
     """The node's unfinished requests (those created before ``before`` when given: a restarted node keeps the
     ones sent after it started) go to other nodes; its hot adapters are pinned elsewhere."""
-    rows = InferenceRequest.objects.filter(node=node, status__in=ACTIVE)
-    if before is not None:
-        rows = rows.filter(created_at__lt=before)
-    moved = [request_reroute(request_id=pk, lost=node.name, reason=reason)
-             for pk in rows.order_by("created_at").values_list("pk", flat=True)[:BATCH]]
+    counts = {"requests": 0, "retried": 0, "failed": 0}
+    for _, result in node_lost_signal.send(sender=Node, node=node, reason=reason, before=before):
+        for key, value in (result or {}).items():
+            counts[key] = counts.get(key, 0) + value
     hot = hot_adapters_replace(base_model=node.base_model, lost=node.name)
-    return {"requests": len(moved), "retried": moved.count("retried"), "failed": moved.count("failed"),
-            "hot_repinned": hot}
-
-
-def _final_on_stream(request_id, attempt):
-    entries = _redis().xrevrange(stream_key(request_id), count=1)
-    if entries and entries[0][1].get(b"type") == b"final":
-        final = json.loads(entries[0][1][b"data"])
-        return final if final.get("attempt", 1) == attempt else None
-    return None
-
-
-def _node_lost_final(lost, reason, attempt):
-    return {"finish_reason": "error", "attempt": attempt,
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0},
-            "timings": {}, "gpu_ms": 0.0, "error": {"code": "node_lost", "message": (
-                f"The node running this request ({lost}) was lost ({reason}) and no other node could take it; "
-                "send the request again.")}}
-
-
-@transaction.atomic
-def request_reroute(*, request_id, lost, reason):
-    """One request of a lost node: recorded if it had in fact finished, else the next attempt on another node,
-    else ended with a ``node_lost`` error. Returns what was done: finished, retried, failed or skipped."""
-    row = (InferenceRequest.objects.select_for_update(of=("self",)).select_related("node", "tenant", "base_model")
-           .filter(pk=request_id).first())
-    if row is None or row.status not in ACTIVE or row.node is None or row.node.name != lost:
-        return "skipped"  # finished meanwhile, or already moved by another pass
-    final = _final_on_stream(row.id, row.attempt)
-    if final is not None:  # it ended on the node, whose report was lost with it
-        inference_finish(request_id=row.id, final=final)
-        return "finished"
-    version = (AdapterVersion.objects.select_related("adapter").get(pk=row.adapter_version_id)
-               if row.adapter_version_id else None)
-    node = None
-    if row.payload is not None and row.attempt < settings.VAJRA_MAX_ATTEMPTS:
-        try:
-            node = place(tenant=row.tenant, base_model=row.base_model, version=version)
-        except NoCapacity:
-            node = None
-    if node is None:
-        final = _node_lost_final(lost, reason, row.attempt)
-        inference_finish(request_id=row.id, final=final)
-        transaction.on_commit(lambda: stream_append(row.id, "final", final))
-        log.warning("request %s: node %s lost (%s), no node to retry on", row.id, lost, reason)
-        return "failed"
-    attempt = row.attempt + 1
-    InferenceRequest.objects.filter(pk=row.pk).update(node=node, attempt=attempt, status=InferenceRequest.QUEUED)
-    payload = {**row.payload, "attempt": attempt}
-    retry = {"attempt": attempt, "node": node.name, "reason": f"node {lost} lost ({reason})"}
-
-    def send():
-        redis = _redis()
-        redis.set(attempt_key(row.id), attempt, ex=settings.VAJRA_STREAM_TTL_SECONDS)  # before the task runs
-        stream_append(row.id, "retry", retry)
-        send_infer(payload, node_name=node.name, task_id=f"{row.id}.{attempt}")
-
-    transaction.on_commit(send)
-    log.warning("request %s: node %s lost (%s), attempt %s on %s", row.id, lost, reason, attempt, node.name)
-    return "retried"
+    return {**counts, "hot_repinned": hot}
 
 
 def _current_versions(*, base_model, tier):
@@ -135,11 +68,9 @@ def hot_adapters_replace(*, base_model, lost=None):
 def node_rejoined(*, node, hot=True):
     """A node back up (or restarted) holds nothing: its warm adapters go back to its disk and host RAM, and (with
     ``hot``) hot adapters held nowhere are pinned again."""
-    from vajra.celery import app
-
     warm = list(_current_versions(base_model=node.base_model, tier=Adapter.WARM))
     for version in warm:
-        transaction.on_commit(lambda version=version: app.send_task(
-            "runtime.set_tier", args=[adapter_ref(version), Adapter.WARM], queue=node_queue(node.name)))
+        transaction.on_commit(lambda version=version: runtime_client.send_set_tier(
+            adapter_ref(version), Adapter.WARM, node_name=node.name))
     return {"warm": len(warm),
             "hot_repinned": hot_adapters_replace(base_model=node.base_model, lost=node.name) if hot else 0}

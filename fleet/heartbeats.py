@@ -8,9 +8,10 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from adapters.models import BaseModel
 from gpu_runtime.contract import Heartbeat
 
-from .models import BaseModel, Node
+from .models import Node
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 def node_heartbeat(*, payload):
     """Upserts the node from its heartbeat. A node that was down comes back up; one that comes back with a new
     start time restarted and lost what it held: its unfinished requests from before go to other nodes, and it
-    gets its adapters again (inference/failover.py)."""
+    gets its adapters again (fleet/failover.py)."""
     beat = Heartbeat.from_json(payload)
     if beat.base_architecture:  # the catalog learns base models from the nodes that serve them
         BaseModel.objects.update_or_create(name=beat.base_model, defaults={
@@ -56,7 +57,7 @@ def node_down_cutoff():
 
 def nodes_mark_down(*, limit=500):
     """Marks nodes silent for the allowed number of heartbeats as down (bounded batch); each one's unfinished
-    requests go to other nodes and its hot adapters are pinned elsewhere (inference/failover.py)."""
+    requests go to other nodes and its hot adapters are pinned elsewhere (fleet/failover.py)."""
     from .failover import node_lost
 
     stale = list(Node.objects.filter(status=Node.UP, last_heartbeat_at__lt=node_down_cutoff())

@@ -32,10 +32,13 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Count
 
-from gpu_runtime.contract import node_queue
+from adapters.models import Adapter
+from adapters.services import adapter_ref
+from vajra.errors import Conflict
 
-from .models import Adapter, InferenceRequest, ScaleUpSignal
-from .services import nodes_up
+from . import runtime_client
+from .heartbeats import nodes_up
+from .models import Node, ScaleUpSignal
 
 log = logging.getLogger(__name__)
 AFFINITY_WINDOW = 50
@@ -122,7 +125,14 @@ def bucket_room(node, rank):
     return any(int(bucket) >= rank and room["slots"] > room["pinned"] for bucket, room in buckets.items())
 
 
+def _requests():
+    """The inference request rows (serving's model), reached through their foreign key to Node (``node.requests``):
+    serving sits above fleet, so placement reads them without importing it."""
+    return Node._meta.get_field("requests").related_model
+
+
 def _score(candidates, tenant):
+    InferenceRequest = _requests()
     recent = Counter(InferenceRequest.objects.filter(tenant=tenant, node__isnull=False)
                      .order_by("-created_at").values_list("node_id", flat=True)[:AFFINITY_WINDOW])
     in_flight = dict(InferenceRequest.objects.filter(node__in=[node for node, *_ in candidates],
@@ -230,6 +240,14 @@ def place_hot(*, base_model, adapter, rank=None):
     return max(nodes, key=lambda n: (hot_capacity(n), n.name))
 
 
+def check_hot(*, base_model, adapter):
+    """409 ``no_hot_capacity`` when no node serving the base model could pin the adapter (adapters.tier_moves)."""
+    try:
+        place_hot(base_model=base_model, adapter=adapter)
+    except NoCapacity as exc:
+        raise Conflict(str(exc), code="no_hot_capacity", param="tier") from None
+
+
 def send_tier(version, tier=None):
     """Moves a version on the nodes to its adapter's tier (hot: pinned on one node; warm: disk + host RAM on
     the nodes serving its base; cold: dropped back to object storage). Sent after commit."""
@@ -247,10 +265,7 @@ def send_tier(version, tier=None):
 
 
 def _send_set_tier(version, tier, nodes):
-    from vajra.celery import app
     from vajra.redis import get_redis
-
-    from .adapters import adapter_ref
 
     if tier == HOT:
         _pin_sent_to(version, nodes[0])  # before the task runs: placement sends the version's requests there
@@ -258,4 +273,4 @@ def _send_set_tier(version, tier, nodes):
         get_redis().delete(_pin_key(version_token(version)))
     ref = adapter_ref(version)
     for node in nodes:
-        app.send_task("runtime.set_tier", args=[ref, tier], queue=node_queue(node.name))
+        runtime_client.send_set_tier(ref, tier, node_name=node.name)

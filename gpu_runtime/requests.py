@@ -4,7 +4,7 @@ from dataclasses import asdict, dataclass, field
 
 from .contract import ContractError
 
-# The bounds of a request's sampling parameters, for the node and the control plane alike (inference/parameters.py
+# The bounds of a request's sampling parameters, for the node and the control plane alike (serving/parameters.py
 # refuses past them with a 400 before a request is written).
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_LENGTH = 64

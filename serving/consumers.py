@@ -31,6 +31,8 @@ from django.http import Http404
 from rest_framework import serializers
 from rest_framework.exceptions import APIException, Throttled
 
+from adapters.access import access_adapter_version, access_base_model
+from fleet.placement import NoCapacity
 from tenants.active import active_membership
 from tenants.keys import principal_from_key, principal_from_membership
 from tenants.limits import rate_limit_wait
@@ -39,7 +41,6 @@ from vajra.errors import InvalidRequest, error_response
 
 from . import access, parameters, relay
 from .dispatch import cost_for, final_cost_of, inference_submit, on_submit_thread
-from .placement import NoCapacity
 from .v1 import CHARS_PER_TOKEN_BOUND, SAMPLING_DEFAULTS, ParametersIn, Unavailable, version_label
 
 log = logging.getLogger(__name__)
@@ -90,9 +91,9 @@ def resolve_model(*, tenant, ref):
     """(base model, adapter version or None) for a base model id or one of the tenant's adapter refs. Base
     models come first: a tenant's adapter cannot shadow the platform's models."""
     try:
-        return access.access_base_model(name=ref), None
+        return access_base_model(name=ref), None
     except Http404:
-        version = access.access_adapter_version(tenant=tenant, ref=ref)
+        version = access_adapter_version(tenant=tenant, ref=ref)
         return version.adapter.base_model, version
 
 

@@ -14,20 +14,23 @@ from datetime import timedelta
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection, connections, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from rest_framework.exceptions import Throttled
 
+from adapters.models import Adapter
+from adapters.prompt_tokens import prompt_tokens
+from adapters.services import adapter_ref
 from billing.caps import check_spend
 from billing.ledger import finish_status, record_inference
 from billing.plans import account_for, finished_price, plan_limits, query_price
-from gpu_runtime.contract import TASK_INFER, node_queue, stream_key
+from fleet import runtime_client
+from fleet.placement import NoCapacity, place, record_scale_up
+from gpu_runtime.contract import stream_key
 from gpu_runtime.streams import final_of
 from vajra.errors import REDIS_DOWN, InvalidRequest, redis_unavailable
 
-from .adapters import adapter_ref
-from .models import Adapter, InferenceRequest
-from .placement import NoCapacity, place, record_scale_up
-from .prompt_tokens import prompt_tokens
+from .models import InferenceRequest
 
 log = logging.getLogger(__name__)
 ACTIVE = (InferenceRequest.QUEUED, InferenceRequest.RUNNING)
@@ -141,7 +144,7 @@ def sampling_within_plan(sampling, limits, *, param="max_tokens"):
     if value is None:
         return {**sampling, "max_tokens": min(DEFAULT_MAX_TOKENS, limits.max_tokens)}
     if value > limits.max_tokens:
-        name = param.rsplit(".", 1)[-1]  # the message names the field, as inference/parameters.py words refusals
+        name = param.rsplit(".", 1)[-1]  # the message names the field, as serving/parameters.py words refusals
         raise InvalidRequest(f"{name} is {value}, over the limit of {limits.max_tokens} on the plan "
                              f"'{limits.plan}'; ask for at most {limits.max_tokens} tokens or upgrade the plan.",
                              param=param, code="max_tokens_exceeded")
@@ -231,7 +234,7 @@ def _submit(principal, base_model, version, prompt, messages, sampling, api, req
             # Committed, but if the broker did not take it no node will ever see it: the row ends now (nothing
             # billed, never left queued), and the client hears why.
             try:
-                send_infer(payload, node_name=node.name, task_id=row.id)
+                runtime_client.send_infer(payload, node_name=node.name, task_id=row.id)
             except REDIS_DOWN:
                 fail("broker_unavailable", "The broker (Redis) did not take the request; retry it.")
                 raise redis_unavailable() from None
@@ -243,20 +246,10 @@ def _submit(principal, base_model, version, prompt, messages, sampling, api, req
     return row
 
 
-def send_infer(payload, *, node_name, task_id):
-    """The runtime task of a request (sent after commit)."""
-    from vajra.celery import app
-    # ignore_result: the answer comes back on the request's Redis Stream; with a result the web would
-    # SUBSCRIBE to a result channel per task (never read) and the node would store every final event.
-    # argsrepr: Celery's events and logs show the request id, not the tenant's prompt (and skip a repr).
-    app.send_task(TASK_INFER, args=[payload], queue=node_queue(node_name), task_id=task_id, ignore_result=True,
-                  argsrepr=f"[<request {payload['request_id']}>]", kwargsrepr="{}")
-
-
 def inference_start(*, request_id, node_name, attempt=1):
     """A node took the request: queued -> running (never back from a terminal state, and never for an attempt
     that failover has superseded: that node was lost)."""
-    from .models import Node
+    from fleet.models import Node
 
     node = Node.objects.filter(name=node_name).first()
     InferenceRequest.objects.filter(pk=request_id, status=InferenceRequest.QUEUED, attempt=attempt).update(
@@ -271,7 +264,7 @@ def inference_finish(*, request_id, final):
         row = InferenceRequest.objects.select_for_update().filter(pk=request_id).first()
         if row is None or row.status in InferenceRequest.TERMINAL:
             return row
-        if final.get("attempt", 1) != row.attempt:  # a superseded attempt's (inference/failover.py)
+        if final.get("attempt", 1) != row.attempt:  # a superseded attempt's (fleet/failover.py)
             return row
         row.status = status
         row.finish_reason = final.get("finish_reason") or ""
@@ -378,3 +371,8 @@ def inference_expire_stale(*, limit=500):
         except REDIS_DOWN:
             log.warning("could not tell the client of %s that it expired: Redis unavailable", request_id)
     return expired
+
+
+def versions_in_requests():
+    """Adapter versions a request in progress runs on: their files stay (adapters.storage_quota)."""
+    return Exists(InferenceRequest.objects.filter(adapter_version=OuterRef("pk"), status__in=ACTIVE))

@@ -22,15 +22,16 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
 
+from adapters.access import access_adapter_version, access_base_model, tenant_adapters
+from adapters.models import AdapterVersion, BaseModel
+from fleet.placement import NoCapacity
 from vajra.errors import InvalidRequest, error_body
 from vajra.schema import documented, errors
 from vajra.serializers import StrictSerializer
 
-from . import access, parameters, relay
+from . import parameters, relay
 from .dispatch import cost_for, final_cost_of, final_error_status, inference_submit
-from .models import AdapterVersion, BaseModel
 from .parameters import SamplingFields
-from .placement import NoCapacity
 from .v1 import (
     CHARS_PER_TOKEN_BOUND,
     Unavailable,
@@ -114,7 +115,7 @@ class StreamOptionsIn(StrictSerializer):
 
 
 class SamplingIn(StrictSerializer, SamplingFields):
-    """The sampling parameters (inference/parameters.py; top_k is vLLM's extension) and the request's options."""
+    """The sampling parameters (serving/parameters.py; top_k is vLLM's extension) and the request's options."""
 
     model = serializers.CharField(max_length=200)
     max_completion_tokens = parameters.max_tokens_field()
@@ -173,11 +174,11 @@ def resolve_model(principal, name):
     """(base model, adapter version or None) for a request's ``model``."""
     principal.require("infer")
     try:
-        return access.access_base_model(name=name), None
+        return access_base_model(name=name), None
     except Http404:
         pass
     try:
-        version = access.access_adapter_version(tenant=principal.tenant, ref=name)
+        version = access_adapter_version(tenant=principal.tenant, ref=name)
     except Http404 as exc:
         raise model_not_found(name, str(exc)) from None
     return version.adapter.base_model, version
@@ -400,7 +401,7 @@ def adapter_card(model_id, version, tenant):
 def model_cards(principal):
     principal.require("infer")
     cards = [base_card(b) for b in BaseModel.objects.order_by("name")]
-    for adapter in access.tenant_adapters(tenant=principal.tenant):
+    for adapter in tenant_adapters(tenant=principal.tenant):
         version = adapter.current_version
         if version is not None and version.status == AdapterVersion.READY:
             version.adapter = adapter

@@ -23,6 +23,8 @@ from rest_framework.exceptions import (
     UnsupportedMediaType,
 )
 
+from adapters.access import access_adapter_version, access_base_model, tenant_versions
+from fleet.placement import NoCapacity
 from tenants.keys import principal_from_key
 from tenants.limits import rate_limit_wait
 from vajra import parsers
@@ -33,7 +35,6 @@ from vajra.serializers import StrictSerializer
 from . import access, parameters, relay
 from .dispatch import cost_for, final_cost_of, final_error_status, inference_submit, on_submit_thread, request_cost
 from .parameters import SamplingFields
-from .placement import NoCapacity
 from .v1_schema import SSE, CancelOut, InferenceOut, RequestOut, VersionsOut
 
 # A prompt past this many characters per token of context is too long for certain (BPE tokens average
@@ -51,7 +52,7 @@ class Unavailable(APIException):
 
 
 class ParametersIn(StrictSerializer, SamplingFields):
-    """The sampling parameters (inference/parameters.py), nested as ``parameters``."""
+    """The sampling parameters (serving/parameters.py), nested as ``parameters``."""
 
 
 class InferIn(StrictSerializer):
@@ -155,10 +156,10 @@ def check_prompt_length(prompt, base_model):
 
 
 def _submit(principal, model_id, data):
-    base_model = access.access_base_model(name=model_id)
+    base_model = access_base_model(name=model_id)
     version = None
     if data.get("adapter_id"):
-        version = access.access_adapter_version(tenant=principal.tenant, ref=data["adapter_id"])
+        version = access_adapter_version(tenant=principal.tenant, ref=data["adapter_id"])
         if version.adapter.base_model_id != base_model.pk:
             raise InvalidRequest(f"Adapter '{version.adapter.name}' is for base model "
                                  f"'{version.adapter.base_model.name}', not '{base_model.name}'.",
@@ -255,13 +256,13 @@ async def infer(request, raw_key, model_id):
 @api_view({"GET"})
 async def versions(request, principal, model_id):
     def listing():
-        base_model = access.access_base_model(name=model_id)
+        base_model = access_base_model(name=model_id)
         principal.require("infer")
         return [{"adapter": v.adapter.name, "version": v.number, "id": f"{v.adapter.name}@v{v.number}",
                  "current": v.adapter.current_version_id == v.pk, "status": v.status, "tier": v.adapter.tier,
                  "rank": v.rank, "target_modules": v.target_modules, "sha256": v.sha256, "size_bytes": v.size_bytes,
                  "created_at": v.created_at.isoformat()}
-                for v in access.tenant_versions(tenant=principal.tenant, base_model=base_model)]
+                for v in tenant_versions(tenant=principal.tenant, base_model=base_model)]
 
     return JsonResponse({"object": "list", "model": model_id, "data": await sync_to_async(listing)()})
 

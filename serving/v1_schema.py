@@ -1,4 +1,4 @@
-"""OpenAPI shapes of the /v1 inference answers (inference/v1.py, inference/openai_api.py), as those views build
+"""OpenAPI shapes of the /v1 inference answers (serving/v1.py, serving/openai_api.py), as those views build
 them; the views carry their operations with ``vajra.schema.documented``."""
 
 from drf_spectacular.types import OpenApiTypes

@@ -16,11 +16,12 @@ from decimal import Decimal
 
 import pytest
 
+from adapters.models import Adapter, BaseModel
 from billing.models import Invoice, UsageEvent
 from billing.plans import ensure_default_plan
-from inference.models import Adapter, BaseModel, Dataset, TrainingJob
 from tenants.roles import BILLING_VIEWER
 from tests.conftest import make_member, session_client
+from training.models import Dataset, TrainingJob
 
 PERIOD = date(2026, 10, 1)  # a closed month: "now" in these tests is in November 2026
 NOW = datetime(2026, 11, 3, 7, 0, tzinfo=UTC)

@@ -140,9 +140,9 @@ def db_snapshot():
     a live node's heartbeats rewrite its row every second, whatever the request did.
     """
     snapshot = {}
-    for label in ("tenants", "inference", "billing"):
+    for label in ("tenants", "adapters", "fleet", "serving", "training", "billing"):
         for model in apps.get_app_config(label).get_models():
-            if model._meta.label == "inference.Node":
+            if model._meta.label == "fleet.Node":
                 continue
             rows = list(model.objects.order_by("pk").values())
             for row in rows:
@@ -200,7 +200,7 @@ def sent(monkeypatch):
     """The tasks the web sends: (name, args, options, thread name); the token stream faked ("Hi", then a final)."""
     import threading
 
-    from inference import relay
+    from serving import relay
     from vajra.celery import app
 
     calls = []

@@ -14,10 +14,12 @@ from django.db import connection
 from django.utils import timezone
 from safetensors.numpy import load_file, save_file
 
+from adapters import access, services, uploads
+from adapters.models import Adapter, AdapterVersion, BaseModel
+from adapters.storage_quota import storage_used
+from fleet.models import Node
 from gpu_runtime.adapter_validation import CONFIG_FILE, WEIGHTS_FILE
-from inference import access, uploads
-from inference.models import Adapter, AdapterVersion, BaseModel, InferenceRequest, Node
-from inference.storage_quota import storage_used
+from serving.models import InferenceRequest
 from tenants.roles import BILLING_VIEWER
 from tests.conftest import assert_error, create_key, key_client, make_member, put_on_plan, session_client
 from tests.test_adapter_validation import write_adapter
@@ -426,16 +428,15 @@ def test_billing_viewer_cannot_upload_or_list(acme, alice, tiny_llama, peft_v1, 
 def test_uploaded_files_reach_the_service_as_temporary_files_on_disk(alice_api, tiny_llama, peft_v1, monkeypatch):
     from django.core.files.uploadedfile import TemporaryUploadedFile
 
-    from inference import adapters
 
     seen = []
-    unpack = adapters.unpack_upload
+    unpack = services.unpack_upload
 
     def spy(files, dest, **kwargs):
         seen.extend(f for _, f in files)
         return unpack(files, dest, **kwargs)
 
-    monkeypatch.setattr(adapters, "unpack_upload", spy)
+    monkeypatch.setattr(services, "unpack_upload", spy)
     assert upload(alice_api, list(peft_v1.items())).status_code == 201
     assert len(seen) == 2 and all(isinstance(f, TemporaryUploadedFile) for f in seen)
 
@@ -484,8 +485,8 @@ def test_valid_tensors_followed_by_zeros_are_a_400(alice_api, tiny_llama, peft_v
 
 def test_upload_past_the_base_models_largest_adapter_is_refused(alice_api, tiny_llama, peft_v1, adapter_storage,
                                                                  unchanged_db):
-    from inference.adapters import base_facts
-    from inference.uploads import upload_cap
+    from adapters.services import base_facts
+    from adapters.uploads import upload_cap
 
     cap = upload_cap(base_facts(tiny_llama))
     files = [(CONFIG_FILE, peft_v1[CONFIG_FILE]), (WEIGHTS_FILE, bytes(cap))]
@@ -514,11 +515,10 @@ def test_storage_quota_is_the_plans(alice_api, acme, uploaded, peft_v1, peft_v2,
 def test_storage_quota_is_checked_again_under_the_tenants_lock(alice_api, acme, tiny_llama, peft_v1,
                                                                adapter_storage, unchanged_db, monkeypatch):
     """Room seen before storing may be gone by the time the version is recorded: the files stored are removed."""
-    from inference import adapters
 
     put_on_plan(acme, storage_max_bytes=len(peft_v1[WEIGHTS_FILE]))
     checks = []
-    require = adapters.require_storage
+    require = services.require_storage
 
     def shrinking(*, tenant, adding, lock=False):
         checks.append(lock)
@@ -531,7 +531,7 @@ def test_storage_quota_is_checked_again_under_the_tenants_lock(alice_api, acme, 
             _forget_display_plans()
         return require(tenant=tenant, adding=adding, lock=lock)
 
-    monkeypatch.setattr(adapters, "require_storage", shrinking)
+    monkeypatch.setattr(services, "require_storage", shrinking)
     assert_error(upload(alice_api, zipped(peft_v1)), 413, code="storage_quota_exceeded")
     assert checks == [False, True]
     assert stored_files(adapter_storage) == []

@@ -10,8 +10,9 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from billing.views import percentile
-from inference.models import Adapter, AdapterVersion, InferenceRequest
+from adapters.models import Adapter, AdapterVersion
+from billing.metering_lag import percentile
+from serving.models import InferenceRequest
 from tenants.roles import BILLING_VIEWER
 from tests import test_adapters_api as api_tests
 from tests.conftest import make_member

@@ -10,11 +10,11 @@ from django.db import transaction
 from django.urls import reverse
 from rest_framework.exceptions import PermissionDenied
 
+from adapters import services as adapter_services
+from adapters.models import Adapter
 from billing.invoices import invoice_transition
 from billing.models import Invoice
 from billing.webhooks import stripe_event_handle
-from inference import adapters, training
-from inference.models import Adapter, TrainingJob
 from tenants import services
 from tenants.audit import audit_record
 from tenants.models import APIKey, AuditEntry, Membership
@@ -23,6 +23,8 @@ from tenants.roles import ADMIN, BILLING_VIEWER, DEVELOPER, OWNER
 from tests.billing_fixtures import close, invoice_of, usage
 from tests.conftest import assert_error, create_key, key_client, make_member, session_client
 from tests.test_training_api import HP, capture_sent, make_base, make_dataset, make_job
+from training import jobs
+from training.models import TrainingJob
 from vajra.errors import Conflict, InvalidRequest
 
 pytest_plugins = ["tests.billing_fixtures"]
@@ -73,8 +75,8 @@ def test_tier_change_records_old_and_new_by_key(alice, acme):
     adapter = Adapter.objects.create(tenant=acme, base_model=make_base(), name="support-bot")
     principal = Principal(tenant=acme, user=alice, api_key=key)
     with transaction.atomic():
-        adapters.adapter_set_tier(principal=principal, adapter=adapter, tier=Adapter.WARM)
-        adapters.adapter_set_tier(principal=principal, adapter=adapter, tier=Adapter.WARM)  # no change: no entry
+        adapter_services.adapter_set_tier(principal=principal, adapter=adapter, tier=Adapter.WARM)
+        adapter_services.adapter_set_tier(principal=principal, adapter=adapter, tier=Adapter.WARM)  # no change
     entry = only_entry(action="adapter.tier_changed")
     assert (entry.target_type, entry.target_id, entry.actor_api_key, entry.actor_key_prefix) == (
         "adapter", str(adapter.pk), key, key.prefix)
@@ -87,13 +89,13 @@ def test_training_started_and_cancelled(alice, acme, monkeypatch, settings, tmp_
         "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(tmp_path)}}}
     capture_sent(monkeypatch)
     base, dataset = make_base(), make_dataset(acme)
-    job = training.training_create(principal=owner(acme, alice), base_model=base, adapter_name="support-bot",
+    job = jobs.training_create(principal=owner(acme, alice), base_model=base, adapter_name="support-bot",
                                    dataset_ref=dataset.id, hyperparameters=HP)
     started = only_entry(action="training.started")
     assert (started.target_type, started.target_id, started.actor_user) == ("training_job", job.id, alice)
     assert started.details["adapter"] == "support-bot" and started.details["dataset"] == dataset.id
     assert started.details["estimated_gradients"] == job.estimated_gradients
-    training.training_cancel(principal=owner(acme, alice), job=job)
+    jobs.training_cancel(principal=owner(acme, alice), job=job)
     cancelled = only_entry(action="training.cancelled")
     assert (cancelled.target_id, cancelled.details) == (job.id, {"status": TrainingJob.VALIDATING})
 
@@ -104,7 +106,7 @@ def test_cancelling_a_running_job_twice_is_one_entry(alice, acme, monkeypatch):
     adapter = Adapter.objects.create(tenant=acme, base_model=base, name="bot")
     job = make_job(acme, adapter, make_dataset(acme), status=TrainingJob.RUNNING)
     for _ in range(2):
-        training.training_cancel(principal=owner(acme, alice), job=job)
+        jobs.training_cancel(principal=owner(acme, alice), job=job)
     assert only_entry(action="training.cancelled").details == {"status": TrainingJob.RUNNING}
 
 
@@ -186,9 +188,9 @@ def test_refused_actions_write_no_entry(client, alice, bob, acme, open_invoice, 
 def test_a_refused_tier_change_writes_no_entry(alice, acme, unchanged_db):
     adapter = Adapter.objects.create(tenant=acme, base_model=make_base(), name="bot")
     with unchanged_db(), pytest.raises(InvalidRequest):
-        adapters.adapter_set_tier(principal=owner(acme, alice), adapter=adapter, tier="lukewarm")
+        adapter_services.adapter_set_tier(principal=owner(acme, alice), adapter=adapter, tier="lukewarm")
     with unchanged_db(), pytest.raises(PermissionDenied):
-        adapters.adapter_set_tier(principal=Principal(tenant=acme, role=BILLING_VIEWER), adapter=adapter,
+        adapter_services.adapter_set_tier(principal=Principal(tenant=acme, role=BILLING_VIEWER), adapter=adapter,
                                   tier=Adapter.WARM)
 
 

@@ -16,12 +16,13 @@ from django.utils import timezone
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from adapters.models import Adapter, AdapterVersion, BaseModel
 from billing import plans
 from billing.ledger import record_adjustment, record_inference
-from billing.metering import metering_lag
+from billing.metering_lag import metering_lag
 from billing.models import BillingAccount, PricePlan, UsageEvent
-from inference.dispatch import final_cost, inference_finish, request_cost
-from inference.models import Adapter, AdapterVersion, BaseModel, InferenceRequest
+from serving.dispatch import final_cost, inference_finish, request_cost
+from serving.models import InferenceRequest
 from tests.conftest import make_member, put_on_plan
 
 pytestmark = pytest.mark.usefixtures("fast_password_hashing")
@@ -279,8 +280,8 @@ def test_query_price_uses_the_tenants_plan(acme, contoso, standard):
 # ---- training steps and adjustments ---------------------------------------------------------------------------
 
 def test_training_steps_are_billed_once_per_job_and_step(acme, standard, settings):
-    from inference.models import Dataset, TrainingJob
-    from inference.training_progress import training_step
+    from training.models import Dataset, TrainingJob
+    from training.progress import training_step
 
     version = adapter_version(acme)
     dataset = Dataset.objects.create(id="ds_1", tenant=acme, name="t.jsonl", format="completion", records=10,
@@ -331,7 +332,7 @@ def test_metering_lag_percentiles_over_the_last_hour(acme, standard, client):
     staff = User.objects.create_user("ops@vajra.test", "correct horse battery staple", is_staff=True)
     client.force_login(staff)
     body = client.get("/api/v1/billing/metering").json()
-    assert body["object"] == "billing.metering" and body["events"] == 5
+    assert body["object"] == "billing.metering_lag" and body["events"] == 5
 
 
 # ---- rounding properties (hypothesis) ------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from inference.models import Adapter, Node
+from adapters.models import Adapter
+from fleet.models import Node
 from tenants.models import User
 from tests.billing_fixtures import close, invoice_of, usage
 from tests.test_training_api import make_base, make_dataset, make_job

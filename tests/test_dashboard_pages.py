@@ -4,7 +4,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from inference.models import Node
+from fleet.models import Node
 from tenants import services
 from tenants.active import SESSION_KEY
 from tenants.models import APIKey, Invite, Membership, Tenant, User

@@ -11,12 +11,13 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from inference.datasets import dataset_upload, dataset_uri
-from inference.models import Adapter, BaseModel, Dataset, TrainingJob
-from inference.storage_quota import storage_used
+from adapters.models import Adapter, BaseModel
+from adapters.storage_quota import storage_used
 from tenants.principal import Principal
 from tenants.roles import BILLING_VIEWER, OWNER
 from tests.conftest import assert_error, create_key, key_client, make_member, put_on_plan, session_client
+from training.datasets import dataset_upload, dataset_uri
+from training.models import Dataset, TrainingJob
 
 pytestmark = pytest.mark.usefixtures("fast_password_hashing", "storage", "model_store")
 

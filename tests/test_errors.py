@@ -8,7 +8,7 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from inference.models import Node
+from fleet.models import Node
 from tests.conftest import assert_error, create_key, key_client
 from vajra.middleware import RequestIdLogFilter
 

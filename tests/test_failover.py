@@ -1,4 +1,4 @@
-"""Node loss in the control plane (inference/failover.py): a lost node's unfinished requests become the next
+"""Node loss in the control plane (fleet/failover.py): a lost node's unfinished requests become the next
 attempt on another node (row, attempt key, the stream's retry entry, the task), or end with node_lost when no
 node is left; a request that had finished on the lost node is recorded from its stream, once; hot adapters are
 pinned again; a restarted node loses only the requests sent before it started, and gets its warm adapters back.
@@ -10,12 +10,14 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from adapters.models import Adapter, AdapterVersion, BaseModel
 from billing.models import UsageEvent
+from fleet.heartbeats import node_heartbeat, nodes_mark_down
+from fleet.models import Node
 from gpu_runtime.contract import attempt_key, stream_key
 from gpu_runtime.requests import InferenceRequest as RuntimeRequest
 from gpu_runtime.streams import StreamWriter
-from inference.models import Adapter, AdapterVersion, BaseModel, InferenceRequest, Node
-from inference.services import node_heartbeat, nodes_mark_down
+from serving.models import InferenceRequest
 from tests.test_runtime_contract import beat
 from vajra.redis import get_redis
 
@@ -179,7 +181,7 @@ def test_hot_adapters_of_a_lost_node_are_pinned_again_and_a_rejoining_node_gets_
 def test_a_node_that_restarted_loses_its_pins_and_they_are_pinned_again(acme, base, sent, settings):
     """Its pin was sent to it a moment ago (the pin's record still names it) but the restarted process holds
     nothing: the hot adapter is pinned again, and a pin that an up node reports is left alone."""
-    from inference.placement import pin_sent, send_tier
+    from fleet.placement import pin_sent, send_tier
 
     settings.VAJRA_HEARTBEAT_SECONDS, settings.VAJRA_NODE_DOWN_AFTER_MISSED = 1, 3
     versions = []
@@ -207,7 +209,7 @@ def test_a_node_that_restarted_loses_its_pins_and_they_are_pinned_again(acme, ba
 def test_readers_skip_what_a_superseded_attempt_wrote_after_the_retry():
     from asgiref.sync import async_to_sync
 
-    from inference import relay
+    from serving import relay
 
     writer, rid = StreamWriter(get_redis()), "req_relay_attempts"
     writer.delta(rid, "Hel")
@@ -226,7 +228,7 @@ def test_readers_skip_what_a_superseded_attempt_wrote_after_the_retry():
 
 
 def test_a_superseded_attempts_final_is_not_recorded(acme, base, sent):
-    from inference.dispatch import inference_finish
+    from serving.dispatch import inference_finish
 
     row = request_on(acme, base, node("node-b"), attempt=2)
     inference_finish(request_id=row.id, final=FINAL)  # attempt 1's, late

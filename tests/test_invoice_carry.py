@@ -12,7 +12,7 @@ from billing.invoices import invoice_take, invoices_close_period
 from billing.ledger import record_adjustment
 from billing.models import Invoice, InvoicedUsage, InvoiceLine, UsageEvent
 from billing.selectors import money_sum, money_value
-from inference.dispatch import inference_finish
+from serving.dispatch import inference_finish
 from tests.billing_fixtures import PERIOD, close, invoice_of, usage
 from tests.test_billing_ledger import final_event, submitted
 

@@ -4,7 +4,7 @@ refuses FOR UPDATE outside a transaction with a 500."""
 
 import pytest
 
-from inference.models import Adapter, BaseModel
+from adapters.models import Adapter, BaseModel
 from tenants import services
 from tenants.keys import principal_from_membership
 from tenants.models import Invite, Membership

@@ -21,9 +21,10 @@ from django.utils import timezone
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fleet.models import Node, ScaleUpSignal
 from gpu_runtime import metrics as runtime_metrics
 from gpu_runtime.contract import node_queue
-from inference.models import InferenceRequest, Node, ScaleUpSignal
+from serving.models import InferenceRequest
 from tests.conftest import session_client
 from tests.test_billing_ledger import adapter_version, finish, standard, submitted  # noqa: F401
 from vajra import metrics as web_metrics
@@ -128,7 +129,7 @@ def test_platform_gauges_come_from_the_rows(client, acme, standard, settings):  
     assert value(found, "vajra_scale_up_signals_total", base_model=base) == 2
     assert value(found, "vajra_scale_up_signals_5m", base_model=base) == 1
     assert value(found, "vajra_scale_up_signals_total", base_model="other-base") == 1
-    # billing.metering's lag over the ledger rows the finished requests wrote
+    # billing.metering_lag's lag over the ledger rows the finished requests wrote
     assert value(found, "vajra_metering_lag_events") == 4
     assert value(found, "vajra_metering_lag_seconds", quantile="0.95") >= 0
     assert value(found, "vajra_metrics_collect_ok") == 1

@@ -12,9 +12,10 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
+from adapters.models import Adapter
 from billing.models import UsageEvent
-from inference.dispatch import inference_finish
-from inference.models import Adapter, InferenceRequest
+from serving.dispatch import inference_finish
+from serving.models import InferenceRequest
 from tests.conftest import create_key, put_on_plan
 from tests.test_openai_api_unit import BASE, CHAT, FINAL, catalog, node, post, ready_adapter, runtime, sse_data  # noqa: F401
 from tests.test_training_api import api, base, dataset, post_train, sent  # noqa: F401
@@ -131,7 +132,7 @@ def test_a_stream_ends_with_its_final_while_the_database_cannot_price_it(
     database is back (the control plane records the final)."""
     from django.db import OperationalError
 
-    from inference import dispatch
+    from serving import dispatch
 
     def unreachable(*args, **kwargs):
         raise OperationalError("the database went away")

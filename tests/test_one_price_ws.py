@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import pytest
 
+from adapters.models import Adapter
 from billing.models import UsageEvent
-from inference.dispatch import inference_finish
-from inference.models import Adapter
+from serving.dispatch import inference_finish
 from tests.conftest import put_on_plan
 from tests.test_playground_ws import (  # noqa: F401
     FINAL,

@@ -8,8 +8,10 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from inference import relay
-from inference.models import Adapter, AdapterVersion, BaseModel, InferenceRequest, Node
+from adapters.models import Adapter, AdapterVersion, BaseModel
+from fleet.models import Node
+from serving import relay
+from serving.models import InferenceRequest
 from tests.conftest import assert_error, create_key
 
 pytestmark = pytest.mark.usefixtures("fast_password_hashing")

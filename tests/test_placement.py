@@ -6,9 +6,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from inference.dispatch import inference_submit
-from inference.models import Adapter, AdapterVersion, BaseModel, InferenceRequest, Node, ScaleUpSignal
-from inference.placement import NoCapacity, pin_sent, place, place_hot, score_nodes
+from adapters.models import Adapter, AdapterVersion, BaseModel
+from fleet.models import Node, ScaleUpSignal
+from fleet.placement import NoCapacity, pin_sent, place, place_hot, score_nodes
+from serving.dispatch import inference_submit
+from serving.models import InferenceRequest
 from tenants.keys import principal_from_membership
 from tenants.models import Membership
 
@@ -117,7 +119,7 @@ def test_hot_capacity_goes_to_the_node_with_most_room(acme, base, version, setti
 
 
 def test_request_status_moves_queued_running_terminal_once(acme, base, version):
-    from inference.dispatch import inference_finish, inference_start
+    from serving.dispatch import inference_finish, inference_start
 
     up = node("n1")
     row = InferenceRequest.objects.create(id="req_s", tenant=acme, base_model=base, tier="cold", max_tokens=4)

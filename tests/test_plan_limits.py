@@ -11,8 +11,10 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from inference.models import BaseModel, InferenceRequest, Node
-from inference.prompt_tokens import prompt_tokens
+from adapters.models import BaseModel
+from adapters.prompt_tokens import prompt_tokens
+from fleet.models import Node
+from serving.models import InferenceRequest
 from tests.conftest import assert_error, create_key, put_on_plan
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_password_hashing")]
@@ -148,7 +150,7 @@ def test_rows_answered_but_not_yet_recorded_do_not_hold_the_concurrency_quota(ac
 
 def test_the_submit_reads_the_plan_without_a_query_more_than_the_spend_check(acme, alice, base, node, sent,
                                                                              django_assert_num_queries):
-    from inference.dispatch import inference_submit
+    from serving.dispatch import inference_submit
     from tenants.keys import principal_from_key
 
     put_on_plan(acme, max_tokens=8)
@@ -190,8 +192,8 @@ def test_bad_sampling_is_400_naming_the_field_and_limit(path, change, field, lim
 def test_the_web_counts_prompts_and_chats_as_the_runtime_does(base):
     from django.conf import settings
 
+    from adapters.prompt_tokens import VARIANT
     from gpu_runtime.base_model import load_tokenizer
-    from inference.prompt_tokens import VARIANT
 
     runtime = load_tokenizer(f"{settings.VAJRA_MODEL_STORE}/{BASE}/{VARIANT}")
     prompts = ["Hello", " x" * 300, "héllo wörld 😀 " * 7, "<|im_start|>user\nhi<|im_end|>", "a\n\n  b\t" * 9]
@@ -207,8 +209,8 @@ def test_the_web_counts_prompts_and_chats_as_the_runtime_does(base):
 
 
 def test_counting_a_prompt_loads_no_torch():
-    code = ("import django, sys; django.setup(); from inference.models import BaseModel; "
-            "from inference.prompt_tokens import prompt_tokens; b = BaseModel(name='smollm2-135m-instruct'); "
+    code = ("import django, sys; django.setup(); from adapters.models import BaseModel; "
+            "from adapters.prompt_tokens import prompt_tokens; b = BaseModel(name='smollm2-135m-instruct'); "
             "n = prompt_tokens(b, prompt='Hi there'); "
             "c = prompt_tokens(b, messages=[{'role': 'user', 'content': 'Hi'}]); "
             "print(n, c, sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")

@@ -306,7 +306,7 @@ def test_runtime_scales_on_queue_depth_and_the_scale_up_signal(docs):
 def test_every_variable_the_code_reads_is_set(docs):
     shared, runtime_config = config_data(docs, "vajra-config"), config_data(docs, "vajra-runtime-config")
     secret = secret_data()
-    django_side = env_vars_read("vajra", "tenants", "inference", "billing")
+    django_side = env_vars_read("vajra", "tenants", "billing", "adapters", "fleet", "serving", "training")
     runtime_side = env_vars_read("gpu_runtime")
     runtime_env = {e["name"] for e in containers(the(docs, "StatefulSet", "runtime"), init=False)[0]["env"]}
     # web, control, beat and the migration job get vajra-config and the Secret only

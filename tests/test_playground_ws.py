@@ -15,9 +15,11 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from adapters.models import Adapter, AdapterVersion, BaseModel
+from fleet.models import Node
 from gpu_runtime.contract import cancel_key
 from gpu_runtime.streams import StreamWriter
-from inference.models import Adapter, AdapterVersion, BaseModel, InferenceRequest, Node
+from serving.models import InferenceRequest
 from tenants.active import SESSION_KEY
 from tenants.roles import BILLING_VIEWER
 from tests.conftest import create_key, make_member
@@ -165,7 +167,7 @@ def test_a_failover_retry_reaches_the_page_and_the_answer_starts_over(alice, nod
         await ws.send_json_to(chat())
         request_id = (await ws.receive_json_from(timeout=5))["request_id"]
         runtime.delta(request_id, "Ro")
-        runtime.event(request_id, "retry", retry)  # what inference/failover.py appends
+        runtime.event(request_id, "retry", retry)  # what fleet/failover.py appends
         runtime.delta(request_id, "Rome.", attempt=2)
         runtime.final(request_id, {**FINAL, "attempt": 2})
         messages = [await ws.receive_json_from() for _ in range(4)]

@@ -1,4 +1,4 @@
-"""One definition of the sampling parameters (inference/parameters.py): the same bad value gets the same refusal
+"""One definition of the sampling parameters (serving/parameters.py): the same bad value gets the same refusal
 (status, code, param, message) from POST /v1/models/{id}/infer, /v1/chat/completions, /v1/completions and the
 playground websocket, and nothing is written or sent. A malformed Last-Event-ID is a 400, a valid one resumes.
 
@@ -15,11 +15,13 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 from django.utils import timezone
 
+from adapters.models import BaseModel
+from fleet.models import Node
 from gpu_runtime.contract import stream_key
 from gpu_runtime.requests import MAX_SEED, MAX_STOP_LENGTH, MAX_TOKENS, MAX_TOP_K
 from gpu_runtime.streams import StreamWriter
-from inference import consumers, openai_api, parameters, v1
-from inference.models import BaseModel, InferenceRequest, Node
+from serving import consumers, openai_api, parameters, v1
+from serving.models import InferenceRequest
 from tests.conftest import assert_error, create_key
 from vajra.asgi import application
 

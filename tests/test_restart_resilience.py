@@ -15,11 +15,13 @@ from django.db import InterfaceError, OperationalError
 from django.test import AsyncClient
 from django.utils import timezone
 
+from adapters.models import BaseModel
 from billing.models import UsageEvent
+from fleet.models import Node
 from gpu_runtime.contract import stream_key
 from gpu_runtime.streams import StreamWriter
-from inference import dispatch, relay
-from inference.models import BaseModel, InferenceRequest, Node
+from serving import dispatch, relay
+from serving.models import InferenceRequest
 from tests.conftest import create_key
 from tests.integration.conftest import free_port
 from vajra.embedded_redis import start_private_redis
@@ -163,14 +165,14 @@ def test_a_submit_the_broker_does_not_take_is_a_503_and_its_row_is_failed_not_le
 def test_a_send_that_fails_otherwise_leaves_no_row_queued(transactional_db, node, alice, acme, monkeypatch):
     """Whatever stops the task on its way to the node (here a fault in sending it), the committed row ends failed
     at once: never a queued row no node will ever run, and nothing billed."""
-    from inference import dispatch
+    from fleet import runtime_client
 
     _, secret = create_key(alice, acme)
 
     def broken(payload, *, node_name, task_id):
         raise RuntimeError("serializer fault")
 
-    monkeypatch.setattr(dispatch, "send_infer", broken)
+    monkeypatch.setattr(runtime_client, "send_infer", broken)
 
     async def post():
         return await AsyncClient(raise_request_exception=False).post(
@@ -185,7 +187,7 @@ def test_a_send_that_fails_otherwise_leaves_no_row_queued(transactional_db, node
 
 
 def test_a_database_that_does_not_answer_is_a_503_saying_so(alice, acme, settings, monkeypatch):
-    from inference import v1
+    from serving import v1
 
     _, secret = create_key(alice, acme)
 
@@ -203,10 +205,11 @@ def test_a_database_that_does_not_answer_is_a_503_saying_so(alice, acme, setting
 
 
 def test_the_tasks_that_carry_usage_retry_database_errors_with_bounded_backoff():
-    from inference import tasks
+    from serving import tasks as serving_tasks
+    from training import tasks as training_tasks
 
-    for task in (tasks.inference_finished, tasks.inference_started, tasks.training_step, tasks.training_finished,
-                 tasks.training_started, tasks.training_checkpoint):
+    for task in (serving_tasks.inference_finished, serving_tasks.inference_started, training_tasks.training_step,
+                 training_tasks.training_finished, training_tasks.training_started, training_tasks.training_checkpoint):
         assert set(task.autoretry_for) == {OperationalError, InterfaceError}, task.name
         assert task.retry_backoff and task.retry_backoff_max <= 60 and 0 < task.max_retries <= 50, task.name
 
@@ -242,6 +245,6 @@ def test_the_sweep_records_a_final_whose_control_task_was_lost_from_the_stream_o
     dispatch.inference_finish(request_id=lost.pk, final=final)
     assert UsageEvent.objects.filter(request_id=lost.pk).count() == 1
 
-    from inference.tasks import inference_expire_stale
+    from serving.tasks import inference_expire_stale
 
     assert inference_expire_stale() == {"recorded_from_streams": 0, "expired": 0}

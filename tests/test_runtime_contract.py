@@ -7,10 +7,10 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from fleet.heartbeats import node_heartbeat, nodes_mark_down, nodes_up
+from fleet.models import Node
 from gpu_runtime.contract import ContractError, Heartbeat
 from gpu_runtime.model_store import is_imported, read_manifest, sha256_file
-from inference.models import Node
-from inference.services import node_heartbeat, nodes_mark_down, nodes_up
 
 
 def beat(**overrides):
@@ -86,7 +86,7 @@ def test_web_side_never_imports_torch_and_runtime_never_imports_django():
     import sys
 
     web = subprocess.run([sys.executable, "-c", (
-        "import django, sys; django.setup(); import vajra.urls, vajra.asgi, tenants.api, inference.tasks;"
+        "import django, sys; django.setup(); import vajra.urls, vajra.asgi, tenants.api, fleet.tasks;"
         "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")],
         capture_output=True, text=True, env={**__import__("os").environ, "DJANGO_SETTINGS_MODULE": "vajra.settings"})
     assert web.stdout.strip() == "[]", web.stderr[-2000:]

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from inference.models import Adapter, AdapterVersion, BaseModel, InferenceRequest
+from adapters.models import Adapter, AdapterVersion, BaseModel
+from serving.models import InferenceRequest
 from tenants.models import Invite
 from tests.billing_fixtures import make_job
 from tests.conftest import create_key

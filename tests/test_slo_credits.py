@@ -10,7 +10,7 @@ from django.utils import timezone
 from billing.models import UsageEvent
 from billing.plans import period_of
 from billing.selectors import period_spend
-from inference.dispatch import inference_finish
+from serving.dispatch import inference_finish
 from tests.conftest import create_key, key_client
 from tests.test_billing_ledger import adapter_version, final_event, finish, ledger, standard, submitted  # noqa: F401
 

@@ -9,13 +9,15 @@ import pytest
 from django.core import mail
 from django.utils import timezone
 
+from adapters.models import BaseModel
 from billing import caps
 from billing.caps import TASK_CAP_WARNING, cap_warning_send, check_spend, spend_status
 from billing.ledger import record_adjustment
 from billing.models import BillingAccount, PricePlan, UsageEvent
 from billing.plans import next_period, period_of
 from billing.standing import account_paid, account_past_due, accounts_suspend_past_due
-from inference.models import BaseModel, InferenceRequest, Node, TrainingJob
+from fleet.models import Node
+from serving.models import InferenceRequest
 from tenants.models import Tenant
 from tenants.roles import BILLING_VIEWER
 from tests.conftest import assert_error, create_key, key_client, make_member, session_client
@@ -23,6 +25,7 @@ from tests.test_billing_ledger import adapter_version, finish, standard  # noqa:
 from tests.test_openai_api_unit import CHAT, api, post, ready_adapter
 from tests.test_openai_api_unit import runtime as openai_runtime
 from tests.test_training_api import BASE, HP, capture_sent, make_base, make_dataset, refused
+from training.models import TrainingJob
 
 pytestmark = pytest.mark.usefixtures("standard", "fast_password_hashing")
 INFER = "/v1/models/smollm2-135m-instruct/infer"

@@ -13,10 +13,12 @@ from django.test import AsyncClient, Client
 from django.utils import timezone
 from rest_framework.exceptions import Throttled
 
+from adapters.models import BaseModel
+from fleet.models import Node
+from fleet.placement import place
 from gpu_runtime.requests import InferenceRequest as RuntimeRequest
-from inference import dispatch, relay
-from inference.models import BaseModel, InferenceRequest, Node
-from inference.placement import place
+from serving import dispatch, relay
+from serving.models import InferenceRequest
 from tenants.keys import principal_from_key
 from tests.conftest import create_key, db_snapshot, put_on_plan
 
@@ -53,7 +55,7 @@ def asgi_post(path, body, secret):
 
 
 def test_an_asgi_infer_authenticates_and_submits_in_one_trip_to_a_submit_thread(node, secret, sent, monkeypatch, acme):
-    import inference.v1
+    import serving.v1
 
     threads = []
 
@@ -61,7 +63,7 @@ def test_an_asgi_infer_authenticates_and_submits_in_one_trip_to_a_submit_thread(
         threads.append(threading.current_thread().name)
         return principal_from_key(raw_key)
 
-    monkeypatch.setattr(inference.v1, "principal_from_key", recording)
+    monkeypatch.setattr(serving.v1, "principal_from_key", recording)
     response = asgi_post(INFER, {"prompt": "Tell me a secret recipe", "parameters": {"max_tokens": 4}}, secret)
     assert response.status_code == 200, response.content
     assert response.json()["text"] == "Hi"
@@ -98,7 +100,7 @@ def test_refusals_on_the_submit_thread_write_nothing_and_send_nothing(node, secr
 
 
 def test_no_capacity_on_the_submit_thread_is_a_503_with_a_scale_up_signal_and_no_row(base, secret, sent):
-    from inference.models import ScaleUpSignal
+    from fleet.models import ScaleUpSignal
 
     response = asgi_post(INFER, {"prompt": "Hi"}, secret)
     assert response.status_code == 503 and response.headers["Retry-After"]

@@ -10,21 +10,14 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 from django.utils import timezone
 
+from adapters.models import Adapter, AdapterVersion, BaseModel
+from fleet.models import Node
 from gpu_runtime.contract import cancel_key
-from inference.models import (
-    Adapter,
-    AdapterVersion,
-    BaseModel,
-    Dataset,
-    Node,
-    TrainingCheckpoint,
-    TrainingEvent,
-    TrainingJob,
-)
 from tenants.principal import Principal
 from tenants.roles import BILLING_VIEWER, OWNER
 from tests.conftest import assert_error, create_key, key_client, make_member, put_on_plan, session_client
 from tests.test_adapter_validation import MANIFEST, write_adapter
+from training.models import Dataset, TrainingCheckpoint, TrainingEvent, TrainingJob
 from vajra.redis import get_redis
 
 pytestmark = pytest.mark.usefixtures("fast_password_hashing", "adapter_storage")
@@ -495,7 +488,7 @@ def test_list_and_detail(api, job, acme, dataset, base, sent):
 
 
 def test_events_with_a_cursor(api, job):
-    from inference.training import event
+    from training.jobs import event
 
     event(job, "Step 1/9: training loss 2.5000.", step=1, loss=2.5)
     event(job, "Step 2/9: training loss 2.2500.", step=2, loss=2.25)

@@ -10,6 +10,9 @@ import pytest
 from django.core.files.storage import storages
 from django.utils import timezone
 
+from adapters.models import Adapter, AdapterVersion
+from adapters.storage_quota import storage_used
+from fleet.models import ScaleUpSignal
 from gpu_runtime.contract import (
     TASK_TRAIN,
     TASK_TRAINING_CHECKPOINT,
@@ -19,9 +22,6 @@ from gpu_runtime.contract import (
     cancel_key,
 )
 from gpu_runtime.training_spec import TrainingSpec
-from inference import hot_swap, tasks, training
-from inference.models import Adapter, AdapterVersion, ScaleUpSignal, TrainingCheckpoint, TrainingJob, TrainingStep
-from inference.storage_quota import storage_used
 from tests.conftest import put_on_plan
 from tests.test_adapter_validation import write_adapter
 from tests.test_training_api import (
@@ -34,6 +34,8 @@ from tests.test_training_api import (
     make_version,
     owner,
 )
+from training import hot_swap, jobs, tasks
+from training.models import TrainingCheckpoint, TrainingJob, TrainingStep
 from vajra.redis import get_redis
 
 pytestmark = pytest.mark.usefixtures("adapter_storage")
@@ -113,7 +115,7 @@ def test_training_an_existing_version_sends_it_as_init(acme, adapter, adapter_st
     job = make_job(acme, adapter, make_dataset(acme), base_version=v1)
     make_node("n1")
     with commit():
-        training.training_validate(job_id=job.id)
+        jobs.training_validate(job_id=job.id)
     spec = train_messages(sent)[0][0][0]
     assert spec["init"] == {"adapter_id": f"a{adapter.pk}", "version": 1, "tier": "cold",
                             "uri": f"file://{adapter_storage / v1.storage_key}"}
@@ -124,7 +126,7 @@ def test_a_damaged_file_fails_the_job(job, sent, commit, adapter_storage):
     (adapter_storage / job.dataset.storage_key).write_bytes(b'{"prompt": "changed"}\n')
     make_node("n1")
     with commit():
-        training.training_validate(job_id=job.id)
+        jobs.training_validate(job_id=job.id)
     job.refresh_from_db()
     assert (job.status, job.error_code) == (TrainingJob.FAILED, "invalid_file")
     assert "changed since it was uploaded" in job.error_message and sent == []
@@ -133,7 +135,7 @@ def test_a_damaged_file_fails_the_job(job, sent, commit, adapter_storage):
 def test_a_missing_file_fails_the_job(job, sent, commit):
     storages["adapters"].delete(job.dataset.storage_key)
     with commit():
-        training.training_validate(job_id=job.id)
+        jobs.training_validate(job_id=job.id)
     job.refresh_from_db()
     assert (job.status, job.error_code) == (TrainingJob.FAILED, "invalid_file") and "missing" in job.error_message
 
@@ -141,7 +143,7 @@ def test_a_missing_file_fails_the_job(job, sent, commit):
 def test_no_node_keeps_it_queued_and_retries_then_gives_up(job, sent, commit, settings):
     make_node("elsewhere", base="another-base")
     with commit():
-        training.training_validate(job_id=job.id)
+        jobs.training_validate(job_id=job.id)
     job.refresh_from_db()
     assert job.status == TrainingJob.QUEUED and job.node is None
     assert sent == [("control.training_place", [job.id], {"queue": "control", "countdown": 15})]
@@ -163,7 +165,7 @@ def test_no_node_keeps_it_queued_and_retries_then_gives_up(job, sent, commit, se
     TrainingJob.objects.filter(pk=late.pk).update(created_at=timezone.now() - timedelta(hours=2))
     node.delete()
     with commit():
-        training.training_place(job_id=late.id)
+        jobs.training_place(job_id=late.id)
     late.refresh_from_db()
     assert (late.status, late.error_code) == (TrainingJob.FAILED, "no_capacity") and late.finished_at
 
@@ -208,7 +210,7 @@ def test_each_step_is_metered_once(queued):
     events = queued.events.count()
 
     # The node died after its checkpoint at step 2; the redelivered job resumes and reports step 3 again.
-    from inference.training_progress import training_step
+    from training.progress import training_step
 
     assert training_step(job_id=queued.id, step=3, metering=metering(1.99)) is False
     assert training_step(job_id=queued.id, step=4, metering=metering(1.75)) is True
@@ -232,7 +234,7 @@ def test_a_step_that_overtakes_the_started_message(queued):
 
 @pytest.mark.parametrize("bad", [{"gradients": -1}, {"loss": "low"}, {"micro_batches": None}, {"tokens": True}])
 def test_a_step_that_breaks_the_contract_is_dropped(queued, bad):
-    from inference.training_progress import training_step
+    from training.progress import training_step
 
     assert training_step(job_id=queued.id, step=1, metering={**metering(), **bad}) is False
     assert training_step(job_id=queued.id, step=0, metering=metering()) is False
@@ -445,7 +447,7 @@ def test_a_whole_job_by_messages(acme, alice, adapter, adapter_storage, sent, co
     """Create -> validate -> place -> started -> steps -> checkpoint -> finished, the way the runtime sends them."""
     make_node("n1")
     with commit():
-        job = training.training_create(principal=owner(acme, alice), base_model=adapter.base_model,
+        job = jobs.training_create(principal=owner(acme, alice), base_model=adapter.base_model,
                                        adapter_name="support-bot", dataset_ref=make_dataset(acme).id,
                                        hyperparameters={"learning_rate": 1e-3, "epochs": 1, "batch_size": 4,
                                                         "rank": 4})

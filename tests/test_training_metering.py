@@ -20,9 +20,9 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from adapters.models import BaseModel
 from billing.models import PricePlan, UsageEvent
 from gpu_runtime.training_spec import Hyperparameters, training_gradients
-from inference.models import BaseModel
 
 SMOLLM2 = "smollm2-135m-instruct"
 
@@ -107,9 +107,9 @@ def smollm2_store():
 def test_the_web_counts_the_tokens_the_trainer_encodes(db, smollm2_store, records):
     from transformers import AutoTokenizer
 
+    from adapters.prompt_tokens import prompt_counter
     from gpu_runtime.trainer import encode_record
-    from inference.prompt_tokens import prompt_counter
-    from inference.training_tokens import count_dataset_tokens
+    from training.tokens import count_dataset_tokens
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_store)
     counter = prompt_counter(BaseModel(name=SMOLLM2))

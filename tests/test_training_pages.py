@@ -7,10 +7,8 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from adapters.models import Adapter
 from gpu_runtime.contract import cancel_key
-from inference.models import Adapter, TrainingEvent, TrainingJob, TrainingStep
-from inference.training import event, new_job_id
-from inference.training_views import loss_chart
 from tenants.roles import BILLING_VIEWER
 from tests import test_training_api
 from tests.conftest import make_member
@@ -23,6 +21,9 @@ from tests.test_training_api import (
     make_dataset,
     make_version,
 )
+from training.jobs import event, new_job_id
+from training.models import TrainingEvent, TrainingJob, TrainingStep
+from training.views import loss_chart
 from vajra.redis import get_redis
 
 pytestmark = pytest.mark.usefixtures("fast_password_hashing", "adapter_storage")
@@ -348,7 +349,7 @@ def test_the_training_page_shows_the_price_per_million_training_tokens(alice, da
     """A new rank-8 q, v adapter on the default base model: SmolLM2-135M has 30 layers, q_proj 576 -> 576 and
     v_proj 576 -> 192, so 8 x (1152 + 768) x 30 = 460,800 trainable; a million tokens are 460,800,000,000
     gradients, x $0.00000005 / 1e6 x $2.00 = $0.04608, shown as $0.046080."""
-    from inference.models import BaseModel
+    from adapters.models import BaseModel
 
     settings.VAJRA_DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
     BaseModel.objects.create(name="smollm2-135m-instruct", architecture={

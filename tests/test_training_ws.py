@@ -1,4 +1,4 @@
-"""ws/v1/training/<job_id>/ (inference/training_ws.py) through the real ASGI application, Redis and database: the
+"""ws/v1/training/<job_id>/ (training/consumers.py) through the real ASGI application, Redis and database: the
 job's snapshot first, then the runtime's progress entries from the job's Redis Stream in order, the final result
 and the recorded end; a reconnect resumes after ``?last_id=``; another tenant's job is 4404."""
 
@@ -10,12 +10,12 @@ from django.utils import timezone
 
 from gpu_runtime.contract import stream_key
 from gpu_runtime.streams import StreamWriter
-from inference.models import TrainingJob, TrainingStep
-from inference.training import event, new_job_id
 from tenants.roles import BILLING_VIEWER
 from tests.conftest import create_key, make_member
 from tests.test_training_api import make_adapter, make_base, make_dataset, make_job
 from tests.test_ws import expect_refusal, key_protocols, session_headers
+from training.jobs import event, new_job_id
+from training.models import TrainingJob, TrainingStep
 from vajra.asgi import application
 from vajra.redis import get_redis
 
@@ -141,7 +141,7 @@ def test_a_finished_job_sends_its_snapshot_and_closes(alice, job):
 def test_an_end_with_nothing_on_the_stream_is_noticed(alice, job, monkeypatch):
     """A job can end without the runtime writing to its stream (a failed file check, no capacity, cancelled while
     queued): between blocking reads the consumer looks at the recorded job."""
-    monkeypatch.setattr("inference.relay.BLOCK_MS", 100)
+    monkeypatch.setattr("serving.relay.BLOCK_MS", 100)
 
     async def go():
         ws = await open_socket(job, headers=session_headers(alice))

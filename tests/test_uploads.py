@@ -1,4 +1,4 @@
-"""inference.uploads.unpack_upload with crafted archives: what a PEFT folder looks like passes, and every
+"""adapters.uploads.unpack_upload with crafted archives: what a PEFT folder looks like passes, and every
 unsafe or malformed upload is refused with its code before anything lands outside the private directory."""
 
 import io
@@ -9,9 +9,9 @@ import zlib
 
 import pytest
 
+from adapters import uploads
+from adapters.uploads import MAX_FILES, unpack_upload
 from gpu_runtime.adapter_validation import CONFIG_FILE, WEIGHTS_FILE, AdapterRejected, validate_adapter
-from inference import uploads
-from inference.uploads import MAX_FILES, unpack_upload
 from tests.test_adapter_validation import BASE, write_adapter
 
 

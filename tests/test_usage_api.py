@@ -12,11 +12,11 @@ from billing.ledger import record_adjustment, record_training_step
 from billing.models import UsageEvent
 from billing.plans import period_of
 from billing.selectors import money_sum, money_value
-from inference.dispatch import inference_finish
-from inference.models import Dataset, TrainingJob, TrainingStep
+from serving.dispatch import inference_finish
 from tenants.roles import BILLING_VIEWER
 from tests.conftest import assert_error, create_key, key_client, make_member, session_client
 from tests.test_billing_ledger import adapter_version, base_model, final_event, standard, submitted  # noqa: F401
+from training.models import Dataset, TrainingJob, TrainingStep
 
 pytestmark = pytest.mark.usefixtures("standard", "fast_password_hashing")
 URL = "/v1/usage/acme/metrics"

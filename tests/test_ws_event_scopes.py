@@ -8,7 +8,7 @@ Real ASGI application, Redis channel layer and database, as in tests/test_ws.py.
 import pytest
 from channels.db import database_sync_to_async
 
-from inference.models import InferenceRequest
+from serving.models import InferenceRequest
 from tenants import services
 from tenants.events import EVENT_READ_ACTIONS
 from tenants.keys import principal_from_membership

@@ -21,13 +21,14 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from adapters.access import access_base_model
+from adapters.api import NAME_RE, AdapterOut
 from billing.plans import plain, training_price
 from vajra.errors import InvalidRequest
 from vajra.serializers import StrictSerializer
 
 from . import access, hot_swap
-from .api import NAME_RE, AdapterOut
-from .training import gradient_cost_micro_usd, micro_usd_text, training_cancel, training_create, training_quote
+from .jobs import gradient_cost_micro_usd, micro_usd_text, training_cancel, training_create, training_quote
 
 MAX_PAGE = 100
 MAX_EVENTS_PAGE = 1000
@@ -45,7 +46,7 @@ def _validated(request, model_id):
     data = TrainIn(data=request.data)
     data.is_valid(raise_exception=True)
     values = data.validated_data
-    return {"base_model": access.access_base_model(name=model_id), "adapter_name": values["adapter_id"],
+    return {"base_model": access_base_model(name=model_id), "adapter_name": values["adapter_id"],
             "dataset_ref": values["dataset"], "hyperparameters": values["hyperparameters"]}
 
 

@@ -17,11 +17,12 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 
+from serving import relay
 from tenants.active import active_membership
 from tenants.keys import principal_from_key, principal_from_membership
 from tenants.ws import TenantConsumer
 
-from . import access, relay
+from . import access
 from .models import TrainingJob
 
 log = logging.getLogger(__name__)

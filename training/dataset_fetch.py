@@ -14,14 +14,14 @@ from urllib.parse import urlparse
 from django.conf import settings
 from django.core.files.base import ContentFile
 
+from adapters.services import adapter_storage
+from adapters.storage_quota import require_storage
 from billing.plans import plan_limits
 from gpu_runtime import object_io
 from vajra.errors import InvalidRequest
 
-from .adapters import adapter_storage
 from .datasets import validate_dataset
 from .models import Dataset
-from .storage_quota import require_storage
 
 SCHEMES = ("s3", "file")
 

@@ -14,18 +14,20 @@ from pathlib import Path
 from django.conf import settings
 from django.core.files import File
 from django.db import transaction
+from django.db.models import Exists, OuterRef, Q, Sum
 from django.http import Http404
 from django.utils import timezone
 
+from adapters.access import access_base_model
+from adapters.prompt_tokens import VARIANT, load_tokenizer
+from adapters.services import adapter_storage
+from adapters.storage_quota import require_storage, storage_release
 from billing.plans import plan_limits
 from gpu_runtime.datasets import LineError, ParsedDataset, parse_dataset
 from vajra.errors import Conflict, InvalidRequest
 
 from . import access
-from .adapters import adapter_storage
 from .models import Dataset, TrainingJob
-from .prompt_tokens import VARIANT, load_tokenizer
-from .storage_quota import require_storage, storage_release
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ def token_counter(base_model):
 
 def _default_base_model():
     try:
-        return access.access_base_model(name=settings.VAJRA_DEFAULT_BASE_MODEL)
+        return access_base_model(name=settings.VAJRA_DEFAULT_BASE_MODEL)
     except Http404:  # no node has reported one yet: validate without a length check
         return None
 
@@ -140,3 +142,26 @@ def dataset_delete(*, principal, dataset):
     tenant = principal.tenant
     transaction.on_commit(lambda: storage_release(tenant=tenant))
     return dataset
+
+
+def datasets_kept_bytes(tenant):
+    """Bytes of the tenant's dataset files in storage: a deleted dataset's count until its file is removed
+    (adapters.storage_quota adds them to the tenant's storage)."""
+    kept = Dataset.objects.filter(tenant=tenant).filter(Q(deleted_at__isnull=True) | ~Q(storage_key=""))
+    return kept.aggregate(n=Sum("size_bytes"))["n"] or 0
+
+
+def datasets_release(*, tenant, storage, limit):
+    """Removes the files of the tenant's deleted datasets that no training job in progress trains on (at most
+    ``limit``), and empties their ``storage_key`` (adapters.storage_quota.storage_release calls it)."""
+    datasets = (Dataset.objects.filter(tenant=tenant, deleted_at__isnull=False).exclude(storage_key="")
+                .exclude(Exists(TrainingJob.objects.filter(dataset=OuterRef("pk"), status__in=TrainingJob.ACTIVE)))
+                .values_list("pk", "storage_key")[:limit])
+    for pk, key in list(datasets):
+        storage.delete(key)
+        Dataset.objects.filter(pk=pk).update(storage_key="")
+
+
+def versions_in_training():
+    """Adapter versions a training job in progress continues from: their files stay (adapters.storage_quota)."""
+    return Exists(TrainingJob.objects.filter(base_version=OuterRef("pk"), status__in=TrainingJob.ACTIVE))

@@ -6,6 +6,7 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from adapters.access import access_base_model
 from vajra.errors import InvalidRequest
 from vajra.serializers import StrictSerializer
 
@@ -49,7 +50,7 @@ class DatasetListView(APIView):
             raise InvalidRequest("Attach one JSONL file as 'file': one JSON object per line, chat ('messages') or "
                                  "'prompt'/'completion' records.", param="file", code="no_file")
         base_name = data.validated_data.get("base_model")
-        base_model = access.access_base_model(name=base_name) if base_name else None
+        base_model = access_base_model(name=base_name) if base_name else None
         dataset = datasets.dataset_upload(principal=request.auth, file=files[0], base_model=base_model,
                                           name=data.validated_data.get("name"))
         return Response(DatasetOut(dataset).data, status=status.HTTP_201_CREATED)

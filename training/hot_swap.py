@@ -21,18 +21,19 @@ from django.db.models import Max
 from django.http import Http404
 from django.utils import timezone
 
+from adapters.access import access_adapter
+from adapters.models import Adapter, AdapterVersion
+from adapters.services import adapter_ref, adapter_storage, base_facts
+from adapters.storage_quota import StorageQuotaExceeded, require_storage
+from adapters.uploads import UploadDir, sha256_of
+from fleet import runtime_client
+from fleet.heartbeats import nodes_up
+from fleet.placement import send_tier, version_token
 from gpu_runtime.adapter_validation import CONFIG_FILE, WEIGHTS_FILE, AdapterRejected, validate_adapter
-from gpu_runtime.contract import node_queue
 from vajra.errors import Conflict
 
-from .access import access_adapter
-from .adapters import adapter_ref, adapter_storage, base_facts
-from .models import Adapter, AdapterVersion, TrainingJob
-from .placement import send_tier, version_token
-from .services import nodes_up
-from .storage_quota import StorageQuotaExceeded, require_storage
-from .training import event, finish, output_key, storage_uri
-from .uploads import UploadDir, sha256_of
+from .jobs import event, finish, output_key, storage_uri
+from .models import TrainingJob
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +155,6 @@ def swap_on_nodes(adapter, old, new):
     """After commit: hot, pin the new version where the old one is pinned, then demote the old one to warm;
     warm, prefetch the new version where the old one is. Nowhere known (or a first version): the tier's usual
     placement. Cold adapters live in object storage: nothing to move."""
-    from vajra.celery import app
-
     if adapter.tier == Adapter.COLD or adapter.deleted_at is not None:
         return
     nodes = holders(adapter, old) if old is not None else []
@@ -164,10 +163,7 @@ def swap_on_nodes(adapter, old, new):
         return
     new_ref = adapter_ref(new)
     for node in nodes:
-        queue = node_queue(node.name)
         if adapter.tier == Adapter.HOT:
-            demote = app.signature("runtime.set_tier", args=[adapter_ref(old), Adapter.WARM], queue=queue,
-                                   immutable=True)
-            app.send_task("runtime.set_tier", args=[new_ref, Adapter.HOT], queue=queue, link=demote)
+            runtime_client.send_swap_hot(new_ref, adapter_ref(old), node_name=node.name)
         else:
-            app.send_task("runtime.prefetch", args=[new_ref], queue=queue)
+            runtime_client.send_prefetch(new_ref, node_name=node.name)

@@ -1,5 +1,5 @@
 """Fine-tuning jobs on the control plane: the cost estimate, creating a job, checking its file and
-placing it on a node, and cancelling it. What the runtime reports back is in training_progress.py; the new
+placing it on a node, and cancelling it. What the runtime reports back is in progress.py; the new
 version and its swap onto the nodes (Algorithm 3) in hot_swap.py.
 
 Statuses (OpenAI's): validating_files -> queued -> running -> succeeded | failed | cancelled. A job is queued
@@ -9,7 +9,7 @@ task, so no beat entry is needed) and the job fails with ``no_capacity`` after V
 
 Estimate (VAJRA paper A.2): gradients = trainable LoRA elements x the tokens the job trains (every token of its
 records as the trainer encodes them, counted with the base model's tokenizer and chat template:
-inference.training_tokens; gpu_runtime.training_spec defines the gradient), and cost = gradients x C_gradient /
+training.tokens; gpu_runtime.training_spec defines the gradient), and cost = gradients x C_gradient /
 1e6 x P_GPU, in integer micro-dollars rounded up. The same counts and formula bill each step the node reports.
 """
 
@@ -24,22 +24,24 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from adapters.models import Adapter, BaseModel
+from adapters.services import adapter_ref, adapter_storage, base_facts
+from adapters.storage_quota import require_storage, storage_lock
 from billing.caps import check_training_spend
 from billing.plans import plan_limits, training_cost, training_price
+from fleet import runtime_client
+from fleet.placement import NoCapacity, place, record_scale_up
 from gpu_runtime.adapter_validation import DTYPE_BYTES, MAX_LORA_RANK
-from gpu_runtime.contract import CONTROL_QUEUE, TASK_TRAIN, ContractError, cancel_key, node_queue
+from gpu_runtime.contract import CONTROL_QUEUE, ContractError, cancel_key
 from gpu_runtime.training_spec import Hyperparameters, TrainingSpec, trainable_elements, training_gradients
 from tenants.audit import audit_record
 from vajra.errors import Conflict, InvalidRequest
 
 from .access import access_dataset
-from .adapters import adapter_ref, adapter_storage, base_facts
-from .dataset_urls import is_dataset_url, read_url_dataset, store_url_dataset
+from .dataset_fetch import is_dataset_url, read_url_dataset, store_url_dataset
 from .datasets import validate_dataset
-from .models import Adapter, BaseModel, TrainingEvent, TrainingJob
-from .placement import NoCapacity, place, record_scale_up
-from .storage_quota import require_storage, storage_lock
-from .training_tokens import training_tokens
+from .models import TrainingEvent, TrainingJob
+from .tokens import training_tokens
 
 TASK_VALIDATE = "control.training_validate"
 TASK_PLACE = "control.training_place"
@@ -372,7 +374,7 @@ def training_place(*, job_id):
             job.save(update_fields=["node"])
             event(job, f"Sent to node {node.name}.")
             payload = training_spec(job).to_json()
-            transaction.on_commit(lambda: _send(TASK_TRAIN, [payload], queue=node_queue(node.name), task_id=job_id))
+            transaction.on_commit(lambda: runtime_client.send_train(payload, node_name=node.name, task_id=job_id))
     if scale_up is not None:
         record_scale_up(scale_up)  # its own write: kept whatever happens to the job
     return job
@@ -398,9 +400,7 @@ def signal_cancel(job_id, *, sent_to_node):
 
     get_redis().set(cancel_key(job_id), 1, ex=CANCEL_TTL_SECONDS)
     if sent_to_node:
-        from vajra.celery import app
-
-        app.control.revoke(job_id)  # a node that has not taken it yet discards the message
+        runtime_client.revoke(job_id)  # a node that has not taken it yet discards the message
 
 
 def training_cancel(*, principal, job):

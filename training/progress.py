@@ -12,9 +12,10 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing.ledger import record_training_step
+from fleet.models import Node
 
-from .models import Node, TrainingCheckpoint, TrainingJob, TrainingStep
-from .training import event, finish, signal_cancel
+from .jobs import event, finish, signal_cancel
+from .models import TrainingCheckpoint, TrainingJob, TrainingStep
 
 log = logging.getLogger(__name__)
 

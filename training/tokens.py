@@ -3,7 +3,7 @@
 
 The trainer encodes a chat record with ``apply_chat_template(messages, add_generation_prompt=False)`` and a
 prompt/completion record as ``tokenizer(prompt)`` + the completion without special tokens + the end token.
-Here: the base model's tokenizer and chat template from the model store (inference.prompt_tokens, no torch),
+Here: the base model's tokenizer and chat template from the model store (adapters.prompt_tokens, no torch),
 over the records as the runtime's parser normalizes them. A web without the model store has no exact count: the
 estimate then takes the dataset's stored count (an upper bound in UTF-8 bytes, or the tokenizer's count with an
 approximate template overhead) and says it is not exact.
@@ -12,10 +12,9 @@ approximate template overhead) and says it is not exact.
 import functools
 import logging
 
+from adapters.prompt_tokens import PromptCounter, prompt_counter
+from adapters.services import adapter_storage
 from gpu_runtime.datasets import records_from_jsonl
-
-from .adapters import adapter_storage
-from .prompt_tokens import PromptCounter, prompt_counter
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Dashboard pages for fine-tuning: the Training page (datasets, the start form with its estimate, the jobs) and a
 job's page (progress, loss chart and events, live over ws/v1/training/<job_id>/ through vajra/training.js; cancel).
 
-The forms call the same services as the train API (inference/training.py), so a refusal reads the same here and
+The forms call the same services as the train API (training/jobs.py), so a refusal reads the same here and
 there, and writes nothing.
 """
 
@@ -15,18 +15,20 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 from rest_framework.exceptions import APIException
 
+from adapters.access import access_adapter, access_base_model, tenant_adapters
+from adapters.storage_quota import storage_used
+from adapters.views import detail_page, require_adapters_view
 from billing.plans import plain, plan_limits, training_price
 from tenants.forms import add_service_error
 from tenants.views import tenant_member_required
 
-from . import access
+from . import access, hot_swap
+from .api import job_json
+from .consumers import RECENT_EVENTS, job_snapshot
 from .datasets import dataset_upload
 from .forms import DatasetUploadForm, TrainingJobForm
+from .jobs import micro_usd_text, reference_million_tokens, training_cancel, training_create, training_quote
 from .models import TrainingJob
-from .storage_quota import storage_used
-from .training import micro_usd_text, reference_million_tokens, training_cancel, training_create, training_quote
-from .training_api import job_json
-from .training_ws import RECENT_EVENTS, job_snapshot
 
 JOBS_ON_PAGE = 25
 CHART = {"width": 640, "height": 220, "left": 56, "right": 16, "top": 14, "bottom": 30}  # training.js draws the same
@@ -41,7 +43,7 @@ def _job_form(principal, data=None):
     tenant = principal.tenant
     datasets = access.tenant_datasets(tenant=tenant) if principal.can("datasets.read") else []
     return TrainingJobForm(data, datasets=datasets,
-                           adapter_names=[a.name for a in access.tenant_adapters(tenant=tenant)])
+                           adapter_names=[a.name for a in tenant_adapters(tenant=tenant)])
 
 
 def _plan_prices(tenant):
@@ -83,7 +85,7 @@ def training(request):
         return _training_page(request, form=form, status=400)
     data = form.cleaned_data
     try:
-        base_model = access.access_base_model(name=data["base_model"]) if data.get("base_model") else None
+        base_model = access_base_model(name=data["base_model"]) if data.get("base_model") else None
         dataset = dataset_upload(principal=principal, file=data["file"], name=data["name"] or None,
                                  base_model=base_model)
     except APIException as exc:
@@ -103,7 +105,7 @@ def training(request):
 def _keeps_shape(tenant, adapter_name):
     """An adapter with a version trains on in its own shape, so the form's rank, alpha and targets stay out."""
     try:
-        return access.access_adapter(tenant=tenant, name=adapter_name).current_version_id is not None
+        return access_adapter(tenant=tenant, name=adapter_name).current_version_id is not None
     except Http404:
         return False
 
@@ -122,7 +124,7 @@ def training_start(request):
         return _training_page(request, job_form=form, status=400)
     data = form.cleaned_data
     request_args = {
-        "base_model": access.access_base_model(name=data["base_model"]), "adapter_name": data["adapter_id"],
+        "base_model": access_base_model(name=data["base_model"]), "adapter_name": data["adapter_id"],
         "dataset_ref": data["dataset"],
         "hyperparameters": form.hyperparameters(keep_shape=_keeps_shape(principal.tenant, data["adapter_id"])),
     }
@@ -208,3 +210,24 @@ def training_job_cancel(request, job_id):
         messages.success(request, f"Cancel requested: the node stops {job.id} at its next step. Steps already "
                                   "trained are billed.")
     return redirect("training-job", job_id=job.id)
+@require_POST
+@tenant_member_required
+def adapter_rollback(request, name):
+    """Makes an earlier version current again (the same swap as a finished training job)."""
+    principal = request.principal
+    require_adapters_view(principal)
+    access_adapter(tenant=principal.tenant, name=name)  # another tenant's adapter: 404 before anything
+    try:
+        number = int(request.POST.get("version", ""))
+        if not 0 < number < 2 ** 31:  # past the database's integer: no such version
+            raise ValueError(number)
+        adapter = hot_swap.adapter_rollback(principal=principal, adapter_name=name, version_number=number)
+    except ValueError:
+        messages.error(request, "Choose the version to roll back to.")
+        return detail_page(request, name, status=400)
+    except APIException as exc:  # already current, or not ready
+        messages.error(request, str(exc.detail))
+        return detail_page(request, name, status=exc.status_code)
+    messages.success(request, f"{adapter.name} v{number} is current again: new requests use it, and requests "
+                              "already running finish on the version they started with.")
+    return redirect("adapter-detail", name=adapter.name)

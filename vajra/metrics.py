@@ -29,7 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 log = logging.getLogger(__name__)
 
 CACHE_SECONDS = 10
-METERING_CACHE_SECONDS = 60  # billing.metering reads up to 50k ledger rows
+METERING_CACHE_SECONDS = 60  # billing.metering_lag reads up to 50k ledger rows
 REQUESTS_WINDOW = timedelta(minutes=5)
 SLO_WINDOW = timedelta(minutes=15)
 SIGNALS_SETTLE = timedelta(minutes=5)  # a signal row is committed well within this after its created_at
@@ -94,7 +94,7 @@ class ScaleUpSignalCount:
         self.settled = Counter()
 
     def collect(self, now):
-        from inference.models import ScaleUpSignal
+        from fleet.models import ScaleUpSignal
 
         cutoff = now - SIGNALS_SETTLE
         older = ScaleUpSignal.objects.filter(created_at__lt=cutoff)
@@ -166,8 +166,8 @@ class VajraCollector:
         yield signals_5m
 
     def _nodes(self, now):
-        from inference.models import Node
-        from inference.services import node_down_cutoff
+        from fleet.heartbeats import node_down_cutoff
+        from fleet.models import Node
 
         cutoff = node_down_cutoff()
         rows = list(Node.objects.order_by("name").values_list(
@@ -202,7 +202,7 @@ class VajraCollector:
         yield from (nodes, up, depth, backlog, busy, age)
 
     def _requests(self, now):
-        from inference.models import InferenceRequest
+        from serving.models import InferenceRequest
 
         by_status = _counts(InferenceRequest.objects.filter(created_at__gte=now - REQUESTS_WINDOW), "status")
         recent = GaugeMetricFamily("vajra_inference_requests_5m", "Inference requests created in the last 5 minutes "
@@ -248,7 +248,7 @@ class VajraCollector:
 
 def _read_metering_lag():
     try:
-        from billing.metering import metering_lag
+        from billing.metering_lag import metering_lag
     except ImportError:  # billing without a metering module: no lag gauges
         return None
     return metering_lag()

@@ -1,9 +1,9 @@
 from django.urls import path, re_path
 
-from inference.consumers import PlaygroundConsumer
-from inference.training_ws import TrainingJobConsumer
+from serving.consumers import PlaygroundConsumer
 from tenants.consumers import TenantEventsConsumer
 from tenants.ws import CLOSE_NOT_FOUND, PROTOCOL, TenantConsumer
+from training.consumers import TrainingJobConsumer
 
 
 class UnknownRouteConsumer(TenantConsumer):

@@ -24,15 +24,19 @@ urlpatterns = [
     path("api/docs/", csp_override(style_src=["'self'", "'unsafe-inline'"])(SpectacularSwaggerSplitView.as_view(
         url_name="schema", authentication_classes=[], permission_classes=[])), name="api-docs"),
     path("api/v1/", include("tenants.api_urls")),
-    path("api/v1/", include("inference.api_urls")),
-    path("v1/", include("inference.training_urls")),
-    path("v1/", include("inference.v1_urls")),
+    path("api/v1/", include("adapters.api_urls")),
+    path("api/v1/", include("training.api_urls")),
+    path("v1/", include("training.v1_urls")),
+    path("v1/", include("serving.v1_urls")),
     path("api/v1/", include("billing.api_urls")),
     path("v1/", include("billing.v1_urls")),
     # Unknown API routes answer in the API's error shape even with DEBUG on (Django's debug 404 is HTML).
     re_path(r"^(api|v1)/", errors.api_route_not_found),
     path("admin/", admin.site.urls),
     path("", include("tenants.urls")),
-    path("", include("inference.urls")),
+    path("", include("adapters.urls")),
+    path("", include("fleet.urls")),
+    path("", include("serving.urls")),
+    path("", include("training.urls")),
     path("", include("billing.urls")),
 ]

@@ -8,7 +8,7 @@ import pytest
 from playwright.sync_api import expect
 
 from billing.models import UsageEvent
-from inference.models import InferenceRequest
+from serving.models import InferenceRequest
 from tests.conftest import PASSWORD
 
 # The real processes of tests/integration (imported, so that pytest sees them as fixtures here too).

@@ -9,7 +9,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from inference.models import Adapter, TrainingJob
+from adapters.models import Adapter
 from tests.conftest import PASSWORD
 
 # The real processes of tests/integration (imported, so that pytest sees them as fixtures here too).
@@ -22,6 +22,7 @@ from tests.integration.conftest import (  # noqa: F401
     wait_for,
     wait_until_serving,
 )
+from training.models import TrainingJob
 
 pytestmark = [
     pytest.mark.browser,

@@ -86,8 +86,8 @@ def wait_until_serving(model, proc, timeout=180):
     """Until a node that serves ``model`` is up with a fresh heartbeat (what placement needs to route to it), not
     just until the model's catalog row exists: the row is written before the node's first heartbeat, and a request
     sent between the two is answered 503 (no capacity)."""
-    from inference.models import BaseModel
-    from inference.services import nodes_up
+    from adapters.models import BaseModel
+    from fleet.heartbeats import nodes_up
 
     def serving():
         return BaseModel.objects.filter(name=model).exists() and nodes_up().filter(base_model=model).exists()

@@ -8,9 +8,9 @@ import socket
 import httpx
 import pytest
 
-from inference.models import Dataset
 from tests.conftest import create_key
 from tests.integration.conftest import start_daphne
+from training.models import Dataset
 
 pytestmark = pytest.mark.slow
 

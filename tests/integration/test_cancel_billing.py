@@ -14,7 +14,7 @@ import pytest
 from billing.models import UsageEvent
 from gpu_runtime.contract import stream_key
 from gpu_runtime.model_store import TINY_MODEL
-from inference.models import InferenceRequest
+from serving.models import InferenceRequest
 from tests.conftest import create_key
 from tests.integration.conftest import start_runtime_node, wait_for, wait_until_serving
 

@@ -8,8 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from adapters.models import BaseModel
 from gpu_runtime.model_store import TINY_MODEL
-from inference.models import BaseModel, InferenceRequest
+from serving.models import InferenceRequest
 from tests.conftest import create_key
 from tests.integration.conftest import wait_for
 

@@ -8,7 +8,8 @@ import time
 import httpx
 import pytest
 
-from inference.models import Adapter, AdapterVersion, BaseModel, InferenceRequest
+from adapters.models import Adapter, AdapterVersion, BaseModel
+from serving.models import InferenceRequest
 from tests.conftest import create_key
 from tests.integration.conftest import wait_for, wait_until_serving
 

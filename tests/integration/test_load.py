@@ -19,9 +19,10 @@ import pytest
 import redis
 import websockets
 
+from adapters.models import BaseModel
 from gpu_runtime.contract import stream_key
 from gpu_runtime.model_store import TINY_MODEL
-from inference.models import BaseModel, InferenceRequest
+from serving.models import InferenceRequest
 from tests.conftest import create_key
 from tests.integration.conftest import ROOT, SUMMARY, start_control_worker, start_daphne, start_runtime_node, wait_for
 

@@ -26,9 +26,9 @@ import httpx
 import pytest
 from django.db.models import Sum
 
-from billing.metering import metering_lag
+from billing.metering_lag import metering_lag
 from billing.models import UsageEvent
-from inference.models import InferenceRequest
+from serving.models import InferenceRequest
 from tests.conftest import create_key
 from tests.integration.conftest import Proc, process_env, start_runtime_node, wait_for, wait_until_serving
 
@@ -48,7 +48,7 @@ def runtime_node(base_model_store, tmp_path):
 
 def start_control_worker(tmp_path, name):
     """The replacement control worker, with beat: its sweep records from the streams any final whose task the
-    killed worker had taken off the queue and lost (inference.dispatch.finals_from_streams)."""
+    killed worker had taken off the queue and lost (serving.dispatch.finals_from_streams)."""
     return Proc([sys.executable, "-m", "celery", "-A", "vajra", "worker", "--queues", "control", "--pool", "threads",
                  "--concurrency", "2", "--loglevel", "INFO", "--hostname", f"{name}-{os.getpid()}@%h",
                  "--beat", "--schedule", str(tmp_path / f"{name}.beat-schedule")],

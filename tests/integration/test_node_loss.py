@@ -10,8 +10,10 @@ import threading
 import httpx
 import pytest
 
+from adapters.models import BaseModel
 from billing.models import UsageEvent
-from inference.models import BaseModel, InferenceRequest, Node
+from fleet.models import Node
+from serving.models import InferenceRequest
 from tests.conftest import create_key
 from tests.integration.conftest import start_runtime_node, wait_for
 from tests.integration.test_inference_e2e import sse_events

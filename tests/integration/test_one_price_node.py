@@ -7,9 +7,9 @@ from decimal import Decimal
 import httpx
 import pytest
 
+from adapters.models import BaseModel
 from billing.models import UsageEvent
 from gpu_runtime.model_store import TINY_MODEL
-from inference.models import BaseModel
 from tests.conftest import create_key, put_on_plan
 from tests.integration.conftest import wait_for
 

@@ -9,7 +9,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from inference.models import BaseModel, InferenceRequest
+from adapters.models import BaseModel
+from serving.models import InferenceRequest
 from tests.conftest import create_key
 from tests.integration.conftest import wait_for, wait_until_serving
 

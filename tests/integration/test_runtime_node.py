@@ -2,8 +2,8 @@
 
 import pytest
 
-from inference.models import Node
-from inference.services import nodes_mark_down
+from fleet.heartbeats import nodes_mark_down
+from fleet.models import Node
 from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,10 @@ import threading
 import httpx
 import pytest
 
+from adapters.models import Adapter
+from fleet.models import Node
 from gpu_runtime.model_store import TINY_MODEL
-from inference.models import Adapter, InferenceRequest, Node
+from serving.models import InferenceRequest
 from tests.conftest import create_key
 from tests.integration.conftest import start_control_worker, start_daphne, start_runtime_node, wait_for
 

@@ -8,10 +8,11 @@ import httpx
 import pytest
 import torch
 
+from adapters.models import BaseModel
 from gpu_runtime.adapter_validation import BaseFacts
 from gpu_runtime.base_model import load_model_dir
 from gpu_runtime.model_store import DEFAULT_MODEL, TINY_MODEL, is_imported, read_manifest, sha256_file, write_tiny_llama
-from inference.models import BaseModel, InferenceRequest
+from serving.models import InferenceRequest
 from tests.conftest import create_key
 from tests.integration.conftest import wait_for
 from tests.integration.test_inference_e2e import sse_events

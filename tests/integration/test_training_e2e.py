@@ -16,10 +16,12 @@ import httpx
 import pytest
 from django.utils import timezone
 
+from adapters.models import Adapter
 from billing.models import UsageEvent
-from inference.models import Adapter, InferenceRequest, TrainingCheckpoint, TrainingJob, TrainingStep
+from serving.models import InferenceRequest
 from tests.integration.conftest import wait_for
 from tests.integration.test_inference_e2e import MODEL, platform, sse_events  # noqa: F401  (the fixture)
+from training.models import TrainingCheckpoint, TrainingJob, TrainingStep
 
 pytestmark = pytest.mark.slow
 

@@ -22,6 +22,10 @@ INSTALLED_APPS = [
     "vajra",
     "tenants",
     "inference",
+    "adapters",
+    "fleet",
+    "serving",
+    "training",
     "billing",
 ]
 

@@ -5,7 +5,7 @@ from .env import VAR_DIR, env_choice, env_float, env_int, env_str
 # Runtime nodes heartbeat this often; a node silent for NODE_DOWN_AFTER_MISSED beats is marked down.
 VAJRA_HEARTBEAT_SECONDS = env_int("VAJRA_HEARTBEAT_SECONDS", 5, minimum=1)
 VAJRA_NODE_DOWN_AFTER_MISSED = env_int("VAJRA_NODE_DOWN_AFTER_MISSED", 3, minimum=1)
-# A lost node's request is sent to another node until this many attempts (inference/failover.py).
+# A lost node's request is sent to another node until this many attempts (fleet/failover.py).
 VAJRA_MAX_ATTEMPTS = env_int("VAJRA_MAX_ATTEMPTS", 3, minimum=1)
 # How long a request's Redis Stream (and its failover attempt key) lives; the same variable as the runtime's.
 VAJRA_STREAM_TTL_SECONDS = env_int("VAJRA_STREAM_TTL_SECONDS", 3600, minimum=60)
@@ -15,7 +15,7 @@ VAJRA_STREAM_TTL_SECONDS = env_int("VAJRA_STREAM_TTL_SECONDS", 3600, minimum=60)
 VAJRA_REQUEST_TIMEOUT_SECONDS = env_int("VAJRA_REQUEST_TIMEOUT_SECONDS", 900, minimum=5)
 VAJRA_REQUEST_SWEEP_SECONDS = env_int("VAJRA_REQUEST_SWEEP_SECONDS", 60, minimum=1)
 # The same sweep records, from its Redis Stream, the final event of a request still active this long after it began:
-# its node wrote it, but the control task carrying it was lost (inference.dispatch.finals_from_streams).
+# its node wrote it, but the control task carrying it was lost (serving.dispatch.finals_from_streams).
 VAJRA_FINAL_RECONCILE_SECONDS = env_int("VAJRA_FINAL_RECONCILE_SECONDS", 30, minimum=1)
 VAJRA_MODEL_STORE = env_str("VAJRA_MODEL_STORE", str(VAR_DIR / "models"))
 VAJRA_DEFAULT_BASE_MODEL = env_str("VAJRA_BASE_MODEL", "smollm2-135m-instruct")
@@ -64,7 +64,7 @@ STORAGES = {
 }
 # Request bodies are refused past a route's limit before anything parses them (vajra.body_limits): the upload routes
 # (adapters, datasets) take VAJRA_MAX_UPLOAD_BYTES, every other route VAJRA_MAX_BODY_BYTES. An adapter upload is
-# capped again, tighter, by its base model's largest legal adapter (inference.uploads.upload_cap).
+# capped again, tighter, by its base model's largest legal adapter (adapters.uploads.upload_cap).
 VAJRA_MAX_UPLOAD_BYTES = env_int("VAJRA_MAX_UPLOAD_BYTES", 256 << 20, minimum=1 << 20)
 VAJRA_MAX_BODY_BYTES = env_int("VAJRA_MAX_BODY_BYTES", 2 << 20, minimum=64 << 10)
 # Form fields and JSON read through request.body stay within the small limit; uploaded files always stream to a

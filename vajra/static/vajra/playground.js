@@ -1,4 +1,4 @@
-// The playground: chat over ws/v1/playground/ (protocol in inference/consumers.py). Hand-written, no library.
+// The playground: chat over ws/v1/playground/ (protocol in serving/consumers.py). Hand-written, no library.
 // The page keeps the conversation and sends all of it with every message; the server applies the chat template.
 (function () {
   "use strict";

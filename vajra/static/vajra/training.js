@@ -1,4 +1,4 @@
-// A training job's page, live over ws/v1/training/<job_id>/ (protocol in inference/training_ws.py): the progress
+// A training job's page, live over ws/v1/training/<job_id>/ (protocol in training/consumers.py): the progress
 // bar, the loss chart and the events log follow the job; usage comes from GET /v1/training/jobs/<id>. Without this
 // file the page shows the job as it was recorded when the page was rendered. Hand-written, no library.
 (function () {
@@ -7,7 +7,7 @@
   var root = document.querySelector("[data-training-job]");
   if (!root) return;
 
-  var CHART = {width: 640, height: 220, left: 56, right: 16, top: 14, bottom: 30};  // training_views.CHART
+  var CHART = {width: 640, height: 220, left: 56, right: 16, top: 14, bottom: 30};  // training.views.CHART
   var POLL_MS = 5000;
   var TERMINAL = ["succeeded", "failed", "cancelled"];
 
