@@ -63,7 +63,7 @@ class BaseModelListView(APIView):
 
 
 class AdapterListView(APIView):
-    required_actions = {"GET": "services.view", "POST": "services.write"}
+    required_actions = {"GET": "adapters.view", "POST": "adapters.write"}
     parser_classes = [MultiPartParser]
 
     class UploadIn(StrictSerializer):
@@ -96,7 +96,7 @@ class AdapterListView(APIView):
 
 
 class AdapterDetailView(APIView):
-    required_actions = {"GET": "services.view", "PATCH": "services.write", "DELETE": "services.write"}
+    required_actions = {"GET": "adapters.view", "PATCH": "adapters.write", "DELETE": "adapters.write"}
     parser_classes = [JSONParser]
 
     class TierIn(StrictSerializer):
@@ -124,7 +124,7 @@ class AdapterDetailView(APIView):
 
 
 class AdapterVersionListView(APIView):
-    required_action = "services.view"
+    required_action = "adapters.view"
 
     @extend_schema(responses={200: VersionOut(many=True)})
     def get(self, request, name):

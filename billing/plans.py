@@ -278,8 +278,10 @@ def money_text(value, places=2):
 def plain(value):
     """A Decimal without trailing zeros and never in E notation: 2.00 -> "2", 0.0001 -> "0.0001"."""
     return format(Decimal(value).normalize(), "f")
+
+
 def tier_info(tier, *, tenant):
-    """A tier card: its price under the tenant's plan (billing.plans.query_price) and its guarantee."""
+    """A tier card: its price under the tenant's plan (query_price) and its adapter-ready guarantee."""
     price = query_price(tier, tenant=tenant)
     return {"tier": tier, "units_per_query": price["units"], "usd_per_query": float(price["usd"]),
             "micro_usd_per_query": price["micro_usd"], "plan": price["plan"],

@@ -1,5 +1,4 @@
-"""Dashboard pages for usage and billing."""
-
+"""The Billing page: tier cards under the tenant's plan and its invoices (the Usage page is serving's)."""
 
 from django.shortcuts import render
 

@@ -308,7 +308,7 @@ def test_usage_shows_percentiles_per_tier(alice_web, acme, contoso, tiny_llama):
 
 
 def test_usage_rows_are_bounded(alice_web, acme, tiny_llama, monkeypatch):
-    from billing import views
+    from serving import views
 
     monkeypatch.setattr(views, "USAGE_ROWS_CAP", 5)
     add_requests(acme, tiny_llama, [(f"req_{i}", "cold", float(i), float(i), timedelta(minutes=i)) for i in range(8)])
