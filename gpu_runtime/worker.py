@@ -52,8 +52,10 @@ if logs.log_format() == "json":
 
 broker.install()
 # No fixups: Celery's Django fixup would set Django up whenever DJANGO_SETTINGS_MODULE is in the
-# environment (it is, under `make up`), and the runtime must stay Django-free.
-app = Celery("vajra-runtime", fixups=[])
+# environment (it is, under `make up`), and the runtime must stay Django-free. The worker imports the task
+# modules named in include when it starts: gpu_runtime.train_task registers runtime.train on this app (it
+# imports this module, so this module does not import it).
+app = Celery("vajra-runtime", fixups=[], include=["gpu_runtime.train_task"])
 app.conf.update(
     broker_url=celery_url(config.redis_url),
     result_backend=celery_url(config.redis_url),
@@ -427,5 +429,3 @@ def ping():
         beat["load_error"] = node.load_error
     return beat
 
-
-from . import train_task  # noqa: E402,F401  (registers runtime.train on this app)

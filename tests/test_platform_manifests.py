@@ -108,12 +108,19 @@ def env_vars_read(*folders, skip=("migrations", "management")):
 
 # ---- schema and structure -------------------------------------------------------------------------------------
 
-def test_kustomization_lists_every_manifest_and_sets_the_one_image():
+def test_kustomization_lists_every_manifest_and_sets_the_two_images():
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     manifests = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", SECRET_TEMPLATE.name}
     assert set(kustomization["resources"]) == manifests
     assert kustomization["namespace"] == "vajra"
-    assert [image["name"] for image in kustomization["images"]] == ["vajra"]
+    assert [image["name"] for image in kustomization["images"]] == ["vajra-web", "vajra-runtime"]
+
+
+def test_each_image_is_built_with_its_process_extra():
+    # The web image has no torch and the runtime image no Django: each installs its own extra of pyproject.toml.
+    text = (ROOT / "platform" / "README.md").read_text()
+    assert "`vajra-web`: `pip install '.[web]'`" in text
+    assert "`vajra-runtime`: `pip install '.[runtime]'`" in text
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
@@ -182,7 +189,9 @@ def test_every_container_runs_the_image_with_limits_and_config(docs):
         assert pod_spec(workload)["securityContext"]["runAsNonRoot"] is True
         for container in containers(workload):
             where = f"{workload['metadata']['name']}/{container['name']}"
-            assert container["image"] == "vajra", where  # kustomization.yaml's images: sets it once
+            # kustomization.yaml's images: sets each once; only runtime nodes run torch, the rest Django
+            image = "vajra-runtime" if workload["metadata"]["name"] == "runtime" else "vajra-web"
+            assert container["image"] == image, where
             for bound in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(container["resources"][bound]), where
             refs = container["envFrom"]
