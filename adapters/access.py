@@ -62,3 +62,11 @@ def tenant_versions(*, tenant, base_model=None):
     return qs.order_by("adapter__name", "-number")
 
 
+
+
+def overview_adapters(principal, rows):
+    """The Overview's adapters: the first ``rows`` and how many, for roles that see adapters."""
+    if not principal.can("adapters.view"):
+        return {"adapters": None, "adapter_count": None}
+    adapters = tenant_adapters(tenant=principal.tenant)
+    return {"adapters": list(adapters.select_related("current_version")[:rows]), "adapter_count": adapters.count()}

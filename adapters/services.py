@@ -112,6 +112,10 @@ def _record_version(*, principal, base_model, name, description, facts, sha256, 
     if description:
         adapter.description = description
     adapter.save(update_fields=["current_version", "description"])
+    audit_record(tenant=tenant, principal=principal, action="adapter.uploaded", target_type="adapter_version",
+                 target_id=version.pk, target_name=f"{adapter.name}@v{number}",
+                 details={"base_model": base_model.name, "rank": facts.rank, "size_bytes": facts.weights_bytes,
+                          "sha256": sha256})
     _apply_tier_on_commit(version)
     if previous is not None and adapter.tier != Adapter.COLD:  # the old version no longer needs its place
         previous.adapter = adapter
@@ -132,7 +136,7 @@ def adapter_set_tier(*, principal, adapter, tier):
     adapter.save(update_fields=["tier"])
     if old != tier:
         audit_record(tenant=adapter.tenant_id, principal=principal, action="adapter.tier_changed",
-                     target_type="adapter", target_id=adapter.pk,
+                     target_type="adapter", target_id=adapter.pk, target_name=adapter.name,
                      details={"name": adapter.name, "old": old, "new": tier})
     if adapter.current_version_id:
         adapter.current_version.adapter = adapter
@@ -150,8 +154,14 @@ def adapter_delete(*, principal, adapter):
     removed once no request or training job in progress uses them (storage_quota.storage_release)."""
     principal.require("adapters.write")
     adapter.deleted_at = timezone.now()
+    old_tier = adapter.tier
     adapter.tier = Adapter.COLD
     adapter.save(update_fields=["deleted_at", "tier"])
+    current = adapter.current_version
+    audit_record(tenant=adapter.tenant_id, principal=principal, action="adapter.deleted", target_type="adapter",
+                 target_id=adapter.pk, target_name=adapter.name,
+                 details={"versions": adapter.versions.count(), "current": current.number if current else None,
+                          "tier": old_tier})
     tenant = principal.tenant
     transaction.on_commit(lambda: storage_release(tenant=tenant))
     if adapter.current_version_id:

@@ -176,8 +176,10 @@ def unpack_upload(files, dest, *, cap=None):
             else:
                 _extract_tar(source, dest, cap)
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error, lzma.LZMAError,
-                NotImplementedError) as exc:  # NotImplementedError: a zip compression method Python lacks
-            _reject("invalid_archive", f"{name} is not a readable zip or tar archive ({exc.__class__.__name__})")
+                NotImplementedError):  # NotImplementedError: a zip compression method Python lacks
+            _reject("invalid_archive", f"{name} could not be opened as a .zip, .tar, .tar.gz or .tgz archive: it "
+                                       "may be damaged, cut short, or another kind of file. Upload the archive again, "
+                                       "or upload adapter_config.json and adapter_model.safetensors themselves.")
     else:
         names = set()
         budget = cap

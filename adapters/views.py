@@ -96,16 +96,25 @@ def adapters(request):
     return redirect("adapters")
 
 
+# What apps above adapters add to an adapter's page, registered from their AppConfig.ready (adapters imports
+# neither): fleet, where the current version is held; training, the job that made each trained version.
+# Each is called with (adapter, versions) and returns context entries.
+detail_facts = []
+
+
 def detail_page(request, name, tier_form=None, *, status=200):
     adapter = access.access_adapter(tenant=request.principal.tenant, name=name)
+    versions = list(adapter.versions.order_by("-number"))
     context = {
         "adapter": adapter,
         "tier": tier_info(adapter.tier, tenant=adapter.tenant_id),
         "tiers": _tiers(request.principal.tenant),
-        "versions": adapter.versions.order_by("-number"),
+        "versions": versions,
         "tier_form": tier_form or AdapterTierForm(initial={"tier": adapter.tier}),
         "can_write": request.principal.can("adapters.write"),
     }
+    for facts in detail_facts:
+        context.update(facts(adapter, versions))
     return render(request, "inference/adapter_detail.html", context, status=status)
 
 

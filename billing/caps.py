@@ -187,3 +187,8 @@ def spend_cap_set(*, principal, cap):
         BillingAccount.objects.filter(pk=account.pk).update(spend_cap=cap, cap_warning_period=None)
     account.spend_cap, account.cap_warning_period = cap, None
     return account
+
+
+def overview_spend(principal, rows):
+    """The Overview's spend card: this month's spend, for roles that read usage."""
+    return {"spend": spend_status(principal.tenant) if principal.can("usage.read") else None}

@@ -1,5 +1,5 @@
-"""Dashboard: what this month costs (charts by day, tier and adapter, drawn as inline SVG: no script, no CDN),
-the plan's prices and guarantees, and the tenant's spend cap."""
+"""Dashboard: what the chosen days cost (charts by day, tier and adapter: JSON that vajra/charts.js draws, with
+the figures in a table beside each), the plan's prices and guarantees, and the tenant's spend cap."""
 
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
@@ -21,78 +21,61 @@ from .plans import (
     account_for,
     compute_cost,
     money_text,
-    period_start,
     plain,
     plan_for,
     training_cost,
     units_cost,
 )
 from .selectors import spend_by
+from .usage_range import range_bounds
 
-CHART_WIDTH, CHART_HEIGHT, BAR_GAP = 640, 160, 2
-ROW_HEIGHT, LABEL_WIDTH = 22, 150
 MAX_ADAPTERS = 10
 
 
-def _scale(values):
-    top = max([v for v in values if v > 0], default=Decimal(0))
-    return (lambda v: 0.0) if top == 0 else (lambda v: float(max(v, 0) / top))
+def _money(value):
+    return float(value)
 
 
-def column_chart(points):
-    """Vertical bars, one per day of the month so far: [{x, y, width, height, label, title}]."""
-    if not points:
+def cost_chart(rows, *, kind, x):
+    """A chart's JSON for charts.js, [{label, cost, requests}] -> bars or columns of dollars, with the exact
+    figures for the table beside it."""
+    if not rows:
         return None
-    scale = _scale([p["cost"] for p in points])
-    width = CHART_WIDTH / len(points)
-    bars = []
-    for i, point in enumerate(points):
-        height = round(scale(point["cost"]) * (CHART_HEIGHT - 20), 1)
-        bars.append({"x": round(i * width + BAR_GAP / 2, 1), "width": round(max(width - BAR_GAP, 1), 1),
-                     "y": round(CHART_HEIGHT - 20 - height, 1), "height": height,
-                     "label": point["label"] if len(points) <= 12 or i % 5 == 0 else "",
-                     "label_x": round(i * width + BAR_GAP / 2, 1),
-                     "title": f"{point['label']}: ${money_text(point['cost'], 4)}, {point['requests']} requests"})
-    top = max(point["cost"] for point in points)
-    return {"width": CHART_WIDTH, "height": CHART_HEIGHT, "bars": bars, "baseline": CHART_HEIGHT - 20,
-            "top": f"${money_text(top, 4)}" if top > 0 else ""}
+    spec = {"kind": "bars", "x_label": x, "labels": [r["label"] for r in rows], "y_label": "Cost (USD)",
+            "y_prefix": "$", "y_decimals": 4,
+            "series": [{"label": "Cost", "values": [_money(r["cost"]) for r in rows]}]}
+    table = [{"label": r["label"], "cost": f"${money_text(r['cost'], 4)}", "requests": r["requests"]} for r in rows]
+    return {"spec": spec, "rows": table, "kind": kind}
 
 
-def bar_chart(points):
-    """Horizontal bars, one per tier or adapter: [{y, width, label, value}]."""
-    if not points:
-        return None
-    scale = _scale([p["cost"] for p in points])
-    room = CHART_WIDTH - LABEL_WIDTH - 110
-    bars = [{"y": i * ROW_HEIGHT, "text_y": i * ROW_HEIGHT + 15, "width": round(max(scale(p["cost"]) * room, 1), 1),
-             "label": p["label"], "value": f"${money_text(p['cost'], 4)} · {p['requests']} req",
-             "value_x": LABEL_WIDTH + round(max(scale(p["cost"]) * room, 1), 1) + 6}
-            for i, p in enumerate(points)]
-    return {"width": CHART_WIDTH, "height": ROW_HEIGHT * len(points), "bars": bars, "label_width": LABEL_WIDTH}
-
-
-def month_charts(*, tenant, now):
-    start = period_start(now.date().replace(day=1))
-    end = now + timedelta(seconds=1)
-    by_day = {row["key"].date(): row for row in spend_by(tenant=tenant, start=start, end=end, field="day")}
-    days = [start.date() + timedelta(days=n) for n in range((now.date() - start.date()).days + 1)]
+def range_charts(*, tenant, start, end):
+    """Cost by day, tier and adapter between two dates (whole UTC days, ``end`` included)."""
+    low, high = range_bounds(start, end)
+    by_day = {row["key"].date(): row for row in spend_by(tenant=tenant, start=low, end=high, field="day")}
+    days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
     daily = [{"label": f"{day:%b} {day.day}", "cost": by_day.get(day, {}).get("cost", Decimal(0)),
               "requests": by_day.get(day, {}).get("requests", 0)} for day in days]
-    tiers = {row["key"]: row for row in spend_by(tenant=tenant, start=start, end=end, field="tier")}
+    tiers = {row["key"]: row for row in spend_by(tenant=tenant, start=low, end=high, field="tier")}
     by_tier = [{"label": tier, "cost": tiers[tier]["cost"], "requests": tiers[tier]["requests"]}
                for tier in TIERS if tier in tiers]
-    adapters = sorted(spend_by(tenant=tenant, start=start, end=end, field="adapter__name",
+    adapters = sorted(spend_by(tenant=tenant, start=low, end=high, field="adapter__name",
                                exclude_kinds=[UsageEvent.ADJUSTMENT]), key=lambda row: row["cost"], reverse=True)
     by_adapter = [{"label": row["key"] or "base model only", "cost": row["cost"], "requests": row["requests"]}
                   for row in adapters[:MAX_ADAPTERS]]
-    return {"daily_chart": column_chart(daily) if any(d["requests"] or d["cost"] for d in daily) else None,
-            "tier_chart": bar_chart(by_tier), "adapter_chart": bar_chart(by_adapter),
-            "adapters_more": max(len(adapters) - MAX_ADAPTERS, 0)}
+    return {"daily_chart": cost_chart(daily, kind="day", x="Day") if any(d["requests"] or d["cost"] for d in daily)
+            else None,
+            "tier_chart": cost_chart(by_tier, kind="tier", x="Tier"),
+            "adapter_chart": cost_chart(by_adapter, kind="adapter", x="Adapter"),
+            "adapters_more": max(len(adapters) - MAX_ADAPTERS, 0),
+            "range_cost": sum((d["cost"] for d in daily), Decimal(0)),
+            "range_requests": sum(d["requests"] for d in daily)}
 
 
-def usage_context(*, tenant, now):
-    """The usage page's billing part: this month's estimate, the cap, and the charts."""
-    return {"spend": spend_status(tenant, now=now), **month_charts(tenant=tenant, now=now)}
+def usage_context(*, tenant, now, start=None, end=None):
+    """The usage page's billing part: this month's estimate, the cap, and the charts over the chosen days."""
+    today = now.date()
+    return {"spend": spend_status(tenant, now=now),
+            **range_charts(tenant=tenant, start=start or today.replace(day=1), end=end or today)}
 
 
 def tier_prices(plan):

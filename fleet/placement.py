@@ -74,6 +74,27 @@ def _resident(node, tier):
     return set((node.state.get("resident") or {}).get(tier, []))
 
 
+def version_residence(version):
+    """Where a version is kept now, by the up nodes' last heartbeats: {"pinned", "device", "host"} -> node names
+    (a hot pin sent but not yet reported counts as pinned on its node)."""
+    token = version_token(version)
+    out = {place: [] for place in ("pinned", "device", "host")}
+    for node in nodes_up().filter(base_model=version.adapter.base_model.name).order_by("name"):
+        for place, names in out.items():
+            if token in _resident(node, place):
+                names.append(node.name)
+    sent = pin_sent(token) if version.adapter.tier == HOT else None
+    if sent and sent not in out["pinned"]:
+        out["pinned"].append(sent)
+    return out
+
+
+def residence_facts(adapter, versions):
+    """The adapter page's "residence": where its current version is held (warm and hot only)."""
+    current = adapter.current_version
+    return {"residence": version_residence(current) if current and adapter.tier != Adapter.COLD else None}
+
+
 def _candidates(*, base_model, version):
     """(node, load, locality) of the up nodes that may run a request for this version (None: base model only)."""
     nodes = list(nodes_up().filter(base_model=base_model.name))

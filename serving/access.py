@@ -14,3 +14,11 @@ def access_inference_request(*, tenant, request_id):
 
 def tenant_requests(*, tenant):
     return InferenceRequest.objects.filter(tenant=tenant).order_by("-created_at")
+
+
+def overview_requests(principal, rows):
+    """The Overview's recent requests, for roles that read usage."""
+    if not principal.can("usage.read"):
+        return {"recent": None}
+    return {"recent": list(tenant_requests(tenant=principal.tenant).select_related(
+        "adapter_version__adapter", "base_model")[:rows])}

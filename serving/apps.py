@@ -8,7 +8,9 @@ class ServingConfig(AppConfig):
     def ready(self):
         from adapters.storage_quota import register_storage
         from fleet.failover import node_lost_signal
+        from tenants import views as tenant_views
 
+        from .access import overview_requests
         from .dispatch import versions_in_requests
         from .reroute import node_requests_reroute
 
@@ -16,3 +18,4 @@ class ServingConfig(AppConfig):
         # storage quota keeps the files of versions that requests in progress run on
         node_lost_signal.connect(node_requests_reroute, dispatch_uid="serving.reroute")
         register_storage(version_in_use=versions_in_requests)
+        tenant_views.overview_facts.append(overview_requests)  # tenants sits below serving

@@ -2,7 +2,7 @@
 
 from datetime import timedelta
 
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import BadRequest, PermissionDenied
 from django.shortcuts import render
 from django.utils import timezone
 
@@ -11,15 +11,16 @@ from adapters.models import Adapter, AdapterVersion, BaseModel
 from adapters.views import tier_infos
 from billing.metering_lag import percentile
 from billing.plans import plan_limits, tier_info
+from billing.usage_range import usage_csv, usage_range
 from billing.usage_views import usage_context
 from tenants.views import tenant_member_required
 
 from .access import tenant_requests
+from .request_filters import filtered_requests
 
 # Percentiles are computed here over the newest rows; a tenant past this many in a week sees a note.
 USAGE_ROWS_CAP = 10_000
 WINDOWS = (("Last 24 hours", timedelta(hours=24)), ("Last 7 days", timedelta(days=7)))
-RECENT_REQUESTS = 20
 
 
 def tier_stats(rows, info):
@@ -54,17 +55,51 @@ def tier_latency(*, tenant, now):
     return {"windows": windows, "days": days, "capped": len(rows) >= USAGE_ROWS_CAP}
 
 
+def latency_chart(days, infos):
+    """Adapter-ready p95 per day and tier over the last week, beside each tier's guarantee."""
+    if not days:
+        return None
+    dates = sorted({d["day"] for d in days})
+    p95 = {(d["day"], d["tier"]): d["ready_p95"] for d in days}
+    tiers = [tier for tier in infos if any(d["tier"] == tier for d in days)]
+    series = [{"label": f"{tier} p95", "values": [p95.get((day, tier)) for day in dates]} for tier in tiers]
+    series += [{"label": f"{tier} guarantee", "dash": True,
+                "values": [infos[tier]["adapter_ready_ms_guarantee"]] * len(dates)} for tier in tiers]
+    return {"kind": "lines", "x_label": "Day", "labels": [f"{day:%b} {day.day}" for day in dates],
+            "y_label": "Adapter ready (ms)", "y_suffix": " ms", "y_decimals": 1, "series": series}
+
+
+def _usage_read(principal):
+    if not principal.can("usage.read"):
+        raise PermissionDenied(f"Your role '{principal.role}' does not include usage.")
+
+
 @tenant_member_required
 def usage(request):
     principal = request.principal
-    if not principal.can("usage.read"):
-        raise PermissionDenied(f"Your role '{principal.role}' does not include usage.")
-    recent = (tenant_requests(tenant=principal.tenant)
-              .select_related("base_model", "adapter_version__adapter")[:RECENT_REQUESTS])
+    _usage_read(principal)
     now = timezone.now()
-    context = {**tier_latency(tenant=principal.tenant, now=now), "recent": recent, "rows_cap": USAGE_ROWS_CAP,
-               **usage_context(tenant=principal.tenant, now=now)}
-    return render(request, "billing/usage.html", context)
+    range_form, start, end = usage_range(request.GET, today=now.date())
+    requests = tenant_requests(tenant=principal.tenant).select_related("base_model", "adapter_version__adapter")
+    filter_form, page = filtered_requests(requests, request.GET)
+    latency = tier_latency(tenant=principal.tenant, now=now)
+    infos = {tier: tier_info(tier, tenant=principal.tenant) for tier, _ in Adapter.TIER_CHOICES}
+    context = {**latency, "latency_chart": latency_chart(latency["days"], infos), "rows_cap": USAGE_ROWS_CAP,
+               "range_form": range_form, "start": start, "end": end, "filter_form": filter_form, "page": page,
+               "recent": page.object_list, "query": request.GET,
+               **usage_context(tenant=principal.tenant, now=now, start=start, end=end)}
+    status = 400 if range_form.errors or filter_form.errors else 200
+    return render(request, "billing/usage.html", context, status=status)
+
+
+@tenant_member_required
+def usage_export(request):
+    """The ledger over the page's date range, by day, kind, tier and adapter, as CSV."""
+    _usage_read(request.principal)
+    range_form, start, end = usage_range(request.GET, today=timezone.now().date())
+    if range_form.errors:
+        raise BadRequest(" ".join(str(m) for messages in range_form.errors.values() for m in messages))
+    return usage_csv(tenant=request.principal.tenant, start=start, end=end)
 
 
 @tenant_member_required

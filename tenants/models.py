@@ -174,6 +174,7 @@ class AuditEntry(models.Model):
     action = models.CharField(max_length=40)
     target_type = models.CharField(max_length=40)
     target_id = models.CharField(max_length=64)
+    target_name = models.CharField(max_length=200, blank=True)  # e.g. support-bot@v3, as people name it
     details = models.JSONField(default=dict, blank=True)
     ip = models.GenericIPAddressField(null=True, blank=True)
     request_id = models.CharField(max_length=64, blank=True)
@@ -195,6 +196,17 @@ class AuditEntry(models.Model):
 
     def delete(self, *args, **kwargs):
         raise ValueError("Audit entries are append-only; they cannot be deleted.")
+
+    @property
+    def target_label(self):
+        """The target as people name it: its recorded name, else the name, email or number its details carry,
+        else its kind and id (a training job: with its adapter's name)."""
+        details = self.details if isinstance(self.details, dict) else {}
+        for name in (self.target_name, details.get("name"), details.get("email"), details.get("number")):
+            if name:
+                return str(name)
+        kind = self.target_type.replace("_", " ")
+        return f"{kind} for {details['adapter']}" if details.get("adapter") else f"{kind} {self.target_id}"
 
     @property
     def actor(self):

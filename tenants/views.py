@@ -31,6 +31,8 @@ from .limits import hit, login_failed, login_retry_after, login_succeeded
 from .models import Invite
 from .roles import can_grant_role
 
+OVERVIEW_ROWS = 5  # adapters and recent requests on the Overview
+
 
 def tenant_member_required(view):
     """A signed-in member of a usable active tenant; puts their Principal on ``request.principal``."""
@@ -125,14 +127,23 @@ def logout_view(request):
     return redirect("login")
 
 
+# What apps above tenants add to the Overview, registered from their AppConfig.ready (tenants imports none of
+# them): billing, the month's spend; adapters, the adapters; serving, the recent requests. Each is called with
+# (principal, rows) and returns context entries (None for what the principal's role may not see).
+overview_facts = []
+
+
 @tenant_member_required
 def dashboard(request):
-    tenant = request.principal.tenant
+    tenant, principal = request.principal.tenant, request.principal
     context = {
+        "rate_limit": tenant.rate_limit_per_minute or settings.VAJRA_RATE_LIMIT_PER_TENANT,
         "member_count": access.tenant_members(tenant=tenant).count(),
         "active_key_count": sum(key.state == "active" for key in access.tenant_api_keys(tenant=tenant)),
         "pending_invite_count": sum(inv.state == "pending" for inv in access.tenant_invites(tenant=tenant)),
     }
+    for facts in overview_facts:
+        context.update(facts(principal, OVERVIEW_ROWS))
     return render(request, "tenants/dashboard.html", context)
 
 

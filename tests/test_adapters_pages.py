@@ -142,7 +142,9 @@ def test_upload_errors_with_javascript_are_json(alice_web, tiny_llama, bad_adapt
         assert (error["code"], error["param"]) == ("invalid", "name") and error["message"].startswith("Name: ")
 
         unsafe = [("a.zip", b"PK\x03\x04 not really")]
-        assert post_upload(alice_web, unsafe, json=True).json()["error"]["code"] == "invalid_archive"
+        error = post_upload(alice_web, unsafe, json=True).json()["error"]
+        assert error["code"] == "invalid_archive" and "a.zip could not be opened" in error["message"]
+        assert not re.search(r"\b[A-Z]\w*(Error|File|Exception)\b", error["message"]), "no Python exception names"
 
 
 def test_upload_needs_the_csrf_token(alice, tiny_llama, peft_v1, unchanged_db):
@@ -335,3 +337,32 @@ def test_list_page_shows_storage_used_of_the_plans_quota(alice_web, acme, upload
     page = " ".join(text(alice_web.get(reverse("adapters"))).replace("\xa0", " ").split())
     size = uploaded.current_version.size_bytes
     assert f"Storage used by adapters and datasets: {size / 1024:.1f} KB of 10.0 MB" in page
+
+
+# The audit log names what was uploaded, made current and deleted
+
+def test_upload_make_current_and_delete_are_audited_by_name(alice_web, uploaded, peft_v2, acme):
+    from tenants.models import AuditEntry
+
+    post_upload(alice_web, list(peft_v2.items()))
+    assert alice_web.post(reverse("adapter-rollback", args=["support-bot"]), {"version": "1"}).status_code == 302
+    assert alice_web.post(detail_url(action="delete")).status_code == 302
+    entries = list(AuditEntry.objects.filter(tenant=acme).order_by("id"))
+    assert [(e.action, e.target_name) for e in entries] == [
+        ("adapter.uploaded", "support-bot@v1"), ("adapter.uploaded", "support-bot@v2"),
+        ("adapter.made_current", "support-bot@v1"), ("adapter.deleted", "support-bot")]
+    v2 = AdapterVersion.objects.get(number=2)
+    assert entries[1].details == {"base_model": "tiny-llama", "rank": v2.rank, "size_bytes": v2.size_bytes,
+                                  "sha256": v2.sha256}
+    assert entries[2].details == {"previous": "v2"} and entries[3].details["current"] == 1
+    assert all(e.actor_user.email == "alice@acme.test" for e in entries)
+    page = text(alice_web.get(reverse("audit-log")))
+    for label in ("Adapter version uploaded", "Adapter version made current", "Adapter deleted"):
+        assert label in page
+    assert ">support-bot@v2</span>" in page and ">support-bot</span>" in page
+    assert f">adapter {uploaded.pk}<" not in page, "targets are named, not numbered (the id is on hover)"
+
+
+def test_a_refused_upload_is_not_audited(alice_web, tiny_llama, unchanged_db):
+    with unchanged_db():
+        assert post_upload(alice_web, [("a.zip", b"PK\x03\x04 not really")]).status_code == 400

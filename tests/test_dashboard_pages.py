@@ -10,7 +10,7 @@ from tenants.active import SESSION_KEY
 from tenants.models import APIKey, Invite, Membership, Tenant, User
 from tenants.principal import Principal
 from tenants.roles import ADMIN, BILLING_VIEWER, DEVELOPER, OWNER
-from tests.conftest import PASSWORD, create_key, make_member
+from tests.conftest import PASSWORD, create_key, make_member, session_client
 
 TENANT_PAGES = ["dashboard", "api-keys", "members", "adapters", "playground", "training", "usage", "billing"]
 LOGIN_PAGES = [*TENANT_PAGES, "tenant-create", "nodes"]
@@ -411,3 +411,23 @@ def test_admin_cannot_add_keys_and_revokes_them(staff_web, alice_key):
     staff_web.post(url, {"action": "revoke", "_selected_action": [key.pk]})
     key.refresh_from_db()
     assert key.revoked and key.revoked_at is not None
+
+
+def test_overview_shows_spend_adapters_requests_and_the_rate_limit_as_numbers(alice, acme, settings):
+    from adapters.models import Adapter, BaseModel
+    from serving.models import InferenceRequest
+
+    base = BaseModel.objects.create(name="tiny-llama")
+    Adapter.objects.create(tenant=acme, base_model=base, name="support-bot", tier=Adapter.WARM)
+    InferenceRequest.objects.create(id="req_overview_1", tenant=acme, base_model=base, tier="cold", max_tokens=8,
+                                    completion_tokens=12345, status="succeeded")
+    settings.VAJRA_RATE_LIMIT_PER_TENANT = 3000
+    html = session_client(alice).get(reverse("dashboard")).content.decode()
+    assert '<span class="stat-value" data-rate-limit>3,000</span>' in html and ">default<" not in html
+    assert "data-overview-spend>$0" in html
+    assert 'href="/adapters/support-bot/"' in html and "badge--tier-warm" in html
+    assert "12,345 tokens" in html and "req_overview_1" in html
+    acme.rate_limit_per_minute = 120
+    acme.save()
+    assert '<span class="stat-value" data-rate-limit>120</span>' in session_client(alice).get(
+        reverse("dashboard")).content.decode()

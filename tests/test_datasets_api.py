@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from adapters.models import Adapter, BaseModel
 from adapters.storage_quota import storage_used
+from tenants.models import AuditEntry
 from tenants.principal import Principal
 from tenants.roles import BILLING_VIEWER, OWNER
 from tests.conftest import assert_error, create_key, key_client, make_member, put_on_plan, session_client
@@ -295,6 +296,11 @@ def test_delete_hides_it_and_removes_the_file(alice_api, acme, uploaded, storage
     uploaded.refresh_from_db()
     assert uploaded.deleted_at is not None and uploaded.storage_key == ""
     assert stored_files(storage) == [] and storage_used(acme) == 0
+    entries = AuditEntry.objects.filter(tenant=acme).order_by("id")
+    assert [(e.action, e.target_type, e.target_id, e.target_name) for e in entries] == [
+        ("dataset.uploaded", "dataset", uploaded.id, "train.jsonl"),
+        ("dataset.deleted", "dataset", uploaded.id, "train.jsonl")]
+    assert entries[0].details == {"records": 2, "size_bytes": len(GOOD_CHAT), "format": "chat"}
 
 
 def test_a_dataset_in_use_by_a_running_job_cannot_be_deleted(alice_api, uploaded, acme, unchanged_db):

@@ -254,7 +254,7 @@ def test_owners_set_the_cap_and_developers_cannot(acme, alice, bob):
 
 def test_plan_page_shows_tier_prices_and_guarantees(acme, bob):
     html = session_client(bob).get("/billing/plan/").content.decode()
-    for text in ("standard v1", "$0.000100", "$0.000500", "$0.002000", "≤ 10 ms", "≤ 100 ms", "≤ 2000 ms",
+    for text in ("standard v1", "$0.000100", "$0.000500", "$0.002000", "≤ 10 ms", "≤ 100 ms", "≤ 2,000 ms",
                  "$0.001900 (the premium over cold)", "$0.0000016667 per step", "$0.0000001 per million gradients"):
         assert text in html, text
     assert UsageEvent.objects.count() == 0 and not BillingAccount.objects.exists()  # a page view writes nothing

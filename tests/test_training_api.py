@@ -598,13 +598,14 @@ def test_rollback_refusals(api, charlie_api, two_versions, acme, unchanged_db, s
 
 def test_rollback_button(alice_client, two_versions, django_capture_on_commit_callbacks, sent):
     page = alice_client.get("/adapters/support-bot/").content.decode()
-    assert "Roll back to v1" in page and "Roll back to v2" not in page, "only earlier versions, not the current one"
+    assert "Make v1 current" in page and "Make v2 current" not in page, "only the versions that are not current"
     with django_capture_on_commit_callbacks(execute=True):
         response = alice_client.post("/adapters/support-bot/rollback/", {"version": "1"})
     assert response.status_code == 302 and response["Location"] == "/adapters/support-bot/"
     two_versions.refresh_from_db()
     assert two_versions.current_version.number == 1
-    assert "Roll back to v2" in alice_client.get("/adapters/support-bot/").content.decode()
+    page = alice_client.get("/adapters/support-bot/").content.decode()
+    assert "Make v2 current" in page and "Roll back" not in page, "a newer version is made current, not rolled back to"
 
 
 def test_rollback_button_refusals(alice_client, charlie_client, two_versions, unchanged_db, sent):

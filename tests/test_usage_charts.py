@@ -1,7 +1,9 @@
 """The Usage page's charts (billing/usage_views.py: cost by day, by tier, by adapter) show the ledger's figures:
-each bar's title carries the exact sum of the month's rows in its group and their request count (inference rows),
-adjustments count by day and tier but not by adapter, and another tenant's rows appear nowhere."""
+each chart's table holds the exact sum of the range's rows in its group and their request count (inference rows),
+and its JSON the same sums for the chart; adjustments count by day and tier but not by adapter, another tenant's
+rows appear nowhere, and a chosen range leaves out the days outside it."""
 
+import json
 import re
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -51,18 +53,41 @@ def test_the_charts_show_the_ledgers_sums(alice, acme, contoso):
             by_adapter[adapter.name if adapter else "base model only"][1] += counts
 
     html = session_client(alice).get("/usage/").content.decode()
-    titles = set(re.findall(r"<title>([^<]*)</title>", html))
+    tables = figures(html)
     for day, (cost, requests) in by_day.items():
-        assert f"{day}: ${money_text(cost, 4)}, {requests} requests" in titles, (day, sorted(titles))
+        assert tables["day"][day] == (f"${money_text(cost, 4)}", str(requests)), (day, tables["day"])
     for tier in ("cold", "warm", "hot"):
         cost, requests = by_tier[tier]
-        assert f"{tier}: ${money_text(cost, 4)} · {requests} req" in titles, (tier, sorted(titles))
+        assert tables["tier"][tier] == (f"${money_text(cost, 4)}", str(requests)), (tier, tables["tier"])
     for name, (cost, requests) in by_adapter.items():
-        assert f"{name}: ${money_text(cost, 4)} · {requests} req" in titles, (name, sorted(titles))
+        assert tables["adapter"][name] == (f"${money_text(cost, 4)}", str(requests)), (name, tables["adapter"])
     # days without rows show $0 bars; the month's total is the ledger's net sum
     total = sum(Decimal(cost) for *_, cost in specs)
     assert f"${total:.4f}" in html and "9.9999" not in html, "contoso's row shows nowhere"
-    assert len([t for t in titles if " requests" in t]) == (now.date() - month_start.date()).days + 1
+    assert len(tables["day"]) == (now.date() - month_start.date()).days + 1
+    daily = chart_json(html, "chart-day")
+    assert daily["labels"] == list(tables["day"])
+    assert daily["series"][0]["values"] == [float(by_day[label][0]) for label in daily["labels"]]
+
+    if latest.date() != first_day.date():  # a range of the latest day alone leaves out the first day's rows
+        day = latest.date().isoformat()
+        tables = figures(session_client(alice).get(f"/usage/?start={day}&end={day}").content.decode())
+        assert list(tables["day"]) == [f"{latest:%b} {latest.day}"]
+        assert set(tables["adapter"]) == {"support-bot", "base model only"}
+
+
+def figures(html):
+    """{chart kind: {row label: (cost, requests)}} from the tables beside the charts."""
+    out = {}
+    for kind, body in re.findall(r'data-chart-table="(\w+)">.*?<tbody>(.*?)</tbody>', html, re.S):
+        rows = re.findall(r'<th scope="row">([^<]*)</th><td class="num">([^<]*)</td><td class="num">([^<]*)</td>', body)
+        out[kind] = {label: (cost, requests) for label, cost, requests in rows}
+    return out
+
+
+def chart_json(html, element_id):
+    match = re.search(rf'<script id="{element_id}" type="application/json">(.*?)</script>', html, re.S)
+    return json.loads(match.group(1))
 
 
 def usage_plan():

@@ -24,6 +24,7 @@ from adapters.services import adapter_storage
 from adapters.storage_quota import require_storage, storage_release
 from billing.plans import plan_limits
 from gpu_runtime.datasets import LineError, ParsedDataset, parse_dataset
+from tenants.audit import audit_record
 from vajra.errors import Conflict, InvalidRequest
 
 from . import access
@@ -121,10 +122,14 @@ def _size_and_sha256(stream):
 @transaction.atomic
 def _record_dataset(*, principal, dataset_id, storage_key, parsed, size_bytes, sha256, name):
     require_storage(tenant=principal.tenant, adding=size_bytes, lock=True)  # again, under the tenant's lock
-    return Dataset.objects.create(
+    dataset = Dataset.objects.create(
         id=dataset_id, tenant=principal.tenant, name=name, format=parsed.format, records=parsed.record_count,
         size_bytes=size_bytes, tokens=parsed.tokens, tokens_exact=parsed.tokens_exact, sha256=sha256,
         storage_key=storage_key, created_by=principal.user)
+    audit_record(tenant=principal.tenant, principal=principal, action="dataset.uploaded", target_type="dataset",
+                 target_id=dataset.id, target_name=name,
+                 details={"records": parsed.record_count, "size_bytes": size_bytes, "format": parsed.format})
+    return dataset
 
 
 @transaction.atomic
@@ -139,6 +144,8 @@ def dataset_delete(*, principal, dataset):
                        "or wait for it to end.", code="dataset_in_use")
     dataset.deleted_at = timezone.now()
     dataset.save(update_fields=["deleted_at"])
+    audit_record(tenant=dataset.tenant_id, principal=principal, action="dataset.deleted", target_type="dataset",
+                 target_id=dataset.id, target_name=dataset.name, details={"records": dataset.records})
     tenant = principal.tenant
     transaction.on_commit(lambda: storage_release(tenant=tenant))
     return dataset

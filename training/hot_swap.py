@@ -30,6 +30,7 @@ from fleet import runtime_client
 from fleet.heartbeats import nodes_up
 from fleet.placement import send_tier, version_token
 from gpu_runtime.adapter_validation import CONFIG_FILE, WEIGHTS_FILE, AdapterRejected, validate_adapter
+from tenants.audit import audit_record
 from vajra.errors import Conflict
 
 from .jobs import event, finish, output_key, storage_uri
@@ -129,6 +130,9 @@ def adapter_rollback(*, principal, adapter_name, version_number):
     previous = adapter.current_version
     adapter.current_version = version
     adapter.save(update_fields=["current_version"])
+    audit_record(tenant=adapter.tenant_id, principal=principal, action="adapter.made_current",
+                 target_type="adapter_version", target_id=version.pk, target_name=f"{adapter.name}@v{version.number}",
+                 details={"previous": f"v{previous.number}" if previous else None})
     log.info("adapter %s rolled back from v%s to v%s by %s", adapter, previous and previous.number, version.number,
              principal.user or principal.api_key)
     _swap_on_commit(adapter, previous, version)

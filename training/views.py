@@ -210,6 +210,17 @@ def training_job_cancel(request, job_id):
         messages.success(request, f"Cancel requested: the node stops {job.id} at its next step. Steps already "
                                   "trained are billed.")
     return redirect("training-job", job_id=job.id)
+
+
+def version_jobs(adapter, versions):
+    """The adapter page's link from each trained version to the job that made it (``version.training_job_id``)."""
+    jobs = dict(access.tenant_training_jobs(tenant=adapter.tenant_id).filter(
+        result_version__in=versions).values_list("result_version_id", "id"))
+    for version in versions:
+        version.training_job_id = jobs.get(version.pk)
+    return {}
+
+
 @require_POST
 @tenant_member_required
 def adapter_rollback(request, name):
@@ -223,7 +234,7 @@ def adapter_rollback(request, name):
             raise ValueError(number)
         adapter = hot_swap.adapter_rollback(principal=principal, adapter_name=name, version_number=number)
     except ValueError:
-        messages.error(request, "Choose the version to roll back to.")
+        messages.error(request, "Choose the version to make current.")
         return detail_page(request, name, status=400)
     except APIException as exc:  # already current, or not ready
         messages.error(request, str(exc.detail))

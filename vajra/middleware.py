@@ -2,7 +2,6 @@
 are also what the audit log records (tenants/audit.py), read from this context so services need no request."""
 
 import contextvars
-import functools
 import json
 import logging
 import re
@@ -118,31 +117,19 @@ CSP_BASE = {
 }
 
 
-def csp_header(request, override=None):
-    policy = {**CSP_BASE, **(override or {})}
+def csp_header(request):
+    policy = {name: list(values) for name, values in CSP_BASE.items()}
     # The playground and training pages open ws(s)://<this host>; older browsers do not count that as 'self'.
     ws = f"{'wss' if request.is_secure() else 'ws'}://{request.get_host()}"
     policy["connect-src"] = [*policy["connect-src"], ws]
     return "; ".join(f"{name} {' '.join(values)}" for name, values in policy.items())
 
 
-def csp_override(**directives):
-    """Marks a view's responses with a looser policy (directive names with underscores), stated at the view."""
-    def decorate(view):
-        @functools.wraps(view)
-        def wrapped(request, *args, **kwargs):
-            response = view(request, *args, **kwargs)
-            response.csp_override = {name.replace("_", "-"): values for name, values in directives.items()}
-            return response
-        return wrapped
-    return decorate
-
-
 class ContentSecurityPolicyMiddleware(SyncAndAsyncMiddleware):
     @staticmethod
     def _add(request, response):
         if response.get("Content-Type", "").startswith("text/html") and "Content-Security-Policy" not in response:
-            response["Content-Security-Policy"] = csp_header(request, getattr(response, "csp_override", None))
+            response["Content-Security-Policy"] = csp_header(request)
         return response
 
     def __call__(self, request):

@@ -11,6 +11,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "django.contrib.humanize",  # intcomma: thousands separators on the dashboard
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",

@@ -1,5 +1,5 @@
-// Adapter upload with a progress bar. Without this file the form posts normally and the page answers with
-// a redirect or the form's errors; with it, the same view answers JSON (we ask for it in Accept).
+// Adapter upload with drag and drop and a progress bar. Without this file the form posts normally and the page
+// answers with a redirect or the form's errors; with it, the same view answers JSON (we ask for it in Accept).
 (function () {
   "use strict";
 
@@ -11,6 +11,54 @@
   var status = form.querySelector("[data-upload-status]");
   var errors = form.querySelector("[data-upload-errors]");
   var button = form.querySelector("button[type=submit]");
+
+  // Drag and drop: files dropped on the zone become the file input's files, as if chosen in its dialog.
+  var input = form.querySelector("input[type=file]");
+  var zone = input && document.createElement("div");
+  if (zone) {
+    zone.className = "dropzone";
+    zone.dataset.dropzone = "";
+    var hint = document.createElement("p");
+    hint.className = "dropzone-hint";
+    hint.textContent = "Drop the adapter's archive, or its two files, here — or choose them:";
+    var chosen = document.createElement("ul");
+    chosen.className = "dropzone-files";
+    chosen.dataset.dropzoneFiles = "";
+    input.parentNode.insertBefore(zone, input);
+    zone.appendChild(hint);
+    zone.appendChild(input);
+    zone.appendChild(chosen);
+
+    var showChosen = function () {
+      chosen.replaceChildren.apply(chosen, Array.prototype.map.call(input.files, function (file) {
+        var item = document.createElement("li");
+        item.textContent = file.name + " (" + sizeText(file.size) + ")";
+        return item;
+      }));
+    };
+    input.addEventListener("change", showChosen);
+    ["dragenter", "dragover"].forEach(function (name) {
+      zone.addEventListener(name, function (event) {
+        event.preventDefault();
+        zone.classList.add("dropzone--over");
+      });
+    });
+    ["dragleave", "drop"].forEach(function (name) {
+      zone.addEventListener(name, function () { zone.classList.remove("dropzone--over"); });
+    });
+    zone.addEventListener("drop", function (event) {
+      event.preventDefault();
+      if (!event.dataTransfer || !event.dataTransfer.files.length) return;
+      input.files = event.dataTransfer.files;
+      showChosen();
+    });
+  }
+
+  function sizeText(bytes) {
+    var units = ["bytes", "KB", "MB", "GB"], i = 0;
+    while (bytes >= 1024 && i < units.length - 1) { bytes /= 1024; i += 1; }
+    return (i ? bytes.toFixed(1) : String(bytes)) + " " + units[i];
+  }
 
   function clearErrors() {
     errors.replaceChildren();
