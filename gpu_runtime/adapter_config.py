@@ -30,8 +30,12 @@ PLAIN_INITS = (True, False, "gaussian", "eva", "orthogonal")
 # The largest alpha / r served: past it the scaled delta overflows the weights' dtype and swamps the base layer.
 MAX_LORA_SCALING = 1e4
 MAX_REGEX_CHARS = 256
-MAX_REGEX_REPEATS = 3
-MAX_PATTERN_KEYS = 256
+# A regex with k repetitions can take ~len(name)**k steps on a module name; these bounds keep an adapter's
+# matching (every pattern against every module name) well under a second.
+MAX_REGEX_REPEATS = 3  # target_modules, exclude_modules
+MAX_KEY_REPEATS = 2  # a rank_pattern / alpha_pattern key or layers_pattern entry, with PEFT's wrapper around it
+MAX_PATTERN_KEYS = 64
+MAX_LAYERS_PATTERNS = 8
 
 # Options that change the math; each is refused when set (truthy), with what it does.
 REFUSED_OPTIONS = {
@@ -152,7 +156,7 @@ def _repeats(parsed):
     return count, nested
 
 
-def checked_regex(pattern, what):
+def checked_regex(pattern, what, max_repeats=MAX_REGEX_REPEATS):
     """``pattern`` compiled, once it is known to match module names quickly; else AdapterRejected."""
     if not isinstance(pattern, str) or not pattern or len(pattern) > MAX_REGEX_CHARS:
         raise AdapterRejected("bad_pattern", f"{what} must be a non-empty regex of at most {MAX_REGEX_CHARS} "
@@ -161,10 +165,10 @@ def checked_regex(pattern, what):
         compiled = re.compile(pattern)
         count, nested = _repeats(regex_parser.parse(pattern))
     except (re.error, RecursionError, OverflowError):
-        raise AdapterRejected("bad_pattern", f"{what} {shown(pattern)} is not a valid regex.") from None
-    if nested or count > MAX_REGEX_REPEATS:
-        raise AdapterRejected("bad_pattern", f"{what} {shown(pattern)} is too complex: at most "
-                              f"{MAX_REGEX_REPEATS} repetitions (*, +, {{m,n}}) and none inside another.")
+        raise AdapterRejected("bad_pattern", f"{what} is not a valid regex.") from None
+    if nested or count > max_repeats:
+        raise AdapterRejected("bad_pattern", f"{what} is too complex: at most {max_repeats} "
+                              "repetitions (*, +, {m,n}) in all and none inside another.")
     return compiled
 
 
@@ -172,10 +176,10 @@ def _names_rule(value, field):
     """A predicate on full module names for target_modules / exclude_modules: a string is a regex fullmatch, a
     list matches a name exactly or by its last dotted parts. Also returns the list's entries (None for a regex)."""
     if isinstance(value, str):
-        compiled = checked_regex(value, field)
+        compiled = checked_regex(value, f"{field} {shown(value)}")
         return (lambda name: compiled.fullmatch(name) is not None), None
     if (not isinstance(value, list) or not value or len(value) > MAX_PATTERN_KEYS
-            or not all(isinstance(t, str) and t for t in value)):
+            or not all(isinstance(t, str) and 0 < len(t) <= MAX_REGEX_CHARS for t in value)):
         raise AdapterRejected(f"bad_{field}", f"{field} must be a regex or a non-empty list of module names.")
     entries = frozenset(value)
     return (lambda name: name in entries or any(name.endswith(f".{t}") for t in entries)), sorted(entries)
@@ -198,10 +202,12 @@ def _layer_rule(config, base):
     if pattern is None or pattern == [] or pattern == "":
         return frozenset(layers), None
     patterns = [pattern] if isinstance(pattern, str) else pattern
-    if not isinstance(patterns, list) or len(patterns) > MAX_PATTERN_KEYS:
-        raise AdapterRejected("bad_layers", "layers_pattern must be a name or a list of names.")
-    finders = [checked_regex(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", "layers_pattern")
-               for p in patterns if checked_regex(p, "layers_pattern")]
+    if (not isinstance(patterns, list) or len(patterns) > MAX_LAYERS_PATTERNS
+            or not all(isinstance(p, str) and 0 < len(p) <= MAX_REGEX_CHARS for p in patterns)):
+        raise AdapterRejected("bad_layers", f"layers_pattern must be a name or a list of at most "
+                              f"{MAX_LAYERS_PATTERNS} names.")
+    finders = [checked_regex(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", f"layers_pattern {shown(p)}", MAX_KEY_REPEATS)
+               for p in patterns]
     return frozenset(layers), finders
 
 
@@ -228,7 +234,9 @@ def _pattern(config, field, valid, message):
     for key, value in pattern.items():
         if not valid(value):
             raise AdapterRejected(f"bad_{field}", f"{field}[{shown(key)}]={shown(value)}: {message}.")
-        out.append((checked_regex(rf"(.*\.)?({key})$", f"{field} key {shown(key)}"), key, value))
+        if len(key) > MAX_REGEX_CHARS:
+            raise AdapterRejected("bad_pattern", f"{field} keys must be at most {MAX_REGEX_CHARS} characters.")
+        out.append((checked_regex(rf"(.*\.)?({key})$", f"{field} key {shown(key)}", MAX_KEY_REPEATS), key, value))
     return out
 
 

@@ -456,12 +456,12 @@ def write_checkpoint(run, checkpoint, *, final=False):
     files = {"adapter_model.safetensors": weights, "adapter_config.json": config}
     if not final:
         files["optimizer.safetensors"] = save_safetensors(checkpoint.optimizer)
-    shape = {"rank": run.lora.rank, "alpha": run.lora.alpha, "target_modules": list(run.lora.targets)}
+    summary = {"rank": run.lora.rank, "alpha": run.lora.alpha, "target_modules": list(run.lora.targets)}
     files[STATE_FILE] = json.dumps({"job_id": run.job_id, "step": checkpoint.step, "loss": checkpoint.loss,
-                                    "adapter": shape}).encode()
+                                    "adapter": summary}).encode()
     uri = object_io.join(run.spec.output_uri, "final") if final else checkpoint_uri(run.spec, checkpoint.step)
     object_io.write_folder(uri, files)
-    return uri, {"uri": uri, "sha256": hashlib.sha256(weights).hexdigest(), "size_bytes": len(weights), **shape,
+    return uri, {"uri": uri, "sha256": hashlib.sha256(weights).hexdigest(), "size_bytes": len(weights), **summary,
                  "dtype": "F32"}
 
 
@@ -474,11 +474,11 @@ def finished_result(spec):
     weights = object_io.read_bytes(object_io.join(uri, "adapter_model.safetensors"))
     config = json.loads(object_io.read_bytes(object_io.join(uri, "adapter_config.json")))
     # the largest rank and the layers' names (the config's r and target_modules differ from them with patterns)
-    shape = state.get("adapter") or {"rank": config["r"], "alpha": config["lora_alpha"],
-                                     "target_modules": config["target_modules"]}
+    summary = state.get("adapter") or {"rank": config["r"], "alpha": config["lora_alpha"],
+                                       "target_modules": config["target_modules"]}
     return {"status": "succeeded", "error": None, "steps": state["step"], "final_loss": state.get("loss"),
             "adapter": {"uri": uri, "sha256": hashlib.sha256(weights).hexdigest(), "size_bytes": len(weights),
-                        **shape, "dtype": "F32"}}
+                        **summary, "dtype": "F32"}}
 
 
 def drive(run, *, on_step, on_checkpoint, on_progress, timeout_s=None):

@@ -19,6 +19,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from gpu_runtime import adapter_config
 from gpu_runtime.adapter_validation import AdapterRejected, BaseFacts, validate_adapter
 from gpu_runtime.lora import SlotPool, adapter_weights_from_tensors
+from gpu_runtime.trainer import TrainableLoRA
 
 CFG = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
            num_key_value_heads=2)
@@ -50,6 +51,8 @@ ACCEPTED = {
     "all-linear": (dict(r=2, target_modules="all-linear"), {}),
     "PEFT defaults (no r, lora_alpha, target_modules)": (dict(), {"r": None, "lora_alpha": None,
                                                                    "target_modules": None}),
+    "no lora_alpha (PEFT's 8, not r)": (dict(r=2, lora_alpha=32, target_modules=["q_proj", "v_proj"]),
+                                        {"lora_alpha": None}),
     "fan_in_fan_out": (dict(r=4, target_modules=["q_proj"]), {"fan_in_fan_out": True}),
     "bias=all": (dict(r=4, target_modules=["q_proj"], bias="all"), {}),
     "init_lora_weights=gaussian, lora_dropout": (dict(r=4, target_modules=["v_proj"], lora_dropout=0.1,
@@ -211,3 +214,22 @@ def test_every_lora_config_field_is_served_ignored_or_refused():
     assert peft.__version__ == "0.21.2"
     known = adapter_config.SERVED_FIELDS | adapter_config.IGNORED_FIELDS | set(adapter_config.REFUSED_OPTIONS)
     assert {f.name for f in dataclasses.fields(LoraConfig)} == known
+
+
+def test_training_on_from_an_adapter_starts_from_what_peft_serves(base, tmp_path):
+    """The trainer's pairs for an adapter with patterns and rsLoRA give PEFT's logits before the first step, and
+    the config it saves keeps the adapter's layers and patterns."""
+    kwargs = dict(ACCEPTED["rslora+alpha_pattern+rank_pattern"][0], layers_to_transform=[0, 2])
+    path = build(base, tmp_path / "a", kwargs)
+    facts = validate_adapter(path, FACTS)
+    model = copy.deepcopy(base)
+    pool = SlotPool(model, FACTS, buckets={BUCKET: 1})
+    init = adapter_weights_from_tensors(load_file(str(path / "adapter_model.safetensors")), facts)
+    pool.trainable = TrainableLoRA(FACTS, rank=facts.rank, alpha=facts.alpha, targets=facts.target_modules,
+                                   device="cpu", seed=0, init=init, modules=facts.modules, shape=facts.shape)
+    ids = torch.randint(0, CFG["vocab_size"], (1, 10), generator=torch.Generator().manual_seed(2))
+    assert (logits(model, ids) - logits(reference(base, path, torch.float32), ids)).abs().max() < 1e-4
+    saved = pool.trainable.peft_config("tiny")
+    original = json.loads((path / "adapter_config.json").read_text())
+    for field in adapter_config.SHAPE_FIELDS:
+        assert saved[field] == original[field], field
