@@ -27,7 +27,7 @@ from .adapter_validation import BaseFacts
 
 # Slots hold adapters in fp32 and the delta is computed and added in fp32 whatever the model's dtype, as PEFT
 # keeps a bf16 / fp16 model's adapters in fp32 (autocast_adapter_dtype): a bf16 model's output then differs from
-# PEFT's by its own rounding only, where bf16 slots added their rounding of the weights and of x A^T to it.
+# PEFT's by the base layers' rounding alone (bf16 slots would add the rounding of the weights and of x A^T).
 SLOT_DTYPE = torch.float32
 
 
