@@ -16,6 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .adapter_config import (
+    AdapterRejected,
+    is_int,
+    resolve_modules,
+    shape_fields,
+)
+
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -23,28 +30,14 @@ DTYPES = {"F16": np.float16, "BF16": np.uint16, "F32": np.float32}  # BF16 read 
 DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4}
 
 MAX_LORA_RANK = 64
-# The largest alpha / r served: past it the scaled delta overflows the weights' dtype and swamps the base layer.
-MAX_LORA_SCALING = 1e4
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_HEADER_BYTES = 4 * 1024 * 1024
 MAX_WEIGHTS_BYTES = 1024 * 1024 * 1024
 MAX_TENSOR_DIMS = 8
-# PEFT options that change the math per layer or add weights beyond the LoRA pairs; PEFT saves them empty or false.
-UNSUPPORTED_OPTIONS = ("use_dora", "use_rslora", "modules_to_save", "rank_pattern", "alpha_pattern")
 
 _TENSOR_RE = re.compile(
     r"^base_model\.model\.model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])(?:\.[\w-]+)?\.weight$"
 )
-
-
-class AdapterRejected(ValueError):
-    def __init__(self, code, message):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    def to_json(self):
-        return {"code": self.code, "message": self.message}
 
 
 @dataclass(frozen=True)
@@ -88,19 +81,22 @@ def max_weights_bytes(base, max_rank=MAX_LORA_RANK):
 
 @dataclass
 class AdapterFacts:
-    """What validation learnt: enough to place the adapter into device slots."""
+    """What validation learnt: enough to place the adapter into device slots and to train on from it."""
 
-    rank: int
-    alpha: float
-    target_modules: list
+    rank: int  # the largest rank of its layers: what a device slot must hold (smaller ones are zero-padded)
+    alpha: float  # the config's lora_alpha (alpha_pattern may give layers others)
+    target_modules: list  # the linear layers' names it wraps, in any decoder layer
     dtype: str
-    layers: list
+    layers: list  # the decoder layers it wraps
     weights_bytes: int
     tensors: dict = field(repr=False, default_factory=dict)  # name -> (dtype, shape, (start, end))
+    modules: dict = field(repr=False, default_factory=dict)  # (layer, module) -> adapter_config.ModuleLoRA
+    shape: dict = field(repr=False, default_factory=dict)  # adapter_config.shape_fields of its config
 
     @property
     def scaling(self):
-        return self.alpha / self.rank
+        """(layer, module) -> the factor that layer's delta is scaled by (alpha / r, or alpha / sqrt(r))."""
+        return {key: module.scaling for key, module in self.modules.items()}
 
 
 def _read_config(directory):
@@ -121,25 +117,6 @@ def _read_config(directory):
     return config
 
 
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _positive_number(value):
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(value) and value > 0
-    except OverflowError:  # an integer too large for a float
-        return False
-
-
-def _shown(value):
-    """A config value as a refusal quotes it: short, whatever its size."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _check_tensor_entry(name, info):
     """(dtype, shape, (begin, end)) of one header entry, every field's type checked."""
     def bad(what):
@@ -152,9 +129,9 @@ def _check_tensor_entry(name, info):
         bad("dtype must be a string")
     if dtype not in DTYPES:
         raise AdapterRejected("bad_dtype", f"tensor {name!r} is {dtype[:20]!r}; adapters must be F16, BF16 or F32.")
-    if not isinstance(shape, list) or len(shape) > MAX_TENSOR_DIMS or not all(_is_int(d) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or len(shape) > MAX_TENSOR_DIMS or not all(is_int(d) and d >= 0 for d in shape):
         bad(f"shape must be a list of at most {MAX_TENSOR_DIMS} non-negative integers")
-    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(is_int(o) for o in offsets):
         bad("data_offsets must be two integers")
     begin, end = offsets
     if not 0 <= begin <= end:
@@ -235,58 +212,33 @@ def validate_adapter(directory, base, *, max_rank=MAX_LORA_RANK, max_weights_byt
     if claimed and claimed not in (base.name, *base.aliases) and base.name not in Path(str(claimed)).parts:
         raise AdapterRejected("base_mismatch", f"The adapter was trained for {claimed!r}, not {base.name!r}; "
                               "train it on this base model.")
-    rank = config.get("r")
-    if not _is_int(rank) or not 1 <= rank <= max_rank:
-        raise AdapterRejected("bad_rank", f"rank r={_shown(rank)} must be an integer in 1..{max_rank}.")
-    alpha = config.get("lora_alpha", rank)
-    if not _positive_number(alpha):
-        raise AdapterRejected("bad_alpha", f"lora_alpha={_shown(alpha)} must be a positive finite number.")
-    if alpha / rank > MAX_LORA_SCALING:
-        raise AdapterRejected("bad_alpha", f"lora_alpha={_shown(alpha)} with r={rank} scales the update by "
-                              f"{alpha / rank:.3g}; lora_alpha / r must be at most {MAX_LORA_SCALING:g}.")
-    if any(config.get(option) for option in UNSUPPORTED_OPTIONS):
-        raise AdapterRejected("unsupported_option", f"{', '.join(UNSUPPORTED_OPTIONS)} are not supported; plain "
-                              "LoRA with one rank and alpha for every layer only.")
-    targets = config.get("target_modules")
-    if isinstance(targets, str):
-        targets = [targets]
-    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
-        raise AdapterRejected("bad_target_modules", "target_modules must be a non-empty list naming the base's "
-                              "linear layers.")
-    unknown = sorted(set(targets) - set(base.modules))
-    if unknown:
-        raise AdapterRejected("unknown_target_modules", f"target modules {', '.join(unknown)} do not exist in "
-                              f"{base.name}; choose from {', '.join(base.modules)}.")
-
+    modules = resolve_modules(config, base, max_rank=max_rank)
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise AdapterRejected("missing_weights", f"{WEIGHTS_FILE} is missing.")
     header, data_start = read_safetensors_header(weights, max_file_bytes=max_weights_bytes)
-    layers = config.get("layers_to_transform")
-    layers = list(range(base.num_layers)) if layers is None else ([layers] if _is_int(layers) else layers)
-    if (not isinstance(layers, list) or not layers or len(set(map(repr, layers))) != len(layers)
-            or not all(_is_int(i) and 0 <= i < base.num_layers for i in layers)):
-        raise AdapterRejected("bad_layers", "layers_to_transform must be a layer index or a non-empty list of "
-                              f"distinct layer indexes within 0..{base.num_layers - 1}.")
     expected = {}
-    for layer in layers:
-        for module in targets:
-            block, fan_in, fan_out = base.modules[module]
-            prefix = f"base_model.model.model.layers.{layer}.{block}.{module}"
-            expected[f"{prefix}.lora_A.weight"] = [rank, fan_in]
-            expected[f"{prefix}.lora_B.weight"] = [fan_out, rank]
+    for (layer, module), lora in modules.items():
+        block, fan_in, fan_out = base.modules[module]
+        prefix = f"base_model.model.model.layers.{layer}.{block}.{module}"
+        expected[f"{prefix}.lora_A.weight"] = [lora.rank, fan_in]
+        expected[f"{prefix}.lora_B.weight"] = [fan_out, lora.rank]
     extra = sorted(set(header) - set(expected))
+    biases = [name for name in extra if name.endswith(".bias")]
+    if biases:
+        raise AdapterRejected("unsupported_option", f"{len(biases)} trained bias tensor(s), e.g. {biases[0]}: "
+                              "trained biases (bias='all' / 'lora_only' on a base with biases) are not served.")
     if extra:
         raise AdapterRejected("unexpected_tensors", f"{len(extra)} tensor(s) the config does not describe, e.g. "
                               f"{extra[0]}.")
     missing = sorted(set(expected) - set(header))
     if missing:
         raise AdapterRejected("missing_tensors", f"{len(missing)} tensor(s) missing, e.g. {missing[0]}.")
-    dtypes = {info["dtype"] for info in header.values()}
     for name, shape in expected.items():
         if list(header[name]["shape"]) != shape:
             raise AdapterRejected("shape_mismatch", f"{name} has shape {header[name]['shape']}; {base.name} with "
-                                  f"r={rank} needs {shape}.")
+                                  f"this config's ranks needs {shape}.")
+    dtypes = {info["dtype"] for info in header.values()}
     if len(dtypes) > 1:
         raise AdapterRejected("mixed_dtypes", f"tensors mix dtypes {sorted(dtypes)}; save them in one dtype.")
     if check_values:
@@ -294,6 +246,9 @@ def validate_adapter(directory, base, *, max_rank=MAX_LORA_RANK, max_weights_byt
             array = _tensor_array(weights, data_start, info["dtype"], info["shape"], info["data_offsets"])
             if not np.isfinite(array).all():
                 raise AdapterRejected("non_finite", f"{name} contains NaN or Inf values.")
-    return AdapterFacts(rank=rank, alpha=float(alpha), target_modules=sorted(targets), dtype=dtypes.pop(),
-                        layers=layers, weights_bytes=weights.stat().st_size,
-                        tensors={n: (i["dtype"], i["shape"], tuple(i["data_offsets"])) for n, i in header.items()})
+    shape = shape_fields(config)
+    return AdapterFacts(rank=max(m.rank for m in modules.values()), alpha=float(shape["lora_alpha"]),
+                        target_modules=sorted({module for _, module in modules}), dtype=dtypes.pop(),
+                        layers=sorted({layer for layer, _ in modules}), weights_bytes=weights.stat().st_size,
+                        tensors={n: (i["dtype"], i["shape"], tuple(i["data_offsets"])) for n, i in header.items()},
+                        modules=modules, shape=shape)

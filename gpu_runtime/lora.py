@@ -8,17 +8,27 @@ modules. Per step the engine sets the batch's row -> slot map once (``SlotPool.s
 then gathers its slots' A/B and adds ``scale * (x A^T) B^T`` to its rows with two ``bmm`` per bucket.
 Slot id 0 means "no adapter" (base-only rows).
 
+An adapter's layers may differ in rank (PEFT's rank_pattern: each is zero-padded to the bucket's rank, which
+is exact) and in scaling (alpha_pattern, rsLoRA with per-layer ranks): a slot keeps one scale, the one most of
+its layers share, and a layer with another one has the ratio folded into its B when it is copied in.
+
 Training uses the same wrappers: while the engine runs a training micro-step, ``SlotPool.trainable`` holds the
 job's trainable A/B pairs (gpu_runtime.trainer.TrainableLoRA) and every row gets their delta, with autograd,
 on the same frozen base weights (no second copy of the base). Between micro-steps it is None again.
 """
 
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .adapter_validation import BaseFacts
+
+# Slots hold adapters in fp32 and the delta is computed and added in fp32 whatever the model's dtype, as PEFT
+# keeps a bf16 / fp16 model's adapters in fp32 (autocast_adapter_dtype): a bf16 model's output then differs from
+# PEFT's by the base layers' rounding alone (bf16 slots would add the rounding of the weights and of x A^T).
+SLOT_DTYPE = torch.float32
 
 
 @dataclass(frozen=True)
@@ -29,7 +39,7 @@ class RowGroup:
     modules: frozenset  # module names any of these rows' adapters target (others are skipped)
     rows: torch.Tensor  # row indices in the batch
     slots: torch.Tensor  # local slot index in the bucket, one per row
-    scaling: torch.Tensor  # alpha / r per row, shaped for broadcasting [rows, 1, 1]
+    scaling: torch.Tensor  # each row's slot scale in fp32, shaped for broadcasting [rows, 1, 1]
 
 
 class SlotLoRALinear(nn.Module):
@@ -54,7 +64,7 @@ class SlotLoRALinear(nn.Module):
             if pair is not None:
                 A, B = pair
                 h = train.dropout(x.to(A.dtype))
-                out = out + ((h @ A.t()) @ B.t() * train.scaling).to(out.dtype)
+                out = out + ((h @ A.t()) @ B.t() * train.scaling[self.name]).to(out.dtype)
         groups = self.pool.groups
         if not groups:
             return out
@@ -65,8 +75,10 @@ class SlotLoRALinear(nn.Module):
             xs = x.index_select(0, group.rows)
             a = A.index_select(0, group.slots)
             b = self.B[group.rank].index_select(0, group.slots)
-            delta = torch.bmm(torch.bmm(xs, a.transpose(1, 2)), b.transpose(1, 2)) * group.scaling
-            out = out.index_add(0, group.rows, delta.to(out.dtype))
+            delta = torch.bmm(torch.bmm(xs.to(SLOT_DTYPE), a.transpose(1, 2)), b.transpose(1, 2)) * group.scaling
+            # the rows' sum in fp32, rounded once to the model's dtype (each row is in one group)
+            summed = out.index_select(0, group.rows).to(SLOT_DTYPE) + delta
+            out = out.index_copy(0, group.rows, summed.to(out.dtype))
         return out
 
 
@@ -81,7 +93,7 @@ class SlotPool:
         self.buckets = dict(sorted(buckets.items()))
         self.base_facts = base_facts
         param = next(model.parameters())
-        self.dtype, self.device = param.dtype, param.device
+        self.dtype, self.device = SLOT_DTYPE, param.device
         self.groups = []
         self.trainable = None  # a training job's A/B pairs during its micro-step (gpu_runtime.trainer)
         self.layers = {}  # (layer, module) -> SlotLoRALinear
@@ -124,12 +136,15 @@ class SlotPool:
     @torch.no_grad()
     def write(self, slot_id, weights, scaling, non_blocking=False):
         """Copies an adapter into a slot. ``weights`` maps (layer, module) -> (A [r, in], B [out, r]) host
-        tensors; modules the adapter does not target are zeroed. Buffers of a (bucket, module) pair are
-        allocated the first time an adapter targets that module, so q/v-only adapters cost q/v memory."""
+        tensors; modules the adapter does not target are zeroed. ``scaling`` is one factor for every layer or
+        a mapping (layer, module) -> factor. Buffers of a (bucket, module) pair are allocated the first time
+        an adapter targets that module, so q/v-only adapters cost q/v memory."""
         rank, local = self._slot_of[slot_id]
         too_big = max((a.shape[0] for a, _ in weights.values()), default=0)
         if too_big > rank:
             raise ValueError(f"an adapter of rank {too_big} does not fit slot {slot_id} (bucket rank {rank})")
+        layer_scaling = scaling if isinstance(scaling, dict) else dict.fromkeys(weights, float(scaling))
+        scaling = Counter(layer_scaling[key] for key in weights).most_common(1)[0][0] if weights else 0.0
         for key, wrapper in self.layers.items():
             pair = weights.get(key)
             if rank not in wrapper.A:
@@ -148,6 +163,8 @@ class SlotPool:
             if r < rank:  # a smaller adapter in a bigger bucket: zero padding keeps the math exact
                 A_slot[r:].zero_()
                 B_slot[:, r:].zero_()
+            if layer_scaling[key] != scaling:  # this layer's own scale, relative to the slot's
+                B_slot.mul_(layer_scaling[key] / scaling)
         self.scaling[slot_id] = scaling
         self.slot_modules[slot_id] = frozenset(module for _, module in weights)
         self.slot_rank[slot_id] = too_big
@@ -199,17 +216,17 @@ class SlotPool:
             slots = torch.tensor([m[1] for m in members], device=self.device)
             ids = torch.tensor([m[2] for m in members], device=self.device)
             modules = frozenset().union(*(self.slot_modules.get(m[2], ()) for m in members))
-            scaling = self.scaling.index_select(0, ids).to(self.dtype)[:, None, None]
+            scaling = self.scaling.index_select(0, ids)[:, None, None]
             groups.append(RowGroup(rank, modules, rows, slots, scaling))
         self.groups = groups
 
 
 def adapter_weights_from_tensors(tensors, facts):
-    """PEFT tensor names -> {(layer, module): (A, B)} for ``SlotPool.write``."""
+    """PEFT tensor names -> {(layer, module): (A, B)} for ``SlotPool.write``, one pair per layer in
+    ``facts.modules`` (the layers the adapter wraps)."""
     weights = {}
-    for layer in facts.layers:
-        for module in facts.target_modules:
-            block = "mlp" if module in {"gate_proj", "up_proj", "down_proj"} else "self_attn"
-            prefix = f"base_model.model.model.layers.{layer}.{block}.{module}"
-            weights[(layer, module)] = (tensors[f"{prefix}.lora_A.weight"], tensors[f"{prefix}.lora_B.weight"])
+    for layer, module in facts.modules:
+        block = "mlp" if module in {"gate_proj", "up_proj", "down_proj"} else "self_attn"
+        prefix = f"base_model.model.model.layers.{layer}.{block}.{module}"
+        weights[(layer, module)] = (tensors[f"{prefix}.lora_A.weight"], tensors[f"{prefix}.lora_B.weight"])
     return weights

@@ -8,7 +8,8 @@ backward pass (reading the dataset, tokenizing, fetching weights, writing checkp
 Celery task thread (``prepare`` and ``drive`` below).
 
 Merge rule (Algorithm 3's MergeAdapters): training an adapter that has a version continues from that
-version's A/B (same rank, alpha and targets) and the new version is the trained pair, so
+version's A/B (same layers, ranks, alphas and scaling: its config's layers_to_transform, rank_pattern,
+alpha_pattern and use_rslora are saved again with the trained pair) and the new version is the trained pair, so
 MergeAdapters(A_old, A_train) = A_train warm-started from A_old. A new adapter starts as PEFT starts one:
 A Kaiming-uniform, B zero, so its delta is zero before the first step.
 
@@ -40,6 +41,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from . import object_io
+from .adapter_config import ModuleLoRA
 from .datasets import parse_dataset
 from .lora import adapter_weights_from_tensors
 from .training_spec import training_gradients
@@ -71,24 +73,32 @@ def peft_name(layer, module):
 
 
 class TrainableLoRA:
-    """The job's A [r, in] / B [out, r] per (layer, module), fp32 parameters on the model's device."""
+    """The job's A [r, in] / B [out, r] per (layer, module), fp32 parameters on the model's device.
 
-    def __init__(self, facts, *, rank, alpha, targets, device, seed, init=None, dropout=0.0):
-        self.rank, self.alpha, self.targets = rank, float(alpha), tuple(sorted(targets))
-        self.scaling = self.alpha / rank
+    A new adapter wraps ``targets`` in every layer with one rank and alpha; one trained on from an adapter takes
+    its ``modules`` ((layer, module) -> adapter_config.ModuleLoRA) and its config's ``shape`` fields."""
+
+    def __init__(self, facts, *, rank, alpha, targets, device, seed, init=None, dropout=0.0, modules=None,
+                 shape=None):
+        if modules is None:
+            modules = {(layer, module): ModuleLoRA(rank, float(alpha), float(alpha) / rank)
+                       for layer in range(facts.num_layers) for module in targets}
+        self.rank = max(m.rank for m in modules.values())
+        self.alpha, self.targets = float(alpha), tuple(sorted({module for _, module in modules}))
+        self.shape = dict(shape or {})
+        self.scaling = {key: m.scaling for key, m in modules.items()}
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         generator = torch.Generator().manual_seed(seed)
         self.pairs = {}
-        for layer in range(facts.num_layers):
-            for module in self.targets:
-                _, fan_in, fan_out = facts.modules[module]
-                if init is not None and (layer, module) in init:
-                    A, B = (t.detach().to(torch.float32).clone() for t in init[(layer, module)])
-                else:
-                    A = torch.empty(rank, fan_in)
-                    nn.init.kaiming_uniform_(A, a=math.sqrt(5), generator=generator)
-                    B = torch.zeros(fan_out, rank)
-                self.pairs[(layer, module)] = (nn.Parameter(A.to(device)), nn.Parameter(B.to(device)))
+        for (layer, module), lora in sorted(modules.items()):
+            _, fan_in, fan_out = facts.modules[module]
+            if init is not None and (layer, module) in init:
+                A, B = (t.detach().to(torch.float32).clone() for t in init[(layer, module)])
+            else:
+                A = torch.empty(lora.rank, fan_in)
+                nn.init.kaiming_uniform_(A, a=math.sqrt(5), generator=generator)
+                B = torch.zeros(fan_out, lora.rank)
+            self.pairs[(layer, module)] = (nn.Parameter(A.to(device)), nn.Parameter(B.to(device)))
 
     def parameters(self):
         return [p for pair in self.pairs.values() for p in pair]
@@ -106,9 +116,10 @@ class TrainableLoRA:
         return out
 
     def peft_config(self, base_model):
-        return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model, "r": self.rank,
-                "lora_alpha": self.alpha, "lora_dropout": 0.0, "target_modules": list(self.targets), "bias": "none",
-                "fan_in_fan_out": False, "inference_mode": True}
+        config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
+                  "r": self.rank, "lora_alpha": self.alpha, "lora_dropout": 0.0, "target_modules": list(self.targets),
+                  "bias": "none", "fan_in_fan_out": False, "inference_mode": True}
+        return {**config, **self.shape}  # an adapter trained on from another keeps that one's layers and patterns
 
 
 def _template_ids(tokenizer, messages, generation_prompt):
@@ -407,10 +418,11 @@ def prepare(spec, *, base, pool, facts, max_rank=64, init_adapter=None):
     eos_id = (eos[0] if isinstance(eos, list) else eos) if eos is not None else tokenizer.eos_token_id
     examples = load_examples(spec, tokenizer, eos_id)
     rank, alpha, targets = hp.rank, hp.alpha, hp.target_modules
-    init = None
+    init = modules = shape = None
     if init_adapter is not None:  # continue from the current version: its shape wins
         facts_in = init_adapter.facts
         rank, alpha, targets = facts_in.rank, facts_in.alpha, facts_in.target_modules
+        modules, shape = facts_in.modules, facts_in.shape
         init = init_adapter.weights
     unknown = sorted(set(targets) - set(facts.modules))
     if unknown:
@@ -420,9 +432,10 @@ def prepare(spec, *, base, pool, facts, max_rank=64, init_adapter=None):
     if resume is not None:
         state = json.loads(object_io.read_bytes(object_io.join(resume, STATE_FILE)))
         tensors = load_safetensors(object_io.read_bytes(object_io.join(resume, "adapter_model.safetensors")))
-        init = adapter_weights_from_tensors(tensors, _Facts(list(range(facts.num_layers)), sorted(targets)))
+        trained = modules or [(layer, module) for layer in range(facts.num_layers) for module in targets]
+        init = adapter_weights_from_tensors(tensors, _Facts(trained))
     lora = TrainableLoRA(facts, rank=rank, alpha=alpha, targets=targets, device=device, seed=hp.seed, init=init,
-                         dropout=hp.dropout)
+                         dropout=hp.dropout, modules=modules, shape=shape)
     run = TrainingRun(spec, hp, base.model, pool, lora, examples)
     if resume is not None:
         run.load_optimizer(load_safetensors(object_io.read_bytes(object_io.join(resume, "optimizer.safetensors"))))
@@ -432,9 +445,8 @@ def prepare(spec, *, base, pool, facts, max_rank=64, init_adapter=None):
 
 
 @dataclass(frozen=True)
-class _Facts:  # what adapter_weights_from_tensors needs
-    layers: list
-    target_modules: list
+class _Facts:  # what adapter_weights_from_tensors needs: the (layer, module) pairs to read
+    modules: object
 
 
 def write_checkpoint(run, checkpoint, *, final=False):
@@ -444,11 +456,12 @@ def write_checkpoint(run, checkpoint, *, final=False):
     files = {"adapter_model.safetensors": weights, "adapter_config.json": config}
     if not final:
         files["optimizer.safetensors"] = save_safetensors(checkpoint.optimizer)
-    files[STATE_FILE] = json.dumps({"job_id": run.job_id, "step": checkpoint.step, "loss": checkpoint.loss}).encode()
+    summary = {"rank": run.lora.rank, "alpha": run.lora.alpha, "target_modules": list(run.lora.targets)}
+    files[STATE_FILE] = json.dumps({"job_id": run.job_id, "step": checkpoint.step, "loss": checkpoint.loss,
+                                    "adapter": summary}).encode()
     uri = object_io.join(run.spec.output_uri, "final") if final else checkpoint_uri(run.spec, checkpoint.step)
     object_io.write_folder(uri, files)
-    return uri, {"uri": uri, "sha256": hashlib.sha256(weights).hexdigest(), "size_bytes": len(weights),
-                 "rank": run.lora.rank, "alpha": run.lora.alpha, "target_modules": list(run.lora.targets),
+    return uri, {"uri": uri, "sha256": hashlib.sha256(weights).hexdigest(), "size_bytes": len(weights), **summary,
                  "dtype": "F32"}
 
 
@@ -460,10 +473,12 @@ def finished_result(spec):
     state = json.loads(object_io.read_bytes(object_io.join(uri, STATE_FILE)))
     weights = object_io.read_bytes(object_io.join(uri, "adapter_model.safetensors"))
     config = json.loads(object_io.read_bytes(object_io.join(uri, "adapter_config.json")))
+    # the largest rank and the layers' names (the config's r and target_modules differ from them with patterns)
+    summary = state.get("adapter") or {"rank": config["r"], "alpha": config["lora_alpha"],
+                                       "target_modules": config["target_modules"]}
     return {"status": "succeeded", "error": None, "steps": state["step"], "final_loss": state.get("loss"),
             "adapter": {"uri": uri, "sha256": hashlib.sha256(weights).hexdigest(), "size_bytes": len(weights),
-                        "rank": config["r"], "alpha": config["lora_alpha"], "target_modules": config["target_modules"],
-                        "dtype": "F32"}}
+                        **summary, "dtype": "F32"}}
 
 
 def drive(run, *, on_step, on_checkpoint, on_progress, timeout_s=None):

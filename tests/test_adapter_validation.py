@@ -63,7 +63,7 @@ def rejected(path, **kwargs):
 def test_real_peft_adapter_passes(tiny_peft_adapter):
     facts = validate_adapter(tiny_peft_adapter, BASE)
     assert (facts.rank, facts.alpha, facts.target_modules, facts.dtype) == (4, 8.0, ["q_proj", "v_proj"], "F32")
-    assert facts.scaling == 2.0 and len(facts.tensors) == 8
+    assert set(facts.scaling.values()) == {2.0} and len(facts.scaling) == 4 and len(facts.tensors) == 8
 
 
 def test_crafted_adapter_in_f16_passes(tmp_path):
@@ -248,7 +248,9 @@ def test_empty_layers_to_transform_is_refused(tmp_path):
     ({"lora_alpha": "8"}, "bad_alpha"),
     ({"lora_alpha": 10**400}, "bad_alpha"),
     ({"base_model_name_or_path": ["tiny-llama"]}, "invalid_config"),
-    ({"alpha_pattern": {"q_proj": 4}}, "unsupported_option"),
+    ({"alpha_pattern": {"q_proj": "4"}}, "bad_alpha_pattern"),
+    ({"rank_pattern": {"q_proj": 0}}, "bad_rank_pattern"),
+    ({"rank_pattern": ["q_proj"]}, "bad_rank_pattern"),
 ])
 def test_config_field_types_are_refused(tmp_path, config, code):
     assert rejected(write_adapter(tmp_path / "a", config=config)) == code
@@ -268,7 +270,8 @@ def test_alpha_whose_scaling_is_out_of_bounds_is_refused(tmp_path, alpha):
 
 
 def test_alpha_at_the_scaling_bound_is_accepted(tmp_path):
-    assert validate_adapter(write_adapter(tmp_path / "a", config={"lora_alpha": 4 * 10**4}), BASE).scaling == 1e4
+    facts = validate_adapter(write_adapter(tmp_path / "a", config={"lora_alpha": 4 * 10**4}), BASE)
+    assert set(facts.scaling.values()) == {1e4}
 
 
 def test_trailing_bytes_after_the_tensors_are_refused(tmp_path):

@@ -209,6 +209,39 @@ def test_continuing_from_a_version_keeps_its_shape_and_starts_from_its_weights(n
     assert moved and all((before[n] - after[n]).abs().max() < 0.1 for n in before)  # one step from v1, not anew
 
 
+def test_continuing_from_an_adapter_with_layers_and_patterns_keeps_them(node, tmp_path):
+    """layers_to_transform, rank_pattern, alpha_pattern and rsLoRA survive training: the trained version wraps the
+    same layers with the same ranks and scalings, and its adapter_config.json says so."""
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+
+    from gpu_runtime.adapter_validation import validate_adapter
+
+    engine, store, base = node()
+    config = LoraConfig(r=4, lora_alpha=8, use_rslora=True, target_modules=["q_proj", "v_proj", "down_proj"],
+                        layers_to_transform=[1], rank_pattern={"v_proj": 2}, alpha_pattern={"down_proj": 16},
+                        init_lora_weights=False)
+    start = tmp_path / "v1"
+    get_peft_model(tiny_base(), config).save_pretrained(start)
+    original = json.loads((start / "adapter_config.json").read_text())
+    (start / "adapter_config.json").write_text(json.dumps({**original, "base_model_name_or_path": "tiny-llama"}))
+    spec = spec_for(tmp_path, write_dataset(tmp_path / "data.jsonl", memorize_records()), epochs=1,
+                    init={"adapter_id": "a1", "version": 1, "uri": str(start), "tier": "warm"})
+    result = run_job(spec, engine=engine, store=store, base=base, send=Recorder())
+    assert result["status"] == "succeeded", result
+    assert (result["adapter"]["rank"], result["adapter"]["target_modules"]) == (4, ["down_proj", "q_proj", "v_proj"])
+    final = Path(result["adapter"]["uri"].removeprefix("file://"))
+    saved = json.loads((final / "adapter_config.json").read_text())
+    for field in ("r", "lora_alpha", "use_rslora", "layers_to_transform", "rank_pattern", "alpha_pattern"):
+        assert saved[field] == original[field], field
+    assert sorted(saved["target_modules"]) == sorted(original["target_modules"])
+    before, after = validate_adapter(start, BASE_FACTS), validate_adapter(final, BASE_FACTS)
+    assert after.modules == before.modules and after.layers == [1]
+    trained = load_file(str(final / "adapter_model.safetensors"))
+    assert {n: t.shape for n, t in trained.items()} == {
+        n: t.shape for n, t in load_file(str(start / "adapter_model.safetensors")).items()}
+
+
 def test_inference_waits_at_most_one_micro_step_and_is_unchanged_by_training(node, tmp_path, redis_client):
     engine, store, base = node()
     handle_alone, _ = greedy(engine, [5, 6, 7], max_tokens=12)
