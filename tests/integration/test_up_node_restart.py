@@ -116,8 +116,9 @@ def test_a_runtime_killed_mid_answer_under_make_up_is_restarted_and_rejoins(tmp_
         assert alive(restarted)
 
         # It gets work: a tenant with no affinity to either node ties to the rejoined one, or spreads to it.
-        second = subprocess.run([sys.executable, "manage.py", "shell", "-c", SECOND_TENANT], cwd=ROOT, check=True,
-                                capture_output=True, text=True, env={**up.env, "DJANGO_DEBUG": "true"}).stdout.strip()
+        made = subprocess.run([sys.executable, "manage.py", "shell", "-c", SECOND_TENANT], cwd=ROOT, check=True,
+                              capture_output=True, text=True, env={**up.env, "DJANGO_DEBUG": "true"})
+        second = made.stdout.split()[-1]  # the key, after what the shell prints of itself
         second_client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {second}"}, timeout=240)
         served = set()
         for _ in range(4):
