@@ -128,7 +128,7 @@ def test_generating_state_and_a_stopped_reply_left_out_unless_kept(page, daphne,
     page.get_by_label("Message").fill("Write a long story about a dragon who learns to cook.")
     page.get_by_role("button", name="Send").click()
 
-    busy, first = page.locator("#pg-busy"), page.locator(".pg-msg--assistant").last
+    busy, first = page.locator("#pg-busy"), page.locator(".pg-msg--assistant").first
     expect(busy).to_have_text("Generating…")  # from the moment it is sent, before any token
     expect(first.locator(".pg-generating")).to_be_visible()
     expect(first.locator(".pg-text")).not_to_have_text("", timeout=120_000)
