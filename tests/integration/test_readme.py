@@ -100,6 +100,6 @@ def test_every_readme_block_runs_against_make_up(tmp_path):
         adapter = httpx.get(f"{url}/api/v1/adapters/support-bot", headers=key, timeout=10).json()
         versions = httpx.get(f"{url}/api/v1/adapters/support-bot/versions", headers=key, timeout=10).json()["data"]
         assert [v["number"] for v in versions] == [2, 1], versions
-        assert adapter["tier"] == "warm" and adapter["current_version"]["number"] == 1, adapter
+        assert adapter["tier"]["tier"] == "warm" and adapter["current_version"]["number"] == 1, adapter
     finally:
         up.ctrl_c()
