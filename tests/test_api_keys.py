@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from inference.models import BaseModel
+from adapters.models import BaseModel
 from tenants import services
 from tenants.keys import LAST_USED_RESOLUTION
 from tenants.models import APIKey, Tenant

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from inference.models import Adapter, BaseModel
+from adapters.models import Adapter, BaseModel
 from tests.browser.test_playground import sign_in
 from tests.integration.conftest import daphne  # noqa: F401
 from tests.test_playground_ws import make_adapter
