@@ -54,7 +54,7 @@ class BaseModelOut(serializers.Serializer):
 
 
 class BaseModelListView(APIView):
-    required_action = "tenant.view"
+    required_action = "catalog.read"
 
     @extend_schema(responses={200: BaseModelOut(many=True)})
     def get(self, request):

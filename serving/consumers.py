@@ -3,7 +3,8 @@ runtime's tokens relayed live from the request's Redis Stream.
 
 Client to server (after authentication, see tenants/ws.py):
     {"type": "chat", "model": "<base id | adapter | adapter@vN>", "messages": [{"role", "content"}, ...],
-     "temperature": 0.7, "max_tokens": 256}                 the whole history each time (the chat template)
+     "temperature", "top_p", "max_tokens", "seed", "stop"}   the whole history each time (the chat template);
+                                                             the sampling parameters of inference/parameters.py
     {"type": "stop"}                                         cancel the running generation
     {"type": "resume", "request_id": "req_...", "last_id": "<entry id>"}   relay again after that entry
     {"type": "ping"}
@@ -13,7 +14,8 @@ Server to client:
     {"type": "delta", "request_id", "id": "<entry id>", "text"}   (the id is what resume takes)
     {"type": "retry", "request_id", "id", "attempt", "node", "reason"}   its node was lost: the answer starts over
     {"type": "done", "request_id", "finish_reason", "usage", "timings", "gpu_ms", "cost", "error"}
-    {"type": "error", "error": {"message", "type", "param", "code"}}   the socket stays open
+    {"type": "error", "error": {"message", "type", "param", "code"}}   the socket stays open; a chat refused
+        for its fields also lists each bad field in "error"."errors" ([{"param", "message", "code"}, ...])
     {"type": "pong"}
 
 One generation at a time per socket. Stop and disconnect both set the request's cancel flag; after a stop
@@ -103,7 +105,7 @@ def chat_submit(principal, content):
     principal.require("infer")
     chat = ChatIn(data=content)
     if not chat.is_valid():
-        raise parameters.refusal(chat.errors)
+        raise parameters.refusal(chat.errors, each=True)
     data = chat.validated_data
     base_model, version = resolve_model(tenant=principal.tenant, ref=data["model"])
     if sum(len(m["content"]) for m in data["messages"]) > base_model.context_length * CHARS_PER_TOKEN_BOUND:

@@ -149,8 +149,10 @@ def problems(detail, prefix=""):
     return [(prefix or None, message, getattr(detail, "code", None) or "invalid")]
 
 
-def refusal(errors):
-    """A serializer's errors as one 400: the first problem's param and code, and a message that says them all."""
+def refusal(errors, *, each=False):
+    """A serializer's errors as one 400: the first problem's param and code, and a message that says them all; with
+    ``each``, also every problem on its own (``errors``: param, message, code), for a form that marks each field."""
     found = problems(errors)
     param, _, code = found[0]
-    return InvalidRequest(" ".join(message for _, message, _ in found), param=param, code=code)
+    extra = {"errors": [{"param": p, "message": m, "code": c} for p, m, c in found]} if each else None
+    return InvalidRequest(" ".join(message for _, message, _ in found), param=param, code=code, extra=extra)

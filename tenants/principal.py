@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from rest_framework.exceptions import PermissionDenied
 
-from .roles import role_allows, scope_for, scopes_for_role
+from .roles import ANY_SCOPE, role_allows, scope_for, scopes_for_role
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Principal:
     def can(self, action):
         if self.is_key:
             scope = scope_for(action)
-            return scope is not None and self.api_key.has_scope(scope)
+            return scope == ANY_SCOPE or (scope is not None and self.api_key.has_scope(scope))
         return role_allows(self.role, action)
 
     def require(self, action):

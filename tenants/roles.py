@@ -23,9 +23,13 @@ SCOPE_CHOICES = [
     ("billing:read", "Read invoices and billing state"),
 ]
 SCOPES = [value for value, _ in SCOPE_CHOICES]
+# What every key of the tenant may do, whatever its scopes: read what the platform offers everyone.
+ANY_SCOPE = "*"
 
-# action -> roles allowed, and the key scope that allows it (None: sessions only)
+# action -> roles allowed, and the key scope that allows it (None: sessions only; ANY_SCOPE: every key)
 ACTIONS = {
+    # The base-model catalog is the platform's, the same for every tenant: nothing in it is a tenant's secret.
+    "catalog.read": ({OWNER, ADMIN, DEVELOPER, BILLING_VIEWER}, ANY_SCOPE),
     "tenant.view": ({OWNER, ADMIN, DEVELOPER, BILLING_VIEWER}, None),
     "tenant.manage": ({OWNER}, None),
     "members.view": ({OWNER, ADMIN, DEVELOPER, BILLING_VIEWER}, None),
@@ -60,7 +64,7 @@ def scope_for(action):
 
 def scopes_for_role(role):
     """The key scopes a member may grant: none beyond what their own role can do."""
-    return sorted({scope for roles, scope in ACTIONS.values() if scope and role in roles})
+    return sorted({scope for roles, scope in ACTIONS.values() if scope in SCOPES and role in roles})
 
 
 def can_grant_role(granter_role, role):

@@ -5,6 +5,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from adapters.models import BaseModel
 from tenants import services
 from tenants.keys import LAST_USED_RESOLUTION
 from tenants.models import APIKey, Tenant
@@ -391,3 +392,20 @@ def test_owner_may_revoke_a_developers_key(alice_client, bob, acme):
     key, _ = create_key(bob, acme, scopes=["infer"])
     assert alice_client.delete(f"/api/v1/keys/{key.prefix}").status_code == 200
     assert APIKey.objects.get(pk=key.pk).revoked
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+def test_the_base_model_catalog_is_readable_with_a_key_of_any_scope(alice, acme, scope):
+    BaseModel.objects.create(name="test-base", architecture={"layers": 2}, context_length=64)
+    _, secret = create_key(alice, acme, scopes=[scope])
+    response = key_client(secret).get("/api/v1/base-models")
+    assert response.status_code == 200, response.content
+    assert [model["id"] for model in response.json()["data"]] == ["test-base"]
+
+
+def test_the_base_model_catalog_refuses_revoked_and_unknown_keys(alice_client, alice, acme, unchanged_db):
+    key, secret = create_key(alice, acme, scopes=["usage:read"])
+    alice_client.delete(f"/api/v1/keys/{key.prefix}")
+    with unchanged_db():
+        assert_error(key_client(secret).get("/api/v1/base-models"), 401, code="api_key_revoked")
+        assert_error(key_client(f"{key.prefix}.wrong").get("/api/v1/base-models"), 401)

@@ -1,5 +1,7 @@
 """The server-rendered dashboard: pages render, refusals show why and write nothing, secrets show once."""
 
+import re
+
 import pytest
 from django.urls import reverse
 from django.utils import timezone
@@ -431,3 +433,15 @@ def test_overview_shows_spend_adapters_requests_and_the_rate_limit_as_numbers(al
     acme.save()
     assert '<span class="stat-value" data-rate-limit>120</span>' in session_client(alice).get(
         reverse("dashboard")).content.decode()
+
+
+def test_the_overview_snippet_uses_the_variables_demo_env_exports(alice_web, tmp_path):
+    from django.core.management import call_command
+
+    from tenants.management.commands.demo_tenant import read_env_file
+
+    call_command("demo_tenant", env_file=str(tmp_path / "demo.env"), verbosity=0)
+    exported = set(read_env_file(tmp_path / "demo.env"))
+    html = alice_web.get(reverse("dashboard")).content.decode()
+    used = set(re.findall(r"\$([A-Z_]+)", html))
+    assert used and used <= exported, (used, exported)

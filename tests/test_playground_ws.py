@@ -324,6 +324,43 @@ def test_invalid_chat_is_an_error_and_writes_nothing(alice, node, runtime, redis
     assert redis_client.llen(f"node.{NODE}") == 0, "no task sent"
 
 
+def test_every_bad_setting_is_reported_at_once(alice, node, runtime, redis_client, unchanged_db):
+    headers = session_headers(alice)
+    bad = {"temperature": 3, "top_p": 0, "max_tokens": 0, "seed": -1, "stop": ["x" * 65]}
+
+    async def go():
+        ws, _ = await open_playground(headers)
+        await ws.send_json_to({**chat(), **bad})
+        message = await ws.receive_json_from()
+        await ws.disconnect()
+        return message["error"]
+
+    with unchanged_db():
+        error = run(go)
+    assert [e["param"] for e in error["errors"]] == ["temperature", "top_p", "max_tokens", "seed", "stop"]
+    assert all(e["code"] == "out_of_range" and e["message"].startswith(e["param"]) for e in error["errors"])
+    assert (error["param"], error["code"]) == ("temperature", "out_of_range")
+    assert all(e["message"] in error["message"] for e in error["errors"])
+    assert redis_client.llen(f"node.{NODE}") == 0, "no task sent"
+
+
+def test_system_prompt_top_p_stop_and_seed_reach_the_runtime(alice, node, runtime, redis_client):
+    headers = session_headers(alice)
+
+    async def go():
+        ws, _ = await open_playground(headers)
+        await ws.send_json_to({**chat(), "top_p": 0.9, "seed": 7, "stop": ["\n\n", "END"]})
+        start = await ws.receive_json_from(timeout=5)
+        await ws.disconnect()
+        return start
+
+    start = run(go)
+    payload = InferenceRequest.objects.get(pk=start["request_id"]).payload  # what the node's task carries
+    assert payload["messages"][0] == {"role": "system", "content": "Be brief."}
+    sampling = payload["sampling"]
+    assert (sampling["top_p"], sampling["seed"], sampling["stop"]) == (0.9, 7, ["\n\n", "END"])
+
+
 def test_charlie_cannot_use_alices_adapter(charlie, node, support_bot, runtime, redis_client, unchanged_db):
     headers = session_headers(charlie)
 
@@ -388,9 +425,10 @@ def test_page_lists_models_versions_and_prices(alice, acme, node, support_bot, c
     client.force_login(alice)
     html = client.get(reverse("playground")).content.decode()
     assert 'value="test-base"' in html and 'data-tier="cold"' in html
-    assert 'value="support-bot"' in html and "support-bot (current: v2)" in html
-    assert 'value="support-bot@v1"' in html and 'value="support-bot@v2"' in html and 'data-tier="warm"' in html
-    for label in ("Model", "Temperature", "Max tokens", "Message"):
+    assert html.count('value="support-bot"') == 1, "one entry per adapter; its versions are in the version picker"
+    assert 'data-versions="2 1"' in html and 'data-current="2"' in html and 'data-tier="warm"' in html
+    for label in ("Model", "Version", "System prompt", "Temperature", "Top p", "Max tokens", "Seed", "Stop sequences",
+                  "Message"):
         assert f">{label}</label>" in html
     assert 'id="pg-stop"' in html and "vajra/playground.js" in html
 

@@ -1,6 +1,7 @@
 """The playground in a real browser against real processes: daphne, a runtime node with SmolLM2 and the control
 worker. A member signs in, picks the base model, asks a question and watches the answer stream in."""
 
+import json
 import re
 from decimal import ROUND_HALF_EVEN, Decimal
 
@@ -111,3 +112,58 @@ def test_chat_streams_tokens_live_with_stats(page, daphne, runtime_node, control
 
     page.set_viewport_size({"width": 390, "height": 844})
     page.screenshot(path="/tmp/playground-phone.png", full_page=True)
+
+
+def test_generating_state_and_a_stopped_reply_left_out_unless_kept(page, daphne, runtime_node, control_worker,  # noqa: F811
+                                                                    alice):
+    wait_until_serving(MODEL, runtime_node, 180)
+    page.set_default_timeout(30_000)
+    frames = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: frames.append(json.loads(payload))))
+    sign_in(page, daphne, alice.email)
+    expect(page.get_by_role("status").filter(has_text="Connected")).to_be_visible()
+    page.get_by_label("Model", exact=True).select_option(MODEL)
+    page.get_by_label("Temperature").fill("0")
+    page.get_by_label("Max tokens").fill("400")
+    page.get_by_label("Message").fill("Write a long story about a dragon who learns to cook.")
+    page.get_by_role("button", name="Send").click()
+
+    busy, first = page.locator("#pg-busy"), page.locator(".pg-msg--assistant").first
+    expect(busy).to_have_text("Generating…")  # from the moment it is sent, before any token
+    expect(first.locator(".pg-generating")).to_be_visible()
+    expect(first.locator(".pg-text")).not_to_have_text("", timeout=120_000)
+    expect(busy).to_be_visible()
+    page.get_by_role("button", name="Stop").click()
+    expect(first).to_have_class(re.compile(r"pg-msg--stopped"), timeout=120_000)
+    expect(first.locator(".pg-role")).to_contain_text("Stopped")
+    expect(first.locator(".pg-stats")).to_contain_text("stopped")
+    expect(busy).to_be_hidden()
+    expect(first.locator(".pg-generating")).to_have_count(0)
+    keep = first.get_by_label("Keep in context")
+    expect(keep).not_to_be_checked()
+    stopped_text = first.locator(".pg-text").text_content()
+    page.screenshot(path="/work/screens/playground-stopped.png", full_page=True)
+
+    # Left out: the next message goes with the first question only. Settings go along as set.
+    page.get_by_label("System prompt").fill("You answer in one short sentence.")
+    page.get_by_label("Max tokens").fill("24")
+    page.get_by_label("Seed").fill("7")
+    page.get_by_label("Top p").fill("0.9")
+    page.get_by_label("Stop sequences").fill(".")
+    page.get_by_label("Message").fill("What is a dragon?")
+    page.get_by_role("button", name="Send").click()
+    second = page.locator(".pg-msg--assistant").nth(1)
+    expect(second.locator(".pg-stats")).to_be_visible(timeout=120_000)
+    sent = [frame for frame in frames if frame.get("type") == "chat"]
+    assert [m["role"] for m in sent[1]["messages"]] == ["system", "user", "user"], sent[1]["messages"]
+    assert (sent[1]["seed"], sent[1]["top_p"], sent[1]["stop"]) == (7, 0.9, ["."])
+    assert "." not in second.locator(".pg-text").text_content(), "the stop sequence ended the reply"
+
+    # Kept: ticked, the stopped reply goes with the next message, where it was.
+    keep.check()
+    page.get_by_label("Message").fill("Go on.")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator(".pg-msg--assistant").nth(2).locator(".pg-stats")).to_be_visible(timeout=120_000)
+    third = [frame for frame in frames if frame.get("type") == "chat"][2]["messages"]
+    assert [m["role"] for m in third] == ["system", "user", "assistant", "user", "assistant", "user"], third
+    assert third[2]["content"] == stopped_text

@@ -25,7 +25,7 @@ class Up:
                if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"} and not k.startswith("PYTEST")}
         env.update(VAJRA_VAR_DIR=str(var_dir), VAJRA_MODEL_STORE=str(ROOT / "var" / "models"),
                    VAJRA_PORT=str(port), VAJRA_HEARTBEAT_SECONDS="1", PYTHONUNBUFFERED="1")
-        self.log_path = log_path
+        self.log_path, self.env = log_path, env
         self.log = open(log_path, "wb")
         self.popen = subprocess.Popen([sys.executable, "manage.py", "up", *args], cwd=ROOT, env=env, stdout=self.log,
                                       stderr=subprocess.STDOUT, start_new_session=True)
@@ -96,6 +96,8 @@ def run_once(var_dir, tmp_path, n, nodes=("local",), debug=False):
         assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
         pids = up.child_pids()
         assert len(pids) == 4 + len(nodes), up.output()[-2000:]  # redis, web, runtime per node, control, beat
+        # each runtime node runs under its supervisor, which keeps the node process's pid in var/run
+        pids += [int((var_dir / "run" / f"runtime-{node}.pid").read_text()) for node in nodes]
     finally:
         up.ctrl_c()
     deadline = time.monotonic() + 30

@@ -2,8 +2,10 @@
 
 Steps: migrate, collect static files, import the base model (once), create the demo tenant, start a
 private Redis on a unix socket under var/ when REDIS_URL is unset, then web, one runtime node (or one per
-name in ``--nodes node-a,node-b``), the control worker and beat from platform/Procfile under honcho. Ctrl-C
-stops every child, Redis included.
+name in ``--nodes node-a,node-b``), the control worker and beat from platform/Procfile under honcho. Each runtime
+node runs under its own supervisor (vajra/supervisor.py): a node that dies is started again, with a backoff, while
+everything else keeps running (honcho alone would stop every process when one exits). Ctrl-C stops every child,
+Redis included.
 
 The processes run production-like: DEBUG off (``--debug``, ``make up DEBUG=1``, turns it on), with what DEBUG off
 needs for a local run over plain HTTP (see ``platform_env``).
@@ -84,6 +86,13 @@ def node_threads(count):
     return os.environ.get("VAJRA_TORCH_THREADS") or str(max(1, (os.cpu_count() or 1) // count))
 
 
+def supervised(node, command, var):
+    """The Procfile's runtime command under a supervisor that starts it again when it dies (vajra/supervisor.py); the
+    node process's pid is kept in var/run/runtime-<node>.pid."""
+    pid_file = shlex.quote(str(Path(var) / "run" / f"runtime-{node}.pid"))
+    return f"{shlex.quote(sys.executable)} -m vajra.supervisor --name {node} --pid-file {pid_file} -- {command}"
+
+
 class Command(BaseCommand):
     help = "Prepare and start the whole platform (web, runtime node(s), control worker, beat)."
 
@@ -138,14 +147,17 @@ class Command(BaseCommand):
             manager.add_process("redis", " ".join(argv), env=env)
         metrics_port = int(os.environ.get("VAJRA_METRICS_PORT", "9108"))
         for name, command in parse_procfile(PROCFILE.read_text()).processes.items():
-            if name != "runtime" or len(nodes) == 1:
+            if name != "runtime":
                 manager.add_process(name, command, env=env, cwd=str(settings.BASE_DIR))
-                continue
-            threads = node_threads(len(nodes))
-            for i, node in enumerate(nodes):  # one runtime process per node, each on its own queue and port
-                manager.add_process(f"runtime-{node}", command, cwd=str(settings.BASE_DIR), env={
-                    **env, "VAJRA_NODE_NAME": node, "VAJRA_METRICS_PORT": str(metrics_port + i if metrics_port else 0),
-                    "VAJRA_TORCH_THREADS": threads})
+            elif len(nodes) == 1:
+                manager.add_process(name, supervised(nodes[0], command, var), env=env, cwd=str(settings.BASE_DIR))
+            else:
+                threads = node_threads(len(nodes))
+                for i, node in enumerate(nodes):  # one runtime process per node, each on its own queue and port
+                    port_of_node = str(metrics_port + i if metrics_port else 0)
+                    manager.add_process(f"runtime-{node}", supervised(node, command, var), cwd=str(settings.BASE_DIR),
+                                        env={**env, "VAJRA_NODE_NAME": node, "VAJRA_METRICS_PORT": port_of_node,
+                                             "VAJRA_TORCH_THREADS": threads})
         debug = django_env["DJANGO_DEBUG"] == "true"
         threading.Thread(target=self.announce, args=(url, var, debug), daemon=True).start()
         manager.loop()

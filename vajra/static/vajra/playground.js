@@ -9,11 +9,18 @@
   function byId(id) { return document.getElementById(id); }
 
   var model = byId("pg-model");
+  var versionField = byId("pg-version-field");
+  var version = byId("pg-version");
   var tierBadge = byId("pg-tier");
   var unitsOut = byId("pg-units");
   var usdOut = byId("pg-usd");
+  var systemPrompt = byId("pg-system");
   var temperature = byId("pg-temperature");
+  var topP = byId("pg-top-p");
   var maxTokens = byId("pg-max-tokens");
+  var seed = byId("pg-seed");
+  var stops = byId("pg-stops");
+  var busy = byId("pg-busy");
   var transcript = byId("pg-transcript");
   var empty = byId("pg-empty");
   var errorBox = byId("pg-error");
@@ -25,7 +32,9 @@
   var status = byId("pg-status");
   var enabled = root.dataset.enabled === "true";
 
-  var history = [];    // finished turns, [{role, content}]
+  // Finished turns, [{role, content, keep}]: a stopped reply has ``keep``, its "Keep in context" checkbox, and goes
+  // with the next message only while that is ticked.
+  var history = [];
   var turn = null;     // the reply in flight: {user, requestId, lastId, text, sentAt, firstAt, node, textNode}
   var socket = null;
   var connected = false;
@@ -39,6 +48,31 @@
   function microDollars(micro) { return dollars(micro / 1e6); }
 
   function plural(n, word) { return n + " " + word + (n === 1 ? "" : "s"); }
+
+  // The model reference the server takes: a base model, an adapter (its current version) or adapter@vN.
+  function modelRef() {
+    var option = model.selectedOptions[0];
+    return option.dataset.versions && version.value ? model.value + "@v" + version.value : model.value;
+  }
+
+  function modelLabel() {
+    var option = model.selectedOptions[0];
+    if (!option.dataset.versions) return model.value;
+    return model.value + "@v" + (version.value || option.dataset.current);
+  }
+
+  function showVersions() {
+    var option = model.selectedOptions[0];
+    var versions = option && option.dataset.versions ? option.dataset.versions.split(" ") : [];
+    versionField.hidden = versions.length === 0;
+    version.replaceChildren();
+    if (!versions.length) return;
+    var current = option.dataset.current;
+    version.appendChild(new Option("current (v" + current + ")", ""));
+    versions.forEach(function (number) {
+      version.appendChild(new Option("v" + number + (number === current ? " (current)" : ""), number));
+    });
+  }
 
   function showPrice() {
     var option = model.selectedOptions[0];
@@ -55,15 +89,99 @@
   }
 
   function refreshButtons() {
-    var busy = turn !== null;
-    sendButton.disabled = !enabled || !connected || busy;
-    stopButton.disabled = !busy || !turn.requestId || turn.stopping;
-    clearButton.disabled = busy;
+    var generating = turn !== null;
+    sendButton.disabled = !enabled || !connected || generating;
+    stopButton.disabled = !generating || !turn.requestId || turn.stopping;
+    clearButton.disabled = generating;
+    busy.hidden = !generating;
+    busy.textContent = generating && turn.stopping ? "Stopping…" : "Generating…";
   }
 
   function showError(message) {
-    errorBox.textContent = message;
+    errorBox.replaceChildren();
+    if (message) errorBox.appendChild(element("p", null, message));
     errorBox.hidden = !message;
+  }
+
+  // Settings: every bad one is reported at once, beside its field and in the summary above the composer. The rules
+  // are the server's (inference/parameters.py), which checks them again and answers the same way.
+  var FIELDS = {temperature: temperature, top_p: topP, max_tokens: maxTokens, seed: seed, stop: stops,
+                system: systemPrompt};
+  var FIELD_NAMES = {temperature: "Temperature", top_p: "Top p", max_tokens: "Max tokens", seed: "Seed",
+                     stop: "Stop sequences", system: "System prompt"};
+  var MAX_SEED = BigInt("9223372036854775807");
+
+  function fieldOf(param) {
+    return FIELDS[String(param || "").split(".")[0]] || null;
+  }
+
+  function showProblems(problems) {
+    Object.keys(FIELDS).forEach(function (name) {
+      var input = FIELDS[name];
+      var box = byId(input.id + "-error");
+      input.removeAttribute("aria-invalid");
+      if (box) { box.textContent = ""; box.hidden = true; }
+    });
+    errorBox.replaceChildren();
+    errorBox.hidden = problems.length === 0;
+    if (!problems.length) return;
+    errorBox.appendChild(element("p", null, problems.length === 1 ? "Fix this setting:" :
+                                 "Fix these " + problems.length + " settings:"));
+    var list = element("ul", "pg-problems");
+    problems.forEach(function (problem) {
+      list.appendChild(element("li", null, problem.message));
+      var input = fieldOf(problem.param);
+      var box = input && byId(input.id + "-error");
+      if (!input) return;
+      input.setAttribute("aria-invalid", "true");
+      if (box) {
+        box.textContent = box.textContent ? box.textContent + " " + problem.message : problem.message;
+        box.hidden = false;
+      }
+    });
+    errorBox.appendChild(list);
+  }
+
+  function numberSetting(input, param, check, rule, optional) {
+    var raw = input.value.trim();
+    if (raw === "" && optional) return {value: null};
+    var value = Number(raw);
+    if (raw === "" || !isFinite(value) || !check(value, raw)) {
+      return {problem: {param: param, message: FIELD_NAMES[param] + " must be " + rule + "; got " +
+                        (raw === "" ? "nothing" : JSON.stringify(raw)) + "."}};
+    }
+    return {value: value};
+  }
+
+  function settings() {
+    var cap = Number(maxTokens.max);
+    var found = {
+      temperature: numberSetting(temperature, "temperature", function (v) { return v >= 0 && v <= 2; },
+                                 "a number in [0, 2]"),
+      top_p: numberSetting(topP, "top_p", function (v) { return v > 0 && v <= 1; }, "a number in (0, 1]"),
+      max_tokens: numberSetting(maxTokens, "max_tokens", function (v) {
+        return Number.isInteger(v) && v >= 1 && v <= cap;
+      }, "a whole number in [1, " + cap + "]"),
+      seed: numberSetting(seed, "seed", function (v, raw) {
+        return /^\d+$/.test(raw) && BigInt(raw) <= MAX_SEED;
+      }, "a whole number in [0, 9223372036854775807], or empty for random", true)
+    };
+    var lines = stops.value.split("\n").filter(function (line) { return line !== ""; });
+    if (lines.length > 4 || lines.some(function (line) { return line.length > 64; })) {
+      found.stop = {problem: {param: "stop", message: "Stop sequences must be at most 4 lines of 1 to 64 " +
+                              "characters; got " + lines.length + " line" + (lines.length === 1 ? "" : "s") +
+                              (lines.some(function (line) { return line.length > 64; }) ? ", one too long" : "") +
+                              "."}};
+    } else {
+      found.stop = {value: lines};
+    }
+    if (found.seed.value !== null && found.seed.value !== undefined) found.seed.value = seed.value.trim();
+    var problems = [], values = {};
+    Object.keys(found).forEach(function (name) {
+      if (found[name].problem) problems.push(found[name].problem);
+      else values[name] = found[name].value;
+    });
+    return {values: values, problems: problems};
   }
 
   function nearBottom() {
@@ -91,9 +209,11 @@
     return item;
   }
 
-  function send(message) {
-    if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(message));
+  function sendRaw(text) {
+    if (socket && socket.readyState === WebSocket.OPEN) socket.send(text);
   }
+
+  function send(message) { sendRaw(JSON.stringify(message)); }
 
   function connect() {
     var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
@@ -136,6 +256,7 @@
 
     start: function (message) {
       if (!turn) return;
+      showProblems([]);
       turn.requestId = message.request_id;
       turn.cost = message.cost;
       turn.resuming = false;
@@ -165,8 +286,7 @@
 
     done: function (message) {
       if (!turn || message.request_id !== turn.requestId) return;
-      turn.node.classList.remove("pg-msg--waiting");
-      turn.node.setAttribute("aria-busy", "false");
+      settle(turn.node);
       if (message.finish_reason === "error") {
         var error = message.error || {};
         failTurn(error.message || "The runtime could not answer.", error.code);
@@ -174,7 +294,23 @@
       }
       turn.node.appendChild(element("p", "pg-stats", stats(message)));
       history.push(turn.user);
-      if (turn.text) history.push({role: "assistant", content: turn.text});
+      if (message.finish_reason === "cancelled") {
+        // A stopped reply is cut short: it stays on screen, marked, and out of the context unless kept.
+        turn.node.classList.add("pg-msg--stopped");
+        turn.node.querySelector(".pg-role").appendChild(element("span", "badge badge--revoked", "Stopped"));
+        if (turn.text) {
+          var keep = element("input");
+          keep.type = "checkbox";
+          keep.className = "pg-keep-box";
+          var label = element("label", "pg-keep");
+          label.appendChild(keep);
+          label.appendChild(document.createTextNode(" Keep in context"));
+          turn.node.appendChild(label);
+          history.push({role: "assistant", content: turn.text, keep: keep});
+        }
+      } else if (turn.text) {
+        history.push({role: "assistant", content: turn.text});
+      }
       turn = null;
       refreshButtons();
       input.focus();
@@ -182,6 +318,7 @@
 
     error: function (message) {
       var error = message.error || {};
+      var problems = error.errors || (fieldOf(error.param) ? [{param: error.param, message: error.message}] : null);
       if (turn && !turn.requestId) {
         // Refused before it started (bad settings, an adapter that is gone, quota): nothing was run or billed.
         turn.node.remove();
@@ -194,14 +331,22 @@
         failTurn(error.message || "The stream failed.", error.code);
         return;
       }
-      showError(error.message || "Something went wrong.");
+      if (problems) showProblems(problems);
+      else showError(error.message || "Something went wrong.");
     }
   };
 
+  // A reply that is no longer being generated: no waiting marks left on it.
+  function settle(node) {
+    node.classList.remove("pg-msg--waiting");
+    node.setAttribute("aria-busy", "false");
+    var generating = node.querySelector(".pg-generating");
+    if (generating) generating.remove();
+  }
+
   function failTurn(text, code) {
-    turn.node.classList.remove("pg-msg--waiting");
+    settle(turn.node);
     turn.node.classList.add("pg-msg--failed");
-    turn.node.setAttribute("aria-busy", "false");
     turn.node.appendChild(element("p", "pg-stats pg-stats--error", text + (code ? " (" + code + ")" : "")));
     turn.userNode.classList.add("pg-msg--failed");
     turn = null;  // the failed turn stays on screen but out of the history sent next time
@@ -237,11 +382,13 @@
     event.preventDefault();
     var text = input.value;
     if (!text.trim() || sendButton.disabled) return;
-    showError("");
-    var option = model.selectedOptions[0];
+    var chosen = settings();
+    showProblems(chosen.problems);
+    if (chosen.problems.length) return;
     var user = {role: "user", content: text};
     var userNode = addMessage("user", null, text);
-    var node = addMessage("assistant", option.dataset.label, "");
+    var node = addMessage("assistant", modelLabel(), "");
+    node.querySelector(".pg-role").appendChild(element("span", "pg-generating", "generating"));
     node.classList.add("pg-msg--waiting");
     node.setAttribute("aria-busy", "true");  // screen readers read the reply once, when it is finished
     turn = {user: user, userNode: userNode, node: node, textNode: node.querySelector(".pg-text"), requestId: null,
@@ -249,8 +396,15 @@
             resuming: false};
     input.value = "";
     refreshButtons();
-    send({type: "chat", model: model.value, messages: history.concat([user]),
-          temperature: temperature.valueAsNumber, max_tokens: maxTokens.valueAsNumber});
+    var context = history.filter(function (m) { return !m.keep || m.keep.checked; })
+      .map(function (m) { return {role: m.role, content: m.content}; });
+    if (systemPrompt.value.trim()) context.unshift({role: "system", content: systemPrompt.value});
+    var message = {type: "chat", model: modelRef(), messages: context.concat([user])};
+    Object.keys(chosen.values).forEach(function (name) { message[name] = chosen.values[name]; });
+    // A seed is sent as a JSON number; past 2^53 JavaScript's numbers round, so it goes in the text as written.
+    var body = JSON.stringify(message);
+    if (chosen.values.seed !== null) body = body.replace(/"seed":"(\d+)"/, '"seed":$1');
+    sendRaw(body);
   });
 
   input.addEventListener("keydown", function (event) {
@@ -275,7 +429,8 @@
     input.focus();
   });
 
-  model.addEventListener("change", showPrice);
+  model.addEventListener("change", function () { showVersions(); showPrice(); });
+  showVersions();
   showPrice();
   refreshButtons();
   if (enabled) connect();
