@@ -33,8 +33,8 @@ def main():
 
     from gpu_runtime.adapter_store import AdapterStore
     from gpu_runtime.adapter_validation import WEIGHTS_FILE, validate_adapter
+    from gpu_runtime.generation import AdapterRef
     from gpu_runtime.lora import SlotPool
-    from gpu_runtime.requests import AdapterRef
 
     base = common.load_smollm2()
     facts = common.base_facts(base)

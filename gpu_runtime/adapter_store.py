@@ -17,7 +17,6 @@ streams would split its bandwidth, not add to it; one side stream gives the over
 """
 
 import logging
-import os
 import shutil
 import threading
 import time
@@ -25,11 +24,11 @@ from collections import Counter, OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from safetensors.torch import load_file
 
+from . import object_io
 from .adapter_validation import WEIGHTS_FILE, AdapterRejected, validate_adapter
 from .lora import adapter_weights_from_tensors
 
@@ -54,50 +53,20 @@ def adapter_key(ref):
     return (ref.adapter_id, int(ref.version))
 
 
-class ObjectStore:
-    """Adapter files by URI: ``file://`` or a plain path (the Django storage's filesystem by default), or
-    ``s3://bucket/prefix`` on any S3-compatible store (AWS, MinIO, R2, GCS interop) through boto3, with the
-    endpoint from ``VAJRA_S3_ENDPOINT_URL`` and credentials from the standard AWS variables."""
-
-    def __init__(self, s3_endpoint_url=None):
-        self.s3_endpoint_url = s3_endpoint_url or os.environ.get("VAJRA_S3_ENDPOINT_URL") or None
-        self._s3 = None
-
-    def fetch(self, uri, dest):
-        """Copies the adapter's files to ``dest`` (replaced whole: a reader never sees half a copy)."""
-        parsed = urlparse(uri)
-        tmp = dest.with_name(dest.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        if parsed.scheme in ("", "file"):
-            source = Path(parsed.path if parsed.scheme else uri)
-            if not source.is_dir():
-                raise AdapterRejected("adapter_not_found", f"no adapter files at {uri}")
-            shutil.copytree(source, tmp)
-        elif parsed.scheme == "s3":
-            self._fetch_s3(parsed.netloc, parsed.path.strip("/"), tmp, uri)
-        else:
-            raise AdapterRejected("unsupported_storage", f"object storage scheme {parsed.scheme!r} is not supported")
-        shutil.rmtree(dest, ignore_errors=True)
-        tmp.rename(dest)
-
-    def _fetch_s3(self, bucket, prefix, tmp, uri):
-        if self._s3 is None:
-            import boto3
-
-            self._s3 = boto3.client("s3", endpoint_url=self.s3_endpoint_url)
-        pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
-        keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-        files = [k for k in keys if "/" not in k[len(prefix) + 1:]]  # the adapter's own files, not subfolders
-        if not files:
-            raise AdapterRejected("adapter_not_found", f"no adapter files at {uri}")
-        tmp.mkdir(parents=True)
-        for key in files:
-            self._s3.download_file(bucket, key, str(tmp / key.rsplit("/", 1)[-1]))
+def fetch_adapter(uri, dest):
+    """Copies an adapter version's files from object storage (gpu_runtime.object_io) to ``dest``; a missing
+    folder or an unknown scheme is the adapter's typed refusal."""
+    try:
+        object_io.fetch_folder(uri, dest)
+    except object_io.ObjectNotFound:
+        raise AdapterRejected("adapter_not_found", f"no adapter files at {uri}") from None
+    except object_io.UnsupportedStorage as exc:
+        raise AdapterRejected("unsupported_storage", str(exc)) from None
 
 
 class AdapterStore:
     def __init__(self, pool, base_facts, *, disk_dir, host_budget_bytes=2 << 30, disk_budget_bytes=20 << 30,
-                 eviction_threshold=0.9, object_store=None, max_rank=64, cuda=None):
+                 eviction_threshold=0.9, max_rank=64, cuda=None):
         self.pool = pool
         self.base_facts = base_facts
         self.disk_dir = Path(disk_dir)
@@ -105,7 +74,6 @@ class AdapterStore:
         self.host_budget = host_budget_bytes
         self.disk_budget = disk_budget_bytes
         self.eviction_threshold = eviction_threshold
-        self.objects = object_store or ObjectStore()
         self.max_rank = max_rank
         self.device = OrderedDict()  # key -> slot id, least recently used first
         self.host = OrderedDict()  # key -> HostAdapter
@@ -230,7 +198,7 @@ class AdapterStore:
                 return path
         started = time.perf_counter()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.objects.fetch(ref.uri, path)
+        fetch_adapter(ref.uri, path)
         size = sum(f.stat().st_size for f in path.iterdir())
         with self._lock:
             self.disk[key] = size

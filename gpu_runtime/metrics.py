@@ -144,7 +144,7 @@ class MoveLatencies:
 
 
 class RuntimeCollector:
-    """Reads ``node`` (gpu_runtime.worker.Node or anything with config, engine, store, prefetcher, base)."""
+    """Reads ``node`` (gpu_runtime.node.Node or anything with config, engine, store, prefetcher, base)."""
 
     def __init__(self, node, sampler=None):
         self.node = node
@@ -206,14 +206,14 @@ class RuntimeCollector:
         yield counter("vajra_runtime_inference_seconds", "Engine time spent on inference forward passes",
                       engine.busy_ms / 1000)
         yield counter("vajra_runtime_training_seconds", "Engine time spent on training micro-steps",
-                      engine.training_ms / 1000)
+                      engine.training.ms / 1000)
         yield gauge("vajra_runtime_busy_ratio", "Share of time the engine computed since it started "
                     "(windowed: rate of the inference + training seconds)", engine.busy_ratio())
-        yield counter("vajra_runtime_training_micro_steps", "Training micro-steps run", engine.training_micro_steps)
+        yield counter("vajra_runtime_training_micro_steps", "Training micro-steps run", engine.training.micro_steps)
         yield gauge("vajra_runtime_training_jobs", "Training jobs on the engine (the first one trains)",
-                    len(engine.training))
+                    len(engine.training.runs))
         yield counter("vajra_runtime_training_turns_held", "Training turns held back for a predicted request",
-                      engine.training_held)
+                      engine.training.held)
 
         if store is not None:
             yield from self._adapters(name, store, gauge, counter)

@@ -20,7 +20,7 @@ import math
 from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from rest_framework import serializers
 
-from gpu_runtime.requests import MAX_SEED, MAX_STOP_LENGTH, MAX_STOP_SEQUENCES, MAX_TEMPERATURE, MAX_TOKENS, MAX_TOP_K
+from gpu_runtime.generation import MAX_SEED, MAX_STOP_LENGTH, MAX_STOP_SEQUENCES, MAX_TEMPERATURE, MAX_TOKENS, MAX_TOP_K
 from vajra.errors import InvalidRequest
 
 SHOWN_CHARS = 40  # a refused value is quoted in the message up to this length

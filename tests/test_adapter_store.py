@@ -9,8 +9,8 @@ import torch
 
 from gpu_runtime.adapter_store import AdapterStore, NoFreeSlot, adapter_key
 from gpu_runtime.adapter_validation import AdapterRejected
+from gpu_runtime.generation import AdapterRef
 from gpu_runtime.lora import SlotPool
-from gpu_runtime.requests import AdapterRef
 from tests.runtime_fixtures import BASE_FACTS, make_adapter, tiny_base
 
 

@@ -9,15 +9,17 @@ only reports its result again (the control plane ignores a second one).
 
 import logging
 
+from .celery_app import app, config, send_control
 from .contract import (
     TASK_TRAIN,
     TASK_TRAINING_CHECKPOINT,
     TASK_TRAINING_FINISHED,
     TASK_TRAINING_STARTED,
     TASK_TRAINING_STEP,
+    AdapterRef,
     ContractError,
 )
-from .worker import _streams, app, config, node, send_control
+from .node import node
 
 log = logging.getLogger("vajra.runtime.train")
 
@@ -34,9 +36,8 @@ def _failed(code, message):
 def run_job(spec, *, engine, store, base, send=_send, streams=None):
     """Runs a job to its end on ``engine``; returns the result it reported (also used by tests)."""
     from . import trainer
-    from .requests import AdapterRef
 
-    streams = streams or _streams()
+    streams = streams or node.streams
     result = trainer.finished_result(spec)
     if result is None and streams.cancelled([spec.job_id]):  # cancelled while it waited in the queue
         result = {"status": "cancelled", "error": None, "adapter": None, "steps": 0, "final_loss": None}
