@@ -135,7 +135,7 @@ class MoveLatencies:
             total = sum(n for name, n in store.counters.items() if "->" in name)
             new = total - self.seen
             recent = list(store.moves)[-new:] if new > 0 else []
-            tiers = {key: store.tiers.get(key, "unknown") for key, *_ in recent}
+            tiers = {key: store.tier(key) for key, *_ in recent}
         self.seen = total
         self.unobserved += max(new - len(recent), 0)
         for key, source, target, ms in recent:
@@ -237,8 +237,7 @@ class RuntimeCollector:
     def _adapters(self, name, store, gauge, counter):
         self.moves.update(store)
         with store._lock:
-            where = {"device": len(store.device), "host": len(store.host), "disk": len(store.disk),
-                     "pinned": len(store.pinned), "failed": len(store.failed), "loading": len(store.loading)}
+            where = store.census()
             counts = Counter(store.counters)
             slots = store.pool.capacity
         yield gauge("vajra_runtime_adapters", "Adapter versions by where they are", where, labels=["location"])

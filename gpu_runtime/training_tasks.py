@@ -20,6 +20,7 @@ from .contract import (
     ContractError,
 )
 from .node import node
+from .training_spec import TrainingFailed
 
 log = logging.getLogger("vajra.runtime.train")
 
@@ -36,9 +37,10 @@ def _failed(code, message):
 def run_job(spec, *, engine, store, base, send=_send, streams=None):
     """Runs a job to its end on ``engine``; returns the result it reported (also used by tests)."""
     from . import trainer
+    from .training_checkpoints import finished_result
 
     streams = streams or node.streams
-    result = trainer.finished_result(spec)
+    result = finished_result(spec)
     if result is None and streams.cancelled([spec.job_id]):  # cancelled while it waited in the queue
         result = {"status": "cancelled", "error": None, "adapter": None, "steps": 0, "final_loss": None}
     if result is None:
@@ -48,7 +50,7 @@ def run_job(spec, *, engine, store, base, send=_send, streams=None):
                 init = store.prepare(AdapterRef(**spec.init)).result(timeout=300)
             run = trainer.prepare(spec, base=base, pool=store.pool, facts=store.base_facts,
                                   max_rank=config.max_lora_rank, init_adapter=init)
-        except trainer.TrainingFailed as exc:
+        except TrainingFailed as exc:
             result = _failed(exc.code, exc.message)
         except Exception as exc:  # a broken starting adapter, storage down, ...: the job fails with why
             log.exception("training job %s could not start", spec.job_id)
