@@ -29,7 +29,6 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
@@ -38,6 +37,7 @@ from .adapter_store import NoFreeSlot, adapter_key
 from .adapter_validation import AdapterRejected
 from .admission import AdmissionQueue
 from .batch_kv import BatchKV
+from .batch_rows import Handle, RequestError, Row, elapsed_ms, unadmitted_final
 from .contract import SUPERSEDED, Final, FinalError, Timings, Usage, superseded_result
 from .detokenize import IncrementalText
 from .sampling import SamplingError, sample_token
@@ -45,51 +45,6 @@ from .step_clock import StepClock
 from .training_turns import TrainingTurns
 
 log = logging.getLogger("vajra.runtime.engine")
-
-
-class RequestError(Exception):
-    def __init__(self, code, message):
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-@dataclass
-class Handle:
-    """A submitted request as the engine and the waiting task see it."""
-
-    request: object
-    submitted: float = field(default_factory=time.perf_counter)
-    done: threading.Event = field(default_factory=threading.Event)
-    result: dict | None = None
-    adapter_future: object = None
-    host_ready: float | None = None  # when its adapter was in host RAM (at once when it already was)
-    slot_wait_from: float | None = None  # when it first found no free slot for its adapter
-    adapter_ready_ms: float = 0.0  # waiting for its adapter alone (host RAM, a free slot, the copy into it)
-    admitted: float | None = None
-    training_mark: int = 0  # the engine's training micro-step count when the request arrived
-    training_waits: int | None = None  # micro-steps that ran between its arrival and its admission
-
-    def wait(self, timeout=None):
-        self.done.wait(timeout)
-        return self.result
-
-
-@dataclass
-class Row:
-    handle: Handle
-    key: tuple | None
-    slot: int
-    prompt_tokens: int
-    text: IncrementalText
-    generator: torch.Generator | None
-    last_token: int = 0
-    completion_tokens: int = 0
-    gpu_ms: float = 0.0
-    cached_tokens: int = 0
-    first_token: float | None = None
-    finish_reason: str | None = None
-    error: dict | None = None
-    ids: list = field(default_factory=list, repr=False)  # the prompt's token ids
 
 
 class Engine:
@@ -281,7 +236,7 @@ class Engine:
                 draining |= self.store.holding_slots_for(key)
                 return None
             # The tier's adapter-ready time: the adapter's own waits, not the wait for a batch row or a step
-            handle.adapter_ready_ms = _ms(handle.submitted, handle.host_ready or handle.submitted) + _ms(
+            handle.adapter_ready_ms = elapsed_ms(handle.submitted, handle.host_ready or handle.submitted) + elapsed_ms(
                 handle.slot_wait_from or started, time.perf_counter())
         handle.admitted = time.perf_counter()
         handle.training_waits = self.training.micro_steps - handle.training_mark
@@ -499,10 +454,10 @@ class Engine:
             row.finish_reason,
             usage=Usage(row.prompt_tokens, row.completion_tokens, cached_tokens=row.cached_tokens),
             timings=Timings(
-                queued_ms=_ms(handle.submitted, handle.admitted or handle.submitted),
+                queued_ms=elapsed_ms(handle.submitted, handle.admitted or handle.submitted),
                 adapter_ready_ms=handle.adapter_ready_ms,
-                first_token_ms=_ms(handle.submitted, row.first_token) if row.first_token else None,
-                total_ms=_ms(handle.submitted, now),
+                first_token_ms=elapsed_ms(handle.submitted, row.first_token) if row.first_token else None,
+                total_ms=elapsed_ms(handle.submitted, now),
             ),
             gpu_ms=round(row.gpu_ms, 3),
             error=FinalError(**row.error) if row.error else None,
@@ -519,17 +474,3 @@ class Engine:
         finally:
             handle.result = final
             handle.done.set()
-
-
-def unadmitted_final(submitted, reason, error=None):
-    """The Final of a request that ended before it joined the batch (``submitted``: its perf_counter arrival): no
-    prompt processed, no token, 0 GPU-ms."""
-    now = time.perf_counter()
-    return Final(reason, usage=Usage(0, 0),
-                 timings=Timings(queued_ms=_ms(submitted, now), adapter_ready_ms=0.0, first_token_ms=None,
-                                 total_ms=_ms(submitted, now)),
-                 gpu_ms=0.0, error=error)
-
-
-def _ms(start, end):
-    return round((end - start) * 1000, 3)

@@ -45,7 +45,7 @@ def infer(payload):
         log.info("request %s: attempt %s superseded by attempt %s", request.request_id, request.attempt, current)
         return {"superseded": request.attempt, "current": current}
     if final is None and _cancelled_before_start(request):
-        from .engine import unadmitted_final
+        from .batch_rows import unadmitted_final
 
         final = unadmitted_final(time.perf_counter(), "cancelled").with_attempt(request.attempt).to_json()
         node.streams.final(request.request_id, final)

@@ -165,8 +165,8 @@ def test_final_refuses_what_breaks_the_contract(payload, message):
 
 
 def test_the_engine_s_unadmitted_final_keeps_its_shape():
+    from gpu_runtime.batch_rows import unadmitted_final
     from gpu_runtime.contract import FinalError
-    from gpu_runtime.engine import unadmitted_final
 
     final = unadmitted_final(0.0, "error", FinalError("context_length_exceeded", "too long")).to_json()
     assert list(final) == ["finish_reason", "usage", "timings", "gpu_ms", "error"]
