@@ -8,7 +8,7 @@
     seed          an integer in [0, 2^63-1]
     stop          a string or a list of at most 4 strings of 1 to 64 characters
 
-The bounds are the runtime's own (gpu_runtime/requests.py). A number is a JSON number: booleans, strings, NaN and
+The bounds are the runtime's own (gpu_runtime/generation.py). A number is a JSON number: booleans, strings, NaN and
 Infinity are refused, whatever their value. null leaves a parameter at its default (OpenAI's convention), which
 each API states (``defaults``). A refusal names every bad field at once: its param and code are the first's, its
 message says all of them, the first first, in the same words whichever way the request came in.

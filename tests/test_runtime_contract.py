@@ -236,36 +236,3 @@ def test_runtime_registers_exactly_the_tasks_the_contract_names():
         "print(sorted(n for n in app.tasks if not n.startswith('celery.')))")], capture_output=True, text=True)
     assert out.stdout.strip() == str(sorted(
         ["runtime.infer", "runtime.prefetch", "runtime.set_tier", "runtime.train", "runtime.ping"])), out.stderr
-
-
-def test_runtime_modules_import_no_cycle():
-    """gpu_runtime's modules import each other without a cycle (function-level imports count too)."""
-    import ast
-    from pathlib import Path
-
-    package = Path(__file__).resolve().parent.parent / "gpu_runtime"
-    modules = {p.stem for p in package.glob("*.py")}
-    graph = {}
-    for path in package.glob("*.py"):
-        deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                deps |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gpu_runtime"):
-                parts = node.module.split(".")
-                deps |= {parts[1]} if len(parts) > 1 else {a.name for a in node.names}
-        graph[path.stem] = (deps & modules) - {path.stem}
-    done, path_ = set(), []
-
-    def visit(module):
-        assert module not in path_, "import cycle: " + " -> ".join(path_[path_.index(module):] + [module])
-        if module in done:
-            return
-        path_.append(module)
-        for dep in sorted(graph[module]):
-            visit(dep)
-        path_.pop()
-        done.add(module)
-
-    for module in sorted(graph):
-        visit(module)
