@@ -3,9 +3,10 @@
 Both sides import this module; it imports neither Django nor torch.
 
 Queues
-- ``node.<name>``: tasks for one runtime node, by name: ``runtime.infer`` (an InferenceRequest as JSON,
-  see gpu_runtime.generation), ``runtime.cancel``, ``runtime.prefetch``, ``runtime.set_tier``, ``runtime.evict``,
-  ``runtime.validate``, ``runtime.ping``.
+- ``node.<name>``: tasks for one runtime node, by name: ``runtime.infer`` (a GenerationRequest as JSON, see
+  gpu_runtime.generation), ``runtime.prefetch`` (an AdapterRef), ``runtime.set_tier`` (an AdapterRef, a tier),
+  ``runtime.train`` (a TrainingSpec), ``runtime.ping``. The control plane builds each one with this module's
+  ``*_message`` builders (a NodeMessage), never by hand. A request is cancelled through its cancel key, not a task.
 - ``control``: tasks for the control worker. A node sends ``control.node_heartbeat`` with a Heartbeat
   every ``VAJRA_HEARTBEAT_SECONDS``; the control plane marks a node down after
   ``VAJRA_NODE_DOWN_AFTER_MISSED`` silent beats.
