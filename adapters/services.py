@@ -19,6 +19,7 @@ from gpu_runtime.adapter_validation import (
     max_weights_bytes,
     validate_adapter,
 )
+from gpu_runtime.contract import AdapterRef
 from tenants.audit import audit_record
 from vajra.errors import Conflict, InvalidRequest
 
@@ -49,9 +50,9 @@ def version_uri(version):
 
 
 def adapter_ref(version):
-    """The runtime's AdapterRef JSON for a version (gpu_runtime.requests.AdapterRef)."""
-    return {"adapter_id": f"a{version.adapter_id}", "version": version.number, "uri": version_uri(version),
-            "tier": version.adapter.tier}
+    """The runtime's AdapterRef of a version (gpu_runtime.contract)."""
+    return AdapterRef(adapter_id=f"a{version.adapter_id}", version=version.number, uri=version_uri(version),
+                      tier=version.adapter.tier)
 
 
 def _refused(exc):

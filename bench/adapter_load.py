@@ -33,8 +33,8 @@ def main():
 
     from gpu_runtime.adapter_store import AdapterStore
     from gpu_runtime.adapter_validation import WEIGHTS_FILE, validate_adapter
+    from gpu_runtime.generation import AdapterRef
     from gpu_runtime.lora import SlotPool
-    from gpu_runtime.requests import AdapterRef
 
     base = common.load_smollm2()
     facts = common.base_facts(base)
@@ -62,8 +62,9 @@ def main():
         def free_a_slot():
             """Target and second off the device and at least one slot free."""
             drop_from_device(target_key, keys[1])
-            if len(store.device) >= pool.capacity:
-                drop_from_device(next(iter(store.device)))
+            if store.census()["device"] >= pool.capacity:
+                adapter_id, version = store.resident(limit=pool.capacity)["device"][0].rsplit(":", 1)
+                drop_from_device((adapter_id, int(version)))
 
         def fill_pool():
             """Every slot holds a filler; target and second are in host RAM only."""

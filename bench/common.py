@@ -307,7 +307,7 @@ def stream_text(client, request_id, block_ms=600_000):
 
 def on_loader_thread(fn, name="base-model-loader"):
     """Runs ``fn`` on a new thread and returns its result (or raises its exception). A runtime node loads its
-    model and starts its engine from such a thread (gpu_runtime.worker.Node._load); an engine whose model was
+    model and starts its engine from such a thread (gpu_runtime.node.Node._load); an engine whose model was
     loaded on the main thread, or whose process then runs torch work on the main thread, measured up to ~25 %
     slower here, so the benchmarks that compare against a node build their engine this way."""
     import threading

@@ -6,7 +6,7 @@ Two parts, each side by side:
    keep their plan's concurrency quota (16 by default) of requests in flight, on an engine with first come, first
    served admission and on one with fair admission (per-tenant queues taken in turns, gpu_runtime.admission).
    Reports the lone tenant's TTFT p50/p99 (the engine's first_token_ms: from its submit to its first token).
-2. The node's task intake (real processes): a runtime node (`celery -A gpu_runtime.worker`, threads pool) on a
+2. The node's task intake (real processes): a runtime node (`celery -A gpu_runtime.celery_app`, threads pool) on a
    private Redis; 1 or 3 tenants send their quota of tasks at once, then the lone tenant sends one. With a worker
    concurrency below what the quotas put on the node, the lone task waits in the Celery queue (first come, first
    served) behind the flood before the engine even sees it; with room for every task, it reaches the engine's
@@ -70,9 +70,9 @@ def load_base(model, directory):
 
 
 def infer_request(tenant, max_tokens, seed=None):
-    from gpu_runtime.requests import InferenceRequest, SamplingParams
+    from gpu_runtime.generation import GenerationRequest, SamplingParams
 
-    return InferenceRequest(request_id=f"bench_{uuid.uuid4().hex}", messages=tuple(PROMPT), tenant=tenant,
+    return GenerationRequest(request_id=f"bench_{uuid.uuid4().hex}", messages=tuple(PROMPT), tenant=tenant,
                             sampling=SamplingParams(max_tokens=max_tokens, temperature=1.0 if seed else 0.0,
                                                     seed=seed))
 
@@ -164,7 +164,7 @@ def start_node(store, redis_url, name, concurrency, log_path):
                VAJRA_DTYPE="float32", VAJRA_DEVICE="cpu", VAJRA_METRICS_PORT="0", VAJRA_HEARTBEAT_SECONDS="60",
                VAJRA_MAX_BATCH=str(MAX_BATCH), PYTHONUNBUFFERED="1")
     log = open(log_path, "wb")
-    return subprocess.Popen([sys.executable, "-m", "celery", "-A", "gpu_runtime.worker", "worker", "--pool",
+    return subprocess.Popen([sys.executable, "-m", "celery", "-A", "gpu_runtime.celery_app", "worker", "--pool",
                              "threads", "--concurrency", str(concurrency), "--loglevel", "WARNING", "--hostname",
                              f"{name}@%h"], cwd=common.ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)

@@ -36,11 +36,11 @@ SERIAL_SAMPLE = 8
 def run_engine(engine, prompts, refs, max_tokens):
     """Submits all requests at once; when the last one is done: {wall s, completion tokens, decode steps, the
     time to the last request's first token (the engine prefills admitted requests one by one)}."""
-    from gpu_runtime.requests import InferenceRequest, SamplingParams
+    from gpu_runtime.generation import GenerationRequest, SamplingParams
 
     steps = engine.steps
     started = time.perf_counter()
-    handles = [engine.submit(InferenceRequest(request_id=f"bench_{uuid.uuid4().hex}", prompt=prompt, adapter=ref,
+    handles = [engine.submit(GenerationRequest(request_id=f"bench_{uuid.uuid4().hex}", prompt=prompt, adapter=ref,
                                               sampling=SamplingParams(max_tokens=max_tokens)))
                for prompt, ref in zip(prompts, refs, strict=True)]
     for handle in handles:
@@ -90,7 +90,7 @@ def main():
     max_tokens = 16 if args.quick else 64
     from peft import PeftModel
 
-    from gpu_runtime.requests import AdapterRef
+    from gpu_runtime.generation import AdapterRef
 
     load_before = common.load_average()
     base = common.load_smollm2()

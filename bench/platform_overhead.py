@@ -1,13 +1,13 @@
 """What the platform adds on top of the engine: the same prompts through REST and SSE vs the engine alone.
 
-    direct         the runtime's Engine in this process, built by gpu_runtime.worker.build_engine exactly as
+    direct         the runtime's Engine in this process, built by gpu_runtime.node.build_engine exactly as
                    a node builds it (SmolLM2 fp32 CPU, VAJRA_MAX_BATCH=32, prefix cache, slot buckets), timed
                    client-side: submit -> first delta on its Redis Stream -> final event
     platform REST  POST /v1/models/smollm2-135m-instruct/infer (non-stream): request -> JSON answer
     platform SSE   the same with "stream": true: request -> first `delta` SSE event -> `done` event
 
 The platform is real processes started here against a throwaway SQLite database and a private Redis:
-daphne (DJANGO_DEBUG=false), a runtime node (`celery -A gpu_runtime.worker`, threads, concurrency 40,
+daphne (DJANGO_DEBUG=false), a runtime node (`celery -A gpu_runtime.celery_app`, threads, concurrency 40,
 VAJRA_MAX_BATCH=32) and the control worker. The direct engine and the node share that Redis. Requests run
 one at a time, the three cases interleaved per prompt (rotating which goes first) because the VM's speed
 drifts; added ms = platform - direct per prompt, p50/p95 over the prompts. The runtime's own
@@ -133,12 +133,12 @@ class Clock:
 
 def direct_one(engine, client, prompt, max_tokens, adapter=None):
     """Client-side: submit -> first delta read from the Redis Stream -> final event read."""
-    from gpu_runtime.requests import InferenceRequest, SamplingParams
+    from gpu_runtime.generation import GenerationRequest, SamplingParams
     from gpu_runtime.streams import read_events
 
     request_id = f"bench_{uuid.uuid4().hex}"
     clock = Clock()
-    engine.submit(InferenceRequest(request_id=request_id, prompt=prompt, adapter=adapter, base_model=MODEL,
+    engine.submit(GenerationRequest(request_id=request_id, prompt=prompt, adapter=adapter, base_model=MODEL,
                                    sampling=SamplingParams(max_tokens=max_tokens)))
     first = final = None
     parts = []
@@ -343,10 +343,10 @@ def probes(http, repeats):
 
 # ---- concurrency ----------------------------------------------------------------------------------------------------
 def concurrent_direct(engine, prompts, max_tokens):
-    from gpu_runtime.requests import InferenceRequest, SamplingParams
+    from gpu_runtime.generation import GenerationRequest, SamplingParams
 
     started = time.perf_counter()
-    handles = [engine.submit(InferenceRequest(request_id=f"bench_{uuid.uuid4().hex}", prompt=p, base_model=MODEL,
+    handles = [engine.submit(GenerationRequest(request_id=f"bench_{uuid.uuid4().hex}", prompt=p, base_model=MODEL,
                                               sampling=SamplingParams(max_tokens=max_tokens))) for p in prompts]
     for handle in handles:
         handle.wait(1800)
@@ -465,7 +465,7 @@ def main():
     import httpx
     import redis
 
-    from gpu_runtime.requests import AdapterRef
+    from gpu_runtime.generation import AdapterRef
 
     load_before = common.load_average()
     config = common.ensure_model_imported()
@@ -479,11 +479,11 @@ def main():
         platform.start()
         node_loaded = re.findall(r"base model .*", (tmp / "runtime.log").read_text(errors="replace"))
         print(f"  platform ready in {platform.ready_s:.1f} s; node: {node_loaded[:1]}", flush=True)
-        from gpu_runtime.worker import build_engine
+        from gpu_runtime.node import build_engine
 
         direct_config = common.runtime_config(redis_url=platform.redis_url, max_batch=MAX_BATCH, node_name="direct",
                                               adapter_cache_dir=tmp / "direct-adapter-cache")
-        def build():  # as gpu_runtime.worker.Node._load does it: built and started on a loader thread
+        def build():  # as gpu_runtime.node.Node._load does it: built and started on a loader thread
             built = build_engine(direct_config)
             built[2].start()
             return built

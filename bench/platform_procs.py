@@ -92,7 +92,7 @@ class Platform:
         self.ready_s = time.perf_counter() - started
 
     def _start_node(self, name, log_name):
-        self.procs.append(Proc(log_name, [sys.executable, "-m", "celery", "-A", "gpu_runtime.worker", "worker",
+        self.procs.append(Proc(log_name, [sys.executable, "-m", "celery", "-A", "gpu_runtime.celery_app", "worker",
                                           "--pool", "threads", "--concurrency", str(self.max_batch + 8), "--loglevel",
                                           "INFO", "--hostname", f"{name}@%h"],
                                {**self.env, "VAJRA_NODE_NAME": name, "VAJRA_MAX_BATCH": str(self.max_batch),

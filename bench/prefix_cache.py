@@ -75,11 +75,11 @@ def messages(question=None):
 
 def run(engine, client, chat, max_tokens):
     """One request alone on the engine: its final event plus the text and the first delta's arrival."""
-    from gpu_runtime.requests import InferenceRequest, SamplingParams
+    from gpu_runtime.generation import GenerationRequest, SamplingParams
 
     request_id = f"bench_{uuid.uuid4().hex}"
     submitted_epoch_ms = time.time() * 1000
-    handle = engine.submit(InferenceRequest(request_id=request_id, messages=chat, tenant="bench",
+    handle = engine.submit(GenerationRequest(request_id=request_id, messages=chat, tenant="bench",
                                             sampling=SamplingParams(max_tokens=max_tokens)))
     final = handle.wait(1800)
     if final is None or final.get("error"):

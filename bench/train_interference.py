@@ -53,7 +53,7 @@ def training_records(n=64):
 
 def run_requests(engine, count, period_ms):
     """Submits ``count`` requests on a fixed schedule; returns their final events and handles."""
-    from gpu_runtime.requests import InferenceRequest, SamplingParams
+    from gpu_runtime.generation import GenerationRequest, SamplingParams
 
     handles = []
     start = time.perf_counter()
@@ -62,7 +62,7 @@ def run_requests(engine, count, period_ms):
         delay = due - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        request = InferenceRequest(request_id=f"req_{uuid.uuid4().hex}",
+        request = GenerationRequest(request_id=f"req_{uuid.uuid4().hex}",
                                    messages=({"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]},),
                                    sampling=SamplingParams(max_tokens=16, temperature=0))
         handles.append(engine.submit(request))
@@ -120,11 +120,11 @@ def main():
             for label, hold_s in (("alone", None), ("shared", 2.0), ("shared, no prediction", 0.0)):
                 job = None
                 if hold_s is not None:
-                    engine.training_max_hold_s = hold_s
+                    engine.training.max_hold_s = hold_s
                     job = start_training(engine, store, engine.base, facts, "file://" + str(dataset), tmp / "out")
                     time.sleep(1.0)  # the job is past its first steps
                     steps_before = len(job[2])
-                micro_before = engine.training_micro_steps
+                micro_before = engine.training.micro_steps
                 finals, handles, seconds = run_requests(engine, count, PERIOD_MS)
                 ttft = [f["timings"]["first_token_ms"] for f in finals if f["timings"]["first_token_ms"]]
                 entry = {"ttft_ms": common.spread(ttft), "p99_ms": round(common.percentile(ttft, 99), 1),
@@ -133,7 +133,7 @@ def main():
                     job_id, run, steps, thread, box = job
                     done = len(steps) - steps_before
                     entry["train_steps_per_s"] = round(done / seconds, 3)
-                    entry["micro_steps_during"] = engine.training_micro_steps - micro_before
+                    entry["micro_steps_during"] = engine.training.micro_steps - micro_before
                     entry["micro_steps_given_way"] = run.yielded
                     entry["compute_given_way_ms"] = round(run.wasted_ms, 1)
                     waits = [h.training_waits for h in handles if h.training_waits is not None]
@@ -142,7 +142,7 @@ def main():
                     entry["training_result"] = (stop_training(streams, job_id, thread, box) or {}).get("status")
                 results[label] = entry
                 print(f"{label}: p50 {entry['ttft_ms']['p50']} ms, p99 {entry['p99_ms']} ms", flush=True)
-            engine.training_max_hold_s = 2.0
+            engine.training.max_hold_s = 2.0
             job_id, run, steps, thread, box = start_training(engine, store, engine.base, facts,
                                                              "file://" + str(dataset), tmp / "out")
             time.sleep(1.0)

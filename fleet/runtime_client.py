@@ -1,13 +1,12 @@
 """The one door from the web to the runtime nodes: every Celery task sent to a node's queue (``node.<name>``) goes
-through here, by name and with JSON arguments (gpu_runtime.contract). Callers send after commit.
+through here, each one built by the contract's message builders (gpu_runtime.contract): task name and JSON
+arguments. Callers send after commit.
 
 It lives in fleet, the lowest app that sends to nodes (placement and failover move adapters between tiers);
 serving and training sit above fleet and reach the nodes through it."""
 
 from adapters.models import Adapter
-from gpu_runtime.contract import TASK_INFER, TASK_TRAIN, node_queue
-
-SET_TIER, PREFETCH = "runtime.set_tier", "runtime.prefetch"
+from gpu_runtime.contract import infer_message, prefetch_message, set_tier_message, train_message
 
 
 def _app():
@@ -22,32 +21,32 @@ def send_infer(payload, *, node_name, task_id):
     ignore_result: the answer comes back on the request's Redis Stream; with a result the web would SUBSCRIBE to a
     result channel per task (never read) and the node would store every final event. argsrepr: Celery's events and
     logs show the request id, not the tenant's prompt (and skip a repr)."""
-    _app().send_task(TASK_INFER, args=[payload], queue=node_queue(node_name), task_id=task_id, ignore_result=True,
-                     argsrepr=f"[<request {payload['request_id']}>]", kwargsrepr="{}")
+    infer_message(payload).send(_app(), node_name, task_id=task_id, ignore_result=True,
+                                argsrepr=f"[<request {payload['request_id']}>]", kwargsrepr="{}")
 
 
 def send_set_tier(ref, tier, *, node_name):
-    """Moves an adapter version (its AdapterRef JSON) to ``tier`` on one node: hot pins it on the device, warm keeps
-    it on disk and in host RAM, cold drops it."""
-    _app().send_task(SET_TIER, args=[ref, tier], queue=node_queue(node_name))
+    """Moves an adapter version (its AdapterRef) to ``tier`` on one node: hot pins it on the device, warm keeps it on
+    disk and in host RAM, cold drops it."""
+    set_tier_message(ref, tier).send(_app(), node_name)
 
 
 def send_swap_hot(new_ref, old_ref, *, node_name):
     """Pins ``new_ref`` on a node where ``old_ref`` is pinned, then (linked, so only once the new one is pinned)
     demotes the old one to warm."""
-    app, queue = _app(), node_queue(node_name)
-    demote = app.signature(SET_TIER, args=[old_ref, Adapter.WARM], queue=queue, immutable=True)
-    app.send_task(SET_TIER, args=[new_ref, Adapter.HOT], queue=queue, link=demote)
+    app = _app()
+    demote = set_tier_message(old_ref, Adapter.WARM).signature(app, node_name, immutable=True)
+    set_tier_message(new_ref, Adapter.HOT).send(app, node_name, link=demote)
 
 
 def send_prefetch(ref, *, node_name):
     """Brings a version to the node's disk and host RAM ahead of its requests."""
-    _app().send_task(PREFETCH, args=[ref], queue=node_queue(node_name))
+    prefetch_message(ref).send(_app(), node_name)
 
 
-def send_train(payload, *, node_name, task_id):
-    """A training job's runtime task (gpu_runtime.contract, "Training")."""
-    _app().send_task(TASK_TRAIN, args=[payload], queue=node_queue(node_name), task_id=task_id)
+def send_train(spec, *, node_name, task_id):
+    """A training job's runtime task (its gpu_runtime.training_spec.TrainingSpec; gpu_runtime.contract, "Training")."""
+    train_message(spec).send(_app(), node_name, task_id=task_id)
 
 
 def revoke(task_id):

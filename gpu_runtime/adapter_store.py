@@ -17,25 +17,37 @@ streams would split its bandwidth, not add to it; one side stream gives the over
 """
 
 import logging
-import os
 import shutil
 import threading
 import time
 from collections import Counter, OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from safetensors.torch import load_file
 
+from . import object_io
 from .adapter_validation import WEIGHTS_FILE, AdapterRejected, validate_adapter
+from .contract import TIERS
 from .lora import adapter_weights_from_tensors
 
 log = logging.getLogger("vajra.runtime.adapters")
 
-TIERS = ("hot", "warm", "cold")
+
+
+class State(StrEnum):
+    """Where an adapter version is, by its nearest copy to the device (each state holds the copies below it,
+    except where a tier change dropped one)."""
+
+    OBJECT = "object"  # object storage only
+    LOADING = "loading"  # the loader thread is fetching, validating or reading it
+    DISK = "disk"  # node-local disk
+    HOST = "host"  # host RAM, validated and ready to copy
+    DEVICE = "device"  # a device slot
+    FAILED = "failed"  # refused: it fails fast until a new version (or forget_failure)
 
 
 class NoFreeSlot(RuntimeError):
@@ -50,54 +62,53 @@ class HostAdapter:
     nbytes: int
 
 
+@dataclass
+class Adapter:
+    """One adapter version's lifecycle on this node: the copies it has and who holds it. Only the store's
+    transitions (``AdapterStore._to_*`` / ``_off_*``) change the copies."""
+
+    key: tuple
+    tier: str | None = None  # the tier asked for: the first request's ref, then set_tier
+    pinned: bool = False  # hot: its device slot is never evicted
+    disk_bytes: int | None = None  # on node-local disk
+    host: HostAdapter | None = None  # in host RAM
+    slot: int | None = None  # in this device slot
+    loading: Future | None = None  # the loader thread's work towards host RAM
+    failed: AdapterRejected | None = None
+    in_use: int = 0  # running rows holding its slot
+    uses: int = 0  # activations: the access frequency F of Algorithm 4
+
+    @property
+    def state(self):
+        if self.failed is not None:
+            return State.FAILED
+        if self.slot is not None:
+            return State.DEVICE
+        if self.host is not None:
+            return State.HOST
+        if self.disk_bytes is not None:
+            return State.DISK
+        return State.LOADING if self.loading is not None else State.OBJECT
+
+
 def adapter_key(ref):
     return (ref.adapter_id, int(ref.version))
 
 
-class ObjectStore:
-    """Adapter files by URI: ``file://`` or a plain path (the Django storage's filesystem by default), or
-    ``s3://bucket/prefix`` on any S3-compatible store (AWS, MinIO, R2, GCS interop) through boto3, with the
-    endpoint from ``VAJRA_S3_ENDPOINT_URL`` and credentials from the standard AWS variables."""
-
-    def __init__(self, s3_endpoint_url=None):
-        self.s3_endpoint_url = s3_endpoint_url or os.environ.get("VAJRA_S3_ENDPOINT_URL") or None
-        self._s3 = None
-
-    def fetch(self, uri, dest):
-        """Copies the adapter's files to ``dest`` (replaced whole: a reader never sees half a copy)."""
-        parsed = urlparse(uri)
-        tmp = dest.with_name(dest.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        if parsed.scheme in ("", "file"):
-            source = Path(parsed.path if parsed.scheme else uri)
-            if not source.is_dir():
-                raise AdapterRejected("adapter_not_found", f"no adapter files at {uri}")
-            shutil.copytree(source, tmp)
-        elif parsed.scheme == "s3":
-            self._fetch_s3(parsed.netloc, parsed.path.strip("/"), tmp, uri)
-        else:
-            raise AdapterRejected("unsupported_storage", f"object storage scheme {parsed.scheme!r} is not supported")
-        shutil.rmtree(dest, ignore_errors=True)
-        tmp.rename(dest)
-
-    def _fetch_s3(self, bucket, prefix, tmp, uri):
-        if self._s3 is None:
-            import boto3
-
-            self._s3 = boto3.client("s3", endpoint_url=self.s3_endpoint_url)
-        pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
-        keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-        files = [k for k in keys if "/" not in k[len(prefix) + 1:]]  # the adapter's own files, not subfolders
-        if not files:
-            raise AdapterRejected("adapter_not_found", f"no adapter files at {uri}")
-        tmp.mkdir(parents=True)
-        for key in files:
-            self._s3.download_file(bucket, key, str(tmp / key.rsplit("/", 1)[-1]))
+def fetch_adapter(uri, dest):
+    """Copies an adapter version's files from object storage (gpu_runtime.object_io) to ``dest``; a missing
+    folder or an unknown scheme is the adapter's typed refusal."""
+    try:
+        object_io.fetch_folder(uri, dest)
+    except object_io.ObjectNotFound:
+        raise AdapterRejected("adapter_not_found", f"no adapter files at {uri}") from None
+    except object_io.UnsupportedStorage as exc:
+        raise AdapterRejected("unsupported_storage", str(exc)) from None
 
 
 class AdapterStore:
     def __init__(self, pool, base_facts, *, disk_dir, host_budget_bytes=2 << 30, disk_budget_bytes=20 << 30,
-                 eviction_threshold=0.9, object_store=None, max_rank=64, cuda=None):
+                 eviction_threshold=0.9, max_rank=64, cuda=None):
         self.pool = pool
         self.base_facts = base_facts
         self.disk_dir = Path(disk_dir)
@@ -105,17 +116,10 @@ class AdapterStore:
         self.host_budget = host_budget_bytes
         self.disk_budget = disk_budget_bytes
         self.eviction_threshold = eviction_threshold
-        self.objects = object_store or ObjectStore()
         self.max_rank = max_rank
-        self.device = OrderedDict()  # key -> slot id, least recently used first
-        self.host = OrderedDict()  # key -> HostAdapter
-        self.disk = OrderedDict()  # key -> bytes on disk
-        self.pinned = set()
-        self.tiers = {}  # key -> tier asked for
-        self.in_use = Counter()
-        self.uses = Counter()  # activations per adapter: the access frequency F of Algorithm 4
-        self.failed = {}  # key -> AdapterRejected
-        self.loading = {}  # key -> Future
+        self._adapters = {}  # key -> Adapter: every adapter version this node has seen
+        # Least recently used first, per copy: which one an eviction takes (keys of self._adapters).
+        self._lru = {State.DEVICE: OrderedDict(), State.HOST: OrderedDict(), State.DISK: OrderedDict()}
         self.moves = deque(maxlen=1000)  # (key, from, to, ms)
         self.counters = Counter()
         self._lock = threading.RLock()
@@ -126,30 +130,102 @@ class AdapterStore:
         self._copy_stream = self._cuda.Stream(device=pool.device) if self._cuda is not None else None
         self._vacated = None  # event on the compute stream after its last slot clear or move
 
-    # ---- state -------------------------------------------------------------------------------------
+    # ---- transitions: the only code that changes an adapter's copies -------------------------------------------
+    def _entry(self, key):
+        entry = self._adapters.get(key)
+        if entry is None:
+            entry = self._adapters[key] = Adapter(key)
+        return entry
+
+    def _held(self, state):
+        """The adapters holding a copy in ``state`` (DEVICE, HOST or DISK), least recently used first."""
+        return [self._adapters[key] for key in self._lru[state]]
+
+    def _touch(self, entry, state):
+        self._lru[state].move_to_end(entry.key)
+
+    def _enter(self, entry, state):
+        self._lru[state].setdefault(entry.key)  # a copy made again keeps its place in the order
+
+    def _to_disk(self, entry, nbytes):
+        entry.disk_bytes = nbytes
+        self._enter(entry, State.DISK)
+
+    def _off_disk(self, entry):
+        entry.disk_bytes = None
+        self._lru[State.DISK].pop(entry.key, None)
+        shutil.rmtree(self.disk_dir / entry.key[0] / str(entry.key[1]), ignore_errors=True)
+
+    def _to_host(self, entry, adapter):
+        entry.host = adapter
+        self._enter(entry, State.HOST)
+
+    def _off_host(self, entry):
+        entry.host = None
+        self._lru[State.HOST].pop(entry.key, None)
+
+    def _to_slot(self, entry, slot):
+        entry.slot = slot
+        self._enter(entry, State.DEVICE)
+
+    def _off_slot(self, entry):
+        """Clears the adapter's slot (it keeps its host RAM copy, if it has one)."""
+        self.pool.clear(entry.slot)
+        entry.slot = None
+        self._lru[State.DEVICE].pop(entry.key, None)
+        self._mark_vacated()
+        self.counters["device evictions"] += 1
+
+    def _fail(self, entry, exc):
+        entry.failed = exc
+
+    # ---- state -------------------------------------------------------------------------------------------------
     def where(self, key):
         with self._lock:
-            if key in self.failed:
-                return "failed"
-            for tier, table in (("device", self.device), ("host", self.host), ("disk", self.disk)):
-                if key in table:
-                    return tier
-            return "loading" if key in self.loading else "object"
+            entry = self._adapters.get(key)
+            return (entry.state if entry is not None else State.OBJECT).value
+
+    def slot(self, key):
+        """The device slot holding the adapter, or None."""
+        with self._lock:
+            entry = self._adapters.get(key)
+            return entry.slot if entry is not None else None
+
+    def host_adapter(self, key):
+        """The adapter's host RAM copy (HostAdapter), or None."""
+        with self._lock:
+            entry = self._adapters.get(key)
+            return entry.host if entry is not None else None
+
+    def tier(self, key):
+        with self._lock:
+            entry = self._adapters.get(key)
+            return entry.tier if entry is not None and entry.tier is not None else "unknown"
+
+    def census(self):
+        """How many adapters hold each copy, are pinned, failed or loading."""
+        with self._lock:
+            entries = self._adapters.values()
+            return {"device": len(self._lru[State.DEVICE]), "host": len(self._lru[State.HOST]),
+                    "disk": len(self._lru[State.DISK]),
+                    "pinned": sum(1 for e in entries if e.pinned),
+                    "failed": sum(1 for e in entries if e.failed is not None),
+                    "loading": sum(1 for e in entries if e.loading is not None)}
 
     def resident(self, limit=200):
         """Which adapter versions sit on the device and in host RAM, and which of those on the device are pinned
         (hot), as "id:version", for placement."""
         with self._lock:
-            held = {tier: [f"{k[0]}:{k[1]}" for k in list(table)[-limit:]]
-                    for tier, table in (("device", self.device), ("host", self.host))}
-            held["pinned"] = sorted(f"{k[0]}:{k[1]}" for k in self.pinned if k in self.device)[:limit]
+            held = {state.value: [f"{k[0]}:{k[1]}" for k in list(self._lru[state])[-limit:]]
+                    for state in (State.DEVICE, State.HOST)}
+            held["pinned"] = sorted(f"{e.key[0]}:{e.key[1]}" for e in self._held(State.DEVICE) if e.pinned)[:limit]
             return held
 
     def buckets(self):
         """Per rank bucket: its slots and how many hold a pinned adapter (placement's rank-bucket capacity).
         Keys are ranks as strings (JSON object keys)."""
         with self._lock:
-            pinned = Counter(self.pool.bucket_rank(slot) for key, slot in self.device.items() if key in self.pinned)
+            pinned = Counter(self.pool.bucket_rank(e.slot) for e in self._held(State.DEVICE) if e.pinned)
             return {str(rank): {"slots": count, "pinned": pinned[rank]} for rank, count in self.pool.buckets.items()}
 
     def summary(self):
@@ -158,13 +234,17 @@ class AdapterStore:
             by_move = {}
             for _, source, target, ms in self.moves:
                 by_move.setdefault(f"{source}->{target}", []).append(ms)
-            return {"device": len(self.device), "host": len(self.host), "disk": len(self.disk),
-                    "pinned": len(self.pinned), "failed": len(self.failed), "slots": self.pool.capacity,
+            census = self.census()
+            return {"device": census["device"], "host": census["host"], "disk": census["disk"],
+                    "pinned": census["pinned"], "failed": census["failed"], "slots": self.pool.capacity,
                     "buckets": self.buckets(),
-                    "host_bytes": sum(h.nbytes for h in self.host.values()),
+                    "host_bytes": self._host_bytes(),
                     "fragmentation": round(self.fragmentation_index(), 4),
                     "moves": {move: {"count": len(v), "p50_ms": round(sorted(v)[len(v) // 2], 3),
                                      "max_ms": round(max(v), 3)} for move, v in by_move.items()}}
+
+    def _host_bytes(self):
+        return sum(e.host.nbytes for e in self._held(State.HOST))
 
     def _record(self, key, source, target, started):
         ms = (time.perf_counter() - started) * 1000
@@ -177,23 +257,26 @@ class AdapterStore:
         """Makes the adapter host-ready in the background; returns a Future of the HostAdapter."""
         key = adapter_key(ref)
         with self._lock:
-            if key in self.failed:
+            entry = self._entry(key)
+            if entry.failed is not None:
                 future = Future()
-                future.set_exception(self.failed[key])
+                future.set_exception(entry.failed)
                 return future
-            if key in self.host:
-                self.host.move_to_end(key)
+            if entry.host is not None:
+                self._touch(entry, State.HOST)
                 future = Future()
-                future.set_result(self.host[key])
+                future.set_result(entry.host)
                 return future
-            if key not in self.loading:
-                self.tiers.setdefault(key, ref.tier)
-                self.loading[key] = self._loader.submit(self._load_to_host, ref, key)
-            return self.loading[key]
+            if entry.loading is None:
+                if entry.tier is None:
+                    entry.tier = ref.tier
+                entry.loading = self._loader.submit(self._load_to_host, ref, entry)
+            return entry.loading
 
-    def _load_to_host(self, ref, key):
+    def _load_to_host(self, ref, entry):
+        key = entry.key
         try:
-            path = self._ensure_disk(ref, key)
+            path = self._ensure_disk(ref, entry)
             started = time.perf_counter()
             facts = validate_adapter(path, self.base_facts, max_rank=self.max_rank)
             if facts.rank > max(self.pool.buckets):
@@ -210,66 +293,65 @@ class AdapterStore:
                 nbytes += A.numel() * A.element_size() + B.numel() * B.element_size()
             adapter = HostAdapter(key, facts, weights, nbytes)
             with self._lock:
-                self.host[key] = adapter
+                self._to_host(entry, adapter)
                 self._record(key, "disk", "host", started)
                 self._trim_host()
             return adapter
         except AdapterRejected as exc:
             with self._lock:
-                self.failed[key] = exc
+                self._fail(entry, exc)
             raise
         finally:
             with self._lock:
-                self.loading.pop(key, None)
+                entry.loading = None
 
-    def _ensure_disk(self, ref, key):
+    def _ensure_disk(self, ref, entry):
         path = self.disk_dir / ref.adapter_id / str(ref.version)
         with self._lock:
-            if key in self.disk and path.is_dir():
-                self.disk.move_to_end(key)
+            if entry.disk_bytes is not None and path.is_dir():
+                self._touch(entry, State.DISK)
                 return path
         started = time.perf_counter()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.objects.fetch(ref.uri, path)
+        fetch_adapter(ref.uri, path)
         size = sum(f.stat().st_size for f in path.iterdir())
         with self._lock:
-            self.disk[key] = size
-            self._record(key, "object", "disk", started)
+            self._to_disk(entry, size)
+            self._record(entry.key, "object", "disk", started)
             self._trim_disk()
         return path
 
     def _trim_host(self):
-        while sum(h.nbytes for h in self.host.values()) > self.host_budget:
-            victim = next((k for k in self.host if k not in self.device and self.tiers.get(k) != "hot"), None)
+        while self._host_bytes() > self.host_budget:
+            victim = next((e for e in self._held(State.HOST) if e.slot is None and e.tier != "hot"), None)
             if victim is None:
                 return
-            del self.host[victim]
+            self._off_host(victim)
             self.counters["host evictions"] += 1
 
     def _trim_disk(self):
-        while sum(self.disk.values()) > self.disk_budget:
-            victim = next((k for k in self.disk if k not in self.host and self.tiers.get(k) == "cold"), None)
+        while sum(e.disk_bytes for e in self._held(State.DISK)) > self.disk_budget:
+            victim = next((e for e in self._held(State.DISK) if e.host is None and e.tier == "cold"), None)
             if victim is None:
                 return
-            self._drop_disk(victim)
-
-    def _drop_disk(self, key):
-        self.disk.pop(key, None)
-        shutil.rmtree(self.disk_dir / key[0] / str(key[1]), ignore_errors=True)
+            self._off_disk(victim)
 
     # ---- device slots (engine thread only) -------------------------------------------------------------
     def activate(self, key, acquire=True):
         """The adapter's slot id, copying it in from host RAM if needed, and (``acquire``) held for a row
         until ``release``: a held adapter is never evicted. Raises NoFreeSlot."""
         with self._lock:
-            if key in self.device:
-                self.device.move_to_end(key)
+            entry = self._entry(key)
+            if entry.slot is not None:
+                self._touch(entry, State.DEVICE)
                 self.counters["device hits"] += 1
                 if acquire:
-                    self.in_use[key] += 1
-                self.uses[key] += 1
-                return self.device[key]
-            adapter = self.host[key]  # the engine only activates host-ready adapters
+                    entry.in_use += 1
+                entry.uses += 1
+                return entry.slot
+            adapter = entry.host
+            if adapter is None:  # the engine only activates host-ready adapters
+                raise KeyError(key)
             started = time.perf_counter()
             slot = self._free_slot(adapter.facts.rank)
             if self._copy_stream is not None:
@@ -280,23 +362,24 @@ class AdapterStore:
                 self._cuda.current_stream(self.pool.device).wait_stream(self._copy_stream)
             else:
                 self.pool.write(slot, adapter.weights, adapter.facts.scaling)
-            self.device[key] = slot
-            self.uses[key] += 1
+            self._to_slot(entry, slot)
+            entry.uses += 1
             if acquire:
-                self.in_use[key] += 1
+                entry.in_use += 1
             self._record(key, "host", "device", started)
-            self._keep_below_threshold(keep=key)
+            self._keep_below_threshold(keep=entry)
             return slot
 
     def _free_slot(self, rank):
         fitting = self.pool.slots_for_rank(rank)
-        used = set(self.device.values())
+        used = {e.slot for e in self._held(State.DEVICE)}
         free = [s for s in fitting if s not in used]
         if free:
             return min(free, key=lambda s: (self.pool.bucket_rank(s), s))  # best fit
-        for key, slot in self.device.items():  # least recently used first
-            if slot in fitting and key not in self.pinned and not self.in_use[key]:
-                self._evict_device(key)
+        for entry in self._held(State.DEVICE):  # least recently used first
+            if entry.slot in fitting and not entry.pinned and not entry.in_use:
+                slot = entry.slot
+                self._off_slot(entry)
                 return slot
         raise NoFreeSlot(f"no free slot for rank {rank}: all fitting slots are pinned or in use")
 
@@ -305,23 +388,17 @@ class AdapterStore:
         raised NoFreeSlot they are all in use: as long as no new row takes them, the least recently used one is
         released with its last row and its slot goes to ``key``. Empty when every fitting slot is pinned."""
         with self._lock:
-            fitting = set(self.pool.slots_for_rank(self.host[key].facts.rank))
-            return {k for k, slot in self.device.items() if slot in fitting and k not in self.pinned}
+            fitting = set(self.pool.slots_for_rank(self._adapters[key].host.facts.rank))
+            return {e.key for e in self._held(State.DEVICE) if e.slot in fitting and not e.pinned}
 
     def _keep_below_threshold(self, keep):
         """Past LRU_EVICTION_THRESHOLD of the slots, evicts least recently used idle adapters to host RAM."""
         limit = int(self.pool.capacity * self.eviction_threshold)
-        for key in list(self.device):
-            if len(self.device) <= limit:
+        for entry in self._held(State.DEVICE):
+            if len(self._lru[State.DEVICE]) <= limit:
                 return
-            if key != keep and key not in self.pinned and not self.in_use[key]:
-                self._evict_device(key)
-
-    def _evict_device(self, key):
-        slot = self.device.pop(key)
-        self.pool.clear(slot)
-        self._mark_vacated()
-        self.counters["device evictions"] += 1
+            if entry is not keep and not entry.pinned and not entry.in_use:
+                self._off_slot(entry)
 
     def _mark_vacated(self):
         """Records where the compute stream is after a slot clear or move, for the next copy to wait on."""
@@ -334,8 +411,8 @@ class AdapterStore:
         """The share of occupied slot memory that is rank padding: adapters sitting in bigger buckets than
         their rank needs (because the fitting bucket was full when they arrived)."""
         with self._lock:
-            occupied = [(self.pool.bucket_rank(slot), self.pool.slot_rank.get(slot, 0))
-                        for slot in self.device.values()]
+            occupied = [(self.pool.bucket_rank(e.slot), self.pool.slot_rank.get(e.slot, 0))
+                        for e in self._held(State.DEVICE)]
         total = sum(bucket for bucket, _ in occupied)
         return (sum(bucket - rank for bucket, rank in occupied) / total) if total else 0.0
 
@@ -346,32 +423,32 @@ class AdapterStore:
         moved = evicted = 0
         with self._lock:
             # cold = used no more than the median device adapter (fixed for this run); hot ones never leave
-            uses = sorted(self.uses[k] for k in self.device)
+            uses = sorted(e.uses for e in self._held(State.DEVICE))
             median = uses[len(uses) // 2] if uses else 0
             while self.fragmentation_index() > tau:
-                used = set(self.device.values())
-                misplaced = [(key, slot) for key, slot in self.device.items()
-                             if self.pool.slot_rank.get(slot, 0) < self.pool.bucket_rank(slot)]
+                used = {e.slot for e in self._held(State.DEVICE)}
+                misplaced = [(e, e.slot) for e in self._held(State.DEVICE)
+                             if self.pool.slot_rank.get(e.slot, 0) < self.pool.bucket_rank(e.slot)]
                 progress = False
-                for key, slot in sorted(misplaced, key=lambda item: -self.uses[item[0]]):  # hot ones first
+                for entry, slot in sorted(misplaced, key=lambda item: -item[0].uses):  # hot ones first
                     rank = self.pool.slot_rank[slot]
                     better = [s for s in self.pool.slots_for_rank(rank)
                               if s not in used and self.pool.bucket_rank(s) < self.pool.bucket_rank(slot)]
-                    if better and not self.in_use[key]:
+                    if better and not entry.in_use:
                         target = min(better, key=lambda s: (self.pool.bucket_rank(s), s))
                         self.pool.move(slot, target)
                         self._mark_vacated()
-                        self.device[key] = target
+                        entry.slot = target  # the same copy in another slot: its place in the order stays
                         used.discard(slot)
                         used.add(target)
                         moved += 1
                         progress = True
                 if self.fragmentation_index() <= tau:
                     break
-                cold = [key for key, slot in misplaced if self.device.get(key) == slot and key not in self.pinned
-                        and not self.in_use[key] and self.uses[key] <= median]
+                cold = [entry for entry, slot in misplaced if entry.slot == slot and not entry.pinned
+                        and not entry.in_use and entry.uses <= median]
                 if cold:
-                    self._evict_device(min(cold, key=lambda k: self.uses[k]))  # least used: back to host RAM
+                    self._off_slot(min(cold, key=lambda e: e.uses))  # least used: back to host RAM
                     evicted += 1
                     progress = True
                 if not progress:
@@ -384,28 +461,24 @@ class AdapterStore:
 
     def release(self, key):
         with self._lock:
-            self.in_use[key] -= 1
-            if self.in_use[key] <= 0:
-                del self.in_use[key]
+            entry = self._adapters[key]
+            entry.in_use = max(entry.in_use - 1, 0)
 
     # ---- tier changes -----------------------------------------------------------------------------------
     def set_tier(self, ref, tier):
         """hot: pinned on device (activated by the engine); warm: disk + host; cold: object storage only."""
         if tier not in TIERS:
             raise ValueError(f"unknown tier {tier!r}")
-        key = adapter_key(ref)
         with self._lock:
-            self.tiers[key] = tier
-            if tier == "hot":
-                self.pinned.add(key)
-            else:
-                self.pinned.discard(key)
+            entry = self._entry(adapter_key(ref))
+            entry.tier = tier
+            entry.pinned = tier == "hot"
             if tier == "cold":
-                self.host.pop(key, None)
-                if not self.in_use[key] and key in self.device:
-                    self._evict_device(key)
-                if key not in self.device:
-                    self._drop_disk(key)
+                self._off_host(entry)
+                if not entry.in_use and entry.slot is not None:
+                    self._off_slot(entry)
+                if entry.slot is None:
+                    self._off_disk(entry)
         if tier in ("hot", "warm"):
             return self.prepare(ref)
         return None
@@ -414,16 +487,19 @@ class AdapterStore:
         """Moves an adapter down to host RAM (``to="host"``) or to node-local disk (``to="disk"``); an
         adapter a running row holds stays on the device until the row ends."""
         with self._lock:
-            self.pinned.discard(key)
-            if key in self.device and not self.in_use[key]:
-                self._evict_device(key)
+            entry = self._entry(key)
+            entry.pinned = False
+            if entry.slot is not None and not entry.in_use:
+                self._off_slot(entry)
             if to == "disk":
-                self.host.pop(key, None)
+                self._off_host(entry)
 
     def forget_failure(self, key):
         """A corrected upload (new version) is a new key anyway; this is for an operator's retry."""
         with self._lock:
-            self.failed.pop(key, None)
+            entry = self._adapters.get(key)
+            if entry is not None:
+                entry.failed = None
 
     def shutdown(self):
         self._loader.shutdown(wait=False, cancel_futures=True)

@@ -12,16 +12,8 @@ add up to the engine's busy time. Cancel flags are read before each admission ro
 every running row: a request cancelled while it waits leaves the queue with no prefill, no token and 0 GPU-ms (the
 ledger bills it nothing); a row cancelled mid-way leaves within a step with the GPU-ms it used.
 
-Training (gpu_runtime.trainer) shares this thread at inference's priority x10 (VAJRA paper 6.1.2): while rows
-are decoding, a training job gets one micro-step per ``training_every`` (10) decode steps; when no row is
-running it gets the whole device, one micro-step at a time. With preemption (TRAINING_PREEMPTION_ENABLED, the
-default) a micro-step gives way inside itself, at the next decoder layer, when a request arrives (a forward
-pass is abandoned, a backward pass pauses and resumes later: gpu_runtime.trainer.TrainingRun.micro_step),
-so a request waits for one layer's work and never more than one micro-step; without it, a training turn
-runs a whole optimizer step (all its micro-batches). Arrivals are
-also predicted (the prefetcher's idea, Algorithm 1, applied to scheduling): when requests come at a steady
-pace and the next one is due before a micro-step would end, the engine holds the micro-step back, so that
-request does not wait at all; a job held back for ``training_max_hold_s`` trains anyway (no starvation).
+Training (gpu_runtime.trainer) shares this thread at inference's priority x10: between inference steps the engine
+gives the first queued job its turns (gpu_runtime.training_turns decides when, and for how long).
 
 Faults are isolated per row: what one row's own work raises or yields (non-finite logits, e.g. from its adapter;
 its sampler; its detokenizer or stop strings) ends that row alone with a typed error (``non_finite_logits``,
@@ -33,13 +25,10 @@ step's column) and rebuilding each row's KV to retry them one by one would cost 
 """
 
 import logging
-import math
 import queue
 import threading
 import time
-from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
@@ -48,57 +37,14 @@ from .adapter_store import NoFreeSlot, adapter_key
 from .adapter_validation import AdapterRejected
 from .admission import AdmissionQueue
 from .batch_kv import BatchKV
-from .contract import SUPERSEDED
+from .batch_rows import Handle, RequestError, Row, elapsed_ms, unadmitted_final
+from .contract import SUPERSEDED, Final, FinalError, Timings, Usage, superseded_result
 from .detokenize import IncrementalText
 from .sampling import SamplingError, sample_token
 from .step_clock import StepClock
+from .training_turns import TrainingTurns
 
 log = logging.getLogger("vajra.runtime.engine")
-
-
-class RequestError(Exception):
-    def __init__(self, code, message):
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-@dataclass
-class Handle:
-    """A submitted request as the engine and the waiting task see it."""
-
-    request: object
-    submitted: float = field(default_factory=time.perf_counter)
-    done: threading.Event = field(default_factory=threading.Event)
-    result: dict | None = None
-    adapter_future: object = None
-    host_ready: float | None = None  # when its adapter was in host RAM (at once when it already was)
-    slot_wait_from: float | None = None  # when it first found no free slot for its adapter
-    adapter_ready_ms: float = 0.0  # waiting for its adapter alone (host RAM, a free slot, the copy into it)
-    admitted: float | None = None
-    training_mark: int = 0  # the engine's training micro-step count when the request arrived
-    training_waits: int | None = None  # micro-steps that ran between its arrival and its admission
-
-    def wait(self, timeout=None):
-        self.done.wait(timeout)
-        return self.result
-
-
-@dataclass
-class Row:
-    handle: Handle
-    key: tuple | None
-    slot: int
-    prompt_tokens: int
-    text: IncrementalText
-    generator: torch.Generator | None
-    last_token: int = 0
-    completion_tokens: int = 0
-    gpu_ms: float = 0.0
-    cached_tokens: int = 0
-    first_token: float | None = None
-    finish_reason: str | None = None
-    error: dict | None = None
-    ids: list = field(default_factory=list, repr=False)  # the prompt's token ids
 
 
 class Engine:
@@ -127,25 +73,15 @@ class Engine:
         self.started = time.perf_counter()
         self.steps = 0
         self.tokens_out = 0
-        self.training_every = training_every
-        self.training_preemption = training_preemption
-        self._training_in = queue.Queue()
-        self.training = []  # runs in arrival order; the first one trains, the others wait
-        self.training_ms = 0.0
-        self.training_micro_steps = 0
-        self.training_yields = 0  # micro-steps abandoned at a layer boundary for an arriving request
-        self._since_training = 0
-        self.training_max_hold_s = training_max_hold_s
-        self.training_held = 0  # turns held back for a predicted arrival
-        self._last_turn = time.perf_counter()
-        self._arrivals = deque(maxlen=32)  # when inference requests arrived (perf_counter)
+        self.training = TrainingTurns(every=training_every, preemption=training_preemption,
+                                      max_hold_s=training_max_hold_s)
         self._stop = threading.Event()
         self._thread = None
 
     # ---- outside the engine thread ------------------------------------------------------------------------
     def submit(self, request):
-        handle = Handle(request, training_mark=self.training_micro_steps)
-        self._arrivals.append(handle.submitted)
+        handle = Handle(request, training_mark=self.training.micro_steps)
+        self.training.arrived(handle.submitted)
         if request.adapter is not None and self.store is not None:
             handle.adapter_future = self.store.prepare(request.adapter)
             handle.adapter_future.add_done_callback(lambda _: setattr(handle, "host_ready", time.perf_counter()))
@@ -154,7 +90,7 @@ class Engine:
 
     def submit_training(self, run):
         """Queues a prepared TrainingRun; its reports arrive on ``run.events`` (gpu_runtime.trainer.drive)."""
-        self._training_in.put(run)
+        self.training.submit(run)
         return run
 
     def call(self, fn):
@@ -189,7 +125,7 @@ class Engine:
         return self._incoming.qsize() + len(self._pending)
 
     def busy_ratio(self):
-        return (self.busy_ms + self.training_ms) / max(1.0, (time.perf_counter() - self.started) * 1000)
+        return (self.busy_ms + self.training.ms) / max(1.0, (time.perf_counter() - self.started) * 1000)
 
     # ---- the engine thread ----------------------------------------------------------------------------------
     def _loop(self):
@@ -203,8 +139,8 @@ class Engine:
                 self._admit()
                 if self.rows:
                     self._decode_step()
-                    self._since_training += 1
-                if self._training_due():
+                    self.training.decode_step_ran()
+                if self.training.due(rows_running=bool(self.rows)):
                     self._training_turn()
                 elif self.rows:
                     pass
@@ -222,69 +158,13 @@ class Engine:
                     self._finish(row, "error", {"code": "engine_error", "message": str(exc)})
                 self._retire()
 
-    # ---- training turns ---------------------------------------------------------------------------------------
-    def _training_due(self):
-        while True:
-            try:
-                self.training.append(self._training_in.get_nowait())
-            except queue.Empty:
-                break
-        if not self.training:
-            return False
-        if self.rows and self._since_training < self.training_every:
-            return False
-        ahead = self.training[0].next_work_ms
-        if ahead and time.perf_counter() - self._last_turn < self.training_max_hold_s \
-                and self._arrival_due_within(ahead / 1000):
-            self.training_held += 1
-            return False
-        return True
+    # ---- training turns (gpu_runtime.training_turns) -----------------------------------------------------------
+    def _training_turn(self):
+        self.training.turn(cancelled=self.streams.cancelled, request_waiting=self._request_waiting)
 
     def _request_waiting(self):
         """An inference request arrived and a row is free for it (checked at every layer of a training pass)."""
         return not self._incoming.empty() and len(self.rows) < self.max_batch
-
-    def _arrival_due_within(self, seconds):
-        """Whether steady arrivals (median gap of the recent ones) put the next request within ``seconds``."""
-        arrivals = list(self._arrivals)
-        if len(arrivals) < 4:
-            return False
-        gaps = sorted(b - a for a, b in zip(arrivals, arrivals[1:], strict=False))
-        gap = gaps[len(gaps) // 2]
-        since = time.perf_counter() - arrivals[-1]
-        if gap <= 0 or since > 2 * gap:  # no steady pattern, or it stopped
-            return False
-        next_at = gap * max(1, math.ceil(since / gap))
-        return next_at - since < seconds * 1.5
-
-    def _training_turn(self):
-        """One micro-step of the first job (a whole optimizer step without preemption); a failing job fails
-        alone, inference goes on."""
-        run = self.training[0]
-        self._since_training = 0
-        if self.streams.cancelled([run.job_id]):
-            run.cancel()
-        else:
-            started = time.perf_counter()
-            try:
-                first_step = run.step
-                yield_to = self._request_waiting if self.training_preemption else None
-                while True:
-                    if run.micro_step(should_yield=yield_to):
-                        self.training_micro_steps += 1
-                    else:
-                        self.training_yields += 1
-                    if self.training_preemption or run.finished or run.step != first_step:
-                        break
-            except Exception as exc:
-                log.exception("training job %s failed", run.job_id)
-                run.fail("training_error", str(exc))
-            finally:
-                ms = (time.perf_counter() - started) * 1000
-                self.training_ms += ms
-                self._last_turn = time.perf_counter()
-        if run.finished:
-            self.training.pop(0)
 
     def _take_arrivals(self):
         while True:
@@ -356,10 +236,10 @@ class Engine:
                 draining |= self.store.holding_slots_for(key)
                 return None
             # The tier's adapter-ready time: the adapter's own waits, not the wait for a batch row or a step
-            handle.adapter_ready_ms = _ms(handle.submitted, handle.host_ready or handle.submitted) + _ms(
+            handle.adapter_ready_ms = elapsed_ms(handle.submitted, handle.host_ready or handle.submitted) + elapsed_ms(
                 handle.slot_wait_from or started, time.perf_counter())
         handle.admitted = time.perf_counter()
-        handle.training_waits = self.training_micro_steps - handle.training_mark
+        handle.training_waits = self.training.micro_steps - handle.training_mark
         generator = None
         if request.sampling.temperature > 0:
             seed = request.sampling.seed
@@ -517,7 +397,7 @@ class Engine:
         for handle in gone:
             if handle.request.request_id in superseded:
                 self.streams.superseded(handle.request.request_id, handle.request.attempt)
-                handle.result = {"finish_reason": SUPERSEDED, "attempt": handle.request.attempt}
+                handle.result = superseded_result(handle.request.attempt)
                 handle.done.set()
             else:
                 self._deliver(handle, unadmitted_final(handle.submitted, "cancelled"))
@@ -557,7 +437,7 @@ class Engine:
             self.streams.superseded(handle.request.request_id, handle.request.attempt)
             if row.key is not None:
                 self.store.release(row.key)
-            handle.result = {"finish_reason": SUPERSEDED, "attempt": handle.request.attempt}
+            handle.result = superseded_result(handle.request.attempt)
             handle.done.set()
             return
         if row.finish_reason != "error":
@@ -570,42 +450,27 @@ class Engine:
                 self._row_fault(row, "detokenize_error", f"turning the tokens into text failed: {exc}")
         if row.key is not None:
             self.store.release(row.key)
-        self._deliver(handle, {
-            "finish_reason": row.finish_reason,
-            "usage": {"prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens,
-                      "cached_tokens": row.cached_tokens},
-            "timings": {
-                "queued_ms": _ms(handle.submitted, handle.admitted or handle.submitted),
-                "adapter_ready_ms": handle.adapter_ready_ms,
-                "first_token_ms": _ms(handle.submitted, row.first_token) if row.first_token else None,
-                "total_ms": _ms(handle.submitted, now),
-            },
-            "gpu_ms": round(row.gpu_ms, 3),
-            "error": row.error,
-        })
+        self._deliver(handle, Final(
+            row.finish_reason,
+            usage=Usage(row.prompt_tokens, row.completion_tokens, cached_tokens=row.cached_tokens),
+            timings=Timings(
+                queued_ms=elapsed_ms(handle.submitted, handle.admitted or handle.submitted),
+                adapter_ready_ms=handle.adapter_ready_ms,
+                first_token_ms=elapsed_ms(handle.submitted, row.first_token) if row.first_token else None,
+                total_ms=elapsed_ms(handle.submitted, now),
+            ),
+            gpu_ms=round(row.gpu_ms, 3),
+            error=FinalError(**row.error) if row.error else None,
+        ))
 
     def _fail_unadmitted(self, handle, code, message):
-        self._deliver(handle, unadmitted_final(handle.submitted, "error", {"code": code, "message": message}))
+        self._deliver(handle, unadmitted_final(handle.submitted, "error", FinalError(code, message)))
 
     def _deliver(self, handle, final):
-        if handle.request.attempt > 1:
-            final["attempt"] = handle.request.attempt
+        """Sends ``final`` (a Final) for the handle's attempt to its stream; the waiting task gets its JSON."""
+        final = final.with_attempt(handle.request.attempt).to_json()
         try:
             self.streams.final(handle.request.request_id, final)
         finally:
             handle.result = final
             handle.done.set()
-
-
-def unadmitted_final(submitted, reason, error=None):
-    """The final event of a request that ended before it joined the batch (``submitted``: its perf_counter
-    arrival): no prompt processed, no token, 0 GPU-ms."""
-    now = time.perf_counter()
-    return {"finish_reason": reason, "usage": {"prompt_tokens": 0, "completion_tokens": 0},
-            "timings": {"queued_ms": _ms(submitted, now), "adapter_ready_ms": 0.0, "first_token_ms": None,
-                        "total_ms": _ms(submitted, now)},
-            "gpu_ms": 0.0, "error": error}
-
-
-def _ms(start, end):
-    return round((end - start) * 1000, 3)

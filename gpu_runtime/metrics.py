@@ -135,7 +135,7 @@ class MoveLatencies:
             total = sum(n for name, n in store.counters.items() if "->" in name)
             new = total - self.seen
             recent = list(store.moves)[-new:] if new > 0 else []
-            tiers = {key: store.tiers.get(key, "unknown") for key, *_ in recent}
+            tiers = {key: store.tier(key) for key, *_ in recent}
         self.seen = total
         self.unobserved += max(new - len(recent), 0)
         for key, source, target, ms in recent:
@@ -144,7 +144,7 @@ class MoveLatencies:
 
 
 class RuntimeCollector:
-    """Reads ``node`` (gpu_runtime.worker.Node or anything with config, engine, store, prefetcher, base)."""
+    """Reads ``node`` (gpu_runtime.node.Node or anything with config, engine, store, prefetcher, base)."""
 
     def __init__(self, node, sampler=None):
         self.node = node
@@ -206,14 +206,14 @@ class RuntimeCollector:
         yield counter("vajra_runtime_inference_seconds", "Engine time spent on inference forward passes",
                       engine.busy_ms / 1000)
         yield counter("vajra_runtime_training_seconds", "Engine time spent on training micro-steps",
-                      engine.training_ms / 1000)
+                      engine.training.ms / 1000)
         yield gauge("vajra_runtime_busy_ratio", "Share of time the engine computed since it started "
                     "(windowed: rate of the inference + training seconds)", engine.busy_ratio())
-        yield counter("vajra_runtime_training_micro_steps", "Training micro-steps run", engine.training_micro_steps)
+        yield counter("vajra_runtime_training_micro_steps", "Training micro-steps run", engine.training.micro_steps)
         yield gauge("vajra_runtime_training_jobs", "Training jobs on the engine (the first one trains)",
-                    len(engine.training))
+                    len(engine.training.runs))
         yield counter("vajra_runtime_training_turns_held", "Training turns held back for a predicted request",
-                      engine.training_held)
+                      engine.training.held)
 
         if store is not None:
             yield from self._adapters(name, store, gauge, counter)
@@ -237,8 +237,7 @@ class RuntimeCollector:
     def _adapters(self, name, store, gauge, counter):
         self.moves.update(store)
         with store._lock:
-            where = {"device": len(store.device), "host": len(store.host), "disk": len(store.disk),
-                     "pinned": len(store.pinned), "failed": len(store.failed), "loading": len(store.loading)}
+            where = store.census()
             counts = Counter(store.counters)
             slots = store.pool.capacity
         yield gauge("vajra_runtime_adapters", "Adapter versions by where they are", where, labels=["location"])

@@ -1,26 +1,41 @@
-"""Small reads and writes of object storage by URI for training: ``file://`` (or a plain path) and ``s3://``
-(boto3, endpoint from ``VAJRA_S3_ENDPOINT_URL``). Adapter fetches go through adapter_store.ObjectStore.
+"""The runtime's one client of object storage, by URI: ``file://`` (or a plain path: the Django storage's
+filesystem by default) and ``s3://bucket/prefix`` on any S3-compatible store (AWS, MinIO, R2, GCS interop)
+through boto3, with the endpoint from ``VAJRA_S3_ENDPOINT_URL`` and credentials from the standard AWS variables.
+Adapter fetches (the adapter store), training's datasets, checkpoints and results, and the web's dataset URLs all
+go through it.
 
 A folder is written whole or not at all as readers see it: locally into ``<name>.partial`` then renamed; on
 S3 the file named last in ``files`` (a marker such as ``state.json``) is uploaded last, and readers treat a
-folder without it as unfinished.
+folder without it as unfinished. A fetched folder replaces its local copy whole the same way.
 """
 
 import os
 import shutil
+import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
-_s3_client = None
+_clients = {}  # S3 endpoint URL (None: AWS) -> boto3 client
+_clients_lock = threading.Lock()
 
 
-def _s3():
-    global _s3_client
-    if _s3_client is None:
-        import boto3
+class UnsupportedStorage(ValueError):
+    """A URI whose scheme is neither file:// nor s3://."""
 
-        _s3_client = boto3.client("s3", endpoint_url=os.environ.get("VAJRA_S3_ENDPOINT_URL") or None)
-    return _s3_client
+
+class ObjectNotFound(FileNotFoundError):
+    """Nothing stored at the URI."""
+
+
+def s3_client():
+    """The S3 client for the endpoint ``VAJRA_S3_ENDPOINT_URL`` names now (one per endpoint, made once)."""
+    endpoint = os.environ.get("VAJRA_S3_ENDPOINT_URL") or None
+    with _clients_lock:
+        if endpoint not in _clients:
+            import boto3
+
+            _clients[endpoint] = boto3.client("s3", endpoint_url=endpoint)
+        return _clients[endpoint]
 
 
 def _split(uri):
@@ -29,7 +44,7 @@ def _split(uri):
         return "file", Path(parsed.path if parsed.scheme else uri)
     if parsed.scheme == "s3":
         return "s3", (parsed.netloc, parsed.path.strip("/"))
-    raise ValueError(f"object storage scheme {parsed.scheme!r} is not supported (file:// or s3://)")
+    raise UnsupportedStorage(f"object storage scheme {parsed.scheme!r} is not supported (file:// or s3://)")
 
 
 def join(uri, *parts):
@@ -43,7 +58,7 @@ def read_bytes(uri, max_bytes=None):
             raise ValueError(f"{uri} is over {max_bytes} bytes")
         return where.read_bytes()
     bucket, key = where
-    body = _s3().get_object(Bucket=bucket, Key=key)["Body"]
+    body = s3_client().get_object(Bucket=bucket, Key=key)["Body"]
     data = body.read(None if max_bytes is None else max_bytes + 1)
     if max_bytes is not None and len(data) > max_bytes:
         raise ValueError(f"{uri} is over {max_bytes} bytes")
@@ -64,7 +79,7 @@ def write_folder(uri, files):
         return
     bucket, prefix = where
     for name, data in files.items():
-        _s3().put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=data)
+        s3_client().put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=data)
 
 
 def subfolders(uri):
@@ -75,7 +90,7 @@ def subfolders(uri):
             return []
         return sorted(p.name for p in where.iterdir() if p.is_dir() and not p.name.endswith(".partial"))
     bucket, prefix = where
-    pages = _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/", Delimiter="/")
+    pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/", Delimiter="/")
     return sorted(cp["Prefix"][len(prefix) + 1:].strip("/") for page in pages for cp in page.get("CommonPrefixes", []))
 
 
@@ -85,7 +100,33 @@ def exists(uri):
         return where.exists()
     bucket, key = where
     try:
-        _s3().head_object(Bucket=bucket, Key=key)
+        s3_client().head_object(Bucket=bucket, Key=key)
     except Exception:  # botocore's ClientError (404) or no access: not there for us
         return False
     return True
+
+
+def fetch_folder(uri, dest):
+    """Copies the files directly in the folder ``uri`` (not its subfolders) to the local folder ``dest``, which is
+    replaced whole: a reader never sees half a copy. Raises ObjectNotFound when the folder holds no file."""
+    dest = Path(dest)
+    kind, where = _split(uri)
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if kind == "file":
+        if not where.is_dir():
+            raise ObjectNotFound(f"no files at {uri}")
+        shutil.copytree(where, tmp)
+    else:
+        bucket, prefix = where
+        client = s3_client()
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
+        keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+        files = [k for k in keys if "/" not in k[len(prefix) + 1:]]
+        if not files:
+            raise ObjectNotFound(f"no files at {uri}")
+        tmp.mkdir(parents=True)
+        for key in files:
+            client.download_file(bucket, key, str(tmp / key.rsplit("/", 1)[-1]))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)

@@ -26,8 +26,6 @@ control plane ignores, so no step is billed twice. Data order is a permutation p
 a resumed job sees the same batches.
 """
 
-import hashlib
-import json
 import logging
 import math
 import queue
@@ -36,35 +34,21 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from . import object_io
 from .adapter_config import ModuleLoRA
-from .datasets import parse_dataset
 from .lora import adapter_weights_from_tensors
-from .training_spec import training_gradients
+from .training_checkpoints import Checkpoint, last_checkpoint, read_checkpoint, write_checkpoint
+from .training_data import IGNORE, load_examples
+from .training_spec import TrainingFailed, training_gradients
 
 log = logging.getLogger("vajra.runtime.trainer")
-
-IGNORE = -100
-MAX_DATASET_BYTES = 512 << 20
-MAX_DATASET_RECORDS = 1_000_000
-STATE_FILE = "training.json"  # written last: a folder without it is unfinished
-
 
 MAX_YIELDS = 3
 
 
 class Yielded(Exception):
     """An inference request arrived during a training micro-step: the micro-step gives way."""
-
-
-class TrainingFailed(Exception):
-    def __init__(self, code, message):
-        super().__init__(message)
-        self.code, self.message = code, message
 
 
 def peft_name(layer, module):
@@ -120,50 +104,6 @@ class TrainableLoRA:
                   "r": self.rank, "lora_alpha": self.alpha, "lora_dropout": 0.0, "target_modules": list(self.targets),
                   "bias": "none", "fan_in_fan_out": False, "inference_mode": True}
         return {**config, **self.shape}  # an adapter trained on from another keeps that one's layers and patterns
-
-
-def _template_ids(tokenizer, messages, generation_prompt):
-    ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=generation_prompt, tokenize=True,
-                                        return_dict=False)
-    return list(ids["input_ids"] if isinstance(ids, dict) else ids)
-
-
-def encode_record(tokenizer, record, eos_id):
-    """(input ids, labels) with IGNORE on everything but the answer tokens."""
-    if "messages" in record:
-        if not getattr(tokenizer, "chat_template", None):
-            raise TrainingFailed("no_chat_template", "this base model has no chat template; use prompt/completion "
-                                 "records")
-        messages = record["messages"]
-        ids = _template_ids(tokenizer, messages, False)
-        labels = [IGNORE] * len(ids)
-        for i, message in enumerate(messages):
-            if message["role"] == "assistant":
-                start = len(_template_ids(tokenizer, messages[:i], True))
-                end = len(_template_ids(tokenizer, messages[: i + 1], False))
-                labels[start:end] = ids[start:end]
-        return ids, labels
-    prompt = tokenizer(record["prompt"]).input_ids if record["prompt"] else []
-    answer = tokenizer(record["completion"], add_special_tokens=False).input_ids + [eos_id]
-    return list(prompt) + answer, [IGNORE] * len(prompt) + answer
-
-
-@dataclass
-class Example:
-    ids: list
-    labels: list
-
-    @property
-    def targets(self):
-        return sum(1 for t in self.labels[1:] if t != IGNORE)
-
-
-@dataclass
-class Checkpoint:
-    step: int
-    tensors: dict
-    optimizer: dict
-    loss: float | None
 
 
 @dataclass
@@ -366,48 +306,6 @@ class TrainingRun:
 
 
 # ---- the job's task thread ------------------------------------------------------------------------------------
-def load_examples(spec, tokenizer, eos_id):
-    """Reads and tokenizes the dataset; every record over ``max_seq_len`` tokens is named with its line."""
-    try:
-        data = object_io.read_bytes(spec.dataset_uri, max_bytes=MAX_DATASET_BYTES)
-    except (OSError, ValueError) as exc:
-        raise TrainingFailed("dataset_unreadable", f"cannot read the dataset at {spec.dataset_uri}: {exc}") from None
-    parsed = parse_dataset(data, max_records=MAX_DATASET_RECORDS, max_bytes=MAX_DATASET_BYTES)
-    if parsed.errors:
-        raise TrainingFailed("invalid_dataset", f"the dataset has {parsed.error_count} problem(s): {parsed.summary()}")
-    examples, too_long = [], []
-    for line, record in _numbered(data, parsed.records):
-        ids, labels = encode_record(tokenizer, record, eos_id)
-        if len(ids) > spec.max_seq_len:
-            too_long.append(f"line {line}: {len(ids)} tokens")
-        examples.append(Example(ids, labels))
-    if too_long:
-        raise TrainingFailed("records_too_long", f"{len(too_long)} record(s) are longer than the {spec.max_seq_len}"
-                             f"-token limit: {'; '.join(too_long[:20])}")
-    if not examples:
-        raise TrainingFailed("invalid_dataset", "the dataset has no records")
-    return examples
-
-
-def _numbered(data, records):
-    """Pairs each parsed record with its 1-based line number in the file (blank lines are skipped)."""
-    lines = [i for i, raw in enumerate(data.split(b"\n"), start=1) if raw.strip()]
-    return zip(lines, records, strict=True)
-
-
-def checkpoint_uri(spec, step):
-    return object_io.join(spec.output_uri, "checkpoints", f"step-{step:07d}")
-
-
-def last_checkpoint(spec):
-    """The newest complete checkpoint under the job's output folder, or None."""
-    for name in reversed(object_io.subfolders(object_io.join(spec.output_uri, "checkpoints"))):
-        uri = object_io.join(spec.output_uri, "checkpoints", name)
-        if object_io.exists(object_io.join(uri, STATE_FILE)):
-            return uri
-    return None
-
-
 def prepare(spec, *, base, pool, facts, max_rank=64, init_adapter=None):
     """Builds the run off the engine thread: dataset, tokens, the trainable pair (from ``init_adapter``, the
     adapter store's HostAdapter of the current version, or new), and the last checkpoint's weights and
@@ -430,16 +328,15 @@ def prepare(spec, *, base, pool, facts, max_rank=64, init_adapter=None):
     device = next(base.model.parameters()).device
     resume = last_checkpoint(spec)
     if resume is not None:
-        state = json.loads(object_io.read_bytes(object_io.join(resume, STATE_FILE)))
-        tensors = load_safetensors(object_io.read_bytes(object_io.join(resume, "adapter_model.safetensors")))
+        saved = read_checkpoint(resume)
         trained = modules or [(layer, module) for layer in range(facts.num_layers) for module in targets]
-        init = adapter_weights_from_tensors(tensors, _Facts(trained))
+        init = adapter_weights_from_tensors(saved.tensors, _Facts(trained))
     lora = TrainableLoRA(facts, rank=rank, alpha=alpha, targets=targets, device=device, seed=hp.seed, init=init,
                          dropout=hp.dropout, modules=modules, shape=shape)
     run = TrainingRun(spec, hp, base.model, pool, lora, examples)
     if resume is not None:
-        run.load_optimizer(load_safetensors(object_io.read_bytes(object_io.join(resume, "optimizer.safetensors"))))
-        run.step = run.started_step = state["step"]
+        run.load_optimizer(saved.optimizer)
+        run.step = run.started_step = saved.step
         log.info("training job %s resumes after step %d from %s", spec.job_id, run.step, resume)
     return run
 
@@ -447,38 +344,6 @@ def prepare(spec, *, base, pool, facts, max_rank=64, init_adapter=None):
 @dataclass(frozen=True)
 class _Facts:  # what adapter_weights_from_tensors needs: the (layer, module) pairs to read
     modules: object
-
-
-def write_checkpoint(run, checkpoint, *, final=False):
-    """Writes weights (+ optimizer state for a checkpoint) as a PEFT folder; returns (uri, adapter facts)."""
-    weights = save_safetensors(checkpoint.tensors)
-    config = json.dumps(run.lora.peft_config(run.spec.base_model), indent=1).encode()
-    files = {"adapter_model.safetensors": weights, "adapter_config.json": config}
-    if not final:
-        files["optimizer.safetensors"] = save_safetensors(checkpoint.optimizer)
-    summary = {"rank": run.lora.rank, "alpha": run.lora.alpha, "target_modules": list(run.lora.targets)}
-    files[STATE_FILE] = json.dumps({"job_id": run.job_id, "step": checkpoint.step, "loss": checkpoint.loss,
-                                    "adapter": summary}).encode()
-    uri = object_io.join(run.spec.output_uri, "final") if final else checkpoint_uri(run.spec, checkpoint.step)
-    object_io.write_folder(uri, files)
-    return uri, {"uri": uri, "sha256": hashlib.sha256(weights).hexdigest(), "size_bytes": len(weights), **summary,
-                 "dtype": "F32"}
-
-
-def finished_result(spec):
-    """The result of a job whose final adapter is already written (a redelivered, finished job), or None."""
-    uri = object_io.join(spec.output_uri, "final")
-    if not object_io.exists(object_io.join(uri, STATE_FILE)):
-        return None
-    state = json.loads(object_io.read_bytes(object_io.join(uri, STATE_FILE)))
-    weights = object_io.read_bytes(object_io.join(uri, "adapter_model.safetensors"))
-    config = json.loads(object_io.read_bytes(object_io.join(uri, "adapter_config.json")))
-    # the largest rank and the layers' names (the config's r and target_modules differ from them with patterns)
-    summary = state.get("adapter") or {"rank": config["r"], "alpha": config["lora_alpha"],
-                                       "target_modules": config["target_modules"]}
-    return {"status": "succeeded", "error": None, "steps": state["step"], "final_loss": state.get("loss"),
-            "adapter": {"uri": uri, "sha256": hashlib.sha256(weights).hexdigest(), "size_bytes": len(weights),
-                        **summary, "dtype": "F32"}}
 
 
 def drive(run, *, on_step, on_checkpoint, on_progress, timeout_s=None):

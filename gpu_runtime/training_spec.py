@@ -27,6 +27,14 @@ MAX_STEPS = 100_000
 DEFAULT_TARGETS = ("q_proj", "v_proj")
 
 
+class TrainingFailed(Exception):
+    """A job that cannot run, with the code and message its result carries."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
 def _number(payload, name, default, *, integer, low, high, low_open=False):
     value = payload.get(name, default)
     if value is None:

@@ -26,7 +26,7 @@ from billing.ledger import finish_status, record_inference
 from billing.plans import account_for, finished_price, plan_limits, query_price
 from fleet import runtime_client
 from fleet.placement import NoCapacity, place, record_scale_up
-from gpu_runtime.contract import stream_key
+from gpu_runtime.contract import infer_payload, stream_key
 from gpu_runtime.streams import final_of
 from vajra.errors import REDIS_DOWN, InvalidRequest, redis_unavailable
 
@@ -216,9 +216,9 @@ def _submit(principal, base_model, version, prompt, messages, sampling, api, req
             raise no_capacity
         tier = version.adapter.tier if version is not None else Adapter.COLD
         request_id = request_id or new_request_id()
-        payload = {"request_id": request_id, "prompt": prompt, "messages": list(messages), "sampling": sampling,
-                   "adapter": adapter_ref(version) if version is not None else None, "tenant": f"t{tenant.pk}",
-                   "base_model": base_model.name}
+        payload = infer_payload(request_id=request_id, prompt=prompt, messages=messages, sampling=sampling,
+                                adapter=adapter_ref(version) if version is not None else None,
+                                tenant=f"t{tenant.pk}", base_model=base_model.name)
         row = InferenceRequest.objects.create(
             id=request_id, tenant=tenant, api_key=principal.api_key, user=principal.user,
             base_model=base_model, adapter_version=version, tier=tier, api=api, node=node,

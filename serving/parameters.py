@@ -8,7 +8,7 @@
     seed          an integer in [0, 2^63-1]
     stop          a string or a list of at most 4 strings of 1 to 64 characters
 
-The bounds are the runtime's own (gpu_runtime/requests.py). A number is a JSON number: booleans, strings, NaN and
+The bounds are the runtime's own (gpu_runtime/generation.py). A number is a JSON number: booleans, strings, NaN and
 Infinity are refused, whatever their value. null leaves a parameter at its default (OpenAI's convention), which
 each API states (``defaults``). A refusal names every bad field at once: its param and code are the first's, its
 message says all of them, the first first, in the same words whichever way the request came in.
@@ -20,7 +20,7 @@ import math
 from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from rest_framework import serializers
 
-from gpu_runtime.requests import MAX_SEED, MAX_STOP_LENGTH, MAX_STOP_SEQUENCES, MAX_TEMPERATURE, MAX_TOKENS, MAX_TOP_K
+from gpu_runtime.generation import MAX_SEED, MAX_STOP_LENGTH, MAX_STOP_SEQUENCES, MAX_TEMPERATURE, MAX_TOKENS, MAX_TOP_K
 from vajra.errors import InvalidRequest
 
 SHOWN_CHARS = 40  # a refused value is quoted in the message up to this length

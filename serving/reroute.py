@@ -20,7 +20,7 @@ from adapters.models import AdapterVersion
 from fleet import runtime_client
 from fleet.failover import BATCH
 from fleet.placement import NoCapacity, place
-from gpu_runtime.contract import attempt_key, stream_key
+from gpu_runtime.contract import attempt_key, stream_key, with_attempt
 
 from .dispatch import ACTIVE, inference_finish, stream_append
 from .models import InferenceRequest
@@ -89,7 +89,7 @@ def request_reroute(*, request_id, lost, reason):
         return "failed"
     attempt = row.attempt + 1
     InferenceRequest.objects.filter(pk=row.pk).update(node=node, attempt=attempt, status=InferenceRequest.QUEUED)
-    payload = {**row.payload, "attempt": attempt}
+    payload = with_attempt(row.payload, attempt)
     retry = {"attempt": attempt, "node": node.name, "reason": f"node {lost} lost ({reason})"}
 
     def send():

@@ -9,8 +9,8 @@ import torch
 
 from gpu_runtime.adapter_store import AdapterStore, NoFreeSlot, adapter_key
 from gpu_runtime.adapter_validation import AdapterRejected
+from gpu_runtime.generation import AdapterRef
 from gpu_runtime.lora import SlotPool
-from gpu_runtime.requests import AdapterRef
 from tests.runtime_fixtures import BASE_FACTS, make_adapter, tiny_base
 
 
@@ -68,7 +68,7 @@ def test_lru_eviction_past_threshold_spares_pinned_in_use_and_the_newcomer(store
     store = store_for({4: 2, 8: 2}, eviction_threshold=0.5)  # past 2 of 4 slots, idle adapters go to host
     r = refs(objects[1])
     a0, a1, a2, a5 = [ready(store, ref) for ref in (r[0], r[1], r[2], r[5])]
-    store.pinned.add(a0)
+    store.set_tier(AdapterRef(r[0].adapter_id, r[0].version, r[0].uri, "hot"), "hot").result(timeout=30)  # pinned
     store.activate(a0, acquire=False)
     store.activate(a1)  # held by a running row
     store.activate(a2, acquire=False)  # 3 > 2, but everything else is pinned or in use: a2 stays
@@ -119,7 +119,7 @@ def test_rank_above_every_bucket_is_refused_before_touching_slots(store_for, obj
     store = store_for({4: 2})
     with pytest.raises(AdapterRejected) as info:
         store.prepare(refs(objects[1])[3]).result(timeout=30)  # rank 8
-    assert info.value.code == "rank_too_large" and store.device == {}
+    assert info.value.code == "rank_too_large" and store.census()["device"] == 0
 
 
 def test_set_tier_cold_drops_host_and_disk(store_for, objects):
@@ -145,13 +145,13 @@ def test_defragmentation_compacts_misplaced_adapters_and_keeps_their_output(stor
     a0, a1, a2, a5 = [ready(store, ref) for ref in (r[0], r[1], r[2], r[5])]  # ranks 4, 4, 4, 2
     for key in (a0, a1, a2, a5):
         store.activate(key, acquire=False)
-    assert store.pool.bucket_rank(store.device[a0]) == 4 and store.pool.bucket_rank(store.device[a5]) == 2
+    assert store.pool.bucket_rank(store.slot(a0)) == 4 and store.pool.bucket_rank(store.slot(a5)) == 2
     store.evict(a0)  # frees the rank-4 slot; a1 and a2 still pad rank 4 to 8
     assert store.fragmentation_index() == pytest.approx(8 / 18)
     ids = torch.randint(3, 100, (1, 6))
 
     def logits(key):
-        store.pool.set_rows([store.device[key]])
+        store.pool.set_rows([store.slot(key)])
         with torch.no_grad():
             return store.model(ids).logits
 
@@ -159,7 +159,7 @@ def test_defragmentation_compacts_misplaced_adapters_and_keeps_their_output(stor
     result = store.defragment(tau=0.3)
     assert result == {"before": pytest.approx(0.4444, abs=1e-4), "after": pytest.approx(4 / 14, abs=1e-4),
                       "moved": 1, "evicted": 0}
-    assert sorted(store.pool.bucket_rank(store.device[k]) for k in (a1, a2)) == [4, 8]
+    assert sorted(store.pool.bucket_rank(store.slot(k)) for k in (a1, a2)) == [4, 8]
     for key in (a1, a2):
         assert torch.allclose(logits(key), before[key], atol=1e-6)  # the moved adapter computes as before
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from gpu_runtime.adapter_store import AdapterStore, adapter_key
+from gpu_runtime.generation import AdapterRef
 from gpu_runtime.lora import SlotPool
-from gpu_runtime.requests import AdapterRef
 from tests.runtime_fixtures import BASE_FACTS, make_adapter, tiny_base
 
 
@@ -129,7 +129,7 @@ IDS = torch.tensor([[5, 9, 17, 33, 4, 60]])
 
 
 def logits(store, key):
-    store.pool.set_rows([store.device[key]])
+    store.pool.set_rows([store.slot(key)])
     with torch.no_grad():
         return store.model(IDS).logits
 
@@ -143,7 +143,7 @@ def test_host_copies_are_pinned_and_writes_go_on_the_copy_stream_before_compute_
     store = build({4: 1}, cuda=cuda)
     copy_stream = store._copy_stream.name
     key = ready(store, objects[1][0])
-    weights = store.host[key].weights
+    weights = store.host_adapter(key).weights
     assert weights and all(A.is_pinned() and B.is_pinned() for A, B in weights.values())
 
     slot = store.activate(key)

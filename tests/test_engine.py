@@ -16,9 +16,9 @@ from peft import PeftModel
 from gpu_runtime.adapter_store import AdapterStore
 from gpu_runtime.contract import attempt_key, cancel_key, stream_key
 from gpu_runtime.engine import Engine
+from gpu_runtime.generation import AdapterRef, GenerationRequest, SamplingParams
 from gpu_runtime.lora import SlotPool
 from gpu_runtime.prefix_cache import PrefixCache
-from gpu_runtime.requests import AdapterRef, InferenceRequest, SamplingParams
 from gpu_runtime.streams import StreamWriter, read_events
 from tests.runtime_fixtures import BASE_FACTS, EOS, make_adapter, tiny_base, tiny_base_model, words
 
@@ -60,7 +60,7 @@ def reference_tokens(base, adapter_path, prompt_ids, n):
 
 
 def request(prompt_ids, adapter=None, **sampling):
-    return InferenceRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=words(prompt_ids), adapter=adapter,
+    return GenerationRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=words(prompt_ids), adapter=adapter,
                             tenant="acme", sampling=SamplingParams(**{"max_tokens": 32, **sampling}))
 
 
@@ -159,7 +159,7 @@ def test_a_superseded_attempt_is_dropped_within_a_step_and_writes_nothing_more(e
     entries = redis_client.xrange(stream_key(rid))
     assert entries and {f[b"type"] for _, f in entries} == {b"delta"}  # no final: the current attempt ends it
     written = len(entries)
-    again = engine.submit(InferenceRequest(request_id=rid, prompt=words([1, 2, 3]), attempt=2,
+    again = engine.submit(GenerationRequest(request_id=rid, prompt=words([1, 2, 3]), attempt=2,
                                            sampling=SamplingParams(max_tokens=4)))
     final = again.wait(30)
     assert final["attempt"] == 2 and final["finish_reason"] in ("stop", "length")
@@ -174,7 +174,7 @@ def test_bad_requests_get_typed_errors_and_the_engine_keeps_serving(engine, tmp_
     bad = engine.submit(request([1, 2], AdapterRef("broken", 1, str(broken))))
     missing = engine.submit(request([1, 2], AdapterRef("missing", 1, str(tmp_path / "nowhere"))))
     too_long = engine.submit(request([1] * 250, max_tokens=32))
-    other_base = engine.submit(InferenceRequest(request_id="req_other_base", prompt="t1", base_model="llama-70b"))
+    other_base = engine.submit(GenerationRequest(request_id="req_other_base", prompt="t1", base_model="llama-70b"))
     fine = engine.submit(request([4, 5, 6], max_tokens=4))
     assert bad.wait(30)["error"]["code"] == "pickle_refused"
     assert missing.wait(30)["error"]["code"] == "adapter_not_found"

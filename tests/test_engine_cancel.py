@@ -14,7 +14,7 @@ import torch
 
 from gpu_runtime.contract import attempt_key, cancel_key, stream_key
 from gpu_runtime.engine import Engine
-from gpu_runtime.requests import InferenceRequest, SamplingParams
+from gpu_runtime.generation import GenerationRequest, SamplingParams
 from gpu_runtime.step_clock import StepClock
 from gpu_runtime.streams import StreamWriter
 from tests.runtime_fixtures import tiny_base, tiny_base_model, words
@@ -58,7 +58,7 @@ def engine(base, redis_client):
 
 
 def request(prompt_ids, **sampling):
-    return InferenceRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=words(prompt_ids), tenant="acme",
+    return GenerationRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=words(prompt_ids), tenant="acme",
                             sampling=SamplingParams(**{"max_tokens": 8, **sampling}))
 
 

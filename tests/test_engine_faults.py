@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import gpu_runtime.engine as engine_module
 from gpu_runtime.detokenize import IncrementalText
-from gpu_runtime.requests import SamplingParams
+from gpu_runtime.generation import SamplingParams
 from gpu_runtime.sampling import GREEDY_BELOW, SamplingError, sample_token
 from tests import test_engine as engine_tests
 from tests.runtime_fixtures import words

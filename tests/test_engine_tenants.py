@@ -13,9 +13,9 @@ import redis
 
 from gpu_runtime.adapter_store import AdapterStore
 from gpu_runtime.engine import Engine
+from gpu_runtime.generation import AdapterRef, GenerationRequest, SamplingParams
 from gpu_runtime.lora import SlotPool
 from gpu_runtime.prefix_cache import PrefixCache
-from gpu_runtime.requests import AdapterRef, InferenceRequest, SamplingParams
 from gpu_runtime.streams import StreamWriter
 from tests.runtime_fixtures import BASE_FACTS, make_adapter, tiny_base, tiny_base_model, words
 
@@ -40,7 +40,7 @@ def engine(base):
 
 
 def request(tenant, prompt_ids, **sampling):
-    return InferenceRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=words(prompt_ids), tenant=tenant,
+    return GenerationRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=words(prompt_ids), tenant=tenant,
                             sampling=SamplingParams(**{"max_tokens": 4, **sampling}))
 
 
@@ -150,7 +150,7 @@ def test_a_tenant_holding_every_slot_of_a_rank_does_not_keep_another_tenants_ada
         [row.handle.request.adapter.adapter_id for row in rows]), real(rows))[1])
 
     def on(tenant, name, tokens):
-        return engine.submit(InferenceRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=words([5, 6, 7]),
+        return engine.submit(GenerationRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=words([5, 6, 7]),
                                               tenant=tenant, adapter=refs[name],
                                               sampling=SamplingParams(max_tokens=tokens)))
     try:

@@ -15,7 +15,7 @@ from billing.models import UsageEvent
 from fleet.heartbeats import node_heartbeat, nodes_mark_down
 from fleet.models import Node
 from gpu_runtime.contract import attempt_key, stream_key
-from gpu_runtime.requests import InferenceRequest as RuntimeRequest
+from gpu_runtime.generation import GenerationRequest
 from gpu_runtime.streams import StreamWriter
 from serving.models import InferenceRequest
 from tests.test_runtime_contract import beat
@@ -266,5 +266,5 @@ def test_the_runtime_runs_only_the_current_attempt():
     writer.final(rid, {**FINAL, "attempt": 2})
     final, current = writer.run_state(rid)
     assert final["finish_reason"] == "stop" and current == 2
-    assert RuntimeRequest.from_json({"request_id": rid, "prompt": "x", "attempt": 2}).attempt == 2
-    assert RuntimeRequest.from_json({"request_id": rid, "prompt": "x"}).attempt == 1
+    assert GenerationRequest.from_json({"request_id": rid, "prompt": "x", "attempt": 2}).attempt == 2
+    assert GenerationRequest.from_json({"request_id": rid, "prompt": "x"}).attempt == 1

@@ -209,11 +209,11 @@ def runtime_node(tiny, tmp_path):
 
 
 def run_request(node, adapter_path, prompt_ids, max_tokens=6):
-    from gpu_runtime.requests import AdapterRef, InferenceRequest, SamplingParams
+    from gpu_runtime.generation import AdapterRef, GenerationRequest, SamplingParams
     from tests.runtime_fixtures import words
 
     ref = AdapterRef(adapter_id="adapter-0", version=1, uri=str(adapter_path), tier="warm")
-    request = InferenceRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=words(prompt_ids), adapter=ref,
+    request = GenerationRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=words(prompt_ids), adapter=ref,
                                tenant="acme", sampling=SamplingParams(max_tokens=max_tokens))
     final = node.engine.submit(request).wait(60)
     assert final is not None and final["finish_reason"] in ("stop", "length"), final

@@ -234,7 +234,7 @@ def test_runtime_is_one_gpu_per_pod_with_its_own_queue_and_volumes(docs):
     env = {e["name"]: e for e in container["env"]}
     assert env["VAJRA_NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     command = container["command"]
-    assert command[:4] == ["celery", "-A", "gpu_runtime.worker", "worker"]
+    assert command[:4] == ["celery", "-A", "gpu_runtime.celery_app", "worker"]
     assert command[command.index("--pool") + 1] == "threads"  # never prefork
     shared, runtime_config = config_data(docs, "vajra-config"), config_data(docs, "vajra-runtime-config")
     assert int(command[command.index("--concurrency") + 1]) > int(runtime_config["VAJRA_MAX_BATCH"])

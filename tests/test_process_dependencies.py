@@ -105,9 +105,9 @@ if process == "web":
     vajra.celery.app.loader.import_default_modules()
     tasks = sorted(vajra.celery.app.tasks)
 else:
-    import gpu_runtime.worker
-    gpu_runtime.worker.app.loader.import_default_modules()  # what the worker does at start
-    tasks = sorted(gpu_runtime.worker.app.tasks)
+    import gpu_runtime.celery_app
+    gpu_runtime.celery_app.app.loader.import_default_modules()  # what the worker does at start
+    tasks = sorted(gpu_runtime.celery_app.app.tasks)
 
 imported = []
 for name in packages:
@@ -244,8 +244,9 @@ def test_the_runtime_imports_every_module_with_the_runtime_dependencies_only():
     refused, child = run_as("runtime", RUNTIME_PACKAGES, runtime_closure(), also_refused=WEB_PACKAGES)
     assert WEB_LIBRARIES | set(WEB_PACKAGES) <= set(refused)
     assert not (WEB_LIBRARIES | set(WEB_PACKAGES)) & set(child["loaded"])
-    assert {"gpu_runtime.worker", "gpu_runtime.engine", "gpu_runtime.trainer", "gpu_runtime.model_store",
-            "gpu_runtime.base_model", "gpu_runtime.train_task"} <= set(child["imported"])
+    assert {"gpu_runtime.celery_app", "gpu_runtime.node", "gpu_runtime.tasks", "gpu_runtime.engine",
+            "gpu_runtime.trainer", "gpu_runtime.model_store", "gpu_runtime.base_model",
+            "gpu_runtime.training_tasks"} <= set(child["imported"])
     assert {"runtime.infer", "runtime.train", "runtime.ping"} <= set(child["tasks"])
     # kombu probes Django for its JSON encoder, transformers probes accelerate: both go on without
     assert asked_by_our_code(child) == {}

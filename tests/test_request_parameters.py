@@ -18,7 +18,7 @@ from django.utils import timezone
 from adapters.models import BaseModel
 from fleet.models import Node
 from gpu_runtime.contract import stream_key
-from gpu_runtime.requests import MAX_SEED, MAX_STOP_LENGTH, MAX_TOKENS, MAX_TOP_K
+from gpu_runtime.generation import MAX_SEED, MAX_STOP_LENGTH, MAX_TOKENS, MAX_TOP_K
 from gpu_runtime.streams import StreamWriter
 from serving import consumers, openai_api, parameters, v1
 from serving.models import InferenceRequest
@@ -317,7 +317,7 @@ def test_the_api_schema_states_the_same_bounds():
                                           ("max_tokens", MAX_TOKENS + 1)])
 def test_the_runtime_contract_holds_the_same_bounds(field, value):
     from gpu_runtime.contract import ContractError
-    from gpu_runtime.requests import SamplingParams
+    from gpu_runtime.generation import SamplingParams
 
     with pytest.raises(ContractError, match=field):
         SamplingParams(**{field: value})

@@ -75,8 +75,8 @@ def test_control_celery_app_settings():
 
 
 def test_runtime_celery_app_settings():
+    from gpu_runtime.celery_app import app, config
     from gpu_runtime.contract import node_queue
-    from gpu_runtime.worker import app, config
 
     _assert_json_late_acks_and_limits(app.conf)
     assert [q.name for q in app.conf.task_queues] == [node_queue(config.node_name)]

@@ -13,7 +13,7 @@ import torch
 
 from gpu_runtime.base_model import BaseModel
 from gpu_runtime.engine import Engine
-from gpu_runtime.requests import InferenceRequest, SamplingParams
+from gpu_runtime.generation import GenerationRequest, SamplingParams
 from gpu_runtime.streams import StreamWriter
 from tests.runtime_fixtures import MANIFEST, tiny_base, tiny_tokenizer, words
 
@@ -55,7 +55,7 @@ def test_billed_gpu_ms_is_the_devices_busy_time():
     engine.start()
     began = time.perf_counter()
     try:
-        handles = [engine.submit(InferenceRequest(
+        handles = [engine.submit(GenerationRequest(
             request_id=f"req_{uuid.uuid4().hex}", prompt=words([1, 2, 3 + i]), tenant="acme",
             sampling=SamplingParams(max_tokens=6 + i, temperature=1.0, seed=i))) for i in range(4)]
         finals = [handle.wait(120) for handle in handles]

@@ -16,7 +16,7 @@ from rest_framework.exceptions import Throttled
 from adapters.models import BaseModel
 from fleet.models import Node
 from fleet.placement import place
-from gpu_runtime.requests import InferenceRequest as RuntimeRequest
+from gpu_runtime.generation import GenerationRequest
 from serving import dispatch, relay
 from serving.models import InferenceRequest
 from tenants.keys import principal_from_key
@@ -72,7 +72,7 @@ def test_an_asgi_infer_authenticates_and_submits_in_one_trip_to_a_submit_thread(
     assert name == "runtime.infer" and args[0]["prompt"] == "Tell me a secret recipe"
     # the node keys its prefix cache and its admission turns by the tenant the message carries: the tenant's id, which
     # no rename of the slug or later signup can give to another tenant
-    assert RuntimeRequest.from_json(args[0]).tenant == f"t{acme.pk}"
+    assert GenerationRequest.from_json(args[0]).tenant == f"t{acme.pk}"
     row = InferenceRequest.objects.get()
     assert options["task_id"] == row.id and options["queue"] == "node.n1"
     assert options["ignore_result"] is True, "no result subscription per task: the answer is on the Redis Stream"

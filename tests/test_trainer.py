@@ -1,4 +1,4 @@
-"""Fine-tuning on the engine's resident tiny Llama (gpu_runtime.trainer, gpu_runtime.train_task.run_job):
+"""Fine-tuning on the engine's resident tiny Llama (gpu_runtime.trainer, gpu_runtime.training_tasks.run_job):
 real learning, metering once per step, checkpoints and resume, cancel, inference first, and the trained
 version served beside the old one."""
 
@@ -17,11 +17,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from gpu_runtime.adapter_store import AdapterStore
 from gpu_runtime.contract import TASK_TRAINING_FINISHED, TASK_TRAINING_STARTED, TASK_TRAINING_STEP, cancel_key
 from gpu_runtime.engine import Engine
+from gpu_runtime.generation import AdapterRef, GenerationRequest, SamplingParams
 from gpu_runtime.lora import SlotPool
-from gpu_runtime.requests import AdapterRef, InferenceRequest, SamplingParams
 from gpu_runtime.streams import StreamWriter, read_events
-from gpu_runtime.train_task import run_job
 from gpu_runtime.training_spec import TrainingSpec
+from gpu_runtime.training_tasks import run_job
 from tests.runtime_fixtures import BASE_FACTS, CFG, EOS, make_adapter, tiny_base, tiny_base_model, words
 
 PROMPTS = [[10, 11, 12], [13, 14], [15, 16, 17, 18], [19, 31]]  # no t2x: "t2" is the EOS token
@@ -94,7 +94,7 @@ class Recorder:
 
 
 def greedy(engine, prompt_ids, adapter=None, max_tokens=8):
-    request = InferenceRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=words(prompt_ids), adapter=adapter,
+    request = GenerationRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=words(prompt_ids), adapter=adapter,
                                sampling=SamplingParams(max_tokens=max_tokens, temperature=0))
     handle = engine.submit(request)
     final = handle.wait(60)
@@ -255,8 +255,8 @@ def test_inference_waits_at_most_one_micro_step_and_is_unchanged_by_training(nod
     engine.submit_training(run)
     handles = []
     for _ in range(6):
-        mark = engine.training_micro_steps
-        wait_for(lambda m=mark: engine.training_micro_steps > m)  # the job is mid-training when the request arrives
+        mark = engine.training.micro_steps
+        wait_for(lambda m=mark: engine.training.micro_steps > m)  # the job is mid-training when the request arrives
         handles.append(greedy(engine, [5, 6, 7], max_tokens=12)[0])
     assert not run.finished
     redis_client.set(cancel_key(spec.job_id), 1, ex=60)
@@ -276,8 +276,8 @@ def test_without_preemption_a_turn_is_a_whole_optimizer_step(node, tmp_path):
                     batch_size=4, micro_batch_size=1)
     result = run_job(spec, engine=engine, store=store, base=base, send=Recorder())
     assert result["status"] == "succeeded"
-    wait_for(lambda: engine.training_micro_steps == 12)  # the last turn's count lands just after the result
-    assert engine.training_yields == 0
+    wait_for(lambda: engine.training.micro_steps == 12)  # the last turn's count lands just after the result
+    assert engine.training.yields == 0
 
 
 def test_a_micro_step_gives_way_at_a_layer_boundary_and_keeps_the_steps_gradients(tmp_path):
@@ -333,7 +333,7 @@ def test_running_requests_keep_their_version_while_the_new_one_serves_new_reques
                                .request_id)
     result = run_job(spec, engine=engine, store=store, base=base, send=Recorder())
     ref2 = AdapterRef(adapter_id="a1", version=2, uri=result["adapter"]["uri"], tier="hot")
-    long_v1 = engine.submit(InferenceRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=words(PROMPTS[0]),
+    long_v1 = engine.submit(GenerationRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=words(PROMPTS[0]),
                                              adapter=ref1, sampling=SamplingParams(max_tokens=40, temperature=0)))
     handle2, _ = greedy(engine, PROMPTS[0], adapter=ref2, max_tokens=len(ANSWERS[0]) + 1)
     assert long_v1.wait(60)["finish_reason"] in ("stop", "length")
@@ -381,7 +381,7 @@ def test_training_gets_one_micro_step_per_ten_inference_steps_while_rows_run(nod
     from gpu_runtime import trainer
 
     engine, store, base = node(training_max_hold_s=0)  # no holding back for predicted arrivals: plain counting
-    assert engine.training_every == 10
+    assert engine.training.every == 10
     steps = []  # ("decode" | "train", rows running, micro-steps finished by the turn)
     decode, turn = engine._decode_step, engine._training_turn
 
@@ -390,12 +390,12 @@ def test_training_gets_one_micro_step_per_ten_inference_steps_while_rows_run(nod
         decode()
 
     def counted_turn():
-        rows, before = len(engine.rows), engine.training_micro_steps
+        rows, before = len(engine.rows), engine.training.micro_steps
         turn()
-        steps.append(("train", rows, engine.training_micro_steps - before))
+        steps.append(("train", rows, engine.training.micro_steps - before))
 
     engine._decode_step, engine._training_turn = counted_decode, counted_turn
-    handles = [engine.submit(InferenceRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=words([5, 6 + i, 7]),
+    handles = [engine.submit(GenerationRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=words([5, 6 + i, 7]),
                                               sampling=SamplingParams(max_tokens=120, temperature=0)))
                for i in range(4)]
     wait_for(lambda: len(engine.rows) == 4)  # all admitted: no arrival makes a micro-step give way
@@ -412,8 +412,8 @@ def test_training_gets_one_micro_step_per_ten_inference_steps_while_rows_run(nod
     assert all(steps[i][2] <= 1 for i in during)
     gaps = [sum(1 for kind, _, _ in steps[a + 1:b] if kind == "decode") for a, b in
             zip(during, during[1:], strict=False)]
-    assert gaps and all(gap == engine.training_every for gap in gaps), gaps
+    assert gaps and all(gap == engine.training.every for gap in gaps), gaps
     decodes = sum(1 for kind, rows, _ in steps[during[0]:during[-1]] if kind == "decode")
-    assert decodes == engine.training_every * (len(during) - 1)  # 10 inference steps per training turn
+    assert decodes == engine.training.every * (len(during) - 1)  # 10 inference steps per training turn
     alone = [i for i, (kind, rows, _) in enumerate(steps) if kind == "train" and not rows]
     assert all(steps[i][2] == 1 for i in alone[1:])  # idle engine: a micro-step every turn

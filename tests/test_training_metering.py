@@ -108,7 +108,7 @@ def test_the_web_counts_the_tokens_the_trainer_encodes(db, smollm2_store, record
     from transformers import AutoTokenizer
 
     from adapters.prompt_tokens import prompt_counter
-    from gpu_runtime.trainer import encode_record
+    from gpu_runtime.training_data import encode_record
     from training.tokens import count_dataset_tokens
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_store)

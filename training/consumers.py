@@ -5,7 +5,7 @@ Server to client (after authentication, see tenants/ws.py):
                                        and its latest events; sent on connect and again when it ends
     {"type": "progress", "id": "<entry id>", "step", "total_steps", "loss", "eta_s"}   each optimizer step
     {"type": "final", "result": {...}}  the runtime's result (status, error, steps, final_loss)
-The runtime writes progress entries to the job's Redis Stream (gpu_runtime.train_task); this relays them with
+The runtime writes progress entries to the job's Redis Stream (gpu_runtime.training_tasks); this relays them with
 blocking reads from the start of the stream (or after ``last_id`` from the client's query ``?last_id=``), so
 a late or reconnecting page misses nothing. Another tenant's job closes with 4404.
 """

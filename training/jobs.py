@@ -338,7 +338,7 @@ def training_spec(job):
     if job.base_version_id:
         version = job.base_version
         version.adapter = job.adapter
-        init = adapter_ref(version)
+        init = adapter_ref(version).to_json()
     return TrainingSpec(
         job_id=job.id, base_model=job.base_model.name, adapter_id=f"a{job.adapter_id}",
         dataset_uri=storage_uri(job.dataset.storage_key), output_uri=storage_uri(output_key(job)),
@@ -373,8 +373,8 @@ def training_place(*, job_id):
             job.node = node
             job.save(update_fields=["node"])
             event(job, f"Sent to node {node.name}.")
-            payload = training_spec(job).to_json()
-            transaction.on_commit(lambda: runtime_client.send_train(payload, node_name=node.name, task_id=job_id))
+            spec = training_spec(job)
+            transaction.on_commit(lambda: runtime_client.send_train(spec, node_name=node.name, task_id=job_id))
     if scale_up is not None:
         record_scale_up(scale_up)  # its own write: kept whatever happens to the job
     return job

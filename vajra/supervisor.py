@@ -5,7 +5,8 @@ young; SIGTERM or SIGINT ends the process and then the supervisor.
 exits, so a node killed on its own (kill -9, out of memory) would take web, control, beat and the other nodes down
 with it; under its supervisor the node comes back instead, while its requests fail over to the other nodes.
 
-    python -m vajra.supervisor --name node-a --pid-file var/run/runtime-node-a.pid -- celery -A gpu_runtime.worker ...
+    python -m vajra.supervisor --name node-a --pid-file var/run/runtime-node-a.pid \
+        -- celery -A gpu_runtime.celery_app ...
 
 The pid file holds the running process's pid (not the supervisor's), for whoever wants to signal the node itself.
 

@@ -161,8 +161,8 @@ def control_worker(transactional_db, tmp_path):
 
 
 def start_runtime_node(store, log_path, *, name, base_model="smollm2-135m-instruct", concurrency=2,
-                       app="gpu_runtime.worker", **env):
-    """A real runtime node (``celery -A gpu_runtime.worker``, or ``app``: a module wrapping it) serving
+                       app="gpu_runtime.celery_app", **env):
+    """A real runtime node (``celery -A gpu_runtime.celery_app``, or ``app``: a module wrapping it) serving
     ``base_model`` from ``store``, on its own queue, heartbeating every second, with no metrics port (nodes share
     this machine). In float32 unless told: on a CPU with native bf16 ("auto" picks it) a row's greedy text depends
     on what else is in its batch, and the tests compare answers with a lone request's."""

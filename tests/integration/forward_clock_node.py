@@ -1,4 +1,4 @@
-"""A runtime node (gpu_runtime.worker) with a clock of its own around the base model's forward passes, for tests
+"""A runtime node (gpu_runtime.celery_app) with a clock of its own around the base model's forward passes, for tests
 that check the GPU-ms the engine bills against a clock the engine does not keep:
 
     celery -A tests.integration.forward_clock_node worker --pool threads ...
@@ -16,12 +16,12 @@ import os
 import threading
 import time
 
-from gpu_runtime import worker
-from gpu_runtime.worker import app  # celery -A finds the app here
+from gpu_runtime import node
+from gpu_runtime.celery_app import app  # celery -A finds the app here
 
 _lock = threading.Lock()
 _forwards = {"ms": 0.0, "calls": 0}
-_build_engine = worker.build_engine
+_build_engine = node.build_engine
 _sleep_s = float(os.environ.get("VAJRA_TEST_FORWARD_SLEEP_MS", "0")) / 1000
 
 
@@ -45,7 +45,7 @@ def build_engine(config):
     return base, store, engine
 
 
-worker.build_engine = build_engine  # Node._load builds the engine through the module's name
+node.build_engine = build_engine  # Node._load builds the engine through the module's name
 
 
 @app.task(name="test.forward_ms")

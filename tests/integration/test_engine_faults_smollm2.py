@@ -13,8 +13,8 @@ import redis
 
 from gpu_runtime.adapter_store import AdapterStore
 from gpu_runtime.engine import Engine
+from gpu_runtime.generation import AdapterRef, GenerationRequest, SamplingParams
 from gpu_runtime.lora import SlotPool
-from gpu_runtime.requests import AdapterRef, InferenceRequest, SamplingParams
 from gpu_runtime.streams import StreamWriter
 from tests.integration import test_engine_smollm2
 from tests.test_engine import hold_engine
@@ -68,7 +68,7 @@ def engine(smollm2, tmp_path):
 
 def request(prompt, adapter, paths, **sampling):
     ref = AdapterRef(f"a{adapter}", 1, str(paths[adapter])) if adapter is not None else None
-    return InferenceRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=prompt, adapter=ref,
+    return GenerationRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=prompt, adapter=ref,
                             sampling=SamplingParams(**{"max_tokens": MAX_TOKENS, **sampling}))
 
 

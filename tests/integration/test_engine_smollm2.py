@@ -16,8 +16,8 @@ from gpu_runtime.adapter_validation import BaseFacts, validate_adapter
 from gpu_runtime.base_model import load_base_model
 from gpu_runtime.config import RuntimeConfig
 from gpu_runtime.engine import Engine
+from gpu_runtime.generation import AdapterRef, GenerationRequest, SamplingParams
 from gpu_runtime.lora import SlotPool, adapter_weights_from_tensors
-from gpu_runtime.requests import AdapterRef, InferenceRequest, SamplingParams
 from gpu_runtime.streams import StreamWriter, read_events
 
 pytestmark = pytest.mark.slow
@@ -86,7 +86,7 @@ def test_engine_greedy_tokens_match_peft_alone(smollm2, tmp_path):
         handles = []
         for i, prompt in enumerate(PROMPTS):
             adapter = AdapterRef(f"a{i}", 1, str(paths[i])) if i < len(paths) else None
-            handles.append(engine.submit(InferenceRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=prompt,
+            handles.append(engine.submit(GenerationRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=prompt,
                                                           adapter=adapter, sampling=SamplingParams(max_tokens=40))))
         lengths = []
         for i, handle in enumerate(handles):

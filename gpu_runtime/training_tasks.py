@@ -9,15 +9,18 @@ only reports its result again (the control plane ignores a second one).
 
 import logging
 
+from .celery_app import app, config, send_control
 from .contract import (
     TASK_TRAIN,
     TASK_TRAINING_CHECKPOINT,
     TASK_TRAINING_FINISHED,
     TASK_TRAINING_STARTED,
     TASK_TRAINING_STEP,
+    AdapterRef,
     ContractError,
 )
-from .worker import _streams, app, config, node, send_control
+from .node import node
+from .training_spec import TrainingFailed
 
 log = logging.getLogger("vajra.runtime.train")
 
@@ -34,10 +37,10 @@ def _failed(code, message):
 def run_job(spec, *, engine, store, base, send=_send, streams=None):
     """Runs a job to its end on ``engine``; returns the result it reported (also used by tests)."""
     from . import trainer
-    from .requests import AdapterRef
+    from .training_checkpoints import finished_result
 
-    streams = streams or _streams()
-    result = trainer.finished_result(spec)
+    streams = streams or node.streams
+    result = finished_result(spec)
     if result is None and streams.cancelled([spec.job_id]):  # cancelled while it waited in the queue
         result = {"status": "cancelled", "error": None, "adapter": None, "steps": 0, "final_loss": None}
     if result is None:
@@ -47,7 +50,7 @@ def run_job(spec, *, engine, store, base, send=_send, streams=None):
                 init = store.prepare(AdapterRef(**spec.init)).result(timeout=300)
             run = trainer.prepare(spec, base=base, pool=store.pool, facts=store.base_facts,
                                   max_rank=config.max_lora_rank, init_adapter=init)
-        except trainer.TrainingFailed as exc:
+        except TrainingFailed as exc:
             result = _failed(exc.code, exc.message)
         except Exception as exc:  # a broken starting adapter, storage down, ...: the job fails with why
             log.exception("training job %s could not start", spec.job_id)

@@ -1,11 +1,11 @@
-"""The immutable inference request a node receives (from the ``infer`` task's JSON) and its checks."""
+"""The immutable generation request a node receives (from the ``infer`` task's JSON) and its checks."""
 
 from dataclasses import asdict, dataclass, field
 
-from .contract import ContractError
+from .contract import AdapterRef, ContractError
 
-# The bounds of a request's sampling parameters, for the node and the control plane alike (serving/parameters.py
-# refuses past them with a 400 before a request is written).
+# The bounds of a request's sampling parameters, for the node and the control plane alike (the web refuses
+# past them with a 400 before a request is written).
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_LENGTH = 64
 MAX_TOKENS = 8192
@@ -48,17 +48,7 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
-class AdapterRef:
-    """Which adapter version to apply, and where its files are (object storage URI or local path)."""
-
-    adapter_id: str
-    version: int
-    uri: str
-    tier: str = "cold"
-
-
-@dataclass(frozen=True)
-class InferenceRequest:
+class GenerationRequest:
     request_id: str
     prompt: str = ""  # raw text, or
     messages: tuple = ()  # chat messages [{"role", "content"}], rendered with the base's chat template

@@ -1,83 +1,29 @@
-"""The runtime node's entry: a Celery worker (threads pool, never prefork) on queue ``node.<name>``.
-
-    celery -A gpu_runtime.worker worker --pool threads --concurrency 64
-
-Each ``runtime.infer`` task holds a pool thread while its request waits in the engine, so the concurrency is how
-many requests reach the engine's per-tenant admission queues (gpu_runtime.admission), where tenants take turns;
-tasks beyond it wait in the node's Celery queue, first come, first served, behind whatever came first. A waiting
-thread costs next to nothing: keep the concurrency at least what the tenants' quotas may put on this node.
-On start it loads the base model once (kept resident) and heartbeats to the ``control`` queue. Its
-Celery app is configured from environment variables only; it never imports Django.
-"""
+"""This process's runtime node: the resident base model, its adapter store and engine, the prefetcher and the
+heartbeat thread. It starts when the Celery worker is ready (gpu_runtime.celery_app) and stops with it; the tasks
+(gpu_runtime.tasks, gpu_runtime.training_tasks) delegate to it."""
 
 import logging
-import os
 import resource
 import threading
 import time
 from collections import OrderedDict, deque
 from datetime import UTC, datetime
 
-from celery import Celery, signals
-from kombu import Queue
+from celery import signals
 
-from . import broker, logs
-from .config import RuntimeConfig
-from .contract import (
-    CONTROL_QUEUE,
-    SUPERSEDED,
-    TASK_INFER,
-    TASK_INFERENCE_FINISHED,
-    TASK_INFERENCE_STARTED,
-    TASK_NODE_HEARTBEAT,
-    ContractError,
-    Heartbeat,
-    node_queue,
-)
+from .celery_app import app, config, send_control
+from .contract import CONTROL_QUEUE, TASK_INFERENCE_FINISHED, TASK_NODE_HEARTBEAT, Heartbeat
 from .metrics import metrics_address, start_metrics_server
 from .prefetch import Prefetcher, PrefetchLoop
-from .redis_url import celery_url
-from .streams import REDIS_DOWN
+from .streams import REDIS_DOWN, StreamWriter
 
-log = logging.getLogger("vajra.runtime.worker")
+log = logging.getLogger("vajra.runtime.node")
 
-config = RuntimeConfig.from_env()
 metrics_addr, metrics_port = metrics_address()  # read now: a bad value stops the worker at start
-
-# Log lines name the request being served: the id that came with the task (or the inference request's own),
-# and, as JSON (VAJRA_LOG_FORMAT=json), this node too.
-logs.carry_request_ids(logs.request_id_var)
-if logs.log_format() == "json":
-    logs.json_logs_in_celery(logs.JsonFormatter(static={"node": config.node_name}))
-
-broker.install()
-# No fixups: Celery's Django fixup would set Django up whenever DJANGO_SETTINGS_MODULE is in the
-# environment (it is, under `make up`), and the runtime must stay Django-free. The worker imports the task
-# modules named in include when it starts: gpu_runtime.train_task registers runtime.train on this app (it
-# imports this module, so this module does not import it).
-app = Celery("vajra-runtime", fixups=[], include=["gpu_runtime.train_task"])
-app.conf.update(
-    broker_url=celery_url(config.redis_url),
-    result_backend=celery_url(config.redis_url),
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    task_soft_time_limit=int(os.environ.get("CELERY_TASK_SOFT_TIME_LIMIT", 300)),
-    task_time_limit=int(os.environ.get("CELERY_TASK_TIME_LIMIT", 330)),
-    broker_connection_retry_on_startup=True,
-    task_queues=[Queue(node_queue(config.node_name))],
-    task_default_queue=node_queue(config.node_name),
-    worker_hijack_root_logger=False,
-    # An unacknowledged task is redelivered after the visibility timeout: it must outlast a training job.
-    broker_transport_options={"visibility_timeout": config.train_time_limit_s + 600},
-)
 
 
 class Node:
-    """This process's node: the resident base model and the heartbeat thread."""
+    """The resident base model, its adapter store and engine, and the heartbeat thread."""
 
     def __init__(self, config):
         self.config = config
@@ -91,8 +37,16 @@ class Node:
         self.redis_run_id = None  # the Redis instance this node last saw (check_redis_restart)
         self.ready = threading.Event()
         self.metrics = None
+        self._streams = None
         self._stop = threading.Event()
         self._threads = []
+
+    @property
+    def streams(self):
+        """The tasks' writer of request streams (the engine has its own)."""
+        if self._streams is None:
+            self._streams = StreamWriter.from_url(self.config.redis_url, ttl_seconds=self.config.stream_ttl_seconds)
+        return self._streams
 
     def start(self):
         self.metrics = start_metrics_server(self, metrics_addr, metrics_port)  # /metrics (gpu_runtime.metrics)
@@ -148,6 +102,7 @@ class Node:
 
     def _load(self):
         try:
+            # looked up in this module when it runs: a wrapper put there (a test's clock) is the one called
             self.base, self.store, self.engine = build_engine(self.config)
             self.engine.start()
             self.prefetch_loop = PrefetchLoop(self.prefetcher, self.store.where, to_device=self._prefetch_to_device,
@@ -192,7 +147,7 @@ class Node:
         """Sends recent final events again when Redis is a new instance (its run id changed): the old one may have
         taken their messages down with it. Returns how many were sent again."""
         try:
-            run_id = _streams().redis.info("server")["run_id"]
+            run_id = self.streams.redis.info("server")["run_id"]
         except REDIS_DOWN:
             return 0
         previous = self.redis_run_id
@@ -229,7 +184,6 @@ def build_engine(config):
     from .engine import Engine
     from .lora import SlotPool
     from .prefix_cache import PrefixCache
-    from .streams import StreamWriter
 
     base = load_base_model(config)
     facts = BaseFacts.from_manifest(base.manifest, aliases=HF_ALIASES.get(config.base_model, ()))
@@ -246,27 +200,6 @@ def build_engine(config):
 
 # Names adapters trained elsewhere carry in base_model_name_or_path for the same weights.
 HF_ALIASES = {"smollm2-135m-instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct",)}
-
-node = Node(config)
-
-
-@signals.worker_ready.connect
-def _on_worker_ready(**_):
-    node.start()
-
-
-@signals.worker_shutdown.connect
-def _on_worker_shutdown(**_):
-    node.stop()
-
-
-# What the control plane bills from must reach it through a broker restart: a send is retried for about a minute
-# (kombu reconnects between tries) before the task fails loudly. Heartbeats are not: the next beat replaces one.
-CONTROL_RETRY = {"max_retries": 60, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 1.0}
-
-
-def send_control(name, args):
-    app.send_task(name, args=args, queue=CONTROL_QUEUE, retry=True, retry_policy=CONTROL_RETRY)
 
 
 class RecentFinals:
@@ -295,137 +228,20 @@ recent_finals = RecentFinals()
 
 
 def report_finished(request_id, final):
+    """Sends a request's final (its JSON) to the control plane, which records usage from it (idempotent on the
+    request id), and keeps it for a Redis restart."""
     recent_finals.add(request_id, final)
     send_control(TASK_INFERENCE_FINISHED, [request_id, final])
 
 
-def _error(code, message):
-    return {"finish_reason": "error", "error": {"code": code, "message": message}}
+node = Node(config)
 
 
-@app.task(name=TASK_INFER, acks_late=True)
-def infer(payload):
-    """Runs one inference request to its end; its tokens go to the request's Redis Stream."""
-    from .requests import InferenceRequest
-
-    logs.default_request_id(payload.get("request_id") if isinstance(payload, dict) else None)
-    try:
-        request = InferenceRequest.from_json(payload)
-    except ContractError as exc:
-        result = _error("invalid_request", str(exc))
-        if isinstance(payload, dict) and isinstance(payload.get("request_id"), str):
-            _streams().final(payload["request_id"], result)
-        return result
-    try:
-        final, current = _streams().run_state(request.request_id)
-    except REDIS_DOWN:  # Redis restarting: whatever it held is gone with it, so this is no known redelivery
-        final, current = None, None
-    if final is None and current is not None and current != request.attempt:
-        # A superseded attempt (its node was lost and the request went to another node): the current attempt
-        # reports the request's end; this one does nothing.
-        log.info("request %s: attempt %s superseded by attempt %s", request.request_id, request.attempt, current)
-        return {"superseded": request.attempt, "current": current}
-    if final is None and _cancelled_before_start(request):
-        from .engine import unadmitted_final
-
-        final = {**unadmitted_final(time.perf_counter(), "cancelled"),
-                 **({"attempt": request.attempt} if request.attempt > 1 else {})}
-        _streams().final(request.request_id, final)
-    if final is None:  # not a redelivery of a request that already ran: run it (never twice)
-        engine = node.require_engine()
-        node.observe(request)
-        handle = engine.submit(request)
-        send_control(TASK_INFERENCE_STARTED, [request.request_id, config.node_name, request.attempt])
-        final = handle.wait()
-        if final.get("finish_reason") == SUPERSEDED:  # another node runs the current attempt and reports it
-            return final
-    # the control plane records usage from this (idempotent on the request id)
-    report_finished(request.request_id, final)
-    return final
+@signals.worker_ready.connect
+def _on_worker_ready(**_):
+    node.start()
 
 
-def _cancelled_before_start(request):
-    """Whether the request was cancelled while its task waited in the node's queue: it ends ``cancelled`` without
-    reaching the engine (no prefill, no token, 0 GPU-ms: the ledger bills it nothing)."""
-    return request.request_id in _streams().cancelled([request.request_id])
-
-
-@app.task(name="runtime.cancel")
-def cancel(request_id):
-    """Cancels a request; the engine drops its row within one step (the web may also set the key itself)."""
-    from .contract import cancel_key
-
-    _streams().redis.set(cancel_key(request_id), 1, ex=config.stream_ttl_seconds)
-    return {"cancel_requested": request_id}
-
-
-@app.task(name="runtime.prefetch")
-def prefetch(adapter):
-    """Moves an adapter to this node's disk and host RAM ahead of its requests."""
-    from .requests import AdapterRef
-
-    ref = AdapterRef(**adapter)
-    node.require_engine()
-    node.store.prepare(ref).result(timeout=120)
-    return {"where": node.store.where((ref.adapter_id, ref.version))}
-
-
-@app.task(name="runtime.set_tier")
-def set_tier(adapter, tier):
-    """hot: pinned in a device slot; warm: disk + host RAM; cold: object storage only."""
-    from .adapter_store import adapter_key
-    from .requests import AdapterRef
-
-    ref = AdapterRef(**{**adapter, "tier": tier})
-    engine = node.require_engine()
-    future = node.store.set_tier(ref, tier)
-    if future is not None:
-        future.result(timeout=120)
-    if tier == "hot":
-        engine.call(lambda: node.store.activate(adapter_key(ref), acquire=False)).result(timeout=60)
-    return {"where": node.store.where(adapter_key(ref)), "tier": tier}
-
-
-@app.task(name="runtime.evict")
-def evict(adapter_id, version, to="host"):
-    engine = node.require_engine()
-    engine.call(lambda: node.store.evict((adapter_id, int(version)), to=to)).result(timeout=60)
-    return {"where": node.store.where((adapter_id, int(version)))}
-
-
-@app.task(name="runtime.validate")
-def validate(path):
-    """Validates adapter files against this node's base model (typed refusal or the adapter's facts)."""
-    from .adapter_validation import AdapterRejected, validate_adapter
-
-    node.require_engine()
-    try:
-        facts = validate_adapter(path, node.store.base_facts, max_rank=config.max_lora_rank)
-    except AdapterRejected as exc:
-        return {"ok": False, "error": exc.to_json()}
-    return {"ok": True, "rank": facts.rank, "target_modules": facts.target_modules, "dtype": facts.dtype}
-
-
-_stream_writer = None
-
-
-def _streams():
-    global _stream_writer
-    if _stream_writer is None:
-        from .streams import StreamWriter
-
-        _stream_writer = StreamWriter.from_url(config.redis_url, ttl_seconds=config.stream_ttl_seconds)
-    return _stream_writer
-
-
-@app.task(name="runtime.ping")
-def ping():
-    """Round trip through the node's queue: what is loaded and where."""
-    beat = node.heartbeat().to_json()
-    beat["pong_at"] = time.time()
-    if node.engine is not None:  # inference forward time, which the requests' gpu_ms split among them exactly
-        beat["busy_ms"] = round(node.engine.busy_ms, 3)
-    if node.load_error:
-        beat["load_error"] = node.load_error
-    return beat
-
+@signals.worker_shutdown.connect
+def _on_worker_shutdown(**_):
+    node.stop()
