@@ -10,18 +10,8 @@ from playwright.sync_api import expect
 
 from billing.models import UsageEvent
 from serving.models import InferenceRequest
-from tests.conftest import PASSWORD
-
-# The real processes of tests/integration (imported, so that pytest sees them as fixtures here too).
-from tests.integration.conftest import (  # noqa: F401
-    base_model_store,
-    control_worker,
-    daphne,
-    runtime_concurrency,
-    runtime_node,
-    wait_for,
-    wait_until_serving,
-)
+from tests.factories import PASSWORD
+from tests.processes import wait_for, wait_until_serving
 
 pytestmark = [
     pytest.mark.browser,
@@ -56,7 +46,7 @@ def sign_in(page, base_url, email):
     expect(page).to_have_url(f"{base_url}/playground/")
 
 
-def test_chat_streams_tokens_live_with_stats(page, daphne, runtime_node, control_worker, alice):  # noqa: F811
+def test_chat_streams_tokens_live_with_stats(page, daphne, runtime_node, control_worker, alice):
     wait_until_serving(MODEL, runtime_node, 180)
     page.set_default_timeout(30_000)
     sign_in(page, daphne, alice.email)

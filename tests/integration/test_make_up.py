@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import ROOT, free_port, wait_for
+from tests.processes import ROOT, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
