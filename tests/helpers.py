@@ -95,3 +95,16 @@ def sse_data(response):
     """The data lines of a streamed (server-sent events) Django response."""
     lines = b"".join(response).decode().split("\n\n")
     return [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
+
+
+def sign_in(page, base_url, email, next_path="/playground/"):
+    """Signs ``email`` in through the login page in the browser (``page``, Playwright) and waits for ``next_path``."""
+    from playwright.sync_api import expect
+
+    from tests.factories import PASSWORD
+
+    page.goto(f"{base_url}/login/?next={next_path}")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{base_url}{next_path}")

@@ -6,6 +6,7 @@ and the subprocesses get DATABASE_URL pointing at the test database. The fixture
 """
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -180,3 +181,45 @@ def sse_events(response):
         else:
             field, _, value = line.partition(": ")
             event[field] = value
+
+
+class Up:
+    """``manage.py up`` (the README's first command) as a person runs it: the embedded defaults (no DATABASE_URL or
+    REDIS_URL), its own var/ dir and port, SmolLM2 from the shared model store; Ctrl-C is ``ctrl_c``."""
+
+    def __init__(self, var_dir, port, log_path, args=()):
+        env = {k: v for k, v in os.environ.items()
+               if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"} and not k.startswith("PYTEST")}
+        env.update(VAJRA_VAR_DIR=str(var_dir), VAJRA_MODEL_STORE=str(ROOT / "var" / "models"),
+                   VAJRA_PORT=str(port), VAJRA_HEARTBEAT_SECONDS="1", PYTHONUNBUFFERED="1")
+        self.log_path, self.env = log_path, env
+        self.log = open(log_path, "wb")
+        self.popen = subprocess.Popen([sys.executable, "manage.py", "up", *args], cwd=ROOT, env=env, stdout=self.log,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self):
+        return Path(self.log_path).read_text(errors="replace")
+
+    def child_pids(self):
+        return [int(pid) for pid in re.findall(r"started \(pid=(\d+)\)", self.output())]
+
+    def ctrl_c(self):
+        os.kill(self.popen.pid, signal.SIGINT)  # what the terminal sends the foreground process
+        self.popen.wait(60)
+        self.log.close()
+
+
+def alive(pid):
+    """Whether process ``pid`` still runs (a zombie does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); it has exited all the same
+    status = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "X"
+    return status != "Z"
+
+
+def read_env(path):
+    """The variables of an env file (var/demo.env) as a dict."""
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and line[0] != "#")

@@ -10,7 +10,7 @@ from playwright.sync_api import expect
 
 from billing.models import UsageEvent
 from serving.models import InferenceRequest
-from tests.factories import PASSWORD
+from tests.helpers import sign_in
 from tests.processes import wait_for, wait_until_serving
 
 pytestmark = [
@@ -36,14 +36,6 @@ WATCH_REPLY = """() => {
                            stoppable: !document.getElementById("pg-stop").disabled});
   }).observe(transcript, {childList: true, subtree: true, characterData: true});
 }"""
-
-
-def sign_in(page, base_url, email):
-    page.goto(f"{base_url}/login/?next=/playground/")
-    page.get_by_label("Email").fill(email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page).to_have_url(f"{base_url}/playground/")
 
 
 def test_chat_streams_tokens_live_with_stats(page, daphne, runtime_node, control_worker, alice):
@@ -104,7 +96,7 @@ def test_chat_streams_tokens_live_with_stats(page, daphne, runtime_node, control
     page.screenshot(path="/tmp/playground-phone.png", full_page=True)
 
 
-def test_generating_state_and_a_stopped_reply_left_out_unless_kept(page, daphne, runtime_node, control_worker,  # noqa: F811
+def test_generating_state_and_a_stopped_reply_left_out_unless_kept(page, daphne, runtime_node, control_worker,
                                                                     alice):
     wait_until_serving(MODEL, runtime_node, 180)
     page.set_default_timeout(30_000)

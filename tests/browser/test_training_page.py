@@ -12,7 +12,7 @@ from playwright.sync_api import expect
 
 from adapters.models import Adapter
 from gpu_runtime.model_store import TINY_MODEL
-from tests.factories import PASSWORD
+from tests.helpers import sign_in
 from tests.processes import wait_for, wait_until_serving
 from training.models import TrainingJob
 
@@ -43,14 +43,6 @@ WATCH_JOB = """() => {
   }
   record();
 }"""
-
-
-def sign_in(page, base_url, email, next_path):
-    page.goto(f"{base_url}/login/?next={next_path}")
-    page.get_by_label("Email").fill(email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page).to_have_url(f"{base_url}{next_path}")
 
 
 def test_start_a_job_and_watch_it_live(page, daphne, tiny_runtime_node, control_worker, alice):
