@@ -1,15 +1,21 @@
 """Named people (healthchecks' convention): alice owns tenant acme, bob is a developer in acme,
-charlie owns contoso and must never see anything of acme's."""
+charlie owns contoso and must never see anything of acme's. The rows tests build are made by tests/factories.py;
+the other shared fixtures come from the plugins in tests/fixtures/ (real processes, billing, adapters, engines,
+serving without a runtime, training)."""
+
+import os
+from pathlib import Path
 
 import pytest
-from django.apps import apps
-from rest_framework.test import APIClient
 
-from tenants.models import Membership, Tenant, User
-from tenants.roles import DEVELOPER, OWNER, SCOPES
+from tenants.roles import DEVELOPER, OWNER
+from tests.factories import create_key, make_member, make_tenant, session_client
+from tests.helpers import db_snapshot
 from vajra.redis import get_redis
 
-PASSWORD = "correct horse battery staple"
+TESTS = Path(__file__).resolve().parent
+pytest_plugins = ["tests.fixtures.live", "tests.fixtures.billing", "tests.fixtures.adapters", "tests.fixtures.engine",
+                  "tests.fixtures.serving", "tests.fixtures.training"]
 
 
 @pytest.fixture(autouse=True)
@@ -45,31 +51,14 @@ def _clean_redis_limits():
     yield
 
 
-def put_on_plan(tenant, name="small", **quotas):
-    """Puts ``tenant`` on a plan ``name`` (v1, in effect since 2020) with these quotas; the rest default."""
-    from datetime import UTC, datetime
-
-    from billing.models import BillingAccount, PricePlan
-
-    plan = PricePlan.objects.create(name=name, version=1, effective_from=datetime(2020, 1, 1, tzinfo=UTC), **quotas)
-    BillingAccount.objects.update_or_create(tenant=tenant, defaults={"plan_name": name})
-    return plan
-
-
-def make_member(email, tenant, role):
-    user = User.objects.filter(email=email).first() or User.objects.create_user(email=email, password=PASSWORD)
-    Membership.objects.create(user=user, tenant=tenant, role=role)
-    return user
-
-
 @pytest.fixture
 def acme(db):
-    return Tenant.objects.create(name="Acme", slug="acme")
+    return make_tenant("acme")
 
 
 @pytest.fixture
 def contoso(db):
-    return Tenant.objects.create(name="Contoso", slug="contoso")
+    return make_tenant("contoso")
 
 
 @pytest.fixture
@@ -87,12 +76,6 @@ def charlie(contoso):
     return make_member("charlie@contoso.test", contoso, OWNER)
 
 
-def session_client(user):
-    client = APIClient()
-    client.force_login(user)
-    return client
-
-
 @pytest.fixture
 def alice_client(alice):
     return session_client(alice)
@@ -108,20 +91,6 @@ def charlie_client(charlie):
     return session_client(charlie)
 
 
-def create_key(user, tenant, scopes=tuple(SCOPES), **kwargs):
-    from tenants.models import APIKey
-
-    key, secret = APIKey.objects.create_key(name=f"{user.email} key", tenant=tenant, created_by=user,
-                                            scopes=list(scopes), **kwargs)
-    return key, secret
-
-
-def key_client(secret):
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    return client
-
-
 @pytest.fixture
 def alice_key(alice, acme):
     return create_key(alice, acme)
@@ -130,25 +99,6 @@ def alice_key(alice, acme):
 @pytest.fixture
 def charlie_key(charlie, contoso):
     return create_key(charlie, contoso)
-
-
-def db_snapshot():
-    """Every row of VAJRA's own models, to assert that a refused request wrote nothing.
-
-    ``last_used_at`` is left out: presenting a valid key records its use even when the request is then
-    refused for a missing scope, which is what an operator wants to see. Runtime nodes are left out too:
-    a live node's heartbeats rewrite its row every second, whatever the request did.
-    """
-    snapshot = {}
-    for label in ("tenants", "adapters", "fleet", "serving", "training", "billing"):
-        for model in apps.get_app_config(label).get_models():
-            if model._meta.label == "fleet.Node":
-                continue
-            rows = list(model.objects.order_by("pk").values())
-            for row in rows:
-                row.pop("last_used_at", None)
-            snapshot[model._meta.label] = rows
-    return snapshot
 
 
 @pytest.fixture
@@ -165,29 +115,25 @@ def unchanged_db(db):
     return check
 
 
-def assert_error(response, status, code=None, param=None):
-    """The one error shape, the status, and optionally the machine-readable code and param."""
-    assert response.status_code == status, (response.status_code, getattr(response, "content", b"")[:500])
-    body = response.json()
-    assert set(body) == {"error"}, body
-    assert set(body["error"]) == {"message", "type", "param", "code"}, body
-    assert body["error"]["message"], body
-    if code is not None:
-        assert body["error"]["code"] == code, body
-    if param is not None:
-        assert body["error"]["param"] == param, body
-    assert response.headers.get("x-request-id"), "every response carries x-request-id"
-    return body["error"]
-
-
 @pytest.fixture
-def fast_password_hashing(settings):
-    """MD5 instead of PBKDF2 for people made in the test: a suite of API tests creates hundreds.
+def redis_client():
+    """A client of the suite's Redis (the one the web, the runtime and Celery use)."""
+    import redis
 
-    Opt-in per module (``pytestmark = pytest.mark.usefixtures("fast_password_hashing")``), never for
-    tests whose other processes (daphne in tests/integration) check those passwords with the real hashers.
+    return redis.Redis.from_url(os.environ["REDIS_URL"])
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(request):
+    """MD5 instead of PBKDF2 for people made in tests that run in this process alone: a suite of API and page
+    tests creates hundreds, and PBKDF2 costs most of a second each on two busy cores.
+
+    Not for tests/integration and tests/browser: their other processes (daphne) check those passwords with the real
+    hashers, which do not know MD5.
     """
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    if not any(request.node.path.is_relative_to(TESTS / folder) for folder in ("integration", "browser")):
+        settings = request.getfixturevalue("settings")
+        settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 SUBMIT_FINAL = {"finish_reason": "stop", "usage": {"prompt_tokens": 3, "completion_tokens": 1, "cached_tokens": 0},

@@ -1,11 +1,16 @@
 """A tiny Llama with a word-level tokenizer and PEFT adapters, built in the test (random weights, the
-same code paths as SmolLM2), for runtime tests that must not need the real model."""
+same code paths as SmolLM2), for runtime tests that must not need the real model; and what engine tests do with
+it: requests, PEFT's reference tokens, the text a request streamed, an engine held busy, an adapter slot poisoned."""
 
 import copy
 import json
+import math
+import threading
+import time
+import uuid
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
@@ -13,6 +18,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from gpu_runtime.adapter_validation import BaseFacts
 from gpu_runtime.base_model import BaseModel
+from gpu_runtime.generation import AdapterRef, GenerationRequest, SamplingParams
+from gpu_runtime.streams import read_events
 
 VOCAB = 128
 EOS = 2
@@ -42,7 +49,7 @@ def tiny_base_model(model=None):
     return BaseModel("tiny-llama", model.requires_grad_(False), tiny_tokenizer(), "cpu", "float32", MANIFEST, {})
 
 
-def make_adapter(base, path, *, seed, r=4, alpha=8, targets=("q_proj", "v_proj")):
+def save_peft_adapter(base, path, *, seed, r=4, alpha=8, targets=("q_proj", "v_proj")):
     torch.manual_seed(seed)
     peft = get_peft_model(copy.deepcopy(base), LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets),
                                                           init_lora_weights=False))
@@ -60,3 +67,48 @@ def make_adapter(base, path, *, seed, r=4, alpha=8, targets=("q_proj", "v_proj")
 
 def words(ids):
     return " ".join(f"t{i}" for i in ids)
+
+
+def reference_tokens(base, adapter_path, prompt_ids, n):
+    """PEFT's greedy tokens for the prompt with the adapter alone (or the base model), up to EOS."""
+    model = PeftModel.from_pretrained(copy.deepcopy(base), adapter_path).eval() if adapter_path else base
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False, min_new_tokens=0)
+    tokens = out[0, len(prompt_ids):].tolist()
+    return tokens[: tokens.index(EOS)] if EOS in tokens else tokens
+
+
+def request(prompt_ids, adapter=None, **sampling):
+    return GenerationRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=words(prompt_ids), adapter=adapter,
+                            tenant="acme", sampling=SamplingParams(**{"max_tokens": 32, **sampling}))
+
+
+def ref(path, i):
+    return AdapterRef(adapter_id=f"adapter-{i}", version=1, uri=str(path))
+
+
+def streamed_text(client, request_id):
+    deltas, final = [], None
+    for _, kind, data in read_events(client, request_id):
+        if kind == "delta":
+            deltas.append(data["text"])
+        else:
+            final = data
+    return "".join(deltas), final
+
+
+def hold_engine(engine, seconds):
+    """Keeps the engine thread busy for ``seconds`` from now: what is submitted meanwhile waits for the next
+    admission round, and is admitted together."""
+    holding = threading.Event()
+    engine.call(lambda: (holding.set(), time.sleep(seconds)))
+    assert holding.wait(10)
+
+
+def poison_slot(pool, slot):
+    """Writes NaN into every buffer of one adapter slot: whatever that row computes through its LoRA is NaN."""
+    rank, local = pool._slot_of[slot]
+    with torch.no_grad():
+        for wrapper in pool.layers.values():
+            if rank in wrapper.A:
+                wrapper.A[rank][local].fill_(math.nan)

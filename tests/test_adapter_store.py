@@ -11,7 +11,7 @@ from gpu_runtime.adapter_store import AdapterStore, NoFreeSlot, adapter_key
 from gpu_runtime.adapter_validation import AdapterRejected
 from gpu_runtime.generation import AdapterRef
 from gpu_runtime.lora import SlotPool
-from tests.runtime_fixtures import BASE_FACTS, make_adapter, tiny_base
+from tests.runtime_fixtures import BASE_FACTS, save_peft_adapter, tiny_base
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def objects(tmp_path_factory):
     base = tiny_base()
     root = tmp_path_factory.mktemp("objects")
     ranks = [4, 4, 4, 8, 8, 2]
-    return base, [make_adapter(base, root / f"a{i}", seed=i, r=r) for i, r in enumerate(ranks)]
+    return base, [save_peft_adapter(base, root / f"a{i}", seed=i, r=r) for i, r in enumerate(ranks)]
 
 
 def refs(paths):
@@ -184,7 +184,7 @@ def test_s3_compatible_object_storage(store_for, objects, monkeypatch):
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from tests.integration.conftest import free_port
+    from tests.processes import free_port
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)

@@ -7,14 +7,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from safetensors.numpy import save_file
 
-from gpu_runtime.adapter_validation import AdapterRejected, BaseFacts, validate_adapter
-
-MANIFEST = {"name": "tiny-llama", "architecture": {
-    "num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
-    "num_key_value_heads": 2}}
-BASE = BaseFacts.from_manifest(MANIFEST, aliases=("org/tiny-llama",))
+from gpu_runtime.adapter_validation import AdapterRejected, validate_adapter
+from tests.adapter_files import BASE, write_adapter
 
 
 @pytest.fixture(scope="module")
@@ -35,23 +30,6 @@ def tiny_peft_adapter(tmp_path_factory):
     (path / "adapter_config.json").write_text(json.dumps(config))
     return path
 
-
-def write_adapter(path, *, config=None, tensors=None, r=4, modules=("q_proj", "v_proj"), dtype=np.float32):
-    path.mkdir(parents=True, exist_ok=True)
-    cfg = {"peft_type": "LORA", "r": r, "lora_alpha": 8, "target_modules": list(modules),
-           "base_model_name_or_path": "tiny-llama"}
-    cfg.update(config or {})
-    (path / "adapter_config.json").write_text(json.dumps(cfg))
-    if tensors is None:
-        tensors = {}
-        for layer in range(2):
-            for module in modules:
-                block, fan_in, fan_out = BASE.modules[module]
-                prefix = f"base_model.model.model.layers.{layer}.{block}.{module}"
-                tensors[f"{prefix}.lora_A.weight"] = np.full((r, fan_in), 0.01, dtype=dtype)
-                tensors[f"{prefix}.lora_B.weight"] = np.full((fan_out, r), 0.02, dtype=dtype)
-    save_file(tensors, str(path / "adapter_model.safetensors"))
-    return path
 
 
 def rejected(path, **kwargs):

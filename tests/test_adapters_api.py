@@ -7,66 +7,23 @@ import hashlib
 import json
 import zipfile
 
-import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
-from django.utils import timezone
-from safetensors.numpy import load_file, save_file
 
 from adapters import access, services, uploads
 from adapters.models import Adapter, AdapterVersion, BaseModel
 from adapters.storage_quota import storage_used
-from fleet.models import Node
 from gpu_runtime.adapter_validation import CONFIG_FILE, WEIGHTS_FILE
 from serving.models import InferenceRequest
 from tenants.roles import BILLING_VIEWER
-from tests.conftest import assert_error, create_key, key_client, make_member, put_on_plan, session_client
-from tests.test_adapter_validation import write_adapter
-from tests.test_uploads import in_folder, tar_bytes, zip_bytes
+from tests.adapter_files import in_folder, stored_files, tar_bytes, zip_bytes, zipped
+from tests.factories import create_key, key_client, make_member, make_node, make_request, put_on_plan, session_client
+from tests.helpers import assert_error
 
-pytestmark = pytest.mark.usefixtures("fast_password_hashing", "adapter_storage")
+pytestmark = pytest.mark.usefixtures("adapter_storage")
 
 URL = "/api/v1/adapters"
-
-
-def peft_adapter(tmp_path_factory, *, seed, r, targets):
-    """A real adapter saved by PEFT from the tiny Llama of tests/runtime_fixtures.py: {file name: bytes}."""
-    from tests.runtime_fixtures import make_adapter, tiny_base
-
-    path = make_adapter(tiny_base(), tmp_path_factory.mktemp("peft") / "adapter", seed=seed, r=r, targets=targets)
-    return {name: (path / name).read_bytes() for name in (CONFIG_FILE, WEIGHTS_FILE)}
-
-
-@pytest.fixture(scope="session")
-def peft_v1(tmp_path_factory):
-    return peft_adapter(tmp_path_factory, seed=1, r=4, targets=("q_proj", "v_proj"))
-
-
-@pytest.fixture(scope="session")
-def peft_v2(tmp_path_factory):
-    return peft_adapter(tmp_path_factory, seed=2, r=8, targets=("q_proj", "k_proj", "v_proj", "o_proj"))
-
-
-@pytest.fixture
-def tiny_llama(db):
-    from tests.runtime_fixtures import MANIFEST
-
-    return BaseModel.objects.create(name="tiny-llama", architecture=MANIFEST["architecture"])
-
-
-@pytest.fixture
-def adapter_storage(settings, tmp_path):
-    """Adapter files go to a private folder; setting STORAGES resets Django's cached storages."""
-    root = tmp_path / "objects"
-    root.mkdir()
-    settings.STORAGES = {**settings.STORAGES, "adapters": {
-        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(root)}}}
-    return root
-
-
-def stored_files(root):
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
 def as_files(files):
@@ -77,9 +34,6 @@ def upload(client, files, *, name="support-bot", base_model="tiny-llama", **fiel
     return client.post(URL, {"name": name, "base_model": base_model, **fields, "file": as_files(files)},
                        format="multipart")
 
-
-def zipped(adapter):
-    return [("support-bot.zip", zip_bytes(in_folder(adapter)))]
 
 
 @pytest.fixture
@@ -143,26 +97,6 @@ def test_second_upload_is_version_2_and_version_1_is_kept(alice_api, uploaded, p
 
     versions = alice_api.get(f"{URL}/support-bot/versions").json()["data"]
     assert [v["number"] for v in versions] == [2, 1]
-
-
-@pytest.fixture
-def bad_adapters(tmp_path):
-    """Adapters the runtime's validator refuses, by expected code: {code: [(name, bytes)]}."""
-    def files(path):
-        return [(n, (path / n).read_bytes()) for n in (CONFIG_FILE, WEIGHTS_FILE)]
-
-    nan = write_adapter(tmp_path / "nan")
-    tensors = load_file(str(nan / WEIGHTS_FILE))
-    next(iter(tensors.values()))[0, 0] = np.nan
-    save_file(tensors, str(nan / WEIGHTS_FILE))
-    return {
-        "bad_rank": files(write_adapter(tmp_path / "rank", r=65)),
-        "unknown_target_modules": files(write_adapter(tmp_path / "t", config={"target_modules": ["qkv_proj"]})),
-        "base_mismatch": files(write_adapter(tmp_path / "base", config={"base_model_name_or_path": "llama-3-8b"})),
-        "not_lora": files(write_adapter(tmp_path / "ia3", config={"peft_type": "IA3"})),
-        "non_finite": files(nan),
-        "missing_weights": files(write_adapter(tmp_path / "w"))[:1],
-    }
 
 
 @pytest.mark.parametrize("code", ["bad_rank", "unknown_target_modules", "base_mismatch", "not_lora", "non_finite",
@@ -265,11 +199,6 @@ def node_messages(queue):
     return messages
 
 
-def make_node(name, *, slots=10, pinned=0):
-    return Node.objects.create(name=name, base_model="tiny-llama", last_heartbeat_at=timezone.now(),
-                               state={"adapters": {"slots": slots, "pinned": pinned, "device": 0}})
-
-
 def patch_tier(client, tier, name="support-bot"):
     return client.patch(f"{URL}/{name}", {"tier": tier}, format="json")
 
@@ -351,9 +280,8 @@ def test_delete_hides_the_adapter_keeps_its_versions_and_removes_their_files(ali
 def test_a_deleted_adapters_files_stay_and_count_while_a_request_uses_them(alice_api, acme, uploaded, peft_v1,
                                                                            peft_v2, adapter_storage):
     version = uploaded.current_version
-    running = InferenceRequest.objects.create(id="req_running", tenant=acme, base_model=uploaded.base_model,
-                                              adapter_version=version, tier=uploaded.tier, max_tokens=4,
-                                              status=InferenceRequest.RUNNING)
+    running = make_request(acme, uploaded.base_model, request_id="req_running", adapter_version=version,
+                           tier=uploaded.tier, max_tokens=4, status=InferenceRequest.RUNNING)
     assert alice_api.delete(f"{URL}/support-bot").status_code == 204
     assert len(stored_files(adapter_storage)) == 2 and storage_used(acme) == version.size_bytes
     InferenceRequest.objects.filter(pk=running.pk).update(status=InferenceRequest.SUCCEEDED)

@@ -14,15 +14,12 @@ from adapters.models import Adapter, AdapterVersion
 from billing.metering_lag import percentile
 from serving.models import InferenceRequest
 from tenants.roles import BILLING_VIEWER
-from tests import test_adapters_api as api_tests
-from tests.conftest import make_member
-from tests.test_adapters_api import make_node, stored_files, zipped
+from tests.adapter_files import stored_files, zipped
+from tests.factories import make_member, make_node
 
 # The API tests' fixtures: the tiny Llama's catalog row, real PEFT adapters, crafted bad ones, private storage.
-adapter_storage, bad_adapters, tiny_llama = api_tests.adapter_storage, api_tests.bad_adapters, api_tests.tiny_llama
-peft_v1, peft_v2 = api_tests.peft_v1, api_tests.peft_v2
 
-pytestmark = pytest.mark.usefixtures("fast_password_hashing", "adapter_storage")
+pytestmark = pytest.mark.usefixtures("adapter_storage")
 
 LIST = reverse("adapters")
 
@@ -331,7 +328,7 @@ def test_usage_page_for_every_role(bob, acme, alice):
 
 
 def test_list_page_shows_storage_used_of_the_plans_quota(alice_web, acme, uploaded):
-    from tests.conftest import put_on_plan
+    from tests.factories import put_on_plan
 
     put_on_plan(acme, storage_max_bytes=10 << 20)
     page = " ".join(text(alice_web.get(reverse("adapters"))).replace("\xa0", " ").split())

@@ -10,9 +10,8 @@ from tenants import services
 from tenants.keys import LAST_USED_RESOLUTION
 from tenants.models import APIKey, Tenant
 from tenants.roles import BILLING_VIEWER, SCOPES
-from tests.conftest import assert_error, create_key, db_snapshot, key_client, make_member, session_client
-
-pytestmark = pytest.mark.usefixtures("fast_password_hashing")
+from tests.factories import create_key, key_client, make_member, session_client
+from tests.helpers import assert_error, db_snapshot
 
 
 def create(client, **body):

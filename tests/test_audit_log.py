@@ -19,16 +19,25 @@ from tenants import services
 from tenants.audit import audit_record
 from tenants.models import APIKey, AuditEntry, Membership
 from tenants.principal import Principal
-from tenants.roles import ADMIN, BILLING_VIEWER, DEVELOPER, OWNER
-from tests.billing_fixtures import close, invoice_of, usage
-from tests.conftest import assert_error, create_key, key_client, make_member, session_client
-from tests.test_training_api import HP, capture_sent, make_base, make_dataset, make_job
+from tenants.roles import ADMIN, BILLING_VIEWER, DEVELOPER
+from tests.billing_helpers import close, invoice_of, usage
+from tests.factories import (
+    TRAINING_HP,
+    create_key,
+    key_client,
+    make_base,
+    make_dataset,
+    make_job,
+    make_member,
+    make_principal,
+    session_client,
+)
+from tests.helpers import assert_error, capture_sent
 from training import jobs
 from training.models import TrainingJob
 from vajra.errors import Conflict, InvalidRequest
 
-pytest_plugins = ["tests.billing_fixtures"]
-pytestmark = pytest.mark.usefixtures("fast_password_hashing", "local_only")
+pytestmark = pytest.mark.usefixtures("local_only")
 
 URL = "/api/v1/audit-log"
 HEADERS = {"HTTP_X_REQUEST_ID": "req_audit_test_0001", "REMOTE_ADDR": "203.0.113.7"}
@@ -40,8 +49,6 @@ def only_entry(**filters):
     return entries[0]
 
 
-def owner(tenant, user):
-    return Principal(tenant=tenant, user=user, role=OWNER)
 
 
 # ---- every action writes one entry ---------------------------------------------------------------------------
@@ -84,18 +91,16 @@ def test_tier_change_records_old_and_new_by_key(alice, acme):
     assert entry.ip is None and entry.request_id == ""  # no request was being served
 
 
-def test_training_started_and_cancelled(alice, acme, monkeypatch, settings, tmp_path):
-    settings.STORAGES = {**settings.STORAGES, "adapters": {
-        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(tmp_path)}}}
+def test_training_started_and_cancelled(alice, acme, monkeypatch, adapter_storage):
     capture_sent(monkeypatch)
     base, dataset = make_base(), make_dataset(acme)
-    job = jobs.training_create(principal=owner(acme, alice), base_model=base, adapter_name="support-bot",
-                                   dataset_ref=dataset.id, hyperparameters=HP)
+    job = jobs.training_create(principal=make_principal(acme, alice), base_model=base, adapter_name="support-bot",
+                                   dataset_ref=dataset.id, hyperparameters=TRAINING_HP)
     started = only_entry(action="training.started")
     assert (started.target_type, started.target_id, started.actor_user) == ("training_job", job.id, alice)
     assert started.details["adapter"] == "support-bot" and started.details["dataset"] == dataset.id
     assert started.details["estimated_gradients"] == job.estimated_gradients
-    jobs.training_cancel(principal=owner(acme, alice), job=job)
+    jobs.training_cancel(principal=make_principal(acme, alice), job=job)
     cancelled = only_entry(action="training.cancelled")
     assert (cancelled.target_id, cancelled.details) == (job.id, {"status": TrainingJob.VALIDATING})
 
@@ -106,7 +111,7 @@ def test_cancelling_a_running_job_twice_is_one_entry(alice, acme, monkeypatch):
     adapter = Adapter.objects.create(tenant=acme, base_model=base, name="bot")
     job = make_job(acme, adapter, make_dataset(acme), status=TrainingJob.RUNNING)
     for _ in range(2):
-        jobs.training_cancel(principal=owner(acme, alice), job=job)
+        jobs.training_cancel(principal=make_principal(acme, alice), job=job)
     assert only_entry(action="training.cancelled").details == {"status": TrainingJob.RUNNING}
 
 
@@ -188,7 +193,7 @@ def test_refused_actions_write_no_entry(client, alice, bob, acme, open_invoice, 
 def test_a_refused_tier_change_writes_no_entry(alice, acme, unchanged_db):
     adapter = Adapter.objects.create(tenant=acme, base_model=make_base(), name="bot")
     with unchanged_db(), pytest.raises(InvalidRequest):
-        adapter_services.adapter_set_tier(principal=owner(acme, alice), adapter=adapter, tier="lukewarm")
+        adapter_services.adapter_set_tier(principal=make_principal(acme, alice), adapter=adapter, tier="lukewarm")
     with unchanged_db(), pytest.raises(PermissionDenied):
         adapter_services.adapter_set_tier(principal=Principal(tenant=acme, role=BILLING_VIEWER), adapter=adapter,
                                   tier=Adapter.WARM)
@@ -200,7 +205,7 @@ def test_an_entry_only_exists_with_its_action():
 
 
 def test_entries_are_append_only(alice, acme):
-    services.api_key_create(principal=owner(acme, alice), name="k", scopes=["infer"])
+    services.api_key_create(principal=make_principal(acme, alice), name="k", scopes=["infer"])
     entry = AuditEntry.objects.get()
     entry.action = "api_key.revoked"
     with pytest.raises(ValueError, match="append-only"):
@@ -212,14 +217,14 @@ def test_entries_are_append_only(alice, acme):
 # ---- reading it ------------------------------------------------------------------------------------------------
 
 def make_entries(tenant, user, count):
-    principal = owner(tenant, user)
+    principal = make_principal(tenant, user)
     return [services.api_key_create(principal=principal, name=f"k{i}", scopes=["infer"])[0] for i in range(count)]
 
 
 def test_api_lists_newest_first_pages_and_filters(alice_client, alice, acme):
     keys = make_entries(acme, alice, 3)
     with transaction.atomic():
-        services.api_key_revoke(principal=owner(acme, alice), api_key=keys[0])
+        services.api_key_revoke(principal=make_principal(acme, alice), api_key=keys[0])
     body = alice_client.get(URL, {"limit": 2}).json()
     assert [e["action"] for e in body["data"]] == ["api_key.revoked", "api_key.created"] and body["has_more"]
     first = body["data"][0]

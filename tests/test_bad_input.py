@@ -5,9 +5,8 @@ import json
 import pytest
 from rest_framework.test import APIClient
 
-from tests.conftest import PASSWORD, assert_error
-
-pytestmark = pytest.mark.usefixtures("fast_password_hashing")
+from tests.factories import PASSWORD
+from tests.helpers import assert_error
 
 SIGNUP = {"email": "erin@example.test", "password": PASSWORD, "tenant_name": "Erin's Lab",
           "tenant_slug": "erin"}

@@ -16,71 +16,17 @@ from django.utils import timezone
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from adapters.models import Adapter, AdapterVersion, BaseModel
 from billing import plans
 from billing.ledger import record_adjustment, record_inference
 from billing.metering_lag import metering_lag
 from billing.models import BillingAccount, PricePlan, UsageEvent
 from serving.dispatch import final_cost, inference_finish, request_cost
 from serving.models import InferenceRequest
-from tests.conftest import make_member, put_on_plan
-
-pytestmark = pytest.mark.usefixtures("fast_password_hashing")
+from tests.billing_helpers import adapter_version, base_model, final_event, finish, ledger, submitted
+from tests.factories import make_member, put_on_plan
 
 STANDARD = {"unit_price": Decimal("0.0001"), "gpu_price_per_hour": Decimal("2.00"), "tenancy_factor": Decimal("0.3"),
             "gradient_price_per_million": Decimal("0.00000005"), "billing_granularity_ms": 10}
-
-
-# ---- helpers shared with the other billing tests -------------------------------------------------------------
-
-def base_model():
-    return BaseModel.objects.get_or_create(name="smollm2-135m-instruct")[0]
-
-
-def adapter_version(tenant, name="support-bot", tier=Adapter.COLD):
-    adapter = Adapter.objects.create(tenant=tenant, base_model=base_model(), name=name, tier=tier)
-    version = AdapterVersion.objects.create(adapter=adapter, number=1, status=AdapterVersion.READY, sha256="0" * 64,
-                                            size_bytes=1, rank=8, alpha=16, dtype="F32", target_modules=["q_proj"],
-                                            storage_key=f"{tenant.slug}/{name}")
-    adapter.current_version = version
-    adapter.save()
-    return version
-
-
-_ids = iter(range(10**6))
-
-
-def submitted(tenant, *, version=None, tier=None, created_at=None):
-    """A request row as inference_submit leaves it (running on a node)."""
-    row = InferenceRequest.objects.create(
-        id=f"req_{next(_ids):032x}", tenant=tenant, base_model=base_model(), adapter_version=version,
-        tier=tier or (version.adapter.tier if version else Adapter.COLD), max_tokens=64,
-        status=InferenceRequest.RUNNING)
-    if created_at is not None:
-        InferenceRequest.objects.filter(pk=row.pk).update(created_at=created_at)
-    return row
-
-
-def final_event(*, reason="stop", gpu_ms=23.4, prompt=5, completion=7, ready_ms=1.0, total_ms=120.0, error=None):
-    return {"finish_reason": reason, "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                                               "cached_tokens": 0},
-            "timings": {"queued_ms": 0.5, "adapter_ready_ms": ready_ms, "first_token_ms": 20.0, "total_ms": total_ms},
-            "gpu_ms": gpu_ms, "error": error}
-
-
-def finish(tenant, *, version=None, tier=None, **final):
-    row = submitted(tenant, version=version, tier=tier)
-    return inference_finish(request_id=row.id, final=final_event(**final))
-
-
-def ledger(tenant=None):
-    rows = UsageEvent.objects.order_by("id")
-    return list(rows.filter(tenant=tenant) if tenant is not None else rows)
-
-
-@pytest.fixture
-def standard(db):
-    return plans.ensure_default_plan()
 
 
 # ---- the plan ------------------------------------------------------------------------------------------------

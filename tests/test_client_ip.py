@@ -10,11 +10,10 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from tenants.models import AuditEntry
-from tests.conftest import PASSWORD, assert_error
+from tests.factories import PASSWORD
+from tests.helpers import assert_error
 from vajra.client_ip import client_address
 from vajra.settings.env import env_networks
-
-pytestmark = pytest.mark.usefixtures("fast_password_hashing")
 
 PROXY = "10.1.2.3"
 

@@ -6,16 +6,13 @@ from html.parser import HTMLParser
 
 import pytest
 from django.urls import reverse
-from django.utils import timezone
 
 from adapters.models import Adapter
-from fleet.models import Node
 from tenants.models import User
-from tests.billing_fixtures import close, invoice_of, usage
-from tests.test_training_api import make_base, make_dataset, make_job
+from tests.billing_helpers import close, invoice_of, usage
+from tests.factories import make_base, make_dataset, make_job, make_node
 
-pytest_plugins = ["tests.billing_fixtures"]
-pytestmark = pytest.mark.usefixtures("fast_password_hashing", "local_only")
+pytestmark = pytest.mark.usefixtures("local_only")
 
 STRICT = {
     "default-src": "'self'", "script-src": "'self'", "style-src": "'self'", "img-src": "'self' data:",
@@ -79,7 +76,7 @@ def objects(acme, plan):
     job = make_job(acme, adapter, make_dataset(acme))
     usage(acme, "3.2100000000", tier="warm")
     close()
-    Node.objects.create(name="n1", base_model=base.name, state={}, last_heartbeat_at=timezone.now())
+    make_node("n1", base=base.name, state={})
     return {"adapter-detail": [adapter.name], "training-job": [job.id], "invoice": [invoice_of(acme).id]}
 
 

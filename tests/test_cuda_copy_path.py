@@ -14,7 +14,7 @@ import torch
 from gpu_runtime.adapter_store import AdapterStore, adapter_key
 from gpu_runtime.generation import AdapterRef
 from gpu_runtime.lora import SlotPool
-from tests.runtime_fixtures import BASE_FACTS, make_adapter, tiny_base
+from tests.runtime_fixtures import BASE_FACTS, save_peft_adapter, tiny_base
 
 
 class FakeStream:
@@ -79,7 +79,7 @@ def pinning(monkeypatch):
 def objects(tmp_path_factory):
     base = tiny_base()
     root = tmp_path_factory.mktemp("objects")
-    return base, [AdapterRef(f"a{i}", 1, str(make_adapter(base, root / f"a{i}", seed=i, r=4))) for i in range(3)]
+    return base, [AdapterRef(f"a{i}", 1, str(save_peft_adapter(base, root / f"a{i}", seed=i, r=4))) for i in range(3)]
 
 
 @pytest.fixture

@@ -4,15 +4,13 @@ import re
 
 import pytest
 from django.urls import reverse
-from django.utils import timezone
 
-from fleet.models import Node
 from tenants import services
 from tenants.active import SESSION_KEY
 from tenants.models import APIKey, Invite, Membership, Tenant, User
 from tenants.principal import Principal
 from tenants.roles import ADMIN, BILLING_VIEWER, DEVELOPER, OWNER
-from tests.conftest import PASSWORD, create_key, make_member, session_client
+from tests.factories import PASSWORD, create_key, make_member, make_node, session_client
 
 TENANT_PAGES = ["dashboard", "api-keys", "members", "adapters", "playground", "training", "usage", "billing"]
 LOGIN_PAGES = [*TENANT_PAGES, "tenant-create", "nodes"]
@@ -85,8 +83,7 @@ def test_nodes_empty_for_staff(alice_web, alice):
 
 def test_nodes_lists_nodes_for_staff(alice_web, alice):
     User.objects.filter(pk=alice.pk).update(is_staff=True)
-    Node.objects.create(name="gpu-a", device="cuda:0", base_model="smollm2-135m-instruct",
-                        state={"model_loaded": True}, last_heartbeat_at=timezone.now())
+    make_node("gpu-a", device="cuda:0", base="smollm2-135m-instruct", state={"model_loaded": True})
     response = alice_web.get(reverse("nodes"))
     html = response.content.decode()
     assert response.status_code == 200

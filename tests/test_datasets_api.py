@@ -16,24 +16,16 @@ from adapters.storage_quota import storage_used
 from tenants.models import AuditEntry
 from tenants.principal import Principal
 from tenants.roles import BILLING_VIEWER, OWNER
-from tests.conftest import assert_error, create_key, key_client, make_member, put_on_plan, session_client
+from tests.adapter_files import stored_files
+from tests.factories import create_key, key_client, make_member, put_on_plan, session_client
+from tests.helpers import assert_error
 from training.datasets import dataset_upload, dataset_uri
 from training.models import Dataset, TrainingJob
 
-pytestmark = pytest.mark.usefixtures("fast_password_hashing", "storage", "model_store")
+pytestmark = pytest.mark.usefixtures("adapter_storage", "model_store")
 
 URL = "/api/v1/datasets"
 PAGE = reverse("training")
-
-
-@pytest.fixture
-def storage(settings, tmp_path):
-    """Dataset files go to a private folder; setting STORAGES resets Django's cached storages."""
-    root = tmp_path / "objects"
-    root.mkdir()
-    settings.STORAGES = {**settings.STORAGES, "adapters": {
-        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(root)}}}
-    return root
 
 
 @pytest.fixture
@@ -59,10 +51,6 @@ def write_tokenizer(model_store, name):
 @pytest.fixture
 def smollm(db, settings):
     return BaseModel.objects.create(name=settings.VAJRA_DEFAULT_BASE_MODEL, context_length=40)
-
-
-def stored_files(root):
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
 def jsonl(*records):
@@ -111,7 +99,7 @@ def uploaded(alice_api):
 
 # Good uploads
 
-def test_chat_upload(alice_api, acme, storage):
+def test_chat_upload(alice_api, acme, adapter_storage):
     response = upload(alice_api, GOOD_CHAT)
     assert response.status_code == 201, response.json()
     body = response.json()
@@ -124,9 +112,9 @@ def test_chat_upload(alice_api, acme, storage):
                     "created_at": body["created_at"]}
     assert row.tenant == acme and row.created_by.email == "alice@acme.test"
     assert row.storage_key == f"datasets/{acme.pk}/{row.id}.jsonl"
-    assert stored_files(storage) == [row.storage_key]
-    assert (storage / row.storage_key).read_bytes() == GOOD_CHAT
-    assert dataset_uri(row) == f"file://{storage / row.storage_key}"
+    assert stored_files(adapter_storage) == [row.storage_key]
+    assert (adapter_storage / row.storage_key).read_bytes() == GOOD_CHAT
+    assert dataset_uri(row) == f"file://{adapter_storage / row.storage_key}"
 
 
 def test_completion_upload_with_a_session_and_a_name(alice_client):
@@ -159,17 +147,17 @@ BAD_FILE = jsonl(
 )
 
 
-def test_every_bad_line_is_listed(alice_api, unchanged_db, storage):
+def test_every_bad_line_is_listed(alice_api, unchanged_db, adapter_storage):
     with unchanged_db():
         response = upload(alice_api, BAD_FILE)
     error = assert_refused(response, [(3, "invalid_json"), (4, "missing_field"), (5, "wrong_role_order"),
                                       (6, "empty"), (8, "mixed_format"), (9, "unknown_role")])
     assert error["message"].startswith("The dataset has 6 problem(s): line 3: invalid JSON (")
     assert "line 4: missing field 'content' in message 1; line 5: wrong role order" in error["message"]
-    assert stored_files(storage) == []
+    assert stored_files(adapter_storage) == []
 
 
-def test_too_long_for_the_context(alice_api, smollm, model_store, unchanged_db, storage):
+def test_too_long_for_the_context(alice_api, smollm, model_store, unchanged_db, adapter_storage):
     write_tokenizer(model_store, smollm.name)
     long = chat(("user", "word " * 40), ("assistant", "ok"))
     with unchanged_db():
@@ -177,7 +165,7 @@ def test_too_long_for_the_context(alice_api, smollm, model_store, unchanged_db, 
                           base_model=smollm.name)
     error = assert_refused(response, [(2, "too_long")])
     assert "too long for the context: about 49 tokens, the base model takes 40" in error["message"]
-    assert stored_files(storage) == []
+    assert stored_files(adapter_storage) == []
 
 
 def test_without_a_tokenizer_length_is_left_to_the_node(alice_api, smollm):
@@ -202,33 +190,33 @@ def test_many_bad_lines_are_capped_with_a_count(alice_api, unchanged_db):
 
 # Caps
 
-def test_over_the_plans_byte_cap(alice_api, acme, unchanged_db, storage):
+def test_over_the_plans_byte_cap(alice_api, acme, unchanged_db, adapter_storage):
     put_on_plan(acme, dataset_max_bytes=len(GOOD_CHAT) - 1)
     with unchanged_db():
         error = assert_refused(upload(alice_api, GOOD_CHAT), [(None, "too_large")])
     assert f"the file is {len(GOOD_CHAT)} bytes; the plan 'small' allows {len(GOOD_CHAT) - 1}" in error["message"]
-    assert stored_files(storage) == []
+    assert stored_files(adapter_storage) == []
 
 
-def test_over_the_plans_record_cap(alice_api, acme, unchanged_db, storage):
+def test_over_the_plans_record_cap(alice_api, acme, unchanged_db, adapter_storage):
     put_on_plan(acme, dataset_max_records=1)
     with unchanged_db():
         error = assert_refused(upload(alice_api, GOOD_CHAT), [(2, "too_many_records")])
     assert "the file has 2 records; the plan 'small' allows 1" in error["message"]
-    assert stored_files(storage) == []
+    assert stored_files(adapter_storage) == []
 
 
-def test_over_the_plans_storage_quota(alice_api, acme, unchanged_db, storage):
+def test_over_the_plans_storage_quota(alice_api, acme, unchanged_db, adapter_storage):
     assert upload(alice_api, GOOD_CHAT).status_code == 201
     put_on_plan(acme, storage_max_bytes=2 * len(GOOD_CHAT) - 1)
-    before = stored_files(storage)
+    before = stored_files(adapter_storage)
     with unchanged_db():
         error = assert_error(upload(alice_api, GOOD_CHAT), 413, code="storage_quota_exceeded", param="file")
     assert f"uses {len(GOOD_CHAT)} of the {2 * len(GOOD_CHAT) - 1} bytes" in error["message"]
-    assert stored_files(storage) == before
+    assert stored_files(adapter_storage) == before
 
 
-def test_another_tenants_plan_caps_do_not_apply(alice_api, acme, charlie, contoso, storage):
+def test_another_tenants_plan_caps_do_not_apply(alice_api, acme, charlie, contoso, adapter_storage):
     put_on_plan(acme, dataset_max_bytes=10, dataset_max_records=1)
     charlie_api = key_client(create_key(charlie, contoso)[1])
     assert upload(charlie_api, GOOD_CHAT).status_code == 201
@@ -259,13 +247,13 @@ def test_unknown_field_is_named(alice_api, unchanged_db):
         assert_error(upload(alice_api, GOOD_CHAT, colour="blue"), 400, code="unknown_field", param="colour")
 
 
-def test_unknown_base_model_is_404(alice_api, unchanged_db, storage):
+def test_unknown_base_model_is_404(alice_api, unchanged_db, adapter_storage):
     with unchanged_db():
         assert_error(upload(alice_api, GOOD_CHAT, base_model="gpt-9"), 404, code="not_found")
-    assert stored_files(storage) == []
+    assert stored_files(adapter_storage) == []
 
 
-def test_no_row_is_left_and_the_file_is_removed_when_the_insert_fails(alice, acme, storage, monkeypatch,
+def test_no_row_is_left_and_the_file_is_removed_when_the_insert_fails(alice, acme, adapter_storage, monkeypatch,
                                                                      unchanged_db):
     def refuse(**kwargs):
         raise RuntimeError("database down")
@@ -274,7 +262,7 @@ def test_no_row_is_left_and_the_file_is_removed_when_the_insert_fails(alice, acm
     principal = Principal(tenant=acme, user=alice, role=OWNER)
     with unchanged_db(), pytest.raises(RuntimeError):
         dataset_upload(principal=principal, file=SimpleUploadedFile("a.jsonl", GOOD_CHAT))
-    assert stored_files(storage) == []
+    assert stored_files(adapter_storage) == []
 
 
 # Read and delete
@@ -286,7 +274,8 @@ def test_list_and_get(alice_api, uploaded):
     assert got == listed[0] and got["records"] == 2
 
 
-def test_delete_hides_it_and_removes_the_file(alice_api, acme, uploaded, storage, django_capture_on_commit_callbacks):
+def test_delete_hides_it_and_removes_the_file(alice_api, acme, uploaded, adapter_storage,
+                                               django_capture_on_commit_callbacks):
     # Jobs that trained on it keep pointing at the row; only a job in progress reads the file, and none is (409).
     with django_capture_on_commit_callbacks(execute=True):
         response = alice_api.delete(f"{URL}/{uploaded.id}")
@@ -295,7 +284,7 @@ def test_delete_hides_it_and_removes_the_file(alice_api, acme, uploaded, storage
     assert alice_api.get(URL).json()["data"] == []
     uploaded.refresh_from_db()
     assert uploaded.deleted_at is not None and uploaded.storage_key == ""
-    assert stored_files(storage) == [] and storage_used(acme) == 0
+    assert stored_files(adapter_storage) == [] and storage_used(acme) == 0
     entries = AuditEntry.objects.filter(tenant=acme).order_by("id")
     assert [(e.action, e.target_type, e.target_id, e.target_name) for e in entries] == [
         ("dataset.uploaded", "dataset", uploaded.id, "train.jsonl"),
@@ -403,17 +392,17 @@ def test_page_when_empty_and_without_base_models(alice):
     assert "No datasets yet" in html and 'name="base_model"' not in html and 'name="file"' in html
 
 
-def test_upload_on_the_page(alice, smollm, storage):
+def test_upload_on_the_page(alice, smollm, adapter_storage):
     client = web(alice)
     response = post_page(client, GOOD_COMPLETION, base_model=smollm.name)
     assert response.status_code == 302 and response.url == PAGE
     html = client.get(PAGE).content.decode()
     assert "Uploaded support.jsonl: 2 completion records, at most " in html
     row = Dataset.objects.get()
-    assert row.format == "completion" and stored_files(storage) == [row.storage_key]
+    assert row.format == "completion" and stored_files(adapter_storage) == [row.storage_key]
 
 
-def test_the_page_lists_every_bad_line(alice, unchanged_db, storage):
+def test_the_page_lists_every_bad_line(alice, unchanged_db, adapter_storage):
     client = web(alice)
     with unchanged_db():
         response = post_page(client, BAD_FILE)
@@ -426,7 +415,7 @@ def test_the_page_lists_every_bad_line(alice, unchanged_db, storage):
         assert f"<td>{line}</td>\n                <td><code>{code}</code></td>" in report, (line, code)
     assert "missing field &#x27;content&#x27; in message 1" in report
     assert "<td>1</td>" not in report and "<td>7</td>" not in report  # the good lines are not listed
-    assert stored_files(storage) == []
+    assert stored_files(adapter_storage) == []
 
 
 def test_a_file_level_problem_on_the_page(alice, unchanged_db):

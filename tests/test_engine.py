@@ -1,81 +1,14 @@
 """The engine on a tiny Llama: mixed-adapter continuous batching matches PEFT alone per adapter, rows join
 and leave at step boundaries, events land on real Redis Streams, GPU-ms adds up, cancel works."""
 
-import copy
 import json
-import os
-import threading
 import time
-import uuid
 
 import pytest
-import redis
-import torch
-from peft import PeftModel
 
-from gpu_runtime.adapter_store import AdapterStore
 from gpu_runtime.contract import attempt_key, cancel_key, stream_key
-from gpu_runtime.engine import Engine
 from gpu_runtime.generation import AdapterRef, GenerationRequest, SamplingParams
-from gpu_runtime.lora import SlotPool
-from gpu_runtime.prefix_cache import PrefixCache
-from gpu_runtime.streams import StreamWriter, read_events
-from tests.runtime_fixtures import BASE_FACTS, EOS, make_adapter, tiny_base, tiny_base_model, words
-
-
-@pytest.fixture(scope="module")
-def adapters(tmp_path_factory):
-    base = tiny_base()
-    root = tmp_path_factory.mktemp("objects")
-    specs = [(4, ("q_proj", "v_proj")), (8, ("q_proj", "k_proj", "o_proj")), (2, ("gate_proj", "down_proj")),
-             (16, ("v_proj", "up_proj"))]
-    return base, [make_adapter(base, root / f"a{i}", seed=10 + i, r=r, targets=t) for i, (r, t) in enumerate(specs)]
-
-
-@pytest.fixture
-def redis_client():
-    return redis.Redis.from_url(os.environ["REDIS_URL"])
-
-
-@pytest.fixture
-def engine(adapters, tmp_path, redis_client):
-    base, _ = adapters
-    model = copy.deepcopy(base)
-    pool = SlotPool(model, BASE_FACTS, buckets={4: 2, 8: 2, 16: 2})
-    store = AdapterStore(pool, BASE_FACTS, disk_dir=tmp_path / "disk")
-    engine = Engine(tiny_base_model(model), store, StreamWriter(redis_client, ttl_seconds=60), max_batch=8,
-                    prefix_cache=PrefixCache(block=4))
-    engine.start()
-    yield engine
-    engine.stop()
-    store.shutdown()
-
-
-def reference_tokens(base, adapter_path, prompt_ids, n):
-    model = PeftModel.from_pretrained(copy.deepcopy(base), adapter_path).eval() if adapter_path else base
-    with torch.no_grad():
-        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False, min_new_tokens=0)
-    tokens = out[0, len(prompt_ids):].tolist()
-    return tokens[: tokens.index(EOS)] if EOS in tokens else tokens
-
-
-def request(prompt_ids, adapter=None, **sampling):
-    return GenerationRequest(request_id=f"req_{uuid.uuid4().hex}", prompt=words(prompt_ids), adapter=adapter,
-                            tenant="acme", sampling=SamplingParams(**{"max_tokens": 32, **sampling}))
-
-
-def ref(path, i):
-    return AdapterRef(adapter_id=f"adapter-{i}", version=1, uri=str(path))
-
-
-def streamed_text(client, request_id):
-    deltas, final = [], None
-    for _, kind, data in read_events(client, request_id):
-        if kind == "delta":
-            deltas.append(data["text"])
-        else:
-            final = data
-    return "".join(deltas), final
+from tests.runtime_fixtures import hold_engine, ref, reference_tokens, request, streamed_text, words
 
 
 def test_mixed_adapter_batch_matches_peft_alone(engine, adapters, redis_client):
@@ -211,13 +144,6 @@ SYSTEM = [11, 12, 13, 14, 15, 16, 17, 18, 19]  # 9 tokens: two 4-token blocks fo
 
 def warm_prefix_cache(engine):
     assert engine.submit(request(SYSTEM + [40, 41], max_tokens=4)).wait(60)["finish_reason"] != "error"
-
-
-def hold_engine(engine, seconds):
-    """Keeps the engine thread busy for ``seconds`` from now: what is submitted meanwhile is admitted at once."""
-    holding = threading.Event()
-    engine.call(lambda: (holding.set(), time.sleep(seconds)))
-    assert holding.wait(10)
 
 
 def test_rows_from_the_prefix_cache_and_fresh_rows_admitted_together_into_an_empty_batch(engine, adapters,

@@ -4,12 +4,10 @@ GPU-ms it used; each step's GPU-ms is read from the step clock (CUDA events on a
 stand-in for ``torch.cuda``)."""
 
 import itertools
-import os
 import time
 import uuid
 
 import pytest
-import redis
 import torch
 
 from gpu_runtime.contract import attempt_key, cancel_key, stream_key
@@ -25,11 +23,6 @@ STEP_S = 0.01  # each forward pass is slowed down by this much, so a long row ke
 @pytest.fixture(scope="module")
 def base():
     return tiny_base()
-
-
-@pytest.fixture
-def redis_client():
-    return redis.Redis.from_url(os.environ["REDIS_URL"])
 
 
 @pytest.fixture

@@ -14,11 +14,7 @@ import gpu_runtime.engine as engine_module
 from gpu_runtime.detokenize import IncrementalText
 from gpu_runtime.generation import SamplingParams
 from gpu_runtime.sampling import GREEDY_BELOW, SamplingError, sample_token
-from tests import test_engine as engine_tests
-from tests.runtime_fixtures import words
-from tests.test_engine import hold_engine, ref, reference_tokens, request, streamed_text
-
-adapters, engine, redis_client = engine_tests.adapters, engine_tests.engine, engine_tests.redis_client  # fixtures
+from tests.runtime_fixtures import hold_engine, poison_slot, ref, reference_tokens, request, streamed_text, words
 
 # ---- the sampler --------------------------------------------------------------------------------------------------
 
@@ -87,15 +83,6 @@ BAD_ADAPTER = 2  # rank 4, in the rank-4 bucket beside the healthy row of adapte
 MAX_TOKENS = 16
 FAULT_AT = {"prefill": 1, "decode": 4}  # the bad row's n-th token is where its fault strikes
 MARK = "BOOM"  # the bad row's stop string, which the tiny vocabulary (t0..t127) never spells
-
-
-def poison_slot(pool, slot):
-    """Writes NaN into every buffer of one adapter slot: whatever that row computes through its LoRA is NaN."""
-    rank, local = pool._slot_of[slot]
-    with torch.no_grad():
-        for wrapper in pool.layers.values():
-            if rank in wrapper.A:
-                wrapper.A[rank][local].fill_(math.nan)
 
 
 class FaultyText(IncrementalText):

@@ -17,7 +17,7 @@ from gpu_runtime.generation import AdapterRef, GenerationRequest, SamplingParams
 from gpu_runtime.lora import SlotPool
 from gpu_runtime.prefix_cache import PrefixCache
 from gpu_runtime.streams import StreamWriter
-from tests.runtime_fixtures import BASE_FACTS, make_adapter, tiny_base, tiny_base_model, words
+from tests.runtime_fixtures import BASE_FACTS, hold_engine, save_peft_adapter, tiny_base, tiny_base_model, words
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +74,6 @@ def test_a_request_without_a_tenant_is_never_cached(engine):
     assert cached_tokens(engine, "", SECRET + [40]) == 0
     assert engine.prefix_cache.stats()["bytes"] == 0
 
-
-def hold_engine(engine, seconds):
-    """Keeps the engine thread busy for ``seconds`` from now: what is submitted meanwhile waits for the next round."""
-    holding = threading.Event()
-    engine.call(lambda: (holding.set(), time.sleep(seconds)))
-    assert holding.wait(10)
 
 
 def admission_rounds(engine, monkeypatch):
@@ -143,7 +137,7 @@ def test_a_tenant_holding_every_slot_of_a_rank_does_not_keep_another_tenants_ada
     streams = StreamWriter(redis.Redis.from_url(os.environ["REDIS_URL"]), ttl_seconds=60)
     engine = Engine(tiny_base_model(model), store, streams, max_batch=8)
     engine.start()
-    refs = {name: AdapterRef(adapter_id=name, version=1, uri=str(make_adapter(base, tmp_path / name, seed=seed)))
+    refs = {name: AdapterRef(adapter_id=name, version=1, uri=str(save_peft_adapter(base, tmp_path / name, seed=seed)))
             for seed, name in enumerate(("acme-a", "acme-b", "contoso-c"))}
     rounds, real = [], engine._prefill
     monkeypatch.setattr(engine, "_prefill", lambda rows: (rounds.append(

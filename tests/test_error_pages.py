@@ -8,7 +8,7 @@ from django.test import Client
 from django.urls import path
 from rest_framework.test import APIClient
 
-from tests.conftest import assert_error
+from tests.helpers import assert_error
 from vajra.urls import handler400, handler403, handler404, handler500  # noqa: F401 (Django reads them here)
 from vajra.urls import urlpatterns as vajra_urlpatterns
 

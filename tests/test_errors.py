@@ -1,18 +1,15 @@
 """One error shape for every API error, a request id on every response, health and readiness, the schema."""
 
 import re
-from datetime import timedelta
 
 import pytest
 from django.test import Client
-from django.utils import timezone
 from rest_framework.test import APIClient
 
 from fleet.models import Node
-from tests.conftest import assert_error, create_key, key_client
+from tests.factories import create_key, key_client, make_node
+from tests.helpers import assert_error
 from vajra.middleware import RequestIdLogFilter
-
-pytestmark = pytest.mark.usefixtures("fast_password_hashing")
 
 GENERATED_ID = re.compile(r"^req_[0-9a-f]{32}$")
 
@@ -129,11 +126,9 @@ def test_healthz(db):
 
 
 def test_readyz_reports_database_redis_and_live_nodes(db, settings):
-    now = timezone.now()
-    Node.objects.create(name="gpu-a", device="cuda:0", base_model="smollm2-135m-instruct",
-                        state={"model_loaded": True}, last_heartbeat_at=now)
-    Node.objects.create(name="gpu-silent", device="cuda:0", last_heartbeat_at=now - timedelta(hours=1))
-    Node.objects.create(name="gpu-down", status=Node.DOWN, device="cpu", last_heartbeat_at=now)
+    make_node("gpu-a", device="cuda:0", base="smollm2-135m-instruct", state={"model_loaded": True})
+    make_node("gpu-silent", device="cuda:0", base="", age_s=3600, state={})
+    make_node("gpu-down", status=Node.DOWN, device="cpu", base="", state={})
 
     response = Client().get("/readyz")
 

@@ -18,11 +18,12 @@ from gpu_runtime.contract import attempt_key, stream_key
 from gpu_runtime.generation import GenerationRequest
 from gpu_runtime.streams import StreamWriter
 from serving.models import InferenceRequest
-from tests.test_runtime_contract import beat
+from tests.factories import make_heartbeat, make_node, make_request
 from vajra.redis import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
 BASE = "smollm2-135m-instruct"
+STARTED = "2026-12-01T00:00:00+00:00"
 FINAL = {"finish_reason": "stop", "usage": {"prompt_tokens": 3, "completion_tokens": 2, "cached_tokens": 0},
          "timings": {"queued_ms": 1.0, "adapter_ready_ms": 0.5, "first_token_ms": 2.0, "total_ms": 3.0},
          "gpu_ms": 2.0, "error": None}
@@ -42,19 +43,16 @@ def base(db):
     return BaseModel.objects.create(name=BASE, context_length=2048)
 
 
-def node(name, *, age_s=0, resident=(), started="2026-12-01T00:00:00+00:00"):
-    return Node.objects.create(
-        name=name, base_model=BASE, last_heartbeat_at=timezone.now() - timedelta(seconds=age_s),
-        started_at=started, state={"adapters": {"slots": 8, "device": 0, "pinned": 0},
-                                   "resident": {"device": list(resident), "host": []}})
+def node(name, *, age_s=0, resident=(), started=STARTED):
+    return make_node(name, base=BASE, slots=8, age_s=age_s, resident=resident, started_at=started)
 
 
 def request_on(tenant, base, where, *, status="running", attempt=1, request_id=None):
     request_id = request_id or f"req_{where.name}_{InferenceRequest.objects.count()}"
     payload = {"request_id": request_id, "prompt": "Hello", "messages": [], "sampling": {"max_tokens": 8},
                "adapter": None, "tenant": tenant.slug, "base_model": BASE}
-    return InferenceRequest.objects.create(id=request_id, tenant=tenant, base_model=base, tier="cold", max_tokens=8,
-                                           node=where, status=status, attempt=attempt, payload=payload)
+    return make_request(tenant, base, request_id=request_id, node=where, status=status, attempt=attempt,
+                        payload=payload)
 
 
 def stream(request_id):
@@ -137,14 +135,14 @@ def test_a_request_that_finished_on_the_lost_node_is_recorded_from_its_stream_on
 
 def test_a_restarted_node_loses_only_what_was_sent_before_it_started(acme, base, sent):
     old_start, new_start = "2026-12-01T00:00:00+00:00", timezone.now().isoformat()
-    node_heartbeat(payload=beat(node="node-a", base_model=BASE, started_at=old_start))
-    node_heartbeat(payload=beat(node="node-b", base_model=BASE, started_at=old_start))
+    node_heartbeat(payload=make_heartbeat(node="node-a", base_model=BASE, started_at=old_start))
+    node_heartbeat(payload=make_heartbeat(node="node-b", base_model=BASE, started_at=old_start))
     a = Node.objects.get(name="node-a")
     before = request_on(acme, base, a)
     InferenceRequest.objects.filter(pk=before.pk).update(created_at=timezone.now() - timedelta(minutes=1))
-    node_heartbeat(payload=beat(node="node-a", base_model=BASE, started_at=new_start))  # it restarted
+    node_heartbeat(payload=make_heartbeat(node="node-a", base_model=BASE, started_at=new_start))  # it restarted
     after = request_on(acme, base, a, status="queued")  # sent to the new process: it runs there
-    node_heartbeat(payload=beat(node="node-a", base_model=BASE, started_at=new_start))  # same process: nothing
+    node_heartbeat(payload=make_heartbeat(node="node-a", base_model=BASE, started_at=new_start))  # same process
     before.refresh_from_db()
     after.refresh_from_db()
     assert before.attempt == 2 and after.attempt == 1 and after.node.name == "node-a"
@@ -171,7 +169,7 @@ def test_hot_adapters_of_a_lost_node_are_pinned_again_and_a_rejoining_node_gets_
     assert tiers == [(f"a{versions['hot-bot'].adapter_id}", "hot", "node.node-b")]
 
     sent.clear()
-    node_heartbeat(payload=beat(node="node-a", base_model=BASE, started_at=timezone.now().isoformat()))
+    node_heartbeat(payload=make_heartbeat(node="node-a", base_model=BASE, started_at=timezone.now().isoformat()))
     tiers = [(args[0]["adapter_id"], args[1], options["queue"]) for name, args, options in sent
              if name == "runtime.set_tier"]
     assert (f"a{versions['warm-bot'].adapter_id}", "warm", "node.node-a") in tiers
@@ -193,15 +191,12 @@ def test_a_node_that_restarted_loses_its_pins_and_they_are_pinned_again(acme, ba
         adapter.current_version = versions[-1]
         adapter.save()
     node("node-a")
-    Node.objects.create(name="node-b", base_model=BASE, last_heartbeat_at=timezone.now(),
-                        started_at="2026-12-01T00:00:00+00:00",
-                        state={"adapters": {"slots": 8, "device": 1, "pinned": 1},
-                               "resident": {"device": [f"a{versions[1].adapter_id}:1"],
-                                            "pinned": [f"a{versions[1].adapter_id}:1"]}})
+    make_node("node-b", base=BASE, slots=8, on_device=1, pinned=1, pins=[f"a{versions[1].adapter_id}:1"],
+              started_at=STARTED)
     send_tier(versions[0])  # the most hot capacity left: node-a
     assert pin_sent(f"a{versions[0].adapter_id}:1") == "node-a"
     sent.clear()
-    node_heartbeat(payload=beat(node="node-a", base_model=BASE, started_at=timezone.now().isoformat()))
+    node_heartbeat(payload=make_heartbeat(node="node-a", base_model=BASE, started_at=timezone.now().isoformat()))
     tiers = [(args[0]["adapter_id"], args[1]) for name, args, options in sent if name == "runtime.set_tier"]
     assert tiers == [(f"a{versions[0].adapter_id}", "hot")]
 
@@ -250,7 +245,7 @@ def test_a_new_nodes_racing_first_beats_make_one_node(db, monkeypatch):
         return real().filter(pk__in=[]) if len(looks) == 1 else real()
 
     monkeypatch.setattr(Node.objects, "select_for_update", first_look_misses)
-    node = node_heartbeat(payload=beat(node="node-new", base_model=BASE, queue_depth=3))
+    node = node_heartbeat(payload=make_heartbeat(node="node-new", base_model=BASE, queue_depth=3))
     assert node.pk == other.pk and node.state["queue_depth"] == 3 and Node.objects.count() == 1
 
 

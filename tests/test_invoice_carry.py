@@ -13,10 +13,8 @@ from billing.ledger import record_adjustment
 from billing.models import Invoice, InvoicedUsage, InvoiceLine, UsageEvent
 from billing.selectors import money_sum, money_value
 from serving.dispatch import inference_finish
-from tests.billing_fixtures import PERIOD, close, invoice_of, usage
-from tests.test_billing_ledger import final_event, submitted
+from tests.billing_helpers import PERIOD, close, final_event, invoice_of, submitted, usage
 
-pytest_plugins = ["tests.billing_fixtures"]
 pytestmark = pytest.mark.usefixtures("local_only")
 
 NOVEMBER = date(2026, 11, 1)

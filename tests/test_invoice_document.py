@@ -13,12 +13,11 @@ from django.utils import timezone
 from billing.document import document_context, invoice_preview
 from billing.models import Invoice
 from billing.plans import period_of
-from tests.billing_fixtures import NOW, PERIOD, close, invoice_of, usage
-from tests.conftest import assert_error, create_key, key_client
-from tests.test_settings import run_django
+from tests.billing_helpers import NOW, PERIOD, close, invoice_of, usage
+from tests.factories import create_key, key_client
+from tests.helpers import assert_error, run_django
 
-pytest_plugins = ["tests.billing_fixtures"]
-pytestmark = pytest.mark.usefixtures("fast_password_hashing", "local_only")
+pytestmark = pytest.mark.usefixtures("local_only")
 NOVEMBER = date(2026, 11, 1)
 
 ISSUER = {"VAJRA_INVOICE_ISSUER_NAME": "Vajra Cloud Ltd", "VAJRA_INVOICE_ISSUER_ADDRESS": ["1 Frozen Core Way",

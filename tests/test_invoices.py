@@ -23,10 +23,11 @@ from billing.invoices import (
 )
 from billing.models import Invoice, InvoiceLine, UsageEvent
 from billing.tasks import close_period
-from tests.billing_fixtures import PERIOD, close, invoice_of, make_adapter, make_job, usage
+from tests.billing_helpers import PERIOD, base_model, close, invoice_of, usage
+from tests.factories import make_adapter, make_job
+from training.models import TrainingJob
 
-pytest_plugins = ["tests.billing_fixtures"]
-pytestmark = pytest.mark.usefixtures("fast_password_hashing", "local_only")
+pytestmark = pytest.mark.usefixtures("local_only")
 
 CENT = Decimal("0.01")
 
@@ -49,13 +50,13 @@ def assert_adds_up(invoice):
 # ---- lines and totals ------------------------------------------------------------------------------------------
 
 def test_lines_per_tier_and_adapter_training_job_and_credits(acme, plan):
-    bot, faq = make_adapter(acme, "support-bot"), make_adapter(acme, "faq")
+    bot, faq = make_adapter(acme, base_model(), "support-bot"), make_adapter(acme, base_model(), "faq")
     for _ in range(2):
         usage(acme, "0.0020500000", tier="hot", adapter=bot, billed_gpu_ms=30)
     usage(acme, "0.0020100000", tier="hot", adapter=faq, billed_gpu_ms=10)
     usage(acme, "0.0001000000", tier="cold", adapter=bot, billed_gpu_ms=20)
     usage(acme, "0.0005000000", tier="warm", billed_gpu_ms=10)  # the base model alone
-    job = make_job(acme, bot, "ftjob_one")
+    job = make_job(acme, bot, job_id="ftjob_one", status=TrainingJob.SUCCEEDED)
     for step in range(3):
         usage(acme, "0.1000000000", kind=UsageEvent.TRAINING, job=job, adapter=bot, step=step, gradients=1_000_000)
     usage(acme, "-0.0190000000", kind=UsageEvent.SLO_CREDIT, tier="hot", adapter=bot)
@@ -109,7 +110,7 @@ def test_awkward_fractions_add_up_to_the_ledger_rounded_to_the_cent(acme, plan, 
 
 def test_many_random_rows_add_up_to_the_cent(acme, plan):
     rng = random.Random(7)
-    adapters = [make_adapter(acme, f"adapter-{i}") for i in range(4)]
+    adapters = [make_adapter(acme, base_model(), f"adapter-{i}") for i in range(4)]
     for _ in range(300):
         kind = rng.choice([UsageEvent.INFERENCE] * 6 + [UsageEvent.SLO_CREDIT])
         cost = Decimal(rng.randrange(1, 10**8)) / Decimal(10**10)
@@ -178,7 +179,7 @@ def test_a_draft_left_by_a_crash_is_finalized_by_the_next_run(acme, plan):
 
 def test_only_past_months_close(acme, plan):
     from billing.invoices import invoices_close_period
-    from tests.billing_fixtures import NOW
+    from tests.billing_helpers import NOW
 
     with pytest.raises(ValueError, match="not over yet"):
         invoices_close_period(period=date(2026, 11, 1), limit=10, seconds=10, now=NOW)
@@ -186,7 +187,7 @@ def test_only_past_months_close(acme, plan):
 
 def test_the_task_closes_last_month_and_queues_more_when_its_batch_was_full(acme, contoso, plan, settings,
                                                                              monkeypatch):
-    from tests.billing_fixtures import NOW
+    from tests.billing_helpers import NOW
 
     monkeypatch.setattr("django.utils.timezone.now", lambda: NOW)
     queued = []
@@ -324,7 +325,7 @@ def test_staff_void_and_mark_paid_in_local_only_mode(open_invoice, olga_client, 
 @pytest.mark.parametrize("role", ["owner", "admin", "developer", "billing-viewer"])
 def test_no_tenant_role_voids_writes_off_or_marks_paid(open_invoice, acme, role, unchanged_db):
     """Owners included: a tenant's members view, download and pay its invoices; changing one is an operator's."""
-    from tests.conftest import make_member, session_client
+    from tests.factories import make_member, session_client
 
     client = session_client(make_member(f"{role}@acme.test", acme, role))
     if role != "developer":

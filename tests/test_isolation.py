@@ -10,10 +10,9 @@ from django.test import Client
 from django.utils import timezone
 
 from tenants.models import Invite
-from tests.conftest import assert_error, create_key
+from tests.factories import create_key
+from tests.helpers import assert_error
 from vajra.asgi import application
-
-pytestmark = pytest.mark.usefixtures("fast_password_hashing")
 
 
 @pytest.fixture

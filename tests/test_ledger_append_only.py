@@ -8,7 +8,7 @@ from django.core.management import call_command
 from django.db import DatabaseError, connection, transaction
 
 from billing.models import UsageEvent
-from tests.billing_fixtures import usage
+from tests.billing_helpers import usage
 
 TABLE = UsageEvent._meta.db_table
 

@@ -6,9 +6,8 @@ import pytest
 from rest_framework.test import APIClient
 
 from tenants.limits import WINDOW_SECONDS
-from tests.conftest import PASSWORD, assert_error, create_key, key_client
-
-pytestmark = pytest.mark.usefixtures("fast_password_hashing")
+from tests.factories import PASSWORD, create_key, key_client
+from tests.helpers import assert_error
 
 
 @pytest.fixture(autouse=True)

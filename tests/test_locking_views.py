@@ -8,7 +8,7 @@ from adapters.models import Adapter, BaseModel
 from tenants import services
 from tenants.keys import principal_from_membership
 from tenants.models import Invite, Membership
-from tests.conftest import create_key
+from tests.factories import create_key
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -9,11 +9,10 @@ from asgiref.sync import async_to_sync
 from channels.testing import HttpCommunicator, WebsocketCommunicator
 from rest_framework.test import APIClient
 
-from tests.conftest import assert_error, create_key, key_client
+from tests.factories import create_key, key_client
+from tests.helpers import assert_error
 from vajra.asgi import application
 from vajra.parsers import MAX_JSON_DEPTH, depth_within
-
-pytestmark = pytest.mark.usefixtures("fast_password_hashing")
 
 HOSTILE = "[" * 50_000 + "]" * 50_000
 

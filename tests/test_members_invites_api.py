@@ -12,10 +12,9 @@ from tenants import services
 from tenants.keys import principal_from_membership
 from tenants.models import APIKey, Invite, Membership, Tenant, User
 from tenants.roles import ADMIN, BILLING_VIEWER, DEVELOPER, OWNER
-from tests.conftest import PASSWORD, assert_error, create_key, make_member, session_client
+from tests.factories import PASSWORD, create_key, make_member, session_client
+from tests.helpers import assert_error
 from vajra.errors import Conflict, InvalidRequest
-
-pytestmark = pytest.mark.usefixtures("fast_password_hashing")
 
 
 def member_of(user, tenant):

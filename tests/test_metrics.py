@@ -21,12 +21,12 @@ from django.utils import timezone
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleet.models import Node, ScaleUpSignal
+from fleet.models import ScaleUpSignal
 from gpu_runtime import metrics as runtime_metrics
 from gpu_runtime.contract import node_queue
 from serving.models import InferenceRequest
-from tests.conftest import session_client
-from tests.test_billing_ledger import adapter_version, finish, standard, submitted  # noqa: F401
+from tests.billing_helpers import adapter_version, finish, submitted
+from tests.factories import make_node, session_client
 from vajra import metrics as web_metrics
 from vajra.redis import get_redis
 
@@ -79,13 +79,12 @@ def test_without_a_token_only_staff_sessions_read_metrics(client, staff, setting
     assert session_client(staff).get("/metrics").status_code == 200
 
 
-def test_platform_gauges_come_from_the_rows(client, acme, standard, settings):  # noqa: F811
+def test_platform_gauges_come_from_the_rows(client, acme, standard, settings):
     settings.VAJRA_METRICS_TOKEN = TOKEN
     now = timezone.now()
-    up = Node.objects.create(name=f"gpu-{uuid.uuid4().hex[:6]}", base_model="smollm2-135m-instruct",
-                             last_heartbeat_at=now, state={"queue_depth": 3, "busy_ratio": 0.25})
-    down = Node.objects.create(name=f"gpu-{uuid.uuid4().hex[:6]}", base_model="smollm2-135m-instruct",
-                               last_heartbeat_at=now - timedelta(minutes=10), state={"queue_depth": 9})
+    up = make_node(f"gpu-{uuid.uuid4().hex[:6]}", base="smollm2-135m-instruct",
+                   state={"queue_depth": 3, "busy_ratio": 0.25})
+    down = make_node(f"gpu-{uuid.uuid4().hex[:6]}", base="smollm2-135m-instruct", age_s=600, state={"queue_depth": 9})
     r = get_redis()
     r.rpush(node_queue(up.name), "waiting-1", "waiting-2")
     try:
@@ -166,9 +165,8 @@ def test_a_database_outage_still_answers_and_says_so(monkeypatch, db):
     assert value(samples(generate_latest(registry).decode()), "vajra_metrics_collect_ok") == 0
 
 
-def test_every_declared_web_family_is_exported(client, staff, acme, standard):  # noqa: F811
-    Node.objects.create(name=f"gpu-{uuid.uuid4().hex[:6]}", base_model="b", last_heartbeat_at=timezone.now(),
-                        state={"queue_depth": 1})
+def test_every_declared_web_family_is_exported(client, staff, acme, standard):
+    make_node(f"gpu-{uuid.uuid4().hex[:6]}", base="b", state={"queue_depth": 1})
     ScaleUpSignal.objects.create(base_model="b", reason="r")
     finish(acme, version=adapter_version(acme, "bot", tier="warm"), ready_ms=1.0)
     text = session_client(staff).get("/metrics").content.decode()
@@ -180,10 +178,10 @@ def test_every_declared_web_family_is_exported(client, staff, acme, standard):  
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from tests.runtime_fixtures import make_adapter, tiny_base
+    from tests.runtime_fixtures import save_peft_adapter, tiny_base
 
     base = tiny_base()
-    return base, make_adapter(base, tmp_path_factory.mktemp("objects") / "a0", seed=7)
+    return base, save_peft_adapter(base, tmp_path_factory.mktemp("objects") / "a0", seed=7)
 
 
 @pytest.fixture

@@ -16,11 +16,12 @@ from adapters.models import Adapter
 from billing.models import UsageEvent
 from serving.dispatch import inference_finish
 from serving.models import InferenceRequest
-from tests.conftest import create_key, put_on_plan
-from tests.test_openai_api_unit import BASE, CHAT, FINAL, catalog, node, post, ready_adapter, runtime, sse_data  # noqa: F401
-from tests.test_training_api import api, base, dataset, post_train, sent  # noqa: F401
+from tests.factories import create_key, make_adapter, put_on_plan
+from tests.fixtures.serving import FAKE_FINAL
+from tests.helpers import post_json, sse_data
 
-pytestmark = pytest.mark.usefixtures("fast_password_hashing")
+BASE = "smollm2-135m-instruct"
+CHAT = "/v1/chat/completions"
 PREMIUM = {"unit_price": Decimal("0.00037"), "units_warm": 7, "gpu_price_per_hour": Decimal("3.10"),
            "tenancy_factor": Decimal("0.7"), "billing_granularity_ms": 7}
 
@@ -31,8 +32,8 @@ def premium(acme):
 
 
 @pytest.fixture
-def warm_bot(acme, catalog):  # noqa: F811
-    adapter = ready_adapter(acme, catalog["base"], "warm-bot")
+def warm_bot(acme, catalog):
+    adapter = make_adapter(acme, catalog["base"], "warm-bot", versions=1)
     Adapter.objects.filter(pk=adapter.pk).update(tier=Adapter.WARM)
     return adapter
 
@@ -44,7 +45,7 @@ def alice_api(alice, acme):
 
 def billed(request_id):
     """The request's ledger row, written as the control worker writes it from the same final event."""
-    inference_finish(request_id=request_id, final=FINAL)
+    inference_finish(request_id=request_id, final=FAKE_FINAL)
     return UsageEvent.objects.get(key=f"inference:{request_id}").cost
 
 
@@ -64,8 +65,8 @@ def test_tier_cards_and_pages_show_the_tenants_plan(premium, warm_bot, alice_cli
     assert "$0.0026" in alice_client.get(reverse("adapter-detail", args=["warm-bot"])).content.decode()
 
 
-def test_rest_answer_cost_is_the_ledger_row(premium, warm_bot, alice_api, node, runtime):  # noqa: F811
-    response = post(alice_api, reverse("v1-infer", args=[BASE]), {"prompt": "Hi", "adapter_id": "warm-bot"})
+def test_rest_answer_cost_is_the_ledger_row(premium, warm_bot, alice_api, node, runtime):
+    response = post_json(alice_api, reverse("v1-infer", args=[BASE]), {"prompt": "Hi", "adapter_id": "warm-bot"})
     assert response.status_code == 200, response.content
     body = response.json()
     assert_is_the_ledger(body["cost"], billed(body["id"]))
@@ -75,8 +76,8 @@ def test_rest_answer_cost_is_the_ledger_row(premium, warm_bot, alice_api, node, 
 
 
 @pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume asynchronous iterators")
-def test_sse_quote_then_done_cost_is_the_ledger_row(premium, warm_bot, alice_api, node, runtime):  # noqa: F811
-    response = post(alice_api, reverse("v1-infer", args=[BASE]), {"prompt": "Hi", "adapter_id": "warm-bot",
+def test_sse_quote_then_done_cost_is_the_ledger_row(premium, warm_bot, alice_api, node, runtime):
+    response = post_json(alice_api, reverse("v1-infer", args=[BASE]), {"prompt": "Hi", "adapter_id": "warm-bot",
                                                                     "stream": True})
     events = {}
     for block in b"".join(response).decode().split("\n\n"):
@@ -88,33 +89,33 @@ def test_sse_quote_then_done_cost_is_the_ledger_row(premium, warm_bot, alice_api
     assert_is_the_ledger(done, billed(events["request"]["id"]))
 
 
-def test_openai_answer_cost_is_the_ledger_row(premium, warm_bot, alice_api, node, runtime):  # noqa: F811
-    answer = post(alice_api, CHAT, {"model": "warm-bot", "messages": [{"role": "user", "content": "Hi"}]}).json()
+def test_openai_answer_cost_is_the_ledger_row(premium, warm_bot, alice_api, node, runtime):
+    answer = post_json(alice_api, CHAT, {"model": "warm-bot", "messages": [{"role": "user", "content": "Hi"}]}).json()
     assert_is_the_ledger(answer["vajra"]["cost"], billed(answer["vajra"]["request_id"]))
 
 
 @pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume asynchronous iterators")
-def test_openai_stream_cost_is_the_ledger_row(premium, warm_bot, alice_api, node, runtime):  # noqa: F811
-    data = sse_data(post(alice_api, CHAT, {"model": "warm-bot", "stream": True,
+def test_openai_stream_cost_is_the_ledger_row(premium, warm_bot, alice_api, node, runtime):
+    data = sse_data(post_json(alice_api, CHAT, {"model": "warm-bot", "stream": True,
                                            "messages": [{"role": "user", "content": "Hi"}]}))
     last = json.loads(data[-2])
     assert_is_the_ledger(last["vajra"]["cost"], billed(last["vajra"]["request_id"]))
     assert InferenceRequest.objects.get().tier == "warm"
 
 
-def test_a_plan_version_in_effect_later_prices_a_later_final(premium, warm_bot, alice_api, node, runtime):  # noqa: F811
+def test_a_plan_version_in_effect_later_prices_a_later_final(premium, warm_bot, alice_api, node, runtime):
     """The finished price takes the plan version in effect when the request ended, as the ledger does."""
     from billing.models import PricePlan
 
     PricePlan.objects.create(name="premium", version=2, effective_from=datetime(2021, 1, 1, tzinfo=UTC),
                              **{**PREMIUM, "unit_price": Decimal("0.0009")})
-    answer = post(alice_api, CHAT, {"model": "warm-bot", "messages": [{"role": "user", "content": "Hi"}]}).json()
+    answer = post_json(alice_api, CHAT, {"model": "warm-bot", "messages": [{"role": "user", "content": "Hi"}]}).json()
     cost = answer["vajra"]["cost"]
     assert cost["units"] == 7 and Decimal(cost["usd"]) > Decimal("0.0063")
     assert_is_the_ledger(cost, billed(answer["vajra"]["request_id"]))
 
 
-def test_the_training_estimate_is_priced_by_the_tenants_plan(acme, post_train, dataset, sent):  # noqa: F811
+def test_the_training_estimate_is_priced_by_the_tenants_plan(acme, post_train, dataset, sent):
     """test_estimate_by_hand's job (645120 gradients) on a plan at $0.08 per million gradients and $3.00 a GPU-hour:
     645120 x 0.08 / 1e6 x 3.00 = $0.1548288, what the ledger bills for those gradients; quoted rounded up."""
     from billing.plans import plan_for, training_cost
@@ -127,7 +128,7 @@ def test_the_training_estimate_is_priced_by_the_tenants_plan(acme, post_train, d
 
 
 def test_a_stream_ends_with_its_final_while_the_database_cannot_price_it(
-        premium, warm_bot, alice_api, node, runtime, monkeypatch):  # noqa: F811
+        premium, warm_bot, alice_api, node, runtime, monkeypatch):
     """The answer is complete: the done event goes out with the quote's cost, and the ledger row follows once the
     database is back (the control plane records the final)."""
     from django.db import OperationalError
@@ -138,7 +139,7 @@ def test_a_stream_ends_with_its_final_while_the_database_cannot_price_it(
         raise OperationalError("the database went away")
 
     monkeypatch.setattr(dispatch, "final_cost", unreachable)
-    response = post(alice_api, reverse("v1-infer", args=[BASE]), {"prompt": "Hi", "adapter_id": "warm-bot",
+    response = post_json(alice_api, reverse("v1-infer", args=[BASE]), {"prompt": "Hi", "adapter_id": "warm-bot",
                                                                     "stream": True})
     events = [block for block in b"".join(response).decode().split("\n\n") if block.startswith("id:")
               or "event:" in block]

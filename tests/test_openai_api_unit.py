@@ -6,59 +6,24 @@ import json
 
 import pytest
 from django.test import Client
-from django.utils import timezone
 
-from adapters.models import Adapter, AdapterVersion, BaseModel
-from fleet.models import Node
-from serving import relay
 from serving.models import InferenceRequest
-from tests.conftest import assert_error, create_key
+from tests.factories import create_key
+from tests.fixtures.serving import FAKE_FINAL
+from tests.helpers import assert_error, bearer_client, post_json, sse_data
 
-pytestmark = pytest.mark.usefixtures("fast_password_hashing")
 BASE = "smollm2-135m-instruct"
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 
 
-def ready_adapter(tenant, base, name, number=1):
-    adapter = Adapter.objects.create(tenant=tenant, base_model=base, name=name)
-    version = AdapterVersion.objects.create(adapter=adapter, number=number, status=AdapterVersion.READY,
-                                            sha256="0" * 64, size_bytes=1, rank=8, alpha=16, dtype="float32",
-                                            target_modules=["q_proj"], storage_key=f"{tenant.slug}/{name}")
-    adapter.current_version = version
-    adapter.save()
-    return adapter
-
-
-@pytest.fixture
-def catalog(acme, contoso):
-    base = BaseModel.objects.create(name=BASE, aliases=["HuggingFaceTB/SmolLM2-135M-Instruct"], context_length=2048)
-    other = BaseModel.objects.create(name="other-base", context_length=4096)
-    return {"base": base, "other": other, "alice": ready_adapter(acme, base, "support-bot"),
-            "charlie": ready_adapter(contoso, base, "secret")}
-
-
-@pytest.fixture
-def node(catalog):
-    return Node.objects.create(name="n1", base_model=BASE, state={"adapters": {"slots": 4, "device": 0}},
-                               last_heartbeat_at=timezone.now())
-
-
-def api(secret):
-    return Client(headers={"Authorization": f"Bearer {secret}"})
-
-
 @pytest.fixture
 def alice_api(alice, acme):
-    return api(create_key(alice, acme)[1])
+    return bearer_client(create_key(alice, acme)[1])
 
 
 @pytest.fixture
 def charlie_api(charlie, contoso):
-    return api(create_key(charlie, contoso)[1])
-
-
-def post(client, path, body):
-    return client.post(path, json.dumps(body), content_type="application/json")
+    return bearer_client(create_key(charlie, contoso)[1])
 
 
 def chat(model=BASE, **extra):
@@ -109,7 +74,7 @@ REFUSALS = [
                          ids=[f"{p.rsplit('/', 1)[1]}-{i}" for i, (p, *_) in enumerate(REFUSALS)])
 def test_refusals_write_nothing(alice_api, catalog, node, unchanged_db, path, body, status, code, param):
     with unchanged_db():
-        error = assert_error(post(alice_api, path, body), status, code=code, param=param)
+        error = assert_error(post_json(alice_api, path, body), status, code=code, param=param)
     assert InferenceRequest.objects.count() == 0
     if code == "model_not_found":
         assert "GET /v1/models" in error["message"] and "acme" not in error["message"]
@@ -117,7 +82,7 @@ def test_refusals_write_nothing(alice_api, catalog, node, unchanged_db, path, bo
 
 def test_charlie_cannot_use_or_see_alices_adapter(charlie_api, catalog, node, unchanged_db):
     with unchanged_db():
-        error = assert_error(post(charlie_api, CHAT, chat("support-bot")), 404, code="model_not_found")
+        error = assert_error(post_json(charlie_api, CHAT, chat("support-bot")), 404, code="model_not_found")
         assert_error(charlie_api.get("/v1/models/support-bot"), 404, code="model_not_found")
         listed = [m["id"] for m in charlie_api.get("/v1/models").json()["data"]]
     assert "support-bot" in error["message"] and "support-bot" not in listed and "secret" in listed
@@ -129,18 +94,18 @@ def test_transport_refusals(alice_api, catalog, node, unchanged_db):
         assert_error(alice_api.post(CHAT, b"{nope", content_type="application/json"), 400, code="parse_error")
         assert_error(alice_api.post(CHAT, "model=x", content_type="application/x-www-form-urlencoded"), 415)
         assert_error(alice_api.get(CHAT), 405)
-        missing = post(Client(), CHAT, chat())
+        missing = post_json(Client(), CHAT, chat())
         assert_error(missing, 401, code="not_authenticated")
         assert missing.headers["WWW-Authenticate"].startswith("Bearer")
-        assert_error(post(api("nope.secret"), COMPLETIONS, {"model": BASE, "prompt": "Hi"}), 401,
+        assert_error(post_json(bearer_client("nope.secret"), COMPLETIONS, {"model": BASE, "prompt": "Hi"}), 401,
                      code="invalid_api_key")
     assert InferenceRequest.objects.count() == 0
 
 
 def test_a_key_without_the_infer_scope_is_refused(alice, acme, catalog, node, unchanged_db):
-    client = api(create_key(alice, acme, scopes=["usage:read"])[1])
+    client = bearer_client(create_key(alice, acme, scopes=["usage:read"])[1])
     with unchanged_db():
-        assert_error(post(client, CHAT, chat()), 403, code="missing_scope")
+        assert_error(post_json(client, CHAT, chat()), 403, code="missing_scope")
         assert_error(client.get("/v1/models"), 403, code="missing_scope")
 
 
@@ -161,43 +126,7 @@ def test_models_lists_base_models_and_only_the_callers_adapters(alice_api, catal
 
 # -- answers, with the runtime's token stream faked ------------------------------------------------------
 
-FINAL = {"finish_reason": "stop", "usage": {"prompt_tokens": 7, "completion_tokens": 2, "cached_tokens": 0},
-         "timings": {"queued_ms": 1.0, "adapter_ready_ms": 0.0, "first_token_ms": 2.0, "total_ms": 3.0},
-         "gpu_ms": 2.5, "error": None}
 
-
-@pytest.fixture
-def runtime(monkeypatch):
-    """Fakes the token stream and records the tasks sent; ``runtime.final`` sets the final event."""
-    from django.db import transaction
-
-    from vajra.celery import app
-
-    class Fake:
-        final = FINAL
-        before = []  # entries ahead of the answer (e.g. a failover's delta + retry)
-        sent, cancelled = [], []
-
-    async def events(request_id, last_id="0", **kwargs):
-        for entry in Fake.before:
-            yield entry
-        for i, text in enumerate(["Hello", " there"]):
-            yield f"{i}-0", "delta", {"text": text}
-        yield "9-0", "final", Fake.final
-
-    async def cancel(request_id, ttl_s=3600):
-        Fake.cancelled.append(request_id)
-
-    monkeypatch.setattr(relay, "events", events)
-    monkeypatch.setattr(relay, "cancel", cancel)
-    monkeypatch.setattr(app, "send_task", lambda name, args, **kw: Fake.sent.append(args[0]))
-    monkeypatch.setattr(transaction, "on_commit", lambda send, **kw: send())  # the test's transaction never commits
-    return Fake
-
-
-def sse_data(response):
-    lines = b"".join(response).decode().split("\n\n")
-    return [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
 
 
 def test_chat_answer_and_what_the_runtime_receives(alice_api, catalog, node, runtime):
@@ -207,7 +136,7 @@ def test_chat_answer_and_what_the_runtime_receives(alice_api, catalog, node, run
         {"role": "assistant", "content": "Hello", "refusal": None, "tool_calls": None}],
         "frequency_penalty": 0, "presence_penalty": 0.0, "logprobs": False, "n": 1, "user": "u-1", "tools": [],
         "max_completion_tokens": 12, "stop": "\n", "seed": 3}
-    response = post(alice_api, CHAT, body)
+    response = post_json(alice_api, CHAT, body)
     assert response.status_code == 200, response.content
     answer = response.json()
     row = InferenceRequest.objects.get()
@@ -229,7 +158,7 @@ def test_chat_answer_and_what_the_runtime_receives(alice_api, catalog, node, run
 
 @pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume asynchronous iterators")
 def test_chat_stream_chunks_usage_and_done(alice_api, catalog, node, runtime):
-    response = post(alice_api, CHAT, chat(stream=True, stream_options={"include_usage": True}, temperature=0))
+    response = post_json(alice_api, CHAT, chat(stream=True, stream_options={"include_usage": True}, temperature=0))
     assert response.status_code == 200 and response["Content-Type"].startswith("text/event-stream")
     data = sse_data(response)
     assert data[-1] == "[DONE]"
@@ -244,7 +173,7 @@ def test_chat_stream_chunks_usage_and_done(alice_api, catalog, node, runtime):
 
 
 def test_completion_answer(alice_api, catalog, node, runtime):
-    response = post(alice_api, COMPLETIONS, {"model": BASE, "prompt": ["Once"], "max_tokens": 5, "echo": False})
+    response = post_json(alice_api, COMPLETIONS, {"model": BASE, "prompt": ["Once"], "max_tokens": 5, "echo": False})
     answer = response.json()
     assert response.status_code == 200 and answer["object"] == "text_completion"
     assert answer["id"].startswith("cmpl-req_") and answer["choices"][0]["text"] == "Hello there"
@@ -254,7 +183,7 @@ def test_completion_answer(alice_api, catalog, node, runtime):
 
 @pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume asynchronous iterators")
 def test_completion_stream_without_usage(alice_api, catalog, node, runtime):
-    data = sse_data(post(alice_api, COMPLETIONS, {"model": BASE, "prompt": "Once", "stream": True}))
+    data = sse_data(post_json(alice_api, COMPLETIONS, {"model": BASE, "prompt": "Once", "stream": True}))
     chunks = [json.loads(d) for d in data[:-1]]
     assert data[-1] == "[DONE]" and all("usage" not in c for c in chunks)
     assert [c["choices"][0]["text"] for c in chunks] == ["Hello", " there", ""]
@@ -264,16 +193,16 @@ def test_completion_stream_without_usage(alice_api, catalog, node, runtime):
 @pytest.mark.parametrize("error_code, status", [("context_length_exceeded", 400), ("non_finite_logits", 422),
                                                 ("sampling_error", 502), ("engine_error", 502)])
 def test_runtime_error_is_an_openai_error(alice_api, catalog, node, runtime, error_code, status):
-    runtime.final = {**FINAL, "finish_reason": "error", "error": {"code": error_code, "message": "it broke"}}
-    error = assert_error(post(alice_api, CHAT, chat()), status, code=error_code)
+    runtime.final = {**FAKE_FINAL, "finish_reason": "error", "error": {"code": error_code, "message": "it broke"}}
+    error = assert_error(post_json(alice_api, CHAT, chat()), status, code=error_code)
     assert error["message"] == "it broke" and error["type"] == ("invalid_request_error" if status < 500
                                                                  else "api_error")
 
 
 @pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume asynchronous iterators")
 def test_runtime_error_in_a_stream(alice_api, catalog, node, runtime):
-    runtime.final = {**FINAL, "finish_reason": "error", "error": {"code": "engine_error", "message": "it broke"}}
-    data = sse_data(post(alice_api, CHAT, chat(stream=True)))
+    runtime.final = {**FAKE_FINAL, "finish_reason": "error", "error": {"code": "engine_error", "message": "it broke"}}
+    data = sse_data(post_json(alice_api, CHAT, chat(stream=True)))
     assert data[-1] == "[DONE]" and json.loads(data[-2])["error"]["code"] == "engine_error"
 
 
@@ -282,15 +211,15 @@ RETRY = ("0-1", "retry", {"attempt": 2, "node": "node-b", "reason": "node node-a
 
 def test_a_failover_retry_starts_the_answer_over(alice_api, catalog, node, runtime):
     runtime.before = [("0-0", "delta", {"text": "Hel"}), RETRY]  # the lost node's part, then the retry
-    assert post(alice_api, CHAT, chat()).json()["choices"][0]["message"]["content"] == "Hello there"
-    assert post(alice_api, COMPLETIONS, {"model": BASE, "prompt": "Once"}).json()["choices"][0]["text"] == \
+    assert post_json(alice_api, CHAT, chat()).json()["choices"][0]["message"]["content"] == "Hello there"
+    assert post_json(alice_api, COMPLETIONS, {"model": BASE, "prompt": "Once"}).json()["choices"][0]["text"] == \
         "Hello there"
 
 
 @pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume asynchronous iterators")
 def test_a_failover_retry_before_any_text_streams_the_answer(alice_api, catalog, node, runtime):
     runtime.before = [RETRY]
-    chunks = [json.loads(d) for d in sse_data(post(alice_api, CHAT, chat(stream=True)))[:-1]]
+    chunks = [json.loads(d) for d in sse_data(post_json(alice_api, CHAT, chat(stream=True)))[:-1]]
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == "Hello there"
     assert not runtime.cancelled
 
@@ -298,13 +227,13 @@ def test_a_failover_retry_before_any_text_streams_the_answer(alice_api, catalog,
 @pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume asynchronous iterators")
 def test_a_failover_retry_after_text_ends_the_stream_with_node_lost(alice_api, catalog, node, runtime):
     runtime.before = [("0-0", "delta", {"text": "Hel"}), RETRY]
-    data = sse_data(post(alice_api, CHAT, chat(stream=True)))
+    data = sse_data(post_json(alice_api, CHAT, chat(stream=True)))
     error = json.loads(data[-2])["error"]
     assert data[-1] == "[DONE]" and error["code"] == "node_lost" and "node-a" in error["message"]
     assert runtime.cancelled == [InferenceRequest.objects.get().id]  # the retry is not left running
 
 
 def test_no_capacity_is_503_with_retry_after(alice_api, catalog):
-    response = post(alice_api, CHAT, chat())
+    response = post_json(alice_api, CHAT, chat())
     assert_error(response, 503)
     assert int(response["Retry-After"]) >= 1 and InferenceRequest.objects.count() == 0

@@ -9,15 +9,14 @@ import sys
 
 import pytest
 from django.test import Client
-from django.utils import timezone
 
 from adapters.models import BaseModel
 from adapters.prompt_tokens import prompt_tokens
-from fleet.models import Node
 from serving.models import InferenceRequest
-from tests.conftest import assert_error, create_key, put_on_plan
+from tests.factories import create_key, make_node, make_request, put_on_plan
+from tests.helpers import assert_error
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_password_hashing")]
+pytestmark = pytest.mark.django_db(transaction=True)
 BASE = "smollm2-135m-instruct"
 INFER, CHAT, COMPLETIONS = f"/v1/models/{BASE}/infer", "/v1/chat/completions", "/v1/completions"
 
@@ -28,8 +27,7 @@ def base(db):
 
 @pytest.fixture
 def node(base):
-    return Node.objects.create(name="n1", base_model=BASE, state={"adapters": {"slots": 4, "device": 0}},
-                               last_heartbeat_at=timezone.now())
+    return make_node("n1", base=BASE, slots=4)
 
 
 @pytest.fixture
@@ -101,16 +99,14 @@ def test_concurrency_over_the_plans_limit_is_429_with_retry_after(path, acme, co
                                                                   base, node, sent, unchanged_db):
     put_on_plan(acme, max_concurrent_requests=2)
     for i in range(2):
-        InferenceRequest.objects.create(id=f"req_busy{i}", tenant=acme, base_model=base, api="infer", node=node,
-                                        max_tokens=4)
+        make_request(acme, base, request_id=f"req_busy{i}", api="infer", node=node, max_tokens=4)
     with unchanged_db():
         response = post(alice_api, path, body_for(path, max_tokens=4))
         error = assert_error(response, 429)
     assert sent == []
     assert response.headers["Retry-After"] == "1"
     assert "limit of 2 concurrent requests on the plan 'small'" in error["message"], error
-    InferenceRequest.objects.create(id="req_busy_c", tenant=contoso, base_model=base, api="infer", node=node,
-                                    max_tokens=4)
+    make_request(contoso, base, request_id="req_busy_c", api="infer", node=node, max_tokens=4)
     assert post(charlie_api, path, body_for(path, max_tokens=4)).status_code == 200, "contoso's plan allows 16"
     InferenceRequest.objects.filter(pk="req_busy0").update(status=InferenceRequest.SUCCEEDED)
     assert post(alice_api, path, body_for(path, max_tokens=4)).status_code == 200, "one finished: room for one"
@@ -128,8 +124,8 @@ def test_rows_answered_but_not_yet_recorded_do_not_hold_the_concurrency_quota(ac
 
     put_on_plan(acme, max_concurrent_requests=2)
     for i in range(2):
-        InferenceRequest.objects.create(id=f"req_busy{i}", tenant=acme, base_model=base, api="infer", node=node,
-                                        max_tokens=4, status=InferenceRequest.RUNNING, tier="cold")
+        make_request(acme, base, request_id=f"req_busy{i}", api="infer", node=node, max_tokens=4,
+                     status=InferenceRequest.RUNNING)
     writer = StreamWriter(redis.Redis.from_url(settings.REDIS_URL), ttl_seconds=60)
     writer.delta("req_busy0", "Hello")
     writer.final("req_busy0", {"finish_reason": "stop", "attempt": 1, "gpu_ms": 12.0, "error": None,

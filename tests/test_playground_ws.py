@@ -1,46 +1,35 @@
 """The playground websocket through the real ASGI application, Redis and database, without a runtime: the test
-plays the runtime by writing its events into the request's Redis Stream (gpu_runtime.streams.StreamWriter).
-
-pytest-asyncio is not installed: each test drives its coroutine with ``async_to_sync`` (see tests/test_ws.py).
-"""
+plays the runtime by writing its events into the request's Redis Stream (gpu_runtime.streams.StreamWriter). One
+price: on a plan other than the standard one, the start event quotes the plan's price and the done event shows
+what the ledger bills for the request, to the micro-dollar."""
 
 import asyncio
-import os
+from decimal import Decimal
 
 import pytest
-import redis
 from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 from django.urls import reverse
-from django.utils import timezone
 
-from adapters.models import Adapter, AdapterVersion, BaseModel
-from fleet.models import Node
+from adapters.models import Adapter
+from billing.models import UsageEvent
 from gpu_runtime.contract import cancel_key
 from gpu_runtime.streams import StreamWriter
+from serving.dispatch import inference_finish
 from serving.models import InferenceRequest
 from tenants.active import SESSION_KEY
 from tenants.roles import BILLING_VIEWER
-from tests.conftest import create_key, make_member
+from tests.factories import create_key, make_adapter, make_base, make_member, make_node, put_on_plan
+from tests.ws_helpers import PLAYGROUND, chat, open_playground, run
 from vajra.asgi import application
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_password_hashing")]
+pytestmark = pytest.mark.django_db(transaction=True)
 
-PATH = "/ws/v1/playground/"
 NODE = "pg-node"
 FINAL = {"finish_reason": "stop", "usage": {"prompt_tokens": 9, "completion_tokens": 3, "cached_tokens": 0},
          "timings": {"queued_ms": 1.0, "adapter_ready_ms": 0.5, "first_token_ms": 12.0, "total_ms": 30.0},
          "gpu_ms": 20.0, "error": None}
-
-
-def run(coroutine_function):
-    return async_to_sync(coroutine_function)()
-
-
-@pytest.fixture
-def redis_client():
-    return redis.Redis.from_url(os.environ["REDIS_URL"])
 
 
 @pytest.fixture
@@ -52,30 +41,18 @@ def runtime(redis_client):
 
 @pytest.fixture
 def base_model(db):
-    return BaseModel.objects.create(name="test-base", architecture={"layers": 2}, context_length=64)
+    return make_base("test-base", architecture={"layers": 2}, context_length=64)
 
 
 @pytest.fixture
 def node(base_model):
     """An up node serving the base model with free adapter slots: what placement needs."""
-    return Node.objects.create(name=NODE, base_model=base_model.name, last_heartbeat_at=timezone.now(),
-                               state={"adapters": {"slots": 10, "device": 0}})
-
-
-def make_adapter(tenant, base_model, name, tier=Adapter.COLD, versions=1):
-    adapter = Adapter.objects.create(tenant=tenant, base_model=base_model, name=name, tier=tier)
-    for number in range(1, versions + 1):
-        version = AdapterVersion.objects.create(
-            adapter=adapter, number=number, status=AdapterVersion.READY, sha256="0" * 64, size_bytes=1, rank=8,
-            alpha=16, target_modules=["q_proj"], dtype="float32", storage_key=f"adapters/test/{name}{number}")
-    adapter.current_version = version
-    adapter.save()
-    return adapter
+    return make_node(NODE, base=base_model.name)
 
 
 @pytest.fixture
 def support_bot(acme, base_model):
-    return make_adapter(acme, base_model, "support-bot", tier=Adapter.WARM, versions=2)
+    return make_adapter(acme, base_model, "support-bot", Adapter.WARM, versions=2)
 
 
 def session_headers(user, active_tenant=None):
@@ -87,21 +64,6 @@ def session_headers(user, active_tenant=None):
         session.save()
     return [(b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode()),
             (b"host", b"testserver"), (b"origin", b"http://testserver")]
-
-
-async def open_playground(headers=None, subprotocols=None):
-    communicator = WebsocketCommunicator(application, PATH, headers=headers, subprotocols=subprotocols)
-    connected, _ = await communicator.connect()
-    assert connected
-    welcome = await communicator.receive_json_from()
-    return communicator, welcome
-
-
-def chat(model="test-base", **extra):
-    return {"type": "chat", "model": model, "messages": [
-        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"},
-        {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And of Italy?"}],
-        "temperature": 0, "max_tokens": 16, **extra}
 
 
 async def until(predicate, timeout=3.0):
@@ -397,7 +359,7 @@ def test_refusals_close_the_socket(acme, alice, base_model):
     _, usage_only = create_key(alice, acme, scopes=["usage:read"])
 
     async def go(**socket):
-        ws = WebsocketCommunicator(application, PATH, **socket)
+        ws = WebsocketCommunicator(application, PLAYGROUND, **socket)
         await ws.connect()
         message = await ws.receive_json_from()
         close = await ws.receive_output()
@@ -453,3 +415,28 @@ def test_socket_and_relay_outlive_an_idle_redis_read(alice, node, runtime):
 
     delta, done, pong = run(go)
     assert delta["text"] == "Rome" and done["finish_reason"] == "stop" and pong == {"type": "pong"}
+
+
+# ---- one price --------------------------------------------------------------------------------------------------
+
+def test_the_playground_quotes_the_plan_and_its_done_cost_is_the_ledger_row(alice, acme, base_model, node,
+                                                                          runtime):
+    put_on_plan(acme, "premium", unit_price=Decimal("0.00037"), units_hot=11, gpu_price_per_hour=Decimal("3.10"),
+                tenancy_factor=Decimal("0.7"), billing_granularity_ms=7)
+    make_adapter(acme, base_model, "hot-bot", Adapter.HOT, versions=1)
+
+    async def go():
+        ws, _ = await open_playground(session_headers(alice))
+        await ws.send_json_to(chat("hot-bot"))
+        start = await ws.receive_json_from(timeout=5)
+        runtime.final(start["request_id"], FINAL)
+        done = await ws.receive_json_from()
+        await ws.disconnect()
+        return start, done
+
+    start, done = run(go)
+    assert start["cost"] == {"units": 11, "micro_usd": 4070, "usd": "0.0040700000", "plan": "premium"}
+    inference_finish(request_id=start["request_id"], final=FINAL)  # as the control worker records it
+    ledger = UsageEvent.objects.get(key=f"inference:{start['request_id']}").cost
+    assert done["cost"]["plan"] == "premium" and Decimal(done["cost"]["usd"]) == ledger
+    assert done["cost"]["micro_usd"] == int((ledger * 10**6).to_integral_value())

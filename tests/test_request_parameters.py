@@ -6,26 +6,23 @@ pytest-asyncio is not installed: the websocket is driven with ``async_to_sync`` 
 """
 
 import json
-import os
 
 import pytest
-import redis
 from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
 from django.test import Client
-from django.utils import timezone
 
 from adapters.models import BaseModel
-from fleet.models import Node
 from gpu_runtime.contract import stream_key
 from gpu_runtime.generation import MAX_SEED, MAX_STOP_LENGTH, MAX_TOKENS, MAX_TOP_K
 from gpu_runtime.streams import StreamWriter
 from serving import consumers, openai_api, parameters, v1
 from serving.models import InferenceRequest
-from tests.conftest import assert_error, create_key
+from tests.factories import create_key, make_node, make_request
+from tests.helpers import assert_error
 from vajra.asgi import application
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_password_hashing")]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 BASE, NODE = "params-base", "params-node"
 NAN, INF = float("nan"), float("inf")
@@ -80,17 +77,11 @@ def row_id(row):
 
 
 @pytest.fixture
-def redis_client():
-    return redis.Redis.from_url(os.environ["REDIS_URL"])
-
-
-@pytest.fixture
 def node(db, redis_client):
     """A base model and an up node serving it, its task queue empty: a valid request would be placed and sent."""
     BaseModel.objects.create(name=BASE, architecture={"layers": 2}, context_length=4096)
     redis_client.delete(f"node.{NODE}")
-    return Node.objects.create(name=NODE, base_model=BASE, last_heartbeat_at=timezone.now(),
-                               state={"adapters": {"slots": 10, "device": 0}})
+    return make_node(NODE, base=BASE, slots=10)
 
 
 @pytest.fixture
@@ -226,8 +217,7 @@ def test_null_or_missing_is_each_apis_default():
 @pytest.fixture
 def answered(alice, acme, node, redis_client):
     """Alice's request with three deltas and its final on its stream: (row, the deltas' entry ids)."""
-    row = InferenceRequest.objects.create(id="req_params_resume", tenant=acme, user=alice, tier="cold", max_tokens=8,
-                                          base_model=BaseModel.objects.get(name=BASE))
+    row = make_request(acme, BaseModel.objects.get(name=BASE), request_id="req_params_resume", user=alice)
     writer = StreamWriter(redis_client)
     redis_client.delete(stream_key(row.id))
     for text in ("one", " two", " three"):
@@ -248,7 +238,8 @@ def events(secret, row, last_event_id=None):
     return Client(headers=headers).get(f"/v1/requests/{row.id}/events")
 
 
-def sse_events(response):
+def sse_entries(response):
+    """The events of a streamed Django response: (id, event, decoded data) each."""
     assert response.status_code == 200 and response["Content-Type"].startswith("text/event-stream")
     found = []
     for block in b"".join(response).decode().split("\n\n"):
@@ -261,15 +252,15 @@ def sse_events(response):
 @pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume asynchronous iterators")
 def test_a_valid_last_event_id_resumes_after_it(answered, secret):
     row, ids = answered
-    whole = sse_events(events(secret, row))
+    whole = sse_entries(events(secret, row))
     assert [text for _, kind, text in whole if kind == "delta"] == [{"text": t} for t in ("one", " two", " three")]
-    resumed = sse_events(events(secret, row, ids[0]))
+    resumed = sse_entries(events(secret, row, ids[0]))
     assert [(entry_id, data["text"]) for entry_id, kind, data in resumed if kind == "delta"] == \
         [(ids[1], " two"), (ids[2], " three")]
     assert resumed[-1][1] == "done" and resumed[-1][2]["usage"]["completion_tokens"] == 3
     milliseconds = ids[2].split("-")[0]  # "<ms>" alone is an id too: that millisecond's entries are past
-    assert sse_events(events(secret, row, "0"))[1:] == whole[1:]
-    assert sse_events(events(secret, row, milliseconds))[-1][1] == "done"
+    assert sse_entries(events(secret, row, "0"))[1:] == whole[1:]
+    assert sse_entries(events(secret, row, milliseconds))[-1][1] == "done"
 
 
 @pytest.mark.parametrize("header", ["garbage", "1-2-3", "-1", "1-", "1.5", "0x10", "1-x",

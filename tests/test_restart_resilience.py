@@ -17,13 +17,12 @@ from django.utils import timezone
 
 from adapters.models import BaseModel
 from billing.models import UsageEvent
-from fleet.models import Node
 from gpu_runtime.contract import stream_key
 from gpu_runtime.streams import StreamWriter
 from serving import dispatch, relay
 from serving.models import InferenceRequest
-from tests.conftest import create_key
-from tests.integration.conftest import free_port
+from tests.factories import create_key, make_node, make_request
+from tests.processes import free_port
 from vajra.embedded_redis import start_private_redis
 
 BASE = "smollm2-135m-instruct"
@@ -99,14 +98,12 @@ def test_a_relay_waits_for_redis_a_bounded_time_then_says_so(settings):
 @pytest.fixture
 def node(db):
     BaseModel.objects.create(name=BASE, context_length=2048)
-    return Node.objects.create(name="n1", base_model=BASE, state={"adapters": {"slots": 4, "device": 0}},
-                               last_heartbeat_at=timezone.now())
+    return make_node("n1", base=BASE, slots=4)
 
 
 def make_row(acme, status, age_s, **fields):
-    row = InferenceRequest.objects.create(id=dispatch.new_request_id(), tenant=acme, tier="cold", api="infer",
-                                          base_model=BaseModel.objects.get(name=BASE), max_tokens=8, status=status,
-                                          **fields)
+    row = make_request(acme, BaseModel.objects.get(name=BASE), request_id=dispatch.new_request_id(), api="infer",
+                       status=status, **fields)
     InferenceRequest.objects.filter(pk=row.pk).update(created_at=timezone.now() - timedelta(seconds=age_s))
     return row
 

@@ -11,24 +11,19 @@ from fleet.heartbeats import node_heartbeat, nodes_mark_down, nodes_up
 from fleet.models import Node
 from gpu_runtime.contract import ContractError, Heartbeat
 from gpu_runtime.model_store import is_imported, read_manifest, sha256_file
-
-
-def beat(**overrides):
-    fields = dict(node="gpu-1", started_at="2026-11-24T07:00:00+00:00", sent_at="2026-11-24T07:00:05+00:00",
-                  base_model="smollm2-135m-instruct", device="cuda", dtype="bfloat16", model_loaded=True)
-    return Heartbeat(**{**fields, **overrides}).to_json()
+from tests.factories import make_heartbeat, make_node
 
 
 def test_heartbeat_round_trips_as_json():
-    payload = json.loads(json.dumps(beat(adapters={"hot": 2}, queue_depth=3)))
+    payload = json.loads(json.dumps(make_heartbeat(adapters={"hot": 2}, queue_depth=3)))
     assert Heartbeat.from_json(payload).adapters == {"hot": 2}
 
 
 @pytest.mark.parametrize("payload,message", [
     ([], "JSON object"),
-    ({**beat(), "surprise": 1}, "Unknown heartbeat fields"),
+    ({**make_heartbeat(), "surprise": 1}, "Unknown heartbeat fields"),
     ({"node": "x"}, "Bad heartbeat"),
-    ({**beat(), "node": ""}, "without a node name"),
+    ({**make_heartbeat(), "node": ""}, "without a node name"),
 ])
 def test_heartbeat_refuses_what_breaks_the_contract(payload, message):
     with pytest.raises(ContractError, match=message):
@@ -36,10 +31,10 @@ def test_heartbeat_refuses_what_breaks_the_contract(payload, message):
 
 
 def test_heartbeat_upserts_the_node_and_revives_a_down_one(db):
-    node = node_heartbeat(payload=beat())
+    node = node_heartbeat(payload=make_heartbeat())
     assert (node.status, node.device, node.state["dtype"]) == (Node.UP, "cuda", "bfloat16")
     Node.objects.filter(pk=node.pk).update(status=Node.DOWN, last_heartbeat_at=timezone.now() - timedelta(hours=1))
-    node_heartbeat(payload=beat(queue_depth=7))
+    node_heartbeat(payload=make_heartbeat(queue_depth=7))
     node.refresh_from_db()
     assert node.status == Node.UP and node.state["queue_depth"] == 7
     assert Node.objects.count() == 1
@@ -47,10 +42,9 @@ def test_heartbeat_upserts_the_node_and_revives_a_down_one(db):
 
 def test_silent_nodes_are_marked_down_in_bounded_batches(db, settings):
     settings.VAJRA_HEARTBEAT_SECONDS, settings.VAJRA_NODE_DOWN_AFTER_MISSED = 5, 3
-    old = timezone.now() - timedelta(seconds=16)
     for i in range(3):
-        Node.objects.create(name=f"old-{i}", last_heartbeat_at=old)
-    Node.objects.create(name="fresh", last_heartbeat_at=timezone.now())
+        make_node(f"old-{i}", age_s=16, state={})
+    make_node("fresh", state={})
     assert nodes_mark_down(limit=2) == 2
     assert nodes_mark_down(limit=2) == 1
     assert nodes_mark_down() == 0

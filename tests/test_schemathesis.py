@@ -20,11 +20,11 @@ from schemathesis.checks import not_a_server_error
 from adapters.models import Adapter, AdapterVersion, BaseModel
 from serving.models import InferenceRequest
 from tenants.models import Invite
-from tests.billing_fixtures import make_job
-from tests.conftest import create_key
+from tests.factories import create_key, make_job, make_request
+from training.models import TrainingJob
 from vajra.wsgi import application
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fast_password_hashing")]
+pytestmark = pytest.mark.slow
 
 MAX_EXAMPLES = 12  # per operation: ~35 operations, about a minute on two cores
 INTENDED_5XX = {(503, "no_capacity")}  # inference with no node to run it; clients retry after Retry-After
@@ -56,9 +56,8 @@ def world(alice, acme, bob, charlie):
         adapter=adapter, number=1, status=AdapterVersion.READY, sha256="0" * 64, size_bytes=1, rank=8, alpha=16,
         dtype="float32", target_modules=["q_proj"], storage_key="acme/support-bot")
     adapter.save()
-    job = make_job(acme, adapter, "ftjob_schemathesis")
-    request = InferenceRequest.objects.create(id="req_" + "0" * 32, tenant=acme, base_model=base, max_tokens=8,
-                                              tier=Adapter.COLD, status=InferenceRequest.FAILED)
+    job = make_job(acme, adapter, job_id="ftjob_schemathesis", status=TrainingJob.SUCCEEDED)
+    request = make_request(acme, base, request_id="req_" + "0" * 32, tier=Adapter.COLD, status=InferenceRequest.FAILED)
     key, secret = create_key(alice, acme)
     invite = Invite.objects.create(tenant=acme, email="dave@example.test", role="developer", invited_by=alice,
                                    token_hash="f" * 64, expires_at=timezone.now() + timedelta(days=7))

@@ -11,10 +11,10 @@ from billing.models import UsageEvent
 from billing.plans import period_of
 from billing.selectors import period_spend
 from serving.dispatch import inference_finish
-from tests.conftest import create_key, key_client
-from tests.test_billing_ledger import adapter_version, final_event, finish, ledger, standard, submitted  # noqa: F401
+from tests.billing_helpers import adapter_version, final_event, finish, ledger, submitted
+from tests.factories import create_key, key_client
 
-pytestmark = pytest.mark.usefixtures("standard", "fast_password_hashing")
+pytestmark = pytest.mark.usefixtures("standard")
 
 
 @pytest.mark.parametrize("tier, ready_ms, credit_units, credit", [

@@ -1,4 +1,5 @@
-from tests.conftest import assert_error, key_client
+from tests.factories import key_client
+from tests.helpers import assert_error
 
 
 def test_me_with_key(alice_key):

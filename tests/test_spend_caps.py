@@ -16,47 +16,40 @@ from billing.ledger import record_adjustment
 from billing.models import BillingAccount, PricePlan, UsageEvent
 from billing.plans import next_period, period_of
 from billing.standing import account_paid, account_past_due, accounts_suspend_past_due
-from fleet.models import Node
 from serving.models import InferenceRequest
 from tenants.models import Tenant
 from tenants.roles import BILLING_VIEWER
-from tests.conftest import assert_error, create_key, key_client, make_member, session_client
-from tests.test_billing_ledger import adapter_version, finish, standard  # noqa: F401 (standard: a fixture)
-from tests.test_openai_api_unit import CHAT, api, post, ready_adapter
-from tests.test_openai_api_unit import runtime as openai_runtime
-from tests.test_training_api import BASE, HP, capture_sent, make_base, make_dataset, refused
+from tests.billing_helpers import adapter_version, finish
+from tests.factories import (
+    TRAINING_HP,
+    create_key,
+    key_client,
+    make_adapter,
+    make_base,
+    make_dataset,
+    make_member,
+    make_node,
+    session_client,
+)
+from tests.helpers import assert_error, bearer_client, capture_sent, post_json, refused
 from training.models import TrainingJob
 
-pytestmark = pytest.mark.usefixtures("standard", "fast_password_hashing")
+pytestmark = pytest.mark.usefixtures("standard")
+CHAT = "/v1/chat/completions"
+BASE = "tiny-llama"
 INFER = "/v1/models/smollm2-135m-instruct/infer"
 
 
 @pytest.fixture
 def catalog(acme):
     base = BaseModel.objects.create(name="smollm2-135m-instruct", context_length=2048)
-    Node.objects.create(name="n1", base_model=base.name, state={"adapters": {"slots": 4, "device": 0}},
-                        last_heartbeat_at=timezone.now())
-    return ready_adapter(acme, base, "support-bot")
+    make_node("n1", base=base.name, slots=4)
+    return make_adapter(acme, base, "support-bot", versions=1)
 
 
 @pytest.fixture
 def alice_api(alice, acme):
-    return api(create_key(alice, acme)[1])
-
-
-@pytest.fixture
-def runtime(monkeypatch):
-    """The token relay and Celery faked, as tests/test_openai_api_unit.py does."""
-    return openai_runtime.__wrapped__(monkeypatch)
-
-
-@pytest.fixture
-def adapter_storage(settings, tmp_path):
-    root = tmp_path / "objects"
-    root.mkdir()
-    settings.STORAGES = {**settings.STORAGES, "adapters": {
-        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(root)}}}
-    return root
+    return bearer_client(create_key(alice, acme)[1])
 
 
 @pytest.fixture
@@ -75,7 +68,7 @@ def post_train(alice, acme, django_capture_on_commit_callbacks):
     client = key_client(create_key(alice, acme)[1])
 
     def post(*, dataset, hp=None):
-        body = {"adapter_id": "support-bot", "dataset": dataset, "hyperparameters": {**HP, **(hp or {})}}
+        body = {"adapter_id": "support-bot", "dataset": dataset, "hyperparameters": {**TRAINING_HP, **(hp or {})}}
         with django_capture_on_commit_callbacks(execute=True):
             return client.post(f"/v1/models/{BASE}/train", body, format="json")
 
@@ -101,7 +94,7 @@ def test_inference_is_refused_with_402_once_the_cap_is_reached(alice_api, catalo
     with unchanged_db():
         for path, body in ((INFER, {"prompt": "Hello"}),
                            (CHAT, {"model": "support-bot", "messages": [{"role": "user", "content": "Hi"}]})):
-            error = assert_error(post(alice_api, path, body), 402, code="spend_cap_reached")
+            error = assert_error(post_json(alice_api, path, body), 402, code="spend_cap_reached")
             assert error["message"] == (
                 "This month's spend $0.50 reached the cap $0.50; raise the cap on the Billing › Plan page "
                 f"(/billing/plan/) or wait for {first_of_next_month()} (UTC).")
@@ -111,7 +104,7 @@ def test_inference_is_refused_with_402_once_the_cap_is_reached(alice_api, catalo
 def test_under_the_cap_requests_are_admitted(alice_api, catalog, acme, runtime):
     capped(acme, "1.00", "0.99")  # (99 %: the warning task is sent too)
     runtime.sent.clear()
-    response = post(alice_api, INFER, {"prompt": "Hello"})
+    response = post_json(alice_api, INFER, {"prompt": "Hello"})
     assert response.status_code == 200, response.content
     assert InferenceRequest.objects.count() == 1 and len(runtime.sent) == 1
 

@@ -25,10 +25,8 @@ from billing.stripe_sync import (
     invoices_stripe_sync_pending,
     stripe_client,
 )
-from tests.billing_fixtures import PERIOD, WEBHOOK_SECRET, close, invoice_of, make_adapter, stripe_signature, usage
-
-pytest_plugins = ["tests.billing_fixtures"]
-pytestmark = pytest.mark.usefixtures("fast_password_hashing")
+from tests.billing_helpers import PERIOD, WEBHOOK_SECRET, base_model, close, invoice_of, stripe_signature, usage
+from tests.factories import make_adapter
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,7 +48,7 @@ def close_and_sync(sent_tasks, django_capture_on_commit_callbacks):
 
 @pytest.fixture
 def acme_usage(acme, alice, plan):
-    bot = make_adapter(acme, "support-bot")
+    bot = make_adapter(acme, base_model(), "support-bot")
     usage(acme, "3.3333333333", tier="hot", adapter=bot)
     usage(acme, "1.3333333333", tier="cold", adapter=bot)
     usage(acme, "-0.0190000000", kind=UsageEvent.SLO_CREDIT, tier="hot")

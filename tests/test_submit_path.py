@@ -10,19 +10,18 @@ import threading
 import pytest
 from asgiref.sync import async_to_sync
 from django.test import AsyncClient, Client
-from django.utils import timezone
 from rest_framework.exceptions import Throttled
 
 from adapters.models import BaseModel
-from fleet.models import Node
 from fleet.placement import place
 from gpu_runtime.generation import GenerationRequest
 from serving import dispatch, relay
 from serving.models import InferenceRequest
 from tenants.keys import principal_from_key
-from tests.conftest import create_key, db_snapshot, put_on_plan
+from tests.factories import create_key, make_node, put_on_plan
+from tests.helpers import db_snapshot
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_password_hashing")]
+pytestmark = pytest.mark.django_db(transaction=True)
 BASE = "smollm2-135m-instruct"
 INFER = f"/v1/models/{BASE}/infer"
 
@@ -31,14 +30,9 @@ def base(db):
     return BaseModel.objects.create(name=BASE, context_length=2048)
 
 
-def make_node(name, base_model=BASE):
-    return Node.objects.create(name=name, base_model=base_model, state={"adapters": {"slots": 4, "device": 0}},
-                               last_heartbeat_at=timezone.now())
-
-
 @pytest.fixture
 def node(base):
-    return make_node("n1")
+    return make_node("n1", base=BASE, slots=4)
 
 
 @pytest.fixture
@@ -129,10 +123,10 @@ def test_concurrent_submits_all_land_and_the_quota_holds(node, base, secret, sen
 
 
 def test_placement_with_one_candidate_reads_no_recent_requests(acme, base, django_assert_num_queries):
-    only = make_node("only")
+    only = make_node("only", base=BASE, slots=4)
     with django_assert_num_queries(1):  # the up nodes
         assert place(tenant=acme, base_model=base) == only
-    make_node("second")
+    make_node("second", base=BASE, slots=4)
     with django_assert_num_queries(3):  # and the tenant's recent requests (affinity), the requests in flight (load)
         assert place(tenant=acme, base_model=base).name in {"only", "second"}
 

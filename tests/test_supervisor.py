@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ROOT, wait_for
+from tests.processes import ROOT, wait_for
 from vajra.supervisor import restart_delay
 
 # Writes its pid, then sleeps until it is signalled.

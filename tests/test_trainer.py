@@ -3,14 +3,12 @@ real learning, metering once per step, checkpoints and resume, cancel, inference
 version served beside the old one."""
 
 import json
-import os
 import shutil
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-import redis
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -22,15 +20,10 @@ from gpu_runtime.lora import SlotPool
 from gpu_runtime.streams import StreamWriter, read_events
 from gpu_runtime.training_spec import TrainingSpec
 from gpu_runtime.training_tasks import run_job
-from tests.runtime_fixtures import BASE_FACTS, CFG, EOS, make_adapter, tiny_base, tiny_base_model, words
+from tests.runtime_fixtures import BASE_FACTS, CFG, EOS, save_peft_adapter, tiny_base, tiny_base_model, words
 
 PROMPTS = [[10, 11, 12], [13, 14], [15, 16, 17, 18], [19, 31]]  # no t2x: "t2" is the EOS token
 ANSWERS = [[40, 41, 42, 43], [50, 51, 52], [60, 61, 62, 63, 64], [70, 71, 72]]
-
-
-@pytest.fixture
-def redis_client():
-    return redis.Redis.from_url(os.environ["REDIS_URL"])
 
 
 def learnable_base():
@@ -195,7 +188,7 @@ def test_a_redelivered_job_resumes_from_its_last_checkpoint_and_reports_the_same
 
 def test_continuing_from_a_version_keeps_its_shape_and_starts_from_its_weights(node, tmp_path):
     engine, store, base = node()
-    start = make_adapter(tiny_base(), tmp_path / "v1", seed=3, r=4, targets=("q_proj", "k_proj"))
+    start = save_peft_adapter(tiny_base(), tmp_path / "v1", seed=3, r=4, targets=("q_proj", "k_proj"))
     spec = spec_for(tmp_path, write_dataset(tmp_path / "data.jsonl", memorize_records()), epochs=1,
                     init={"adapter_id": "a1", "version": 1, "uri": str(start), "tier": "warm"})
     result = run_job(spec, engine=engine, store=store, base=base, send=Recorder())
@@ -325,7 +318,7 @@ def test_a_bad_dataset_fails_the_job_naming_its_lines(node, tmp_path, lines, cod
 def test_running_requests_keep_their_version_while_the_new_one_serves_new_requests(node, tmp_path, redis_client):
     """Hot swap on a node: versions are separate keys, so a stream on v1 finishes on v1 while v2 serves."""
     engine, store, base = node()
-    v1 = make_adapter(tiny_base(), tmp_path / "v1", seed=5, r=8, targets=("q_proj", "v_proj"))
+    v1 = save_peft_adapter(tiny_base(), tmp_path / "v1", seed=5, r=8, targets=("q_proj", "v_proj"))
     spec = spec_for(tmp_path, write_dataset(tmp_path / "data.jsonl", memorize_records()), epochs=40,
                     init={"adapter_id": "a1", "version": 1, "uri": str(v1), "tier": "hot"})
     ref1 = AdapterRef(adapter_id="a1", version=1, uri=str(v1), tier="hot")

@@ -3,113 +3,38 @@ by hand, jobs, events, checkpoints, cancel, rollback; every bad input refused wi
 sent; and charlie (contoso) never reaching acme's jobs, datasets or adapters."""
 
 import hashlib
-import json
 
 import pytest
-from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 from django.utils import timezone
 
-from adapters.models import Adapter, AdapterVersion, BaseModel
-from fleet.models import Node
+from adapters.models import Adapter, AdapterVersion
 from gpu_runtime.contract import cancel_key
-from tenants.principal import Principal
-from tenants.roles import BILLING_VIEWER, OWNER
-from tests.conftest import assert_error, create_key, key_client, make_member, put_on_plan, session_client
-from tests.test_adapter_validation import MANIFEST, write_adapter
+from tenants.roles import BILLING_VIEWER
+from tests.factories import (
+    TRAINING_HP,
+    create_key,
+    jsonl,
+    key_client,
+    make_adapter,
+    make_base,
+    make_dataset,
+    make_job,
+    make_member,
+    make_node,
+    put_on_plan,
+    session_client,
+    store_version,
+)
+from tests.helpers import assert_error, capture_sent, refused
 from training.models import Dataset, TrainingCheckpoint, TrainingEvent, TrainingJob
 from vajra.redis import get_redis
 
-pytestmark = pytest.mark.usefixtures("fast_password_hashing", "adapter_storage")
+pytestmark = pytest.mark.usefixtures("adapter_storage")
 
 BASE = "tiny-llama"
-HP = {"learning_rate": 1e-4, "epochs": 3, "batch_size": 4, "micro_batch_size": 2}
 RECORDS = 10
 
-
-# ---- helpers shared with tests/test_training_control.py ---------------------------------------------------------
-
-@pytest.fixture
-def adapter_storage(settings, tmp_path):
-    """Adapter and dataset files go to a private folder; setting STORAGES resets Django's cached storages."""
-    root = tmp_path / "objects"
-    root.mkdir()
-    settings.STORAGES = {**settings.STORAGES, "adapters": {
-        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(root)}}}
-    return root
-
-
-def jsonl(records=RECORDS):
-    return "".join(json.dumps({"prompt": f"question {i}", "completion": f"answer {i}"}) + "\n"
-                   for i in range(records)).encode()
-
-
-def make_base(name=BASE):
-    return BaseModel.objects.create(name=name, architecture=MANIFEST["architecture"])
-
-
-def make_dataset(tenant, records=RECORDS, data=None, tokens=None):
-    """A stored dataset row; ``tokens`` (default 12 a record) stands for the upload's count, which an estimate
-    takes where the web has no tokenizer for the base model (tiny-llama has none in the model store)."""
-    data = data if data is not None else jsonl(records)
-    dataset_id = f"ds_{hashlib.sha256(data + tenant.slug.encode()).hexdigest()[:24]}"
-    key = storages["adapters"].save(f"datasets/{tenant.pk}/{dataset_id}.jsonl", ContentFile(data))
-    return Dataset.objects.create(id=dataset_id, tenant=tenant, name="train.jsonl", format=Dataset.COMPLETION,
-                                  records=records, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
-                                  storage_key=key, tokens=12 * records if tokens is None else tokens)
-
-
-def make_version(adapter, root, number, *, r=4, modules=("q_proj", "v_proj"), current=True):
-    key = f"adapters/t{adapter.tenant_id}/v{adapter.pk}-{number}"
-    write_adapter(root / key, r=r, modules=modules)
-    weights = (root / key / "adapter_model.safetensors").read_bytes()
-    version = AdapterVersion.objects.create(
-        adapter=adapter, number=number, status=AdapterVersion.READY, sha256=hashlib.sha256(weights).hexdigest(),
-        size_bytes=len(weights), rank=r, alpha=8.0, target_modules=sorted(modules), dtype="F32", storage_key=key)
-    if current:
-        adapter.current_version = version
-        adapter.save(update_fields=["current_version"])
-    return version
-
-
-def make_adapter(tenant, base, name="support-bot", tier=Adapter.COLD):
-    return Adapter.objects.create(tenant=tenant, base_model=base, name=name, tier=tier)
-
-
-def make_job(tenant, adapter, dataset, *, status=TrainingJob.VALIDATING, base_version=None, job_id=None, **fields):
-    from gpu_runtime.training_spec import Hyperparameters
-
-    hp = Hyperparameters.from_json(HP)
-    if base_version is not None:
-        hp = Hyperparameters.from_json({**HP, "rank": base_version.rank, "alpha": base_version.alpha,
-                                        "target_modules": base_version.target_modules})
-    return TrainingJob.objects.create(id=job_id or f"ftjob_{TrainingJob.objects.count():024d}", tenant=tenant,
-                                      base_model=adapter.base_model, adapter=adapter, dataset=dataset, status=status,
-                                      base_version=base_version, hyperparameters=hp.to_json(), **fields)
-
-
-def make_node(name, *, base=BASE, device=(), host=(), slots=10, pinned=0):
-    """A live node as its last heartbeat described it: which adapter versions sit on its device and in host RAM."""
-    return Node.objects.create(name=name, base_model=base, last_heartbeat_at=timezone.now(), state={
-        "adapters": {"slots": slots, "pinned": pinned, "device": len(device)},
-        "resident": {"device": list(device), "host": list(host)}})
-
-
-def owner(tenant, user):
-    return Principal(tenant=tenant, user=user, role=OWNER)
-
-
-def capture_sent(monkeypatch):
-    """Every Celery message the control plane sends (by name), and every revoke."""
-    from vajra.celery import app
-
-    messages = []
-    monkeypatch.setattr(app, "send_task", lambda name, args=None, **kw: messages.append((name, args, kw)))
-    monkeypatch.setattr(app.control, "revoke", lambda task_id, **kw: messages.append(("revoke", [task_id], kw)))
-    return messages
-
-
-# ---- fixtures -------------------------------------------------------------------------------------------------
 
 @pytest.fixture
 def sent(monkeypatch):
@@ -117,48 +42,8 @@ def sent(monkeypatch):
 
 
 @pytest.fixture
-def base(db):
-    return make_base()
-
-
-@pytest.fixture
-def dataset(acme, base):
-    return make_dataset(acme)
-
-
-@pytest.fixture
-def api(alice, acme):
-    return key_client(create_key(alice, acme)[1])
-
-
-@pytest.fixture
 def charlie_api(charlie, contoso):
     return key_client(create_key(charlie, contoso)[1])
-
-
-@pytest.fixture
-def post_train(api, django_capture_on_commit_callbacks):
-    def post(body=None, *, client=None, path="train", **overrides):
-        body = body if body is not None else {"adapter_id": "support-bot", "dataset": overrides.pop("dataset"),
-                                              "hyperparameters": {**HP, **overrides.pop("hp", {})}, **overrides}
-        with django_capture_on_commit_callbacks(execute=True):
-            return (client or api).post(f"/v1/models/{BASE}/{path}", body, format="json")
-
-    return post
-
-
-def refused(unchanged_db, sent, call, status, code=None, param=None, extra=()):
-    """The refusal: its status and error shape (plus ``extra`` fields), nothing written, no task sent."""
-    with unchanged_db():
-        response = call()
-    if extra:
-        error = response.json()["error"]
-        assert set(error) == {"message", "type", "param", "code", *extra}, error
-        assert (response.status_code, error["code"], error["param"]) == (status, code, param), error
-    else:
-        error = assert_error(response, status, code=code, param=param)
-    assert sent == [], sent
-    return error
 
 
 # ---- create -----------------------------------------------------------------------------------------------------
@@ -212,8 +97,8 @@ def test_estimate_by_hand(post_train, dataset, sent):
 def test_train_an_existing_adapter_continues_from_its_current_version(post_train, dataset, acme, base,
                                                                       adapter_storage, sent):
     adapter = make_adapter(acme, base)
-    make_version(adapter, adapter_storage, 1, r=2, current=False)
-    v2 = make_version(adapter, adapter_storage, 2, r=8, modules=("q_proj", "k_proj", "v_proj", "o_proj"))
+    store_version(adapter, adapter_storage, 1, r=2, current=False)
+    v2 = store_version(adapter, adapter_storage, 2, r=8, modules=("q_proj", "k_proj", "v_proj", "o_proj"))
 
     response = post_train(dataset=dataset.id, hp={"rank": 8})  # the same rank may be named
 
@@ -230,7 +115,7 @@ def test_train_an_existing_adapter_continues_from_its_current_version(post_train
 @pytest.mark.parametrize("name, value", [("rank", 4), ("alpha", 32), ("target_modules", ["q_proj"])])
 def test_an_existing_adapter_keeps_its_shape(post_train, dataset, acme, base, adapter_storage, unchanged_db, sent,
                                              name, value):
-    make_version(make_adapter(acme, base), adapter_storage, 1, r=8)
+    store_version(make_adapter(acme, base), adapter_storage, 1, r=8)
     error = refused(unchanged_db, sent, lambda: post_train(dataset=dataset.id, hp={name: value}), 400,
                     code="adapter_shape_fixed", param=f"hyperparameters.{name}")
     assert "v1" in error["message"]
@@ -319,7 +204,7 @@ def test_bad_hyperparameters(post_train, dataset, unchanged_db, sent, hp, param)
 @pytest.mark.parametrize("missing", ["learning_rate", "epochs"])
 def test_learning_rate_and_epochs_are_required(post_train, dataset, unchanged_db, sent, missing):
     body = {"adapter_id": "support-bot", "dataset": dataset.id,
-            "hyperparameters": {k: v for k, v in HP.items() if k != missing}}
+            "hyperparameters": {k: v for k, v in TRAINING_HP.items() if k != missing}}
     refused(unchanged_db, sent, lambda: post_train(body), 400, code="missing_hyperparameter",
             param=f"hyperparameters.{missing}")
 
@@ -332,12 +217,12 @@ def test_learning_rate_and_epochs_are_required(post_train, dataset, unchanged_db
     ({"zebra": 1}, "zebra"),
 ])
 def test_bad_fields(post_train, dataset, unchanged_db, sent, body, param):
-    full = {"adapter_id": "support-bot", "dataset": dataset.id, "hyperparameters": HP, **body}
+    full = {"adapter_id": "support-bot", "dataset": dataset.id, "hyperparameters": TRAINING_HP, **body}
     refused(unchanged_db, sent, lambda: post_train(full), 400, param=param)
 
 
 def test_unknown_base_model_is_404(api, dataset, unchanged_db, sent):
-    body = {"adapter_id": "support-bot", "dataset": dataset.id, "hyperparameters": HP}
+    body = {"adapter_id": "support-bot", "dataset": dataset.id, "hyperparameters": TRAINING_HP}
     refused(unchanged_db, sent, lambda: api.post("/v1/models/gpt-9/train", body, format="json"), 404)
 
 
@@ -361,7 +246,7 @@ def test_an_adapter_name_resolves_inside_the_callers_tenant_so_another_tenants_a
     here, as any unused name does): acme's adapter is neither trained, changed nor revealed. (Another tenant's
     dataset, which is named by a global id, is a 404: test_another_tenants_dataset_is_404.)"""
     acme_adapter = make_adapter(acme, base)
-    v1 = make_version(acme_adapter, adapter_storage, 1, r=8)
+    v1 = store_version(acme_adapter, adapter_storage, 1, r=8)
     dataset = make_dataset(contoso)
     for name in (acme_adapter.name, f"a{acme_adapter.pk}"):
         response = post_train(dataset=dataset.id, client=charlie_api, adapter_id=name, hp={"rank": 2})
@@ -441,7 +326,7 @@ def test_url_datasets_outside_or_broken(post_train, base, tmp_path, settings, un
 
 def test_key_without_the_train_scope(alice, acme, dataset, unchanged_db, sent):
     client = key_client(create_key(alice, acme, scopes=["infer"])[1])
-    body = {"adapter_id": "support-bot", "dataset": dataset.id, "hyperparameters": HP}
+    body = {"adapter_id": "support-bot", "dataset": dataset.id, "hyperparameters": TRAINING_HP}
     for call in (lambda: client.post(f"/v1/models/{BASE}/train", body, format="json"),
                  lambda: client.get("/v1/training/jobs")):
         refused(unchanged_db, sent, call, 403, code="missing_scope")
@@ -449,14 +334,14 @@ def test_key_without_the_train_scope(alice, acme, dataset, unchanged_db, sent):
 
 def test_billing_viewer_cannot_train_or_read_jobs(acme, alice, dataset, unchanged_db, sent):
     client = session_client(make_member("vera@acme.test", acme, BILLING_VIEWER))
-    body = {"adapter_id": "support-bot", "dataset": dataset.id, "hyperparameters": HP}
+    body = {"adapter_id": "support-bot", "dataset": dataset.id, "hyperparameters": TRAINING_HP}
     for call in (lambda: client.post(f"/v1/models/{BASE}/train", body, format="json"),
                  lambda: client.get("/v1/training/jobs")):
         refused(unchanged_db, sent, call, 403, code="role_forbidden")
 
 
 def test_a_developer_session_may_train(bob, dataset, django_capture_on_commit_callbacks, sent):
-    body = {"adapter_id": "bobs", "dataset": dataset.id, "hyperparameters": HP}
+    body = {"adapter_id": "bobs", "dataset": dataset.id, "hyperparameters": TRAINING_HP}
     with django_capture_on_commit_callbacks(execute=True):
         response = session_client(bob).post(f"/v1/models/{BASE}/train", body, format="json")
     assert response.status_code == 201, response.json()
@@ -566,8 +451,8 @@ def test_charlie_gets_404_for_every_job_endpoint(charlie_api, api, job, unchange
 @pytest.fixture
 def two_versions(acme, base, adapter_storage):
     adapter = make_adapter(acme, base)
-    make_version(adapter, adapter_storage, 1)
-    make_version(adapter, adapter_storage, 2)
+    store_version(adapter, adapter_storage, 1)
+    store_version(adapter, adapter_storage, 2)
     return adapter
 
 
@@ -620,7 +505,7 @@ def test_rollback_button_refusals(alice_client, charlie_client, two_versions, un
 @pytest.mark.parametrize("value", ["not json", '["s3://bucket/"]', '{"acme": ["https://example.com/data/"]}',
                                    '{"acme": ["s3://bucket/no-trailing-slash"]}'])
 def test_bad_dataset_url_prefixes_fail_at_start(value):
-    from tests.test_settings import run_django
+    from tests.helpers import run_django
 
     result = run_django("print('started')", VAJRA_TENANT_DATASET_URL_PREFIXES=value)
     assert result.returncode != 0 and "ImproperlyConfigured" in result.stderr

@@ -22,32 +22,23 @@ from gpu_runtime.contract import (
     cancel_key,
 )
 from gpu_runtime.training_spec import TrainingSpec
-from tests.conftest import put_on_plan
-from tests.test_adapter_validation import write_adapter
-from tests.test_training_api import (
-    capture_sent,
+from tests.adapter_files import write_adapter
+from tests.factories import (
     make_adapter,
     make_base,
     make_dataset,
     make_job,
     make_node,
-    make_version,
-    owner,
+    make_principal,
+    put_on_plan,
+    store_version,
 )
+from tests.helpers import capture_sent
 from training import hot_swap, jobs, tasks
 from training.models import TrainingCheckpoint, TrainingJob, TrainingStep
 from vajra.redis import get_redis
 
 pytestmark = pytest.mark.usefixtures("adapter_storage")
-
-
-@pytest.fixture
-def adapter_storage(settings, tmp_path):
-    root = tmp_path / "objects"
-    root.mkdir()
-    settings.STORAGES = {**settings.STORAGES, "adapters": {
-        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(root)}}}
-    return root
 
 
 @pytest.fixture
@@ -111,7 +102,7 @@ def test_a_valid_file_queues_the_job_and_sends_it_to_a_node(job, sent, commit, a
 
 def test_training_an_existing_version_sends_it_as_init(acme, adapter, adapter_storage, sent, commit, settings):
     settings.VAJRA_TRAIN_CHECKPOINT_EVERY = 3
-    v1 = make_version(adapter, adapter_storage, 1)
+    v1 = store_version(adapter, adapter_storage, 1)
     job = make_job(acme, adapter, make_dataset(acme), base_version=v1)
     make_node("n1")
     with commit():
@@ -280,7 +271,7 @@ def write_output(root, job, *, r=4, modules=("q_proj", "v_proj")):
 
 @pytest.fixture
 def running(acme, adapter, adapter_storage):
-    v1 = make_version(adapter, adapter_storage, 1)
+    v1 = store_version(adapter, adapter_storage, 1)
     job = make_job(acme, adapter, make_dataset(acme), base_version=v1, status=TrainingJob.RUNNING,
                    started_at=timezone.now(), node=make_node("n1"))
     for step in (1, 2):
@@ -330,7 +321,7 @@ def test_the_swap_is_one_transaction(running, adapter, adapter_storage, monkeypa
 def test_hot_swap_on_the_nodes_that_pin_the_old_version(running, adapter, adapter_storage, sent, commit):
     Adapter.objects.filter(pk=adapter.pk).update(tier=Adapter.HOT)
     old = f"a{adapter.pk}:1"
-    make_node("pinned-here", device=[old, "a999:1"])
+    make_node("pinned-here", resident=[old, "a999:1"], on_device=2)
     make_node("host-only", host=[old])  # warm copies do not matter for a hot adapter
     make_node("bare")
     with commit():
@@ -349,7 +340,7 @@ def test_hot_swap_on_the_nodes_that_pin_the_old_version(running, adapter, adapte
 def test_warm_swap_prefetches_where_the_old_version_is(running, adapter, adapter_storage, sent, commit):
     Adapter.objects.filter(pk=adapter.pk).update(tier=Adapter.WARM)
     old = f"a{adapter.pk}:1"
-    make_node("on-device", device=[old])
+    make_node("on-device", resident=[old], on_device=1)
     make_node("in-host-ram", host=[old])
     make_node("bare")
     with commit():
@@ -447,7 +438,7 @@ def test_a_whole_job_by_messages(acme, alice, adapter, adapter_storage, sent, co
     """Create -> validate -> place -> started -> steps -> checkpoint -> finished, the way the runtime sends them."""
     make_node("n1")
     with commit():
-        job = jobs.training_create(principal=owner(acme, alice), base_model=adapter.base_model,
+        job = jobs.training_create(principal=make_principal(acme, alice), base_model=adapter.base_model,
                                        adapter_name="support-bot", dataset_ref=make_dataset(acme).id,
                                        hyperparameters={"learning_rate": 1e-3, "epochs": 1, "batch_size": 4,
                                                         "rank": 4})
@@ -468,12 +459,12 @@ def test_a_whole_job_by_messages(acme, alice, adapter, adapter_storage, sent, co
 # ---- rollback ----------------------------------------------------------------------------------------------------
 
 def test_rollback_of_a_hot_adapter_moves_the_nodes_too(acme, alice, adapter, adapter_storage, sent, commit):
-    make_version(adapter, adapter_storage, 1)
-    make_version(adapter, adapter_storage, 2)
+    store_version(adapter, adapter_storage, 1)
+    store_version(adapter, adapter_storage, 2)
     Adapter.objects.filter(pk=adapter.pk).update(tier=Adapter.HOT)
-    make_node("pinned-here", device=[f"a{adapter.pk}:2"])
+    make_node("pinned-here", resident=[f"a{adapter.pk}:2"], on_device=1)
     with commit():
-        hot_swap.adapter_rollback(principal=owner(acme, alice), adapter_name="support-bot", version_number=1)
+        hot_swap.adapter_rollback(principal=make_principal(acme, alice), adapter_name="support-bot", version_number=1)
     adapter.refresh_from_db()
     assert adapter.current_version.number == 1
     [(name, (ref, tier), kw)] = sent
@@ -483,8 +474,8 @@ def test_rollback_of_a_hot_adapter_moves_the_nodes_too(acme, alice, adapter, ada
 
 def test_rollback_locks_the_adapter(acme, alice, adapter, adapter_storage, monkeypatch):
     """Two swaps at once (a rollback and a finished job) must not interleave: the adapter row is locked."""
-    make_version(adapter, adapter_storage, 1)
-    make_version(adapter, adapter_storage, 2)
+    store_version(adapter, adapter_storage, 1)
+    store_version(adapter, adapter_storage, 2)
     locked = []
     real = hot_swap.access_adapter
 
@@ -493,5 +484,5 @@ def test_rollback_locks_the_adapter(acme, alice, adapter, adapter_storage, monke
         return real(**kwargs)
 
     monkeypatch.setattr(hot_swap, "access_adapter", spy)
-    hot_swap.adapter_rollback(principal=owner(acme, alice), adapter_name="support-bot", version_number=1)
+    hot_swap.adapter_rollback(principal=make_principal(acme, alice), adapter_name="support-bot", version_number=1)
     assert locked == [True]

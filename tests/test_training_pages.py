@@ -10,23 +10,17 @@ from django.utils import timezone
 from adapters.models import Adapter
 from gpu_runtime.contract import cancel_key
 from tenants.roles import BILLING_VIEWER
-from tests import test_training_api
-from tests.conftest import make_member
-from tests.test_training_api import (
-    BASE,
-    RECORDS,
-    capture_sent,
-    make_adapter,
-    make_base,
-    make_dataset,
-    make_version,
-)
+from tests import factories
+from tests.factories import make_adapter, make_base, make_dataset, make_member, store_version
+from tests.helpers import capture_sent
 from training.jobs import event, new_job_id
 from training.models import TrainingEvent, TrainingJob, TrainingStep
 from training.views import loss_chart
 from vajra.redis import get_redis
 
-pytestmark = pytest.mark.usefixtures("fast_password_hashing", "adapter_storage")
+pytestmark = pytest.mark.usefixtures("adapter_storage")
+BASE = "tiny-llama"
+RECORDS = 10
 
 PAGE = reverse("training")
 START = reverse("training-start")
@@ -40,7 +34,7 @@ def web(user):
 
 def make_job(*args, **fields):
     """A job with an id of its own: cancel flags in Redis outlive a test, and must not meet another test's job."""
-    return test_training_api.make_job(*args, job_id=new_job_id(), **fields)
+    return factories.make_job(*args, job_id=new_job_id(), **fields)
 
 
 def job_page(job):
@@ -53,16 +47,6 @@ def form(training_set, /, action="start", **fields):
               "epochs": "3", "batch_size": "4", "max_steps": "", "seed": "0", "rank": "4", "alpha": "8",
               "target_modules": ["q_proj", "v_proj"], **fields}
     return {"action": action, **{f"job-{name}": value for name, value in values.items()}}
-
-
-@pytest.fixture
-def adapter_storage(settings, tmp_path):
-    """Adapter and dataset files go to a private folder (as in tests/test_training_api.py)."""
-    root = tmp_path / "objects"
-    root.mkdir()
-    settings.STORAGES = {**settings.STORAGES, "adapters": {
-        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(root)}}}
-    return root
 
 
 @pytest.fixture
@@ -200,7 +184,7 @@ def test_start_creates_one_job_and_opens_its_page(alice, acme, dataset, sent, po
 def test_an_existing_adapter_keeps_its_shape(alice, acme, base, dataset, adapter_storage, sent,
                                              post_form):
     adapter = make_adapter(acme, base)
-    version = make_version(adapter, adapter_storage, 1, r=2, modules=("q_proj",))
+    version = store_version(adapter, adapter_storage, 1, r=2, modules=("q_proj",))
     response = post_form(web(alice), form(dataset, rank="16", target_modules=["k_proj"]))
     job = TrainingJob.objects.get()
     assert response.status_code == 302 and job.adapter == adapter and job.base_version == version
@@ -287,7 +271,7 @@ def test_the_loss_chart_geometry():
 
 def test_a_finished_job_shows_its_result_and_no_cancel(alice, acme, base, dataset, adapter_storage):
     adapter = make_adapter(acme, base)
-    version = make_version(adapter, adapter_storage, 1)
+    version = store_version(adapter, adapter_storage, 1)
     job = make_job(acme, adapter, dataset, status=TrainingJob.SUCCEEDED, result_version=version, total_steps=4,
                    trained_steps=4, finished_at=timezone.now())
     html = web(alice).get(job_page(job)).content.decode()

@@ -11,21 +11,18 @@ from django.utils import timezone
 from gpu_runtime.contract import stream_key
 from gpu_runtime.streams import StreamWriter
 from tenants.roles import BILLING_VIEWER
-from tests.conftest import create_key, make_member
-from tests.test_training_api import make_adapter, make_base, make_dataset, make_job
-from tests.test_ws import expect_refusal, key_protocols, session_headers
+from tests.factories import create_key, make_adapter, make_base, make_dataset, make_job, make_member
+from tests.ws_helpers import expect_refusal, key_protocols, session_headers
 from training.jobs import event, new_job_id
 from training.models import TrainingJob, TrainingStep
 from vajra.asgi import application
 from vajra.redis import get_redis
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_password_hashing")]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def job(acme, settings, tmp_path):
-    settings.STORAGES = {**settings.STORAGES, "adapters": {  # the dataset's file goes to a private folder
-        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(tmp_path)}}}
+def job(acme, adapter_storage):
     base = make_base()
     job = make_job(acme, make_adapter(acme, base), make_dataset(acme), job_id=new_job_id(), status=TrainingJob.RUNNING,
                    total_steps=3, trained_steps=1, last_loss=2.5, started_at=timezone.now())

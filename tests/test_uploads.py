@@ -12,7 +12,7 @@ import pytest
 from adapters import uploads
 from adapters.uploads import MAX_FILES, unpack_upload
 from gpu_runtime.adapter_validation import CONFIG_FILE, WEIGHTS_FILE, AdapterRejected, validate_adapter
-from tests.test_adapter_validation import BASE, write_adapter
+from tests.adapter_files import BASE, in_folder, tar_bytes, write_adapter, zip_bytes
 
 
 @pytest.fixture(scope="module")
@@ -22,33 +22,7 @@ def adapter_files(tmp_path_factory):
     return {name: (path / name).read_bytes() for name in (CONFIG_FILE, WEIGHTS_FILE)}
 
 
-def zip_bytes(members, *, compression=zipfile.ZIP_DEFLATED):
-    """members: [(name or ZipInfo, bytes)]."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression) as archive:
-        for name, data in members:
-            info = name if isinstance(name, zipfile.ZipInfo) else zipfile.ZipInfo(name)
-            info.compress_type = compression
-            archive.writestr(info, data)
-    return buffer.getvalue()
 
-
-def tar_bytes(members, *, mode="w:gz"):
-    """members: [(name, bytes)] or [(TarInfo, None)] for links and other special entries."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode=mode) as archive:
-        for name, data in members:
-            if isinstance(name, tarfile.TarInfo):
-                archive.addfile(name)
-                continue
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-def in_folder(files, folder="my-adapter"):
-    return [(f"{folder}/{name}", data) for name, data in files.items()]
 
 
 def fresh(tmp_path, name):

@@ -14,11 +14,12 @@ from billing.plans import period_of
 from billing.selectors import money_sum, money_value
 from serving.dispatch import inference_finish
 from tenants.roles import BILLING_VIEWER
-from tests.conftest import assert_error, create_key, key_client, make_member, session_client
-from tests.test_billing_ledger import adapter_version, base_model, final_event, standard, submitted  # noqa: F401
+from tests.billing_helpers import adapter_version, base_model, final_event, submitted
+from tests.factories import create_key, key_client, make_member, session_client
+from tests.helpers import assert_error
 from training.models import Dataset, TrainingJob, TrainingStep
 
-pytestmark = pytest.mark.usefixtures("standard", "fast_password_hashing")
+pytestmark = pytest.mark.usefixtures("standard")
 URL = "/v1/usage/acme/metrics"
 
 

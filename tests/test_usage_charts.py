@@ -14,10 +14,8 @@ from django.utils import timezone
 
 from billing.models import UsageEvent
 from billing.plans import money_text
-from tests.billing_fixtures import make_adapter
-from tests.conftest import session_client
-
-pytestmark = pytest.mark.usefixtures("fast_password_hashing")
+from tests.billing_helpers import base_model
+from tests.factories import make_adapter, session_client
 
 
 @pytest.mark.django_db
@@ -26,7 +24,8 @@ def test_the_charts_show_the_ledgers_sums(alice, acme, contoso):
     month_start = datetime(now.year, now.month, 1, tzinfo=UTC)
     first_day = month_start + timedelta(minutes=1)
     latest = max(now - timedelta(minutes=5), first_day)
-    bot, summarizer = make_adapter(acme, "support-bot", "warm"), make_adapter(acme, "summarizer", "hot")
+    bot = make_adapter(acme, base_model(), "support-bot", "warm")
+    summarizer = make_adapter(acme, base_model(), "summarizer", "hot")
     specs = [  # (when, kind, tier, adapter, cost)
         (first_day, UsageEvent.INFERENCE, "warm", bot, "0.0005000000"),
         (first_day, UsageEvent.INFERENCE, "hot", summarizer, "0.0020001234"),

@@ -1,75 +1,17 @@
-"""Websocket authentication and tenant events, through the real ASGI application, Redis channel layer and DB.
-
-pytest-asyncio is not installed: each test drives its coroutine with ``async_to_sync``, and uses a
-transactional database so that the consumer's database thread sees the rows the test made.
-"""
+"""Websocket authentication and tenant events, through the real ASGI application, Redis channel layer and DB."""
 
 from datetime import timedelta
 
 import pytest
-from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
-from channels.testing import WebsocketCommunicator
-from django.test import Client
 from django.utils import timezone
 
 from tenants import services, ws
-from tenants.keys import principal_from_membership
 from tenants.models import Tenant
-from tests.conftest import create_key
-from vajra.asgi import application
+from tests.factories import create_key
+from tests.ws_helpers import as_member, expect_refusal, key_protocols, open_socket, run, session_headers
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_password_hashing")]
-
-ACME_EVENTS = "/ws/v1/tenants/acme/events/"
-
-
-def run(coroutine_function):
-    return async_to_sync(coroutine_function)()
-
-
-def key_protocols(secret):
-    return ["vajra.v1", f"bearer.{secret}"]
-
-
-def as_member(user, tenant):
-    """The principal of a member's session, for calling services as them."""
-    return principal_from_membership(user.memberships.get(tenant=tenant))
-
-
-def session_headers(user, origin="http://testserver", host="testserver"):
-    client = Client()
-    client.force_login(user)
-    headers = [(b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode()),
-               (b"host", host.encode())]
-    if origin is not None:
-        headers.append((b"origin", origin.encode()))
-    return headers
-
-
-async def open_socket(path=ACME_EVENTS, *, subprotocols=None, headers=None):
-    communicator = WebsocketCommunicator(application, path, subprotocols=subprotocols, headers=headers)
-    connected, subprotocol = await communicator.connect()
-    assert connected, "refusals accept first, so that the client gets a close code and a reason"
-    return communicator, subprotocol
-
-
-async def expect_refusal(communicator, close_code, code):
-    """The refusal protocol: an error message in the one error shape, then a close with code and reason."""
-    message = await communicator.receive_json_from()
-    assert message["type"] == "error", message
-    assert set(message["error"]) == {"message", "type", "param", "code"}, message
-    assert message["error"]["code"] == code, message
-    assert message["error"]["message"], message
-    close = await communicator.receive_output()
-    assert close["type"] == "websocket.close", close
-    assert close["code"] == close_code, close
-    assert close["reason"] and len(close["reason"].encode()) <= 123, close
-    # Short: a consumer refused within milliseconds of connecting may still be starting its channel-layer
-    # receive, which channels_redis finishes (up to its BRPOP timeout) before it can be cancelled.
-    await communicator.disconnect(timeout=0.1)
-    return message["error"], close
-
+pytestmark = pytest.mark.django_db(transaction=True)
 
 def welcome(**socket):
     """Opens a socket that must be welcomed, and returns the welcome."""

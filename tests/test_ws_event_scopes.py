@@ -14,11 +14,20 @@ from tenants.events import EVENT_READ_ACTIONS
 from tenants.keys import principal_from_membership
 from tenants.models import APIKey, AuditEntry, Membership, Tenant, User
 from tenants.roles import ADMIN, BILLING_VIEWER, DEVELOPER, OWNER, SCOPES
-from tests.conftest import PASSWORD, assert_error, create_key, key_client, make_member, session_client
-from tests.test_playground_ws import chat, open_playground
-from tests.test_ws import as_member, expect_refusal, key_protocols, open_socket, run, session_headers
+from tests.factories import PASSWORD, create_key, key_client, make_member, session_client
+from tests.helpers import assert_error
+from tests.ws_helpers import (
+    as_member,
+    chat,
+    expect_refusal,
+    key_protocols,
+    open_playground,
+    open_socket,
+    run,
+    session_headers,
+)
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_password_hashing")]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 # Where REST shows what each event tells.
 REST_READ = {

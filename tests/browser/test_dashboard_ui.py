@@ -18,14 +18,12 @@ from billing.plans import ensure_default_plan, period_of
 from fleet.models import Node
 from serving.models import InferenceRequest
 from tenants.audit import audit_record
-from tests.billing_fixtures import make_job
-from tests.conftest import PASSWORD
-from tests.test_training_api import make_base
+from tests.factories import PASSWORD, make_base, make_job
+from training.models import TrainingJob
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("fast_password_hashing"),
     pytest.mark.filterwarnings("ignore:Session-scoped fixtures defined as instance methods"
                                ":pytest.PytestRemovedIn10Warning"),
 ]
@@ -59,7 +57,7 @@ def seeded(alice, acme):
     bot = Adapter.objects.create(tenant=acme, base_model=base, name="support-bot-with-a-rather-long-name",
                                  tier=Adapter.WARM)
     v1 = version(bot, 1)
-    job = make_job(acme, bot, "ftjob_ui_1")
+    job = make_job(acme, bot, job_id="ftjob_ui_1", status=TrainingJob.SUCCEEDED)
     v2 = version(bot, 2, source=AdapterVersion.TRAINING)
     job.result_version = v2
     job.save()

@@ -10,18 +10,8 @@ from playwright.sync_api import expect
 
 from billing.models import UsageEvent
 from serving.models import InferenceRequest
-from tests.conftest import PASSWORD
-
-# The real processes of tests/integration (imported, so that pytest sees them as fixtures here too).
-from tests.integration.conftest import (  # noqa: F401
-    base_model_store,
-    control_worker,
-    daphne,
-    runtime_concurrency,
-    runtime_node,
-    wait_for,
-    wait_until_serving,
-)
+from tests.helpers import sign_in
+from tests.processes import wait_for, wait_until_serving
 
 pytestmark = [
     pytest.mark.browser,
@@ -48,15 +38,7 @@ WATCH_REPLY = """() => {
 }"""
 
 
-def sign_in(page, base_url, email):
-    page.goto(f"{base_url}/login/?next=/playground/")
-    page.get_by_label("Email").fill(email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page).to_have_url(f"{base_url}/playground/")
-
-
-def test_chat_streams_tokens_live_with_stats(page, daphne, runtime_node, control_worker, alice):  # noqa: F811
+def test_chat_streams_tokens_live_with_stats(page, daphne, runtime_node, control_worker, alice):
     wait_until_serving(MODEL, runtime_node, 180)
     page.set_default_timeout(30_000)
     sign_in(page, daphne, alice.email)
@@ -114,7 +96,7 @@ def test_chat_streams_tokens_live_with_stats(page, daphne, runtime_node, control
     page.screenshot(path="/tmp/playground-phone.png", full_page=True)
 
 
-def test_generating_state_and_a_stopped_reply_left_out_unless_kept(page, daphne, runtime_node, control_worker,  # noqa: F811
+def test_generating_state_and_a_stopped_reply_left_out_unless_kept(page, daphne, runtime_node, control_worker,
                                                                     alice):
     wait_until_serving(MODEL, runtime_node, 180)
     page.set_default_timeout(30_000)

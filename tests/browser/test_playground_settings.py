@@ -8,9 +8,8 @@ import pytest
 from playwright.sync_api import expect
 
 from adapters.models import Adapter, BaseModel
-from tests.browser.test_playground import sign_in
-from tests.integration.conftest import daphne  # noqa: F401
-from tests.test_playground_ws import make_adapter
+from tests.factories import make_adapter
+from tests.helpers import sign_in
 
 pytestmark = [
     pytest.mark.browser,
@@ -46,7 +45,7 @@ def chats(frames):
     return [frame for frame in frames if frame.get("type") == "chat"]
 
 
-def test_one_entry_per_adapter_and_a_version_picker(page, daphne, catalog, alice, sent_frames):  # noqa: F811
+def test_one_entry_per_adapter_and_a_version_picker(page, daphne, catalog, alice, sent_frames):
     page.set_default_timeout(30_000)
     sign_in(page, daphne, alice.email)
     expect(page.get_by_role("status").filter(has_text="Connected")).to_be_visible()
@@ -74,7 +73,7 @@ def test_one_entry_per_adapter_and_a_version_picker(page, daphne, catalog, alice
     screenshot(page, "playground-versions.png")
 
 
-def test_every_bad_setting_is_reported_at_once_and_nothing_is_sent(page, daphne, catalog, alice,  # noqa: F811
+def test_every_bad_setting_is_reported_at_once_and_nothing_is_sent(page, daphne, catalog, alice,
                                                                    sent_frames):
     page.set_default_timeout(30_000)
     sign_in(page, daphne, alice.email)
@@ -112,7 +111,7 @@ def test_every_bad_setting_is_reported_at_once_and_nothing_is_sent(page, daphne,
         "temperature": 0.5, "top_p": 0.9, "max_tokens": 32, "seed": None, "stop": ["END"]}
 
 
-def test_the_page_is_usable_420_px_wide(page, daphne, catalog, alice):  # noqa: F811
+def test_the_page_is_usable_420_px_wide(page, daphne, catalog, alice):
     page.set_viewport_size({"width": 420, "height": 900})
     page.set_default_timeout(30_000)
     sign_in(page, daphne, alice.email)

@@ -1,7 +1,8 @@
-"""Fine-tuning from the dashboard in a real browser against real processes: daphne, a runtime node with SmolLM2
-and the control worker. A member uploads a chat dataset, asks for the estimate, starts a short job on a new
-adapter and watches its page follow the job live over the websocket: the progress bar to 4 / 4, the loss chart, the
-events, succeeded; the adapter's page then has the trained v1 as its current version."""
+"""Fine-tuning from the dashboard in a real browser against real processes: daphne, a runtime node on tiny-llama
+(the test reads no text of the model's) and the control worker. A member uploads a chat dataset, asks for the
+estimate, starts a short job on a new adapter and watches its page follow the job live over the websocket: the
+progress bar to 4 / 4, the loss chart, the events, succeeded; the adapter's page then has the trained v1 as its
+current version."""
 
 import json
 import re
@@ -10,18 +11,9 @@ import pytest
 from playwright.sync_api import expect
 
 from adapters.models import Adapter
-from tests.conftest import PASSWORD
-
-# The real processes of tests/integration (imported, so that pytest sees them as fixtures here too).
-from tests.integration.conftest import (  # noqa: F401
-    base_model_store,
-    control_worker,
-    daphne,
-    runtime_concurrency,
-    runtime_node,
-    wait_for,
-    wait_until_serving,
-)
+from gpu_runtime.model_store import TINY_MODEL
+from tests.helpers import sign_in
+from tests.processes import wait_for, wait_until_serving
 from training.models import TrainingJob
 
 pytestmark = [
@@ -31,7 +23,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Session-scoped fixtures defined as instance methods"
                                ":pytest.PytestRemovedIn10Warning"),
 ]
-MODEL = "smollm2-135m-instruct"
+MODEL = TINY_MODEL
 RECORDS = [{"messages": [{"role": "user", "content": f"What is the code word number {i}?"},
                          {"role": "assistant", "content": f"The code word number {i} is pelican{i}."}]}
            for i in range(8)]
@@ -53,16 +45,8 @@ WATCH_JOB = """() => {
 }"""
 
 
-def sign_in(page, base_url, email, next_path):
-    page.goto(f"{base_url}/login/?next={next_path}")
-    page.get_by_label("Email").fill(email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page).to_have_url(f"{base_url}{next_path}")
-
-
-def test_start_a_job_and_watch_it_live(page, daphne, runtime_node, control_worker, alice):  # noqa: F811
-    wait_until_serving(MODEL, runtime_node, 180)
+def test_start_a_job_and_watch_it_live(page, daphne, tiny_runtime_node, control_worker, alice):
+    wait_until_serving(MODEL, tiny_runtime_node, 180)
     page.set_default_timeout(30_000)
     sign_in(page, daphne, alice.email, "/training/")
     expect(page.get_by_role("heading", level=1)).to_have_text("Training")
@@ -108,7 +92,7 @@ def test_start_a_job_and_watch_it_live(page, daphne, runtime_node, control_worke
 
     # The page follows the job over the websocket, without a reload. (A node that never starts it: its log says why.)
     wait_for(lambda: TrainingJob.objects.filter(pk=job.pk, started_at__isnull=False).exists(), 180,
-             "the runtime node to start the job", runtime_node)
+             "the runtime node to start the job", tiny_runtime_node)
     expect(page.locator("#tj-step-text")).to_have_text("4 / 4", timeout=300_000)
     expect(page.locator("#tj-status")).to_have_text("Succeeded", timeout=120_000)
     expect(page.locator("#tj-live")).to_have_text("Finished")

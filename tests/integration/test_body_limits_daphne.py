@@ -8,8 +8,8 @@ import socket
 import httpx
 import pytest
 
-from tests.conftest import create_key
-from tests.integration.conftest import start_daphne
+from tests.factories import create_key
+from tests.processes import start_daphne
 from training.models import Dataset
 
 pytestmark = pytest.mark.slow

@@ -15,8 +15,8 @@ from billing.models import UsageEvent
 from gpu_runtime.contract import stream_key
 from gpu_runtime.model_store import TINY_MODEL
 from serving.models import InferenceRequest
-from tests.conftest import create_key
-from tests.integration.conftest import start_runtime_node, wait_for, wait_until_serving
+from tests.factories import create_key
+from tests.processes import start_runtime_node, wait_for, wait_until_serving
 
 pytestmark = pytest.mark.slow
 MODEL = TINY_MODEL

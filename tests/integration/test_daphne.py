@@ -7,7 +7,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.conftest import create_key
+from tests.factories import create_key
 
 pytestmark = pytest.mark.slow
 

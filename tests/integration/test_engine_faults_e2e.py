@@ -11,8 +11,8 @@ import pytest
 from adapters.models import BaseModel
 from gpu_runtime.model_store import TINY_MODEL
 from serving.models import InferenceRequest
-from tests.conftest import create_key
-from tests.integration.conftest import wait_for
+from tests.factories import create_key
+from tests.processes import wait_for
 
 pytestmark = pytest.mark.slow
 

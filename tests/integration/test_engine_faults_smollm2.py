@@ -16,13 +16,10 @@ from gpu_runtime.engine import Engine
 from gpu_runtime.generation import AdapterRef, GenerationRequest, SamplingParams
 from gpu_runtime.lora import SlotPool
 from gpu_runtime.streams import StreamWriter
-from tests.integration import test_engine_smollm2
-from tests.test_engine import hold_engine
-from tests.test_engine_faults import poison_slot
+from tests.runtime_fixtures import hold_engine, poison_slot
 
 pytestmark = pytest.mark.slow
 
-smollm2 = test_engine_smollm2.smollm2  # the fixture: SmolLM2 fp32 and four PEFT adapters
 MAX_TOKENS = 24
 HEALTHY = [("The capital of France is", 0), ("List three colors:", None)]  # adapter 0 is rank 8, like adapter 3
 BAD_ADAPTER = 3

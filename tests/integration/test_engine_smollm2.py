@@ -8,13 +8,11 @@ import uuid
 import pytest
 import redis
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from safetensors.torch import load_file
 
 from gpu_runtime.adapter_store import AdapterStore
-from gpu_runtime.adapter_validation import BaseFacts, validate_adapter
-from gpu_runtime.base_model import load_base_model
-from gpu_runtime.config import RuntimeConfig
+from gpu_runtime.adapter_validation import validate_adapter
 from gpu_runtime.engine import Engine
 from gpu_runtime.generation import AdapterRef, GenerationRequest, SamplingParams
 from gpu_runtime.lora import SlotPool, adapter_weights_from_tensors
@@ -22,32 +20,7 @@ from gpu_runtime.streams import StreamWriter, read_events
 
 pytestmark = pytest.mark.slow
 
-SPECS = [(8, ("q_proj", "v_proj")), (4, ("k_proj", "o_proj")), (16, ("gate_proj", "up_proj", "down_proj")),
-         (8, ("q_proj", "v_proj", "down_proj"))]
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time", "Water boils at", "List three colors:"]
-
-
-@pytest.fixture(scope="module")
-def smollm2(base_model_store, tmp_path_factory):
-    os.environ.setdefault("VAJRA_MODEL_STORE", str(base_model_store))
-    config = RuntimeConfig.from_env()
-    base = load_base_model(config.__class__(**{**config.__dict__, "dtype": "float32", "device": "cpu",
-                                               "model_store": base_model_store}))
-    reference = copy.deepcopy(base.model)
-    root = tmp_path_factory.mktemp("smol-adapters")
-    paths = []
-    for i, (r, targets) in enumerate(SPECS):
-        torch.manual_seed(1000 + i)
-        peft = get_peft_model(copy.deepcopy(reference), LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets),
-                                                                    init_lora_weights=False))
-        with torch.no_grad():
-            for name, param in peft.named_parameters():
-                if "lora_B" in name:
-                    param.mul_(0.3)
-        peft.save_pretrained(root / f"a{i}")
-        paths.append(root / f"a{i}")
-    facts = BaseFacts.from_manifest(base.manifest)
-    return base, reference, paths, facts
 
 
 def test_mixed_batch_logits_match_peft_within_1e4(smollm2):

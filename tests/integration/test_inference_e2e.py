@@ -1,6 +1,7 @@
-"""End to end with real processes: daphne, a runtime node with SmolLM2, the control worker. A tenant
-uploads an adapter, infers over REST and SSE, the request row records usage from the runtime's final
-event, a client that disconnects cancels its generation, and refusals send nothing."""
+"""End to end with real processes: daphne, a runtime node, the control worker. A tenant uploads an adapter, infers
+over REST and SSE, the request row records usage from the runtime's final event, and refusals send nothing (on
+tiny-llama: no test reads the text's meaning); a client that disconnects cancels its generation (on SmolLM2, whose
+answer takes long enough to leave mid-way)."""
 
 import json
 import time
@@ -9,38 +10,36 @@ import httpx
 import pytest
 
 from adapters.models import Adapter, AdapterVersion, BaseModel
+from gpu_runtime.model_store import TINY_MODEL
 from serving.models import InferenceRequest
-from tests.conftest import create_key
-from tests.integration.conftest import wait_for, wait_until_serving
+from tests.factories import create_key
+from tests.processes import sse_events, wait_for, wait_until_serving
 
 pytestmark = pytest.mark.slow
-MODEL = "smollm2-135m-instruct"
+SMOLLM2 = "smollm2-135m-instruct"
+MODEL = TINY_MODEL
 
 
-@pytest.fixture
-def platform(daphne, runtime_node, control_worker, alice, acme):
-    wait_until_serving(MODEL, runtime_node, 180)
+def client_of(daphne, alice, acme):
     _, secret = create_key(alice, acme)
     return httpx.Client(base_url=daphne, headers={"Authorization": f"Bearer {secret}"}, timeout=120)
 
 
-def sse_events(response):
-    event = {}
-    for line in response.iter_lines():
-        if not line:
-            if event:
-                yield event
-            event = {}
-        elif line.startswith(":"):
-            continue
-        else:
-            field, _, value = line.partition(": ")
-            event[field] = value
+@pytest.fixture
+def platform(daphne, tiny_runtime_node, control_worker, alice, acme):
+    wait_until_serving(MODEL, tiny_runtime_node, 180)
+    return client_of(daphne, alice, acme)
 
 
-def test_upload_infer_rest_and_sse_and_usage_rows(platform, adapter_zip, charlie, contoso):
+@pytest.fixture
+def smollm2_platform(daphne, runtime_node, control_worker, alice, acme):
+    wait_until_serving(SMOLLM2, runtime_node, 180)
+    return client_of(daphne, alice, acme)
+
+
+def test_upload_infer_rest_and_sse_and_usage_rows(platform, tiny_adapter_zip, charlie, contoso):
     up = platform.post("/api/v1/adapters", data={"name": "support-bot", "base_model": MODEL},
-                       files={"file": ("adapter.zip", adapter_zip, "application/zip")})
+                       files={"file": ("adapter.zip", tiny_adapter_zip, "application/zip")})
     assert up.status_code == 201, up.text
     assert up.json()["model"] == "support-bot@v1" and up.json()["tier"]["units_per_query"] == 1
 
@@ -55,7 +54,7 @@ def test_upload_infer_rest_and_sse_and_usage_rows(platform, adapter_zip, charlie
     row = wait_for(lambda: InferenceRequest.objects.filter(pk=result["id"], status="succeeded").first(), 60,
                    "the control worker to record the final event")
     assert row.completion_tokens == result["usage"]["completion_tokens"] and row.gpu_ms > 0
-    assert row.adapter_version.adapter.name == "support-bot" and row.node.name.startswith("test-")
+    assert row.adapter_version.adapter.name == "support-bot" and row.node.name.startswith("tiny-")
 
     with platform.stream("POST", f"/v1/models/{MODEL}/infer", json={**body, "stream": True}) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -74,12 +73,13 @@ def test_upload_infer_rest_and_sse_and_usage_rows(platform, adapter_zip, charlie
         json.loads(next(e for e in events if e["event"] == "delta")["data"])["text"]):]
 
 
-def test_disconnect_cancels_generation(platform, adapter_zip):
-    platform.post("/api/v1/adapters", data={"name": "long", "base_model": MODEL},
+def test_disconnect_cancels_generation(smollm2_platform, adapter_zip):
+    platform = smollm2_platform
+    platform.post("/api/v1/adapters", data={"name": "long", "base_model": SMOLLM2},
                   files={"file": ("adapter.zip", adapter_zip, "application/zip")}).raise_for_status()
     body = {"prompt": "Write a very long story about the sea.", "adapter_id": "long",
             "parameters": {"temperature": 0.8, "max_tokens": 400, "seed": 1}, "stream": True}
-    with platform.stream("POST", f"/v1/models/{MODEL}/infer", json=body) as response:
+    with platform.stream("POST", f"/v1/models/{SMOLLM2}/infer", json=body) as response:
         deltas = 0
         for event in sse_events(response):
             if event.get("event") == "request":

@@ -1,6 +1,6 @@
 """Bounded load over loopback: 64 SSE streams (48 on /v1/models/{m}/infer, half of them through an adapter, 16 on
 the OpenAI chat endpoint) and 16 playground websockets, each client issuing request after request for
-VAJRA_LOAD_SECONDS (default 120, as CI runs it), against real daphne, a real runtime node on tiny-llama and the
+VAJRA_LOAD_SECONDS (default 60, as CI runs it), against real daphne, a real runtime node on tiny-llama and the
 control worker. Every request must end with its final event, no response may be a 5xx (or any other refusal),
 no transport may fail, and each stream's text and token count must equal the runtime's record of that request:
 the deltas on its Redis Stream joined, the final event's usage, and the request row the control worker wrote.
@@ -23,12 +23,12 @@ from adapters.models import BaseModel
 from gpu_runtime.contract import stream_key
 from gpu_runtime.model_store import TINY_MODEL
 from serving.models import InferenceRequest
-from tests.conftest import create_key
-from tests.integration.conftest import ROOT, SUMMARY, start_control_worker, start_daphne, start_runtime_node, wait_for
+from tests.factories import create_key
+from tests.processes import ROOT, SUMMARY, start_control_worker, start_daphne, start_runtime_node, wait_for
 
 pytestmark = pytest.mark.slow
 
-SECONDS = float(os.environ.get("VAJRA_LOAD_SECONDS", "120"))
+SECONDS = float(os.environ.get("VAJRA_LOAD_SECONDS", "60"))
 WALL_LIMIT_S = SECONDS + 240  # the clients stop starting requests at SECONDS; this stops everything regardless
 SSE_CLIENTS, OPENAI_CLIENTS, WS_CLIENTS = 48, 16, 16
 MAX_TOKENS = 16

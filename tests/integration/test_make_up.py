@@ -4,56 +4,15 @@ Ctrl-C stopping every child, and a second start working (with two nodes and DEBU
 
 import os
 import re
-import signal
 import stat
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration.conftest import ROOT, free_port, wait_for
+from tests.processes import Up, alive, free_port, read_env, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-class Up:
-    def __init__(self, var_dir, port, log_path, args=()):
-        env = {k: v for k, v in os.environ.items()
-               if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"} and not k.startswith("PYTEST")}
-        env.update(VAJRA_VAR_DIR=str(var_dir), VAJRA_MODEL_STORE=str(ROOT / "var" / "models"),
-                   VAJRA_PORT=str(port), VAJRA_HEARTBEAT_SECONDS="1", PYTHONUNBUFFERED="1")
-        self.log_path, self.env = log_path, env
-        self.log = open(log_path, "wb")
-        self.popen = subprocess.Popen([sys.executable, "manage.py", "up", *args], cwd=ROOT, env=env, stdout=self.log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
-
-    def output(self):
-        return Path(self.log_path).read_text(errors="replace")
-
-    def child_pids(self):
-        return [int(pid) for pid in re.findall(r"started \(pid=(\d+)\)", self.output())]
-
-    def ctrl_c(self):
-        os.kill(self.popen.pid, signal.SIGINT)  # what the terminal sends the foreground process
-        self.popen.wait(60)
-        self.log.close()
-
-
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie still answers kill(0); it has exited all the same
-    status = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "X"
-    return status != "Z"
-
-
-def read_env(path):
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and line[0] != "#")
 
 
 def run_once(var_dir, tmp_path, n, nodes=("local",), debug=False):

@@ -29,8 +29,8 @@ from django.db.models import Sum
 from billing.metering_lag import metering_lag
 from billing.models import UsageEvent
 from serving.models import InferenceRequest
-from tests.conftest import create_key
-from tests.integration.conftest import Proc, process_env, start_runtime_node, wait_for, wait_until_serving
+from tests.factories import create_key
+from tests.processes import Proc, process_env, start_runtime_node, wait_for, wait_until_serving
 
 pytestmark = pytest.mark.slow
 MODEL = "smollm2-135m-instruct"

@@ -14,9 +14,8 @@ from adapters.models import BaseModel
 from billing.models import UsageEvent
 from fleet.models import Node
 from serving.models import InferenceRequest
-from tests.conftest import create_key
-from tests.integration.conftest import start_runtime_node, wait_for
-from tests.integration.test_inference_e2e import sse_events
+from tests.factories import create_key
+from tests.processes import sse_events, start_runtime_node, wait_for
 
 pytestmark = pytest.mark.slow
 MODEL = "smollm2-135m-instruct"

@@ -10,8 +10,8 @@ import pytest
 from adapters.models import BaseModel
 from billing.models import UsageEvent
 from gpu_runtime.model_store import TINY_MODEL
-from tests.conftest import create_key, put_on_plan
-from tests.integration.conftest import wait_for
+from tests.factories import create_key, put_on_plan
+from tests.processes import wait_for
 
 
 @pytest.mark.slow

@@ -11,8 +11,8 @@ from openai import OpenAI
 
 from adapters.models import BaseModel
 from serving.models import InferenceRequest
-from tests.conftest import create_key
-from tests.integration.conftest import wait_for, wait_until_serving
+from tests.factories import create_key
+from tests.processes import wait_for, wait_until_serving
 
 pytestmark = pytest.mark.slow
 MODEL = "smollm2-135m-instruct"

@@ -8,7 +8,7 @@ import sys
 import httpx
 import pytest
 
-from tests.integration.conftest import ROOT, process_env, start_daphne
+from tests.processes import ROOT, process_env, start_daphne
 from vajra.management.commands.up import platform_env
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import ROOT, free_port, wait_for
-from tests.integration.test_make_up import Up, read_env
+from tests.processes import ROOT, Up, free_port, read_env, wait_for
 
 pytestmark = pytest.mark.slow
 README = ROOT / "README.md"

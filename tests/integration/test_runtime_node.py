@@ -1,42 +1,42 @@
-"""A real runtime node (real SmolLM2 from the model store) heartbeats to a real control worker."""
+"""A real runtime node heartbeats to a real control worker (on tiny-llama) and streams SmolLM2's real tokens."""
 
 import pytest
 
 from fleet.heartbeats import nodes_mark_down
 from fleet.models import Node
-from tests.integration.conftest import wait_for
+from tests.processes import wait_for
 
 pytestmark = pytest.mark.slow
 
 
 def test_node_loads_base_model_heartbeats_and_is_marked_down_when_gone(
-        runtime_node, control_worker, client, settings):
+        tiny_runtime_node, control_worker, client, settings):
     def loaded():
-        node = Node.objects.filter(name=runtime_node.name).first()
+        node = Node.objects.filter(name=tiny_runtime_node.name).first()
         return node if node and node.state.get("model_loaded") else None
 
-    node = wait_for(loaded, 180, "the node's heartbeat with the base model loaded", runtime_node)
+    node = wait_for(loaded, 180, "the node's heartbeat with the base model loaded", tiny_runtime_node)
     assert node.status == Node.UP
-    assert node.base_model == "smollm2-135m-instruct"
+    assert node.base_model == "tiny-llama"
     assert node.device == "cpu" and node.state["dtype"] in {"float32", "bfloat16"}
-    assert node.state["memory"]["host_max_rss"] > 100_000_000  # the weights are resident
+    assert node.state["memory"]["host_max_rss"] > 0
 
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready"
-    assert runtime_node.name in [n["name"] for n in ready["runtime"]["nodes"]]
+    assert tiny_runtime_node.name in [n["name"] for n in ready["runtime"]["nodes"]]
 
     # web -> node queue -> runtime task -> result, JSON all the way
     from vajra.celery import app
 
-    pong = app.send_task("runtime.ping", queue=f"node.{runtime_node.name}").get(timeout=60)
-    assert pong["node"] == runtime_node.name and pong["model_loaded"] is True
+    pong = app.send_task("runtime.ping", queue=f"node.{tiny_runtime_node.name}").get(timeout=60)
+    assert pong["node"] == tiny_runtime_node.name and pong["model_loaded"] is True
 
-    runtime_node.stop()
+    tiny_runtime_node.stop()
     settings.VAJRA_HEARTBEAT_SECONDS = 1
     settings.VAJRA_NODE_DOWN_AFTER_MISSED = 3
     wait_for(lambda: nodes_mark_down() or Node.objects.get(pk=node.pk).status == Node.DOWN, 30,
              "the silent node to be marked down")
-    assert runtime_node.name not in [n["name"] for n in client.get("/readyz").json()["runtime"]["nodes"]]
+    assert tiny_runtime_node.name not in [n["name"] for n in client.get("/readyz").json()["runtime"]["nodes"]]
 
 
 def test_infer_task_streams_real_tokens_and_a_redelivery_does_nothing_twice(runtime_node):

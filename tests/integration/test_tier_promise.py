@@ -16,8 +16,8 @@ from adapters.models import Adapter
 from fleet.models import Node
 from gpu_runtime.model_store import TINY_MODEL
 from serving.models import InferenceRequest
-from tests.conftest import create_key
-from tests.integration.conftest import start_control_worker, start_daphne, start_runtime_node, wait_for
+from tests.factories import create_key
+from tests.processes import start_control_worker, start_daphne, start_runtime_node, wait_for
 
 pytestmark = pytest.mark.slow
 HOT, FLOOD = 8, 16  # concurrent hot requests, concurrent base-model requests of the other tenant

@@ -13,9 +13,8 @@ from gpu_runtime.adapter_validation import BaseFacts
 from gpu_runtime.base_model import load_model_dir
 from gpu_runtime.model_store import DEFAULT_MODEL, TINY_MODEL, is_imported, read_manifest, sha256_file, write_tiny_llama
 from serving.models import InferenceRequest
-from tests.conftest import create_key
-from tests.integration.conftest import wait_for
-from tests.integration.test_inference_e2e import sse_events
+from tests.factories import create_key
+from tests.processes import sse_events, wait_for
 
 
 def test_tiny_store_is_a_complete_store_entry(tiny_model_store, base_model_store, tmp_path):

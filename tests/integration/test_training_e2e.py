@@ -19,15 +19,23 @@ from django.utils import timezone
 from adapters.models import Adapter
 from billing.models import UsageEvent
 from serving.models import InferenceRequest
-from tests.integration.conftest import wait_for
-from tests.integration.test_inference_e2e import MODEL, platform, sse_events  # noqa: F401  (the fixture)
+from tests.factories import create_key
+from tests.processes import sse_events, wait_for, wait_until_serving
 from training.models import TrainingCheckpoint, TrainingJob, TrainingStep
 
 pytestmark = pytest.mark.slow
+MODEL = "smollm2-135m-instruct"
 
 RECORDS = [{"messages": [{"role": "user", "content": f"What is the code word number {i}?"},
                          {"role": "assistant", "content": f"The code word number {i} is pelican{i}."}]}
            for i in range(8)]
+
+
+@pytest.fixture
+def platform(daphne, runtime_node, control_worker, alice, acme):
+    wait_until_serving(MODEL, runtime_node, 180)
+    _, secret = create_key(alice, acme)
+    return httpx.Client(base_url=daphne, headers={"Authorization": f"Bearer {secret}"}, timeout=120)
 
 
 def upload_dataset(client):
@@ -57,7 +65,7 @@ def greedy(client, model, prompt="The code word number 3 is", max_tokens=12):
     return response.json()
 
 
-def test_a_training_job_through_the_api_is_metered_per_step_and_its_version_is_served(platform):  # noqa: F811
+def test_a_training_job_through_the_api_is_metered_per_step_and_its_version_is_served(platform):
     dataset = upload_dataset(platform)
     estimate = platform.post(f"/v1/models/{MODEL}/train/estimate", json={
         "adapter_id": "tuned", "dataset": dataset,
@@ -113,7 +121,7 @@ def streamed(client, model, prompt=STORY, max_tokens=16):
 
 
 @pytest.mark.parametrize("runtime_concurrency", [5])  # three streams and the training job's task at once
-def test_hot_swap_with_streams_running_through_it(platform, adapter_zip):  # noqa: F811
+def test_hot_swap_with_streams_running_through_it(platform, adapter_zip):
     up = platform.post("/api/v1/adapters", data={"name": "support", "base_model": MODEL},
                        files={"file": ("adapter.zip", adapter_zip, "application/zip")})
     assert up.status_code == 201, up.text

@@ -15,9 +15,7 @@ import threading
 import httpx
 import pytest
 
-from tests.integration.conftest import ROOT, free_port, wait_for
-from tests.integration.test_inference_e2e import sse_events
-from tests.integration.test_make_up import Up, alive, read_env
+from tests.processes import ROOT, Up, alive, free_port, read_env, sse_events, wait_for
 
 pytestmark = pytest.mark.slow
 MODEL = "smollm2-135m-instruct"

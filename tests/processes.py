@@ -1,10 +1,12 @@
-"""Real processes against the test database and Redis: daphne, runtime nodes, the control worker.
+"""Real processes against the test database and Redis: daphne, runtime nodes, the control worker and beat, each
+in its own session with its output in a log file; waiting for what they write; the LoRA zips they serve.
 
-The processes share the test database because the tests using these fixtures commit their data
-(``transactional_db``) and the subprocesses get DATABASE_URL pointing at the test database.
+The processes share the test database because the tests using them commit their data (``transactional_db``)
+and the subprocesses get DATABASE_URL pointing at the test database. The fixtures are in tests/fixtures/live.py.
 """
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,16 +15,10 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 from django.db import connection
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parent.parent
 SUMMARY = []  # lines tests report (figures of the load test), printed at the end of the run
-
-
-def pytest_terminal_summary(terminalreporter):
-    for line in SUMMARY:
-        terminalreporter.write_line(line)
 
 
 def free_port():
@@ -31,7 +27,8 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_database_url():
+def shared_database_url():
+    """The URL of the database the tests run on, for processes that must share it."""
     cfg = connection.settings_dict
     if cfg["ENGINE"].endswith("sqlite3"):
         return f"sqlite:///{cfg['NAME']}"
@@ -41,7 +38,7 @@ def test_database_url():
 
 def process_env(**extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env.update(DATABASE_URL=test_database_url(), PYTHONUNBUFFERED="1")
+    env.update(DATABASE_URL=shared_database_url(), PYTHONUNBUFFERED="1")
     env.update(extra)  # may point a process at other services (a private Redis or PostgreSQL)
     return env
 
@@ -70,6 +67,8 @@ class Proc:
 
 
 def wait_for(predicate, timeout, what, proc=None):
+    """Polls ``predicate`` (a database row, a file, an answer) until it gives something true; fails with ``what``
+    (and the end of ``proc``'s log) after ``timeout`` seconds or as soon as ``proc`` exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.popen.poll() is not None:
@@ -115,49 +114,20 @@ def start_daphne(log_path, **env):
     return proc, f"http://127.0.0.1:{port}"
 
 
-@pytest.fixture
-def daphne(transactional_db, tmp_path):
-    """The real ASGI server on a free port; yields its base URL."""
-    proc, url = start_daphne(tmp_path / "daphne.log")
-    yield url
-    proc.stop()
-
-
-@pytest.fixture(scope="session")
-def base_model_store():
-    """The real SmolLM2 imported into var/models (once; later runs reuse it, as make up does)."""
-    store = ROOT / "var" / "models"
-    subprocess.run([sys.executable, "-m", "gpu_runtime.model_store", "import"], cwd=ROOT, check=True,
-                   env={**os.environ, "VAJRA_MODEL_STORE": str(store)}, stdout=subprocess.DEVNULL, timeout=600)
-    return store
-
-
-@pytest.fixture(scope="session")
-def tiny_model_store(base_model_store, tmp_path_factory):
-    """A store holding tiny-llama: random weights (2 layers, hidden 64) with SmolLM2's tokenizer and chat
-    template, in the layout the runtime loads (gpu_runtime.model_store.write_tiny_llama). A node on it loads
-    in a fraction of a second and decodes fast, for tests that need real nodes under load."""
-    from gpu_runtime.model_store import DEFAULT_MODEL, TINY_MODEL, write_tiny_llama
-
-    store = tmp_path_factory.mktemp("tiny-store")
-    write_tiny_llama(store, TINY_MODEL, tokenizer_from=base_model_store / DEFAULT_MODEL / "float32")
-    return store
-
-
-def start_control_worker(log_path, concurrency=2, *, beat=False, **env):
+def start_control_worker(log_path, concurrency=2, *, beat=False, hostname=None, **env):
     """The control worker (``beat``: with beat inside it, its schedule file beside the log)."""
     argv = [sys.executable, "-m", "celery", "-A", "vajra", "worker", "--queues", "control", "--pool", "threads",
-            "--concurrency", str(concurrency), "--loglevel", "INFO", "--hostname", f"control-{os.getpid()}@%h"]
+            "--concurrency", str(concurrency), "--loglevel", "INFO",
+            "--hostname", hostname or f"control-{os.getpid()}@%h"]
     if beat:
         argv += ["--beat", "--schedule", str(Path(log_path).with_suffix(".beat-schedule"))]
     return Proc(argv, log_path, process_env(**env))
 
 
-@pytest.fixture
-def control_worker(transactional_db, tmp_path):
-    proc = start_control_worker(tmp_path / "control.log")
-    yield proc
-    proc.stop()
+def start_beat(log_path, **env):
+    """Celery beat alone: the control plane's periodic tasks (nodes marked down every second, ...)."""
+    return Proc([sys.executable, "-m", "celery", "-A", "vajra", "beat", "--loglevel", "INFO",
+                 "--schedule", str(Path(log_path).with_suffix(".schedule"))], log_path, process_env(**env))
 
 
 def start_runtime_node(store, log_path, *, name, base_model="smollm2-135m-instruct", concurrency=2,
@@ -173,39 +143,6 @@ def start_runtime_node(store, log_path, *, name, base_model="smollm2-135m-instru
                             VAJRA_HEARTBEAT_SECONDS="1", VAJRA_METRICS_PORT="0", **env))
     proc.name = name
     return proc
-
-
-@pytest.fixture
-def runtime_concurrency():
-    """Celery threads of the test runtime node (a test parametrizes it to run more requests at once)."""
-    return 2
-
-
-@pytest.fixture
-def runtime_node(base_model_store, tmp_path, runtime_concurrency):
-    """A real runtime node with the real base model, on its own queue."""
-    proc = start_runtime_node(base_model_store, tmp_path / "runtime.log", name=f"test-{os.getpid()}",
-                              concurrency=runtime_concurrency)
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-def beat(transactional_db, tmp_path):
-    """Celery beat: the control plane's periodic tasks (nodes marked down every second, ...)."""
-    proc = Proc([sys.executable, "-m", "celery", "-A", "vajra", "beat", "--loglevel", "INFO",
-                 "--schedule", str(tmp_path / "celerybeat-schedule")], tmp_path / "beat.log", process_env())
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-def tiny_runtime_node(tiny_model_store, tmp_path):
-    """A real runtime node serving tiny-llama."""
-    proc = start_runtime_node(tiny_model_store, tmp_path / "runtime-tiny.log", name=f"tiny-{os.getpid()}",
-                              base_model="tiny-llama")
-    yield proc
-    proc.stop()
 
 
 def lora_zip(model_dir, tmp_dir):
@@ -231,13 +168,58 @@ def lora_zip(model_dir, tmp_dir):
     return buffer.getvalue()
 
 
-@pytest.fixture(scope="session")
-def adapter_zip(base_model_store, tmp_path_factory):
-    """A real PEFT LoRA (r=8 on q_proj, v_proj) for SmolLM2."""
-    return lora_zip(base_model_store / "smollm2-135m-instruct" / "float32", tmp_path_factory.mktemp("upload"))
+def sse_events(response):
+    """The server-sent events of an httpx streaming response, each a dict of its fields (event, id, data)."""
+    event = {}
+    for line in response.iter_lines():
+        if not line:
+            if event:
+                yield event
+            event = {}
+        elif line.startswith(":"):
+            continue
+        else:
+            field, _, value = line.partition(": ")
+            event[field] = value
 
 
-@pytest.fixture(scope="session")
-def tiny_adapter_zip(tiny_model_store, tmp_path_factory):
-    """A real PEFT LoRA (r=8 on q_proj, v_proj) for tiny-llama's shapes."""
-    return lora_zip(tiny_model_store / "tiny-llama" / "float32", tmp_path_factory.mktemp("tiny-upload"))
+class Up:
+    """``manage.py up`` (the README's first command) as a person runs it: the embedded defaults (no DATABASE_URL or
+    REDIS_URL), its own var/ dir and port, SmolLM2 from the shared model store; Ctrl-C is ``ctrl_c``."""
+
+    def __init__(self, var_dir, port, log_path, args=()):
+        env = {k: v for k, v in os.environ.items()
+               if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"} and not k.startswith("PYTEST")}
+        env.update(VAJRA_VAR_DIR=str(var_dir), VAJRA_MODEL_STORE=str(ROOT / "var" / "models"),
+                   VAJRA_PORT=str(port), VAJRA_HEARTBEAT_SECONDS="1", PYTHONUNBUFFERED="1")
+        self.log_path, self.env = log_path, env
+        self.log = open(log_path, "wb")
+        self.popen = subprocess.Popen([sys.executable, "manage.py", "up", *args], cwd=ROOT, env=env, stdout=self.log,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self):
+        return Path(self.log_path).read_text(errors="replace")
+
+    def child_pids(self):
+        return [int(pid) for pid in re.findall(r"started \(pid=(\d+)\)", self.output())]
+
+    def ctrl_c(self):
+        os.kill(self.popen.pid, signal.SIGINT)  # what the terminal sends the foreground process
+        self.popen.wait(60)
+        self.log.close()
+
+
+def alive(pid):
+    """Whether process ``pid`` still runs (a zombie does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); it has exited all the same
+    status = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "X"
+    return status != "Z"
+
+
+def read_env(path):
+    """The variables of an env file (var/demo.env) as a dict."""
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and line[0] != "#")
