@@ -14,7 +14,7 @@ from tenants.forms import add_service_error
 from tenants.views import tenant_member_required
 from vajra.errors import error_body, error_response
 
-from . import access
+from . import access, downloads
 from .forms import AdapterTierForm, AdapterUploadForm
 from .models import Adapter
 from .services import adapter_delete, adapter_set_tier, adapter_upload
@@ -122,6 +122,13 @@ def detail_page(request, name, tier_form=None, *, status=200):
 def adapter_detail(request, name):
     require_adapters_view(request.principal)
     return detail_page(request, name)
+
+
+@tenant_member_required
+def adapter_version_download(request, name, number):
+    """The version's PEFT folder as a zip, for the Download button of each version."""
+    require_adapters_view(request.principal)
+    return downloads.version_download(tenant=request.principal.tenant, name=name, number=number)
 
 
 @require_POST
