@@ -4,6 +4,7 @@ from . import views
 
 urlpatterns = [
     path("adapters/", views.adapters, name="adapters"),
+    path("adapter-imports/", views.adapter_import, name="adapter-import"),
     path("adapters/<str:name>/", views.adapter_detail, name="adapter-detail"),
     path("adapters/<str:name>/versions/<id:number>/download/", views.adapter_version_download,
          name="adapter-version-download"),

@@ -314,3 +314,31 @@ def test_an_adapter_the_validator_refuses_fails_with_its_code(start, site, allow
     _, row = start(f"{site.url}/rank.zip")
     assert row["status"] == "failed" and row["error"]["code"] == "bad_rank", row
     nothing_stored(adapter_storage)
+
+
+# ---- the dashboard ----------------------------------------------------------------------------------------------
+
+def test_the_adapters_page_imports_and_shows_the_status(alice_client, tiny_llama, site, allowed, peft_v1, sent,
+                                                        django_capture_on_commit_callbacks):
+    site.add("/a.zip", zip_bytes(in_folder(peft_v1)))
+    with django_capture_on_commit_callbacks(execute=True):
+        response = alice_client.post("/adapter-imports/", {"import-name": "support-bot", "import-base_model":
+                                                           "tiny-llama", "import-url": f"{site.url}/a.zip"})
+    assert response.status_code == 302, response.content[:500]
+    row = AdapterImport.objects.get()
+    assert sent == [(TASK_ADAPTER_IMPORT, [row.id])]
+    assert b"queued" in alice_client.get("/adapters/").content
+    adapter_import_run(import_id=row.id)
+    page = alice_client.get("/adapters/").content.decode()
+    assert "succeeded" in page and 'href="/adapters/support-bot/"' in page
+
+
+def test_the_adapters_page_shows_refusals_and_writes_nothing(alice_client, tiny_llama, allowed, sent, unchanged_db):
+    with unchanged_db():
+        response = alice_client.post("/adapter-imports/", {"import-name": "support-bot", "import-base_model":
+                                                           "tiny-llama", "import-url": "http://127.0.0.1/a.zip"})
+    assert response.status_code == 400 and b"https://" in response.content and sent == []
+
+
+def test_the_adapters_page_says_when_imports_are_off(alice_client, tiny_llama):
+    assert b"Importing from URLs is off on this platform" in alice_client.get("/adapters/").content
