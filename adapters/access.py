@@ -5,7 +5,7 @@ import re
 
 from django.http import Http404
 
-from .models import Adapter, AdapterVersion, BaseModel
+from .models import Adapter, AdapterImport, AdapterVersion, BaseModel
 
 # A version number past nine digits names no version (and would overflow the database's integer).
 MODEL_REF = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]{0,63})(?:@v?(?P<version>\d{1,9}))?$")
@@ -52,6 +52,13 @@ def access_adapter_version(*, tenant, ref):
         raise Http404(f"Version {version.number} of '{adapter.name}' is {version.status}, not ready.")
     version.adapter = adapter
     return version
+
+
+def access_adapter_import(*, tenant, import_id):
+    row = AdapterImport.objects.filter(tenant=tenant, id=import_id).select_related("base_model", "version").first()
+    if row is None:
+        raise Http404(f"No adapter import '{import_id}' in this tenant.")
+    return row
 
 
 def tenant_versions(*, tenant, base_model=None):

@@ -1,7 +1,8 @@
 """REST API for the base-model catalog and a tenant's adapters (/api/v1/...)."""
 
 from django.db import transaction
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
@@ -12,7 +13,7 @@ from vajra.errors import InvalidRequest
 from vajra.parsers import JSONParser
 from vajra.serializers import StrictSerializer
 
-from . import access, services
+from . import access, downloads, services
 from .models import Adapter, BaseModel
 
 NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -130,3 +131,13 @@ class AdapterVersionListView(APIView):
     def get(self, request, name):
         adapter = access.access_adapter(tenant=request.auth.tenant, name=name)
         return Response({"data": VersionOut(adapter.versions.order_by("-number"), many=True).data})
+
+
+class AdapterVersionDownloadView(APIView):
+    required_action = "adapters.view"
+
+    @extend_schema(responses={(200, "application/zip"): OpenApiResponse(
+        OpenApiTypes.BINARY, description="The version's PEFT folder as a zip: adapter_config.json and "
+                                         "adapter_model.safetensors, loadable by PeftModel.from_pretrained.")})
+    def get(self, request, name, number):
+        return downloads.version_download(tenant=request.auth.tenant, name=name, number=number)

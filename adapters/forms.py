@@ -52,6 +52,20 @@ class AdapterUploadForm(forms.Form):
                 "files": [(f.name, f) for f in data["file"]]}  # streamed from their temporary files
 
 
+class AdapterImportForm(forms.Form):
+    name = forms.RegexField(NAME_RE, max_length=64, error_messages={"invalid": NAME_ERROR},
+                            help_text="Importing again under the same name adds a new version.")
+    base_model = forms.ChoiceField(label="Base model")
+    url = forms.CharField(label="Archive URL", max_length=2000, help_text=(
+        "An https:// or s3:// URL of a .zip, .tar, .tar.gz or .tgz of the PEFT folder, from a host or bucket this "
+        "platform allows."))
+    description = forms.CharField(max_length=500, required=False)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["base_model"].choices = [(b.name, b.name) for b in BaseModel.objects.order_by("name")]
+
+
 class AdapterTierForm(forms.Form):
     tier = forms.ChoiceField(choices=Adapter.TIER_CHOICES, widget=forms.RadioSelect)
 

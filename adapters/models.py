@@ -79,3 +79,36 @@ class AdapterVersion(models.Model):
         return f"{self.adapter}@v{self.number}"
 
 
+
+
+class AdapterImport(models.Model):
+    """An adapter fetched from a URL by a control worker: queued -> fetching -> succeeded | failed. On success it
+    is an ordinary new version (``version``); a failure keeps the reason and writes no adapter, version or file."""
+
+    QUEUED, FETCHING, SUCCEEDED, FAILED = "queued", "fetching", "succeeded", "failed"
+    STATUS_CHOICES = [(s, s.capitalize()) for s in (QUEUED, FETCHING, SUCCEEDED, FAILED)]
+    ACTIVE = (QUEUED, FETCHING)
+
+    id = models.CharField(max_length=40, primary_key=True)  # imp_<hex>
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.PROTECT, related_name="adapter_imports")
+    base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="+")
+    name = models.CharField(max_length=64)  # the adapter the version goes to (created on its first version)
+    description = models.CharField(max_length=500, blank=True)
+    url = models.CharField(max_length=2000)
+    status = models.CharField(max_length=10, choices=STATUS_CHOICES, default=QUEUED)
+    bytes_received = models.BigIntegerField(default=0)
+    bytes_total = models.BigIntegerField(null=True, blank=True)  # None while the source has not said
+    version = models.ForeignKey(AdapterVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.CharField(max_length=2000, blank=True)
+    error_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    created_by = models.ForeignKey("tenants.User", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    api_key = models.ForeignKey("tenants.APIKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.id} {self.url[:60]}"

@@ -64,6 +64,12 @@ def adapter_upload(*, principal, base_model, name, files, description=""):
     adapter is created on its first upload). ``files`` are (name, UploadedFile or bytes) pairs, read as streams.
     Nothing is written unless every check passes."""
     principal.require("adapters.write")
+    return adapter_store(principal=principal, base_model=base_model, name=name, files=files, description=description)
+
+
+def adapter_store(*, principal, base_model, name, files, description="", details=None):
+    """What an upload does once the principal may write adapters (checked at the upload, or when a URL import was
+    accepted): validate, store, record the version. ``details`` go into the audit entry."""
     tenant = principal.tenant
     base = base_facts(base_model)
     with UploadDir() as tmp:
@@ -81,7 +87,8 @@ def adapter_upload(*, principal, base_model, name, files, description=""):
                 with open(Path(tmp) / file_name, "rb") as f:
                     saved.append(storage.save(f"{key}/{file_name}", File(f)))
             return _record_version(principal=principal, base_model=base_model, name=name, description=description,
-                                   facts=facts, sha256=sha256_of(Path(tmp) / WEIGHTS_FILE), storage_key=key)
+                                   facts=facts, sha256=sha256_of(Path(tmp) / WEIGHTS_FILE), storage_key=key,
+                                   details=details)
         except BaseException:
             for path in saved:  # the database said no: leave no orphaned files behind
                 storage.delete(path)
@@ -89,7 +96,7 @@ def adapter_upload(*, principal, base_model, name, files, description=""):
 
 
 @transaction.atomic
-def _record_version(*, principal, base_model, name, description, facts, sha256, storage_key):
+def _record_version(*, principal, base_model, name, description, facts, sha256, storage_key, details=None):
     tenant = principal.tenant
     require_storage(tenant=tenant, adding=facts.weights_bytes, lock=True)  # again, under the tenant's lock
     adapter = (Adapter.objects.select_for_update().filter(tenant=tenant, name=name, deleted_at__isnull=True).first())
@@ -116,7 +123,7 @@ def _record_version(*, principal, base_model, name, description, facts, sha256, 
     audit_record(tenant=tenant, principal=principal, action="adapter.uploaded", target_type="adapter_version",
                  target_id=version.pk, target_name=f"{adapter.name}@v{number}",
                  details={"base_model": base_model.name, "rank": facts.rank, "size_bytes": facts.weights_bytes,
-                          "sha256": sha256})
+                          "sha256": sha256, **(details or {})})
     _apply_tier_on_commit(version)
     if previous is not None and adapter.tier != Adapter.COLD:  # the old version no longer needs its place
         previous.adapter = adapter

@@ -14,8 +14,8 @@ from tenants.forms import add_service_error
 from tenants.views import tenant_member_required
 from vajra.errors import error_body, error_response
 
-from . import access
-from .forms import AdapterTierForm, AdapterUploadForm
+from . import access, downloads, url_import
+from .forms import AdapterImportForm, AdapterTierForm, AdapterUploadForm
 from .models import Adapter
 from .services import adapter_delete, adapter_set_tier, adapter_upload
 from .storage_quota import storage_usage
@@ -43,14 +43,17 @@ def require_adapters_view(principal):
                                "ask an owner or admin.")
 
 
-def _adapters_page(request, form, *, status=200):
+def _adapters_page(request, form, *, status=200, import_form=None):
     rows = list(access.tenant_adapters(tenant=request.principal.tenant))
     infos = tier_infos(request.principal.tenant)
     for adapter in rows:
         adapter.tier_info = infos[adapter.tier]
     used, limit = storage_usage(request.principal.tenant)
     context = {"adapters": rows, "form": form, "tiers": _tiers(request.principal.tenant),
-               "can_write": request.principal.can("adapters.write"), "storage_used": used, "storage_limit": limit}
+               "can_write": request.principal.can("adapters.write"), "storage_used": used, "storage_limit": limit,
+               "import_form": import_form or AdapterImportForm(prefix="import"),
+               "import_allowed": bool(url_import.import_allow()),
+               "imports": list(url_import.tenant_imports(tenant=request.principal.tenant)[:10])}
     return render(request, "inference/adapters.html", context, status=status)
 
 
@@ -96,6 +99,27 @@ def adapters(request):
     return redirect("adapters")
 
 
+@require_POST
+@tenant_member_required
+def adapter_import(request):
+    """Starts an import by URL; the adapters page shows its status and bytes received."""
+    principal = request.principal
+    require_adapters_view(principal)
+    form = AdapterImportForm(request.POST, prefix="import")
+    if not form.is_valid():
+        return _adapters_page(request, AdapterUploadForm(), status=400, import_form=form)
+    try:
+        row = url_import.adapter_import_create(
+            principal=principal, base_model=access.access_base_model(name=form.cleaned_data["base_model"]),
+            name=form.cleaned_data["name"], url=form.cleaned_data["url"],
+            description=form.cleaned_data["description"])
+    except APIException as exc:  # the URL refused: not allowed, not https, a private address, ...
+        add_service_error(form, exc)
+        return _adapters_page(request, AdapterUploadForm(), status=exc.status_code, import_form=form)
+    messages.success(request, f"Importing {row.name} from {row.url}: its status is under Imports below.")
+    return redirect("adapters")
+
+
 # What apps above adapters add to an adapter's page, registered from their AppConfig.ready (adapters imports
 # neither): fleet, where the current version is held; training, the job that made each trained version.
 # Each is called with (adapter, versions) and returns context entries.
@@ -122,6 +146,13 @@ def detail_page(request, name, tier_form=None, *, status=200):
 def adapter_detail(request, name):
     require_adapters_view(request.principal)
     return detail_page(request, name)
+
+
+@tenant_member_required
+def adapter_version_download(request, name, number):
+    """The version's PEFT folder as a zip, for the Download button of each version."""
+    require_adapters_view(request.principal)
+    return downloads.version_download(tenant=request.principal.tenant, name=name, number=number)
 
 
 @require_POST

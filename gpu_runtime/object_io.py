@@ -65,6 +65,17 @@ def read_bytes(uri, max_bytes=None):
     return data
 
 
+def open_read(uri):
+    """(a binary stream, its size in bytes or None) of the object at ``uri``, read a block at a time by the caller."""
+    kind, where = _split(uri)
+    if kind == "file":
+        stream = open(where, "rb")
+        return stream, os.fstat(stream.fileno()).st_size
+    bucket, key = where
+    response = _s3().get_object(Bucket=bucket, Key=key)
+    return response["Body"], response.get("ContentLength")
+
+
 def write_folder(uri, files):
     """Writes ``files`` ({name: bytes}, the completion marker last) as the folder ``uri``, replacing it."""
     kind, where = _split(uri)

@@ -6,6 +6,7 @@
     GET  /v1/training/jobs/{id}
     GET  /v1/training/jobs/{id}/events         oldest first; ?after=<event id> to follow a job
     GET  /v1/training/jobs/{id}/checkpoints
+    GET  /v1/training/jobs/{id}/checkpoints/{step}/download   the checkpoint's PEFT folder as a zip
     POST /v1/training/jobs/{id}/cancel
     POST /api/v1/adapters/{name}/rollback      {"version": N}
 
@@ -15,20 +16,30 @@ file:// URL (VAJRA_TENANT_DATASET_URL_PREFIXES).
 """
 
 from django.db.models import Sum
+from django.http import Http404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from adapters.access import access_base_model
 from adapters.api import NAME_RE, AdapterOut
+from adapters.downloads import folder_zip_response
 from billing.plans import plain, training_price
 from vajra.errors import InvalidRequest
 from vajra.serializers import StrictSerializer
 
 from . import access, hot_swap
-from .jobs import gradient_cost_micro_usd, micro_usd_text, training_cancel, training_create, training_quote
+from .jobs import (
+    checkpoint_key,
+    gradient_cost_micro_usd,
+    micro_usd_text,
+    storage_uri,
+    training_cancel,
+    training_create,
+    training_quote,
+)
 
 MAX_PAGE = 100
 MAX_EVENTS_PAGE = 1000
@@ -177,6 +188,22 @@ class JobCheckpointsView(APIView):
         data = [{"object": "training.checkpoint", "step": c.step, "loss": c.loss,
                  "created_at": c.created_at.isoformat()} for c in job.checkpoints.order_by("step")]
         return Response({"object": "list", "job": job.id, "data": data})
+
+
+class JobCheckpointDownloadView(APIView):
+    required_action = "training.read"
+
+    @extend_schema(responses={(200, "application/zip"): OpenApiResponse(
+        OpenApiTypes.BINARY, description="The checkpoint's LoRA weights as a PEFT folder in a zip (adapter_config.json "
+                                         "and adapter_model.safetensors), loadable by PeftModel.from_pretrained.")})
+    def get(self, request, job_id, step):
+        job = access.access_training_job(tenant=request.auth.tenant, job_id=job_id)
+        checkpoint = job.checkpoints.filter(step=step).first() if step < 2 ** 31 else None
+        key = checkpoint_key(job, step)
+        if checkpoint is None or checkpoint.uri.rstrip("/") != storage_uri(key):  # written elsewhere: not ours to serve
+            raise Http404(f"Training job '{job.id}' has no checkpoint at step {step}.")
+        return folder_zip_response(key, f"{job.adapter.name}-{job.id}-step-{step}.zip",
+                                   f"The files of the checkpoint at step {step} are no longer in storage.")
 
 
 class JobCancelView(APIView):

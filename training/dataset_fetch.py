@@ -17,7 +17,7 @@ from django.core.files.base import ContentFile
 from adapters.services import adapter_storage
 from adapters.storage_quota import require_storage
 from billing.plans import plan_limits
-from gpu_runtime import object_io
+from vajra import url_fetch
 from vajra.errors import InvalidRequest
 
 from .datasets import validate_dataset
@@ -55,15 +55,21 @@ def allowed_url(tenant, url):
     return url
 
 
+def _bucket_of(url):
+    parsed = urlparse(url)
+    return url_fetch.Allow(buckets=(parsed.netloc,)) if parsed.scheme == "s3" else url_fetch.Allow()
+
+
 def read_url_dataset(*, tenant, url, base_model):
     """(url, bytes, parsed) of the checked file; every refusal is a 400 naming ``dataset``."""
     url = allowed_url(tenant, url)
     limits = plan_limits(tenant)
     try:
-        data = object_io.read_bytes(url, max_bytes=limits.dataset_max_bytes)
-    except Exception as exc:  # missing, over the cap, no access to the bucket: each one the tenant can fix
-        cap = f", the most the plan '{limits.plan}' allows" if " is over " in str(exc) else ""
-        raise _refuse(f"Cannot read the dataset at {url}: {exc}{cap}.", code="dataset_unreadable") from None
+        # The prefix check above is the allow list: the operator's locations for this tenant.
+        data = url_fetch.read_bytes(url, max_bytes=limits.dataset_max_bytes, allow=_bucket_of(url))
+    except url_fetch.FetchRefused as exc:  # missing, over the cap, no access to the bucket: each one the tenant can fix
+        cap = f", the most the plan '{limits.plan}' allows" if exc.code == "url_too_large" else ""
+        raise _refuse(f"Cannot read the dataset at {url}: {exc.message}{cap}.", code="dataset_unreadable") from None
     parsed = validate_dataset(data, base_model=base_model, tenant=tenant)
     if parsed.errors:
         raise InvalidRequest(f"The dataset at {url} has {parsed.error_count} bad line(s): {parsed.summary()}",

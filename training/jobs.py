@@ -299,6 +299,11 @@ def output_key(job):
     return f"training/{job.id}"
 
 
+def checkpoint_key(job, step):
+    """Where the runtime writes the checkpoint after ``step`` (gpu_runtime.trainer.checkpoint_uri)."""
+    return f"{output_key(job)}/checkpoints/step-{step:07d}"
+
+
 def _dataset_problem(dataset, base_model):
     """Why the stored file cannot be trained on (it is checked again: storage may have lost or changed it)."""
     try:

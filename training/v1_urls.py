@@ -12,5 +12,7 @@ urlpatterns = [
     path("training/jobs/<str:job_id>/events", api.JobEventsView.as_view(), name="v1-training-job-events"),
     path("training/jobs/<str:job_id>/checkpoints", api.JobCheckpointsView.as_view(),
          name="v1-training-job-checkpoints"),
+    path("training/jobs/<str:job_id>/checkpoints/<id:step>/download", api.JobCheckpointDownloadView.as_view(),
+         name="v1-training-job-checkpoint-download"),
     path("training/jobs/<str:job_id>/cancel", api.JobCancelView.as_view(), name="v1-training-job-cancel"),
 ]

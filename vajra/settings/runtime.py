@@ -1,6 +1,8 @@
 """What the control plane needs to know about runtime nodes."""
 
-from .env import VAR_DIR, env_choice, env_float, env_int, env_str
+from django.core.exceptions import ImproperlyConfigured
+
+from .env import VAR_DIR, env_choice, env_float, env_int, env_list, env_str
 
 # Runtime nodes heartbeat this often; a node silent for NODE_DOWN_AFTER_MISSED beats is marked down.
 VAJRA_HEARTBEAT_SECONDS = env_int("VAJRA_HEARTBEAT_SECONDS", 5, minimum=1)
@@ -72,3 +74,27 @@ VAJRA_MAX_BODY_BYTES = env_int("VAJRA_MAX_BODY_BYTES", 2 << 20, minimum=64 << 10
 DATA_UPLOAD_MAX_MEMORY_SIZE = VAJRA_MAX_BODY_BYTES
 FILE_UPLOAD_MAX_MEMORY_SIZE = 1 << 20
 FILE_UPLOAD_HANDLERS = ["django.core.files.uploadhandler.TemporaryFileUploadHandler"]
+
+
+def _url_allow(name):
+    """Hosts (``example.com``, ``*.example.com``, an IP address) and ``s3://bucket`` entries, comma-separated."""
+    entries = env_list(name, [])
+    for entry in entries:
+        plain = entry[len("s3://"):] if entry.startswith("s3://") else entry.removeprefix("*.")
+        if not plain or "://" in plain or any(c in plain for c in "/?#@ "):
+            raise ImproperlyConfigured(f"{name}: {entry!r} must be a host name, *.domain, an IP address or "
+                                       "s3://bucket.")
+    return entries
+
+
+# Adapters imported by URL (adapters.url_import): the hosts and buckets tenants may name. Empty (the default): the
+# feature is off and says so. Hosts in ..._ALLOW_PRIVATE may resolve to loopback, private or link-local addresses
+# (an internal mirror); any other host that does is refused. The body is capped like an upload.
+VAJRA_ADAPTER_URL_ALLOW = _url_allow("VAJRA_ADAPTER_URL_ALLOW")
+VAJRA_ADAPTER_URL_ALLOW_PRIVATE = _url_allow("VAJRA_ADAPTER_URL_ALLOW_PRIVATE")
+VAJRA_ADAPTER_URL_TIMEOUT_S = env_float("VAJRA_ADAPTER_URL_TIMEOUT_S", 600.0, minimum=0.1)  # the whole fetch
+VAJRA_ADAPTER_URL_IDLE_TIMEOUT_S = env_float("VAJRA_ADAPTER_URL_IDLE_TIMEOUT_S", 30.0, minimum=0.1)  # one read
+# A bundle of extra CA certificates for https:// fetches (a private CA); unset: the system's.
+VAJRA_URL_FETCH_CA_FILE = env_str("VAJRA_URL_FETCH_CA_FILE")
+# Imports one tenant may have queued or running at once.
+VAJRA_ADAPTER_IMPORTS_ACTIVE_MAX = env_int("VAJRA_ADAPTER_IMPORTS_ACTIVE_MAX", 4, minimum=1)
