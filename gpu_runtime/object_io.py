@@ -72,7 +72,7 @@ def open_read(uri):
         stream = open(where, "rb")
         return stream, os.fstat(stream.fileno()).st_size
     bucket, key = where
-    response = _s3().get_object(Bucket=bucket, Key=key)
+    response = s3_client().get_object(Bucket=bucket, Key=key)
     return response["Body"], response.get("ContentLength")
 
 

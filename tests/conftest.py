@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tenants.roles import DEVELOPER, OWNER
-from tests.factories import create_key, make_member, make_tenant, session_client
+from tests.factories import create_key, key_client, make_member, make_tenant, session_client
 from tests.helpers import db_snapshot
 from vajra.redis import get_redis
 
@@ -64,6 +64,12 @@ def contoso(db):
 @pytest.fixture
 def alice(acme):
     return make_member("alice@acme.test", acme, OWNER)
+
+
+@pytest.fixture
+def alice_api(alice, acme):
+    """A DRF client with a key of alice's in acme, every scope."""
+    return key_client(create_key(alice, acme)[1])
 
 
 @pytest.fixture

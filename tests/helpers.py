@@ -108,3 +108,19 @@ def sign_in(page, base_url, email, next_path="/playground/"):
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     expect(page).to_have_url(f"{base_url}{next_path}")
+
+
+ADAPTERS_URL = "/api/v1/adapters"
+
+
+def as_files(files):
+    """[(name, bytes)] as the uploaded files of a multipart body."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return [SimpleUploadedFile(name, data) for name, data in files]
+
+
+def upload_adapter(client, files, *, name="support-bot", base_model="tiny-llama", **fields):
+    """POST an adapter archive (or loose files) to the adapters API."""
+    return client.post(ADAPTERS_URL, {"name": name, "base_model": base_model, **fields, "file": as_files(files)},
+                       format="multipart")

@@ -18,19 +18,12 @@ from adapters.models import Adapter, AdapterImport, AdapterVersion
 from adapters.url_import import TASK_ADAPTER_IMPORT, adapter_import_run
 from gpu_runtime import object_io
 from gpu_runtime.adapter_validation import WEIGHTS_FILE
-from tests.conftest import assert_error, create_key, key_client
-from tests.test_adapters_api import (  # noqa: F401
-    adapter_storage,
-    alice_api,
-    bad_adapters,
-    in_folder,
-    peft_v1,
-    stored_files,
-    tiny_llama,
-    zip_bytes,
-)
+from tests.adapter_files import in_folder, stored_files, zip_bytes
+from tests.factories import create_key, key_client
+from tests.helpers import ADAPTERS_URL as URL
+from tests.helpers import assert_error
 
-pytestmark = pytest.mark.usefixtures("fast_password_hashing", "adapter_storage")
+pytestmark = pytest.mark.usefixtures("adapter_storage")
 
 URL = "/api/v1/adapter-imports"
 
@@ -173,7 +166,7 @@ def test_s3_import_from_an_allowed_bucket(start, allowed, peft_v1, monkeypatch, 
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from tests.integration.conftest import free_port
+    from tests.processes import free_port
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
@@ -183,7 +176,7 @@ def test_s3_import_from_an_allowed_bucket(start, allowed, peft_v1, monkeypatch, 
         for name, value in {"VAJRA_S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test",
                             "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
             monkeypatch.setenv(name, value)
-        monkeypatch.setattr(object_io, "_s3_client", None)
+        monkeypatch.setattr(object_io, "_clients", {})
         s3 = boto3.client("s3", endpoint_url=endpoint)
         s3.create_bucket(Bucket="models")
         s3.create_bucket(Bucket="elsewhere")

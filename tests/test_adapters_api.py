@@ -8,7 +8,6 @@ import json
 import zipfile
 
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 
 from adapters import access, services, uploads
@@ -19,33 +18,12 @@ from serving.models import InferenceRequest
 from tenants.roles import BILLING_VIEWER
 from tests.adapter_files import in_folder, stored_files, tar_bytes, zip_bytes, zipped
 from tests.factories import create_key, key_client, make_member, make_node, make_request, put_on_plan, session_client
-from tests.helpers import assert_error
+from tests.helpers import ADAPTERS_URL, assert_error, upload_adapter
 
 pytestmark = pytest.mark.usefixtures("adapter_storage")
 
-URL = "/api/v1/adapters"
-
-
-def as_files(files):
-    return [SimpleUploadedFile(name, data) for name, data in files]
-
-
-def upload(client, files, *, name="support-bot", base_model="tiny-llama", **fields):
-    return client.post(URL, {"name": name, "base_model": base_model, **fields, "file": as_files(files)},
-                       format="multipart")
-
-
-
-@pytest.fixture
-def alice_api(alice, acme):
-    return key_client(create_key(alice, acme)[1])
-
-
-@pytest.fixture
-def uploaded(alice_api, tiny_llama, peft_v1):
-    response = upload(alice_api, zipped(peft_v1))
-    assert response.status_code == 201, response.json()
-    return Adapter.objects.get(name="support-bot")
+URL = ADAPTERS_URL
+upload = upload_adapter
 
 
 # Upload and versions
@@ -80,7 +58,8 @@ def test_upload_with_a_session(alice_client, tiny_llama, peft_v1):
     assert AdapterVersion.objects.get().created_by.email == "alice@acme.test"
 
 
-def test_second_upload_is_version_2_and_version_1_is_kept(alice_api, uploaded, peft_v1, peft_v2, adapter_storage):
+def test_second_upload_is_version_2_and_version_1_is_kept(alice_api, uploaded_adapter, peft_v1, peft_v2,
+        adapter_storage):
     v1 = AdapterVersion.objects.get()
     response = upload(alice_api, list(peft_v2.items()))
     assert response.status_code == 201, response.json()
@@ -109,7 +88,7 @@ def test_validator_refusal_is_a_400_with_its_code(alice_api, tiny_llama, bad_ada
     assert stored_files(adapter_storage) == []
 
 
-def test_refused_second_upload_leaves_version_1_current(alice_api, uploaded, bad_adapters, adapter_storage,
+def test_refused_second_upload_leaves_version_1_current(alice_api, uploaded_adapter, bad_adapters, adapter_storage,
                                                         unchanged_db):
     before = stored_files(adapter_storage)
     with unchanged_db():
@@ -150,10 +129,10 @@ def test_decompression_bomb_is_refused(alice_api, tiny_llama, adapter_storage, u
     assert stored_files(adapter_storage) == []
 
 
-def test_same_name_for_another_base_is_refused(alice_api, uploaded, peft_v1, adapter_storage, unchanged_db):
+def test_same_name_for_another_base_is_refused(alice_api, uploaded_adapter, peft_v1, adapter_storage, unchanged_db):
     # Same architecture and an alias, so the validator accepts it: the refusal is the adapter's base.
     BaseModel.objects.create(name="tiny-llama-chat", aliases=["tiny-llama"],
-                             architecture=uploaded.base_model.architecture)
+                             architecture=uploaded_adapter.base_model.architecture)
     before = stored_files(adapter_storage)
     with unchanged_db():
         assert_error(upload(alice_api, zipped(peft_v1), base_model="tiny-llama-chat"), 400, code="base_mismatch",
@@ -203,7 +182,7 @@ def patch_tier(client, tier, name="support-bot"):
     return client.patch(f"{URL}/{name}", {"tier": tier}, format="json")
 
 
-def test_cold_to_warm_moves_it_on_the_nodes(alice_api, uploaded, django_capture_on_commit_callbacks):
+def test_cold_to_warm_moves_it_on_the_nodes(alice_api, uploaded_adapter, django_capture_on_commit_callbacks):
     node = make_node("test-adapters-warm")
     node_messages(node.queue)
     with django_capture_on_commit_callbacks(execute=True):
@@ -212,18 +191,18 @@ def test_cold_to_warm_moves_it_on_the_nodes(alice_api, uploaded, django_capture_
     assert response.json()["tier"]["tier"] == "warm" and response.json()["tier"]["units_per_query"] == 5
     assert Adapter.objects.get().tier == "warm"
     [(task, (ref, tier))] = node_messages(node.queue)
-    assert (task, tier, ref["adapter_id"], ref["version"]) == ("runtime.set_tier", "warm", f"a{uploaded.pk}", 1)
+    assert (task, tier, ref["adapter_id"], ref["version"]) == ("runtime.set_tier", "warm", f"a{uploaded_adapter.pk}", 1)
     assert ref["uri"].startswith("file://")
 
 
-def test_hot_without_capacity_is_409(alice_api, uploaded, unchanged_db):
+def test_hot_without_capacity_is_409(alice_api, uploaded_adapter, unchanged_db):
     make_node("test-adapters-full", slots=10, pinned=5)  # hot may take half the slots: none left
     with unchanged_db():
         error = assert_error(patch_tier(alice_api, "hot"), 409, code="no_hot_capacity", param="tier")
     assert "hot capacity" in error["message"]
 
 
-def test_hot_with_capacity(alice_api, uploaded, django_capture_on_commit_callbacks):
+def test_hot_with_capacity(alice_api, uploaded_adapter, django_capture_on_commit_callbacks):
     make_node("test-adapters-full", slots=10, pinned=5)
     roomy = make_node("test-adapters-roomy", slots=10, pinned=1)
     node_messages(roomy.queue)
@@ -235,12 +214,12 @@ def test_hot_with_capacity(alice_api, uploaded, django_capture_on_commit_callbac
     assert [(task, args[1]) for task, args in node_messages(roomy.queue)] == [("runtime.set_tier", "hot")]
 
 
-def test_invalid_tier(alice_api, uploaded, unchanged_db):
+def test_invalid_tier(alice_api, uploaded_adapter, unchanged_db):
     with unchanged_db():
         assert_error(patch_tier(alice_api, "platinum"), 400, code="invalid_choice", param="tier")
 
 
-def test_tier_change_and_delete_lock_inside_a_transaction(alice_api, uploaded, monkeypatch):
+def test_tier_change_and_delete_lock_inside_a_transaction(alice_api, uploaded_adapter, monkeypatch):
     # SQLite ignores FOR UPDATE; PostgreSQL refuses it outside a transaction, so check we are inside one.
     outer = len(connection.atomic_blocks)
     locked = []
@@ -259,7 +238,7 @@ def test_tier_change_and_delete_lock_inside_a_transaction(alice_api, uploaded, m
 
 # Delete
 
-def test_delete_hides_the_adapter_keeps_its_versions_and_removes_their_files(alice_api, acme, uploaded, peft_v1,
+def test_delete_hides_the_adapter_keeps_its_versions_and_removes_their_files(alice_api, acme, uploaded_adapter, peft_v1,
                                                                               adapter_storage,
                                                                               django_capture_on_commit_callbacks):
     # The version rows stay for the request history and invoices; the files go, since nothing can load a deleted
@@ -269,7 +248,7 @@ def test_delete_hides_the_adapter_keeps_its_versions_and_removes_their_files(ali
     assert response.status_code == 204
     assert alice_api.get(URL).json()["data"] == []
     assert_error(alice_api.get(f"{URL}/support-bot"), 404)
-    assert AdapterVersion.objects.filter(adapter=uploaded).count() == 1
+    assert AdapterVersion.objects.filter(adapter=uploaded_adapter).count() == 1
     assert stored_files(adapter_storage) == [] and storage_used(acme) == 0
     # The name is free again: a new adapter, starting at version 1.
     again = upload(alice_api, zipped(peft_v1))
@@ -277,11 +256,11 @@ def test_delete_hides_the_adapter_keeps_its_versions_and_removes_their_files(ali
     assert Adapter.objects.count() == 2
 
 
-def test_a_deleted_adapters_files_stay_and_count_while_a_request_uses_them(alice_api, acme, uploaded, peft_v1,
+def test_a_deleted_adapters_files_stay_and_count_while_a_request_uses_them(alice_api, acme, uploaded_adapter, peft_v1,
                                                                            peft_v2, adapter_storage):
-    version = uploaded.current_version
-    running = make_request(acme, uploaded.base_model, request_id="req_running", adapter_version=version,
-                           tier=uploaded.tier, max_tokens=4, status=InferenceRequest.RUNNING)
+    version = uploaded_adapter.current_version
+    running = make_request(acme, uploaded_adapter.base_model, request_id="req_running", adapter_version=version,
+                           tier=uploaded_adapter.tier, max_tokens=4, status=InferenceRequest.RUNNING)
     assert alice_api.delete(f"{URL}/support-bot").status_code == 204
     assert len(stored_files(adapter_storage)) == 2 and storage_used(acme) == version.size_bytes
     InferenceRequest.objects.filter(pk=running.pk).update(status=InferenceRequest.SUCCEEDED)
@@ -305,7 +284,7 @@ def test_upload_and_delete_in_a_loop_stays_within_the_storage_quota(alice_api, a
 
 # Quotas, scopes, roles, tenants
 
-def test_adapter_quota_is_the_plans(alice_api, acme, uploaded, peft_v1, peft_v2, adapter_storage, unchanged_db,
+def test_adapter_quota_is_the_plans(alice_api, acme, uploaded_adapter, peft_v1, peft_v2, adapter_storage, unchanged_db,
                                     charlie, contoso):
     put_on_plan(acme, max_adapters=1)
     before = stored_files(adapter_storage)
@@ -328,7 +307,7 @@ def test_key_without_adapters_scope_is_refused(alice, acme, tiny_llama, peft_v1,
         assert_error(client.get(URL), 403, code="missing_scope")
 
 
-def test_other_tenant_gets_404_everywhere(charlie, contoso, uploaded, unchanged_db):
+def test_other_tenant_gets_404_everywhere(charlie, contoso, uploaded_adapter, unchanged_db):
     client = key_client(create_key(charlie, contoso)[1])
     with unchanged_db():
         for response in (client.get(f"{URL}/support-bot"), patch_tier(client, "warm"),
@@ -423,9 +402,9 @@ def test_upload_past_the_base_models_largest_adapter_is_refused(alice_api, tiny_
     assert stored_files(adapter_storage) == []
 
 
-def test_storage_quota_is_the_plans(alice_api, acme, uploaded, peft_v1, peft_v2, adapter_storage, unchanged_db,
+def test_storage_quota_is_the_plans(alice_api, acme, uploaded_adapter, peft_v1, peft_v2, adapter_storage, unchanged_db,
                                     charlie, contoso):
-    used = uploaded.current_version.size_bytes
+    used = uploaded_adapter.current_version.size_bytes
     put_on_plan(acme, storage_max_bytes=used + len(peft_v1[WEIGHTS_FILE]) - 1)  # one byte short of a second copy
     before = stored_files(adapter_storage)
     with unchanged_db():
