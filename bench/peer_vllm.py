@@ -66,26 +66,35 @@ def vllm_package(device):
 
 
 def ensure_vllm_venv(device, wheelhouse=None):
-    """The Python of a virtualenv with vLLM, created and installed on first use."""
+    """The Python of a virtualenv with vLLM: created and installed on first use, repaired when it does not import;
+    on a CPU without the vision wheels."""
     python = VENV / "bin" / "python"
-    if python.exists() and _imports_vllm(python):
-        return python
-    base_python = getattr(sys, "_base_executable", None) or shutil.which("python3")
-    print(f"creating {VENV.relative_to(common.ROOT)} with {vllm_package(device)} (a few minutes, once)", flush=True)
-    subprocess.run([base_python, "-m", "venv", str(VENV)], check=True)
-    source = ["--no-index", "--find-links", str(wheelhouse)] if wheelhouse else []
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", *source, vllm_package(device)], check=True)
+    changed = False
+    if not python.exists():
+        base_python = getattr(sys, "_base_executable", None) or shutil.which("python3")
+        print(f"creating {VENV.relative_to(common.ROOT)} with {vllm_package(device)} (a few minutes, once)", flush=True)
+        subprocess.run([base_python, "-m", "venv", str(VENV)], check=True)
+    if not _imports_vllm(python, quiet=True):
+        source = ["--no-index", "--find-links", str(wheelhouse)] if wheelhouse else []
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *source, vllm_package(device)], check=True)
+        changed = True
     if device == "cpu":
-        subprocess.run([str(python), "-m", "pip", "uninstall", "--quiet", "--yes", *VISION_WHEELS], check=True)
-    if not _imports_vllm(python):
+        present = subprocess.run([str(python), "-c", "import importlib.util as u, sys; print(' '.join("
+                                  "n for n in sys.argv[1:] if u.find_spec(n)))", *VISION_WHEELS],
+                                 capture_output=True, text=True, check=True).stdout.split()
+        if present:
+            print(f"uninstalling {', '.join(present)} from {VENV.name}: they do not load with its torch", flush=True)
+            subprocess.run([str(python), "-m", "pip", "uninstall", "--quiet", "--yes", *present], check=True)
+            changed = True
+    if changed and not _imports_vllm(python):
         raise SystemExit(f"vLLM does not import in {VENV}: see the error above")
     return python
 
 
-def _imports_vllm(python):
+def _imports_vllm(python, quiet=False):
     probe = subprocess.run([str(python), "-c", "import vllm"], capture_output=True, text=True)
-    if probe.returncode:
-        print(probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "import vllm failed", flush=True)
+    if probe.returncode and not quiet:
+        print(probe.stderr.strip() or "import vllm failed", flush=True)
     return probe.returncode == 0
 
 
@@ -100,7 +109,7 @@ class VllmPeer:
                "PYTHONUNBUFFERED": "1"}
         env.pop("PYTHONPATH", None)  # this project's path must not leak into vLLM's environment
         LOGS.mkdir(parents=True, exist_ok=True)
-        self.log_path = LOGS / f"peer_vllm_worker.{dtype}.log"
+        self.log_path = LOGS / f"peer_vllm_worker.{dtype}.{os.getpid()}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [str(python), str(WORKER), "--model", str(model_dir), "--dtype", dtype,

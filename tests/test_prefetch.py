@@ -9,10 +9,10 @@ from collections import deque
 
 import pytest
 
-from bench.prefetch import TRACES, TRUE_HOP_MS, FakeNode, run_all, simulate
+from bench.prefetch import TRACES, TRUE_HOP_MS, FakeNode, background, run_all, simulate
 from gpu_runtime.prefetch import ArrivalHistory, LoadTimes, Prefetcher, PrefetchLoop, predict_next
 
-SIM_SECONDS = 300
+SIM_SECONDS = 600
 
 
 def history(times):
@@ -204,7 +204,8 @@ def test_simulated_plans_stay_within_lookahead():
             assert 0 <= due_ms <= 3000, (key, target, due_ms)
             seen.append(target)
 
-    simulate(TRACES["bursty"](200, random.Random(3)), prefetch=True, lookahead_ms=3000, on_tick=check)
+    simulate(TRACES["bursty"](200, random.Random(3)), prefetch=True, background_trace=background(200, random.Random(4)),
+             lookahead_ms=3000, on_tick=check)
     assert {"host", "device"} <= set(seen)
 
 
