@@ -21,10 +21,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(os.environ.get("VAJRA_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 MODEL_STORE = ROOT / "var" / "models"
-DTYPE = "float32"  # the brief: fp32 on this CPU, whatever `auto` would pick; recorded in every result
-DEVICE = "cpu"
+# fp32 on a CPU whatever `auto` would pick, so figures from different CPUs compare; recorded in every result.
+# bench/device_check.sh sets both for a CUDA run.
+DTYPE = os.environ.get("VAJRA_BENCH_DTYPE", "float32")
+DEVICE = os.environ.get("VAJRA_BENCH_DEVICE", "cpu")
 
 if str(ROOT) not in sys.path:  # `python bench/x.py` puts bench/, not the repository root, on the path
     sys.path.insert(0, str(ROOT))
@@ -169,7 +171,7 @@ def write_result(name, payload, *, quick):
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / (f"{name}.quick.json" if quick else f"{name}.json")
     path.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"\nwrote {path.relative_to(ROOT)}")
+    print(f"\nwrote {path}")
     return path
 
 
@@ -187,10 +189,10 @@ def runtime_config(**overrides):
     return config.__class__(**values)
 
 
-def ensure_model_imported():
+def ensure_model_imported(**overrides):
     from gpu_runtime.model_store import is_imported
 
-    config = runtime_config()
+    config = runtime_config(**overrides)
     if not is_imported(config.model_store, config.base_model):
         print("importing SmolLM2 into var/models (~25 s, once)")
         subprocess.run([sys.executable, "-m", "gpu_runtime.model_store", "import"], cwd=ROOT, check=True,
@@ -198,11 +200,11 @@ def ensure_model_imported():
     return config
 
 
-def load_smollm2():
-    """The BaseModel (fp32, CPU) through the runtime's own loader."""
+def load_smollm2(dtype=None):
+    """The BaseModel (DTYPE on DEVICE unless ``dtype`` is given) through the runtime's own loader."""
     from gpu_runtime.base_model import load_base_model
 
-    return load_base_model(ensure_model_imported())
+    return load_base_model(ensure_model_imported(**({"dtype": dtype} if dtype else {})))
 
 
 def base_facts(base):

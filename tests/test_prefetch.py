@@ -1,6 +1,6 @@
 """Prefetcher (VAJRA paper 4.1.2, Algorithm 1): predictor, tier choice, load-time learning, hit accounting,
-and hit rates on synthetic traces through bench/prefetch.py's simulated node (simulated clock, no sleeping).
-No model, no Redis, no Django."""
+and hit rates on synthetic traces beside background traffic through bench/prefetch.py's simulated node, which
+evicts by capacity like the AdapterStore (simulated clock, no sleeping). No model, no Redis, no Django."""
 
 import logging
 import random
@@ -9,7 +9,7 @@ from collections import deque
 
 import pytest
 
-from bench.prefetch import TRACES, TRUE_HOP_MS, simulate
+from bench.prefetch import TRACES, TRUE_HOP_MS, FakeNode, background, run_all, simulate
 from gpu_runtime.prefetch import ArrivalHistory, LoadTimes, Prefetcher, PrefetchLoop, predict_next
 
 SIM_SECONDS = 600
@@ -125,31 +125,68 @@ def test_load_times_learn_from_moves_once_each():
     assert times.to_device("object") == pytest.approx(1400 + times.hop_ms[("disk", "host")] + 10)
 
 
-# ---- synthetic traces ----------------------------------------------------------------------------------------------
+# ---- the simulated node ------------------------------------------------------------------------------------------
+def test_fake_node_evicts_by_capacity_never_by_idleness():
+    node = FakeNode(device_slots=2, host_adapters=3, disk_adapters=4, eviction_threshold=1.0)
+    node.request("a")
+    node.now = 10_000.0  # idle for hours: still where it was
+    assert node.where("a") == "device"
+    for key in ("b", "c"):
+        node.now += 1.0
+        node.request(key)
+    assert node.where("a") == "host" and node.where("b") == "device"  # a's slot went to c, least recently used
+    node.now += 1.0
+    node.request("d")  # host RAM holds 3: a, the least recently used off the device, leaves it
+    assert node.where("a") == "disk" and node.evictions["host by request"] == 1
+
+
+def test_fake_node_keeps_a_slot_in_service():
+    node = FakeNode(device_slots=1, eviction_threshold=1.0)
+    node.request("a")  # in service until ready + SERVICE_S
+    node.request("b")  # no idle slot: runs beyond capacity, a keeps its slot
+    assert node.where("a") == "device" and node.evictions["no idle slot"] == 1
+
+
+def test_a_prefetch_move_costs_capacity():
+    node = FakeNode(device_slots=2, host_adapters=4, eviction_threshold=1.0)
+    for key in ("a", "b"):
+        node.request(key)
+        node.now += 1.0
+    node.move("c", "device")  # from object storage
+    node.now += 2.0
+    assert node.where("c") == "device" and node.where("a") == "host"
+    assert node.evictions["device by prefetch"] == 1
+
+
+# ---- synthetic traces beside background traffic -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def results():
-    out = {}
-    for name, make in TRACES.items():
-        trace = make(SIM_SECONDS, random.Random(7))
-        out[name] = {"without": simulate(trace, prefetch=False), "with": simulate(trace, prefetch=True)}
-    return out
+    return run_all(SIM_SECONDS, 7)
 
 
 def test_periodic_trace_hit_rate(results):
     off, on = results["periodic"]["without"], results["periodic"]["with"]
-    assert off["hit_rate"] <= 0.05 and on["hit_rate"] >= 0.95
-    assert on["ready_ms_mean"] < off["ready_ms_mean"] / 5
+    assert off["hit_rate"] <= 0.05  # capacity pressure evicts every periodic adapter between its requests
+    assert on["hit_rate"] >= 0.7
 
 
 def test_bursty_trace_hit_rate(results):
     off, on = results["bursty"]["without"], results["bursty"]["with"]
     assert off["hit_rate"] <= 0.81  # in-burst requests hit anyway; each burst's first one is the cold start
-    assert on["hit_rate"] >= 0.95
-    assert (1 - on["hit_rate"]) <= (1 - off["hit_rate"]) / 4  # misses cut by 4x or more
+    assert on["hit_rate"] >= off["hit_rate"] + 0.05
+    assert on["ready_ms_mean"] <= off["ready_ms_mean"] / 4
 
 
-def test_random_trace_no_worse_than_without(results):
-    assert results["random"]["with"]["hit_rate"] >= results["random"]["without"]["hit_rate"]
+def test_random_trace_adapter_ready_no_worse_than_without(results):
+    # memoryless arrivals: prefetching churns capacity (the hit rate may drop) but must not slow adapters down
+    assert results["random"]["with"]["ready_ms_mean"] <= results["random"]["without"]["ready_ms_mean"]
+
+
+def test_baseline_evicts_for_requests_only_and_prefetch_moves_take_capacity(results):
+    for row in results.values():
+        assert not any(k.endswith("by prefetch") for k in row["without"]["evictions"])
+        assert row["with"]["evictions"].get("device by prefetch", 0) > 0
+        assert row["without"]["background_hit_rate"] is not None and row["with"]["background_hit_rate"] is not None
 
 
 def test_prefetcher_learns_the_nodes_load_times(results):
@@ -167,7 +204,8 @@ def test_simulated_plans_stay_within_lookahead():
             assert 0 <= due_ms <= 3000, (key, target, due_ms)
             seen.append(target)
 
-    simulate(TRACES["bursty"](200, random.Random(3)), prefetch=True, lookahead_ms=3000, on_tick=check)
+    simulate(TRACES["bursty"](200, random.Random(3)), prefetch=True, background_trace=background(200, random.Random(4)),
+             lookahead_ms=3000, on_tick=check)
     assert {"host", "device"} <= set(seen)
 
 
