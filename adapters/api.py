@@ -14,7 +14,7 @@ from vajra.parsers import JSONParser
 from vajra.serializers import StrictSerializer
 
 from . import access, downloads, services
-from .models import Adapter, BaseModel
+from .models import Adapter
 
 NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 
@@ -45,22 +45,6 @@ class AdapterOut(serializers.Serializer):
         data["tier"] = infos[instance.tier] if infos else tier_info(instance.tier, tenant=instance.tenant_id)
         data["model"] = f"{instance.name}@v{instance.current_version.number}" if instance.current_version else None
         return data
-
-
-class BaseModelOut(serializers.Serializer):
-    id = serializers.CharField()
-    aliases = serializers.ListField(child=serializers.CharField())
-    context_length = serializers.IntegerField()
-    architecture = serializers.DictField()
-
-
-class BaseModelListView(APIView):
-    required_action = "catalog.read"
-
-    @extend_schema(responses={200: BaseModelOut(many=True)})
-    def get(self, request):
-        return Response({"data": [{"id": b.name, "aliases": b.aliases, "context_length": b.context_length,
-                                   "architecture": b.architecture} for b in BaseModel.objects.order_by("name")]})
 
 
 class AdapterListView(APIView):

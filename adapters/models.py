@@ -10,6 +10,9 @@ class BaseModel(models.Model):
     aliases = models.JSONField(default=list, blank=True)  # e.g. the Hugging Face id adapters may name
     architecture = models.JSONField(default=dict)  # layers, hidden size, heads, ...: what adapters must fit
     context_length = models.PositiveIntegerField(default=2048)
+    # the model store's manifest as imported: source (kind, uri, sha256, bytes) and dtype variants (bytes, sha256)
+    source = models.JSONField(default=dict, blank=True)
+    variants = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -17,6 +20,31 @@ class BaseModel(models.Model):
 
     def __str__(self):
         return self.name
+
+
+class BaseModelImport(models.Model):
+    """One run of the model store's import (``python -m gpu_runtime.model_store import --source``), started by
+    staff; its progress is read from the JSON file the import writes."""
+
+    RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
+
+    name = models.CharField(max_length=64)  # the base model's name once imported
+    source = models.CharField(max_length=1000)  # a path under VAJRA_MODEL_IMPORT_DIR, or an s3:// URL
+    status = models.CharField(max_length=10, default=RUNNING,
+                              choices=[(RUNNING, "Running"), (SUCCEEDED, "Succeeded"), (FAILED, "Failed")])
+    phase = models.CharField(max_length=40, default="starting")
+    percent = models.PositiveSmallIntegerField(default=0)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.CharField(max_length=500, blank=True)
+    created_by = models.ForeignKey("tenants.User", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"import of {self.name} ({self.status})"
 
 
 class Adapter(models.Model):

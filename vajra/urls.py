@@ -26,6 +26,7 @@ urlpatterns = [
     path("api/docs/", api_docs.api_docs, name="api-docs"),
     path("api/v1/", include("tenants.api_urls")),
     path("api/v1/", include("adapters.api_urls")),
+    path("api/v1/", include("fleet.api_urls")),
     path("api/v1/", include("training.api_urls")),
     path("v1/", include("training.v1_urls")),
     path("v1/", include("serving.v1_urls")),

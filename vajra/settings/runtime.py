@@ -21,6 +21,8 @@ VAJRA_REQUEST_SWEEP_SECONDS = env_int("VAJRA_REQUEST_SWEEP_SECONDS", 60, minimum
 VAJRA_FINAL_RECONCILE_SECONDS = env_int("VAJRA_FINAL_RECONCILE_SECONDS", 30, minimum=1)
 VAJRA_MODEL_STORE = env_str("VAJRA_MODEL_STORE", str(VAR_DIR / "models"))
 VAJRA_DEFAULT_BASE_MODEL = env_str("VAJRA_BASE_MODEL", "smollm2-135m-instruct")
+# Staff import base models from paths under this folder (or s3:// URLs); nothing outside it is read for them.
+VAJRA_MODEL_IMPORT_DIR = env_str("VAJRA_MODEL_IMPORT_DIR", str(VAR_DIR / "imports"))
 
 # Adapter-ready guarantees per tier, in ms, after the tiered-pricing paper (hot starts ~10 ms, warm under
 # 100 ms, cold under 2 s to fetch); SLO credits are paid when a request breaks its tier's.

@@ -5,7 +5,9 @@ private Redis on a unix socket under var/ when REDIS_URL is unset, then web, one
 name in ``--nodes node-a,node-b``), the control worker and beat from platform/Procfile under honcho. Each runtime
 node runs under its own supervisor (vajra/supervisor.py): a node that dies is started again, with a backoff, while
 everything else keeps running (honcho alone would stop every process when one exits). Ctrl-C stops every child,
-Redis included.
+Redis included. A node serves the default base model, or the one named after a colon
+(``--nodes node-a:smollm2-135m-instruct,node-b:qwen2-0.5b``): each node serves one base model, and a model other
+than the default must be in the model store already (``manage.py import_model``).
 
 The processes run production-like: DEBUG off (``--debug``, ``make up DEBUG=1``, turns it on), with what DEBUG off
 needs for a local run over plain HTTP (see ``platform_env``).
@@ -36,6 +38,24 @@ from vajra.settings.env import env_bool
 
 PROCFILE = Path(settings.BASE_DIR) / "platform" / "Procfile"
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}")
+MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def parse_nodes(spec, default_model):
+    """``node-a,node-b:qwen2-0.5b`` -> [("node-a", default_model), ("node-b", "qwen2-0.5b")]; CommandError for
+    a bad or repeated node name or a bad model name."""
+    nodes = []
+    for item in (i.strip() for i in spec.split(",")):
+        if not item:
+            continue
+        name, _, model = item.partition(":")
+        nodes.append((name.strip(), model.strip() or default_model))
+    names = [n for n, _ in nodes]
+    if (any(not NODE_NAME.fullmatch(n) for n in names) or len(set(names)) != len(names)
+            or any(not MODEL_NAME.fullmatch(m) for _, m in nodes)):
+        raise CommandError(f"--nodes: give distinct names of letters, digits and dashes, each with an optional "
+                           f":base-model (got {spec!r}).")
+    return nodes
 
 
 def port_free(host, port):
@@ -101,7 +121,8 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=int(os.environ.get("VAJRA_PORT", "8000")))
         parser.add_argument("--node", default=os.environ.get("VAJRA_NODE_NAME", "local"))
         parser.add_argument("--nodes", default=os.environ.get("VAJRA_NODES", ""),
-                            help="comma-separated runtime node names, one process each (e.g. node-a,node-b)")
+                            help="comma-separated runtime node names, one process each, each with an optional "
+                                 "base model (e.g. node-a,node-b:qwen2-0.5b)")
         parser.add_argument("--prepare-only", action="store_true", help="set up, start nothing")
         parser.add_argument("--debug", action="store_true", default=env_bool("DJANGO_DEBUG", False),
                             help="run with Django's DEBUG on (debug error pages); off unless this or DJANGO_DEBUG=true")
@@ -120,10 +141,12 @@ class Command(BaseCommand):
         self.step("demo tenant", lambda: call_command("demo_tenant", url=url, verbosity=0))
         if prepare_only:
             return
-        names = [n.strip() for n in nodes.split(",") if n.strip()] or [node]
-        bad = [n for n in names if not NODE_NAME.fullmatch(n)]
-        if bad or len(set(names)) != len(names):
-            raise CommandError(f"--nodes: give distinct names of letters, digits and dashes (got {nodes!r}).")
+        names = parse_nodes(nodes or node, settings.VAJRA_DEFAULT_BASE_MODEL)
+        store = Path(settings.VAJRA_MODEL_STORE)
+        missing = sorted({m for _, m in names if not (store / m / "manifest.json").is_file()})
+        if missing:
+            raise CommandError(f"base model(s) {', '.join(missing)} not in {store}; import each first: "
+                               "manage.py import_model SOURCE --name NAME")
         self.run_platform(url, host, port, names, var, platform_env(debug=debug, host=host, var=var))
 
     def step(self, name, action):
@@ -138,7 +161,7 @@ class Command(BaseCommand):
 
     def run_platform(self, url, host, port, nodes, var, django_env):
         env = dict(os.environ, **django_env, PYTHONUNBUFFERED="1", VAJRA_HOST=host, VAJRA_PORT=str(port),
-                   VAJRA_NODE_NAME=nodes[0], REDIS_URL=settings.REDIS_URL,
+                   VAJRA_NODE_NAME=nodes[0][0], REDIS_URL=settings.REDIS_URL,
                    PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
         manager = Manager()
         sock = socket_path(settings.REDIS_URL)
@@ -150,14 +173,15 @@ class Command(BaseCommand):
             if name != "runtime":
                 manager.add_process(name, command, env=env, cwd=str(settings.BASE_DIR))
             elif len(nodes) == 1:
-                manager.add_process(name, supervised(nodes[0], command, var), env=env, cwd=str(settings.BASE_DIR))
+                manager.add_process(name, supervised(nodes[0][0], command, var), cwd=str(settings.BASE_DIR),
+                                    env={**env, "VAJRA_BASE_MODEL": nodes[0][1]})
             else:
                 threads = node_threads(len(nodes))
-                for i, node in enumerate(nodes):  # one runtime process per node, each on its own queue and port
+                for i, (node, model) in enumerate(nodes):  # one runtime process per node, on its own queue and port
                     port_of_node = str(metrics_port + i if metrics_port else 0)
                     manager.add_process(f"runtime-{node}", supervised(node, command, var), cwd=str(settings.BASE_DIR),
-                                        env={**env, "VAJRA_NODE_NAME": node, "VAJRA_METRICS_PORT": port_of_node,
-                                             "VAJRA_TORCH_THREADS": threads})
+                                        env={**env, "VAJRA_NODE_NAME": node, "VAJRA_BASE_MODEL": model,
+                                             "VAJRA_METRICS_PORT": port_of_node, "VAJRA_TORCH_THREADS": threads})
         debug = django_env["DJANGO_DEBUG"] == "true"
         threading.Thread(target=self.announce, args=(url, var, debug), daemon=True).start()
         manager.loop()
