@@ -19,3 +19,16 @@ def test_the_secret_key_is_made_once_and_kept_private(tmp_path, monkeypatch):
     monkeypatch.setenv("DJANGO_SECRET_KEY", "x" * 60)  # an operator's own values win
     assert "DJANGO_SECRET_KEY" not in platform_env(debug=False, host="192.0.2.5", var=tmp_path)
     assert platform_env(debug=False, host="192.0.2.5", var=tmp_path)["DJANGO_ALLOWED_HOSTS"].endswith(",192.0.2.5")
+
+
+def test_nodes_name_their_base_model_after_a_colon():
+    from django.core.management import CommandError
+
+    from vajra.management.commands.up import parse_nodes
+
+    assert parse_nodes("node-a,node-b:tiny-qwen2", "smollm2-135m-instruct") == [
+        ("node-a", "smollm2-135m-instruct"), ("node-b", "tiny-qwen2")]
+    assert parse_nodes("local", "smollm2-135m-instruct") == [("local", "smollm2-135m-instruct")]
+    for bad in ("a,a:x", "a:../x", "bad name", "a:Upper"):
+        with pytest.raises(CommandError):
+            parse_nodes(bad, "smollm2-135m-instruct")
