@@ -1,10 +1,14 @@
 """The Django settings `manage.py up` gives web, control and beat: DEBUG off unless asked for, and what a local
-run over plain HTTP then needs (tests/integration/test_production_web.py runs daphne with them)."""
+run over plain HTTP then needs (tests/integration/test_production_web.py runs daphne with them), and the runtime
+nodes it starts, each with its base model."""
 
 import os
 import stat
 
-from vajra.management.commands.up import platform_env
+import pytest
+from django.core.management import CommandError
+
+from vajra.management.commands.up import parse_nodes, platform_env
 
 
 def test_the_secret_key_is_made_once_and_kept_private(tmp_path, monkeypatch):
@@ -22,10 +26,6 @@ def test_the_secret_key_is_made_once_and_kept_private(tmp_path, monkeypatch):
 
 
 def test_nodes_name_their_base_model_after_a_colon():
-    from django.core.management import CommandError
-
-    from vajra.management.commands.up import parse_nodes
-
     assert parse_nodes("node-a,node-b:tiny-qwen2", "smollm2-135m-instruct") == [
         ("node-a", "smollm2-135m-instruct"), ("node-b", "tiny-qwen2")]
     assert parse_nodes("local", "smollm2-135m-instruct") == [("local", "smollm2-135m-instruct")]
