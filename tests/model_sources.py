@@ -3,14 +3,23 @@ operator would hand them to the model store's import: a Hugging Face directory w
 tokenizer and chat template."""
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 from tests.runtime_fixtures import CFG, tiny_tokenizer
 
 CHAT_TEMPLATE = ("{% for m in messages %}{{ 't1 ' + m['content'] + ' t2 ' }}{% endfor %}"
                  "{% if add_generation_prompt %}{{ 't1 t3' }}{% endif %}")
 ARCHITECTURES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
-                 "mistral": (MistralConfig, MistralForCausalLM)}
+                 "mistral": (MistralConfig, MistralForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM)}
 
 
 def tiny_checkpoint(path, arch="qwen2", *, seed=0, shard=False, **config):

@@ -68,7 +68,7 @@ def store(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "mistral", "llama"])
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "mistral", "llama"])
 def test_directory_of_each_served_architecture(store, tmp_path, arch):
     reference = tiny_checkpoint(tmp_path / "src", arch, max_position_embeddings=512)
     manifest = assert_imported(store, f"tiny-{arch}", reference, _run(store, f"tiny-{arch}", tmp_path / "src",

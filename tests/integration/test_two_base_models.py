@@ -12,7 +12,7 @@ import pytest
 from adapters.models import BaseModel
 from gpu_runtime.model_store import DEFAULT_MODEL, TINY_MODEL, read_manifest
 from serving.models import InferenceRequest
-from tests.conftest import create_key, session_client
+from tests.conftest import create_key
 from tests.integration.conftest import ROOT, lora_zip, start_runtime_node, wait_for, wait_until_serving
 
 QWEN = "tiny-qwen2"
@@ -52,8 +52,7 @@ def test_two_nodes_on_two_base_models_each_serve_their_adapter(daphne, qwen_stor
         assert BaseModel.objects.get(name=QWEN).architecture["model_type"] == "qwen2"
         _, secret = create_key(alice, acme)
         client = httpx.Client(base_url=daphne, headers={"Authorization": f"Bearer {secret}"}, timeout=120)
-        listed = session_client(alice).get("/api/v1/base-models").json()["data"]
-        catalog = {m["id"]: [n["name"] for n in m["nodes"]] for m in listed}
+        catalog = {m["id"]: [n["name"] for n in m["nodes"]] for m in client.get("/api/v1/base-models").json()["data"]}
         assert catalog[TINY_MODEL] == [f"{TINY_MODEL}-node"] and catalog[QWEN] == [f"{QWEN}-node"]
 
         texts = {}
