@@ -44,7 +44,7 @@ class BaseModelImportListView(APIView):
     throttle_classes = []
     parser_classes = [JSONParser]
 
-    class ImportIn(StrictSerializer):
+    class BaseModelImportIn(StrictSerializer):
         name = serializers.CharField(max_length=64)
         source = serializers.CharField(max_length=1000, help_text="a path inside VAJRA_MODEL_IMPORT_DIR (a Hugging "
                                        "Face directory, a .zip/.tar of one, a .gguf) or an s3:// URL")
@@ -54,9 +54,9 @@ class BaseModelImportListView(APIView):
         rows = recent_imports(limit=50)
         return Response({"data": BaseModelImportOut([import_summary(r) for r in rows], many=True).data})
 
-    @extend_schema(request=ImportIn, responses={202: BaseModelImportOut})
+    @extend_schema(request=BaseModelImportIn, responses={202: BaseModelImportOut})
     def post(self, request):
-        data = self.ImportIn(data=request.data)
+        data = self.BaseModelImportIn(data=request.data)
         data.is_valid(raise_exception=True)
         row = base_model_import_start(user=request.user, **data.validated_data)
         return Response(BaseModelImportOut(import_summary(row)).data, status=status.HTTP_202_ACCEPTED)

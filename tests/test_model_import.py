@@ -103,7 +103,7 @@ def test_s3_prefix_and_s3_archive(store, tmp_path, monkeypatch):
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from tests.integration.conftest import free_port
+    from tests.processes import free_port
 
     reference = tiny_checkpoint(tmp_path / "src")
     port = free_port()

@@ -11,7 +11,8 @@ from django.utils import timezone
 
 from adapters.models import BaseModel, BaseModelImport
 from fleet.models import Node
-from tests.conftest import assert_error, create_key, key_client, session_client
+from tests.factories import create_key, key_client, session_client
+from tests.helpers import assert_error
 from tests.model_sources import tiny_checkpoint
 from tests.runtime_fixtures import CFG
 

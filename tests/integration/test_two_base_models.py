@@ -12,8 +12,8 @@ import pytest
 from adapters.models import BaseModel
 from gpu_runtime.model_store import DEFAULT_MODEL, TINY_MODEL, read_manifest
 from serving.models import InferenceRequest
-from tests.conftest import create_key
-from tests.integration.conftest import ROOT, lora_zip, start_runtime_node, wait_for, wait_until_serving
+from tests.factories import create_key
+from tests.processes import ROOT, lora_zip, start_runtime_node, wait_for, wait_until_serving
 
 QWEN = "tiny-qwen2"
 

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('adapters', '0001_initial'),
+        ('adapters', '0002_adapter_import'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
