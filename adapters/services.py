@@ -19,7 +19,7 @@ from gpu_runtime.adapter_validation import (
     max_weights_bytes,
     validate_adapter,
 )
-from gpu_runtime.contract import AdapterRef
+from gpu_runtime.contract import AdapterRef, adapter_id_of
 from tenants.audit import audit_record
 from vajra.errors import Conflict, InvalidRequest
 
@@ -51,7 +51,7 @@ def version_uri(version):
 
 def adapter_ref(version):
     """The runtime's AdapterRef of a version (gpu_runtime.contract)."""
-    return AdapterRef(adapter_id=f"a{version.adapter_id}", version=version.number, uri=version_uri(version),
+    return AdapterRef(adapter_id=adapter_id_of(version.adapter_id), version=version.number, uri=version_uri(version),
                       tier=version.adapter.tier)
 
 

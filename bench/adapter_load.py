@@ -50,7 +50,7 @@ def main():
     try:
         paths = common.make_adapters(base, FILLERS + 2, tmp / "objects")
         refs = [AdapterRef(f"a{i}", 1, str(p), tier="warm") for i, p in enumerate(paths)]
-        keys = [(r.adapter_id, r.version) for r in refs]
+        keys = [r.key for r in refs]
         target, target_key = refs[0], keys[0]
         fillers = list(zip(refs[2:], keys[2:], strict=True))
         file_bytes = (paths[0] / WEIGHTS_FILE).stat().st_size

@@ -21,7 +21,7 @@ from adapters.services import adapter_ref
 from . import runtime_client
 from .heartbeats import nodes_up
 from .models import Node
-from .placement import pin_sent, send_tier, version_token
+from .placement import pin_sent, send_tier, version_key_of
 
 log = logging.getLogger(__name__)
 BATCH = 200  # requests or adapters handled per lost node in one pass (the next pass takes the rest)
@@ -59,7 +59,7 @@ def hot_adapters_replace(*, base_model, lost=None):
         pinned.update((node.state.get("resident") or {}).get("pinned", []))
     names = {node.name for node in up} - {lost}
     orphans = [v for v in _current_versions(base_model=base_model, tier=Adapter.HOT)
-               if version_token(v) not in pinned and pin_sent(version_token(v)) not in names]
+               if version_key_of(v) not in pinned and pin_sent(version_key_of(v)) not in names]
     for version in orphans:
         transaction.on_commit(lambda version=version: send_tier(version, Adapter.HOT))
     return len(orphans)

@@ -34,6 +34,7 @@ from django.db.models import Count
 
 from adapters.models import Adapter
 from adapters.services import adapter_ref
+from gpu_runtime.contract import adapter_id_of, version_key
 from vajra.errors import Conflict
 
 from . import runtime_client
@@ -62,8 +63,9 @@ class Scored:
     affinity: float
 
 
-def version_token(version):
-    return f"a{version.adapter_id}:{version.number}"
+def version_key_of(version):
+    """A version row's contract version key (what heartbeats list and pins name)."""
+    return version_key(adapter_id_of(version.adapter_id), version.number)
 
 
 def _adapters(node):
@@ -77,7 +79,7 @@ def _resident(node, tier):
 def version_residence(version):
     """Where a version is kept now, by the up nodes' last heartbeats: {"pinned", "device", "host"} -> node names
     (a hot pin sent but not yet reported counts as pinned on its node)."""
-    token = version_token(version)
+    token = version_key_of(version)
     out = {place: [] for place in ("pinned", "device", "host")}
     for node in nodes_up().filter(base_model=version.adapter.base_model.name).order_by("name"):
         for place, names in out.items():
@@ -100,7 +102,7 @@ def _candidates(*, base_model, version):
     nodes = list(nodes_up().filter(base_model=base_model.name))
     if version is None:
         return tier_candidates(nodes, None)
-    token, tier = version_token(version), version.adapter.tier
+    token, tier = version_key_of(version), version.adapter.tier
     if tier == HOT and not any(token in _resident(node, "pinned") for node in nodes):
         sent = pin_sent(token)
         nodes_pinning = [node for node in nodes if node.name == sent]
@@ -202,7 +204,7 @@ def place(*, tenant, base_model, version=None):
     else:
         node = _score(candidates, tenant)[0].node
     if version is not None and version.adapter.tier == HOT:
-        token = version_token(version)
+        token = version_key_of(version)
         if token not in _resident(node, "pinned") and pin_sent(token) != node.name:
             pin_move(version, node)
     return node
@@ -224,7 +226,7 @@ def _pin_sent_to(version, node):
     from vajra.redis import get_redis
 
     seconds = settings.VAJRA_HEARTBEAT_SECONDS * settings.VAJRA_NODE_DOWN_AFTER_MISSED * 2
-    get_redis().set(_pin_key(version_token(version)), node.name, ex=seconds)
+    get_redis().set(_pin_key(version_key_of(version)), node.name, ex=seconds)
 
 
 def pin_move(version, node):
@@ -291,7 +293,7 @@ def _send_set_tier(version, tier, nodes):
     if tier == HOT:
         _pin_sent_to(version, nodes[0])  # before the task runs: placement sends the version's requests there
     else:
-        get_redis().delete(_pin_key(version_token(version)))
+        get_redis().delete(_pin_key(version_key_of(version)))
     ref = adapter_ref(version)
     for node in nodes:
         runtime_client.send_set_tier(ref, tier, node_name=node.name)

@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 
 from . import object_io
 from .adapter_validation import WEIGHTS_FILE, AdapterRejected, validate_adapter
-from .contract import TIERS
+from .contract import TIERS, split_version_key
 from .lora import adapter_weights_from_tensors
 
 log = logging.getLogger("vajra.runtime.adapters")
@@ -56,7 +56,7 @@ class NoFreeSlot(RuntimeError):
 
 @dataclass
 class HostAdapter:
-    key: tuple
+    key: str
     facts: object
     weights: dict
     nbytes: int
@@ -67,7 +67,7 @@ class Adapter:
     """One adapter version's lifecycle on this node: the copies it has and who holds it. Only the store's
     transitions (``AdapterStore._to_*`` / ``_off_*``) change the copies."""
 
-    key: tuple
+    key: str  # contract.version_key
     tier: str | None = None  # the tier asked for: the first request's ref, then set_tier
     pinned: bool = False  # hot: its device slot is never evicted
     disk_bytes: int | None = None  # on node-local disk
@@ -92,7 +92,8 @@ class Adapter:
 
 
 def adapter_key(ref):
-    return (ref.adapter_id, int(ref.version))
+    """The store's key of an adapter version: the contract's version key."""
+    return ref.key
 
 
 def fetch_adapter(uri, dest):
@@ -154,7 +155,8 @@ class AdapterStore:
     def _off_disk(self, entry):
         entry.disk_bytes = None
         self._lru[State.DISK].pop(entry.key, None)
-        shutil.rmtree(self.disk_dir / entry.key[0] / str(entry.key[1]), ignore_errors=True)
+        adapter_id, version = split_version_key(entry.key)
+        shutil.rmtree(self.disk_dir / adapter_id / str(version), ignore_errors=True)
 
     def _to_host(self, entry, adapter):
         entry.host = adapter
@@ -214,11 +216,11 @@ class AdapterStore:
 
     def resident(self, limit=200):
         """Which adapter versions sit on the device and in host RAM, and which of those on the device are pinned
-        (hot), as "id:version", for placement."""
+        (hot), as their contract version keys, for placement."""
         with self._lock:
-            held = {state.value: [f"{k[0]}:{k[1]}" for k in list(self._lru[state])[-limit:]]
+            held = {state.value: list(self._lru[state])[-limit:]
                     for state in (State.DEVICE, State.HOST)}
-            held["pinned"] = sorted(f"{e.key[0]}:{e.key[1]}" for e in self._held(State.DEVICE) if e.pinned)[:limit]
+            held["pinned"] = sorted(e.key for e in self._held(State.DEVICE) if e.pinned)[:limit]
             return held
 
     def buckets(self):

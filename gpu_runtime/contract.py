@@ -130,6 +130,23 @@ class Heartbeat:
         return beat
 
 
+def adapter_id_of(pk):
+    """An adapter's id between web and runtime: "a" and its catalog primary key."""
+    return f"a{pk}"
+
+
+def version_key(adapter_id, version):
+    """The one name of an adapter version between web and runtime, "<adapter id>:<version>" (e.g. "a7:2"): the key
+    of the runtime's adapter store, prefix cache and heartbeat lists, and of placement's pins."""
+    return f"{adapter_id}:{int(version)}"
+
+
+def split_version_key(key):
+    """``version_key``'s parts: (adapter id, version)."""
+    adapter_id, _, version = key.rpartition(":")
+    return adapter_id, int(version)
+
+
 @dataclass(frozen=True)
 class AdapterRef:
     """Which adapter version to apply, and where its files are (object storage URI or local path)."""
@@ -138,6 +155,10 @@ class AdapterRef:
     version: int
     uri: str
     tier: str = "cold"
+
+    @property
+    def key(self):
+        return version_key(self.adapter_id, self.version)
 
     def to_json(self):
         return asdict(self)

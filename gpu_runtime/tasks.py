@@ -73,7 +73,7 @@ def prefetch(adapter):
     ref = AdapterRef.from_json(adapter)
     node.require_engine()
     node.store.prepare(ref).result(timeout=120)
-    return {"where": node.store.where((ref.adapter_id, ref.version))}
+    return {"where": node.store.where(ref.key)}
 
 
 @app.task(name=TASK_SET_TIER)

@@ -108,7 +108,7 @@ def test_broken_adapter_fails_fast_and_is_never_placed(store_for, tmp_path):
     ref = AdapterRef("broken", 3, str(broken))
     with pytest.raises(AdapterRejected) as first:
         store.prepare(ref).result(timeout=30)
-    assert first.value.code == "bad_rank" and store.where(("broken", 3)) == "failed"
+    assert first.value.code == "bad_rank" and store.where(ref.key) == "failed"
     moves = len(store.moves)
     with pytest.raises(AdapterRejected):
         store.prepare(ref).result(timeout=1)

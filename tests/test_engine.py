@@ -117,7 +117,7 @@ def test_bad_requests_get_typed_errors_and_the_engine_keeps_serving(engine, tmp_
     # a broken adapter fails fast the second time, from memory
     again = engine.submit(request([1, 2], AdapterRef("broken", 1, str(broken))))
     assert again.wait(30)["error"]["code"] == "pickle_refused"
-    assert engine.store.where(("broken", 1)) == "failed"
+    assert engine.store.where("broken:1") == "failed"
 
 
 def test_prefix_cache_reuses_a_shared_prompt_prefix_per_adapter_version(engine, adapters, redis_client):

@@ -166,7 +166,7 @@ def test_a_fault_in_one_row_ends_that_row_alone(engine, adapters, redis_client, 
 
             def activate(key, acquire=True):
                 slot = real(key, acquire)
-                if key == (bad.adapter.adapter_id, bad.adapter.version):
+                if key == bad.adapter.key:
                     poison_slot(engine.pool, slot)
                 return slot
 
@@ -237,7 +237,7 @@ def test_a_final_that_cannot_be_sent_still_ends_its_task_and_the_others_get_thei
         release = engine.store.release
 
         def failing_release(key):
-            if key == (bad.adapter.adapter_id, bad.adapter.version):
+            if key == bad.adapter.key:
                 raise RuntimeError("release failed (test)")
             release(key)
 

@@ -28,7 +28,7 @@ from adapters.storage_quota import StorageQuotaExceeded, require_storage
 from adapters.uploads import UploadDir, sha256_of
 from fleet import runtime_client
 from fleet.heartbeats import nodes_up
-from fleet.placement import send_tier, version_token
+from fleet.placement import send_tier, version_key_of
 from gpu_runtime.adapter_validation import CONFIG_FILE, WEIGHTS_FILE, AdapterRejected, validate_adapter
 from tenants.audit import audit_record
 from vajra.errors import Conflict
@@ -149,7 +149,7 @@ def _swap_on_commit(adapter, old, new):
 def holders(adapter, version):
     """Up nodes holding ``version`` per their last heartbeat: on the device for a hot adapter (where it is
     pinned), on the device or in host RAM for a warm one."""
-    token = version_token(version)
+    token = version_key_of(version)
     tiers = ("device",) if adapter.tier == Adapter.HOT else ("device", "host")
     return [node for node in nodes_up().filter(base_model=adapter.base_model.name)
             if any(token in ((node.state.get("resident") or {}).get(tier) or []) for tier in tiers)]

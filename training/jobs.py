@@ -32,7 +32,7 @@ from billing.plans import plan_limits, training_cost, training_price
 from fleet import runtime_client
 from fleet.placement import NoCapacity, place, record_scale_up
 from gpu_runtime.adapter_validation import DTYPE_BYTES, MAX_LORA_RANK
-from gpu_runtime.contract import CONTROL_QUEUE, ContractError, cancel_key
+from gpu_runtime.contract import CONTROL_QUEUE, ContractError, adapter_id_of, cancel_key
 from gpu_runtime.training_spec import Hyperparameters, TrainingSpec, trainable_elements, training_gradients
 from tenants.audit import audit_record
 from vajra.errors import Conflict, InvalidRequest
@@ -345,7 +345,7 @@ def training_spec(job):
         version.adapter = job.adapter
         init = adapter_ref(version).to_json()
     return TrainingSpec(
-        job_id=job.id, base_model=job.base_model.name, adapter_id=f"a{job.adapter_id}",
+        job_id=job.id, base_model=job.base_model.name, adapter_id=adapter_id_of(job.adapter_id),
         dataset_uri=storage_uri(job.dataset.storage_key), output_uri=storage_uri(output_key(job)),
         hyperparameters=job.hyperparameters, init=init, checkpoint_every=settings.VAJRA_TRAIN_CHECKPOINT_EVERY,
         max_seq_len=min(job.base_model.context_length, TrainingSpec.max_seq_len))
