@@ -6,7 +6,7 @@
 //   {"kind": "bars" | "lines", "labels": [...] (the x axis: days, tiers or adapters),
 //    "y_label": "text", "y_prefix": "$", "y_suffix": " ms", "y_decimals": 2,
 //    "series": [{"label": "text", "values": [...], "dash": false}]}
-// A chart over a number line (training steps) gives "x": [...] instead of "labels", with "x_label", "x_max" (the
+// A chart over a number line of whole numbers (training steps) gives "x": [...] instead of "labels", with "x_label", "x_max" (the
 // axis runs from 0 to at least this) and "y_zero": false for a y axis that fits the values instead of starting at
 // 0. window.vajraChart.update(box, x, seriesValues, xMax) redraws such a chart with new points; a series that
 // arrives later (an eval loss) is added the first time its values do.
@@ -78,6 +78,7 @@
     };
     var numberAxis = {
       stroke: axisStroke, grid: grid, ticks: grid, label: spec.x_label, labelSize: 18, gap: 4, space: 60,
+      incrs: [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1e3, 2e3, 2500, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5, 5e5, 1e6],
       values: function (u, splits) { return splits.map(function (v) { return number.format(v); }); }
     };
     var yRange = spec.y_zero === false
