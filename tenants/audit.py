@@ -1,5 +1,5 @@
 """The audit log's one writer: each service that creates or revokes keys, uploads, deletes or switches adapter
-versions, changes tiers or roles, uploads or deletes datasets, starts or cancels training, or moves an invoice
+versions, changes tiers or roles, uploads, fetches or deletes datasets, starts or cancels training, or moves an invoice
 calls ``audit_record`` inside its own transaction, once per action.
 
 The IP and request id come from the request being served (vajra.middleware's context), so services need no
@@ -20,6 +20,7 @@ ACTIONS = {
     "adapter.tier_changed": "Adapter tier changed",
     "adapter.deleted": "Adapter deleted",
     "dataset.uploaded": "Dataset uploaded",
+    "dataset.fetched": "Dataset fetched from a URL",
     "dataset.deleted": "Dataset deleted",
     "training.started": "Training job started",
     "training.cancelled": "Training job cancelled",

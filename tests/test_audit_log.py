@@ -24,6 +24,7 @@ from tests.billing_helpers import close, invoice_of, usage
 from tests.factories import (
     TRAINING_HP,
     create_key,
+    jsonl,
     key_client,
     make_base,
     make_dataset,
@@ -34,6 +35,7 @@ from tests.factories import (
 )
 from tests.helpers import assert_error, capture_sent
 from training import jobs
+from training.datasets import dataset_delete
 from training.models import TrainingJob
 from vajra.errors import Conflict, InvalidRequest
 
@@ -103,6 +105,43 @@ def test_training_started_and_cancelled(alice, acme, monkeypatch, adapter_storag
     jobs.training_cancel(principal=make_principal(acme, alice), job=job)
     cancelled = only_entry(action="training.cancelled")
     assert (cancelled.target_id, cancelled.details) == (job.id, {"status": TrainingJob.VALIDATING})
+
+
+def test_dataset_fetched_from_a_url_and_deleted(alice, acme, monkeypatch, adapter_storage, tmp_path, settings):
+    capture_sent(monkeypatch)
+    store = tmp_path / "store" / "acme"
+    store.mkdir(parents=True)
+    (store / "support.jsonl").write_bytes(jsonl(6))
+    settings.VAJRA_TENANT_DATASET_URL_PREFIXES = {"acme": [f"file://{store}/"]}
+    job = jobs.training_create(principal=make_principal(acme, alice), base_model=make_base(), adapter_name="bot",
+                               dataset_ref=f"file://{store}/support.jsonl", hyperparameters=TRAINING_HP)
+    fetched = only_entry(action="dataset.fetched")
+    assert (fetched.tenant, fetched.actor_user, fetched.target_type, fetched.target_id, fetched.target_name) == (
+        acme, alice, "dataset", job.dataset_id, "support.jsonl")
+    assert fetched.details == {"url": f"file://{store}/support.jsonl", "records": 6, "size_bytes": len(jsonl(6)),
+                               "format": "completion", "sha256": job.dataset.sha256}
+    assert only_entry(action="training.started").details["dataset"] == job.dataset_id
+    assert not AuditEntry.objects.filter(action="dataset.uploaded").exists()
+
+    jobs.training_cancel(principal=make_principal(acme, alice), job=job)
+    dataset_delete(principal=make_principal(acme, alice), dataset=job.dataset)
+    deleted = only_entry(action="dataset.deleted")
+    assert (deleted.actor_user, deleted.target_id, deleted.target_name, deleted.details) == (
+        alice, job.dataset_id, "support.jsonl", {"records": 6})
+
+
+def test_a_refused_url_dataset_writes_no_entry(alice, acme, monkeypatch, adapter_storage, tmp_path, settings,
+                                              unchanged_db):
+    capture_sent(monkeypatch)
+    store = tmp_path / "store" / "acme"
+    store.mkdir(parents=True)
+    (store / "bad.jsonl").write_bytes(jsonl(2) + b'{"prompt": 1}\n')
+    settings.VAJRA_TENANT_DATASET_URL_PREFIXES = {"acme": [f"file://{store}/"]}
+    base = make_base()
+    with unchanged_db(), pytest.raises(InvalidRequest):
+        jobs.training_create(principal=make_principal(acme, alice), base_model=base, adapter_name="bot",
+                             dataset_ref=f"file://{store}/bad.jsonl", hyperparameters=TRAINING_HP)
+    assert not AuditEntry.objects.exists()
 
 
 def test_cancelling_a_running_job_twice_is_one_entry(alice, acme, monkeypatch):

@@ -2,6 +2,8 @@
 events, cancel): the same services as the train API, so refusals write nothing and send no task; billing viewers
 see no jobs; charlie (contoso) never reaches acme's jobs."""
 
+import json
+
 import pytest
 from django.test import Client
 from django.urls import reverse
@@ -248,7 +250,11 @@ def test_the_job_page_shows_the_recorded_state(request, who, running):
     assert '<progress id="tj-bar" max="9" value="2">22%</progress>' in html
     assert '<span id="tj-step-text">2 / 9</span>' in html and "left</span>" in html  # an ETA from the pace so far
     assert 'badge--job-running" id="tj-status">Running<' in html
-    assert 'data-points="2"' in html and f'points="{loss_chart([[1, 2.5], [2, 1.75]], 9)["points"]}"' in html
+    assert 'data-points="2"' in html and 'data-chart="tj-chart-data"' in html
+    assert "vendor/uplot/uPlot.iife.min.js" in html and "vajra/charts.js" in html
+    assert chart_spec(html) == loss_chart([[1, 2.5], [2, 1.75]], 9)
+    figures = html[html.index('id="tj-figures"'):]
+    assert '<td class="num">1</td><td class="num">2.5000</td>' in figures and '<td class="num">1.7500</td>' in figures
     events = html[html.index('id="tj-events"'):]
     assert "Step 2/9: training loss 1.7500." in events and 'badge--level-warning">warning<' in events
     assert "<td class=\"num\">2</td>" in events and "1.7500" in events
@@ -259,14 +265,18 @@ def test_the_job_page_shows_the_recorded_state(request, who, running):
     assert "<dt>Learning rate</dt><dd>0.0001</dd>" in html
 
 
-def test_the_loss_chart_geometry():
+def chart_spec(html):
+    start = html.index('<script id="tj-chart-data" type="application/json">') + len(
+        '<script id="tj-chart-data" type="application/json">')
+    return json.loads(html[start:html.index("</script>", start)])
+
+
+def test_the_loss_chart_spec():
     chart = loss_chart([[1, 3.0], [2, 2.0], [4, 1.0]], 4)
-    # x: 56 + step / 4 x 568; y: 14 + (3 - loss) / 2 x 176
-    assert chart["points"] == "198.0,14.0 340.0,102.0 624.0,190.0"
-    assert (chart["count"], chart["high"], chart["low"], chart["last_step"]) == (3, 3.0, 1.0, 4)
-    flat = loss_chart([[1, 2.0]], 0)
-    assert flat["points"] == "624.0,102.0" and (flat["low"], flat["high"]) == (1.5, 2.5)
-    assert loss_chart([], 10)["points"] == ""
+    assert (chart["x"], chart["x_max"], chart["x_label"], chart["y_label"]) == ([1, 2, 4], 4, "Step", "Loss")
+    assert chart["series"] == [{"label": "Training loss", "values": [3.0, 2.0, 1.0]}] and chart["y_zero"] is False
+    empty = loss_chart([], 0)
+    assert (empty["x"], empty["x_max"], empty["series"][0]["values"]) == ([], 1, [])
 
 
 def test_a_finished_job_shows_its_result_and_no_cancel(alice, acme, base, dataset, adapter_storage):

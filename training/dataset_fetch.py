@@ -17,6 +17,7 @@ from django.core.files.base import ContentFile
 from adapters.services import adapter_storage
 from adapters.storage_quota import require_storage
 from billing.plans import plan_limits
+from tenants.audit import audit_record
 from vajra import url_fetch
 from vajra.errors import InvalidRequest
 
@@ -81,12 +82,18 @@ def read_url_dataset(*, tenant, url, base_model):
 
 def store_url_dataset(*, principal, url, data, parsed):
     """The snapshot as a dataset row (inside the caller's transaction; the caller deletes the file if it fails),
-    within the tenant's storage quota as an upload is (413 storage_quota_exceeded, nothing stored)."""
+    within the tenant's storage quota as an upload is (413 storage_quota_exceeded, nothing stored), recorded in
+    the audit log with the URL it came from."""
     require_storage(tenant=principal.tenant, adding=len(data), lock=True, param="dataset")
     dataset_id = "ds_" + secrets.token_hex(12)
     key = adapter_storage().save(f"datasets/{principal.tenant.pk}/{dataset_id}.jsonl", ContentFile(data))
-    return Dataset.objects.create(
+    dataset = Dataset.objects.create(
         id=dataset_id, tenant=principal.tenant, name=posixpath.basename(urlparse(url).path)[:200] or dataset_id,
         format=parsed.format, records=parsed.record_count, size_bytes=len(data), tokens=parsed.tokens,
         tokens_exact=parsed.tokens_exact, sha256=hashlib.sha256(data).hexdigest(), storage_key=key,
         created_by=principal.user)
+    audit_record(tenant=principal.tenant, principal=principal, action="dataset.fetched", target_type="dataset",
+                 target_id=dataset.id, target_name=dataset.name,
+                 details={"url": url, "records": parsed.record_count, "size_bytes": len(data),
+                          "format": parsed.format, "sha256": dataset.sha256})
+    return dataset

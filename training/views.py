@@ -31,7 +31,6 @@ from .jobs import micro_usd_text, reference_million_tokens, training_cancel, tra
 from .models import TrainingJob
 
 JOBS_ON_PAGE = 25
-CHART = {"width": 640, "height": 220, "left": 56, "right": 16, "top": 14, "bottom": 30}  # training.js draws the same
 
 
 def _forbidden(principal, what):
@@ -152,20 +151,11 @@ def _eta_s(job):
 
 
 def loss_chart(losses, total_steps):
-    """The loss chart's SVG geometry, [[step, loss], ...] -> polyline points and axis labels (training.js too)."""
-    c = CHART
-    width, height = c["width"] - c["left"] - c["right"], c["height"] - c["top"] - c["bottom"]
-    last_step = max([total_steps, 1] + [step for step, _ in losses])
-    values = [loss for _, loss in losses]
-    low, high = (min(values), max(values)) if values else (0.0, 1.0)
-    if high - low < 1e-9:
-        low, high = low - 0.5, high + 0.5
-    def point(step, loss):
-        return f"{c['left'] + step / last_step * width:.1f},{c['top'] + (high - loss) / (high - low) * height:.1f}"
-
-    points = " ".join(point(step, loss) for step, loss in losses)
-    return {**c, "points": points, "count": len(losses), "high": high, "low": low, "last_step": last_step,
-            "plot_right": c["width"] - c["right"], "plot_bottom": c["height"] - c["bottom"]}
+    """The loss chart's JSON for vajra/charts.js, [[step, loss], ...] -> a line over steps 0..total_steps; the
+    page's websocket appends the steps that follow (training.js)."""
+    return {"kind": "lines", "x": [step for step, _ in losses], "x_max": max(total_steps, 1), "x_label": "Step",
+            "y_label": "Loss", "y_zero": False, "y_decimals": 4,
+            "series": [{"label": "Training loss", "values": [loss for _, loss in losses]}]}
 
 
 def _job_page(request, job_id, *, status=200):
@@ -179,6 +169,7 @@ def _job_page(request, job_id, *, status=200):
         "job": job, "info": job_json(job), "snapshot": snapshot, "hp": job.hyperparameters,
         "percent": round(100 * job.trained_steps / job.total_steps) if job.total_steps else 0,
         "eta_s": _eta_s(job), "chart": loss_chart(snapshot["losses"], job.total_steps),
+        "losses": snapshot["losses"],
         "events": list(job.events.order_by("-id")[:RECENT_EVENTS])[::-1], "recent_events": RECENT_EVENTS,
         "active": job.status in TrainingJob.ACTIVE, "can_write": principal.can("training.write"),
     }

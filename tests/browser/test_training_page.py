@@ -45,6 +45,10 @@ WATCH_JOB = """() => {
 }"""
 
 
+def seen_so_far(page):
+    return page.evaluate("window.jobSeen")
+
+
 def test_start_a_job_and_watch_it_live(page, daphne, tiny_runtime_node, control_worker, alice):
     wait_until_serving(MODEL, tiny_runtime_node, 180)
     page.set_default_timeout(30_000)
@@ -96,10 +100,20 @@ def test_start_a_job_and_watch_it_live(page, daphne, tiny_runtime_node, control_
     expect(page.locator("#tj-step-text")).to_have_text("4 / 4", timeout=300_000)
     expect(page.locator("#tj-status")).to_have_text("Succeeded", timeout=120_000)
     expect(page.locator("#tj-live")).to_have_text("Finished")
-    points = page.locator("#tj-line").get_attribute("points").split()
-    assert len(points) >= 2 and int(page.locator("#tj-chart").get_attribute("data-points")) == len(points)
+    # The loss chart is uPlot's (axes step and loss, values on hover) with every step in it and in its figures.
+    chart = page.locator("#tj-chart")
+    expect(chart).to_have_attribute("data-chart-ready", "true")
+    expect(chart.locator("canvas")).to_have_count(1)  # uPlot draws the axes and their labels on it
+    expect(chart.locator(".u-legend .u-series .u-label")).to_have_text(["Step", "Training loss"])
+    points = int(chart.get_attribute("data-points"))
+    assert points >= 2 and page.locator("#tj-figures tr").count() == points
+    assert max(s["points"] for s in seen_so_far(page)) == points
+    box = chart.locator(".u-over").bounding_box()
+    page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] / 2)  # the last step, under the cursor
+    legend_loss = chart.locator(".u-legend .u-series").nth(1).locator(".u-value")
+    expect(legend_loss).to_have_text(re.compile(r"^\d+\.\d{4}$"))
     assert page.locator("#tj-bar").evaluate("bar => [bar.value, bar.max]") == [4, 4]
-    seen = page.evaluate("window.jobSeen")
+    seen = seen_so_far(page)
     assert any(s["live"] == "Live" for s in seen), f"the socket never went live: {seen}"
     steps_seen = [s["steps"] for s in seen]
     assert steps_seen[-1] == "4 / 4" and len(set(steps_seen)) >= 2, f"the bar did not move live: {steps_seen}"

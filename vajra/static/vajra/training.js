@@ -1,13 +1,13 @@
 // A training job's page, live over ws/v1/training/<job_id>/ (protocol in training/consumers.py): the progress
-// bar, the loss chart and the events log follow the job; usage comes from GET /v1/training/jobs/<id>. Without this
-// file the page shows the job as it was recorded when the page was rendered. Hand-written, no library.
+// bar, the loss chart (drawn by charts.js with uPlot; this file appends the steps as they arrive) with its figures
+// table, and the events log follow the job; usage comes from GET /v1/training/jobs/<id>. Without this file the
+// page shows the job as it was recorded when the page was rendered.
 (function () {
   "use strict";
 
   var root = document.querySelector("[data-training-job]");
   if (!root) return;
 
-  var CHART = {width: 640, height: 220, left: 56, right: 16, top: 14, bottom: 30};  // training.views.CHART
   var POLL_MS = 5000;
   var TERMINAL = ["succeeded", "failed", "cancelled"];
 
@@ -24,15 +24,16 @@
   var cancelForm = byId("tj-cancel");
   var cancelRequested = byId("tj-cancel-requested");
   var chart = byId("tj-chart");
-  var line = byId("tj-line");
   var chartDesc = byId("tj-chart-desc");
+  var figures = byId("tj-figures");
   var events = byId("tj-events");
 
   var state = {
     terminal: root.dataset.terminal === "true",
     total: Number(bar.max) || 0,
     trained: Number(bar.value) || 0,
-    losses: {},        // step -> loss
+    losses: {},        // step -> training loss
+    evalLosses: {},    // step -> eval loss, for the steps that were evaluated
     loggedSteps: {},   // steps whose "Step n" event is in the log
     lastId: null,      // the last progress entry of the job's stream: where a reconnect resumes
     socket: null,
@@ -85,28 +86,40 @@
     if (loss !== null && loss !== undefined) lossOut.textContent = Number(loss).toFixed(4);
   }
 
+  function present(value) {
+    return value !== null && value !== undefined && !isNaN(value);
+  }
+
+  function figureRow(step) {
+    var row = element("tr");
+    row.appendChild(element("td", "num", String(step)));
+    row.appendChild(element("td", "num", Number(state.losses[step]).toFixed(4)));
+    if (figures.dataset.eval === "true") {
+      row.appendChild(element("td", "num", present(state.evalLosses[step]) ? state.evalLosses[step].toFixed(4) : ""));
+    }
+    return row;
+  }
+
   function drawChart() {
     var steps = Object.keys(state.losses).map(Number).sort(function (a, b) { return a - b; });
     var values = steps.map(function (s) { return state.losses[s]; });
-    var width = CHART.width - CHART.left - CHART.right;
-    var height = CHART.height - CHART.top - CHART.bottom;
-    var lastStep = Math.max.apply(null, [state.total, 1].concat(steps));
-    var low = values.length ? Math.min.apply(null, values) : 0;
-    var high = values.length ? Math.max.apply(null, values) : 1;
-    if (high - low < 1e-9) { low -= 0.5; high += 0.5; }
-    line.setAttribute("points", steps.map(function (step, i) {
-      var x = CHART.left + step / lastStep * width;
-      var y = CHART.top + (high - values[i]) / (high - low) * height;
-      return x.toFixed(1) + "," + y.toFixed(1);
-    }).join(" "));
+    var series = [{label: "Training loss", values: values}];
+    if (Object.keys(state.evalLosses).length) {
+      series.push({label: "Eval loss", dash: true, values: steps.map(function (s) {
+        return present(state.evalLosses[s]) ? state.evalLosses[s] : null;
+      })});
+    }
+    if (window.vajraChart) window.vajraChart.update(chart, steps, series, Math.max(state.total, 1));
     chart.dataset.points = String(steps.length);
-    byId("tj-y-high").textContent = values.length ? high.toFixed(3) : "";
-    byId("tj-y-low").textContent = values.length ? low.toFixed(3) : "";
-    byId("tj-x-last").textContent = "step " + lastStep;
     chartDesc.textContent = values.length
       ? "Loss at " + steps.length + " step" + (steps.length === 1 ? "" : "s") + ", last " +
         values[values.length - 1].toFixed(4) + "."
       : "No steps yet.";
+    if (series.length > 1 && figures.dataset.eval !== "true") {
+      figures.dataset.eval = "true";
+      figures.closest("table").querySelector("thead tr").appendChild(element("th", "num", "Eval loss"));
+    }
+    figures.replaceChildren.apply(figures, steps.map(figureRow));
   }
 
   function utc(iso) {
@@ -176,6 +189,8 @@
     setStatus(job.status);
     state.losses = {};
     job.losses.forEach(function (point) { state.losses[point[0]] = point[1]; });
+    state.evalLosses = {};
+    (job.eval_losses || []).forEach(function (point) { state.evalLosses[point[0]] = point[1]; });
     if (job.terminal) finished();
     setProgress(job.trained_steps, job.total_steps, null);
     setLoss(job.last_loss);
@@ -195,6 +210,7 @@
       if (state.terminal) return;
       setStatus("running");
       state.losses[message.step] = message.loss;
+      if (present(message.eval_loss)) state.evalLosses[message.step] = Number(message.eval_loss);
       setProgress(message.step, message.total_steps, message.eta_s);
       setLoss(message.loss);
       drawChart();
