@@ -1,6 +1,5 @@
 """REST API for the base-model catalog and a tenant's adapters (/api/v1/...)."""
 
-from django.db import transaction
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
@@ -95,16 +94,12 @@ class AdapterDetailView(APIView):
     def patch(self, request, name):
         data = self.TierIn(data=request.data)
         data.is_valid(raise_exception=True)
-        with transaction.atomic():  # the row lock needs a transaction (PostgreSQL refuses FOR UPDATE without one)
-            adapter = access.access_adapter(tenant=request.auth.tenant, name=name, lock=True)
-            adapter = services.adapter_set_tier(principal=request.auth, adapter=adapter, **data.validated_data)
+        adapter = services.adapter_set_tier(principal=request.auth, name=name, **data.validated_data)
         return Response(AdapterOut(adapter).data)
 
     @extend_schema(responses={204: None})
     def delete(self, request, name):
-        with transaction.atomic():
-            adapter = access.access_adapter(tenant=request.auth.tenant, name=name, lock=True)
-            services.adapter_delete(principal=request.auth, adapter=adapter)
+        services.adapter_delete(principal=request.auth, name=name)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -1,4 +1,7 @@
-"""Writes for adapters and their versions: upload, tier change, delete (keyword-only, atomic)."""
+"""Writes for adapters and their versions: upload, tier change, delete (keyword-only, atomic).
+
+Each service is its unit of work: it opens its own transaction and takes the row locks it needs (the adapter's,
+SELECT ... FOR UPDATE) inside it, so a caller passes the adapter's name, never a row it locked itself."""
 
 import logging
 import uuid
@@ -23,7 +26,7 @@ from gpu_runtime.contract import AdapterRef, adapter_id_of
 from tenants.audit import audit_record
 from vajra.errors import Conflict, InvalidRequest
 
-from . import tier_moves
+from . import access, tier_moves
 from .models import Adapter, AdapterVersion
 from .storage_quota import require_storage, storage_release
 from .uploads import UploadDir, sha256_of, unpack_upload, upload_cap
@@ -132,8 +135,10 @@ def _record_version(*, principal, base_model, name, description, facts, sha256, 
 
 
 @transaction.atomic
-def adapter_set_tier(*, principal, adapter, tier):
-    """Changes the tier; hot needs a node with hot capacity left (409 otherwise)."""
+def adapter_set_tier(*, principal, name, tier):
+    """Changes the tier of the tenant's adapter ``name`` under its row lock; hot needs a node with hot capacity
+    left (409 otherwise). Another tenant's adapter is a 404."""
+    adapter = access.access_adapter(tenant=principal.tenant, name=name, lock=True)
     principal.require("adapters.write")
     if tier not in dict(Adapter.TIER_CHOICES):
         raise InvalidRequest(f"tier must be one of cold, warm, hot; got {tier!r}.", param="tier", code="invalid_tier")
@@ -157,9 +162,11 @@ def _apply_tier_on_commit(version, tier=None):
 
 
 @transaction.atomic
-def adapter_delete(*, principal, adapter):
-    """Stops serving the adapter; its versions' rows stay for the request history and invoices, their files are
-    removed once no request or training job in progress uses them (storage_quota.storage_release)."""
+def adapter_delete(*, principal, name):
+    """Stops serving the tenant's adapter ``name`` (under its row lock); its versions' rows stay for the request
+    history and invoices, their files are removed once no request or training job in progress uses them
+    (storage_quota.storage_release). Returns the deleted adapter."""
+    adapter = access.access_adapter(tenant=principal.tenant, name=name, lock=True)
     principal.require("adapters.write")
     adapter.deleted_at = timezone.now()
     old_tier = adapter.tier
@@ -175,3 +182,4 @@ def adapter_delete(*, principal, adapter):
     if adapter.current_version_id:
         adapter.current_version.adapter = adapter
         _apply_tier_on_commit(adapter.current_version)
+    return adapter

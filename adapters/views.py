@@ -2,7 +2,6 @@
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
 from django.http import JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -165,9 +164,7 @@ def adapter_tier(request, name):
     if not form.is_valid():
         return detail_page(request, name, form, status=400)
     try:
-        with transaction.atomic():
-            adapter = access.access_adapter(tenant=principal.tenant, name=name, lock=True)
-            adapter_set_tier(principal=principal, adapter=adapter, tier=form.cleaned_data["tier"])
+        adapter = adapter_set_tier(principal=principal, name=name, tier=form.cleaned_data["tier"])
     except APIException as exc:  # hot with no node capacity left: 409 no_hot_capacity
         form.add_error(None, str(exc.detail))  # not a mistake in the form: shown above it
         return detail_page(request, name, form, status=exc.status_code)
@@ -183,9 +180,7 @@ def adapter_remove(request, name):
     principal = request.principal
     require_adapters_view(principal)
     try:
-        with transaction.atomic():
-            adapter = access.access_adapter(tenant=principal.tenant, name=name, lock=True)
-            adapter_delete(principal=principal, adapter=adapter)
+        adapter = adapter_delete(principal=principal, name=name)
     except APIException as exc:
         messages.error(request, exc.detail)
         return detail_page(request, name, status=exc.status_code)

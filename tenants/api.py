@@ -3,7 +3,6 @@ one service, serialize."""
 
 from django.conf import settings
 from django.contrib.auth import login
-from django.db import transaction
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
@@ -164,9 +163,7 @@ class APIKeyDetailView(APIView):
     def delete(self, request, prefix):
         """Revokes the key (it stays listed, marked revoked)."""
         require_session(request)
-        with transaction.atomic():  # the row lock needs a transaction (PostgreSQL refuses it otherwise)
-            key = access.access_api_key(tenant=request.auth.tenant, prefix=prefix, lock=True)
-            key = services.api_key_revoke(principal=request.auth, api_key=key)
+        key = services.api_key_revoke(principal=request.auth, prefix=prefix)
         return Response(APIKeyOut(key).data)
 
 
@@ -196,17 +193,14 @@ class MemberDetailView(APIView):
         require_session(request)
         data = self.MemberRoleIn(data=request.data)
         data.is_valid(raise_exception=True)
-        with transaction.atomic():
-            member = access.access_membership(tenant=request.auth.tenant, membership_id=member_id, lock=True)
-            member = services.membership_set_role(principal=request.auth, membership=member, **data.validated_data)
+        member = services.membership_set_role(principal=request.auth, membership_id=member_id,
+                                              **data.validated_data)
         return Response(MemberOut(member).data)
 
     @extend_schema(responses={204: None})
     def delete(self, request, member_id):
         require_session(request)
-        with transaction.atomic():
-            member = access.access_membership(tenant=request.auth.tenant, membership_id=member_id, lock=True)
-            services.membership_remove(principal=request.auth, membership=member)
+        services.membership_remove(principal=request.auth, membership_id=member_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -242,7 +236,5 @@ class InviteDetailView(APIView):
     @extend_schema(responses={200: InviteOut})
     def delete(self, request, invite_id):
         require_session(request)
-        with transaction.atomic():
-            invite = access.access_invite(tenant=request.auth.tenant, invite_id=invite_id, lock=True)
-            invite = services.invite_revoke(principal=request.auth, invite=invite)
+        invite = services.invite_revoke(principal=request.auth, invite_id=invite_id)
         return Response(InviteOut(invite).data)

@@ -1,4 +1,7 @@
-"""Writes for tenants, people, invites and API keys: keyword-only, atomic, named <entity>_<action>."""
+"""Writes for tenants, people, invites and API keys: keyword-only, atomic, named <entity>_<action>.
+
+Each service is its unit of work: it opens its own transaction and locks the rows it changes (SELECT ... FOR UPDATE,
+through the access functions) inside it. Callers pass ids, never rows they locked themselves."""
 
 import hashlib
 import secrets
@@ -14,6 +17,7 @@ from rest_framework.exceptions import PermissionDenied
 
 from vajra.errors import Conflict, InvalidRequest
 
+from . import access
 from .audit import audit_record
 from .events import publish_tenant_event
 from .models import APIKey, Invite, Membership, Tenant, User
@@ -144,7 +148,9 @@ def invite_accept(*, user, token):
 
 
 @transaction.atomic
-def invite_revoke(*, principal, invite):
+def invite_revoke(*, principal, invite_id):
+    """Revokes a pending invite of the principal's tenant (its link stops working); 409 for any other."""
+    invite = access.access_invite(tenant=principal.tenant, invite_id=invite_id, lock=True)
     principal.require("members.manage")
     if invite.state != "pending":
         raise Conflict(f"This invite is {invite.state}; only pending invites can be revoked.",
@@ -159,7 +165,9 @@ def _other_owners(membership):
 
 
 @transaction.atomic
-def membership_set_role(*, principal, membership, role):
+def membership_set_role(*, principal, membership_id, role):
+    """Gives a member of the principal's tenant another role and narrows the keys they created to it."""
+    membership = access.access_membership(tenant=principal.tenant, membership_id=membership_id, lock=True)
     principal.require("members.manage")
     if not (can_grant_role(principal.role, role) and can_grant_role(principal.role, membership.role)):
         raise PermissionDenied(f"A {principal.role} cannot change a {membership.role} to {role}.",
@@ -205,8 +213,10 @@ def _narrow_member_keys(membership, role):
 
 
 @transaction.atomic
-def membership_remove(*, principal, membership):
-    """Removes a member (or lets a member leave); revokes the keys they created in this tenant."""
+def membership_remove(*, principal, membership_id):
+    """Removes a member (or lets a member leave); revokes the keys they created in this tenant. Returns the removed
+    membership (no longer in the database)."""
+    membership = access.access_membership(tenant=principal.tenant, membership_id=membership_id, lock=True)
     leaving = principal.user is not None and membership.user_id == principal.user.pk
     if not leaving:
         principal.require("members.manage")
@@ -227,6 +237,7 @@ def membership_remove(*, principal, membership):
     publish_tenant_event(membership.tenant_id, "member.removed", {"user": membership.user.email})
     for prefix in revoked:
         publish_tenant_event(membership.tenant_id, "api_key.revoked", {"prefix": prefix})
+    return membership
 
 
 @transaction.atomic
@@ -254,7 +265,10 @@ def api_key_create(*, principal, name, scopes, expires_at=None):
 
 
 @transaction.atomic
-def api_key_revoke(*, principal, api_key):
+def api_key_revoke(*, principal, prefix):
+    """Revokes the tenant's key ``prefix`` (it stays listed, marked revoked); a key someone else created needs
+    keys.manage_all. Revoking twice is harmless."""
+    api_key = access.access_api_key(tenant=principal.tenant, prefix=prefix, lock=True)
     if api_key.created_by_id != getattr(principal.user, "pk", None):
         principal.require("keys.manage_all")
     if api_key.revoked:

@@ -11,7 +11,6 @@ from django.contrib.auth import authenticate, login, logout
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import BadRequest
-from django.db import transaction
 from django.shortcuts import redirect, render, resolve_url
 from django.utils.cache import add_never_cache_headers
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -234,9 +233,7 @@ def api_keys(request):
 def api_key_revoke(request, prefix):
     principal = request.principal
     try:
-        with transaction.atomic():
-            key = access.access_api_key(tenant=principal.tenant, prefix=prefix, lock=True)
-            services.api_key_revoke(principal=principal, api_key=key)
+        key = services.api_key_revoke(principal=principal, prefix=prefix)
     except APIException as exc:
         messages.error(request, exc.detail)
         return _keys_page(request, forms.APIKeyForm(role=principal.role), status=exc.status_code)
@@ -297,10 +294,8 @@ def member_role(request, member_id):
     if not form.is_valid():
         return _refused(request, InvalidRequest("Choose one of the listed roles.", param="role"))
     try:
-        with transaction.atomic():
-            member = access.access_membership(tenant=principal.tenant, membership_id=member_id, lock=True)
-            services.membership_set_role(principal=principal, membership=member,
-                                         role=form.cleaned_data["role"])
+        member = services.membership_set_role(principal=principal, membership_id=member_id,
+                                              role=form.cleaned_data["role"])
     except APIException as exc:
         return _refused(request, exc)
     messages.success(request, f"{member.user.email} is now {member.get_role_display().lower()}.")
@@ -312,9 +307,7 @@ def member_role(request, member_id):
 def member_remove(request, member_id):
     principal = request.principal
     try:
-        with transaction.atomic():
-            member = access.access_membership(tenant=principal.tenant, membership_id=member_id, lock=True)
-            services.membership_remove(principal=principal, membership=member)
+        member = services.membership_remove(principal=principal, membership_id=member_id)
     except APIException as exc:
         return _refused(request, exc)
     if member.user_id == principal.user.pk:
@@ -329,9 +322,7 @@ def member_remove(request, member_id):
 def invite_revoke(request, invite_id):
     principal = request.principal
     try:
-        with transaction.atomic():
-            invite = access.access_invite(tenant=principal.tenant, invite_id=invite_id, lock=True)
-            services.invite_revoke(principal=principal, invite=invite)
+        invite = services.invite_revoke(principal=principal, invite_id=invite_id)
     except APIException as exc:
         return _refused(request, exc)
     messages.success(request, f"Revoked the invite for {invite.email}; its link no longer works.")

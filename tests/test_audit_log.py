@@ -84,8 +84,8 @@ def test_tier_change_records_old_and_new_by_key(alice, acme):
     adapter = Adapter.objects.create(tenant=acme, base_model=make_base(), name="support-bot")
     principal = Principal(tenant=acme, user=alice, api_key=key)
     with transaction.atomic():
-        adapter_services.adapter_set_tier(principal=principal, adapter=adapter, tier=Adapter.WARM)
-        adapter_services.adapter_set_tier(principal=principal, adapter=adapter, tier=Adapter.WARM)  # no change
+        adapter_services.adapter_set_tier(principal=principal, name=adapter.name, tier=Adapter.WARM)
+        adapter_services.adapter_set_tier(principal=principal, name=adapter.name, tier=Adapter.WARM)  # no change
     entry = only_entry(action="adapter.tier_changed")
     assert (entry.target_type, entry.target_id, entry.actor_api_key, entry.actor_key_prefix) == (
         "adapter", str(adapter.pk), key, key.prefix)
@@ -102,7 +102,7 @@ def test_training_started_and_cancelled(alice, acme, monkeypatch, adapter_storag
     assert (started.target_type, started.target_id, started.actor_user) == ("training_job", job.id, alice)
     assert started.details["adapter"] == "support-bot" and started.details["dataset"] == dataset.id
     assert started.details["estimated_gradients"] == job.estimated_gradients
-    jobs.training_cancel(principal=make_principal(acme, alice), job=job)
+    jobs.training_cancel(principal=make_principal(acme, alice), job_id=job.id)
     cancelled = only_entry(action="training.cancelled")
     assert (cancelled.target_id, cancelled.details) == (job.id, {"status": TrainingJob.VALIDATING})
 
@@ -150,7 +150,7 @@ def test_cancelling_a_running_job_twice_is_one_entry(alice, acme, monkeypatch):
     adapter = Adapter.objects.create(tenant=acme, base_model=base, name="bot")
     job = make_job(acme, adapter, make_dataset(acme), status=TrainingJob.RUNNING)
     for _ in range(2):
-        jobs.training_cancel(principal=make_principal(acme, alice), job=job)
+        jobs.training_cancel(principal=make_principal(acme, alice), job_id=job.id)
     assert only_entry(action="training.cancelled").details == {"status": TrainingJob.RUNNING}
 
 
@@ -232,9 +232,9 @@ def test_refused_actions_write_no_entry(client, alice, bob, acme, open_invoice, 
 def test_a_refused_tier_change_writes_no_entry(alice, acme, unchanged_db):
     adapter = Adapter.objects.create(tenant=acme, base_model=make_base(), name="bot")
     with unchanged_db(), pytest.raises(InvalidRequest):
-        adapter_services.adapter_set_tier(principal=make_principal(acme, alice), adapter=adapter, tier="lukewarm")
+        adapter_services.adapter_set_tier(principal=make_principal(acme, alice), name=adapter.name, tier="lukewarm")
     with unchanged_db(), pytest.raises(PermissionDenied):
-        adapter_services.adapter_set_tier(principal=Principal(tenant=acme, role=BILLING_VIEWER), adapter=adapter,
+        adapter_services.adapter_set_tier(principal=Principal(tenant=acme, role=BILLING_VIEWER), name=adapter.name,
                                   tier=Adapter.WARM)
 
 
@@ -263,7 +263,7 @@ def make_entries(tenant, user, count):
 def test_api_lists_newest_first_pages_and_filters(alice_client, alice, acme):
     keys = make_entries(acme, alice, 3)
     with transaction.atomic():
-        services.api_key_revoke(principal=make_principal(acme, alice), api_key=keys[0])
+        services.api_key_revoke(principal=make_principal(acme, alice), prefix=keys[0].prefix)
     body = alice_client.get(URL, {"limit": 2}).json()
     assert [e["action"] for e in body["data"]] == ["api_key.revoked", "api_key.created"] and body["has_more"]
     first = body["data"][0]

@@ -237,7 +237,7 @@ def test_tenant_events_are_delivered(alice, acme):
 
 def _make_admin(owner, member, tenant):
     membership = member.memberships.get(tenant=tenant)
-    return services.membership_set_role(principal=as_member(owner, tenant), membership=membership,
+    return services.membership_set_role(principal=as_member(owner, tenant), membership_id=membership.pk,
                                         role="admin")
 
 
@@ -288,7 +288,7 @@ def test_revoking_the_key_closes_its_socket(alice, alice_key, acme):
     key, secret = alice_key
 
     def revoke():
-        services.api_key_revoke(principal=as_member(alice, acme), api_key=key)
+        services.api_key_revoke(principal=as_member(alice, acme), prefix=key.prefix)
 
     _withdrawn_while_open(revoke, close_code=4401, code="api_key_revoked", subprotocols=key_protocols(secret))
 
@@ -300,7 +300,7 @@ def test_revoking_another_key_leaves_the_socket_open(alice, alice_key, acme):
         communicator, _ = await open_socket(subprotocols=key_protocols(alice_key[1]))
         await communicator.receive_json_from()
         await database_sync_to_async(lambda: services.api_key_revoke(principal=as_member(alice, acme),
-                                                                     api_key=other))()
+                                                                     prefix=other.prefix))()
         quiet = await communicator.receive_nothing(timeout=0.5)  # keys are not for keys to read (session only)
         await communicator.send_json_to({"type": "ping"})
         pong = await communicator.receive_json_from()
@@ -329,7 +329,7 @@ def test_removing_a_member_closes_their_sockets_only(alice, bob, acme):
 
     def remove_bob():
         services.membership_remove(principal=as_member(alice, acme),
-                                   membership=bob.memberships.get(tenant=acme))
+                                   membership_id=bob.memberships.get(tenant=acme).pk)
 
     async def go():
         by_key, _ = await open_socket(subprotocols=key_protocols(bob_secret))

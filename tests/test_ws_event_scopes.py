@@ -59,8 +59,8 @@ def every_event(alice, acme):
     services.api_key_create(principal=principal_from_membership(membership), name="erin's",
                             scopes=["infer", "usage:read"])
     membership = Membership.objects.select_related("user").get(pk=membership.pk)
-    services.membership_set_role(principal=owner, membership=membership, role=BILLING_VIEWER)  # narrows her key
-    services.membership_remove(principal=owner, membership=membership)  # revokes it
+    services.membership_set_role(principal=owner, membership_id=membership.pk, role=BILLING_VIEWER)  # narrows her key
+    services.membership_remove(principal=owner, membership_id=membership.pk)  # revokes it
     services.tenant_set_status(tenant_id=acme.pk, status=Tenant.ACTIVE)
 
 
@@ -151,7 +151,7 @@ def test_demotion_closes_the_socket_of_a_key_it_revokes_and_narrows_the_others(a
 
     def demote():
         services.membership_set_role(principal=as_member(alice, acme),
-                                     membership=bob.memberships.get(tenant=acme), role=BILLING_VIEWER)
+                                     membership_id=bob.memberships.get(tenant=acme).pk, role=BILLING_VIEWER)
 
     async def go():
         by_narrow, _ = await open_socket(subprotocols=key_protocols(narrow_secret))
@@ -182,7 +182,7 @@ def test_removing_a_member_closes_their_keys_sockets_and_tells_the_others(alice,
     alice_session = session_headers(alice)
 
     def remove_bob():
-        services.membership_remove(principal=as_member(alice, acme), membership=bob.memberships.get(tenant=acme))
+        services.membership_remove(principal=as_member(alice, acme), membership_id=bob.memberships.get(tenant=acme).pk)
 
     async def go():
         by_key, _ = await open_socket(subprotocols=key_protocols(wide_secret))
@@ -222,8 +222,9 @@ def _chat_after(change, **socket):
 
 def test_a_key_revoked_while_its_playground_is_open_cannot_chat(alice, acme):
     key, secret = create_key(alice, acme, scopes=["infer"])
-    reply, close, rows = _chat_after(lambda: services.api_key_revoke(principal=as_member(alice, acme), api_key=key),
-                                     subprotocols=key_protocols(secret))
+    reply, close, rows = _chat_after(
+        lambda: services.api_key_revoke(principal=as_member(alice, acme), prefix=key.prefix),
+        subprotocols=key_protocols(secret))
     assert reply["error"]["code"] == "api_key_revoked" and close["code"] == 4401
     assert rows == 0
 
@@ -232,8 +233,8 @@ def test_a_key_narrowed_while_its_playground_is_open_loses_infer(alice, bob, acm
     _, secret = services.api_key_create(principal=as_member(bob, acme), name="bob", scopes=["infer", "usage:read"])
 
     def demote():
-        services.membership_set_role(principal=as_member(alice, acme), membership=bob.memberships.get(tenant=acme),
-                                     role=BILLING_VIEWER)
+        services.membership_set_role(principal=as_member(alice, acme),
+                                     membership_id=bob.memberships.get(tenant=acme).pk, role=BILLING_VIEWER)
 
     reply, close, rows = _chat_after(demote, subprotocols=key_protocols(secret))
     assert reply["error"]["code"] == "missing_scope" and close is None  # a chat refusal: the socket stays open
@@ -244,7 +245,7 @@ def test_a_member_removed_while_their_playground_is_open_cannot_chat(alice, bob,
     headers = session_headers(bob)
 
     def remove():
-        services.membership_remove(principal=as_member(alice, acme), membership=bob.memberships.get(tenant=acme))
+        services.membership_remove(principal=as_member(alice, acme), membership_id=bob.memberships.get(tenant=acme).pk)
 
     reply, close, rows = _chat_after(remove, headers=headers)
     assert reply["error"]["code"] == "member_removed" and close["code"] == 4403

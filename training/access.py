@@ -9,8 +9,9 @@ def tenant_datasets(*, tenant):
     return Dataset.objects.filter(tenant=tenant, deleted_at__isnull=True).order_by("-created_at")
 
 
-def access_dataset(*, tenant, dataset_id):
-    dataset = Dataset.objects.filter(tenant=tenant, id=dataset_id, deleted_at__isnull=True).first()
+def access_dataset(*, tenant, dataset_id, lock=False):
+    qs = Dataset.objects.filter(tenant=tenant, id=dataset_id, deleted_at__isnull=True)
+    dataset = (qs.select_for_update() if lock else qs).first()
     if dataset is None:
         raise Http404(f"No dataset '{dataset_id}' in this tenant. GET /api/v1/datasets lists yours.")
     return dataset

@@ -211,8 +211,7 @@ class JobCancelView(APIView):
 
     @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT, 202: OpenApiTypes.OBJECT})
     def post(self, request, job_id):
-        job = access.access_training_job(tenant=request.auth.tenant, job_id=job_id)
-        job = training_cancel(principal=request.auth, job=job)
+        job = training_cancel(principal=request.auth, job_id=job_id)
         code = status.HTTP_200_OK if job.status == job.CANCELLED else status.HTTP_202_ACCEPTED  # 202: node stops it
         return Response(job_json(_job(request, job.id)), status=code)
 

@@ -133,9 +133,11 @@ def _record_dataset(*, principal, dataset_id, storage_key, parsed, size_bytes, s
 
 
 @transaction.atomic
-def dataset_delete(*, principal, dataset):
-    """Hides the dataset and, after commit, removes its file (storage_quota.storage_release); the jobs that trained
-    on it keep the row. A job still using it keeps it (409)."""
+def dataset_delete(*, principal, dataset_id):
+    """Hides the tenant's dataset ``dataset_id`` (404 for another tenant's), under its row lock, and after commit
+    removes its file (storage_quota.storage_release); the jobs that trained on it keep the row. A job still using it
+    keeps it (409)."""
+    dataset = access.access_dataset(tenant=principal.tenant, dataset_id=dataset_id, lock=True)
     principal.require("datasets.write")
     jobs = access.tenant_training_jobs(tenant=principal.tenant)
     active = jobs.filter(dataset=dataset, status__in=TrainingJob.ACTIVE).values_list("id", flat=True).first()

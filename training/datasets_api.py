@@ -65,6 +65,5 @@ class DatasetDetailView(APIView):
 
     @extend_schema(responses={204: None})
     def delete(self, request, dataset_id):
-        dataset = access.access_dataset(tenant=request.auth.tenant, dataset_id=dataset_id)
-        datasets.dataset_delete(principal=request.auth, dataset=dataset)
+        datasets.dataset_delete(principal=request.auth, dataset_id=dataset_id)
         return Response(status=status.HTTP_204_NO_CONTENT)

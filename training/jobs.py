@@ -37,7 +37,7 @@ from gpu_runtime.training_spec import Hyperparameters, TrainingSpec, trainable_e
 from tenants.audit import audit_record
 from vajra.errors import Conflict, InvalidRequest
 
-from .access import access_dataset
+from .access import access_dataset, access_training_job
 from .dataset_fetch import is_dataset_url, read_url_dataset, store_url_dataset
 from .datasets import validate_dataset
 from .models import TrainingEvent, TrainingJob
@@ -161,11 +161,12 @@ def _existing_adapter(tenant, name, base_model, *, lock):
     return adapter
 
 
-def _dataset_and_records(principal, dataset_ref, url_dataset):
-    """(the dataset row or None for a URL not stored yet, its record count); another tenant's id is a 404."""
+def _dataset_and_records(principal, dataset_ref, url_dataset, *, lock=False):
+    """(the dataset row or None for a URL not stored yet, its record count); another tenant's id is a 404. ``lock``:
+    the dataset's row stays locked to the transaction's end, so a concurrent delete sees the job or is seen."""
     if url_dataset is not None:
         return None, url_dataset[2].record_count
-    dataset = access_dataset(tenant=principal.tenant, dataset_id=dataset_ref)
+    dataset = access_dataset(tenant=principal.tenant, dataset_id=dataset_ref, lock=lock)
     return dataset, dataset.records
 
 
@@ -243,7 +244,7 @@ def _create(principal, base_model, adapter_name, dataset_ref, hyperparameters, u
                            "adapter at a time. Wait for it or cancel it.", code="training_in_progress",
                            param="adapter_id")
     hp = _hyperparameters(hyperparameters, base_model=base_model, version=version)
-    dataset, records = _dataset_and_records(principal, dataset_ref, url_dataset)
+    dataset, records = _dataset_and_records(principal, dataset_ref, url_dataset, lock=True)
     estimate = _estimate(tenant, base_model, hp, dataset, records, url_dataset)
     check_training_spend(tenant, gradients=estimate.gradients)  # 402 when the estimate would pass the spend cap
     _require_storage(tenant, estimate, url_dataset)
@@ -408,12 +409,13 @@ def signal_cancel(job_id, *, sent_to_node):
         runtime_client.revoke(job_id)  # a node that has not taken it yet discards the message
 
 
-def training_cancel(*, principal, job):
-    """validating_files / queued: cancelled now. running: cancel requested; the runtime's finished message
-    brings the final status. A finished job: 409."""
-    principal.require("training.write")
+def training_cancel(*, principal, job_id):
+    """The tenant's job ``job_id`` (404 for another tenant's), under its row lock: validating_files / queued:
+    cancelled now. running: cancel requested; the runtime's finished message brings the final status. A finished
+    job: 409."""
     with transaction.atomic():
-        job = TrainingJob.objects.select_for_update().get(pk=job.pk)
+        job = access_training_job(tenant=principal.tenant, job_id=job_id, lock=True)
+        principal.require("training.write")
         if job.status in TrainingJob.TERMINAL:
             raise Conflict(f"Job {job.id} has already finished ({job.status}); there is nothing to cancel.",
                            code="job_finished")

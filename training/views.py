@@ -191,7 +191,7 @@ def training_job_cancel(request, job_id):
     if not principal.can("training.write"):
         raise _forbidden(principal, "cancelling jobs")
     try:
-        job = training_cancel(principal=principal, job=job)
+        job = training_cancel(principal=principal, job_id=job.id)
     except APIException as exc:  # already finished
         messages.error(request, str(exc.detail))
         return _job_page(request, job_id, status=exc.status_code)
