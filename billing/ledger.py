@@ -87,7 +87,8 @@ def charges(*, status, gpu_ms, completion_tokens):
 
 def record_inference(row):
     """The ledger rows of a request that has just reached a terminal state, from its row as the runtime's final
-    event filled it (called by inference_finish inside its transaction). The inference row, or None: bills nothing."""
+    event filled it (called by serving.finals.record_final inside its transaction). The inference row, or None:
+    bills nothing."""
     charge_units, bill = charges(status=row.status, gpu_ms=row.gpu_ms, completion_tokens=row.completion_tokens)
     if not bill:
         return None

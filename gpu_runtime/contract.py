@@ -85,6 +85,12 @@ def node_queue(node_name):
     return f"node.{node_name}"
 
 
+def retry_entry(*, attempt, node, reason):
+    """The data of the ``retry`` entry the control plane appends to a request's stream when failover sends it to
+    another node as ``attempt`` (see "Failover" above)."""
+    return {"attempt": attempt, "node": node, "reason": reason}
+
+
 class ContractError(ValueError):
     """A message that does not follow the contract."""
 

@@ -1,39 +1,34 @@
-"""Creating an inference request and sending it to its node; recording its end from the runtime's
-final event (exactly once: a finished row is never rewritten).
+"""Creating an inference request and sending it to its node, and its start on a node. Its end is recorded by the
+one intake for finals (serving.finals).
 
 The web's async entry points (``/v1/.../infer``, the OpenAI API, the playground) run the synchronous part of
 a request (API key, rate limit, row, task) in one trip to a submit thread (``on_submit_thread``)."""
 
-import json
 import logging
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection, connections, transaction
 from django.db.models import Exists, OuterRef
-from django.utils import timezone
 from rest_framework.exceptions import Throttled
 
 from adapters.models import Adapter
 from adapters.prompt_tokens import prompt_tokens
 from adapters.services import adapter_ref
 from billing.caps import check_spend
-from billing.ledger import finish_status, record_inference
 from billing.plans import account_for, finished_price, plan_limits, query_price
 from fleet import runtime_client
 from fleet.placement import NoCapacity, place, record_scale_up
-from gpu_runtime.contract import infer_payload, stream_key
-from gpu_runtime.streams import final_of
+from gpu_runtime.contract import Final, Timings, Usage, infer_payload
 from vajra.errors import REDIS_DOWN, InvalidRequest, redis_unavailable
 
+from .finals import DISPATCH, answered_meanwhile, record_final
 from .models import InferenceRequest
 
 log = logging.getLogger(__name__)
-ACTIVE = (InferenceRequest.QUEUED, InferenceRequest.RUNNING)
 DEFAULT_MAX_TOKENS = 256  # when a request names none (or the plan's cap, if lower): a bounded default, no surprise
 # HTTP status of a request whose final carries one of these error codes: the request's own input (its prompt, its
 # parameters, its adapter's weights) caused it; every other runtime error is the platform's (502).
@@ -104,7 +99,8 @@ def cost_for(row):
 
 
 def final_cost(row, final):
-    """A finished request's price from its final event: what its ledger row bills (billing.plans.finished_price)."""
+    """A finished request's price from its final event (its JSON): what its ledger row bills
+    (billing.plans.finished_price)."""
     return finished_price(tenant=row.tenant_id, tier=row.tier, created_at=row.created_at, final=final)
 
 
@@ -112,9 +108,8 @@ def request_cost(row):
     """A request's price as its row stands: what it is billed once it has ended, its quoted price before."""
     if row.status not in InferenceRequest.TERMINAL:
         return cost_for(row)
-    return final_cost(row, {"finish_reason": row.finish_reason, "gpu_ms": row.gpu_ms,
-                            "usage": {"completion_tokens": row.completion_tokens},
-                            "timings": {"total_ms": row.total_ms}})
+    return final_cost(row, Final(row.finish_reason, usage=Usage(completion_tokens=row.completion_tokens),
+                                 timings=Timings(total_ms=row.total_ms), gpu_ms=row.gpu_ms).to_json())
 
 
 def _final_cost_of(request_id, final):
@@ -207,7 +202,7 @@ def _submit(principal, base_model, version, prompt, messages, sampling, api, req
         if connection.features.has_select_for_update:  # SQLite: the transaction already holds the write lock
             # Lock the tenant row so two concurrent submits cannot both slip under the concurrency quota.
             type(tenant).objects.select_for_update().filter(pk=tenant.pk).first()
-        active = InferenceRequest.objects.filter(tenant=tenant, status__in=ACTIVE).count()
+        active = InferenceRequest.objects.filter(tenant=tenant, status__in=InferenceRequest.ACTIVE).count()
         if active >= limits.max_concurrent_requests:
             raise Throttled(wait=1, detail=f"{active} requests are in progress, the limit of "
                                            f"{limits.max_concurrent_requests} concurrent requests on the plan "
@@ -226,9 +221,7 @@ def _submit(principal, base_model, version, prompt, messages, sampling, api, req
         )
 
         def fail(code, message):
-            InferenceRequest.objects.filter(pk=row.id, status=InferenceRequest.QUEUED).update(
-                status=InferenceRequest.FAILED, finish_reason="error", error_code=code, error_message=message,
-                finished_at=timezone.now())
+            record_final(row.id, Final.failed(code, message), source=DISPATCH)
 
         def send():
             # Committed, but if the broker did not take it no node will ever see it: the row ends now (nothing
@@ -256,123 +249,6 @@ def inference_start(*, request_id, node_name, attempt=1):
         status=InferenceRequest.RUNNING, **({"node": node} if node else {}))
 
 
-def inference_finish(*, request_id, final):
-    """Records the runtime's final event once; a redelivered or duplicate event changes nothing."""
-    status = finish_status(final.get("finish_reason"))
-    usage, timings, error = final.get("usage") or {}, final.get("timings") or {}, final.get("error") or {}
-    with transaction.atomic():
-        row = InferenceRequest.objects.select_for_update().filter(pk=request_id).first()
-        if row is None or row.status in InferenceRequest.TERMINAL:
-            return row
-        if final.get("attempt", 1) != row.attempt:  # a superseded attempt's (fleet/failover.py)
-            return row
-        row.status = status
-        row.finish_reason = final.get("finish_reason") or ""
-        row.prompt_tokens = usage.get("prompt_tokens", 0)
-        row.completion_tokens = usage.get("completion_tokens", 0)
-        row.cached_tokens = usage.get("cached_tokens", 0)
-        row.queued_ms = timings.get("queued_ms")
-        row.adapter_ready_ms = timings.get("adapter_ready_ms")
-        row.first_token_ms = timings.get("first_token_ms")
-        row.total_ms = timings.get("total_ms")
-        row.gpu_ms = final.get("gpu_ms")
-        row.error_code = (error.get("code") or "")[:64]
-        row.error_message = (error.get("message") or "")[:500]
-        guarantee = settings.VAJRA_TIER_READY_MS[row.tier]
-        row.guarantee_broken = row.adapter_version_id is not None and (row.adapter_ready_ms or 0) > guarantee
-        row.finished_at = timezone.now()
-        row.payload = None  # the prompt was kept for failover only
-        row.save()
-        record_inference(row)  # its ledger rows, in this transaction: billed once, with the finish
-    return row
-
-
-def stale_final(timeout_s, attempt=1):
-    return {"finish_reason": "error", "attempt": attempt, "usage": None, "timings": None, "gpu_ms": None, "error": {
-        "code": "node_timeout", "message": f"No runtime node finished the request within {timeout_s} s (a node or "
-                                           "the broker may have restarted and lost it); retry it."}}
-
-
-def stream_append(request_id, kind, data):
-    """An entry the control plane adds to a request's stream itself (a failover's retry, an end no node wrote)."""
-    from vajra.redis import get_redis
-
-    key = stream_key(request_id)
-    pipe = get_redis().pipeline()
-    pipe.xadd(key, {"type": kind, "data": json.dumps(data)})
-    pipe.expire(key, settings.VAJRA_STREAM_TTL_SECONDS)
-    pipe.execute()
-
-
-def finals_from_streams(*, limit=500):
-    """Records the final event of each request still active VAJRA_FINAL_RECONCILE_SECONDS after it began whose
-    Redis Stream already ends with it: the node finished it, but the control task carrying the final was lost (a
-    control worker killed after taking the message off its queue and before recording it: kombu's Redis transport
-    holds the message nowhere in between). Billed once, as from that task: ``inference_finish`` records a final
-    once, whoever brings it. A stream that ends otherwise (still answering, a failover's retry, another attempt's
-    final) is left alone. Returns how many rows it ended."""
-    cutoff = timezone.now() - timedelta(seconds=settings.VAJRA_FINAL_RECONCILE_SECONDS)
-    rows = list(InferenceRequest.objects.filter(status__in=ACTIVE, created_at__lt=cutoff)
-                .order_by("created_at").values_list("pk", "attempt")[:limit])
-    ended = _record_finals(rows)
-    for request_id in ended:
-        log.warning("request %s: recorded its final event from its stream (the task carrying it was lost)",
-                    request_id)
-    return len(ended)
-
-
-def answered_meanwhile(tenant):
-    """Records the finals already on the streams of the tenant's active requests (see finals_from_streams);
-    how many ended. Redis away: none."""
-    rows = list(InferenceRequest.objects.filter(tenant=tenant, status__in=ACTIVE).values_list("pk", "attempt"))
-    try:
-        return len(_record_finals(rows))
-    except REDIS_DOWN:
-        return 0
-
-
-def _record_finals(rows):
-    """(request id, attempt) pairs -> the ids ended by the final event their stream ends with (one round trip)."""
-    from vajra.redis import get_redis
-
-    if not rows:
-        return []
-    pipe = get_redis().pipeline(transaction=False)
-    for request_id, _ in rows:
-        pipe.xrevrange(stream_key(request_id), count=1)
-    ended = []
-    for (request_id, attempt), last in zip(rows, pipe.execute(), strict=True):
-        final = final_of(last)
-        if final is None or final.get("attempt", 1) != attempt:
-            continue
-        row = inference_finish(request_id=request_id, final=final)
-        if row is not None and row.status in InferenceRequest.TERMINAL:
-            ended.append(request_id)
-    return ended
-
-
-def inference_expire_stale(*, limit=500):
-    """Fails requests still queued or running past VAJRA_REQUEST_TIMEOUT_SECONDS: a broker that restarted without
-    its data lost their task or their node's answer, and nothing else would ever end them. Bills nothing (no work
-    is known). Each row in its own transaction (inference_finish), at most ``limit`` per run; the final event goes
-    to the request's stream after commit, so a client still waiting gets it."""
-    timeout_s = settings.VAJRA_REQUEST_TIMEOUT_SECONDS
-    cutoff = timezone.now() - timedelta(seconds=timeout_s)
-    rows = list(InferenceRequest.objects.filter(status__in=ACTIVE, created_at__lt=cutoff)
-                .order_by("created_at").values_list("pk", "attempt")[:limit])
-    expired = 0
-    for request_id, attempt in rows:
-        final = stale_final(timeout_s, attempt)
-        if getattr(inference_finish(request_id=request_id, final=final), "error_code", "") != "node_timeout":
-            continue
-        expired += 1
-        try:
-            stream_append(request_id, "final", final)
-        except REDIS_DOWN:
-            log.warning("could not tell the client of %s that it expired: Redis unavailable", request_id)
-    return expired
-
-
 def versions_in_requests():
     """Adapter versions a request in progress runs on: their files stay (adapters.storage_quota)."""
-    return Exists(InferenceRequest.objects.filter(adapter_version=OuterRef("pk"), status__in=ACTIVE))
+    return Exists(InferenceRequest.objects.filter(adapter_version=OuterRef("pk"), status__in=InferenceRequest.ACTIVE))

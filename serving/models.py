@@ -14,6 +14,10 @@ class InferenceRequest(models.Model):
     SUCCEEDED, FAILED, CANCELLED = ledger.SUCCEEDED, ledger.FAILED, ledger.CANCELLED  # billed by these
     STATUS_CHOICES = [(s, s.capitalize()) for s in (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)]
     TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+    ACTIVE = (QUEUED, RUNNING)
+    # Who brought the final event that ended the request (serving.finals.SOURCES): the node's control task, or a
+    # fallback that found it on the request's stream, or the control plane's own end of it.
+    FINAL_SOURCES = ("control_task", "stream_sweep", "throttle_retry", "failover", "expiry", "dispatch")
 
     id = models.CharField(max_length=40, primary_key=True)  # req_<hex>: the idempotency key end to end
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.PROTECT, related_name="inference_requests")
@@ -46,6 +50,7 @@ class InferenceRequest(models.Model):
     payload = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    final_source = models.CharField(max_length=16, blank=True, choices=[(s, s) for s in FINAL_SOURCES])
 
     class Meta:
         db_table = "inference_inferencerequest"

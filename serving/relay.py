@@ -12,7 +12,7 @@ from django.conf import settings
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gpu_runtime.contract import cancel_key, stream_key
+from gpu_runtime.contract import Final, cancel_key, stream_key
 from vajra.errors import InvalidRequest
 
 BLOCK_MS = 15000  # a blocking read returns at least this often, so the caller can send keep-alives
@@ -56,9 +56,9 @@ def _client():
 
 
 def error_final(code, message):
-    """A final event the relay makes up itself when the runtime's own cannot reach the client."""
-    return {"finish_reason": "error", "usage": None, "timings": None, "gpu_ms": None,
-            "error": {"code": code, "message": message}}
+    """A final event the relay makes up itself when the runtime's own cannot reach the client (its JSON, as a
+    stream entry's data; never recorded: the request's end is the intake's, serving.finals)."""
+    return Final.failed(code, message).to_json()
 
 
 async def events(request_id, last_id="0", *, max_wait_s=600, check_seq=True, reconnect_s=RECONNECT_S):

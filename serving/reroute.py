@@ -6,11 +6,10 @@ excluded as it is no longer up) as the next attempt: the row takes the new node 
 Redis Stream gets a ``retry`` entry so readers start the answer over, ``vajra:attempt:<id>`` is set so that a
 late redelivery of the old attempt does nothing (gpu_runtime.contract, "Failover"), and the task goes to the
 new node's queue. Billing needs nothing more: the ledger row is written once, from whichever attempt's final
-event is recorded first (serving.dispatch.inference_finish), and the lost node's time is never billed.
+event is recorded first (serving.finals.record_final), and the lost node's time is never billed.
 A request with no node left to take it, or past ``VAJRA_MAX_ATTEMPTS``, ends with a ``node_lost`` error.
 """
 
-import json
 import logging
 
 from django.conf import settings
@@ -20,9 +19,9 @@ from adapters.models import AdapterVersion
 from fleet import runtime_client
 from fleet.failover import BATCH
 from fleet.placement import NoCapacity, place
-from gpu_runtime.contract import attempt_key, stream_key, with_attempt
+from gpu_runtime.contract import Final, Timings, Usage, attempt_key, retry_entry, with_attempt
 
-from .dispatch import ACTIVE, inference_finish, stream_append
+from .finals import FAILOVER, record_final, stream_append, stream_finals
 from .models import InferenceRequest
 
 log = logging.getLogger(__name__)
@@ -37,7 +36,7 @@ def _redis():
 def node_requests_reroute(sender=None, *, node, reason, before=None, **kwargs):
     """The receiver of fleet's ``node_lost_signal``: the node's unfinished requests (created before ``before`` when
     given) go to other nodes, at most BATCH per call. Counts of what was done."""
-    rows = InferenceRequest.objects.filter(node=node, status__in=ACTIVE)
+    rows = InferenceRequest.objects.filter(node=node, status__in=InferenceRequest.ACTIVE)
     if before is not None:
         rows = rows.filter(created_at__lt=before)
     moved = [request_reroute(request_id=pk, lost=node.name, reason=reason)
@@ -45,20 +44,11 @@ def node_requests_reroute(sender=None, *, node, reason, before=None, **kwargs):
     return {"requests": len(moved), "retried": moved.count("retried"), "failed": moved.count("failed")}
 
 
-def _final_on_stream(request_id, attempt):
-    entries = _redis().xrevrange(stream_key(request_id), count=1)
-    if entries and entries[0][1].get(b"type") == b"final":
-        final = json.loads(entries[0][1][b"data"])
-        return final if final.get("attempt", 1) == attempt else None
-    return None
-
-
-def _node_lost_final(lost, reason, attempt):
-    return {"finish_reason": "error", "attempt": attempt,
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0},
-            "timings": {}, "gpu_ms": 0.0, "error": {"code": "node_lost", "message": (
-                f"The node running this request ({lost}) was lost ({reason}) and no other node could take it; "
-                "send the request again.")}}
+def node_lost_final(lost, reason, attempt):
+    """The end the control plane gives a lost node's request that no other node can take."""
+    return Final.failed("node_lost", f"The node running this request ({lost}) was lost ({reason}) and no other node "
+                        "could take it; send the request again.", usage=Usage(0, 0, 0), timings=Timings(),
+                        gpu_ms=0.0).with_attempt(attempt)
 
 
 @transaction.atomic
@@ -67,11 +57,11 @@ def request_reroute(*, request_id, lost, reason):
     else ended with a ``node_lost`` error. Returns what was done: finished, retried, failed or skipped."""
     row = (InferenceRequest.objects.select_for_update(of=("self",)).select_related("node", "tenant", "base_model")
            .filter(pk=request_id).first())
-    if row is None or row.status not in ACTIVE or row.node is None or row.node.name != lost:
+    if row is None or row.status not in InferenceRequest.ACTIVE or row.node is None or row.node.name != lost:
         return "skipped"  # finished meanwhile, or already moved by another pass
-    final = _final_on_stream(row.id, row.attempt)
+    final = stream_finals([(row.id, row.attempt)]).get(row.id)
     if final is not None:  # it ended on the node, whose report was lost with it
-        inference_finish(request_id=row.id, final=final)
+        record_final(row.id, final, source=FAILOVER)
         return "finished"
     version = (AdapterVersion.objects.select_related("adapter").get(pk=row.adapter_version_id)
                if row.adapter_version_id else None)
@@ -82,15 +72,13 @@ def request_reroute(*, request_id, lost, reason):
         except NoCapacity:
             node = None
     if node is None:
-        final = _node_lost_final(lost, reason, row.attempt)
-        inference_finish(request_id=row.id, final=final)
-        transaction.on_commit(lambda: stream_append(row.id, "final", final))
+        record_final(row.id, node_lost_final(lost, reason, row.attempt), source=FAILOVER, ends_stream=True)
         log.warning("request %s: node %s lost (%s), no node to retry on", row.id, lost, reason)
         return "failed"
     attempt = row.attempt + 1
     InferenceRequest.objects.filter(pk=row.pk).update(node=node, attempt=attempt, status=InferenceRequest.QUEUED)
     payload = with_attempt(row.payload, attempt)
-    retry = {"attempt": attempt, "node": node.name, "reason": f"node {lost} lost ({reason})"}
+    retry = retry_entry(attempt=attempt, node=node.name, reason=f"node {lost} lost ({reason})")
 
     def send():
         redis = _redis()

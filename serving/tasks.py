@@ -16,21 +16,23 @@ def inference_expire_stale():
     no node answered within VAJRA_REQUEST_TIMEOUT_SECONDS (bounded batches)."""
     from vajra.errors import REDIS_DOWN
 
-    from .dispatch import finals_from_streams
-    from .dispatch import inference_expire_stale as expire
+    from . import finals
 
     try:
-        recorded = finals_from_streams(limit=500)
+        recorded = finals.finals_from_streams(limit=500)
     except REDIS_DOWN:  # the streams are unknown while Redis is away: the next sweep looks again
         recorded = 0
-    return {"recorded_from_streams": recorded, "expired": expire(limit=500)}
+    return {"recorded_from_streams": recorded, "expired": finals.inference_expire_stale(limit=500)}
 
 
 @shared_task(name="control.inference_finished", ignore_result=True, **DB_RETRY, soft_time_limit=10, time_limit=20)
 def inference_finished(request_id, final):
-    from .dispatch import inference_finish
+    """A node's report of a request's end (``final``: the contract's Final as JSON)."""
+    from . import finals
 
-    inference_finish(request_id=request_id, final=final)
+    final = finals.final_from_wire(request_id, final)
+    if final is not None:
+        finals.record_final(request_id, final, source=finals.CONTROL_TASK)
 
 
 @shared_task(name="control.inference_started", ignore_result=True, **DB_RETRY, soft_time_limit=10, time_limit=20)

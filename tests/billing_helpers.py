@@ -12,9 +12,8 @@ from decimal import Decimal
 from adapters.models import Adapter, BaseModel
 from billing.models import Invoice, UsageEvent
 from billing.plans import ensure_default_plan
-from serving.dispatch import inference_finish
 from serving.models import InferenceRequest
-from tests.factories import make_adapter
+from tests.factories import make_adapter, record_node_final
 
 PERIOD = date(2026, 10, 1)  # a closed month: "now" in these tests is in November 2026
 NOW = datetime(2026, 11, 3, 7, 0, tzinfo=UTC)
@@ -78,7 +77,7 @@ def final_event(*, reason="stop", gpu_ms=23.4, prompt=5, completion=7, ready_ms=
 
 def finish(tenant, *, version=None, tier=None, **final):
     row = submitted(tenant, version=version, tier=tier)
-    return inference_finish(request_id=row.id, final=final_event(**final))
+    return record_node_final(row.id, final_event(**final))
 
 
 def ledger(tenant=None):

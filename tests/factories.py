@@ -190,3 +190,12 @@ def make_heartbeat(**overrides):
     fields = dict(node="gpu-1", started_at="2026-11-24T07:00:00+00:00", sent_at="2026-11-24T07:00:05+00:00",
                   base_model="smollm2-135m-instruct", device="cuda", dtype="bfloat16", model_loaded=True)
     return Heartbeat(**{**fields, **overrides}).to_json()
+
+
+def record_node_final(request_id, final):
+    """Records ``final`` (the JSON a node sends) as the node's control task brings it, through the one intake for
+    finals; the row when this call ended the request, None when it changed nothing."""
+    from gpu_runtime.contract import Final
+    from serving.finals import CONTROL_TASK, record_final
+
+    return record_final(request_id, Final.from_json(final), source=CONTROL_TASK)

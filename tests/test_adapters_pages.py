@@ -257,7 +257,7 @@ def test_percentile_is_nearest_rank():
 
 
 def add_requests(tenant, base_model, specs):
-    """specs: (id, tier, adapter_ready_ms, first_token_ms, age). The guarantee flag as inference_finish sets it."""
+    """specs: (id, tier, adapter_ready_ms, first_token_ms, age). The guarantee flag as the intake for finals sets it."""
     from django.conf import settings
 
     rows = InferenceRequest.objects.bulk_create([

@@ -20,10 +20,10 @@ from billing import plans
 from billing.ledger import record_adjustment, record_inference
 from billing.metering_lag import metering_lag
 from billing.models import BillingAccount, PricePlan, UsageEvent
-from serving.dispatch import final_cost, inference_finish, request_cost
+from serving.dispatch import final_cost, request_cost
 from serving.models import InferenceRequest
 from tests.billing_helpers import adapter_version, base_model, final_event, finish, ledger, submitted
-from tests.factories import make_member, put_on_plan
+from tests.factories import make_member, put_on_plan, record_node_final
 
 STANDARD = {"unit_price": Decimal("0.0001"), "gpu_price_per_hour": Decimal("2.00"), "tenancy_factor": Decimal("0.3"),
             "gradient_price_per_million": Decimal("0.00000005"), "billing_granularity_ms": 10}
@@ -130,9 +130,9 @@ def test_one_slice_rounds_half_even_to_ten_places(acme, standard):
 def test_occurred_at_is_the_end_on_the_node_never_later_than_now(acme, standard):
     created = timezone.now() - timedelta(seconds=10)
     row = submitted(acme, created_at=created)
-    inference_finish(request_id=row.id, final=final_event(total_ms=1500.0))
+    record_node_final(row.id, final_event(total_ms=1500.0))
     later = submitted(acme)
-    inference_finish(request_id=later.id, final=final_event(total_ms=10**7))  # a node clock gone wrong
+    record_node_final(later.id, final_event(total_ms=10**7))  # a node clock gone wrong
     first, second = ledger(acme)
     assert first.occurred_at == created + timedelta(milliseconds=1500)
     assert second.occurred_at <= second.created_at
@@ -173,7 +173,7 @@ def test_the_ledger_is_append_only(acme, standard):
 
 def test_a_duplicate_final_event_or_a_retried_write_bills_once(acme, standard):
     row = finish(acme)
-    inference_finish(request_id=row.id, final=final_event(gpu_ms=999.0))  # a redelivered final event
+    record_node_final(row.id, final_event(gpu_ms=999.0))  # a redelivered final event
     [event] = ledger(acme)
     row.refresh_from_db()
     assert record_inference(row) == event  # a retried write returns the row that holds the key
@@ -199,7 +199,7 @@ def test_the_request_and_its_ledger_row_commit_together(acme, standard, monkeypa
 
     monkeypatch.setattr(UsageEvent.objects, "create", broken)
     with pytest.raises(RuntimeError):
-        inference_finish(request_id=row.id, final=final_event())
+        record_node_final(row.id, final_event())
     row.refresh_from_db()
     assert row.status == InferenceRequest.RUNNING and ledger() == []  # the redelivered event will do both
 
@@ -264,7 +264,7 @@ def test_metering_lag_percentiles_over_the_last_hour(acme, standard, client):
     now = timezone.now()
     for lag_s in (1, 2, 3, 4, 30):
         row = submitted(acme, created_at=now - timedelta(seconds=lag_s))
-        inference_finish(request_id=row.id, final=final_event(total_ms=0.0))
+        record_node_final(row.id, final_event(total_ms=0.0))
     lag = metering_lag()
     assert lag["events"] == 5 and lag["window_seconds"] == 3600
     assert 2.9 <= lag["p50_seconds"] <= 3.5 and 29.9 <= lag["p95_seconds"] <= 30.5
@@ -396,7 +396,7 @@ def test_the_finished_price_shown_is_the_ledger_row(acme, standard, reason, gpu_
     error = {"code": "runtime_error", "message": "boom"} if reason == "error" else None
     final = final_event(reason=reason, gpu_ms=gpu_ms, completion=completion, error=error)
     shown = final_cost(row, final)
-    row = inference_finish(request_id=row.id, final=final)
+    row = record_node_final(row.id, final)
     rows = [r for r in ledger(acme) if r.kind == UsageEvent.INFERENCE]
     billed = rows[0].cost if rows else Decimal(0)
     assert shown["plan"] == "premium" and Decimal(shown["usd"]) == billed

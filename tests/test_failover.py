@@ -223,13 +223,13 @@ def test_readers_skip_what_a_superseded_attempt_wrote_after_the_retry():
 
 
 def test_a_superseded_attempts_final_is_not_recorded(acme, base, sent):
-    from serving.dispatch import inference_finish
+    from tests.factories import record_node_final
 
     row = request_on(acme, base, node("node-b"), attempt=2)
-    inference_finish(request_id=row.id, final=FINAL)  # attempt 1's, late
+    record_node_final(row.id, FINAL)  # attempt 1's, late
     row.refresh_from_db()
     assert row.status == InferenceRequest.RUNNING and not UsageEvent.objects.filter(request_id=row.id).exists()
-    inference_finish(request_id=row.id, final={**FINAL, "attempt": 2})
+    record_node_final(row.id, {**FINAL, "attempt": 2})
     row.refresh_from_db()
     assert row.status == InferenceRequest.SUCCEEDED
     assert UsageEvent.objects.filter(request_id=row.id, kind="inference").count() == 1

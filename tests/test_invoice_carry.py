@@ -12,8 +12,8 @@ from billing.invoices import invoice_take, invoices_close_period
 from billing.ledger import record_adjustment
 from billing.models import Invoice, InvoicedUsage, InvoiceLine, UsageEvent
 from billing.selectors import money_sum, money_value
-from serving.dispatch import inference_finish
 from tests.billing_helpers import PERIOD, close, final_event, invoice_of, submitted, usage
+from tests.factories import record_node_final
 
 pytestmark = pytest.mark.usefixtures("local_only")
 
@@ -45,7 +45,7 @@ def test_a_late_final_and_a_backdated_adjustment_go_on_the_next_invoice(acme, pl
 
     # after October closed: a request of October's whose final arrives only now, and an adjustment dated into it
     row = submitted(acme, created_at=datetime(2026, 10, 31, 23, 59, 59, tzinfo=UTC))
-    inference_finish(request_id=row.id, final=final_event(gpu_ms=23.4, total_ms=120.0))
+    record_node_final(row.id, final_event(gpu_ms=23.4, total_ms=120.0))
     late = UsageEvent.objects.get(key=f"inference:{row.id}")
     adjustment = record_adjustment(tenant=acme, amount="-0.75", description="credit for the October outage",
                                    at=datetime(2026, 10, 20, tzinfo=UTC))

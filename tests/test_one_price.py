@@ -2,7 +2,7 @@
 plan (tier cards, the billing page, the playground page, /v1 and OpenAI responses), and what a finished request
 shows as its ``cost`` is its ledger row, to the micro-dollar (and to the ledger's 1e-10 dollar), through REST, SSE,
 the OpenAI API (answer and stream) and the playground websocket. The token stream is faked as in
-tests/test_openai_api_unit.py; the ledger row is written by the one intake for finals (inference_finish)."""
+tests/test_openai_api_unit.py; the ledger row is written by the one intake for finals (serving.finals.record_final)."""
 
 import json
 from datetime import UTC, datetime
@@ -14,9 +14,8 @@ from django.urls import reverse
 
 from adapters.models import Adapter
 from billing.models import UsageEvent
-from serving.dispatch import inference_finish
 from serving.models import InferenceRequest
-from tests.factories import create_key, make_adapter, put_on_plan
+from tests.factories import create_key, make_adapter, put_on_plan, record_node_final
 from tests.fixtures.serving import FAKE_FINAL
 from tests.helpers import post_json, sse_data
 
@@ -45,7 +44,7 @@ def alice_api(alice, acme):
 
 def billed(request_id):
     """The request's ledger row, written as the control worker writes it from the same final event."""
-    inference_finish(request_id=request_id, final=FAKE_FINAL)
+    record_node_final(request_id, FAKE_FINAL)
     return UsageEvent.objects.get(key=f"inference:{request_id}").cost
 
 

@@ -106,7 +106,8 @@ def test_hot_capacity_goes_to_the_node_with_most_room(acme, base, version, setti
 
 
 def test_request_status_moves_queued_running_terminal_once(acme, base, version):
-    from serving.dispatch import inference_finish, inference_start
+    from serving.dispatch import inference_start
+    from tests.factories import record_node_final
 
     up = make_node("n1")
     row = make_request(acme, base, request_id="req_s", max_tokens=4)
@@ -116,8 +117,8 @@ def test_request_status_moves_queued_running_terminal_once(acme, base, version):
     final = {"finish_reason": "length", "usage": {"prompt_tokens": 3, "completion_tokens": 4, "cached_tokens": 0},
              "timings": {"queued_ms": 1.0, "adapter_ready_ms": 0.0, "first_token_ms": 5.0, "total_ms": 9.0},
              "gpu_ms": 8.0, "error": None}
-    inference_finish(request_id=row.id, final=final)
-    inference_finish(request_id=row.id, final={**final, "usage": {"completion_tokens": 99}})  # a duplicate
+    record_node_final(row.id, final)
+    record_node_final(row.id, {**final, "usage": {"completion_tokens": 99}})  # a duplicate
     inference_start(request_id=row.id, node_name="n1")  # a late start never reopens it
     row.refresh_from_db()
     assert (row.status, row.completion_tokens, row.gpu_ms) == ("succeeded", 4, 8.0)

@@ -16,11 +16,10 @@ from adapters.models import Adapter
 from billing.models import UsageEvent
 from gpu_runtime.contract import cancel_key
 from gpu_runtime.streams import StreamWriter
-from serving.dispatch import inference_finish
 from serving.models import InferenceRequest
 from tenants.active import SESSION_KEY
 from tenants.roles import BILLING_VIEWER
-from tests.factories import create_key, make_adapter, make_base, make_member, make_node, put_on_plan
+from tests.factories import create_key, make_adapter, make_base, make_member, make_node, put_on_plan, record_node_final
 from tests.ws_helpers import PLAYGROUND, chat, open_playground, run
 from vajra.asgi import application
 
@@ -436,7 +435,7 @@ def test_the_playground_quotes_the_plan_and_its_done_cost_is_the_ledger_row(alic
 
     start, done = run(go)
     assert start["cost"] == {"units": 11, "micro_usd": 4070, "usd": "0.0040700000", "plan": "premium"}
-    inference_finish(request_id=start["request_id"], final=FINAL)  # as the control worker records it
+    record_node_final(start["request_id"], FINAL)  # as the control worker records it
     ledger = UsageEvent.objects.get(key=f"inference:{start['request_id']}").cost
     assert done["cost"]["plan"] == "premium" and Decimal(done["cost"]["usd"]) == ledger
     assert done["cost"]["micro_usd"] == int((ledger * 10**6).to_integral_value())

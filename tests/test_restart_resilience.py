@@ -19,9 +19,9 @@ from adapters.models import BaseModel
 from billing.models import UsageEvent
 from gpu_runtime.contract import stream_key
 from gpu_runtime.streams import StreamWriter
-from serving import dispatch, relay
+from serving import dispatch, finals, relay
 from serving.models import InferenceRequest
-from tests.factories import create_key, make_node, make_request
+from tests.factories import create_key, make_node, make_request, record_node_final
 from tests.processes import free_port
 from vajra.embedded_redis import start_private_redis
 
@@ -109,7 +109,7 @@ def make_row(acme, status, age_s, **fields):
 
 
 def test_the_sweep_fails_requests_no_node_finished_in_time_bills_nothing_and_tells_the_client(
-        node, acme, settings):
+        node, acme, settings, django_capture_on_commit_callbacks):
     settings.VAJRA_REQUEST_TIMEOUT_SECONDS = 60
     lost_queued = make_row(acme, InferenceRequest.QUEUED, 120)
     lost_running = make_row(acme, InferenceRequest.RUNNING, 90, node=node)
@@ -118,9 +118,10 @@ def test_the_sweep_fails_requests_no_node_finished_in_time_bills_nothing_and_tel
     client = redis.Redis.from_url(settings.REDIS_URL)
     client.delete(stream_key(lost_queued.pk))
 
-    assert dispatch.inference_expire_stale(limit=1) == 1  # bounded: the oldest first
-    assert dispatch.inference_expire_stale(limit=10) == 1
-    assert dispatch.inference_expire_stale(limit=10) == 0
+    with django_capture_on_commit_callbacks(execute=True):  # the final goes to the stream once its row committed
+        assert finals.inference_expire_stale(limit=1) == 1  # bounded: the oldest first
+        assert finals.inference_expire_stale(limit=10) == 1
+        assert finals.inference_expire_stale(limit=10) == 0
     for row in (lost_queued, lost_running):
         row.refresh_from_db()
         assert row.status == InferenceRequest.FAILED and row.error_code == "node_timeout" and row.finished_at
@@ -131,7 +132,7 @@ def test_the_sweep_fails_requests_no_node_finished_in_time_bills_nothing_and_tel
     final = collect(lost_queued.pk)[-1]  # a client still waiting gets the end
     assert final[0] == "final" and final[1]["error"]["code"] == "node_timeout"
     # the node's answer arriving after all changes nothing: the row stays failed, nothing billed
-    dispatch.inference_finish(request_id=lost_running.pk, final={"finish_reason": "stop", "gpu_ms": 5.0})
+    record_node_final(lost_running.pk, {"finish_reason": "stop", "gpu_ms": 5.0})
     lost_running.refresh_from_db()
     assert lost_running.status == InferenceRequest.FAILED and not UsageEvent.objects.exists()
 
@@ -157,6 +158,7 @@ def test_a_submit_the_broker_does_not_take_is_a_503_and_its_row_is_failed_not_le
     assert response.json()["error"]["code"] == "redis_unavailable" and response.headers["Retry-After"]
     row = InferenceRequest.objects.get()
     assert row.status == InferenceRequest.FAILED and row.error_code == "broker_unavailable"
+    assert row.final_source == "dispatch"  # ended through the one intake for finals
 
 
 def test_a_send_that_fails_otherwise_leaves_no_row_queued(transactional_db, node, alice, acme, monkeypatch):
@@ -180,6 +182,7 @@ def test_a_send_that_fails_otherwise_leaves_no_row_queued(transactional_db, node
     assert response.status_code == 500
     row = InferenceRequest.objects.get()
     assert row.status == InferenceRequest.FAILED and row.error_code == "dispatch_failed" and row.finished_at
+    assert row.final_source == "dispatch"
     assert not UsageEvent.objects.exists()
 
 
@@ -230,8 +233,8 @@ def test_the_sweep_records_a_final_whose_control_task_was_lost_from_the_stream_o
     young = make_row(acme, InferenceRequest.RUNNING, 5, node=node)  # its task may still be on its way
     writer.final(young.pk, final)
 
-    assert dispatch.finals_from_streams() == 1
-    assert dispatch.finals_from_streams() == 0
+    assert finals.finals_from_streams() == 1
+    assert finals.finals_from_streams() == 0
     lost.refresh_from_db()
     assert lost.status == InferenceRequest.SUCCEEDED and lost.completion_tokens == 7 and lost.gpu_ms == 55.5
     assert list(UsageEvent.objects.values_list("request_id", flat=True)) == [lost.pk]  # billed once
@@ -239,7 +242,7 @@ def test_the_sweep_records_a_final_whose_control_task_was_lost_from_the_stream_o
         row.refresh_from_db()
         assert row.status == InferenceRequest.RUNNING
     # the task arriving after all changes nothing: billed once still
-    dispatch.inference_finish(request_id=lost.pk, final=final)
+    record_node_final(lost.pk, final)
     assert UsageEvent.objects.filter(request_id=lost.pk).count() == 1
 
     from serving.tasks import inference_expire_stale

@@ -10,9 +10,8 @@ from django.utils import timezone
 from billing.models import UsageEvent
 from billing.plans import period_of
 from billing.selectors import period_spend
-from serving.dispatch import inference_finish
 from tests.billing_helpers import adapter_version, final_event, finish, ledger, submitted
-from tests.factories import create_key, key_client
+from tests.factories import create_key, key_client, record_node_final
 
 pytestmark = pytest.mark.usefixtures("standard")
 
@@ -52,7 +51,7 @@ def test_no_credit_without_a_charge_for_units(acme):
 def test_the_credit_is_written_once_and_lowers_the_months_spend(acme):
     version = adapter_version(acme, tier="hot")
     row = finish(acme, version=version, ready_ms=25.0, gpu_ms=0.0, completion=3)
-    inference_finish(request_id=row.id, final=final_event(ready_ms=25.0))  # redelivered
+    record_node_final(row.id, final_event(ready_ms=25.0))  # redelivered
     assert UsageEvent.objects.filter(kind="slo_credit").count() == 1
     spend, requests = period_spend(tenant=acme, period=period_of(timezone.now()))
     assert spend == Decimal("0.0001") and requests == 1

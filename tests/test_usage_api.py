@@ -12,10 +12,9 @@ from billing.ledger import record_adjustment, record_training_step
 from billing.models import UsageEvent
 from billing.plans import period_of
 from billing.selectors import money_sum, money_value
-from serving.dispatch import inference_finish
 from tenants.roles import BILLING_VIEWER
 from tests.billing_helpers import adapter_version, base_model, final_event, submitted
-from tests.factories import create_key, key_client, make_member, session_client
+from tests.factories import create_key, key_client, make_member, record_node_final, session_client
 from tests.helpers import assert_error
 from training.models import Dataset, TrainingJob, TrainingStep
 
@@ -29,7 +28,7 @@ def at(text):
 
 def billed(tenant, when, *, version=None, gpu_ms=10.0, prompt=5, completion=7):
     row = submitted(tenant, version=version, created_at=at(when))
-    inference_finish(request_id=row.id, final=final_event(gpu_ms=gpu_ms, prompt=prompt, completion=completion,
+    record_node_final(row.id, final_event(gpu_ms=gpu_ms, prompt=prompt, completion=completion,
                                                           total_ms=0.0))
     return row
 

@@ -48,7 +48,7 @@ def runtime_node(base_model_store, tmp_path):
 
 def start_control_worker(tmp_path, name):
     """The replacement control worker, with beat: its sweep records from the streams any final whose task the
-    killed worker had taken off the queue and lost (serving.dispatch.finals_from_streams)."""
+    killed worker had taken off the queue and lost (serving.finals.finals_from_streams)."""
     return Proc([sys.executable, "-m", "celery", "-A", "vajra", "worker", "--queues", "control", "--pool", "threads",
                  "--concurrency", "2", "--loglevel", "INFO", "--hostname", f"{name}-{os.getpid()}@%h",
                  "--beat", "--schedule", str(tmp_path / f"{name}.beat-schedule")],

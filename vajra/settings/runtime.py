@@ -17,7 +17,7 @@ VAJRA_STREAM_TTL_SECONDS = env_int("VAJRA_STREAM_TTL_SECONDS", 3600, minimum=60)
 VAJRA_REQUEST_TIMEOUT_SECONDS = env_int("VAJRA_REQUEST_TIMEOUT_SECONDS", 900, minimum=5)
 VAJRA_REQUEST_SWEEP_SECONDS = env_int("VAJRA_REQUEST_SWEEP_SECONDS", 60, minimum=1)
 # The same sweep records, from its Redis Stream, the final event of a request still active this long after it began:
-# its node wrote it, but the control task carrying it was lost (serving.dispatch.finals_from_streams).
+# its node wrote it, but the control task carrying it was lost (serving.finals.finals_from_streams).
 VAJRA_FINAL_RECONCILE_SECONDS = env_int("VAJRA_FINAL_RECONCILE_SECONDS", 30, minimum=1)
 VAJRA_MODEL_STORE = env_str("VAJRA_MODEL_STORE", str(VAR_DIR / "models"))
 VAJRA_DEFAULT_BASE_MODEL = env_str("VAJRA_BASE_MODEL", "smollm2-135m-instruct")
