@@ -124,9 +124,9 @@ def test_final_round_trips_the_wire_format_byte_for_byte(wire):
 
 def test_final_reads_the_web_s_node_lost_final():
     from gpu_runtime.contract import Final
-    from serving.reroute import _node_lost_final
+    from serving.reroute import node_lost_final
 
-    written = _node_lost_final("gpu-1", "missed heartbeats", 2)
+    written = node_lost_final("gpu-1", "missed heartbeats", 2).to_json()
     final = Final.from_json(written)
     assert (final.finish_reason, final.attempt, final.error.code) == ("error", 2, "node_lost")
     assert final.to_json() == written
