@@ -123,8 +123,8 @@ def test_dataset_fetched_from_a_url_and_deleted(alice, acme, monkeypatch, adapte
     assert only_entry(action="training.started").details["dataset"] == job.dataset_id
     assert not AuditEntry.objects.filter(action="dataset.uploaded").exists()
 
-    jobs.training_cancel(principal=make_principal(acme, alice), job=job)
-    dataset_delete(principal=make_principal(acme, alice), dataset=job.dataset)
+    jobs.training_cancel(principal=make_principal(acme, alice), job_id=job.id)
+    dataset_delete(principal=make_principal(acme, alice), dataset_id=job.dataset_id)
     deleted = only_entry(action="dataset.deleted")
     assert (deleted.actor_user, deleted.target_id, deleted.target_name, deleted.details) == (
         alice, job.dataset_id, "support.jsonl", {"records": 6})
