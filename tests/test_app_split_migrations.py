@@ -48,7 +48,9 @@ def write_before_the_split(old):
     old.get_model("inference", "TrainingStep").objects.create(job=job, step=1, gradients=10, micro_batches=1,
                                                               tokens=5, compute_ms=3.0, loss=1.5)
     old.get_model("inference", "ScaleUpSignal").objects.create(base_model="tiny", reason="no node")
-    plan = old.get_model("billing", "PricePlan").objects.order_by("pk").first()
+    # The seeded plan, or one of its own where a transactional test before this one flushed the seeded rows.
+    plans = old.get_model("billing", "PricePlan").objects
+    plan = plans.order_by("pk").first() or plans.create(name="standard", version=1, effective_from=now)
     old.get_model("billing", "UsageEvent").objects.create(
         key="inference:req_before", tenant=tenant, kind="inference", plan=plan, occurred_at=now,
         period=date(now.year, now.month, 1), tier="warm", adapter=adapter, adapter_version=version, request=request,
