@@ -3,8 +3,8 @@
 redis-py reads a reply into a buffer that ``Connection.disconnect()`` closes. When the connection is closed while
 a read is under way (a disconnect from another thread, or from the pool), the read's own ConnectionError
 ("Connection closed by server") is replaced by ``ValueError: I/O operation on closed file`` from that buffer,
-which no caller counts as Redis going away: a web request answered 500 instead of 503 with such a ValueError
-once in CI (tests/integration/test_metering_truth.py, under load). Here it is what it is, a lost connection:
+which no caller counts as Redis going away: a web request would answer 500 instead of 503. Here it is what it
+is, a lost connection:
 redis-py's retry and the callers' "Redis is down" handling (503, the runtime's pending writes, kombu's
 reconnect) take it from there. Django-free: used by the web's client, the Celery transport and the runtime.
 """

@@ -41,7 +41,7 @@ def blocked_read_cut_off(client):
 
 
 def test_plain_redis_py_turns_a_cut_off_read_into_a_value_error():
-    """The failure the hardening is for (seen once in CI as a 500 from /v1/models/<m>/infer)."""
+    """The failure the hardening is for: a cut-off read surfaces as ValueError, which a view would answer 500."""
     client = redis.Redis.from_url(settings.REDIS_URL, retry=Retry(NoBackoff(), 0))
     outcome = blocked_read_cut_off(client)
     assert isinstance(outcome.get("error"), ValueError), outcome
