@@ -23,8 +23,9 @@ $(VENV)/.installed: pyproject.toml
 up: install
 	$(PY) manage.py up $(if $(NODES),--nodes $(NODES)) $(if $(filter 1 true yes on,$(DEBUG)),--debug)
 
+# Everything: the default suite (a bare `pytest`) and the slow and browser tests.
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -m ""
 
 lint: install
 	$(VENV)/bin/ruff check .
