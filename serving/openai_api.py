@@ -313,19 +313,13 @@ def stream_response(request_id, envelope, include_usage, param):
 
 async def collect(request_id):
     """The whole answer: (text, final event). A client that gives up first cancels the generation."""
-    parts, final = [], None
+    final = None
     try:
-        async for _, kind, event in relay.events(request_id):
-            if kind == "delta":
-                parts.append(event["text"])
-            elif kind == "retry":  # its node was lost: the next attempt starts the answer over
-                parts.clear()
-            elif kind == "final":
-                final = event
+        text, final = await relay.answer(request_id)
     finally:
         if final is None:
             await relay.cancel(request_id)
-    return "".join(parts), final
+    return text, final
 
 
 def own_request_id(request):

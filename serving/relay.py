@@ -119,6 +119,20 @@ async def events(request_id, last_id="0", *, max_wait_s=600, check_seq=True, rec
                 return
 
 
+async def answer(request_id):
+    """A request's whole answer from its stream: (text, final event, or None if the stream ended without one). A
+    ``retry`` (its node was lost) starts the answer over."""
+    parts, final = [], None
+    async for _, kind, event in events(request_id):
+        if kind == "delta":
+            parts.append(event["text"])
+        elif kind == "retry":
+            parts.clear()
+        elif kind == "final":
+            final = event
+    return "".join(parts), final
+
+
 async def cancel(request_id, ttl_s=3600):
     """Asks the engine to drop the request's row (it checks every step). False when Redis is down."""
     try:

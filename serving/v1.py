@@ -236,20 +236,13 @@ async def infer(request, raw_key, model_id):
     row_id = head["id"]
     if data["stream"]:
         return sse_response(row_id, head)
-    parts, final = [], None
-    async for _, kind, event in relay.events(row_id):
-        if kind == "delta":
-            parts.append(event["text"])
-        elif kind == "retry":  # its node was lost: the next attempt starts the answer over
-            parts.clear()
-        elif kind == "final":
-            final = event
+    text, final = await relay.answer(row_id)
     status = 200
     error = (final or {}).get("error")
     if error:
         status = final_error_status(error.get("code"))
     cost = await final_cost_of(row_id, final) if final is not None else None
-    return JsonResponse(final_body(head, final, "".join(parts), cost=cost), status=status)
+    return JsonResponse(final_body(head, final, text, cost=cost), status=status)
 
 
 @documented(get={"operation_id": "v1_versions", "responses": {200: VersionsOut, **errors(401, 403, 404, 429)}})
