@@ -16,6 +16,7 @@ from gpu_runtime.contract import Final, cancel_key, stream_key
 from vajra.errors import InvalidRequest
 
 BLOCK_MS = 15000  # a blocking read returns at least this often, so the caller can send keep-alives
+ENDED_BLOCK_MS = 2000  # the last read of a stream whose request has ended
 RECONNECT_S = 30  # a relay waits this long for a restarting Redis before it ends its client's stream
 RECONNECT_PAUSE_S = 0.5
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
@@ -61,20 +62,40 @@ def error_final(code, message):
     return Final.failed(code, message).to_json()
 
 
-async def events(request_id, last_id="0", *, max_wait_s=600, check_seq=True, reconnect_s=RECONNECT_S):
+async def inference_ended(request_id):
+    """Whether the inference request's row has ended (False while the database cannot say)."""
+    from django.db import DatabaseError
+
+    from .models import InferenceRequest
+
+    try:
+        return await InferenceRequest.objects.filter(pk=request_id, status__in=InferenceRequest.TERMINAL).aexists()
+    except DatabaseError:
+        return False
+
+
+async def events(request_id, last_id="0", *, max_wait_s=600, check_seq=True, reconnect_s=RECONNECT_S,
+                 ended=inference_ended):
     """Yields (entry id, type, data) until the final event; ("", "keepalive", None) while waiting.
 
     Redis going away is waited out (reads retried for up to ``reconnect_s``). Entries carry ``seq``: a gap means
     Redis lost some (it restarted without its data), and the reader gets a typed error instead of a silently
-    shortened answer. ``check_seq=False`` for training streams, whose redelivered job counts from 0 again."""
+    shortened answer. ``check_seq=False`` for training streams, whose redelivered job counts from 0 again.
+
+    A stream silent for a whole block whose request has ended (``ended``, an async check of the recorded state;
+    None for none) lost its final: Redis restarted after the node wrote it, so nothing will ever come. After one
+    short read more (a final the control plane announces right after its commit), the reader gets a typed error
+    instead of keep-alives until ``max_wait_s``."""
     client = _client()
     key = stream_key(request_id)
     waited, attempt = 0, 1
     expected = 0 if last_id == "0" else None  # resuming after an id: take the seq that follows it as it comes
     down_since = None
+    ended_seen = False
     while True:
         try:
-            result = await client.xread({key: last_id}, block=BLOCK_MS, count=256)
+            result = await client.xread({key: last_id}, block=ENDED_BLOCK_MS if ended_seen else BLOCK_MS,
+                                        count=256)
         except REDIS_DOWN as exc:
             now = time.monotonic()
             down_since = down_since or now
@@ -87,7 +108,16 @@ async def events(request_id, last_id="0", *, max_wait_s=600, check_seq=True, rec
             await asyncio.sleep(RECONNECT_PAUSE_S)
             continue
         down_since = None
+        if not result and ended_seen:
+            log.warning("relay of %s: the request ended but its stream holds no final", request_id)
+            yield "", "final", error_final("stream_interrupted", "The request ended, but its token stream was lost "
+                                           f"(Redis restarted). See GET /v1/requests/{request_id} for the request's "
+                                           "outcome, or retry it.")
+            return
         if not result:
+            if ended is not None and await ended(request_id):
+                ended_seen = True
+                continue
             waited += BLOCK_MS / 1000
             if waited >= max_wait_s:
                 yield "", "final", error_final("timeout", f"no answer from the runtime within {max_wait_s} s")

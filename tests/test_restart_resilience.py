@@ -95,6 +95,34 @@ def test_a_relay_waits_for_redis_a_bounded_time_then_says_so(settings):
     assert got[0][1]["finish_reason"] == "error"
 
 
+def test_a_silent_stream_whose_request_ended_says_its_final_was_lost_not_keepalives_until_the_wait_ends(
+        transactional_db, acme, settings, monkeypatch):
+    # Redis restarted after the node wrote its final and the control plane recorded it: the stream the relay
+    # reconnects to holds nothing more, and nothing will ever come
+    BaseModel.objects.create(name=BASE, context_length=2048)
+    monkeypatch.setattr(relay, "BLOCK_MS", 100)
+    monkeypatch.setattr(relay, "ENDED_BLOCK_MS", 100)
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    ended = make_row(acme, InferenceRequest.SUCCEEDED, 5)
+    active = make_row(acme, InferenceRequest.RUNNING, 5)
+    for row in (ended, active):
+        client.delete(stream_key(row.pk))
+        client.xadd(stream_key(row.pk), {"type": "delta", "data": json.dumps({"text": "a"}), "seq": 0})
+    got = collect(ended.pk)
+    assert got[0] == ("delta", {"text": "a"}) and len(got) == 2
+    assert got[1][0] == "final" and got[1][1]["error"]["code"] == "stream_interrupted"
+    assert f"/v1/requests/{ended.pk}" in got[1][1]["error"]["message"]
+    # a request still going: keep-alives until the wait ends (its node, or the expiry, writes the final)
+    got = collect(active.pk, max_wait_s=0.3)
+    assert [kind for kind, _ in got] == ["delta", "keepalive", "keepalive", "final"]
+    assert got[-1][1]["error"]["code"] == "timeout"
+    # an ended request whose final the control plane announces right after its commit: the final, not the error
+    client.xadd(stream_key(ended.pk), {"type": "final", "data": json.dumps({"finish_reason": "stop"})})
+    assert collect(ended.pk)[-1] == ("final", {"finish_reason": "stop"})
+    for row in (ended, active):
+        client.delete(stream_key(row.pk))
+
+
 @pytest.fixture
 def node(db):
     BaseModel.objects.create(name=BASE, context_length=2048)

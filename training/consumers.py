@@ -75,7 +75,8 @@ class TrainingJobConsumer(TenantConsumer):
 
     async def _follow(self, job_id, last_id):
         try:
-            async for entry_id, kind, data in relay.events(job_id, last_id, max_wait_s=MAX_WAIT_S, check_seq=False):
+            async for entry_id, kind, data in relay.events(job_id, last_id, max_wait_s=MAX_WAIT_S, check_seq=False,
+                                                               ended=None):
                 if kind == "progress":
                     await self.send_json({"type": "progress", "id": entry_id, **data})
                 elif kind == "final":
