@@ -51,7 +51,7 @@ PROMPTS = [f"Here are three facts about {topic}:\n1." for topic in (  # greedy: 
 
 
 from platform_procs import Platform  # noqa: E402
-from platform_report import report  # noqa: E402
+from platform_report import report, summarize_latency  # noqa: E402
 
 WEB_BREAKDOWN = """
 import json, os, statistics, time
@@ -279,52 +279,6 @@ def latency(label, engine, client, http, prompts, max_tokens, adapter=None, adap
         order = names[i % 3:] + names[:i % 3]
         rows.append({"prompt": prompt, **{name: cases[name](prompt) for name in order}})
     return summarize_latency(label, rows, max_tokens)
-
-
-def summarize_latency(label, rows, max_tokens):
-    cases = ("direct", "rest", "sse")
-
-    def pick(case, key):
-        return [row[case][key] for row in rows]
-
-    def spread(values):
-        return common.spread(values)
-
-    def added(case, key, base_key):
-        return [row[case][key] - row["direct"][base_key] for row in rows]
-
-    def outside(case, key, runtime_key):  # client time not on the engine's clock (submit -> event)
-        return [row[case][key] - row[case][runtime_key] for row in rows]
-
-    def net(case, key, runtime_key):  # the platform's outside-engine time less the direct path's own
-        return [p - d for p, d in zip(outside(case, key, runtime_key), outside("direct", key, runtime_key),
-                                      strict=True)]
-
-    out = {
-        "label": label, "n": len(rows), "max_tokens": max_tokens,
-        "ttft_ms": {"direct": spread(pick("direct", "first_delta_ms")), "sse": spread(pick("sse", "first_delta_ms"))},
-        "total_ms": {case: spread(pick(case, "total_ms")) for case in cases},
-        "runtime_first_token_ms": {case: spread(pick(case, "runtime_first_token_ms")) for case in cases},
-        "runtime_total_ms": {case: spread(pick(case, "runtime_total_ms")) for case in cases},
-        "added_ms": {"ttft_sse": spread(added("sse", "first_delta_ms", "first_delta_ms")),
-                     "total_rest": spread(added("rest", "total_ms", "total_ms")),
-                     "total_sse": spread(added("sse", "total_ms", "total_ms"))},
-        "added_beyond_engine_ms": {"ttft_sse": spread(net("sse", "first_delta_ms", "runtime_first_token_ms")),
-                                   "total_rest": spread(net("rest", "total_ms", "runtime_total_ms")),
-                                   "total_sse": spread(net("sse", "total_ms", "runtime_total_ms"))},
-        "engine_submit_ms": {case: spread(pick(case, "engine_submit_ms")) for case in cases},
-        "relay_first_delta_ms": {case: spread(pick(case, "relay_first_delta_ms")) for case in ("direct", "sse")},
-        "relay_final_ms": {case: spread(pick(case, "relay_final_ms")) for case in cases},
-        "sse_request_event_ms": spread(pick("sse", "request_event_ms")),
-        "texts_identical": all(row["direct"]["text"] == row["rest"]["text"] == row["sse"]["text"] for row in rows),
-        "requests": [{"prompt": row["prompt"], **{case: {k: v for k, v in row[case].items() if k != "text"}
-                                                   for case in cases}} for row in rows],
-    }
-    a, b = out["added_ms"], out["added_beyond_engine_ms"]
-    print(f"  added p50 (platform - direct): TTFT SSE {a['ttft_sse']['p50']} ms, total REST {a['total_rest']['p50']} "
-          f"ms, total SSE {a['total_sse']['p50']} ms; beyond the engine's clock: TTFT SSE {b['ttft_sse']['p50']} ms, "
-          f"total REST {b['total_rest']['p50']} ms; texts identical: {out['texts_identical']}", flush=True)
-    return out
 
 
 def probes(http, repeats):

@@ -33,7 +33,7 @@ from concurrent.futures import Future
 import torch
 from transformers import DynamicCache
 
-from .adapter_store import NoFreeSlot, adapter_key
+from .adapter_entry import NoFreeSlot, adapter_key
 from .adapter_validation import AdapterRejected
 from .admission import AdmissionQueue
 from .batch_kv import BatchKV

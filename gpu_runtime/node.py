@@ -59,7 +59,7 @@ class Node:
         """A request arrived: the prefetcher learns its adapter's arrival pattern (Algorithm 1)."""
         if request.adapter is None or self.store is None:
             return
-        from .adapter_store import adapter_key
+        from .adapter_entry import adapter_key
 
         key = adapter_key(request.adapter)
         self.adapter_refs[key] = request.adapter

@@ -79,7 +79,7 @@ def prefetch(adapter):
 @app.task(name=TASK_SET_TIER)
 def set_tier(adapter, tier):
     """hot: pinned in a device slot; warm: disk + host RAM; cold: object storage only."""
-    from .adapter_store import adapter_key
+    from .adapter_entry import adapter_key
 
     ref = AdapterRef.from_json({**adapter, "tier": tier})
     engine = node.require_engine()

@@ -7,7 +7,8 @@ import copy
 import pytest
 import torch
 
-from gpu_runtime.adapter_store import AdapterStore, NoFreeSlot, adapter_key
+from gpu_runtime.adapter_entry import NoFreeSlot, adapter_key
+from gpu_runtime.adapter_store import AdapterStore
 from gpu_runtime.adapter_validation import AdapterRejected
 from gpu_runtime.generation import AdapterRef
 from gpu_runtime.lora import SlotPool

@@ -11,7 +11,8 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from gpu_runtime.adapter_store import AdapterStore, adapter_key
+from gpu_runtime.adapter_entry import adapter_key
+from gpu_runtime.adapter_store import AdapterStore
 from gpu_runtime.generation import AdapterRef
 from gpu_runtime.lora import SlotPool
 from tests.runtime_fixtures import BASE_FACTS, save_peft_adapter, tiny_base
