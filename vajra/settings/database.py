@@ -32,4 +32,9 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
     # and beat all write this one file, so this halves the submit path's lock waits (bench/platform_overhead).
     _db["OPTIONS"]["init_command"] = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
 
+else:
+    # One test database per test run here too (pytest-django's default, test_<name>, would be one for all): a
+    # second run beside the first would drop it under it.
+    _db["TEST"] = {"NAME": f"test_{_db['NAME']}_{os.getpid()}"}
+
 DATABASES = {"default": _db}
