@@ -10,6 +10,8 @@ Authentication is an API key (``Authorization: Bearer``). Every refusal happens 
 or a task sent.
 """
 
+import functools
+
 from asgiref.sync import sync_to_async
 from django.http import Http404, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -139,7 +141,7 @@ def api_view(methods, *, submits=False):
             except INFRASTRUCTURE_DOWN as exc:  # a restarting database or Redis: 503, retry, never a 500
                 return error_response(unavailable(exc))
 
-        handler.__name__ = view.__name__
+        functools.update_wrapper(handler, view)  # its name, module and docstring (the operation's description)
         handler.methods = frozenset(methods)  # what it serves, for the schema's completeness test
         return csrf_exempt(handler)
 
