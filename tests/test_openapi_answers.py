@@ -14,9 +14,11 @@ from adapters.models import Adapter
 from billing.plans import ensure_default_plan
 from serving.models import InferenceRequest
 from tenants.models import Invite
+from tests.billing_helpers import close, invoice_of, usage
 from tests.factories import (
     TRAINING_HP,
     create_key,
+    jsonl,
     key_client,
     make_adapter,
     make_base,
@@ -26,8 +28,9 @@ from tests.factories import (
     make_version,
     record_node_final,
     session_client,
+    store_version,
 )
-from tests.helpers import api_schema, assert_documented
+from tests.helpers import api_schema, as_files, assert_documented
 from training.models import TrainingCheckpoint, TrainingEvent, TrainingJob
 
 # Operations whose 2xx answer needs a runtime node: tests/integration/test_openapi_live.py samples them.
@@ -35,17 +38,16 @@ NEEDS_A_NODE = {("post", "/v1/models/{model_id}/infer"), ("post", "/v1/chat/comp
                 ("post", "/v1/completions"), ("get", "/v1/requests/{request_id}/events")}
 # Operations whose 2xx answer is a file (its media type is the contract) or that need a platform's setup of their own
 # (a base-model import from disk): their refusals are checked here, their success in their own tests.
-ANSWERED_ELSEWHERE = {("get", "/api/v1/adapters/{name}/versions/{number}/download"),
-                      ("get", "/v1/training/jobs/{job_id}/checkpoints/{step}/download"),
-                      ("get", "/api/v1/billing/invoices/{invoice_id}/pdf"),
-                      ("get", "/api/v1/billing/invoices/{invoice_id}"),
+ANSWERED_ELSEWHERE = {("get", "/v1/training/jobs/{job_id}/checkpoints/{step}/download"),
                       ("post", "/api/v1/base-models/imports"), ("get", "/api/v1/base-models/imports/{import_id}"),
                       ("post", "/api/v1/adapters"), ("post", "/api/v1/adapter-imports"),
-                      ("get", "/api/v1/adapter-imports/{import_id}"), ("post", "/api/v1/datasets"),
-                      ("post", "/api/v1/signup")}
+                      ("get", "/api/v1/adapter-imports/{import_id}")}
 METHODS = ("get", "post", "put", "patch", "delete")
 # A case that names another row than the route's parameter says: the route it is
 TEMPLATES = {"/v1/models/{name}": "/v1/models/{model_id}",
+             "/api/v1/billing/invoices/inv_nothing": "/api/v1/billing/invoices/{invoice_id}",
+             "/api/v1/adapters/{files_bot}/versions/{number}/download":
+                 "/api/v1/adapters/{name}/versions/{number}/download",
              "/v1/training/jobs/{queued_job_id}/cancel": "/v1/training/jobs/{job_id}/cancel",
              "/api/v1/datasets/{spare_dataset_id}": "/api/v1/datasets/{dataset_id}"}
 
@@ -103,12 +105,16 @@ def world(db, alice, acme, bob, olga, adapter_storage, sent):
                                                "total_ms": 20.0}})
     invite = Invite.objects.create(tenant=acme, email="dave@example.test", role="developer", invited_by=alice,
                                    token_hash="f" * 64, expires_at="2099-01-01T00:00:00Z")
+    store_version(make_adapter(acme, base, "files-bot"), adapter_storage, 1)
+    usage(acme, "1.2345")
+    close()
     key, secret = create_key(alice, acme)
     return {"session": session_client(alice), "key": key_client(secret), "staff": session_client(olga),
             "known": {"model_id": base.name, "name": adapter.name, "tenant_id": acme.slug, "job_id": job.id,
                       "dataset_id": dataset.id, "request_id": request.id, "member_id": bob.memberships.get().pk,
                       "invite_id": invite.pk, "prefix": key.prefix, "number": 1, "step": 2,
-                      "queued_job_id": queued.id, "spare_dataset_id": spare.id}}
+                      "queued_job_id": queued.id, "spare_dataset_id": spare.id, "files_bot": "files-bot",
+                      "invoice_id": invoice_of(acme).id}}
 
 
 def test_every_operation_answers_as_documented(schema, world, acme):
@@ -171,7 +177,10 @@ def test_every_operation_answers_as_documented(schema, world, acme):
         (key, "delete", "/api/v1/datasets/{spare_dataset_id}", None, 204),
         (key, "get", "/api/v1/billing/invoices", None, 200),
         (key, "get", "/api/v1/billing/invoices/upcoming", None, 200),
-        (key, "get", "/api/v1/billing/invoices/{invoice_id}", None, 404),
+        (key, "get", "/api/v1/billing/invoices/{invoice_id}", None, 200),
+        (key, "get", "/api/v1/billing/invoices/{invoice_id}/pdf", None, 200),
+        (key, "get", "/api/v1/billing/invoices/inv_nothing", None, 404),
+        (key, "get", "/api/v1/adapters/{files_bot}/versions/{number}/download", None, 200),
         (key, "get", "/api/v1/billing/metering", None, 403),  # staff sessions only
         (staff, "get", "/api/v1/billing/metering", None, 200),
         (session, "delete", "/api/v1/invites/{invite_id}", None, 200),
@@ -180,9 +189,9 @@ def test_every_operation_answers_as_documented(schema, world, acme):
         (session, "delete", "/api/v1/keys/{prefix}", None, 200),  # alice's key, last
     ]
     answered, failures = set(), []
-    for client, method, path, body, status in cases:
+
+    def check(method, path, response, status):
         template = TEMPLATES.get(path, path.split("?")[0])
-        response = call(client, method, path, body, **known)
         try:
             assert response.status_code == status, (response.status_code, response.content[:500])
             assert_documented(schema, method, template, response)
@@ -190,6 +199,14 @@ def test_every_operation_answers_as_documented(schema, world, acme):
             failures.append(f"{method.upper()} {path}: {str(exc)[:1500]}")
         if response.status_code < 300:
             answered.add((method, template))
+
+    check("post", "/api/v1/datasets", key.post("/api/v1/datasets", {"name": "more", "file": as_files(
+        [("more.jsonl", jsonl(4))])}, format="multipart"), 201)
+    check("post", "/api/v1/signup", call(Client(), "post", "/api/v1/signup", {
+        "email": "frank@example.test", "password": "a long enough passphrase", "tenant_name": "Frank's",
+        "tenant_slug": "franks"}), 201)
+    for client, method, path, body, status in cases:
+        check(method, path, call(client, method, path, body, **known), status)
     assert not failures, "\n\n".join(failures)
     missing = set(operations(schema)) - answered - NEEDS_A_NODE - ANSWERED_ELSEWHERE
     assert missing == set(), "operations without a real answer checked against the schema"
