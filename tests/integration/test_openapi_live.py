@@ -66,5 +66,19 @@ def test_inference_answers_and_streams_match_the_served_schema(daphne, tiny_runt
         "model": MODEL, "prompt": "Hi", **SHORT, "stream": True}))
     assert streamed[-1]["data"] == "[DONE]" and streamed[-2]["data"]["vajra"]["request_id"]
     check("post", chat, client.post(chat, json={"model": MODEL, "messages": CHAT, "max_tokens": 10 ** 6}), 400)
+
+    # Past tiny-llama's 2048-token context in fewer characters than the web's bound, and the web has no tokenizer of
+    # tiny-llama to count with (its store is the node's): the runtime refuses it, so the answer is a failed one (the
+    # Inference shape with its error), a stream ends with a done event carrying it, an OpenAI stream with an error.
+    long = " hello" * 2100
+    failed = check("post", infer, client.post(f"/v1/models/{MODEL}/infer", json={"prompt": long,
+                                                                                 "parameters": SHORT}), 400)
+    assert failed["error"]["code"] == "context_length_exceeded" and failed["text"] == "", failed
+    ended = check("post", infer, client.post(f"/v1/models/{MODEL}/infer", json={
+        "prompt": long, "parameters": SHORT, "stream": True}))
+    assert ended[-1]["event"] == "done" and ended[-1]["data"]["error"]["code"] == "context_length_exceeded"
+    ended = check("post", chat, client.post(chat, json={"model": MODEL, "messages": [{"role": "user", "content": long}],
+                                                        **SHORT, "stream": True}))
+    assert ended[-2]["data"]["error"]["code"] == "context_length_exceeded" and ended[-1]["data"] == "[DONE]"
     check("post", chat, client.post(chat, json={"model": MODEL, "messages": CHAT},
                                     headers={"Authorization": "Bearer nope.nope"}), 401)
