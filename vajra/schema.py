@@ -191,10 +191,14 @@ class VajraAutoSchema(AutoSchema):
         if operation is None or not scoped:
             return operation
         action, scope = scoped
-        who = ("any API key of the tenant" if scope == "*" else
-               f"an API key with the `{scope}` scope" if scope else "a dashboard session (API keys may not)")
-        operation["description"] = (f"{operation.get('description', '')}\n\nNeeds {who}, or a member whose role "
-                                    f"allows `{action}`.").strip()
+        member = f"a signed-in member whose role allows `{action}`"
+        if scope is None:
+            who = f"{member} (API keys may not)"
+        else:
+            who = "any API key of the tenant" if scope == "*" else f"an API key with the `{scope}` scope"
+            if any("session" in requirement for requirement in operation.get("security", [])):
+                who += f", or {member}"
+        operation["description"] = f"{operation.get('description', '')}\n\nNeeds {who}.".strip()
         operation["x-required-action"], operation["x-api-key-scope"] = action, scope
         return operation
 
