@@ -1,7 +1,7 @@
 """REST API for the base-model catalog and a tenant's adapters (/api/v1/...)."""
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
@@ -10,6 +10,7 @@ from rest_framework.views import APIView
 from billing.plans import tier_info
 from vajra.errors import InvalidRequest
 from vajra.parsers import JSONParser
+from vajra.schema import data_list, enum, errors, shape
 from vajra.serializers import StrictSerializer
 
 from . import access, downloads, services
@@ -31,19 +32,31 @@ class VersionOut(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
+TierCardOut = shape("TierCard", {
+    "tier": enum(*(tier for tier, _ in Adapter.TIER_CHOICES)), "units_per_query": serializers.IntegerField(),
+    "usd_per_query": serializers.FloatField(), "micro_usd_per_query": serializers.IntegerField(),
+    "plan": serializers.CharField(), "adapter_ready_ms_guarantee": serializers.IntegerField()},
+    help_text="The adapter's tier with its price per query under the tenant's plan (billing.plans.tier_info).")
+
+
 class AdapterOut(serializers.Serializer):
     name = serializers.CharField()
     description = serializers.CharField()
     base_model = serializers.CharField(source="base_model.name")
     current_version = VersionOut(allow_null=True)
     created_at = serializers.DateTimeField()
+    tier = serializers.SerializerMethodField()
+    model = serializers.SerializerMethodField()
 
-    def to_representation(self, instance):
-        data = super().to_representation(instance)
+    @extend_schema_field(TierCardOut)
+    def get_tier(self, instance):
         infos = self.context.get("tier_infos")  # a list passes each tier's card once, not once per adapter
-        data["tier"] = infos[instance.tier] if infos else tier_info(instance.tier, tenant=instance.tenant_id)
-        data["model"] = f"{instance.name}@v{instance.current_version.number}" if instance.current_version else None
-        return data
+        return infos[instance.tier] if infos else tier_info(instance.tier, tenant=instance.tenant_id)
+
+    @extend_schema_field(serializers.CharField(allow_null=True, help_text="name@vN of its current version, as "
+                                                                          "adapter_id and model take it."))
+    def get_model(self, instance):
+        return f"{instance.name}@v{instance.current_version.number}" if instance.current_version else None
 
 
 class AdapterListView(APIView):
@@ -56,14 +69,14 @@ class AdapterListView(APIView):
         base_model = serializers.CharField(max_length=100)
         description = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
 
-    @extend_schema(responses={200: AdapterOut(many=True)})
+    @extend_schema(responses={200: data_list(AdapterOut)})
     def get(self, request):
         tenant = request.auth.tenant
         infos = {tier: tier_info(tier, tenant=tenant) for tier, _ in Adapter.TIER_CHOICES}
         return Response({"data": AdapterOut(access.tenant_adapters(tenant=tenant), many=True,
                                             context={"tier_infos": infos}).data})
 
-    @extend_schema(request={"multipart/form-data": UploadIn}, responses={201: AdapterOut})
+    @extend_schema(request={"multipart/form-data": UploadIn}, responses={201: AdapterOut, **errors(409)})
     def post(self, request):
         fields = {k: request.data[k] for k in request.data if k not in request.FILES}
         data = self.UploadIn(data=fields)
@@ -106,7 +119,7 @@ class AdapterDetailView(APIView):
 class AdapterVersionListView(APIView):
     required_action = "adapters.view"
 
-    @extend_schema(responses={200: VersionOut(many=True)})
+    @extend_schema(responses={200: data_list(VersionOut)})
     def get(self, request, name):
         adapter = access.access_adapter(tenant=request.auth.tenant, name=name)
         return Response({"data": VersionOut(adapter.versions.order_by("-number"), many=True).data})

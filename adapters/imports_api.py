@@ -6,6 +6,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from vajra.parsers import JSONParser
+from vajra.schema import data_list
 from vajra.serializers import StrictSerializer
 
 from . import access, url_import
@@ -47,7 +48,7 @@ class ImportListView(APIView):
         url = serializers.CharField(max_length=2000)
         description = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
 
-    @extend_schema(responses={200: ImportOut(many=True)})
+    @extend_schema(responses={200: data_list(ImportOut)})
     def get(self, request):
         rows = url_import.tenant_imports(tenant=request.auth.tenant)[:100]
         return Response({"data": ImportOut(rows, many=True).data})

@@ -9,6 +9,7 @@ from rest_framework.views import APIView
 
 from tenants.permissions import require_session
 from vajra.parsers import JSONParser
+from vajra.schema import data_list
 from vajra.serializers import StrictSerializer
 
 from .model_imports import base_model_import_refresh, base_model_import_start, import_summary, recent_imports
@@ -49,7 +50,7 @@ class BaseModelImportListView(APIView):
         source = serializers.CharField(max_length=1000, help_text="a path inside VAJRA_MODEL_IMPORT_DIR (a Hugging "
                                        "Face directory, a .zip/.tar of one, a .gguf) or an s3:// URL")
 
-    @extend_schema(responses={200: BaseModelImportOut(many=True)})
+    @extend_schema(responses={200: data_list(BaseModelImportOut)})
     def get(self, request):
         rows = recent_imports(limit=50)
         return Response({"data": BaseModelImportOut([import_summary(r) for r in rows], many=True).data})

@@ -17,8 +17,8 @@ from datetime import UTC, datetime, time, timedelta
 from django.http import Http404
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
@@ -26,6 +26,7 @@ from rest_framework.views import APIView
 
 from tenants.principal import Principal
 from vajra.errors import InvalidRequest
+from vajra.schema import constant, enum, shape
 
 from .metering_lag import metering_lag
 from .models import UsageEvent
@@ -35,6 +36,27 @@ from .selectors import TRUNC, usage_metrics
 # The most buckets one query may ask for (an hourly month, a daily three years).
 MAX_RANGE = {"hour": timedelta(days=31), "day": timedelta(days=1100), "month": timedelta(days=3660)}
 KINDS = [kind for kind, _ in UsageEvent.KIND_CHOICES]
+
+
+def _usage_fields():
+    """The figures of one bucket and of the totals (billing.selectors._clean)."""
+    integer = serializers.IntegerField
+    return {"requests": integer(), "prompt_tokens": integer(), "completion_tokens": integer(),
+            "gpu_ms": serializers.FloatField(), "billed_gpu_ms": integer(), "gradients": integer(), "units": integer(),
+            "cost": serializers.CharField(help_text="A decimal string at the ledger's 10 places.")}
+
+
+UsageMetricsOut = shape("UsageMetrics", {
+    "object": constant("usage.metrics"), "tenant": serializers.CharField(), "from": serializers.DateTimeField(),
+    "to": serializers.DateTimeField(), "granularity": enum(*TRUNC), "currency": serializers.CharField(),
+    "data": shape("UsageBucket", {
+        "bucket": serializers.DateTimeField(), "kind": enum(*KINDS), "tier": enum(*TIERS, allow_null=True),
+        "adapter": serializers.CharField(allow_null=True), **_usage_fields()}, many=True),
+    "totals": shape("UsageTotals", _usage_fields())})
+MeteringLagOut = shape("MeteringLag", {
+    "object": constant("billing.metering_lag"), "window_seconds": serializers.IntegerField(),
+    "events": serializers.IntegerField(), "capped": serializers.BooleanField(),
+    **{name: serializers.FloatField(allow_null=True) for name in ("p50_seconds", "p95_seconds", "max_seconds")}})
 # The bounds a from/to may name: no usage predates 2000, and past 9998 date arithmetic nears datetime's end.
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST = datetime(9998, 12, 31, tzinfo=UTC)
@@ -107,7 +129,7 @@ def _iso(moment):
 class UsageMetricsView(APIView):
     required_action = None  # usage.read or billing.read: checked in get (either one lets a key or member read)
 
-    @extend_schema(operation_id="v1_usage_metrics", responses={200: OpenApiTypes.OBJECT}, parameters=[
+    @extend_schema(operation_id="v1_usage_metrics", responses={200: UsageMetricsOut}, parameters=[
         OpenApiParameter("from", DATE_OR_DATETIME), OpenApiParameter("to", DATE_OR_DATETIME),
         OpenApiParameter("granularity", str, enum=list(TRUNC)), OpenApiParameter("tier", str, enum=list(TIERS)),
         OpenApiParameter("adapter", str), OpenApiParameter("kind", str, enum=KINDS)])
@@ -146,7 +168,7 @@ class IsStaffSession(BasePermission):
 class MeteringView(APIView):
     permission_classes = [IsStaffSession]
 
-    @extend_schema(operation_id="billing_metering", responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(operation_id="billing_metering", responses={200: MeteringLagOut})
     def get(self, request):
         return Response({"object": "billing.metering_lag", **metering_lag()})
 

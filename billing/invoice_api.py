@@ -18,6 +18,7 @@ from rest_framework.views import APIView
 from . import pdf
 from .access import access_invoice, tenant_invoices
 from .document import document_context, invoice_json, invoice_preview
+from .invoice_schema import InvoiceListOut, InvoiceOut
 
 INVOICES_LISTED = 120  # ten years of months
 
@@ -25,7 +26,7 @@ INVOICES_LISTED = 120  # ten years of months
 class InvoiceListView(APIView):
     required_action = "billing.read"
 
-    @extend_schema(operation_id="billing_invoices_list", responses={200: OpenApiTypes.OBJECT},
+    @extend_schema(operation_id="billing_invoices_list", responses={200: InvoiceListOut},
                    description="The tenant's invoices, newest month first, without lines.")
     def get(self, request):
         invoices = tenant_invoices(tenant=request.auth.tenant)[:INVOICES_LISTED]
@@ -35,7 +36,7 @@ class InvoiceListView(APIView):
 class UpcomingInvoiceView(APIView):
     required_action = "billing.read"
 
-    @extend_schema(operation_id="billing_invoices_upcoming", responses={200: OpenApiTypes.OBJECT},
+    @extend_schema(operation_id="billing_invoices_upcoming", responses={200: InvoiceOut},
                    description="The current month so far with its lines, as it would be invoiced if it closed now.")
     def get(self, request):
         invoice, lines = invoice_preview(tenant=request.auth.tenant)
@@ -45,7 +46,7 @@ class UpcomingInvoiceView(APIView):
 class InvoiceDetailView(APIView):
     required_action = "billing.read"
 
-    @extend_schema(operation_id="billing_invoices_retrieve", responses={200: OpenApiTypes.OBJECT},
+    @extend_schema(operation_id="billing_invoices_retrieve", responses={200: InvoiceOut},
                    description="One invoice with its lines.")
     def get(self, request, invoice_id):
         invoice = access_invoice(tenant=request.auth.tenant, invoice_id=invoice_id)

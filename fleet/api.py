@@ -5,6 +5,8 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from vajra.schema import data_list
+
 from .catalog import base_models_with_nodes
 
 
@@ -25,7 +27,7 @@ class BaseModelOut(serializers.Serializer):
 class BaseModelListView(APIView):
     required_action = "catalog.read"
 
-    @extend_schema(responses={200: BaseModelOut(many=True)})
+    @extend_schema(responses={200: data_list(BaseModelOut)})
     def get(self, request):
         return Response({"data": [{"id": b.name, "aliases": b.aliases, "context_length": b.context_length,
                                    "architecture": b.architecture, "nodes": nodes}

@@ -41,7 +41,7 @@ from .v1 import (
     deferred,
     read_json,
 )
-from .v1_schema import SSE, ChatCompletionOut, CompletionOut, ModelListOut, ModelOut
+from .v1_schema import CHAT_STREAM, COMPLETION_STREAM, ChatCompletionOut, CompletionOut, ModelListOut, ModelOut
 
 # Parameter -> the values that mean "off": accepted (and ignored) because clients send them routinely.
 COMMON_NEUTRAL = {
@@ -366,17 +366,17 @@ def completion_input(request):
     return data, {"prompt": data["prompt"]}
 
 
-@documented(post={"operation_id": "v1_chat_completions", "request": ChatIn, "responses": {
-    (200, "application/json"): ChatCompletionOut, (200, "text/event-stream"): SSE,
-    **errors(400, 401, 403, 404, 409, 415, 429, 502, 503)}})
+@documented(action="infer", post={"operation_id": "v1_chat_completions", "request": ChatIn, "responses": {
+    (200, "application/json"): ChatCompletionOut, (200, "text/event-stream"): CHAT_STREAM,
+    **errors(402, 404, 409, 422, 502)}})
 @api_view({"POST"}, submits=True)
 async def chat_completions(request, raw_key):
     return await respond(request, raw_key, lambda: chat_input(request), api="chat")
 
 
-@documented(post={"operation_id": "v1_completions", "request": CompletionIn, "responses": {
-    (200, "application/json"): CompletionOut, (200, "text/event-stream"): SSE,
-    **errors(400, 401, 403, 404, 409, 415, 429, 502, 503)}})
+@documented(action="infer", post={"operation_id": "v1_completions", "request": CompletionIn, "responses": {
+    (200, "application/json"): CompletionOut, (200, "text/event-stream"): COMPLETION_STREAM,
+    **errors(402, 404, 409, 422, 502)}})
 @api_view({"POST"}, submits=True)
 async def completions(request, raw_key):
     return await respond(request, raw_key, lambda: completion_input(request), api="completions")
@@ -412,13 +412,13 @@ def model_card(principal, model_id):
     return adapter_card(name, version, principal.tenant)
 
 
-@documented(get={"operation_id": "v1_models", "responses": {200: ModelListOut, **errors(401, 403, 429)}})
+@documented(action="infer", get={"operation_id": "v1_models", "responses": {200: ModelListOut}})
 @api_view({"GET"})
 async def models_list(request, principal):
     return JsonResponse({"object": "list", "data": await sync_to_async(model_cards)(principal)})
 
 
-@documented(get={"operation_id": "v1_model", "responses": {200: ModelOut, **errors(401, 403, 404, 429)}})
+@documented(action="infer", get={"operation_id": "v1_model", "responses": {200: ModelOut}})
 @api_view({"GET"})
 async def model_detail(request, principal, model_id):
     return JsonResponse(await sync_to_async(model_card)(principal, model_id))

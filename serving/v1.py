@@ -10,6 +10,8 @@ Authentication is an API key (``Authorization: Bearer``). Every refusal happens 
 or a task sent.
 """
 
+import functools
+
 from asgiref.sync import sync_to_async
 from django.http import Http404, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -35,7 +37,15 @@ from vajra.serializers import StrictSerializer
 from . import access, parameters, relay
 from .dispatch import cost_for, final_cost_of, final_error_status, inference_submit, on_submit_thread, request_cost
 from .parameters import SamplingFields
-from .v1_schema import SSE, CancelOut, InferenceOut, RequestOut, VersionsOut
+from .v1_schema import (
+    FAILED_INFERENCE,
+    INFERENCE_STREAM,
+    LAST_EVENT_ID,
+    CancelOut,
+    InferenceOut,
+    RequestOut,
+    VersionsOut,
+)
 
 # A prompt past this many characters per token of context is too long for certain (BPE tokens average
 # ~4 characters); the engine checks the exact token count and answers context_length_exceeded.
@@ -131,7 +141,8 @@ def api_view(methods, *, submits=False):
             except INFRASTRUCTURE_DOWN as exc:  # a restarting database or Redis: 503, retry, never a 500
                 return error_response(unavailable(exc))
 
-        handler.__name__ = view.__name__
+        functools.update_wrapper(handler, view)  # its name, module and docstring (the operation's description)
+        handler.methods = frozenset(methods)  # what it serves, for the schema's completeness test
         return csrf_exempt(handler)
 
     return wrap
@@ -226,9 +237,10 @@ def infer_input(request):
     return serializer.validated_data
 
 
-@documented(post={"operation_id": "v1_infer", "request": InferIn, "responses": {
-    (200, "application/json"): InferenceOut, (200, "text/event-stream"): SSE,
-    **errors(400, 401, 403, 404, 409, 415, 429, 502, 503)}})
+@documented(action="infer", post={"operation_id": "v1_infer", "request": InferIn, "responses": {
+    (200, "application/json"): InferenceOut, (200, "text/event-stream"): INFERENCE_STREAM, **errors(402),
+    # a request the runtime failed answers the Inference shape with its error (dispatch.final_error_status)
+    **{status: FAILED_INFERENCE for status in (400, 422, 502)}}})
 @api_view({"POST"}, submits=True)
 async def infer(request, raw_key, model_id):
     data, refusal = deferred(lambda: infer_input(request))
@@ -245,7 +257,7 @@ async def infer(request, raw_key, model_id):
     return JsonResponse(final_body(head, final, text, cost=cost), status=status)
 
 
-@documented(get={"operation_id": "v1_versions", "responses": {200: VersionsOut, **errors(401, 403, 404, 429)}})
+@documented(action="infer", get={"operation_id": "v1_versions", "responses": {200: VersionsOut}})
 @api_view({"GET"})
 async def versions(request, principal, model_id):
     def listing():
@@ -280,15 +292,15 @@ def _row(principal, request_id):
     return row, request_json(row), version_label(row)
 
 
-@documented(get={"operation_id": "v1_request", "responses": {200: RequestOut, **errors(401, 403, 404, 429)}})
+@documented(action="infer", get={"operation_id": "v1_request", "responses": {200: RequestOut}})
 @api_view({"GET"})
 async def request_detail(request, principal, request_id):
     _, body, _ = await sync_to_async(_row)(principal, request_id)
     return JsonResponse(body)
 
 
-@documented(get={"operation_id": "v1_request_events", "responses": {
-    (200, "text/event-stream"): SSE, **errors(401, 403, 404, 429)}})
+@documented(action="infer", get={"operation_id": "v1_request_events", "parameters": [LAST_EVENT_ID],
+                                  "responses": {(200, "text/event-stream"): INFERENCE_STREAM, **errors(400)}})
 @api_view({"GET"})
 async def request_events(request, principal, request_id):
     last_id = relay.checked_last_id(request.headers.get("Last-Event-ID") or "0", param="Last-Event-ID")
@@ -296,8 +308,8 @@ async def request_events(request, principal, request_id):
     return sse_response(row.id, describe(row, label), last_id)
 
 
-@documented(post={"operation_id": "v1_request_cancel", "request": None,
-                  "responses": {202: CancelOut, **errors(401, 403, 404, 429, 503)}})
+@documented(action="infer", post={"operation_id": "v1_request_cancel", "request": None,
+                                  "responses": {202: CancelOut}})
 @api_view({"POST"})
 async def request_cancel(request, principal, request_id):
     _, body, _ = await sync_to_async(_row)(principal, request_id)

@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from vajra.client_ip import client_ip
+from vajra.schema import data_list, errors, shape
 from vajra.serializers import StrictSerializer
 
 from . import access, services
@@ -61,10 +62,27 @@ class InviteOut(serializers.Serializer):
     expires_at = serializers.DateTimeField()
 
 
+class TenantRoleOut(TenantOut):
+    role = serializers.CharField(help_text="The person's role in it.")
+
+
+class APIKeyCreatedOut(APIKeyOut):
+    key = serializers.CharField(help_text="The secret, <prefix>.<secret>: shown this once, never stored.")
+
+
+MeOut = shape("Me", {
+    "tenant": TenantOut(), "user": serializers.EmailField(allow_null=True),
+    "role": serializers.CharField(allow_null=True, help_text="A session's role; null for an API key."),
+    "api_key": serializers.CharField(allow_null=True, help_text="An API key's prefix; null for a session."),
+    "scopes": serializers.ListField(child=serializers.CharField())})
+SignedUpOut = shape("SignedUp", {"tenant": TenantOut(), "user": serializers.EmailField(),
+                                             "role": serializers.CharField()})
+
+
 class MeView(APIView):
     """Who the credentials belong to: tenant, and role (session) or key and scopes."""
 
-    @extend_schema(responses={200: dict})
+    @extend_schema(responses={200: MeOut})
     def get(self, request):
         p = request.auth
         return Response({
@@ -91,7 +109,7 @@ class SignupView(APIView):
         tenant_slug = serializers.RegexField(SLUG_RE, max_length=40, error_messages={
             "invalid": "Use 1-40 lowercase letters, digits and hyphens, starting and ending with a letter or digit."})
 
-    @extend_schema(request=SignupIn, responses={201: TenantOut})
+    @extend_schema(request=SignupIn, responses={201: SignedUpOut, **errors(409, 429)})
     def post(self, request):
         wait = hit(f"signup:{client_ip(request)}", limit=settings.VAJRA_SIGNUPS_PER_IP_PER_HOUR, window=3600)
         if wait:
@@ -113,12 +131,12 @@ class TenantListView(APIView):
         name = serializers.CharField(max_length=100)
         slug = serializers.RegexField(SLUG_RE, max_length=40)
 
-    @extend_schema(responses={200: TenantOut(many=True)})
+    @extend_schema(responses={200: data_list(TenantRoleOut)})
     def get(self, request):
         memberships = access.user_memberships(user=request.user)
         return Response({"data": [dict(TenantOut(m.tenant).data, role=m.role) for m in memberships]})
 
-    @extend_schema(request=TenantCreateIn, responses={201: TenantOut})
+    @extend_schema(request=TenantCreateIn, responses={201: TenantRoleOut, **errors(409)})
     def post(self, request):
         data = self.TenantCreateIn(data=request.data)
         data.is_valid(raise_exception=True)
@@ -135,13 +153,13 @@ class APIKeyListView(APIView):
                                        max_length=len(SCOPES))
         expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
 
-    @extend_schema(responses={200: APIKeyOut(many=True)})
+    @extend_schema(responses={200: data_list(APIKeyOut)})
     def get(self, request):
         require_session(request)
         keys = access.tenant_api_keys(tenant=request.auth.tenant)
         return Response({"data": APIKeyOut(keys, many=True).data})
 
-    @extend_schema(request=APIKeyCreateIn, responses={201: APIKeyOut})
+    @extend_schema(request=APIKeyCreateIn, responses={201: APIKeyCreatedOut})
     def post(self, request):
         require_session(request)
         data = self.APIKeyCreateIn(data=request.data)
@@ -170,7 +188,7 @@ class APIKeyDetailView(APIView):
 class MemberListView(APIView):
     required_action = "members.view"
 
-    @extend_schema(responses={200: MemberOut(many=True)})
+    @extend_schema(responses={200: data_list(MemberOut)})
     def get(self, request):
         require_session(request)
         return Response({"data": MemberOut(access.tenant_members(tenant=request.auth.tenant), many=True).data})
@@ -188,7 +206,7 @@ class MemberDetailView(APIView):
         return Response(MemberOut(access.access_membership(tenant=request.auth.tenant,
                                                            membership_id=member_id)).data)
 
-    @extend_schema(request=MemberRoleIn, responses={200: MemberOut})
+    @extend_schema(request=MemberRoleIn, responses={200: MemberOut, **errors(409)})
     def patch(self, request, member_id):
         require_session(request)
         data = self.MemberRoleIn(data=request.data)
@@ -197,7 +215,7 @@ class MemberDetailView(APIView):
                                               **data.validated_data)
         return Response(MemberOut(member).data)
 
-    @extend_schema(responses={204: None})
+    @extend_schema(responses={204: None, **errors(409)})
     def delete(self, request, member_id):
         require_session(request)
         services.membership_remove(principal=request.auth, membership_id=member_id)
@@ -215,12 +233,12 @@ class InviteListView(APIView):
         email = serializers.EmailField(max_length=254)
         role = _choice(ROLES, "role")
 
-    @extend_schema(responses={200: InviteOut(many=True)})
+    @extend_schema(responses={200: data_list(InviteOut)})
     def get(self, request):
         require_session(request)
         return Response({"data": InviteOut(access.tenant_invites(tenant=request.auth.tenant), many=True).data})
 
-    @extend_schema(request=InviteCreateIn, responses={201: InviteOut})
+    @extend_schema(request=InviteCreateIn, responses={201: InviteOut, **errors(409)})
     def post(self, request):
         require_session(request)
         data = self.InviteCreateIn(data=request.data)
@@ -233,7 +251,7 @@ class InviteListView(APIView):
 class InviteDetailView(APIView):
     required_action = "members.view"
 
-    @extend_schema(responses={200: InviteOut})
+    @extend_schema(responses={200: InviteOut, **errors(409)})
     def delete(self, request, invite_id):
         require_session(request)
         invite = services.invite_revoke(principal=request.auth, invite_id=invite_id)

@@ -5,13 +5,13 @@ never in reach; a filter naming an unknown action is a 400 that lists the known 
 
 from django.core.exceptions import PermissionDenied as PageDenied
 from django.shortcuts import render
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from vajra.converters import MAX_ID
+from vajra.schema import constant, data_list, shape
 from vajra.serializers import StrictSerializer
 
 from . import access
@@ -41,12 +41,17 @@ class AuditEntryOut(serializers.Serializer):
     ip = serializers.CharField(allow_null=True)
     request_id = serializers.CharField()
 
+    @extend_schema_field({"type": "string", "enum": ["audit_entry"]})
     def get_object(self, entry):
         return "audit_entry"
 
+    @extend_schema_field(shape("AuditActor", {
+        "user": serializers.EmailField(allow_null=True), "api_key": serializers.CharField(allow_null=True)}))
     def get_actor(self, entry):
         return {"user": entry.actor_email or None, "api_key": entry.actor_key_prefix or None}
 
+    @extend_schema_field(shape("AuditTarget", {"type": serializers.CharField(),
+                                                            "id": serializers.CharField()}))
     def get_target(self, entry):
         return {"type": entry.target_type, "id": entry.target_id}
 
@@ -64,7 +69,8 @@ class AuditLogView(APIView):
 
     required_action = "audit.read"
 
-    @extend_schema(parameters=[AuditQuery], responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(parameters=[AuditQuery], responses={200: data_list(
+        AuditEntryOut, object=constant("list"), has_more=serializers.BooleanField())})
     def get(self, request):
         require_session(request)
         query = AuditQuery(data=request.query_params.dict())

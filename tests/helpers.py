@@ -1,5 +1,6 @@
-"""What many tests check or capture: the one error shape, the database left untouched by a refusal, the Celery
-messages the web sends, and Django started in a fresh process with a given environment."""
+"""What many tests check or capture: the one error shape, an answer as the OpenAPI schema documents it, the database
+left untouched by a refusal, the Celery messages the web sends, and Django started in a fresh process with a given
+environment."""
 
 import json
 import os
@@ -124,3 +125,81 @@ def upload_adapter(client, files, *, name="support-bot", base_model="tiny-llama"
     """POST an adapter archive (or loose files) to the adapters API."""
     return client.post(ADAPTERS_URL, {"name": name, "base_model": base_model, **fields, "file": as_files(files)},
                        format="multipart")
+
+
+def api_schema():
+    """The OpenAPI schema as /api/schema/ serves it (drf-spectacular's generator, public)."""
+    from drf_spectacular.generators import SchemaGenerator
+
+    return SchemaGenerator().get_schema(request=None, public=True)
+
+
+def closed(node):
+    """A schema read strictly: an object that lists its properties takes no others (unless it says so), so a field
+    an answer carries and the schema does not name fails; ``nullable`` beside a ``$ref`` (drf-spectacular's
+    ``allOf: [$ref], nullable: true``) also takes null."""
+    if isinstance(node, list):
+        return [closed(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: closed(value) for key, value in node.items()}
+    if "properties" in out and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    if out.get("nullable") is True and "type" not in out:
+        rest = {key: value for key, value in out.items() if key != "nullable"}
+        out = {"anyOf": [rest, {"enum": [None]}]}
+    return out
+
+
+def sse_blocks(text):
+    """The events of a text/event-stream body as the schema documents them: each block's ``event``, ``id`` and
+    ``data`` (parsed as JSON where it is JSON, ``[DONE]`` as is); comment-only blocks (keep-alives) are left out."""
+    events = []
+    for block in text.split("\n\n"):
+        fields = {}
+        for line in block.split("\n"):
+            if line and not line.startswith(":"):
+                name, _, value = line.partition(": ")
+                fields[name] = value
+        if "data" in fields:
+            try:
+                fields["data"] = json.loads(fields["data"])
+            except ValueError:
+                pass
+            events.append(fields)
+    return events
+
+
+def assert_documented(schema, method, path, response):
+    """``response`` (Django's test client's or httpx's) is an answer its operation documents: its status is listed,
+    its media type is one that status has, and its body (each event of a stream) is valid against that media type's
+    schema, read strictly (``closed``). ``path`` is the schema's path, e.g. ``/v1/requests/{request_id}``. Returns
+    the parsed body (the list of events for a stream)."""
+    from openapi_schema_validator import OAS30ReadValidator
+
+    operation = schema["paths"][path][method.lower()]
+    status = str(response.status_code)
+    assert status in operation["responses"], (f"{method} {path} answered {status}, which its operation does not "
+                                              f"document ({sorted(operation['responses'])})", response.content[:500])
+    documented = operation["responses"][status]
+    media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+    if status == "204" or "content" not in documented:
+        assert not response.content, (method, path, status, response.content[:200])
+        return None
+    assert media_type in documented["content"], (method, path, status, media_type, sorted(documented["content"]))
+    shape = documented["content"][media_type].get("schema")
+    if media_type == "text/event-stream":
+        body = instances = sse_blocks(response.content.decode())
+        assert body, (method, path, "an empty stream")
+    elif media_type == "application/json":
+        body = json.loads(response.content)
+        instances = [body]
+    else:  # a file (zip, PDF): its media type is the contract
+        return b"".join(response.streaming_content) if getattr(response, "streaming", False) else response.content
+    validator = OAS30ReadValidator({"allOf": [closed(shape)], "components": closed(schema["components"])})
+    for instance in instances:
+        problems = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
+        assert not problems, (f"{method} {path} {status} ({media_type}) does not match its schema: "
+                              + "; ".join(f"{list(p.absolute_path)}: {p.message[:300]}" for p in problems[:5]),
+                              instance)
+    return body

@@ -18,7 +18,7 @@ file:// URL (VAJRA_TENANT_DATASET_URL_PREFIXES).
 from django.db.models import Sum
 from django.http import Http404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -28,6 +28,7 @@ from adapters.api import NAME_RE, AdapterOut
 from adapters.downloads import folder_zip_response
 from billing.plans import plain, training_price
 from vajra.errors import InvalidRequest
+from vajra.schema import errors
 from vajra.serializers import StrictSerializer
 
 from . import access, hot_swap
@@ -40,6 +41,7 @@ from .jobs import (
     training_create,
     training_quote,
 )
+from .v1_schema import CheckpointsOut, EstimateOut, EventsOut, JobListOut, JobOut
 
 MAX_PAGE = 100
 MAX_EVENTS_PAGE = 1000
@@ -124,7 +126,7 @@ def _int_param(request, name, default, *, minimum, maximum=None):
 class TrainView(APIView):
     required_action = "training.write"
 
-    @extend_schema(request=TrainIn, responses={201: OpenApiTypes.OBJECT})
+    @extend_schema(request=TrainIn, responses={201: JobOut, **errors(402, 409)})
     def post(self, request, model_id):
         job = training_create(principal=request.auth, **_validated(request, model_id))
         return Response(job_json(_job(request, job.id)), status=status.HTTP_201_CREATED)
@@ -133,7 +135,7 @@ class TrainView(APIView):
 class TrainEstimateView(APIView):
     required_action = "training.read"
 
-    @extend_schema(request=TrainIn, responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(request=TrainIn, responses={200: EstimateOut})
     def post(self, request, model_id):
         estimate = training_quote(principal=request.auth, **_validated(request, model_id))
         return Response({"object": "training.estimate", "model": model_id, **estimate.to_json(),
@@ -143,7 +145,9 @@ class TrainEstimateView(APIView):
 class JobListView(APIView):
     required_action = "training.read"
 
-    @extend_schema(operation_id="v1_training_jobs_list", responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(operation_id="v1_training_jobs_list", responses={200: JobListOut}, parameters=[
+        OpenApiParameter("limit", int, description=f"1 to {MAX_PAGE}; 20 by default."),
+        OpenApiParameter("after", str, description="A job id: the jobs created before it (the next page).")])
     def get(self, request):
         limit = _int_param(request, "limit", 20, minimum=1, maximum=MAX_PAGE)
         jobs = _jobs(request)
@@ -158,7 +162,7 @@ class JobListView(APIView):
 class JobDetailView(APIView):
     required_action = "training.read"
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(responses={200: JobOut})
     def get(self, request, job_id):
         return Response(job_json(_job(request, job_id)))
 
@@ -166,7 +170,9 @@ class JobDetailView(APIView):
 class JobEventsView(APIView):
     required_action = "training.read"
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(responses={200: EventsOut}, parameters=[
+        OpenApiParameter("after", int, description="An event id: the events after it; 0 by default."),
+        OpenApiParameter("limit", int, description=f"1 to {MAX_EVENTS_PAGE}; 100 by default.")])
     def get(self, request, job_id):
         job = access.access_training_job(tenant=request.auth.tenant, job_id=job_id)
         after = _int_param(request, "after", 0, minimum=0)
@@ -181,7 +187,7 @@ class JobEventsView(APIView):
 class JobCheckpointsView(APIView):
     required_action = "training.read"
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(responses={200: CheckpointsOut})
     def get(self, request, job_id):
         job = access.access_training_job(tenant=request.auth.tenant, job_id=job_id)
         # Where a checkpoint lies is the platform's business: the tenant sees its step and loss.
@@ -209,7 +215,8 @@ class JobCheckpointDownloadView(APIView):
 class JobCancelView(APIView):
     required_action = "training.write"
 
-    @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT, 202: OpenApiTypes.OBJECT})
+    @extend_schema(request=None, responses={200: JobOut, 202: OpenApiResponse(JobOut, description=(
+        "Cancelling: the node running it stops it.")), **errors(409)})
     def post(self, request, job_id):
         job = training_cancel(principal=request.auth, job_id=job_id)
         code = status.HTTP_200_OK if job.status == job.CANCELLED else status.HTTP_202_ACCEPTED  # 202: node stops it
@@ -222,7 +229,7 @@ class AdapterRollbackView(APIView):
     class RollbackIn(StrictSerializer):
         version = serializers.IntegerField(min_value=1, max_value=2 ** 31 - 1)
 
-    @extend_schema(request=RollbackIn, responses={200: AdapterOut})
+    @extend_schema(request=RollbackIn, responses={200: AdapterOut, **errors(409)})
     def post(self, request, name):
         data = self.RollbackIn(data=request.data)
         data.is_valid(raise_exception=True)

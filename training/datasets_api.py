@@ -8,6 +8,7 @@ from rest_framework.views import APIView
 
 from adapters.access import access_base_model
 from vajra.errors import InvalidRequest
+from vajra.schema import data_list, errors
 from vajra.serializers import StrictSerializer
 
 from . import access, datasets
@@ -37,7 +38,7 @@ class DatasetListView(APIView):
         name = serializers.CharField(max_length=200, required=False)
         base_model = serializers.CharField(max_length=100, required=False)
 
-    @extend_schema(responses={200: DatasetOut(many=True)})
+    @extend_schema(responses={200: data_list(DatasetOut)})
     def get(self, request):
         return Response({"data": DatasetOut(access.tenant_datasets(tenant=request.auth.tenant), many=True).data})
 
@@ -63,7 +64,7 @@ class DatasetDetailView(APIView):
     def get(self, request, dataset_id):
         return Response(DatasetOut(access.access_dataset(tenant=request.auth.tenant, dataset_id=dataset_id)).data)
 
-    @extend_schema(responses={204: None})
+    @extend_schema(responses={204: None, **errors(409)})
     def delete(self, request, dataset_id):
         datasets.dataset_delete(principal=request.auth, dataset_id=dataset_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
