@@ -132,7 +132,7 @@ def test_bad_hyperparameters(create, dataset, unchanged_db, sent, hyperparameter
 
 @pytest.mark.parametrize("extra, param", [
     ({"suffix": "Has Spaces"}, "suffix"), ({"suffix": "x" * 41}, "suffix"), ({"seed": -1}, "seed"),
-    ({"seed": 2**40}, "seed"), ({"method": {"type": "dpo"}}, "method"), ({"integrations": [{"type": "wandb"}]},
+    ({"seed": 2**40}, "seed"), ({"method": {"type": "dpo"}}, "method.type"), ({"integrations": [{"type": "wandb"}]},
                                                                          "integrations"),
     ({"metadata": {"team": "a"}}, "metadata"), ({"colour": "blue"}, "colour"), ({"hyperparameters": []},
                                                                                  "hyperparameters"),

@@ -95,6 +95,7 @@ def test_schedule_hyperparameters_through_the_train_api(post_train, dataset, unc
     hp = TrainingJob.objects.get().hyperparameters
     assert (hp["lr_scheduler"], hp["warmup_ratio"], hp["warmup_steps"]) == ("cosine", 0.1, 0)
     TrainingJob.objects.update(status=TrainingJob.CANCELLED)
+    sent.clear()
     for bad, param in (({"lr_scheduler": "step"}, "hyperparameters.lr_scheduler"),
                        ({"warmup_steps": -2}, "hyperparameters.warmup_steps"),
                        ({"warmup_ratio": 2}, "hyperparameters.warmup_ratio")):

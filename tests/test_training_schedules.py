@@ -96,6 +96,7 @@ def make_run(tmp_path, *, validation=None, checkpoint_every=100, **values):
     hyperparameters = {"learning_rate": 0.01, "epochs": 3, "batch_size": 4, "micro_batch_size": 2, "rank": 4,
                        "alpha": 8, "target_modules": ["q_proj", "v_proj"], "seed": 3, **values}
     job_id = f"ftjob_{uuid.uuid4().hex[:24]}"
+    tmp_path.mkdir(parents=True, exist_ok=True)
     spec = TrainingSpec.from_json({
         "job_id": job_id, "base_model": "tiny-llama", "adapter_id": "a1",
         "dataset_uri": write_jsonl(tmp_path / "train.jsonl", records()),
@@ -167,7 +168,7 @@ def test_eval_loss_is_measured_after_each_epoch_and_equals_the_loss_of_the_same_
 
 
 def test_eval_loss_only_at_an_epochs_last_step_and_never_without_a_validation_file(tmp_path):
-    held_out = records([([20, 21], [80, 81, 82]), ([22, 23, 24], [90, 91])])
+    held_out = records([([33, 34], [80, 81, 82]), ([35, 36, 37], [90, 91])])  # no t2x: t2 is EOS
     run = make_run(tmp_path / "a", validation=held_out, epochs=2, batch_size=2, micro_batch_size=1)
     reported = run_through(run)
     assert [(s, "eval_loss" in m) for s, m in reported] == [(1, False), (2, True), (3, False), (4, True)]
@@ -177,10 +178,8 @@ def test_eval_loss_only_at_an_epochs_last_step_and_never_without_a_validation_fi
 
 
 def test_a_bad_validation_file_fails_the_job_before_it_starts_naming_it(tmp_path):
-    bad = tmp_path / "bad"
-    bad.mkdir()
     with pytest.raises(trainer.TrainingFailed) as refused:
-        make_run(bad, validation=[{"prompt": "x"}])
+        make_run(tmp_path, validation=[{"prompt": "x"}])
     assert refused.value.code == "invalid_validation_file" and "validation file" in refused.value.message
 
 

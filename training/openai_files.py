@@ -85,7 +85,7 @@ class FileDeletedOut(serializers.Serializer):
 
 class FileUploadIn(StrictSerializer):
     purpose = serializers.ChoiceField(choices=[PURPOSE], error_messages={
-        "invalid_choice": "purpose {input} is not supported: VAJRA keeps only fine-tuning files (purpose "
+        "invalid_choice": "\"{input}\" is not supported: VAJRA keeps only fine-tuning files (purpose "
                           "'fine-tune')."})
 
 

@@ -65,7 +65,7 @@ class SupervisedIn(StrictSerializer):
 
 class MethodIn(StrictSerializer):
     type = serializers.ChoiceField(choices=["supervised"], error_messages={
-        "invalid_choice": "method.type {input} is not supported: VAJRA fine-tunes LoRA adapters on chat records "
+        "invalid_choice": "\"{input}\" is not supported: VAJRA fine-tunes LoRA adapters on chat records "
                           "(supervised)."})
     supervised = SupervisedIn(required=False)
 
@@ -107,7 +107,7 @@ class FineTuningJobOut(serializers.Serializer):
     """OpenAI's fine_tuning.job; ``vajra``: the adapter, steps, losses and cost so far (training.api's job)."""
 
     id = serializers.CharField()
-    object = serializers.ChoiceField(choices=["fine_tuning.job"])
+    object = serializers.CharField(help_text="fine_tuning.job")
     created_at = serializers.IntegerField()
     model = serializers.CharField(help_text="The base model, or the adapter version training continued from.")
     fine_tuned_model = serializers.CharField(allow_null=True, help_text="name@vN, once the job succeeded.")
@@ -129,14 +129,14 @@ class FineTuningJobOut(serializers.Serializer):
 
 
 class FineTuningJobListOut(serializers.Serializer):
-    object = serializers.ChoiceField(choices=["list"])
+    object = serializers.CharField(help_text="list")
     data = FineTuningJobOut(many=True)
     has_more = serializers.BooleanField()
 
 
 class EventOut(serializers.Serializer):
     id = serializers.CharField(help_text="ftevent-<n>")
-    object = serializers.ChoiceField(choices=["fine_tuning.job.event"])
+    object = serializers.CharField(help_text="fine_tuning.job.event")
     created_at = serializers.IntegerField()
     level = serializers.ChoiceField(choices=["info", "warn", "error"])
     message = serializers.CharField()
@@ -145,7 +145,7 @@ class EventOut(serializers.Serializer):
 
 
 class EventListOut(serializers.Serializer):
-    object = serializers.ChoiceField(choices=["list"])
+    object = serializers.CharField(help_text="list")
     data = EventOut(many=True)
     has_more = serializers.BooleanField()
 
@@ -158,7 +158,7 @@ class CheckpointMetricsOut(serializers.Serializer):
 
 class CheckpointOut(serializers.Serializer):
     id = serializers.CharField(help_text="ftckpt-<n>")
-    object = serializers.ChoiceField(choices=["fine_tuning.job.checkpoint"])
+    object = serializers.CharField(help_text="fine_tuning.job.checkpoint")
     created_at = serializers.IntegerField()
     fine_tuning_job_id = serializers.CharField()
     step_number = serializers.IntegerField()
@@ -168,7 +168,7 @@ class CheckpointOut(serializers.Serializer):
 
 
 class CheckpointListOut(serializers.Serializer):
-    object = serializers.ChoiceField(choices=["list"])
+    object = serializers.CharField(help_text="list")
     data = CheckpointOut(many=True)
     has_more = serializers.BooleanField()
 
