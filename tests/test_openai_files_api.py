@@ -60,7 +60,7 @@ def test_upload_is_a_dataset_named_as_openai_names_files(api, acme, adapter_stor
     assert isinstance(body["created_at"], int)
     assert (dataset.tenant, dataset.format, dataset.records) == (acme, Dataset.CHAT, 3)
     assert api.get(f"{URL}/{dataset.id}").json() == body
-    content = api.get(f"{URL}/{dataset.id}/content")
+    content = api.get(f"{URL}/{dataset.id}/content", HTTP_ACCEPT="application/binary")  # as the SDK asks
     assert content.status_code == 200 and b"".join(content.streaming_content) == GOOD
     # the same dataset through our own API
     assert api.get(f"/api/v1/datasets/{dataset.id}").json()["records"] == 3

@@ -25,6 +25,7 @@ from rest_framework.views import APIView
 
 from adapters.services import adapter_storage
 from vajra.errors import InvalidRequest
+from vajra.negotiation import JSONErrors
 from vajra.serializers import StrictSerializer
 
 from . import access, datasets
@@ -177,6 +178,7 @@ class FileDetailView(APIView):
 
 class FileContentView(APIView):
     required_action = "datasets.read"
+    content_negotiation_class = JSONErrors  # the client asks for application/binary
 
     @extend_schema(operation_id="v1_files_content", responses={(200, "application/jsonl"): OpenApiResponse(
         OpenApiTypes.BINARY, description="The file's bytes as uploaded.")})
