@@ -90,12 +90,6 @@ class FileUploadIn(StrictSerializer):
                           "'fine-tune')."})
 
 
-class FileUploadForm(FileUploadIn):
-    """The multipart body as the schema shows it: the purpose, and the file."""
-
-    file = serializers.FileField(help_text="JSONL, one chat record {\"messages\": [...]} per line.")
-
-
 def page_param(request, name, default, *, minimum, maximum):
     """An integer query parameter within bounds (a 400 naming it otherwise)."""
     raw = request.query_params.get(name)
@@ -150,8 +144,9 @@ class FileListView(APIView):
         return Response({"object": "list", "data": data, "has_more": len(page) > limit,
                          "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
 
-    @extend_schema(operation_id="v1_files_create", request={"multipart/form-data": FileUploadForm},
-                   responses={200: FileOut})
+    @extend_schema(operation_id="v1_files_create", request={"multipart/form-data": FileUploadIn},
+                   responses={200: FileOut}, description="The multipart body's 'file' is the JSONL, one chat record "
+                                                         "{\"messages\": [...]} per line, beside its purpose.")
     def post(self, request):
         data = FileUploadIn(data={k: request.data[k] for k in request.data if k not in request.FILES})
         data.is_valid(raise_exception=True)  # the purpose is checked before the file is read
