@@ -11,9 +11,10 @@ Amounts are decimal strings in the invoice's currency; another tenant's invoice 
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.response import Response
 from rest_framework.views import APIView
+
+from vajra.negotiation import JSONErrors
 
 from . import pdf
 from .access import access_invoice, tenant_invoices
@@ -51,17 +52,6 @@ class InvoiceDetailView(APIView):
     def get(self, request, invoice_id):
         invoice = access_invoice(tenant=request.auth.tenant, invoice_id=invoice_id)
         return Response(invoice_json(invoice, request=request, lines=list(invoice.lines.select_related("adapter"))))
-
-
-class JSONErrors(BaseContentNegotiation):
-    """The PDF view answers PDF bytes itself; anything it refuses is JSON in the one error shape, whatever the
-    client's Accept header asked for."""
-
-    def select_parser(self, request, parsers):
-        return parsers[0]
-
-    def select_renderer(self, request, renderers, format_suffix=None):
-        return renderers[0], renderers[0].media_type
 
 
 class InvoicePDFView(APIView):

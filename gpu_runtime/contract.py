@@ -34,8 +34,9 @@ Training (gpu_runtime.training_spec.TrainingSpec is the job as JSON)
   ``vajra:cancel:<job_id>``. Live progress goes to the Redis Stream ``vajra:stream:<job_id>`` (``progress``
   entries, then ``final``) for the dashboard.
 - To ``control``: ``control.training_started`` (job_id, node, info), ``control.training_step`` (job_id, step,
-  metering: {"gradients", "micro_batches", "tokens", "compute_ms", "loss", "node"}) once per optimizer step,
-  keyed by (job, step); ``control.training_checkpoint`` (job_id, step, uri, loss); ``control.training_finished``
+  metering: {"gradients", "micro_batches", "tokens", "compute_ms", "loss", "learning_rate", "node"}, plus
+  "eval_loss" on an epoch's last step when the job has a validation file) once per optimizer step, keyed by
+  (job, step); ``control.training_checkpoint`` (job_id, step, uri, loss); ``control.training_finished``
   (job_id, result: {"status": succeeded|failed|cancelled, "error", "adapter": {"uri", "sha256", "size_bytes",
   "rank", "alpha", "target_modules", "dtype"} | null, "steps", "final_loss"}).
 """

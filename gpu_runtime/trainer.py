@@ -17,6 +17,17 @@ Loss: token cross-entropy on the answer only (assistant turns of chat records, t
 prompt/completion records, each with its end token), averaged over the optimizer step's answer tokens, so
 gradient accumulation over micro-batches equals one big batch.
 
+Learning rate: each optimizer step runs at the job's schedule's rate for that step
+(gpu_runtime.training_spec ``Hyperparameters.learning_rate_at``: constant, linear or cosine after a linear warmup),
+set on the optimizer just before the step and reported with it.
+
+Validation: a job with a validation file measures the loss of every validation record (the same answer-token
+cross-entropy, no gradients, dropout off) after each epoch's last step, a micro-batch per engine turn like the
+training itself, and reports it as the step's ``eval_loss``.
+
+Cancel: a cancelled job writes a checkpoint of where it got to (unless its last step was just written), so the
+weights it trained stay downloadable like any checkpoint.
+
 Metering: each optimizer step reports gradients = trainable elements x the tokens of the step's records
 (gpu_runtime.training_spec ``training_gradients``: the same however the step is split into micro-batches), its
 tokens, forward+backward (+ optimizer) ms and loss, keyed by (job, step). Checkpoints (weights + AdamW state,
@@ -116,6 +127,7 @@ class TrainingRun:
     pool: object
     lora: TrainableLoRA
     examples: list
+    validation: list = field(default_factory=list)  # validation Examples: an eval loss after each epoch
     step: int = 0  # optimizer steps done
     total_steps: int = 0
     started_step: int = 0  # where this run started (a resumed job: its last checkpoint)
@@ -132,6 +144,8 @@ class TrainingRun:
     _perm: tuple = (None, None)
     _yields: int = 0  # times the current micro-step's forward pass was abandoned in a row
     _pending: list = None  # a micro-batch between its forward pass and the end of its backward pass
+    _eval: list = None  # [next validation record, loss sum, answer tokens] while the epoch's eval runs
+    _checkpointed: int = 0  # the last step written as a checkpoint
     yielded: int = 0  # forward passes abandoned for inference, in all
     paused: int = 0  # backward passes paused for inference (resumed later, nothing lost)
     forward_ms: float = None  # moving average of a whole forward pass (the part that cannot pause)
@@ -142,6 +156,9 @@ class TrainingRun:
         pending (None while unknown), else nothing worth waiting for (one layer's backward)."""
         return self.forward_ms if self._pending is None else 0.0
     wasted_ms: float = 0.0  # compute thrown away by them (not metered: inference first is the platform's cost)
+    eval_ms: float = 0.0  # validation passes (not metered: no gradients)
+    last_loss: float = None  # the last reported step's training loss
+    last_eval_loss: float = None
 
     def __post_init__(self):
         self.optimizer = torch.optim.AdamW(self.lora.parameters(), lr=self.hp.learning_rate, weight_decay=0.0)
@@ -173,6 +190,8 @@ class TrainingRun:
         one layer's work, not a micro-step. Returns True when a micro-batch was finished by this call."""
         if self.finished:
             return False
+        if self._eval is not None:
+            return self._eval_micro_batch()
         started = time.perf_counter()
         if self._pending is None:
             if not self._forward(should_yield):  # thrown away: not the step's compute (nor metered)
@@ -190,12 +209,58 @@ class TrainingRun:
         self._micro += 1
         self.micro_steps += 1
         if self._micro == len(self._chunks):
+            rate = self.hp.learning_rate_at(self.step + 1, self.total_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = rate
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            self._report_step()
             self._chunks = []
+            if self.validation and (self.step % self.steps_per_epoch == 0 or self.step >= self.total_steps):
+                self._eval = [0, 0.0, 0]  # the epoch ends: its step is reported with the eval loss
+            else:
+                self._report_step()
         return True
+
+    def _eval_micro_batch(self):
+        """The validation loss on the next micro-batch of the validation records; after the last, the step
+        that ended the epoch is reported with it. Forward only, with no graph: nothing to pause or throw away."""
+        index, loss_sum, targets = self._eval
+        chunk = self.validation[index:index + self.hp.micro_batch_size]
+        started = time.perf_counter()
+        self.pool.groups = []
+        self.pool.trainable = self.lora
+        self.lora.dropout.eval()
+        try:
+            with torch.no_grad():
+                ids, labels, mask = self._tensors(chunk)
+                hidden = self.model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+                answer = labels[:, 1:]
+                rows = answer != IGNORE
+                logits = self.model.lm_head(hidden[:, :-1][rows])
+                loss_sum += float(F.cross_entropy(logits.float(), answer[rows], reduction="sum"))
+                targets += int(rows.sum())
+        finally:
+            self.lora.dropout.train()
+            self.pool.trainable = None
+        self.eval_ms += (time.perf_counter() - started) * 1000
+        index += len(chunk)
+        if index < len(self.validation):
+            self._eval = [index, loss_sum, targets]
+            return True
+        self._eval = None
+        self.last_eval_loss = round(loss_sum / max(1, targets), 6)
+        self._report_step(eval_loss=self.last_eval_loss)
+        return True
+
+    def _tensors(self, chunk):
+        """(ids, labels, attention mask) of a micro-batch, padded on the right, on the model's device."""
+        device = next(self.model.parameters()).device
+        width = max(len(e.ids) for e in chunk)
+        ids = torch.tensor([e.ids + [0] * (width - len(e.ids)) for e in chunk], device=device)
+        labels = torch.tensor([e.labels + [IGNORE] * (width - len(e.labels)) for e in chunk], device=device)
+        mask = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in chunk], device=device)
+        return ids, labels, mask
 
     def _forward(self, should_yield):
         """The forward pass and the backward of its top (vocabulary projection, final norm, last layer)."""
@@ -206,12 +271,7 @@ class TrainingRun:
             self._micro, self._step_loss, self._step_ms = 0, 0.0, 0.0
             self._step_targets = max(1, sum(e.targets for e in batch))
             self._step_tokens = sum(len(e.ids) for e in batch)
-        chunk = self._chunks[self._micro]
-        device = next(self.model.parameters()).device
-        width = max(len(e.ids) for e in chunk)
-        ids = torch.tensor([e.ids + [0] * (width - len(e.ids)) for e in chunk], device=device)
-        labels = torch.tensor([e.labels + [IGNORE] * (width - len(e.labels)) for e in chunk], device=device)
-        mask = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in chunk], device=device)
+        ids, labels, mask = self._tensors(self._chunks[self._micro])
         check = should_yield if should_yield is not None and self._yields < MAX_YIELDS else None
         cuts = []  # per layer: [its input, cut from the graph; its output]
 
@@ -268,13 +328,17 @@ class TrainingRun:
         self._pending = None
         return True
 
-    def _report_step(self):
-        loss = round(self._step_loss, 6)
-        self.events.put(("step", self.step, {
-            "gradients": training_gradients(self.trainable, self._step_tokens), "micro_batches": self._micro,
-            "tokens": self._step_tokens, "compute_ms": round(self._step_ms, 3), "loss": loss}))
+    def _report_step(self, eval_loss=None):
+        loss = self.last_loss = round(self._step_loss, 6)
+        metering = {"gradients": training_gradients(self.trainable, self._step_tokens), "micro_batches": self._micro,
+                    "tokens": self._step_tokens, "compute_ms": round(self._step_ms, 3), "loss": loss,
+                    "learning_rate": self.optimizer.param_groups[0]["lr"]}
+        if eval_loss is not None:
+            metering["eval_loss"] = eval_loss
+        self.events.put(("step", self.step, metering))
         done = self.step >= self.total_steps
         if done or self.step % self.spec.checkpoint_every == 0:
+            self._checkpointed = self.step
             self.events.put(("checkpoint" if not done else "done",
                              Checkpoint(self.step, self.lora.tensors(), self.optimizer_tensors(), loss)))
         if done:
@@ -285,8 +349,12 @@ class TrainingRun:
         self.events.put(("failed", code, message))
 
     def cancel(self):
+        """Ends the run; the steps it trained since its last checkpoint are written as one (engine thread)."""
         self.finished = True
-        self.events.put(("cancelled",))
+        checkpoint = None
+        if self.step > max(self.started_step, self._checkpointed):
+            checkpoint = Checkpoint(self.step, self.lora.tensors(), self.optimizer_tensors(), self.last_loss)
+        self.events.put(("cancelled", checkpoint))
 
     # ---- optimizer state as tensors (safetensors, never pickle) ------------------------------------------------
     def optimizer_tensors(self):
@@ -315,6 +383,8 @@ def prepare(spec, *, base, pool, facts, max_rank=64, init_adapter=None):
     eos = base.model.generation_config.eos_token_id
     eos_id = (eos[0] if isinstance(eos, list) else eos) if eos is not None else tokenizer.eos_token_id
     examples = load_examples(spec, tokenizer, eos_id)
+    validation = (load_examples(spec, tokenizer, eos_id, uri=spec.validation_uri, what="validation_file")
+                  if spec.validation_uri else [])
     rank, alpha, targets = hp.rank, hp.alpha, hp.target_modules
     init = modules = shape = None
     if init_adapter is not None:  # continue from the current version: its shape wins
@@ -333,10 +403,10 @@ def prepare(spec, *, base, pool, facts, max_rank=64, init_adapter=None):
         init = adapter_weights_from_tensors(saved.tensors, _Facts(trained))
     lora = TrainableLoRA(facts, rank=rank, alpha=alpha, targets=targets, device=device, seed=hp.seed, init=init,
                          dropout=hp.dropout, modules=modules, shape=shape)
-    run = TrainingRun(spec, hp, base.model, pool, lora, examples)
+    run = TrainingRun(spec, hp, base.model, pool, lora, examples, validation)
     if resume is not None:
         run.load_optimizer(saved.optimizer)
-        run.step = run.started_step = saved.step
+        run.step = run.started_step = run._checkpointed = saved.step
         log.info("training job %s resumes after step %d from %s", spec.job_id, run.step, resume)
     return run
 
@@ -368,6 +438,7 @@ def drive(run, *, on_step, on_checkpoint, on_progress, timeout_s=None):
             done_here = step - run.started_step
             eta = elapsed / done_here * (run.total_steps - step) if done_here else None
             on_progress({"step": step, "total_steps": run.total_steps, "loss": metering["loss"],
+                         "eval_loss": metering.get("eval_loss"), "learning_rate": metering["learning_rate"],
                          "eta_s": None if eta is None else round(eta, 1)})
         elif kind == "checkpoint":
             checkpoint = event[1]
@@ -382,4 +453,7 @@ def drive(run, *, on_step, on_checkpoint, on_progress, timeout_s=None):
             return {"status": "failed", "error": {"code": event[1], "message": event[2]}, "adapter": None,
                     "steps": run.step, "final_loss": last_loss}
         elif kind == "cancelled":
+            if event[1] is not None:  # where it got to, kept like any checkpoint
+                uri, _ = write_checkpoint(run, event[1])
+                on_checkpoint(event[1].step, uri, event[1].loss)
             return {"status": "cancelled", "error": None, "adapter": None, "steps": run.step, "final_loss": last_loss}

@@ -48,15 +48,18 @@ class Example:
         return sum(1 for t in self.labels[1:] if t != IGNORE)
 
 
-def load_examples(spec, tokenizer, eos_id):
-    """Reads and tokenizes the dataset; every record over ``max_seq_len`` tokens is named with its line."""
+def load_examples(spec, tokenizer, eos_id, *, uri=None, what="dataset"):
+    """Reads and tokenizes the dataset (or, with ``uri``, the validation file); every record over ``max_seq_len``
+    tokens is named with its line."""
+    uri, name = uri or spec.dataset_uri, what.replace("_", " ")
     try:
-        data = object_io.read_bytes(spec.dataset_uri, max_bytes=MAX_DATASET_BYTES)
+        data = object_io.read_bytes(uri, max_bytes=MAX_DATASET_BYTES)
     except (OSError, ValueError) as exc:
-        raise TrainingFailed("dataset_unreadable", f"cannot read the dataset at {spec.dataset_uri}: {exc}") from None
+        raise TrainingFailed(f"{what}_unreadable", f"cannot read the {name} at {uri}: {exc}") from None
     parsed = parse_dataset(data, max_records=MAX_DATASET_RECORDS, max_bytes=MAX_DATASET_BYTES)
     if parsed.errors:
-        raise TrainingFailed("invalid_dataset", f"the dataset has {parsed.error_count} problem(s): {parsed.summary()}")
+        raise TrainingFailed(f"invalid_{what}", f"the {name} has {parsed.error_count} problem(s): "
+                                                f"{parsed.summary()}")
     examples, too_long = [], []
     for line, record in _numbered(data, parsed.records):
         ids, labels = encode_record(tokenizer, record, eos_id)
@@ -64,10 +67,10 @@ def load_examples(spec, tokenizer, eos_id):
             too_long.append(f"line {line}: {len(ids)} tokens")
         examples.append(Example(ids, labels))
     if too_long:
-        raise TrainingFailed("records_too_long", f"{len(too_long)} record(s) are longer than the {spec.max_seq_len}"
-                             f"-token limit: {'; '.join(too_long[:20])}")
+        raise TrainingFailed("records_too_long", f"{len(too_long)} record(s) of the {name} are longer than the "
+                             f"{spec.max_seq_len}-token limit: {'; '.join(too_long[:20])}")
     if not examples:
-        raise TrainingFailed("invalid_dataset", "the dataset has no records")
+        raise TrainingFailed(f"invalid_{what}", f"the {name} has no records")
     return examples
 
 

@@ -14,6 +14,13 @@ any token of a trained record as the trainer encodes it (chat template or prompt
 prompt tokens included, padding never), so an optimizer step's gradients = trainable elements x the tokens of
 its records. The count follows the work and not its split: the same data, epochs and batch size give the same
 gradients whatever ``micro_batch_size`` is.
+
+Learning-rate schedule: ``lr_scheduler`` constant, linear or cosine, after ``warmup_steps`` (or ``warmup_ratio`` of
+the job's steps, rounded up) of linear warmup. Optimizer step ``s`` (1-based) of ``T`` with ``W`` warmup steps
+uses ``learning_rate`` times: ``s / (W + 1)`` while ``s <= W``; then, with ``p = (s - 1 - W) / (T - W)``, 1
+(constant), ``1 - p`` (linear) or ``(1 + cos(pi p)) / 2`` (cosine). So no step trains at zero: the first warmup
+step is already past it, the first step after warmup runs at the full rate and the last at one ``T - W``-th of
+the way from the end (``learning_rate_at``).
 """
 
 import math
@@ -24,6 +31,7 @@ from .contract import ContractError
 MAX_EPOCHS = 50
 MAX_BATCH_SIZE = 64
 MAX_STEPS = 100_000
+LR_SCHEDULERS = ("constant", "linear", "cosine")
 DEFAULT_TARGETS = ("q_proj", "v_proj")
 
 
@@ -61,6 +69,9 @@ class Hyperparameters:
     alpha: float = 16.0
     target_modules: tuple = DEFAULT_TARGETS
     dropout: float = 0.0
+    lr_scheduler: str = "constant"
+    warmup_steps: int = 0
+    warmup_ratio: float | None = None  # instead of warmup_steps: this share of the job's steps, rounded up
 
     @classmethod
     def from_json(cls, payload, *, max_rank=64, max_epochs=MAX_EPOCHS, known_modules=None):
@@ -86,7 +97,16 @@ class Hyperparameters:
             "rank": _number(payload, "rank", d.rank, integer=True, low=1, high=max_rank),
             "alpha": _number(payload, "alpha", d.alpha, integer=False, low=0, high=1024, low_open=True),
             "dropout": _number(payload, "dropout", d.dropout, integer=False, low=0, high=0.9),
+            "warmup_steps": _number(payload, "warmup_steps", d.warmup_steps, integer=True, low=0, high=MAX_STEPS),
+            "warmup_ratio": _number(payload, "warmup_ratio", None, integer=False, low=0, high=1),
         }
+        scheduler = payload.get("lr_scheduler", d.lr_scheduler)
+        if scheduler not in LR_SCHEDULERS:
+            raise ContractError(f"hyperparameters.lr_scheduler must be one of {list(LR_SCHEDULERS)}, got "
+                                f"{scheduler!r}.")
+        if values["warmup_ratio"] is not None and payload.get("warmup_steps") not in (None, 0):
+            raise ContractError("hyperparameters.warmup_ratio and warmup_steps are two ways to say one thing; give "
+                                "one of them.")
         if values["micro_batch_size"] > values["batch_size"]:
             raise ContractError("hyperparameters.micro_batch_size must not exceed batch_size.")
         if values["batch_size"] % values["micro_batch_size"]:
@@ -100,7 +120,7 @@ class Hyperparameters:
             if missing:
                 raise ContractError(f"hyperparameters.target_modules {missing} are not modules of the base model; "
                                     f"choose from {sorted(known_modules)}.")
-        return cls(**values, target_modules=tuple(targets))
+        return cls(**values, target_modules=tuple(targets), lr_scheduler=scheduler)
 
     def to_json(self):
         data = asdict(self)
@@ -114,6 +134,24 @@ class Hyperparameters:
     def total_steps(self, records):
         steps = math.ceil(records / self.batch_size) * self.epochs
         return min(steps, self.max_steps) if self.max_steps else steps
+
+    def warmup(self, total_steps):
+        """Warmup steps of a job of ``total_steps`` steps (``warmup_ratio`` rounded up), never more than it has."""
+        if self.warmup_ratio is not None:
+            return min(total_steps, math.ceil(self.warmup_ratio * total_steps - 1e-9))
+        return min(total_steps, self.warmup_steps)
+
+    def learning_rate_at(self, step, total_steps):
+        """The learning rate optimizer step ``step`` (1-based) of ``total_steps`` uses (see the module's text)."""
+        warmup = self.warmup(total_steps)
+        if step <= warmup:
+            return self.learning_rate * step / (warmup + 1)
+        if self.lr_scheduler == "constant":
+            return self.learning_rate
+        progress = (step - 1 - warmup) / max(1, total_steps - warmup)
+        if self.lr_scheduler == "linear":
+            return self.learning_rate * (1.0 - progress)
+        return self.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def trained_records(self, records):
         """(whole epochs, records of the last partial epoch) the job trains: every record once per epoch, and a
@@ -154,6 +192,7 @@ class TrainingSpec:
     init: dict | None = None  # an AdapterRef JSON of the version training continues from, or None for a new one
     checkpoint_every: int = 10
     max_seq_len: int = 1024
+    validation_uri: str | None = None  # a JSONL file (like dataset_uri) whose loss is measured after each epoch
     extra: dict = field(default_factory=dict)
 
     def hp(self, max_rank=64):
@@ -173,6 +212,8 @@ class TrainingSpec:
         for name in ("job_id", "base_model", "adapter_id", "dataset_uri", "output_uri"):
             if not isinstance(getattr(spec, name), str) or not getattr(spec, name):
                 raise ContractError(f"A training job needs a non-empty {name}.")
+        if spec.validation_uri is not None and (not isinstance(spec.validation_uri, str) or not spec.validation_uri):
+            raise ContractError("A training job's validation_uri is a non-empty string or null.")
         if not isinstance(spec.checkpoint_every, int) or spec.checkpoint_every < 1:
             raise ContractError("checkpoint_every must be a positive integer.")
         spec.hp()  # the hyperparameters are checked again on the node

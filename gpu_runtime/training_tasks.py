@@ -58,7 +58,7 @@ def run_job(spec, *, engine, store, base, send=_send, streams=None):
         else:
             send(TASK_TRAINING_STARTED, spec.job_id, config.node_name, {
                 "total_steps": run.total_steps, "trainable_params": run.lora.numel(), "resumed_after_step": run.step,
-                "records": len(run.examples)})
+                "records": len(run.examples), "validation_records": len(run.validation)})
             engine.submit_training(run)
             result = trainer.drive(
                 run,

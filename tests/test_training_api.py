@@ -379,7 +379,8 @@ def test_events_with_a_cursor(api, job):
     event(job, "Step 2/9: training loss 2.2500.", step=2, loss=2.25)
     body = api.get(f"/v1/training/jobs/{job.id}/events").json()
     assert [e["step"] for e in body["data"]] == [None, 1, 2] and body["data"][2]["loss"] == 2.25
-    assert set(body["data"][0]) == {"id", "object", "created_at", "level", "message", "step", "loss"}
+    assert set(body["data"][0]) == {"id", "object", "created_at", "level", "message", "step", "loss",
+                                    "eval_loss"}
     after = body["data"][1]["id"]
     tail = api.get(f"/v1/training/jobs/{job.id}/events?after={after}").json()
     assert [e["step"] for e in tail["data"]] == [2] and tail["has_more"] is False

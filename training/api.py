@@ -1,6 +1,7 @@
 """The training API (VAJRA paper A.1), with API keys (scope ``train``) or the dashboard's session:
 
-    POST /v1/models/{model_id}/train           {"adapter_id", "dataset", "hyperparameters": {...}} -> 201 job
+    POST /v1/models/{model_id}/train           {"adapter_id", "dataset", "validation_dataset"?, "hyperparameters"}
+                                               -> 201 job
     POST /v1/models/{model_id}/train/estimate  the same body -> 200 estimate, nothing written
     GET  /v1/training/jobs                     newest first; ?limit=, ?after=<job id>
     GET  /v1/training/jobs/{id}
@@ -52,6 +53,8 @@ class TrainIn(StrictSerializer):
         "invalid": "Name the adapter to train (1-64 lowercase letters, digits, '.', '_' and '-'): an existing one "
                    "continues from its current version, a new name creates it."})
     dataset = serializers.CharField(max_length=1000)
+    validation_dataset = serializers.CharField(max_length=40, required=False, allow_null=True, help_text=(
+        "A dataset id whose loss is measured after each epoch (eval_loss)."))
     hyperparameters = serializers.DictField()
 
 
@@ -60,7 +63,8 @@ def _validated(request, model_id):
     data.is_valid(raise_exception=True)
     values = data.validated_data
     return {"base_model": access_base_model(name=model_id), "adapter_name": values["adapter_id"],
-            "dataset_ref": values["dataset"], "hyperparameters": values["hyperparameters"]}
+            "dataset_ref": values["dataset"], "hyperparameters": values["hyperparameters"],
+            "validation_ref": values.get("validation_dataset")}
 
 
 def money(micro_usd):
@@ -84,10 +88,11 @@ def job_json(job):
         "id": job.id, "object": "training.job", "model": job.base_model.name, "adapter": job.adapter.name,
         "base_version": job.base_version.number if job.base_version_id else None,
         "result_version": job.result_version.number if job.result_version_id else None,
-        "dataset": job.dataset_id, "status": job.status, "hyperparameters": job.hyperparameters,
+        "dataset": job.dataset_id, "validation_dataset": job.validation_dataset_id, "status": job.status,
+        "hyperparameters": job.hyperparameters,
         "node": job.node.name if job.node_id else None,
         "total_steps": job.total_steps, "trained_steps": job.trained_steps, "trainable_params": job.trainable_params,
-        "last_loss": job.last_loss,
+        "last_loss": job.last_loss, "last_eval_loss": job.last_eval_loss,
         "estimate": {"gradients": job.estimated_gradients, **money(job.estimated_cost_micro_usd),
                      "total_steps": job.total_steps, "trainable_params": job.trainable_params},
         "usage": {"steps": job.trained_steps, "gradients": gradients or 0,
@@ -179,7 +184,8 @@ class JobEventsView(APIView):
         limit = _int_param(request, "limit", 100, minimum=1, maximum=MAX_EVENTS_PAGE)
         page = list(job.events.filter(id__gt=after).order_by("id")[:limit + 1])
         data = [{"id": e.id, "object": "training.event", "created_at": e.created_at.isoformat(), "level": e.level,
-                 "message": e.message, "step": e.step, "loss": e.loss} for e in page[:limit]]
+                 "message": e.message, "step": e.step, "loss": e.loss, "eval_loss": e.eval_loss}
+                for e in page[:limit]]
         return Response({"object": "list", "job": job.id, "status": job.status, "data": data,
                          "has_more": len(page) > limit})
 

@@ -33,17 +33,19 @@ MAX_WAIT_S = 7 * 24 * 3600  # a queued job may wait long for a node; keep-alives
 
 
 def job_snapshot(job):
-    steps = list(job.steps.order_by("-step").values_list("step", "loss")[:HISTORY_POINTS])[::-1]
-    events = list(job.events.order_by("-id").values("level", "message", "step", "loss", "created_at")[
+    steps = list(job.steps.order_by("-step").values_list("step", "loss", "eval_loss")[:HISTORY_POINTS])[::-1]
+    events = list(job.events.order_by("-id").values("level", "message", "step", "loss", "eval_loss", "created_at")[
         :RECENT_EVENTS])[::-1]
     for e in events:
         e["created_at"] = e["created_at"].isoformat()
     return {
         "id": job.id, "status": job.status, "adapter": job.adapter.name, "dataset": job.dataset_id,
         "total_steps": job.total_steps, "trained_steps": job.trained_steps, "last_loss": job.last_loss,
+        "last_eval_loss": job.last_eval_loss,
         "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
         "result_version": job.result_version.number if job.result_version_id else None,
-        "losses": [[step, loss] for step, loss in steps], "events": events,
+        "losses": [[step, loss] for step, loss, _ in steps],
+        "eval_losses": [[step, eval_loss] for step, _, eval_loss in steps if eval_loss is not None], "events": events,
         "terminal": job.status in TrainingJob.TERMINAL,
     }
 

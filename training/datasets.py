@@ -80,9 +80,19 @@ def validate_dataset(data, *, base_model, tenant):
                          max_tokens=base_model.context_length if base_model is not None and count else None)
 
 
-def dataset_upload(*, principal, file, name=None, base_model=None):
+def new_dataset_id():
+    return "ds_" + secrets.token_hex(12)
+
+
+def new_file_id():
+    """A dataset uploaded through the OpenAI files API is named as OpenAI names a file."""
+    return "file-" + secrets.token_hex(12)
+
+
+def dataset_upload(*, principal, file, name=None, base_model=None, dataset_id=None):
     """Validates the JSONL file (every bad line is reported), stores it, and records the dataset. Nothing is
-    written unless every line passes; ``base_model`` (default: the platform's) sets the context length."""
+    written unless every line passes; ``base_model`` (default: the platform's) sets the context length;
+    ``dataset_id`` (default: a new ``ds_`` id) names it."""
     principal.require("datasets.write")
     limits = plan_limits(principal.tenant)
     max_bytes = limits.dataset_max_bytes
@@ -97,7 +107,7 @@ def dataset_upload(*, principal, file, name=None, base_model=None):
     size_bytes, sha256 = _size_and_sha256(stream)
     tenant = principal.tenant
     require_storage(tenant=tenant, adding=size_bytes)  # before anything is stored
-    dataset_id = "ds_" + secrets.token_hex(12)
+    dataset_id = dataset_id or new_dataset_id()
     storage = adapter_storage()
     stream.seek(0)
     key = storage.save(f"datasets/{tenant.pk}/{dataset_id}.jsonl", File(stream))
@@ -140,7 +150,8 @@ def dataset_delete(*, principal, dataset_id):
     dataset = access.access_dataset(tenant=principal.tenant, dataset_id=dataset_id, lock=True)
     principal.require("datasets.write")
     jobs = access.tenant_training_jobs(tenant=principal.tenant)
-    active = jobs.filter(dataset=dataset, status__in=TrainingJob.ACTIVE).values_list("id", flat=True).first()
+    active = (jobs.filter(Q(dataset=dataset) | Q(validation_dataset=dataset), status__in=TrainingJob.ACTIVE)
+              .values_list("id", flat=True).first())
     if active is not None:
         raise Conflict(f"Dataset {dataset.id} is used by training job {active}, which has not finished; cancel it "
                        "or wait for it to end.", code="dataset_in_use")
@@ -164,7 +175,8 @@ def datasets_release(*, tenant, storage, limit):
     """Removes the files of the tenant's deleted datasets that no training job in progress trains on (at most
     ``limit``), and empties their ``storage_key`` (adapters.storage_quota.storage_release calls it)."""
     datasets = (Dataset.objects.filter(tenant=tenant, deleted_at__isnull=False).exclude(storage_key="")
-                .exclude(Exists(TrainingJob.objects.filter(dataset=OuterRef("pk"), status__in=TrainingJob.ACTIVE)))
+                .exclude(Exists(TrainingJob.objects.filter(
+                    Q(dataset=OuterRef("pk")) | Q(validation_dataset=OuterRef("pk")), status__in=TrainingJob.ACTIVE)))
                 .values_list("pk", "storage_key")[:limit])
     for pk, key in list(datasets):
         storage.delete(key)

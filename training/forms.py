@@ -6,6 +6,7 @@ from django.conf import settings
 from adapters.api import NAME_RE
 from adapters.forms import NAME_ERROR, TARGET_MODULES
 from adapters.models import BaseModel
+from gpu_runtime.training_spec import LR_SCHEDULERS
 
 
 class DatasetUploadForm(forms.Form):
@@ -36,12 +37,19 @@ class TrainingJobForm(forms.Form):
                                             "creates the adapter.")
     base_model = forms.ChoiceField(label="Base model")
     dataset = forms.ChoiceField(label="Dataset")
+    validation_dataset = forms.ChoiceField(label="Validation dataset", required=False,
+                                           help_text="Its loss is measured after each epoch (the eval loss).")
     learning_rate = forms.FloatField(label="Learning rate", initial=1e-4)
     epochs = forms.IntegerField(initial=3)
     batch_size = forms.IntegerField(label="Batch size", initial=4, help_text="Records per optimizer step.")
     max_steps = forms.IntegerField(label="Max steps", required=False,
                                    help_text="Stops the job after this many steps, whatever the epochs.")
     seed = forms.IntegerField(initial=0)
+    lr_scheduler = forms.ChoiceField(label="Learning-rate schedule", required=False, initial="constant",
+                                     choices=[(s, s.capitalize()) for s in LR_SCHEDULERS],
+                                     help_text="After the warmup: constant, or decaying linearly or as a cosine.")
+    warmup_steps = forms.IntegerField(label="Warmup steps", required=False, initial=0,
+                                      help_text="Steps whose rate rises linearly to the learning rate.")
     # A new adapter's shape; an adapter that has a version keeps its own (training_create refuses another).
     rank = forms.IntegerField(initial=8, required=False)
     alpha = forms.FloatField(initial=16, required=False)
@@ -49,7 +57,7 @@ class TrainingJobForm(forms.Form):
         label="Target modules", choices=[(m, m) for m in TARGET_MODULES], initial=["q_proj", "v_proj"],
         required=False, widget=forms.CheckboxSelectMultiple)
 
-    HYPERPARAMETERS = ("learning_rate", "epochs", "batch_size", "max_steps", "seed")
+    HYPERPARAMETERS = ("learning_rate", "epochs", "batch_size", "max_steps", "seed", "lr_scheduler", "warmup_steps")
     SHAPE = ("rank", "alpha", "target_modules")
 
     def __init__(self, *args, datasets, adapter_names=(), **kwargs):
@@ -61,6 +69,7 @@ class TrainingJobForm(forms.Form):
             self.fields["base_model"].initial = settings.VAJRA_DEFAULT_BASE_MODEL
         self.fields["dataset"].choices = [
             (d.id, f"{d.name} · {d.records} record{'s' if d.records != 1 else ''} · {d.id}") for d in datasets]
+        self.fields["validation_dataset"].choices = [("", "None")] + self.fields["dataset"].choices
         self.adapter_names = list(adapter_names)
         self.fields["adapter_id"].widget.attrs.update({"list": "job-adapter-names", "autocomplete": "off"})
 

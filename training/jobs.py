@@ -185,7 +185,14 @@ def _url_dataset(principal, dataset_ref, base_model):
     return read_url_dataset(tenant=principal.tenant, url=dataset_ref, base_model=base_model)
 
 
-def training_quote(*, principal, base_model, adapter_name, dataset_ref, hyperparameters):
+def _validation_dataset(principal, validation_ref, *, lock=False):
+    """The tenant's stored dataset measured after each epoch, or None; another tenant's id is a 404."""
+    if validation_ref is None:
+        return None
+    return access_dataset(tenant=principal.tenant, dataset_id=validation_ref, lock=lock)
+
+
+def training_quote(*, principal, base_model, adapter_name, dataset_ref, hyperparameters, validation_ref=None):
     """The estimate for a train request, with the same checks as starting it; writes nothing."""
     principal.require("training.read")
     adapter = _existing_adapter(principal.tenant, adapter_name, base_model, lock=False)
@@ -193,6 +200,7 @@ def training_quote(*, principal, base_model, adapter_name, dataset_ref, hyperpar
     hp = _hyperparameters(hyperparameters, base_model=base_model, version=version)
     url_dataset = _url_dataset(principal, dataset_ref, base_model)
     dataset, records = _dataset_and_records(principal, dataset_ref, url_dataset)
+    _validation_dataset(principal, validation_ref)
     estimate = _estimate(principal.tenant, base_model, hp, dataset, records, url_dataset)
     _require_storage(principal.tenant, estimate, url_dataset)
     return estimate
@@ -209,17 +217,21 @@ def _require_storage(tenant, estimate, url_dataset):
                     param="hyperparameters")
 
 
-def training_create(*, principal, base_model, adapter_name, dataset_ref, hyperparameters):
+def training_create(*, principal, base_model, adapter_name, dataset_ref, hyperparameters, validation_ref=None,
+                    job_id=None, new_adapter=False):
     """Checks the request, then writes the job (and the adapter, when it is new) and sends the file check after
     commit. Refusals write nothing: 400 bad input, 404 another tenant's dataset, 409 a job already active on the
-    adapter or the adapter quota reached."""
+    adapter, the adapter quota reached, or (``new_adapter``) an adapter of that name already there.
+    ``validation_ref``: a stored dataset whose loss is measured after each epoch."""
     principal.require("training.write")
     url_dataset = _url_dataset(principal, dataset_ref, base_model)
     stored = []
+    request = {"adapter_name": adapter_name, "dataset_ref": dataset_ref, "hyperparameters": hyperparameters,
+               "validation_ref": validation_ref, "job_id": job_id or new_job_id(), "new_adapter": new_adapter}
     try:
         try:
             with transaction.atomic():
-                job = _create(principal, base_model, adapter_name, dataset_ref, hyperparameters, url_dataset, stored)
+                job = _create(principal, base_model, request, url_dataset, stored)
         except IntegrityError:  # a concurrent request won the race past the checks: the database's constraints
             raise Conflict(f"A training job for adapter '{adapter_name}' has just started; wait for it to finish "
                            "or cancel it.", code="training_in_progress", param="adapter_id") from None
@@ -230,10 +242,13 @@ def training_create(*, principal, base_model, adapter_name, dataset_ref, hyperpa
     return job
 
 
-def _create(principal, base_model, adapter_name, dataset_ref, hyperparameters, url_dataset, stored):
+def _create(principal, base_model, request, url_dataset, stored):
     tenant = principal.tenant
+    adapter_name, dataset_ref = request["adapter_name"], request["dataset_ref"]
     storage_lock(tenant)  # the storage check below runs under it; taken before the adapter's, as uploads do
     adapter = _existing_adapter(tenant, adapter_name, base_model, lock=True)
+    if adapter is not None and request["new_adapter"]:
+        raise Conflict(f"An adapter named '{adapter_name}' already exists.", code="adapter_exists", param="suffix")
     version = adapter.current_version if adapter else None
     if version is not None:
         version.adapter = adapter
@@ -243,8 +258,9 @@ def _create(principal, base_model, adapter_name, dataset_ref, hyperparameters, u
             raise Conflict(f"Job {active.id} is already {active.status} on adapter '{adapter.name}'; one job per "
                            "adapter at a time. Wait for it or cancel it.", code="training_in_progress",
                            param="adapter_id")
-    hp = _hyperparameters(hyperparameters, base_model=base_model, version=version)
+    hp = _hyperparameters(request["hyperparameters"], base_model=base_model, version=version)
     dataset, records = _dataset_and_records(principal, dataset_ref, url_dataset, lock=True)
+    validation = _validation_dataset(principal, request["validation_ref"], lock=True)
     estimate = _estimate(tenant, base_model, hp, dataset, records, url_dataset)
     check_training_spend(tenant, gradients=estimate.gradients)  # 402 when the estimate would pass the spend cap
     _require_storage(tenant, estimate, url_dataset)
@@ -260,23 +276,27 @@ def _create(principal, base_model, adapter_name, dataset_ref, hyperparameters, u
         dataset = store_url_dataset(principal=principal, url=url, data=data, parsed=parsed)
         stored.append(dataset)
     job = TrainingJob.objects.create(
-        id=new_job_id(), tenant=tenant, base_model=base_model, adapter=adapter, base_version=version, dataset=dataset,
-        hyperparameters=hp.to_json(), status=TrainingJob.VALIDATING, total_steps=estimate.total_steps,
-        trainable_params=estimate.trainable_params, estimated_gradients=estimate.gradients,
-        estimated_cost_micro_usd=estimate.cost_micro_usd, api_key=principal.api_key, created_by=principal.user)
+        id=request["job_id"], tenant=tenant, base_model=base_model, adapter=adapter, base_version=version,
+        dataset=dataset, validation_dataset=validation, hyperparameters=hp.to_json(), status=TrainingJob.VALIDATING,
+        total_steps=estimate.total_steps, trainable_params=estimate.trainable_params,
+        estimated_gradients=estimate.gradients, estimated_cost_micro_usd=estimate.cost_micro_usd,
+        api_key=principal.api_key, created_by=principal.user)
     audit_record(tenant=tenant, principal=principal, action="training.started", target_type="training_job",
                  target_id=job.id, details={"adapter": adapter.name, "dataset": str(dataset.pk),
+                                            "validation_dataset": validation.pk if validation else None,
                                             "estimated_gradients": estimate.gradients,
                                             "estimated_cost_micro_usd": estimate.cost_micro_usd})
     start = f"continuing from v{version.number}" if version else "a new adapter"
-    event(job, f"Created: {adapter.name} ({start}) on {dataset.records} records, {estimate.total_steps} steps, "
-               f"about {estimate.gradients} gradients (${micro_usd_text(estimate.cost_micro_usd)}).")
+    measured = f", validated on {validation.records} records after each epoch" if validation else ""
+    event(job, f"Created: {adapter.name} ({start}) on {dataset.records} records{measured}, {estimate.total_steps} "
+               f"steps, about {estimate.gradients} gradients (${micro_usd_text(estimate.cost_micro_usd)}).")
     transaction.on_commit(lambda: _send(TASK_VALIDATE, [job.id], queue=CONTROL_QUEUE))
     return job
 
 
-def event(job, message, *, level=TrainingEvent.INFO, step=None, loss=None):
-    return TrainingEvent.objects.create(job=job, level=level, message=message[:2000], step=step, loss=loss)
+def event(job, message, *, level=TrainingEvent.INFO, step=None, loss=None, eval_loss=None):
+    return TrainingEvent.objects.create(job=job, level=level, message=message[:2000], step=step, loss=loss,
+                                        eval_loss=eval_loss)
 
 
 def _send(name, args, **options):
@@ -322,10 +342,13 @@ def _dataset_problem(dataset, base_model):
 
 def training_validate(*, job_id):
     """validating_files -> queued once the file checks out (else failed: invalid_file); then places the job."""
-    job = TrainingJob.objects.select_related("dataset", "base_model").filter(pk=job_id).first()
+    job = (TrainingJob.objects.select_related("dataset", "validation_dataset", "base_model").filter(pk=job_id)
+           .first())
     if job is None or job.status != TrainingJob.VALIDATING:
         return job  # already checked, or cancelled meanwhile: a redelivered task does nothing
     problem = _dataset_problem(job.dataset, job.base_model)
+    if problem is None and job.validation_dataset_id:
+        problem = _dataset_problem(job.validation_dataset, job.base_model)
     with transaction.atomic():
         job = TrainingJob.objects.select_for_update().filter(pk=job_id, status=TrainingJob.VALIDATING).first()
         if job is None:
@@ -348,6 +371,7 @@ def training_spec(job):
     return TrainingSpec(
         job_id=job.id, base_model=job.base_model.name, adapter_id=adapter_id_of(job.adapter_id),
         dataset_uri=storage_uri(job.dataset.storage_key), output_uri=storage_uri(output_key(job)),
+        validation_uri=storage_uri(job.validation_dataset.storage_key) if job.validation_dataset_id else None,
         hyperparameters=job.hyperparameters, init=init, checkpoint_every=settings.VAJRA_TRAIN_CHECKPOINT_EVERY,
         max_seq_len=min(job.base_model.context_length, TrainingSpec.max_seq_len))
 
@@ -358,7 +382,8 @@ def training_place(*, job_id):
     scale_up = None
     with transaction.atomic():
         job = (TrainingJob.objects.select_for_update(of=("self",))
-               .select_related("tenant", "base_model", "adapter", "dataset", "base_version").filter(pk=job_id).first())
+               .select_related("tenant", "base_model", "adapter", "dataset", "validation_dataset", "base_version")
+               .filter(pk=job_id).first())
         if job is None or job.status != TrainingJob.QUEUED or job.node_id:
             return job  # placed already, started or finished: a duplicate retry does nothing
         try:

@@ -54,6 +54,9 @@ class TrainingJob(models.Model):
     result_version = models.ForeignKey(AdapterVersion, on_delete=models.PROTECT, null=True, blank=True,
                                        related_name="+")
     dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="jobs")
+    # measured after each epoch (eval_loss of the epoch's last step) when given
+    validation_dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, null=True, blank=True,
+                                           related_name="validation_jobs")
     # learning_rate, epochs, batch_size, micro_batch_size, max_steps, seed, rank, alpha, target_modules
     hyperparameters = models.JSONField(default=dict)
     status = models.CharField(max_length=20, choices=STATUS_CHOICES, default=VALIDATING)
@@ -64,6 +67,7 @@ class TrainingJob(models.Model):
     estimated_gradients = models.BigIntegerField(default=0)
     estimated_cost_micro_usd = models.BigIntegerField(default=0)
     last_loss = models.FloatField(null=True, blank=True)
+    last_eval_loss = models.FloatField(null=True, blank=True)
     error_code = models.CharField(max_length=64, blank=True)
     error_message = models.CharField(max_length=2000, blank=True)
     api_key = models.ForeignKey("tenants.APIKey", on_delete=models.SET_NULL, null=True, blank=True,
@@ -99,6 +103,7 @@ class TrainingEvent(models.Model):
     message = models.CharField(max_length=2000)
     step = models.PositiveIntegerField(null=True, blank=True)
     loss = models.FloatField(null=True, blank=True)
+    eval_loss = models.FloatField(null=True, blank=True)  # the validation file's loss after the step's epoch
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -120,6 +125,8 @@ class TrainingStep(models.Model):
     tokens = models.PositiveIntegerField()
     compute_ms = models.FloatField()  # forward + backward + optimizer
     loss = models.FloatField()
+    learning_rate = models.FloatField(null=True, blank=True)  # the rate the optimizer step ran at
+    eval_loss = models.FloatField(null=True, blank=True)  # the validation file's loss after it (an epoch's last)
     node = models.CharField(max_length=63, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -69,6 +69,9 @@ def training_step(*, job_id, step, metering):
                "micro_batches": _number(metering["micro_batches"]), "tokens": _number(metering["tokens"]),
                "compute_ms": _number(metering["compute_ms"], float), "loss": _number(metering["loss"], float, -1e30),
                "node": str(metering.get("node") or "")[:63]}
+        for name in ("learning_rate", "eval_loss"):  # optional: a node reports eval_loss at an epoch's end
+            if metering.get(name) is not None:
+                row[name] = _number(metering[name], float, 0 if name == "learning_rate" else -1e30)
     except (KeyError, TypeError, ValueError) as exc:
         log.error("training_step for job %s dropped, it breaks the contract: %s", job_id, exc)
         return False
@@ -86,13 +89,17 @@ def training_step(*, job_id, step, metering):
         record_training_step(job, step_row)  # its ledger row, keyed by (job, step) like the row above
         job.trained_steps = job.steps.count()
         job.last_loss = job.steps.order_by("-step").values_list("loss", flat=True).first()
-        fields = ["trained_steps", "last_loss"]
+        job.last_eval_loss = (job.steps.filter(eval_loss__isnull=False).order_by("-step")
+                              .values_list("eval_loss", flat=True).first())
+        fields = ["trained_steps", "last_loss", "last_eval_loss"]
         if job.status == TrainingJob.QUEUED:  # the step overtook the started message
             job.status, job.started_at = TrainingJob.RUNNING, timezone.now()
             fields += ["status", "started_at"]
         job.save(update_fields=fields)
         total = f"/{job.total_steps}" if job.total_steps else ""
-        event(job, f"Step {row['step']}{total}: training loss {row['loss']:.4f}.", step=row["step"], loss=row["loss"])
+        measured = f", eval loss {row['eval_loss']:.4f}" if row.get("eval_loss") is not None else ""
+        event(job, f"Step {row['step']}{total}: training loss {row['loss']:.4f}{measured}.", step=row["step"],
+              loss=row["loss"], eval_loss=row.get("eval_loss"))
     return True
 
 

@@ -124,7 +124,7 @@ def training_start(request):
     data = form.cleaned_data
     request_args = {
         "base_model": access_base_model(name=data["base_model"]), "adapter_name": data["adapter_id"],
-        "dataset_ref": data["dataset"],
+        "dataset_ref": data["dataset"], "validation_ref": data.get("validation_dataset") or None,
         "hyperparameters": form.hyperparameters(keep_shape=_keeps_shape(principal.tenant, data["adapter_id"])),
     }
     try:
@@ -150,12 +150,16 @@ def _eta_s(job):
     return max(0, round(elapsed / job.trained_steps * max(0, job.total_steps - job.trained_steps)))
 
 
-def loss_chart(losses, total_steps):
-    """The loss chart's JSON for vajra/charts.js, [[step, loss], ...] -> a line over steps 0..total_steps; the
-    page's websocket appends the steps that follow (training.js)."""
+def loss_chart(losses, total_steps, eval_losses=()):
+    """The loss chart's JSON for vajra/charts.js, [[step, loss], ...] -> a line over steps 0..total_steps, and the
+    eval loss (dashed) at the steps that measured one; the page's websocket appends the steps that follow
+    (training.js)."""
+    series = [{"label": "Training loss", "values": [loss for _, loss in losses]}]
+    measured = dict(eval_losses)
+    if measured:
+        series.append({"label": "Eval loss", "dash": True, "values": [measured.get(step) for step, _ in losses]})
     return {"kind": "lines", "x": [step for step, _ in losses], "x_max": max(total_steps, 1), "x_label": "Step",
-            "y_label": "Loss", "y_zero": False, "y_decimals": 4,
-            "series": [{"label": "Training loss", "values": [loss for _, loss in losses]}]}
+            "y_label": "Loss", "y_zero": False, "y_decimals": 4, "series": series}
 
 
 def _job_page(request, job_id, *, status=200):
@@ -165,11 +169,13 @@ def _job_page(request, job_id, *, status=200):
     job = access.access_training_job(tenant=principal.tenant, job_id=job_id)
     job = access.tenant_training_jobs(tenant=principal.tenant).select_related("node").get(pk=job.pk)
     snapshot = job_snapshot(job)
+    measured = dict(snapshot["eval_losses"])
     context = {
         "job": job, "info": job_json(job), "snapshot": snapshot, "hp": job.hyperparameters,
         "percent": round(100 * job.trained_steps / job.total_steps) if job.total_steps else 0,
-        "eta_s": _eta_s(job), "chart": loss_chart(snapshot["losses"], job.total_steps),
-        "losses": snapshot["losses"],
+        "eta_s": _eta_s(job), "chart": loss_chart(snapshot["losses"], job.total_steps, snapshot["eval_losses"]),
+        "losses": snapshot["losses"], "eval_losses": snapshot["eval_losses"],
+        "figures": [(step, loss, measured.get(step)) for step, loss in snapshot["losses"]],
         "events": list(job.events.order_by("-id")[:RECENT_EVENTS])[::-1], "recent_events": RECENT_EVENTS,
         "active": job.status in TrainingJob.ACTIVE, "can_write": principal.can("training.write"),
     }

@@ -15,8 +15,9 @@ from django.conf import settings
 from .errors import error_body
 from .middleware import _VALID, new_request_id
 
-# Exact paths whose POST carries a file: the adapter and dataset uploads of the API and of the dashboard.
-UPLOAD_PATHS = frozenset({"/api/v1/adapters", "/adapters/", "/api/v1/datasets", "/training/"})
+# Exact paths whose POST carries a file: the adapter and dataset uploads of the API (the OpenAI files API too) and
+# of the dashboard.
+UPLOAD_PATHS = frozenset({"/api/v1/adapters", "/adapters/", "/api/v1/datasets", "/v1/files", "/training/"})
 CODE = "body_too_large"
 
 

@@ -1,7 +1,8 @@
 """Fine-tuning from the dashboard in a real browser against real processes: daphne, a runtime node on tiny-llama
 (the test reads no text of the model's) and the control worker. A member uploads a chat dataset, asks for the
-estimate, starts a short job on a new adapter and watches its page follow the job live over the websocket: the
-progress bar to 4 / 4, the loss chart, the events, succeeded; the adapter's page then has the trained v1 as its
+estimate, starts a short job on a new adapter (validated on the same file) and watches its page follow the job live
+over the websocket: the progress bar to 4 / 4, the loss chart with the eval loss at the epoch's end, the events,
+succeeded; the adapter's page then has the trained v1 as its
 current version."""
 
 import json
@@ -69,6 +70,7 @@ def test_start_a_job_and_watch_it_live(page, daphne, tiny_runtime_node, control_
     form.get_by_label("Adapter", exact=True).fill("browser-bot")
     form.get_by_label("Base model").select_option(MODEL)
     expect(form.get_by_label("Dataset", exact=True)).to_contain_text("code-words.jsonl · 8 records")
+    form.get_by_label("Validation dataset").select_option(index=1)  # the same file: an eval loss after the epoch
     form.get_by_label("Learning rate").fill("0.001")
     form.get_by_label("Epochs").fill("1")
     form.get_by_label("Batch size").fill("2")
@@ -104,7 +106,8 @@ def test_start_a_job_and_watch_it_live(page, daphne, tiny_runtime_node, control_
     chart = page.locator("#tj-chart")
     expect(chart).to_have_attribute("data-chart-ready", "true")
     expect(chart.locator("canvas")).to_have_count(1)  # uPlot draws the axes and their labels on it
-    expect(chart.locator(".u-legend .u-series .u-label")).to_have_text(["Step", "Training loss"])
+    expect(chart.locator(".u-legend .u-series .u-label")).to_have_text(["Step", "Training loss", "Eval loss"])
+    expect(page.locator(".tj-figures thead th")).to_have_text(["Step", "Training loss", "Eval loss"])
     points = int(chart.get_attribute("data-points"))
     assert points >= 2 and page.locator("#tj-figures tr").count() == points
     assert max(s["points"] for s in seen_so_far(page)) == points
@@ -119,6 +122,7 @@ def test_start_a_job_and_watch_it_live(page, daphne, tiny_runtime_node, control_
     assert steps_seen[-1] == "4 / 4" and len(set(steps_seen)) >= 2, f"the bar did not move live: {steps_seen}"
     events = page.locator("#tj-events")
     expect(events).to_contain_text("Step 4/4: training loss")
+    assert job.validation_dataset_id == job.dataset_id
     expect(events).to_contain_text("Succeeded: browser-bot v1 is now current")
     expect(page.locator("#tj-cancel")).to_be_hidden()
     expect(page.locator("#tj-usage-steps")).to_have_text("4")
