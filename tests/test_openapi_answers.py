@@ -10,7 +10,7 @@ import re
 import pytest
 from django.test import Client
 
-from adapters.models import Adapter
+from adapters.models import Adapter, BaseModel
 from billing.plans import ensure_default_plan
 from serving.models import InferenceRequest
 from tenants.models import Invite
@@ -49,7 +49,9 @@ TEMPLATES = {"/v1/models/{name}": "/v1/models/{model_id}",
              "/api/v1/adapters/{files_bot}/versions/{number}/download":
                  "/api/v1/adapters/{name}/versions/{number}/download",
              "/v1/training/jobs/{queued_job_id}/cancel": "/v1/training/jobs/{job_id}/cancel",
-             "/api/v1/datasets/{spare_dataset_id}": "/api/v1/datasets/{dataset_id}"}
+             "/api/v1/datasets/{spare_dataset_id}": "/api/v1/datasets/{dataset_id}",
+             "/v1/fine_tuning/jobs/{queued_ft_id}/cancel": "/v1/fine_tuning/jobs/{job_id}/cancel",
+             "/v1/files/{spare_file_id}": "/v1/files/{file_id}"}
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +123,10 @@ def test_every_operation_answers_as_documented(schema, world, acme):
     """One real answer per operation (a 2xx where it needs no node) and a few refusals, each as documented."""
     session, key, staff, known = world["session"], world["key"], world["staff"], world["known"]
     make_version(Adapter.objects.get(name="support-bot"), 2)  # a version to roll back from
+    spare_file = make_dataset(acme, records=2)
+    queued_ft = make_job(acme, make_adapter(acme, BaseModel.objects.get(name="tiny-llama"), "queued-ft-bot"),
+                         spare_file, status=TrainingJob.QUEUED, job_id="ftjob_" + "d" * 24)
+    known = {**known, "file_id": known["dataset_id"], "spare_file_id": spare_file.id, "queued_ft_id": queued_ft.id}
     cases = [
         # /v1: the native API, the OpenAI-compatible API, training and usage
         (key, "get", "/v1/models/{model_id}/versions", None, 200),
@@ -145,6 +151,19 @@ def test_every_operation_answers_as_documented(schema, world, acme):
         (key, "post", "/v1/training/jobs/{job_id}/cancel", None, 409),  # it has finished
         (key, "post", "/v1/training/jobs/{queued_job_id}/cancel", None, 200),
         (key, "get", "/v1/usage/{tenant_id}/metrics", None, 200),
+        # /v1: OpenAI's files and fine-tuning API
+        (key, "get", "/v1/files", None, 200),
+        (key, "get", "/v1/files/{file_id}", None, 200),
+        (key, "get", "/v1/files/{file_id}/content", None, 200),
+        (key, "post", "/v1/fine_tuning/jobs", {"model": "tiny-llama", "training_file": known["file_id"]}, 200),
+        (key, "post", "/v1/fine_tuning/jobs", {"model": "tiny-llama", "training_file": "file-nothing"}, 404),
+        (key, "get", "/v1/fine_tuning/jobs", None, 200),
+        (key, "get", "/v1/fine_tuning/jobs/{job_id}", None, 200),
+        (key, "get", "/v1/fine_tuning/jobs/{job_id}/events", None, 200),
+        (key, "get", "/v1/fine_tuning/jobs/{job_id}/checkpoints", None, 200),
+        (key, "post", "/v1/fine_tuning/jobs/{queued_ft_id}/cancel", None, 200),
+        (key, "post", "/v1/fine_tuning/jobs/{queued_ft_id}/cancel", None, 409),  # it has ended
+        (key, "delete", "/v1/files/{spare_file_id}", None, 200),  # no active job trains on it
         # /api/v1
         (key, "get", "/api/v1/me", None, 200),
         (session, "get", "/api/v1/me", None, 200),
@@ -202,6 +221,8 @@ def test_every_operation_answers_as_documented(schema, world, acme):
 
     check("post", "/api/v1/datasets", key.post("/api/v1/datasets", {"name": "more", "file": as_files(
         [("more.jsonl", jsonl(4))])}, format="multipart"), 201)
+    check("post", "/v1/files", key.post("/v1/files", {"purpose": "fine-tune", "file": as_files(
+        [("more.jsonl", jsonl(4))])}, format="multipart"), 200)
     check("post", "/api/v1/signup", call(Client(), "post", "/api/v1/signup", {
         "email": "frank@example.test", "password": "a long enough passphrase", "tenant_name": "Frank's",
         "tenant_slug": "franks"}), 201)

@@ -26,6 +26,7 @@ from rest_framework.views import APIView
 from adapters.services import adapter_storage
 from vajra.errors import InvalidRequest
 from vajra.negotiation import JSONErrors
+from vajra.schema import errors
 from vajra.serializers import StrictSerializer
 
 from . import access, datasets
@@ -124,7 +125,8 @@ class FileListView(APIView):
     required_actions = {"GET": "datasets.read", "POST": "datasets.write"}
     parser_classes = [MultiPartParser]
 
-    @extend_schema(operation_id="v1_files_list", parameters=LIST_PARAMETERS, responses={200: FileListOut})
+    @extend_schema(operation_id="v1_files_list", parameters=LIST_PARAMETERS,
+                   responses={200: FileListOut, **errors(404)})  # 404: an ``after`` that is no file of yours
     def get(self, request):
         tenant = request.auth.tenant
         limit = page_param(request, "limit", MAX_PAGE, minimum=1, maximum=MAX_PAGE)

@@ -32,6 +32,7 @@ from adapters.access import access_adapter_version, access_base_model
 from gpu_runtime.training_spec import MAX_BATCH_SIZE, MAX_EPOCHS, Hyperparameters
 from serving.openai_api import model_not_found
 from vajra.errors import InvalidRequest
+from vajra.schema import errors
 from vajra.serializers import StrictSerializer
 
 from . import access
@@ -314,7 +315,7 @@ class FineTuningJobListView(APIView):
     required_actions = {"GET": "training.read", "POST": "training.write"}
 
     @extend_schema(operation_id="v1_fine_tuning_jobs_create", request=FineTuningJobIn,
-                   responses={200: FineTuningJobOut})
+                   responses={200: FineTuningJobOut, **errors(402, 404, 409)})
     def post(self, request):
         data = FineTuningJobIn(data=request.data)
         data.is_valid(raise_exception=True)
@@ -322,7 +323,7 @@ class FineTuningJobListView(APIView):
         return Response(job_object(_job(request, job.id)))
 
     @extend_schema(operation_id="v1_fine_tuning_jobs_list", parameters=PAGE_PARAMETERS,
-                   responses={200: FineTuningJobListOut})
+                   responses={200: FineTuningJobListOut, **errors(404)})  # 404: an ``after`` that is no job of yours
     def get(self, request):
         limit = page_param(request, "limit", 20, minimum=1, maximum=MAX_PAGE)
         jobs = _jobs(request).order_by("-created_at", "-id")
@@ -344,7 +345,8 @@ class FineTuningJobDetailView(APIView):
 class FineTuningJobCancelView(APIView):
     required_action = "training.write"
 
-    @extend_schema(operation_id="v1_fine_tuning_jobs_cancel", request=None, responses={200: FineTuningJobOut})
+    @extend_schema(operation_id="v1_fine_tuning_jobs_cancel", request=None,
+                   responses={200: FineTuningJobOut, **errors(409)})  # 409: it has ended
     def post(self, request, job_id):
         job = training_cancel(principal=request.auth, job_id=job_id)
         return Response(job_object(_job(request, job.id)))  # running: cancelled once the node stops it

@@ -21,11 +21,14 @@ JobOut = shape("TrainingJob", {
     "model": serializers.CharField(help_text="The base model."), "adapter": serializers.CharField(),
     "base_version": serializers.IntegerField(allow_null=True, help_text="The version it continues from."),
     "result_version": serializers.IntegerField(allow_null=True, help_text="The version it made, once it succeeded."),
-    "dataset": serializers.CharField(), "status": enum(*JOB_STATUSES),
+    "dataset": serializers.CharField(),
+    "validation_dataset": serializers.CharField(allow_null=True, help_text="Its loss is measured after each epoch."),
+    "status": enum(*JOB_STATUSES),
     "hyperparameters": serializers.DictField(help_text="As given, with the defaults filled in."),
     "node": serializers.CharField(allow_null=True), "total_steps": serializers.IntegerField(),
     "trained_steps": serializers.IntegerField(), "trainable_params": serializers.IntegerField(),
     "last_loss": serializers.FloatField(allow_null=True),
+    "last_eval_loss": serializers.FloatField(allow_null=True, help_text="The validation loss after the last epoch."),
     "estimate": money("TrainingJobEstimate", gradients=serializers.IntegerField(),
                       total_steps=serializers.IntegerField(), trainable_params=serializers.IntegerField()),
     "usage": money("TrainingJobUsage", steps=serializers.IntegerField(), gradients=serializers.IntegerField()),
@@ -56,7 +59,8 @@ EventsOut = listing("TrainingEventList", shape("TrainingEvent", {
     "id": serializers.IntegerField(help_text="Follow a job with ?after=<the last id>."),
     "object": constant("training.event"), "created_at": serializers.DateTimeField(),
     "level": enum(TrainingEvent.INFO, TrainingEvent.WARNING, TrainingEvent.ERROR), "message": serializers.CharField(),
-    "step": serializers.IntegerField(allow_null=True), "loss": serializers.FloatField(allow_null=True)}),
+    "step": serializers.IntegerField(allow_null=True), "loss": serializers.FloatField(allow_null=True),
+    "eval_loss": serializers.FloatField(allow_null=True, help_text="At an epoch's last step (a validation file).")}),
     job=serializers.CharField(), status=enum(*JOB_STATUSES), has_more=serializers.BooleanField())
 
 CheckpointsOut = listing("TrainingCheckpointList", shape("TrainingCheckpoint", {
