@@ -7,7 +7,7 @@ import pytest
 from serving.models import InferenceRequest
 from tests.factories import create_key
 from tests.fixtures.serving import FAKE_FINAL
-from tests.helpers import assert_error, bearer_client, post_json
+from tests.helpers import api_schema, assert_documented, assert_error, bearer_client, post_json
 
 BASE = "smollm2-135m-instruct"
 INFER = f"/v1/models/{BASE}/infer"
@@ -29,7 +29,8 @@ def test_infer_with_n_and_logprobs(alice_api, catalog, node, runtime):
                                                {"index": 1, "finish_reason": "length", "completion_tokens": 1}]}
     body = {"prompt": "Hello", "parameters": {"n": 2, "logprobs": 1, "temperature": 0.5, "seed": 1,
                                               "repetition_penalty": 1.2, "min_tokens": 1}}
-    answer = post_json(alice_api, INFER, body).json()
+    response = post_json(alice_api, INFER, body)
+    answer = assert_documented(api_schema(), "post", "/v1/models/{model_id}/infer", response)
     assert answer["text"] == "Hi" and answer["logprobs"] == [entry("Hi")]
     assert answer["choices"] == [{"index": 0, "text": "Hi", "finish_reason": "stop", "logprobs": [entry("Hi")]},
                                  {"index": 1, "text": "Yo", "finish_reason": "length", "logprobs": [entry("Yo")]}]

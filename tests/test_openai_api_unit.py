@@ -10,7 +10,7 @@ from django.test import Client
 from serving.models import InferenceRequest
 from tests.factories import create_key
 from tests.fixtures.serving import FAKE_FINAL
-from tests.helpers import assert_error, bearer_client, post_json, sse_data
+from tests.helpers import api_schema, assert_documented, assert_error, bearer_client, post_json, sse_data
 
 BASE = "smollm2-135m-instruct"
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
@@ -285,8 +285,9 @@ TWO_FINAL = {**FAKE_FINAL, "finish_reason": "length", "usage": {"prompt_tokens":
 
 def test_n_choices_with_logprobs(alice_api, catalog, node, runtime):
     runtime.deltas, runtime.final = TWO_CHOICES, TWO_FINAL
-    answer = post_json(alice_api, CHAT, chat(n=2, logprobs=True, top_logprobs=1, presence_penalty=0.5,
-                                              logit_bias={"17": -3}, seed=4)).json()
+    response = post_json(alice_api, CHAT, chat(n=2, logprobs=True, top_logprobs=1, presence_penalty=0.5,
+                                                logit_bias={"17": -3}, seed=4))
+    answer = assert_documented(api_schema(), "post", CHAT, response)
     assert answer["choices"] == [
         {"index": 0, "message": {"role": "assistant", "content": "Hello", "refusal": None},
          "logprobs": {"content": [entry("Hel"), entry("lo", -1.25)], "refusal": None}, "finish_reason": "stop"},
@@ -302,7 +303,8 @@ def test_n_choices_with_logprobs(alice_api, catalog, node, runtime):
 @pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume asynchronous iterators")
 def test_n_choices_stream_with_their_index_and_logprobs(alice_api, catalog, node, runtime):
     runtime.deltas, runtime.final = TWO_CHOICES, TWO_FINAL
-    data = sse_data(post_json(alice_api, CHAT, chat(n=2, logprobs=True, stream=True)))
+    response = post_json(alice_api, CHAT, chat(n=2, logprobs=True, stream=True))
+    data = sse_data(response)
     chunks = [json.loads(d)["choices"][0] for d in data[:-1]]
     assert [c["delta"] for c in chunks[:2]] == [{"role": "assistant", "content": ""}] * 2
     assert [c["index"] for c in chunks[:2]] == [0, 1]
@@ -317,7 +319,7 @@ def test_n_choices_stream_with_their_index_and_logprobs(alice_api, catalog, node
 def test_completion_logprobs_in_the_legacy_shape(alice_api, catalog, node, runtime):
     runtime.deltas = [{"text": "Hel", "logprobs": [entry("Hel")]}, {"text": "lo", "logprobs": [entry("lo", -2.0)]}]
     body = {"model": BASE, "prompt": "Once", "logprobs": 1}
-    answer = post_json(alice_api, COMPLETIONS, body).json()
+    answer = assert_documented(api_schema(), "post", COMPLETIONS, post_json(alice_api, COMPLETIONS, body))
     assert answer["choices"][0]["logprobs"] == {"tokens": ["Hel", "lo"], "token_logprobs": [-0.5, -2.0],
                                                 "top_logprobs": [{"Hel": -0.5}, {"lo": -2.0}], "text_offset": [0, 3]}
     assert runtime.sent[0]["sampling"]["logprobs"] == 1
