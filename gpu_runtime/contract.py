@@ -13,9 +13,13 @@ Queues
 
 Token transport (Redis)
 - ``vajra:stream:<request_id>``: a Redis Stream per request. Entries have fields ``type`` and ``data``
-  (JSON): ``delta`` {"text"}, then exactly one ``final`` (a Final: {"finish_reason": stop|length|cancelled|error,
-  "usage": {"prompt_tokens", "completion_tokens", "cached_tokens"}, "timings": {"queued_ms", "adapter_ready_ms",
-  "first_token_ms", "total_ms"}, "gpu_ms", "error": {"code", "message"} | null}). Streams expire after
+  (JSON): ``delta`` {"text", "index" (the choice, left out for 0), "logprobs" (a list of token entries, for a
+  request with ``sampling.logprobs``: gpu_runtime.logprobs)}, then exactly one ``final`` (a Final:
+  {"finish_reason": stop|length|cancelled|error, "usage": {"prompt_tokens", "completion_tokens", "cached_tokens"},
+  "timings": {"queued_ms", "adapter_ready_ms", "first_token_ms", "total_ms"}, "gpu_ms", "error": {"code",
+  "message"} | null, "choices": [{"index", "finish_reason", "completion_tokens"}] (for ``sampling.n`` > 1 only)}).
+  A request of n choices runs n rows of the batch on one prefill: its usage counts the prompt once and the
+  completion tokens of every choice, its gpu_ms is its rows' together. Streams expire after
   ``VAJRA_STREAM_TTL_SECONDS``. A reader resumes from the last entry id it saw.
 - ``vajra:cancel:<request_id>``: set (any value) to cancel; the engine drops the row within one step. A request
   cancelled before it ran (its task still queued, or waiting for a row) ends ``cancelled`` with no token and
@@ -263,6 +267,8 @@ class Final:
     gpu_ms: float | _Omitted = OMITTED
     error: FinalError | None = None
     attempt: int | _Omitted = OMITTED
+    choices: list | _Omitted = OMITTED  # each choice's end, for a request of several: {"index", "finish_reason",
+    # "completion_tokens"}
 
     @classmethod
     def failed(cls, code, message, **fields_):

@@ -12,6 +12,10 @@ add up to the engine's busy time. Cancel flags are read before each admission ro
 every running row: a request cancelled while it waits leaves the queue with no prefill, no token and 0 GPU-ms (the
 ledger bills it nothing); a row cancelled mid-way leaves within a step with the GPU-ms it used.
 
+A request of n choices (``sampling.n``) takes n rows: its prompt is prefilled once and its KV copied to each choice's
+row, which then samples on its own (its own generator, logits options and text); its final goes out when the last of
+them ends (batch_rows.request_final).
+
 Training (gpu_runtime.trainer) shares this thread at inference's priority x10: between inference steps the engine
 gives the first queued job its turns (gpu_runtime.training_turns decides when, and for how long).
 
@@ -37,10 +41,11 @@ from .adapter_entry import NoFreeSlot, adapter_key
 from .adapter_validation import AdapterRejected
 from .admission import AdmissionQueue
 from .batch_kv import BatchKV
-from .batch_rows import Handle, RequestError, Row, elapsed_ms, unadmitted_final
-from .contract import SUPERSEDED, Final, FinalError, Timings, Usage, superseded_result
+from .batch_rows import Handle, RequestError, Row, elapsed_ms, prompt_ids, request_final, unadmitted_final
+from .contract import SUPERSEDED, FinalError, superseded_result
 from .detokenize import IncrementalText
-from .sampling import SamplingError, sample_token
+from .logprobs import TokenPieces, logprob_entry
+from .sampling import LogitsOptions, SamplingError, row_generator, sample_token, shape_logits
 from .step_clock import StepClock
 from .training_turns import TrainingTurns
 
@@ -63,6 +68,8 @@ class Engine:
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
         self.eos_ids.discard(None)
+        self.vocab_size = self.model.config.vocab_size
+        self.pieces = TokenPieces(self.tokenizer)  # token texts and bytes, for logprobs
         self._incoming = queue.Queue()
         self._calls = queue.Queue()  # functions to run on the engine thread between steps
         self._pending = AdmissionQueue(fair=fair_admission)  # waiting for a row, per tenant (admission.py)
@@ -179,14 +186,15 @@ class Engine:
         still, joining = [], []
         draining = set()  # adapters whose slots a request waits for: no new row takes them this round
         for handle in self._pending.in_turn():
-            if len(self.rows) + len(joining) >= self.max_batch:
+            # a request takes a row per choice; one with more choices than the batch has rows runs alone
+            if len(self.rows) + len(joining) + handle.request.sampling.n > self.max_batch and (self.rows or joining):
                 still.append(handle)
                 continue
             if handle.request.adapter is not None and adapter_key(handle.request.adapter) in draining:
                 still.append(handle)
                 continue
             try:
-                row = self._try_join(handle, draining)
+                rows = self._try_join(handle, draining)
             except (RequestError, AdapterRejected) as exc:
                 self._fail_unadmitted(handle, exc.code, exc.message)
                 continue
@@ -194,10 +202,10 @@ class Engine:
                 log.exception("request %s failed at admission", handle.request.request_id)
                 self._fail_unadmitted(handle, "engine_error", str(exc))
                 continue
-            if row is None:
+            if rows is None:
                 still.append(handle)
             else:
-                joining.append(row)
+                joining += rows
         self._pending.keep(still)
         if joining:
             try:
@@ -205,19 +213,23 @@ class Engine:
             except Exception as exc:
                 log.exception("prefill failed")
                 for row in joining:
+                    if row.choice:
+                        continue  # its request is failed once, by its first choice's row
                     if row.key is not None:
                         self.store.release(row.key)
                     self._fail_unadmitted(row.handle, "engine_error", str(exc))
 
     def _try_join(self, handle, draining):
-        """A Row ready to prefill (adapter in its slot, prompt tokenized), or None if it must wait. A request whose
+        """The request's Rows, one per choice, ready to prefill (adapter in its slot, prompt tokenized), or None if
+        it must wait. A request whose
         adapter finds every fitting slot held by running rows adds those slots' adapters to ``draining``: requests
         later in the round (other tenants' included) do not take them, so one of those slots frees for it when its
         rows end, instead of a tenant keeping every slot of a rank busy with overlapping requests."""
         request = handle.request
         if request.base_model and request.base_model != self.base.name:
             raise RequestError("unknown_base_model", f"this node serves {self.base.name}, not {request.base_model}")
-        ids = self._prompt_ids(request)  # before taking a slot: a refused prompt holds nothing
+        # before taking a slot: a refused prompt holds nothing
+        ids = prompt_ids(request, self.tokenizer, max_context=self.max_context, vocab_size=self.vocab_size)
         key, slot = None, 0
         if request.adapter is not None:
             if self.store is None:
@@ -240,26 +252,15 @@ class Engine:
                 handle.slot_wait_from or started, time.perf_counter())
         handle.admitted = time.perf_counter()
         handle.training_waits = self.training.micro_steps - handle.training_mark
-        generator = None
-        if request.sampling.temperature > 0:
-            seed = request.sampling.seed
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(seed if seed is not None else int.from_bytes(request.request_id.encode()[-8:], "big"))
-        return Row(handle, key, slot, len(ids), IncrementalText(self.tokenizer, request.sampling.stop), generator,
-                   ids=ids)
-
-    def _prompt_ids(self, request):
-        if request.messages:
-            ids = self.tokenizer.apply_chat_template(list(request.messages), add_generation_prompt=True,
-                                                     return_dict=False, tokenize=True)
-            ids = ids["input_ids"] if isinstance(ids, dict) else ids
-        else:
-            ids = self.tokenizer(request.prompt).input_ids
-        if len(ids) + request.sampling.max_tokens > self.max_context:
-            raise RequestError("context_length_exceeded",
-                               f"prompt ({len(ids)} tokens) + max_tokens ({request.sampling.max_tokens}) exceeds "
-                               f"the context of {self.max_context} tokens; shorten the prompt or lower max_tokens")
-        return list(ids)
+        params = request.sampling
+        handle.rows = [
+            Row(handle, key, slot, len(ids), IncrementalText(self.tokenizer, params.stop, min_tokens=params.min_tokens),
+                row_generator(params, request.request_id, choice, self.device), ids=ids, choice=choice,
+                options=LogitsOptions.of(params, ids, vocab_size=self.vocab_size, eos_ids=self.eos_ids,
+                                         device=self.device),
+                logprobs=[] if params.logprobs is not None else None)
+            for choice in range(params.n)]
+        return handle.rows
 
     def _prefill(self, rows):
         """Prefills newly admitted rows: those with a cached prompt prefix one by one from their cached KV,
@@ -270,16 +271,17 @@ class Engine:
         merged, fresh = [], []  # in the order their KV joins the batch cache, which self.rows must follow
         try:
             for row in rows:
+                if row.choice:  # the request's other choices take its first choice's prefill (_prefill_group)
+                    continue
                 tenant = row.handle.request.tenant  # the cache never answers across tenants (prefix_cache.py)
                 cached, cache = self.prefix_cache.lookup(tenant, row.key, row.ids) if self.prefix_cache else (0, None)
                 if cached:
                     row.cached_tokens = cached
-                    self._prefill_group([row], cache, offset=cached)
-                    merged.append(row)
+                    merged += self._prefill_group([row], cache, offset=cached)
                 else:
                     fresh.append(row)
             if fresh:
-                self._prefill_group(fresh, DynamicCache())
+                fresh = self._prefill_group(fresh, DynamicCache())
         except BaseException:  # the admission fails whole: the groups merged so far leave the batch cache again
             self.kv.keep_first(len(self.rows))
             raise
@@ -290,6 +292,8 @@ class Engine:
         self._retire()
 
     def _prefill_group(self, rows, cache, offset=0):
+        """Prefills ``rows`` (each request's first choice) in one forward pass and merges their KV into the batch's,
+        each request's other choices with a copy of it; returns every choice's row in the order of the batch KV."""
         lengths = [len(row.ids) - offset for row in rows]
         width = max(lengths)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(self.eos_ids), 0)
@@ -315,9 +319,16 @@ class Engine:
         total = sum(lengths)
         for i, row in enumerate(rows):
             row.gpu_ms += elapsed * lengths[i] / total  # a prefill costs in proportion to its tokens
+        choices = [choice for row in rows for choice in row.handle.rows]
+        if len(choices) > len(rows):  # each choice's row gets its own copy of its request's KV and logits
+            index = torch.tensor([i for i, row in enumerate(rows) for _ in row.handle.rows], device=self.device)
+            cache.batch_select_indices(index)
+            mask, logits = mask.index_select(0, index), logits.index_select(0, index)
+        for i, row in enumerate(choices):
             row.last_token = self._sample(row, logits[i])
-        full = torch.cat([torch.ones(len(rows), offset, dtype=mask.dtype, device=self.device), mask], dim=1)
+        full = torch.cat([torch.ones(len(choices), offset, dtype=mask.dtype, device=self.device), mask], dim=1)
         self.kv.merge(cache, full)
+        return choices
 
     def _decode_step(self):
         ids = torch.tensor([[row.last_token] for row in self.rows], device=self.device)
@@ -340,9 +351,16 @@ class Engine:
         self._retire()
 
     def _sample(self, row, logits):
-        """The row's next token; a failure ends this row alone (its finish_reason is set, the token is None)."""
+        """The row's next token, from its logits shaped by its options; with its logprob entry when it asked for
+        them (EOS has none: it ends the row). A failure ends this row's request alone (its rows' finish_reason is
+        set, the token is None)."""
         try:
-            return sample_token(logits, row.handle.request.sampling, row.generator)
+            params = row.handle.request.sampling
+            logits = shape_logits(row.options, logits)
+            token = sample_token(logits, params, row.generator)
+            if row.logprobs is not None and token not in self.eos_ids:
+                row.logprobs.append(logprob_entry(self.pieces, logits, token, params.logprobs))
+            return token
         except SamplingError as exc:
             self._row_fault(row, exc.code, exc.message)
         except Exception as exc:
@@ -350,9 +368,11 @@ class Engine:
         return None
 
     def _row_fault(self, row, code, message):
+        """Ends the row's request alone, every choice of it, with this error."""
         log.warning("request %s failed alone: %s: %s", row.handle.request.request_id, code, message,
                     exc_info=code != "non_finite_logits")
-        self._finish(row, "error", {"code": code, "message": message})
+        for choice in row.handle.rows or [row]:
+            self._finish(choice, "error", {"code": code, "message": message})
 
     def _busy(self, started):
         """The step's device time since ``started`` (a ``self.clock`` mark), added to the engine's busy time."""
@@ -369,24 +389,35 @@ class Engine:
             return
         row.completion_tokens += 1
         self.tokens_out += 1
+        if row.options is not None:
+            row.options.accept(token)
         try:
             delta = row.text.add(token)
         except Exception as exc:  # this row's text (its tokens, its stop strings): this row alone fails
             self._row_fault(row, "detokenize_error", f"turning the tokens into text failed: {exc}")
             return
         if delta:
-            self.streams.delta(row.handle.request.request_id, delta, row.handle.request.attempt)
+            self._send_text(row, delta)
         if row.text.stopped:
             self._finish(row, "stop")
         elif row.completion_tokens >= row.handle.request.sampling.max_tokens:
             self._finish(row, "length")
+
+    def _send_text(self, row, text):
+        """A delta of the row's choice, with the logprobs of its tokens since the last one (when it asked)."""
+        logprobs = row.logprobs
+        if logprobs is not None:
+            row.logprobs = []
+        self.streams.delta(row.handle.request.request_id, text, row.handle.request.attempt, index=row.choice,
+                           logprobs=logprobs)
 
     def _check_cancelled(self):
         """One read of the cancel and attempt flags of every waiting request and running row. A waiting request
         that is cancelled or superseded leaves the queue before it is prefilled, holding nothing and owing
         nothing; a running row leaves the batch at the next ``_retire``."""
         waiting = list(self._pending.in_turn())
-        handles = waiting + [row.handle for row in self.rows]
+        running = {id(row.handle): row.handle for row in self.rows}  # a request of several choices once
+        handles = waiting + list(running.values())
         cancelled, superseded = self.streams.stopped(
             [(handle.request.request_id, handle.request.attempt) for handle in handles])
         if not cancelled and not superseded:
@@ -432,36 +463,33 @@ class Engine:
                         log.exception("error final of request %s failed", row.handle.request.request_id)
 
     def _send_final(self, row):
-        handle, now = row.handle, time.perf_counter()
+        """The row left the batch: its text's last piece goes out, and once its request's every row has ended, the
+        request's final (a row that fails here fails its request's rows still running)."""
+        handle = row.handle
+        row.ended = True
+        last = all(choice.ended for choice in handle.rows)
         if row.finish_reason == SUPERSEDED:  # the current attempt, on another node, owns the stream and the end
-            self.streams.superseded(handle.request.request_id, handle.request.attempt)
-            if row.key is not None:
-                self.store.release(row.key)
-            handle.result = superseded_result(handle.request.attempt)
-            handle.done.set()
+            if last:
+                self.streams.superseded(handle.request.request_id, handle.request.attempt)
+                if row.key is not None:
+                    self.store.release(row.key)
+                handle.result = superseded_result(handle.request.attempt)
+                handle.done.set()
             return
         if row.finish_reason != "error":
             try:
                 tail = row.text.finish()
-                if tail:
-                    self.streams.delta(handle.request.request_id, tail, handle.request.attempt)
+                if tail or row.logprobs:
+                    self._send_text(row, tail)
             except Exception as exc:  # the row had ended well; its text's last piece failed: it ends in error
                 row.finish_reason = None
                 self._row_fault(row, "detokenize_error", f"turning the tokens into text failed: {exc}")
+        if not last:
+            return
         if row.key is not None:
             self.store.release(row.key)
-        self._deliver(handle, Final(
-            row.finish_reason,
-            usage=Usage(row.prompt_tokens, row.completion_tokens, cached_tokens=row.cached_tokens),
-            timings=Timings(
-                queued_ms=elapsed_ms(handle.submitted, handle.admitted or handle.submitted),
-                adapter_ready_ms=handle.adapter_ready_ms,
-                first_token_ms=elapsed_ms(handle.submitted, row.first_token) if row.first_token else None,
-                total_ms=elapsed_ms(handle.submitted, now),
-            ),
-            gpu_ms=round(row.gpu_ms, 3),
-            error=FinalError(**row.error) if row.error else None,
-        ))
+        if not handle.done.is_set():  # (set when a final of this request failed to go out: _retire)
+            self._deliver(handle, request_final(handle, time.perf_counter()))
 
     def _fail_unadmitted(self, handle, code, message):
         self._deliver(handle, unadmitted_final(handle.submitted, "error", FinalError(code, message)))

@@ -12,6 +12,12 @@ MAX_TOKENS = 8192
 MAX_TEMPERATURE = 2
 MAX_TOP_K = 1_000_000  # past any served vocabulary: a top_k that large keeps every token
 MAX_SEED = 2 ** 63 - 1  # torch.Generator.manual_seed takes at most 64 bits; a non-negative int64 fits every store
+MAX_CHOICES = 8  # n: choices of one request, each a row of the batch
+MAX_TOP_LOGPROBS = 20  # alternatives reported per token (OpenAI's chat bound)
+MAX_PENALTY = 2  # presence_penalty and frequency_penalty in [-2, 2], as OpenAI's
+MAX_REPETITION_PENALTY = 10  # repetition_penalty in (0, 10]; 1 is off
+MAX_LOGIT_BIAS = 100  # a logit_bias value in [-100, 100], as OpenAI's
+MAX_LOGIT_BIAS_ENTRIES = 300
 
 
 @dataclass(frozen=True)
@@ -22,13 +28,23 @@ class SamplingParams:
     top_k: int = 0  # 0 = off
     stop: tuple = ()
     seed: int | None = None
+    n: int = 1  # choices: row i samples with its own generator (gpu_runtime.sampling.choice_seed)
+    logprobs: int | None = None  # None: none; k: each token's logprob and its k most likely alternatives
+    presence_penalty: float = 0.0  # OpenAI's, over the generated tokens
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # transformers' and vLLM's, over the prompt's and the generated tokens
+    logit_bias: dict = field(default_factory=dict)  # token id -> bias added to its logit
+    min_tokens: int = 0  # EOS and stop strings are suppressed until this many tokens were generated
+
+    @property
+    def shapes_logits(self):
+        """Whether the row's logits are processed before sampling (gpu_runtime.sampling.LogitsOptions)."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1
+                    or self.logit_bias or self.min_tokens)
 
     def __post_init__(self):
         def bad(name, why):
             raise ContractError(f"{name}: {why}")
-
-        def is_int(value):
-            return isinstance(value, int) and not isinstance(value, bool)
 
         if not is_int(self.max_tokens) or not 1 <= self.max_tokens <= MAX_TOKENS:
             bad("max_tokens", f"must be an integer in 1..{MAX_TOKENS}")
@@ -40,11 +56,49 @@ class SamplingParams:
             bad("top_k", f"must be an integer in 0..{MAX_TOP_K}")
         if self.seed is not None and (not is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
             bad("seed", f"must be an integer in 0..{MAX_SEED}")
+        if not is_int(self.n) or not 1 <= self.n <= MAX_CHOICES:
+            bad("n", f"must be an integer in 1..{MAX_CHOICES}")
+        if self.logprobs is not None and (not is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_TOP_LOGPROBS):
+            bad("logprobs", f"must be null or an integer in 0..{MAX_TOP_LOGPROBS}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not is_number(getattr(self, name)) or not -MAX_PENALTY <= getattr(self, name) <= MAX_PENALTY:
+                bad(name, f"must be a number in -{MAX_PENALTY}..{MAX_PENALTY}")
+        if not is_number(self.repetition_penalty) or not 0 < self.repetition_penalty <= MAX_REPETITION_PENALTY:
+            bad("repetition_penalty", f"must be a number in (0, {MAX_REPETITION_PENALTY}]")
+        if not is_int(self.min_tokens) or not 0 <= self.min_tokens <= self.max_tokens:
+            bad("min_tokens", "must be an integer in 0..max_tokens")
+        object.__setattr__(self, "logit_bias", logit_bias_of(self.logit_bias))
         stops = self.stop
         if not isinstance(stops, (list, tuple)) or len(stops) > MAX_STOP_SEQUENCES or not all(
                 isinstance(s, str) and 0 < len(s) <= MAX_STOP_LENGTH for s in stops):
             bad("stop", f"must be at most {MAX_STOP_SEQUENCES} non-empty strings of at most {MAX_STOP_LENGTH} chars")
         object.__setattr__(self, "stop", tuple(stops))
+
+
+def is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value):  # NaN fails every range check it meets
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def logit_bias_of(value):
+    """``{token id: bias}`` from a request's logit_bias (JSON object keys are strings: "50256" or 50256), each id a
+    non-negative integer and each bias a number in [-MAX_LOGIT_BIAS, MAX_LOGIT_BIAS]; whether the ids are in the
+    vocabulary is the engine's check, as only it knows the vocabulary."""
+    if not isinstance(value, dict) or len(value) > MAX_LOGIT_BIAS_ENTRIES:
+        raise ContractError(f"logit_bias: must be an object of at most {MAX_LOGIT_BIAS_ENTRIES} token ids")
+    biases = {}
+    for key, bias in value.items():
+        token = int(key) if isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 18 else key
+        if not is_int(token) or token < 0:
+            raise ContractError(f"logit_bias: {key!r} is not a token id")
+        if not is_number(bias) or not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:  # NaN fails the range
+            raise ContractError(f"logit_bias: the bias of token {token} must be a number in "
+                                f"-{MAX_LOGIT_BIAS}..{MAX_LOGIT_BIAS}")
+        biases[token] = float(bias)
+    return biases
 
 
 @dataclass(frozen=True)

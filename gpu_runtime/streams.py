@@ -93,10 +93,17 @@ class StreamWriter:
         """Any other entry (a training job's ``progress``); readers skip types they do not know."""
         self._add(stream_id, event_type, data)
 
-    def delta(self, request_id, text, attempt=1):
-        # A failover attempt's entries say which attempt wrote them, so readers skip a superseded one's.
-        self._add(request_id, "delta", {"text": text, "attempt": attempt} if attempt > 1 else {"text": text},
-                  attempt)
+    def delta(self, request_id, text, attempt=1, *, index=0, logprobs=None):
+        """A piece of the answer's text: of choice ``index`` (said when not 0), with the logprobs of the tokens it
+        completes (gpu_runtime.logprobs; for a request that asked for them)."""
+        data = {"text": text}
+        if index:
+            data["index"] = index
+        if logprobs is not None:
+            data["logprobs"] = logprobs
+        if attempt > 1:  # a failover attempt's entries say which attempt wrote them, so readers skip a superseded one's
+            data["attempt"] = attempt
+        self._add(request_id, "delta", data, attempt)
 
     def final(self, request_id, payload):
         self._add(request_id, "final", payload, payload.get("attempt", 1))

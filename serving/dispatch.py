@@ -146,6 +146,24 @@ def sampling_within_plan(sampling, limits, *, param="max_tokens"):
     return sampling
 
 
+def check_options(base_model, sampling, *, within=""):
+    """400 for options the runtime would refuse once the base model and max_tokens are known: min_tokens past
+    max_tokens, a logit_bias token outside the base model's vocabulary (named, as the runtime checks it too).
+    ``within``: the object the parameters came in ("parameters" for /v1's), for the refusal's param."""
+    param_prefix = f"{within}." if within else ""
+    min_tokens = sampling.get("min_tokens", 0)
+    if min_tokens > sampling["max_tokens"]:
+        raise InvalidRequest(f"min_tokens is {min_tokens}, over max_tokens ({sampling['max_tokens']}); ask for at most "
+                             "as many tokens as max_tokens allows.", param=f"{param_prefix}min_tokens",
+                             code="min_tokens_exceeds_max_tokens")
+    vocabulary = (base_model.architecture or {}).get("vocab_size")
+    outside = [token for token in sampling.get("logit_bias", {}) if vocabulary and int(token) >= vocabulary]
+    if outside:
+        raise InvalidRequest(f"logit_bias names token {outside[0]}, outside the vocabulary of '{base_model.name}' "
+                             f"(token ids 0 to {vocabulary - 1}).", param=f"{param_prefix}logit_bias",
+                             code="invalid_token_id")
+
+
 def check_context(base_model, *, prompt, messages, max_tokens):
     """400 when the prompt and max_tokens together pass the base model's context, counted as the runtime counts
     (gpu_runtime/engine.py refuses the same); a web that cannot count leaves it to the runtime."""
@@ -172,6 +190,7 @@ def inference_submit(*, principal, base_model, version=None, prompt="", messages
     account = account_for(principal.tenant)
     limits = plan_limits(principal.tenant, account=account)
     sampling = sampling_within_plan(sampling, limits, param=max_tokens_param)
+    check_options(base_model, sampling, within=max_tokens_param.rpartition(".")[0])
     check_context(base_model, prompt=prompt, messages=messages, max_tokens=sampling["max_tokens"])
     check_spend(principal.tenant, account=account)  # 402 once this month's spend reached the cap (billing/caps.py)
     args = (principal, base_model, version, prompt, messages, sampling, api, request_id, limits)

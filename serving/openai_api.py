@@ -8,12 +8,13 @@
 ``model`` is a base model id (the base alone) or one of the caller's adapters, ``name`` (its current
 version) or ``name@vN``; a base model's id wins over an adapter of the same name. Parameters OpenAI
 defines but VAJRA does not implement are accepted at their neutral default and refused otherwise, naming
-the parameter; unknown fields are refused. Every refusal happens before a row is written or a task sent,
-in OpenAI's error shape. Answers carry a ``vajra`` field: request id, adapter, tier, cost, timings.
+the parameter; unknown fields are refused. Beside OpenAI's ``n``, ``logprobs``/``top_logprobs``,
+``presence_penalty``, ``frequency_penalty`` and ``logit_bias``, the sampling takes vLLM's extensions ``top_k``,
+``repetition_penalty`` and ``min_tokens`` (serving/parameters.py). Every refusal happens before a row is written or
+a task sent, in OpenAI's error shape. Answers carry a ``vajra`` field: request id, adapter, tier, cost, timings.
 """
 
 import json
-from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
 from django.core.validators import ProhibitNullCharactersValidator
@@ -25,13 +26,15 @@ from rest_framework.exceptions import NotFound
 from adapters.access import access_adapter_version, access_base_model, tenant_adapters
 from adapters.models import AdapterVersion, BaseModel
 from fleet.placement import NoCapacity
+from gpu_runtime.generation import MAX_CHOICES, MAX_TOP_LOGPROBS
 from vajra.errors import InvalidRequest, error_body
 from vajra.schema import documented, errors
 from vajra.serializers import StrictSerializer
 
 from . import parameters, relay
 from .dispatch import cost_for, final_cost_of, final_error_status, inference_submit
-from .parameters import SamplingFields
+from .openai_shapes import Envelope, choice_ends
+from .parameters import NumberField, SamplingFields
 from .v1 import (
     CHARS_PER_TOKEN_BOUND,
     Unavailable,
@@ -44,19 +47,16 @@ from .v1 import (
 from .v1_schema import CHAT_STREAM, COMPLETION_STREAM, ChatCompletionOut, CompletionOut, ModelListOut, ModelOut
 
 # Parameter -> the values that mean "off": accepted (and ignored) because clients send them routinely.
-COMMON_NEUTRAL = {
-    "n": (None, 1), "frequency_penalty": (None, 0), "presence_penalty": (None, 0), "logit_bias": (None, {}),
-}
 CHAT_NEUTRAL = {
-    **COMMON_NEUTRAL, "logprobs": (None, False), "top_logprobs": (None, 0), "tools": (None, []),
+    "tools": (None, []),
     "tool_choice": (None, "none", "auto"), "parallel_tool_calls": (None, True, False), "functions": (None, []),
     "function_call": (None, "none", "auto"), "response_format": (None, {"type": "text"}), "store": (None, False),
     "metadata": (None, {}), "service_tier": (None, "auto", "default"), "modalities": (None, ["text"]),
     "audio": (None,), "prediction": (None,), "reasoning_effort": (None,), "verbosity": (None,),
     "web_search_options": (None,), "prompt_cache_retention": (None,), "prompt_cache_options": (None,),
 }
-COMPLETION_NEUTRAL = {**COMMON_NEUTRAL, "logprobs": (None,), "best_of": (None, 1), "echo": (None, False),
-                      "suffix": (None, "")}
+COMPLETION_NEUTRAL = {"best_of": (None, 1), "echo": (None, False), "suffix": (None, "")}
+MAX_COMPLETION_LOGPROBS = 5  # the legacy completions API's bound on logprobs
 # A message echoed back from an earlier answer carries these, empty.
 MESSAGE_NEUTRAL = {"refusal": (None,), "tool_calls": (None, []), "function_call": (None,), "audio": (None,),
                    "annotations": (None, [])}
@@ -118,6 +118,7 @@ class SamplingIn(StrictSerializer, SamplingFields):
     """The sampling parameters (serving/parameters.py; top_k is vLLM's extension) and the request's options."""
 
     model = serializers.CharField(max_length=200)
+    n = NumberField(low=1, high=MAX_CHOICES, integer=True)
     max_completion_tokens = parameters.max_tokens_field()
     stream = serializers.BooleanField(required=False, allow_null=True, default=False)
     stream_options = StreamOptionsIn(required=False, allow_null=True)
@@ -132,10 +133,21 @@ class SamplingIn(StrictSerializer, SamplingFields):
 
 class ChatIn(SamplingIn):
     messages = serializers.ListField(child=MessageIn(), min_length=1, max_length=2000)
+    logprobs = serializers.BooleanField(required=False, allow_null=True, default=None)
+    top_logprobs = NumberField(low=0, high=MAX_TOP_LOGPROBS, integer=True)
+
+    def validate(self, data):
+        data = super().validate(data)
+        if data.get("top_logprobs") and not data.get("logprobs"):
+            raise serializers.ValidationError({"top_logprobs": "top_logprobs needs logprobs: true."})
+        # logprobs as the runtime and the legacy API count it: None for none, else the alternatives per token
+        data["logprobs"] = (data.pop("top_logprobs", None) or 0) if data.get("logprobs") else None
+        return data
 
 
 class CompletionIn(SamplingIn):
     prompt = serializers.JSONField()
+    logprobs = NumberField(low=0, high=MAX_COMPLETION_LOGPROBS, integer=True)
 
     def validate_prompt(self, value):
         if isinstance(value, list) and len(value) == 1:  # some clients always send a batch; one prompt is fine
@@ -184,58 +196,6 @@ def resolve_model(principal, name):
     return version.adapter.base_model, version
 
 
-@dataclass(frozen=True)
-class Envelope:
-    """What every answer and chunk of one request repeats, in the shape of its API."""
-
-    api: str  # chat or completions
-    id: str
-    created: int
-    model: str
-    vajra: dict
-
-    def _base(self, stream):
-        kind = ("chat.completion.chunk" if stream else "chat.completion") if self.api == "chat" else "text_completion"
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
-                "system_fingerprint": None}
-
-    def _choice(self, text, finish_reason, stream, role=False):
-        if self.api == "completions":
-            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
-        if not stream:
-            return {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": None, "finish_reason": finish_reason}
-        delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-
-    def answer(self, text, final, cost):
-        return {**self._base(False), "choices": [self._choice(text, final["finish_reason"], False)],
-                "usage": usage_of(final), "vajra": self.extension(final, cost)}
-
-    def chunk(self, text=None, finish_reason=None, *, role=False, include_usage=False, final=None, cost=None):
-        body = {**self._base(True), "choices": [self._choice(text, finish_reason, True, role)]}
-        if include_usage:
-            body["usage"] = None  # as OpenAI: null on every chunk but the last
-        if final is not None:
-            body["vajra"] = self.extension(final, cost)
-        return body
-
-    def usage_chunk(self, final):
-        return {**self._base(True), "choices": [], "usage": usage_of(final)}
-
-    def extension(self, final, cost):
-        """The ``vajra`` block of the answer's end: ``cost`` is what the request is billed (its ledger row)."""
-        return {**self.vajra, "timings": final.get("timings"), "gpu_ms": final.get("gpu_ms"),
-                **({"cost": cost} if cost is not None else {})}
-
-
-def usage_of(final):
-    usage = final.get("usage") or {}
-    prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": usage.get("cached_tokens", 0)}}
-
-
 def final_error(final, param):
     """(status, OpenAI error body) for a final event that is not an answer; None for an answer."""
     reason = (final or {}).get("finish_reason")
@@ -268,9 +228,11 @@ def _submit(principal, data, *, api, prompt="", messages=(), request_id=None):
         raise Unavailable(str(exc), exc.retry_after) from None
     label = f"{version.adapter.name}@v{version.number}" if version else None
     prefix = "chatcmpl-" if api == "chat" else "cmpl-"
+    sampling = row.payload["sampling"]
     return Envelope(api=api, id=prefix + row.id, created=int(row.created_at.timestamp()), model=data["model"],
                     vajra={"request_id": row.id, "base_model": base_model.name, "adapter": label,
-                           "tier": row.tier, "cost": cost_for(row)})
+                           "tier": row.tier, "cost": cost_for(row)},
+                    n=sampling.get("n", 1), logprobs=sampling.get("logprobs") is not None)
 
 
 def sse_data(body):
@@ -280,14 +242,20 @@ def sse_data(body):
 def stream_response(request_id, envelope, include_usage, param):
     async def stream():
         if envelope.api == "chat":
-            yield sse_data(envelope.chunk(role=True, include_usage=include_usage))
+            for index in range(envelope.n):
+                yield sse_data(envelope.chunk(index=index, role=True, include_usage=include_usage))
         sent = False
+        offsets = [0] * envelope.n  # each choice's text so far, for completions' text_offset
         async for _, kind, data in relay.events(request_id):
             if kind == "keepalive":
                 yield b": keep-alive\n\n"
-            elif kind == "delta" and data.get("text"):
+            elif kind == "delta" and (data.get("text") or data.get("logprobs")):
                 sent = True
-                yield sse_data(envelope.chunk(data["text"], include_usage=include_usage))
+                index = relay.choice_index(data)
+                logprobs = envelope.shaped_logprobs(data.get("logprobs"), offsets[index])
+                offsets[index] += len(data["text"])
+                yield sse_data(envelope.chunk(data["text"], index=index, logprobs=logprobs,
+                                              include_usage=include_usage))
             elif kind == "retry" and sent:
                 # Its node was lost after part of the answer went out, and OpenAI chunks cannot take text back:
                 # end with an error and cancel the retry. Before any text, the retry simply answers.
@@ -302,8 +270,13 @@ def stream_response(request_id, envelope, include_usage, param):
                 if failed:
                     yield sse_data(failed[1])
                 else:
-                    yield sse_data(envelope.chunk(finish_reason=data["finish_reason"], include_usage=include_usage,
-                                                  final=data, cost=await final_cost_of(request_id, data)))
+                    ends = choice_ends(data, envelope.n)
+                    for index in range(envelope.n - 1):
+                        yield sse_data(envelope.chunk(finish_reason=ends[index], index=index,
+                                                      include_usage=include_usage))
+                    yield sse_data(envelope.chunk(finish_reason=ends[-1], index=envelope.n - 1,
+                                                  include_usage=include_usage, final=data,
+                                                  cost=await final_cost_of(request_id, data)))
                     if include_usage:
                         yield sse_data(envelope.usage_chunk(data))
                 yield b"data: [DONE]\n\n"
@@ -312,14 +285,14 @@ def stream_response(request_id, envelope, include_usage, param):
 
 
 async def collect(request_id):
-    """The whole answer: (text, final event). A client that gives up first cancels the generation."""
+    """The whole answer: (its choices, final event). A client that gives up first cancels the generation."""
     final = None
     try:
-        text, final = await relay.answer(request_id)
+        choices, final = await relay.answer_choices(request_id)
     finally:
         if final is None:
             await relay.cancel(request_id)
-    return text, final
+    return choices, final
 
 
 def own_request_id(request):
@@ -347,11 +320,11 @@ async def respond(request, raw_key, parse, *, api):
     if data.get("stream"):
         include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
         return stream_response(request_id, envelope, include_usage, param)
-    text, final = await collect(request_id)
+    choices, final = await collect(request_id)
     failed = final_error(final, param)
     if failed:
         return JsonResponse(failed[1], status=failed[0])
-    return JsonResponse(envelope.answer(text, final, await final_cost_of(request_id, final)))
+    return JsonResponse(envelope.answer(choices, final, await final_cost_of(request_id, final)))
 
 
 def chat_input(request):

@@ -7,8 +7,18 @@
     max_tokens    an integer in [1, 8192], then at most the plan's cap (checked at submit, dispatch.py)
     seed          an integer in [0, 2^63-1]
     stop          a string or a list of at most 4 strings of 1 to 64 characters
+    presence_penalty, frequency_penalty
+                  numbers in [-2, 2]; 0 is off (OpenAI's, over the generated tokens)
+    repetition_penalty
+                  a number in (0, 10]; 1 is off (transformers' and vLLM's, over the prompt and generated tokens)
+    logit_bias    an object of at most 300 token ids (strings of digits, in the base model's vocabulary) to numbers
+                  in [-100, 100], added to those tokens' logits
+    min_tokens    an integer in [0, 8192], at most max_tokens: EOS and stop strings are suppressed until that many
+                  tokens were generated (vLLM's)
 
-The bounds are the runtime's own (gpu_runtime/generation.py). A number is a JSON number: booleans, strings, NaN and
+The bounds are the runtime's own (gpu_runtime/generation.py); gpu_runtime/sampling.py says how the options change
+the logits. The sampling dict sent to the runtime carries an option only when the request sets it off its neutral
+value. A number is a JSON number: booleans, strings, NaN and
 Infinity are refused, whatever their value. null leaves a parameter at its default (OpenAI's convention), which
 each API states (``defaults``). A refusal names every bad field at once: its param and code are the first's, its
 message says all of them, the first first, in the same words whichever way the request came in.
@@ -20,7 +30,18 @@ import math
 from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from rest_framework import serializers
 
-from gpu_runtime.generation import MAX_SEED, MAX_STOP_LENGTH, MAX_STOP_SEQUENCES, MAX_TEMPERATURE, MAX_TOKENS, MAX_TOP_K
+from gpu_runtime.generation import (
+    MAX_LOGIT_BIAS,
+    MAX_LOGIT_BIAS_ENTRIES,
+    MAX_PENALTY,
+    MAX_REPETITION_PENALTY,
+    MAX_SEED,
+    MAX_STOP_LENGTH,
+    MAX_STOP_SEQUENCES,
+    MAX_TEMPERATURE,
+    MAX_TOKENS,
+    MAX_TOP_K,
+)
 from vajra.errors import InvalidRequest
 
 SHOWN_CHARS = 40  # a refused value is quoted in the message up to this length
@@ -84,6 +105,40 @@ class StopField(serializers.Field):
         return value
 
 
+MAX_TOKEN_ID_DIGITS = 18  # past any vocabulary; a longer string of digits is refused before it becomes a number
+
+
+class LogitBiasField(serializers.Field):
+    """An object of token ids (strings of ASCII digits, as JSON object keys are) to biases in [-MAX_LOGIT_BIAS,
+    MAX_LOGIT_BIAS], at most MAX_LOGIT_BIAS_ENTRIES of them; whether the ids are in the base model's vocabulary is
+    checked at submit (dispatch.check_vocabulary), where the base model is known."""
+
+    def __init__(self, **kwargs):
+        super().__init__(required=False, allow_null=True, **kwargs)
+
+    def refuse(self, why, code):
+        raise serializers.ValidationError(f"logit_bias {why}.", code=code)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            self.refuse(f"must be an object of token ids to numbers; got {shown(data)}", "invalid_type")
+        if len(data) > MAX_LOGIT_BIAS_ENTRIES:
+            self.refuse(f"may bias at most {MAX_LOGIT_BIAS_ENTRIES} tokens; got {len(data)}", "out_of_range")
+        biases = {}
+        for key, bias in data.items():
+            if not (key.isascii() and key.isdigit() and len(key) <= MAX_TOKEN_ID_DIGITS):
+                self.refuse(f"keys must be token ids (non-negative integers); got {shown(key)}", "invalid_token_id")
+            number = isinstance(bias, (int, float)) and not isinstance(bias, bool) and math.isfinite(bias)
+            if not number or not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
+                self.refuse(f"values must be numbers in [-{MAX_LOGIT_BIAS}, {MAX_LOGIT_BIAS}]; got {shown(bias)} for "
+                            f"token {key}", "out_of_range" if number else "invalid_type")
+            biases[str(int(key))] = bias
+        return biases
+
+    def to_representation(self, value):
+        return value
+
+
 class NumberFieldSchema(OpenApiSerializerFieldExtension):
     """The API schema states a NumberField's type and bounds (OpenAPI 3.0)."""
 
@@ -103,6 +158,15 @@ class StopFieldSchema(OpenApiSerializerFieldExtension):
         return {"oneOf": [text, {"type": "array", "items": text, "maxItems": MAX_STOP_SEQUENCES}], "nullable": True}
 
 
+class LogitBiasFieldSchema(OpenApiSerializerFieldExtension):
+    target_class = LogitBiasField
+
+    def map_serializer_field(self, auto_schema, direction):
+        return {"type": "object", "additionalProperties": {"type": "number", "minimum": -MAX_LOGIT_BIAS,
+                                                           "maximum": MAX_LOGIT_BIAS},
+                "maxProperties": MAX_LOGIT_BIAS_ENTRIES, "nullable": True}
+
+
 def max_tokens_field():
     return NumberField(low=1, high=MAX_TOKENS, integer=True)
 
@@ -116,9 +180,17 @@ class SamplingFields(serializers.Serializer):
     max_tokens = max_tokens_field()
     seed = NumberField(low=0, high=MAX_SEED, integer=True)
     stop = StopField()
+    presence_penalty = NumberField(low=-MAX_PENALTY, high=MAX_PENALTY)
+    frequency_penalty = NumberField(low=-MAX_PENALTY, high=MAX_PENALTY)
+    repetition_penalty = NumberField(low=0, high=MAX_REPETITION_PENALTY, low_open=True)
+    logit_bias = LogitBiasField()
+    min_tokens = NumberField(low=0, high=MAX_TOKENS, integer=True)
 
 
-NAMES = tuple(SamplingFields().fields)
+# The options: the runtime's neutral value of each, which the sampling dict leaves out.
+OPTIONS = {"presence_penalty": 0, "frequency_penalty": 0, "repetition_penalty": 1, "logit_bias": {}, "min_tokens": 0,
+           "n": 1, "logprobs": None}
+NAMES = tuple(name for name in SamplingFields().fields if name not in OPTIONS)
 
 
 def defaults(*, temperature):
@@ -128,8 +200,11 @@ def defaults(*, temperature):
 
 
 def sampling(data, default):
-    """The runtime's sampling dict from validated fields: every parameter that is missing or null at its default."""
-    return {name: default[name] if data.get(name) is None else data[name] for name in NAMES}
+    """The runtime's sampling dict from validated fields: every parameter that is missing or null at its default,
+    and the options the request sets off their neutral value (``OPTIONS``: n and logprobs as each API reads them)."""
+    values = {name: default[name] if data.get(name) is None else data[name] for name in NAMES}
+    return {**values, **{name: data[name] for name in OPTIONS
+                         if data.get(name) is not None and data[name] != OPTIONS[name]}}
 
 
 def problems(detail, prefix=""):

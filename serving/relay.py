@@ -149,18 +149,47 @@ async def events(request_id, last_id="0", *, max_wait_s=600, check_seq=True, rec
                 return
 
 
-async def answer(request_id):
-    """A request's whole answer from its stream: (text, final event, or None if the stream ended without one). A
-    ``retry`` (its node was lost) starts the answer over."""
-    parts, final = [], None
+class Choice:
+    """One choice of an answer as its deltas spell it: its text and, for a request that asked, its tokens' logprob
+    entries (gpu_runtime.logprobs), else None."""
+
+    def __init__(self):
+        self.parts, self.logprobs = [], None
+
+    @property
+    def text(self):
+        return "".join(self.parts)
+
+    def add(self, delta):
+        self.parts.append(delta["text"])
+        if "logprobs" in delta:
+            self.logprobs = (self.logprobs or []) + delta["logprobs"]
+
+
+def choice_index(delta):
+    """The choice a delta belongs to (``index``, left out for the first)."""
+    return delta.get("index", 0)
+
+
+async def answer_choices(request_id):
+    """A request's whole answer from its stream: (its choices in order, final event or None if the stream ended
+    without one). A ``retry`` (its node was lost) starts the answer over."""
+    choices, final = {}, None
     async for _, kind, event in events(request_id):
         if kind == "delta":
-            parts.append(event["text"])
+            choices.setdefault(choice_index(event), Choice()).add(event)
         elif kind == "retry":
-            parts.clear()
+            choices.clear()
         elif kind == "final":
             final = event
-    return "".join(parts), final
+    count = max([len((final or {}).get("choices") or ()), *(i + 1 for i in choices), 1])
+    return [choices.get(i) or Choice() for i in range(count)], final
+
+
+async def answer(request_id):
+    """A request's whole answer: (its first choice's text, final event or None)."""
+    choices, final = await answer_choices(request_id)
+    return choices[0].text, final
 
 
 async def cancel(request_id, ttl_s=3600):

@@ -27,6 +27,7 @@ from rest_framework.exceptions import (
 
 from adapters.access import access_adapter_version, access_base_model, tenant_versions
 from fleet.placement import NoCapacity
+from gpu_runtime.generation import MAX_CHOICES, MAX_TOP_LOGPROBS
 from tenants.keys import principal_from_key
 from tenants.limits import rate_limit_wait
 from vajra import parsers
@@ -36,7 +37,8 @@ from vajra.serializers import StrictSerializer
 
 from . import access, parameters, relay
 from .dispatch import cost_for, final_cost_of, final_error_status, inference_submit, on_submit_thread, request_cost
-from .parameters import SamplingFields
+from .openai_shapes import choice_ends
+from .parameters import NumberField, SamplingFields
 from .v1_schema import (
     FAILED_INFERENCE,
     INFERENCE_STREAM,
@@ -65,10 +67,18 @@ class ParametersIn(StrictSerializer, SamplingFields):
     """The sampling parameters (serving/parameters.py), nested as ``parameters``."""
 
 
+class InferParametersIn(ParametersIn):
+    """/infer's parameters also take ``n`` (choices: the answer's ``choices``) and ``logprobs`` (alternatives per
+    token: the answer's ``logprobs``, in OpenAI's chat entries)."""
+
+    n = NumberField(low=1, high=MAX_CHOICES, integer=True)
+    logprobs = NumberField(low=0, high=MAX_TOP_LOGPROBS, integer=True)
+
+
 class InferIn(StrictSerializer):
     prompt = serializers.CharField(trim_whitespace=False, max_length=1_000_000)
     adapter_id = serializers.CharField(required=False, allow_null=True, max_length=80, default=None)
-    parameters = ParametersIn(required=False)
+    parameters = InferParametersIn(required=False)
     stream = serializers.BooleanField(default=False)
 
 
@@ -201,11 +211,20 @@ def version_label(row):
     return f"{version.adapter.name}@v{version.number}" if version else None
 
 
-def final_body(head, final, text=None, cost=None):
-    """The answer's end: ``cost`` is what the request is billed (``final_cost_of``), in place of the head's quote."""
+def final_body(head, final, choices=None, cost=None):
+    """The answer's end: ``choices`` (serving.relay.Choice) give its text (the first's), its logprobs when asked for,
+    and with several each one's text and end; ``cost`` is what the request is billed (``final_cost_of``), in place
+    of the head's quote."""
     body = dict(head)
-    if text is not None:
-        body["text"] = text
+    if choices is not None:
+        body["text"] = choices[0].text
+        if choices[0].logprobs is not None:
+            body["logprobs"] = choices[0].logprobs
+        if len(choices) > 1:
+            ends = choice_ends(final, len(choices)) if final else [None] * len(choices)
+            body["choices"] = [{"index": i, "text": c.text, "finish_reason": ends[i],
+                                **({"logprobs": c.logprobs} if c.logprobs is not None else {})}
+                               for i, c in enumerate(choices)]
     if cost is not None:
         body["cost"] = cost
     body.update({"finish_reason": final.get("finish_reason"), "usage": final.get("usage"),
@@ -248,13 +267,13 @@ async def infer(request, raw_key, model_id):
     row_id = head["id"]
     if data["stream"]:
         return sse_response(row_id, head)
-    text, final = await relay.answer(row_id)
+    choices, final = await relay.answer_choices(row_id)
     status = 200
     error = (final or {}).get("error")
     if error:
         status = final_error_status(error.get("code"))
     cost = await final_cost_of(row_id, final) if final is not None else None
-    return JsonResponse(final_body(head, final, text, cost=cost), status=status)
+    return JsonResponse(final_body(head, final, choices, cost=cost), status=status)
 
 
 @documented(action="infer", get={"operation_id": "v1_versions", "responses": {200: VersionsOut}})

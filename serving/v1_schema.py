@@ -49,13 +49,33 @@ FINAL_FIELDS = {
     "timings": FinalTimings, "gpu_ms": serializers.FloatField(allow_null=True),
     "error": again(RequestError, required=False, help_text="The runtime's error, when it failed."),
 }
+# A generated token's logprob entry (gpu_runtime.logprobs), OpenAI's chat shape
+TopLogprob = shape("TopLogprob", {
+    "token": serializers.CharField(), "logprob": serializers.FloatField(),
+    "bytes": serializers.ListField(child=serializers.IntegerField(), help_text="The token's UTF-8 bytes.")})
+TokenLogprob = shape("TokenLogprob", {
+    "token": serializers.CharField(), "logprob": serializers.FloatField(),
+    "bytes": serializers.ListField(child=serializers.IntegerField()),
+    "top_logprobs": again(TopLogprob, many=True, help_text="The most likely tokens, most likely first.")},
+    help_text="The log-softmax of the logits the token was sampled from, after the request's options and before "
+              "temperature, top-k and top-p.")
+InferenceChoice = shape("InferenceChoice", {
+    "index": serializers.IntegerField(), "text": serializers.CharField(),
+    "finish_reason": enum(*FINISH_REASONS, allow_null=True),
+    "logprobs": again(TokenLogprob, many=True, required=False)})
 InferenceHead = shape("InferenceHead", HEAD_FIELDS)
-InferenceOut = shape("Inference", {**HEAD_FIELDS, "text": serializers.CharField(), **FINAL_FIELDS},
-                                 help_text="The answer; a request the runtime failed answers this shape too, with "
-                                           "its error and the status it maps to (400, 422 or 502).")
+InferenceOut = shape("Inference", {
+    **HEAD_FIELDS, "text": serializers.CharField(help_text="The first choice's text."), **FINAL_FIELDS,
+    "logprobs": again(TokenLogprob, many=True, required=False, help_text="With parameters.logprobs."),
+    "choices": again(InferenceChoice, many=True, required=False, help_text="With parameters.n > 1.")},
+    help_text="The answer; a request the runtime failed answers this shape too, with its error and the status it "
+              "maps to (400, 422 or 502).")
 InferenceDone = shape("InferenceDone", {**HEAD_FIELDS, **FINAL_FIELDS})
 Delta = shape("InferenceDelta", {
-    "text": serializers.CharField(), "attempt": serializers.IntegerField(required=False, help_text="After a retry.")})
+    "text": serializers.CharField(), "attempt": serializers.IntegerField(required=False, help_text="After a retry."),
+    "index": serializers.IntegerField(required=False, help_text="The choice, with parameters.n > 1 (0: left out)."),
+    "logprobs": again(TokenLogprob, many=True, required=False,
+                      help_text="With parameters.logprobs: the tokens this piece of text completes.")})
 Retry = shape("InferenceRetry", {
     "attempt": serializers.IntegerField(), "node": serializers.CharField(), "reason": serializers.CharField()},
     help_text="The node answering was lost: the answer starts over from the next attempt's deltas.")
@@ -116,7 +136,9 @@ VajraExtension = shape("VajraExtension", VAJRA_FIELDS,
                                    help_text="VAJRA's own: the request, its adapter and tier, what it is billed, its "
                                              "timings.")
 FINISH = {"finish_reason": enum("stop", "length", allow_null=True),
-          "logprobs": serializers.JSONField(allow_null=True, help_text="Always null.")}
+          "logprobs": serializers.JSONField(allow_null=True, help_text=(
+              "null unless the request asked for logprobs: chat's {content: [TokenLogprob], refusal}, completions' "
+              "{tokens, token_logprobs, top_logprobs, text_offset}."))}
 ANSWER_FIELDS = {"id": serializers.CharField(), "created": serializers.IntegerField(),
                  "model": serializers.CharField(help_text="The model as the request named it."),
                  "system_fingerprint": serializers.CharField(allow_null=True)}

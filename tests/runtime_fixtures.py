@@ -97,6 +97,19 @@ def streamed_text(client, request_id):
     return "".join(deltas), final
 
 
+def streamed_choices(client, request_id):
+    """({choice index: its text}, {choice index: its logprob entries}, final) of a request's stream."""
+    texts, logprobs, final = {}, {}, None
+    for _, kind, data in read_events(client, request_id):
+        if kind == "delta":
+            index = data.get("index", 0)
+            texts[index] = texts.get(index, "") + data["text"]
+            logprobs.setdefault(index, []).extend(data.get("logprobs") or [])
+        else:
+            final = data
+    return texts, logprobs, final
+
+
 def hold_engine(engine, seconds):
     """Keeps the engine thread busy for ``seconds`` from now: what is submitted meanwhile waits for the next
     admission round, and is admitted together."""

@@ -10,7 +10,7 @@ from django.test import Client
 from serving.models import InferenceRequest
 from tests.factories import create_key
 from tests.fixtures.serving import FAKE_FINAL
-from tests.helpers import assert_error, bearer_client, post_json, sse_data
+from tests.helpers import api_schema, assert_documented, assert_error, bearer_client, post_json, sse_data
 
 BASE = "smollm2-135m-instruct"
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
@@ -34,14 +34,34 @@ REFUSALS = [
     (CHAT, chat("no-such-model"), 404, "model_not_found", "model"),
     (CHAT, chat("secret"), 404, "model_not_found", "model"),  # charlie's adapter, asked by alice
     (CHAT, chat("support-bot@v2"), 404, "model_not_found", "model"),
-    (CHAT, chat(n=2), 400, "unsupported_value", "n"),
+    (CHAT, chat(n=0), 400, "out_of_range", "n"),
+    (CHAT, chat(n=1000), 400, "out_of_range", "n"),
+    (CHAT, chat(n=2.5), 400, "invalid_type", "n"),
+    (CHAT, chat(logprobs=True, top_logprobs=21), 400, "out_of_range", "top_logprobs"),
+    (CHAT, chat(top_logprobs=2), 400, None, "top_logprobs"),  # without logprobs: true
+    (CHAT, chat(logit_bias={"abc": 1}), 400, "invalid_token_id", "logit_bias"),
+    (CHAT, chat(logit_bias={"1.5": 1}), 400, "invalid_token_id", "logit_bias"),
+    (CHAT, chat(logit_bias={"-1": 1}), 400, "invalid_token_id", "logit_bias"),
+    (CHAT, chat(logit_bias={"9" * 5000: 1}), 400, "invalid_token_id", "logit_bias"),
+    (CHAT, chat(logit_bias={"5": 101}), 400, "out_of_range", "logit_bias"),
+    (CHAT, chat(logit_bias={"5": "1"}), 400, "invalid_type", "logit_bias"),
+    (CHAT, chat(logit_bias={"5": float("nan")}), 400, "invalid_type", "logit_bias"),
+    (CHAT, chat(logit_bias={str(i): 1 for i in range(301)}), 400, "out_of_range", "logit_bias"),
+    (CHAT, chat(logit_bias=[5, 1]), 400, "invalid_type", "logit_bias"),
+    (CHAT, chat(presence_penalty=2.5), 400, "out_of_range", "presence_penalty"),
+    (CHAT, chat(frequency_penalty=-2.01), 400, "out_of_range", "frequency_penalty"),
+    (CHAT, chat(presence_penalty=float("nan")), 400, "invalid_type", "presence_penalty"),
+    (CHAT, chat(repetition_penalty=0), 400, "out_of_range", "repetition_penalty"),
+    (CHAT, chat(repetition_penalty=11), 400, "out_of_range", "repetition_penalty"),
+    (CHAT, chat(min_tokens=-1), 400, "out_of_range", "min_tokens"),
+    (CHAT, chat(min_tokens=20, max_tokens=10), 400, "min_tokens_exceeds_max_tokens", "min_tokens"),
+    (COMPLETIONS, {"model": BASE, "prompt": "Hi", "logprobs": 6}, 400, "out_of_range", "logprobs"),
+    (COMPLETIONS, {"model": BASE, "prompt": "Hi", "logprobs": True}, 400, "invalid_type", "logprobs"),
     (CHAT, chat(temperature=3), 400, None, "temperature"),
     (CHAT, chat(top_p=0), 400, None, "top_p"),
     (CHAT, chat(max_tokens=10 ** 6), 400, None, "max_tokens"),
     (CHAT, chat(max_tokens=10, max_completion_tokens=20), 400, None, "max_tokens"),
     (CHAT, chat(stop=["a", "b", "c", "d", "e"]), 400, None, "stop"),
-    (CHAT, chat(presence_penalty=0.5), 400, "unsupported_value", "presence_penalty"),
-    (CHAT, chat(logprobs=True), 400, "unsupported_value", "logprobs"),
     (CHAT, chat(tools=[{"type": "function", "function": {"name": "f"}}]), 400, "unsupported_value", "tools"),
     (CHAT, chat(surprise=1), 400, "unknown_field", "surprise"),
     (CHAT, chat(stream=True, stream_options={"include_usage": True, "extra": 1}), 400, "unknown_field",
@@ -237,3 +257,73 @@ def test_no_capacity_is_503_with_retry_after(alice_api, catalog):
     response = post_json(alice_api, CHAT, chat())
     assert_error(response, 503)
     assert int(response["Retry-After"]) >= 1 and InferenceRequest.objects.count() == 0
+
+
+def test_a_bias_outside_the_vocabulary_is_refused_naming_the_token(alice_api, catalog, node, unchanged_db):
+    catalog["base"].architecture = {"vocab_size": 49152}
+    catalog["base"].save()
+    with unchanged_db():
+        error = assert_error(post_json(alice_api, CHAT, chat(logit_bias={"17": 2, "49152": -5})), 400,
+                             code="invalid_token_id", param="logit_bias")
+    assert "49152" in error["message"] and "49151" in error["message"]
+    assert InferenceRequest.objects.count() == 0
+
+
+def entry(token, logprob=-0.5):
+    piece = {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+    return {**piece, "top_logprobs": [piece]}
+
+
+TWO_CHOICES = [{"text": "Hel", "logprobs": [entry("Hel")]}, {"text": "Bon", "index": 1, "logprobs": [entry("Bon")]},
+               {"text": "lo", "logprobs": [entry("lo", -1.25)]}, {"text": "", "index": 1, "logprobs": [entry("jour")]},
+               {"text": "jour", "index": 1}]
+TWO_FINAL = {**FAKE_FINAL, "finish_reason": "length", "usage": {"prompt_tokens": 7, "completion_tokens": 4,
+                                                                "cached_tokens": 0},
+             "choices": [{"index": 0, "finish_reason": "stop", "completion_tokens": 2},
+                         {"index": 1, "finish_reason": "length", "completion_tokens": 2}]}
+
+
+def test_n_choices_with_logprobs(alice_api, catalog, node, runtime):
+    runtime.deltas, runtime.final = TWO_CHOICES, TWO_FINAL
+    response = post_json(alice_api, CHAT, chat(n=2, logprobs=True, top_logprobs=1, presence_penalty=0.5,
+                                                logit_bias={"17": -3}, seed=4))
+    answer = assert_documented(api_schema(), "post", CHAT, response)
+    assert answer["choices"] == [
+        {"index": 0, "message": {"role": "assistant", "content": "Hello", "refusal": None},
+         "logprobs": {"content": [entry("Hel"), entry("lo", -1.25)], "refusal": None}, "finish_reason": "stop"},
+        {"index": 1, "message": {"role": "assistant", "content": "Bonjour", "refusal": None},
+         "logprobs": {"content": [entry("Bon"), entry("jour")], "refusal": None}, "finish_reason": "length"}]
+    assert answer["usage"]["completion_tokens"] == 4 and answer["usage"]["prompt_tokens"] == 7
+    sampling = runtime.sent[0]["sampling"]
+    assert (sampling["n"], sampling["logprobs"], sampling["presence_penalty"], sampling["logit_bias"]) == \
+        (2, 1, 0.5, {"17": -3})
+    assert "frequency_penalty" not in sampling and "min_tokens" not in sampling  # neutral options are not sent
+
+
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume asynchronous iterators")
+def test_n_choices_stream_with_their_index_and_logprobs(alice_api, catalog, node, runtime):
+    runtime.deltas, runtime.final = TWO_CHOICES, TWO_FINAL
+    response = post_json(alice_api, CHAT, chat(n=2, logprobs=True, stream=True))
+    data = sse_data(response)
+    chunks = [json.loads(d)["choices"][0] for d in data[:-1]]
+    assert [c["delta"] for c in chunks[:2]] == [{"role": "assistant", "content": ""}] * 2
+    assert [c["index"] for c in chunks[:2]] == [0, 1]
+    for index, text, tokens in ((0, "Hello", ["Hel", "lo"]), (1, "Bonjour", ["Bon", "jour"])):
+        mine = [c for c in chunks[2:] if c["index"] == index]
+        assert "".join(c["delta"].get("content", "") for c in mine) == text
+        assert [e["token"] for c in mine if c["logprobs"] for e in c["logprobs"]["content"]] == tokens
+    assert [(c["index"], c["finish_reason"]) for c in chunks if c["finish_reason"]] == [(0, "stop"), (1, "length")]
+
+
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume asynchronous iterators")
+def test_completion_logprobs_in_the_legacy_shape(alice_api, catalog, node, runtime):
+    runtime.deltas = [{"text": "Hel", "logprobs": [entry("Hel")]}, {"text": "lo", "logprobs": [entry("lo", -2.0)]}]
+    body = {"model": BASE, "prompt": "Once", "logprobs": 1}
+    answer = assert_documented(api_schema(), "post", COMPLETIONS, post_json(alice_api, COMPLETIONS, body))
+    assert answer["choices"][0]["logprobs"] == {"tokens": ["Hel", "lo"], "token_logprobs": [-0.5, -2.0],
+                                                "top_logprobs": [{"Hel": -0.5}, {"lo": -2.0}], "text_offset": [0, 3]}
+    assert runtime.sent[0]["sampling"]["logprobs"] == 1
+    chunks = [json.loads(d)["choices"][0] for d in sse_data(post_json(alice_api, COMPLETIONS,
+                                                                        {**body, "stream": True}))[:-1]]
+    assert [c["logprobs"]["text_offset"] for c in chunks if c["text"]] == [[0], [3]]
+    assert [c["logprobs"]["tokens"] for c in chunks if c["text"]] == [["Hel"], ["lo"]]

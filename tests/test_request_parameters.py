@@ -68,6 +68,13 @@ BAD = [
     ("stop", ["a", 5], "invalid_type"),
     ("stop", 5, "invalid_type"),
     ("stop", {"a": "b"}, "invalid_type"),
+    ("presence_penalty", 2.5, "out_of_range"),
+    ("frequency_penalty", -2.01, "out_of_range"),
+    ("frequency_penalty", "1", "invalid_type"),
+    ("repetition_penalty", 0, "out_of_range"),
+    ("repetition_penalty", NAN, "invalid_type"),
+    ("min_tokens", -1, "out_of_range"),
+    ("min_tokens", 1.5, "invalid_type"),
 ]
 
 

@@ -107,10 +107,10 @@ def test_a_nan_adapter_row_fails_alone_and_the_others_are_token_identical(engine
         try_join = engine._try_join
 
         def poisoning_try_join(handle, draining):
-            row = try_join(handle, draining)
-            if row is not None and handle.request is bad:
-                poison_slot(engine.pool, row.slot)
-            return row
+            rows = try_join(handle, draining)  # the request's rows, one per choice
+            if rows is not None and handle.request is bad:
+                poison_slot(engine.pool, rows[0].slot)
+            return rows
 
         monkeypatch.setattr(engine, "_try_join", poisoning_try_join)
     else:  # between two decode steps, once the row has 4 tokens

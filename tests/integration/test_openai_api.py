@@ -82,7 +82,7 @@ def test_chat_completions_models_errors_and_rows(client):
         client.chat.completions.create(model="no-such-model", messages=QUESTION)
     assert missing.value.code == "model_not_found" and "no-such-model" in missing.value.message
     with pytest.raises(openai.BadRequestError) as refused:
-        client.chat.completions.create(model=MODEL, messages=QUESTION, n=2)
+        client.chat.completions.create(model=MODEL, messages=QUESTION, n=9)
     assert refused.value.param == "n"
     # past the context: the web counts the templated prompt's tokens and refuses it before any row or task, as a
     # 400 both whole and streamed (the stream never starts)
