@@ -32,6 +32,8 @@ class Handle:
     admitted: float | None = None
     training_mark: int = 0  # the engine's training micro-step count when the request arrived
     training_waits: int | None = None  # micro-steps that ran between its arrival and its admission
+    grammar: object = None  # its compiled grammar (gpu_runtime.grammar.RowGrammar), or None
+    grammar_error: str | None = None  # why its grammar could not be compiled: it is refused at admission
 
     def wait(self, timeout=None):
         self.done.wait(timeout)
@@ -54,6 +56,7 @@ class Row:
     finish_reason: str | None = None
     error: dict | None = None
     ids: list = field(default_factory=list, repr=False)  # the prompt's token ids
+    grammar: object = None  # a gpu_runtime.grammar.RowGrammar: what its tokens must follow; None: free text
 
 
 def unadmitted_final(submitted, reason, error=None):

@@ -15,13 +15,18 @@ ledger bills it nothing); a row cancelled mid-way leaves within a step with the 
 Training (gpu_runtime.trainer) shares this thread at inference's priority x10: between inference steps the engine
 gives the first queued job its turns (gpu_runtime.training_turns decides when, and for how long).
 
+A row with a grammar (structured output, tool calls: gpu_runtime.grammar) has its logits masked to what its grammar
+allows before it samples and its matcher advanced by each token it accepts; it ends where its grammar is complete.
+Rows without one skip both steps.
+
 Faults are isolated per row: what one row's own work raises or yields (non-finite logits, e.g. from its adapter;
-its sampler; its detokenizer or stop strings) ends that row alone with a typed error (``non_finite_logits``,
-``sampling_error``, ``detokenize_error``); the others in its batch and prefill group get exactly their own tokens
-(each row's LoRA delta, attention and KV are its own; padding is masked). A forward pass that raises is not one
-row's: a failed prefill fails the rows it admitted (``engine_error``), the running batch untouched; a failed decode
-step fails every running row, as it leaves the batch KV half-appended (only the layers before the fault hold the
-step's column) and rebuilding each row's KV to retry them one by one would cost a prefill per row.
+its sampler; its grammar; its detokenizer or stop strings) ends that row alone with a typed error
+(``non_finite_logits``, ``sampling_error``, ``grammar_error``, ``detokenize_error``); the others in its batch and
+prefill group get exactly their own tokens (each row's LoRA delta, attention and KV are its own; padding is
+masked). A forward pass that raises is not one row's: a failed prefill fails the rows it admitted
+(``engine_error``), the running batch untouched; a failed decode step fails every running row, as it leaves the
+batch KV half-appended (only the layers before the fault hold the step's column) and rebuilding each row's KV to
+retry them one by one would cost a prefill per row.
 """
 
 import logging
@@ -40,8 +45,10 @@ from .batch_kv import BatchKV
 from .batch_rows import Handle, RequestError, Row, elapsed_ms, unadmitted_final
 from .contract import SUPERSEDED, Final, FinalError, Timings, Usage, superseded_result
 from .detokenize import IncrementalText
+from .grammar import GrammarError, Grammars
 from .sampling import SamplingError, sample_token
 from .step_clock import StepClock
+from .tool_prompt import prompt_messages
 from .training_turns import TrainingTurns
 
 log = logging.getLogger("vajra.runtime.engine")
@@ -63,6 +70,7 @@ class Engine:
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
         self.eos_ids.discard(None)
+        self.grammars = Grammars(self.tokenizer, self.model.config.vocab_size)  # rows with a grammar (grammar.py)
         self._incoming = queue.Queue()
         self._calls = queue.Queue()  # functions to run on the engine thread between steps
         self._pending = AdmissionQueue(fair=fair_admission)  # waiting for a row, per tenant (admission.py)
@@ -81,6 +89,14 @@ class Engine:
     # ---- outside the engine thread ------------------------------------------------------------------------
     def submit(self, request):
         handle = Handle(request, training_mark=self.training.micro_steps)
+        if request.grammar is not None:  # compiled here, on the submitting thread, not the engine's
+            try:
+                handle.grammar = self.grammars.compile(request.grammar)
+            except GrammarError as exc:
+                handle.grammar_error = exc.message
+            except Exception as exc:  # this request's grammar alone: it is refused at admission
+                log.exception("request %s: compiling its grammar failed", request.request_id)
+                handle.grammar_error = f"the output grammar could not be compiled: {exc}"
         self.training.arrived(handle.submitted)
         if request.adapter is not None and self.store is not None:
             handle.adapter_future = self.store.prepare(request.adapter)
@@ -218,6 +234,8 @@ class Engine:
         if request.base_model and request.base_model != self.base.name:
             raise RequestError("unknown_base_model", f"this node serves {self.base.name}, not {request.base_model}")
         ids = self._prompt_ids(request)  # before taking a slot: a refused prompt holds nothing
+        if handle.grammar_error is not None:
+            raise RequestError("invalid_request", handle.grammar_error)
         key, slot = None, 0
         if request.adapter is not None:
             if self.store is None:
@@ -246,11 +264,12 @@ class Engine:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(seed if seed is not None else int.from_bytes(request.request_id.encode()[-8:], "big"))
         return Row(handle, key, slot, len(ids), IncrementalText(self.tokenizer, request.sampling.stop), generator,
-                   ids=ids)
+                   ids=ids, grammar=handle.grammar)
 
     def _prompt_ids(self, request):
         if request.messages:
-            ids = self.tokenizer.apply_chat_template(list(request.messages), add_generation_prompt=True,
+            messages, tools = prompt_messages(request.messages, request.tools, self.tokenizer.chat_template)
+            ids = self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True,
                                                      return_dict=False, tokenize=True)
             ids = ids["input_ids"] if isinstance(ids, dict) else ids
         else:
@@ -342,8 +361,10 @@ class Engine:
     def _sample(self, row, logits):
         """The row's next token; a failure ends this row alone (its finish_reason is set, the token is None)."""
         try:
+            if row.grammar is not None:
+                logits = row.grammar.mask(logits)
             return sample_token(logits, row.handle.request.sampling, row.generator)
-        except SamplingError as exc:
+        except (SamplingError, GrammarError) as exc:
             self._row_fault(row, exc.code, exc.message)
         except Exception as exc:
             self._row_fault(row, "sampling_error", f"sampling the next token failed: {exc}")
@@ -364,6 +385,12 @@ class Engine:
         row.last_token = token
         if row.first_token is None:
             row.first_token = time.perf_counter()
+        if row.grammar is not None and token not in self.eos_ids:
+            try:
+                row.grammar.advance(token)
+            except GrammarError as exc:
+                self._row_fault(row, exc.code, exc.message)
+                return
         if token in self.eos_ids:
             self._finish(row, "stop")
             return
@@ -376,7 +403,7 @@ class Engine:
             return
         if delta:
             self.streams.delta(row.handle.request.request_id, delta, row.handle.request.attempt)
-        if row.text.stopped:
+        if row.text.stopped or (row.grammar is not None and row.grammar.complete):
             self._finish(row, "stop")
         elif row.completion_tokens >= row.handle.request.sampling.max_tokens:
             self._finish(row, "length")

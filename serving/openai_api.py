@@ -25,6 +25,7 @@ from rest_framework.exceptions import NotFound
 from adapters.access import access_adapter_version, access_base_model, tenant_adapters
 from adapters.models import AdapterVersion, BaseModel
 from fleet.placement import NoCapacity
+from gpu_runtime.grammar_spec import MAX_TOOLS
 from vajra.errors import InvalidRequest, error_body
 from vajra.schema import documented, errors
 from vajra.serializers import StrictSerializer
@@ -32,6 +33,7 @@ from vajra.serializers import StrictSerializer
 from . import parameters, relay
 from .dispatch import cost_for, final_cost_of, final_error_status, inference_submit
 from .parameters import SamplingFields
+from .structured import ToolCallIn, ToolCallReader, call_delta, output_of, read_answer, tools_field
 from .v1 import (
     CHARS_PER_TOKEN_BOUND,
     Unavailable,
@@ -48,9 +50,8 @@ COMMON_NEUTRAL = {
     "n": (None, 1), "frequency_penalty": (None, 0), "presence_penalty": (None, 0), "logit_bias": (None, {}),
 }
 CHAT_NEUTRAL = {
-    **COMMON_NEUTRAL, "logprobs": (None, False), "top_logprobs": (None, 0), "tools": (None, []),
-    "tool_choice": (None, "none", "auto"), "parallel_tool_calls": (None, True, False), "functions": (None, []),
-    "function_call": (None, "none", "auto"), "response_format": (None, {"type": "text"}), "store": (None, False),
+    **COMMON_NEUTRAL, "logprobs": (None, False), "top_logprobs": (None, 0), "functions": (None, []),
+    "function_call": (None, "none", "auto"), "store": (None, False),
     "metadata": (None, {}), "service_tier": (None, "auto", "default"), "modalities": (None, ["text"]),
     "audio": (None,), "prediction": (None,), "reasoning_effort": (None,), "verbosity": (None,),
     "web_search_options": (None,), "prompt_cache_retention": (None,), "prompt_cache_options": (None,),
@@ -58,8 +59,7 @@ CHAT_NEUTRAL = {
 COMPLETION_NEUTRAL = {**COMMON_NEUTRAL, "logprobs": (None,), "best_of": (None, 1), "echo": (None, False),
                       "suffix": (None, "")}
 # A message echoed back from an earlier answer carries these, empty.
-MESSAGE_NEUTRAL = {"refusal": (None,), "tool_calls": (None, []), "function_call": (None,), "audio": (None,),
-                   "annotations": (None, [])}
+MESSAGE_NEUTRAL = {"refusal": (None,), "function_call": (None,), "audio": (None,), "annotations": (None, [])}
 IGNORED = {"user", "safety_identifier", "prompt_cache_key"}  # hints about the caller, nothing to do with them
 
 
@@ -102,12 +102,31 @@ class ContentField(serializers.Field):
 
 
 class MessageIn(StrictSerializer):
-    role = serializers.ChoiceField(choices=["system", "developer", "user", "assistant"])
-    content = ContentField()
+    """A message of the conversation: an assistant's may carry the tool calls it made (its content then may be
+    null), a tool's result names the call it answers."""
+
+    role = serializers.ChoiceField(choices=["system", "developer", "user", "assistant", "tool"])
+    content = ContentField(required=False, allow_null=True)
     name = serializers.CharField(required=False, max_length=64)
+    tool_calls = serializers.ListField(child=ToolCallIn(), required=False, allow_null=True, max_length=MAX_TOOLS)
+    tool_call_id = serializers.CharField(required=False, max_length=64)
 
     def to_internal_value(self, data):
+        if isinstance(data, dict) and data.get("tool_calls") == []:
+            data = {k: v for k, v in data.items() if k != "tool_calls"}  # an echoed answer without calls
         return super().to_internal_value(strip_neutral(data, MESSAGE_NEUTRAL))
+
+    def validate(self, data):
+        role, calls = data["role"], data.get("tool_calls")
+        if calls and role != "assistant":
+            raise serializers.ValidationError({"tool_calls": "only an assistant message carries tool_calls."})
+        if (role == "tool") != ("tool_call_id" in data):
+            raise serializers.ValidationError({"tool_call_id": "a tool message, and only a tool message, names the "
+                                                               "tool_call_id it answers."})
+        if data.get("content") is None and not calls:
+            raise serializers.ValidationError({"content": "content is required (it may be null only in an "
+                                                          "assistant message with tool_calls)."})
+        return data
 
 
 class StreamOptionsIn(StrictSerializer):
@@ -131,7 +150,13 @@ class SamplingIn(StrictSerializer, SamplingFields):
 
 
 class ChatIn(SamplingIn):
+    """With the structured output and tool fields of serving/structured.py."""
+
     messages = serializers.ListField(child=MessageIn(), min_length=1, max_length=2000)
+    response_format = serializers.JSONField(required=False, allow_null=True)
+    tools = tools_field()
+    tool_choice = serializers.JSONField(required=False, allow_null=True)
+    parallel_tool_calls = serializers.BooleanField(required=False, allow_null=True)  # one call per answer either way
 
 
 class CompletionIn(SamplingIn):
@@ -193,27 +218,36 @@ class Envelope:
     created: int
     model: str
     vajra: dict
+    tool_calls: bool = False  # the answer may be a tool call (serving/structured.py reads it)
 
     def _base(self, stream):
         kind = ("chat.completion.chunk" if stream else "chat.completion") if self.api == "chat" else "text_completion"
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
                 "system_fingerprint": None}
 
-    def _choice(self, text, finish_reason, stream, role=False):
+    def _choice(self, text, finish_reason, stream, role=False, calls=None, delta=None):
         if self.api == "completions":
             return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
         if not stream:
-            return {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": None, "finish_reason": finish_reason}
-        delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
+            message = {"role": "assistant", "content": text, "refusal": None}
+            if calls:
+                message["tool_calls"] = calls
+            return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+        if delta is None:
+            delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
     def answer(self, text, final, cost):
-        return {**self._base(False), "choices": [self._choice(text, final["finish_reason"], False)],
+        reason, calls = final["finish_reason"], None
+        if self.tool_calls:
+            text, calls = read_answer(text)
+            reason = "tool_calls" if calls and reason == "stop" else reason
+        return {**self._base(False), "choices": [self._choice(text, reason, False, calls=calls)],
                 "usage": usage_of(final), "vajra": self.extension(final, cost)}
 
-    def chunk(self, text=None, finish_reason=None, *, role=False, include_usage=False, final=None, cost=None):
-        body = {**self._base(True), "choices": [self._choice(text, finish_reason, True, role)]}
+    def chunk(self, text=None, finish_reason=None, *, role=False, include_usage=False, final=None, cost=None,
+              delta=None):
+        body = {**self._base(True), "choices": [self._choice(text, finish_reason, True, role, delta=delta)]}
         if include_usage:
             body["usage"] = None  # as OpenAI: null on every chunk but the last
         if final is not None:
@@ -251,7 +285,7 @@ def final_error(final, param):
     return status, error_body(message, status_code=status, code=code, param=param if status < 500 else None)
 
 
-def _submit(principal, data, *, api, prompt="", messages=(), request_id=None):
+def _submit(principal, data, *, api, prompt="", messages=(), request_id=None, tools=(), grammar=None):
     base_model, version = resolve_model(principal, data["model"])
     if api == "chat":
         if len("".join(m["content"] for m in messages)) > base_model.context_length * CHARS_PER_TOKEN_BOUND:
@@ -262,6 +296,7 @@ def _submit(principal, data, *, api, prompt="", messages=(), request_id=None):
     try:
         row = inference_submit(principal=principal, base_model=base_model, version=version, prompt=prompt,
                                messages=messages, sampling=sampling_of(data), api=api, request_id=request_id,
+                               tools=tools, grammar=grammar,
                                max_tokens_param="max_completion_tokens" if data.get("max_completion_tokens")
                                else "max_tokens")
     except NoCapacity as exc:
@@ -270,7 +305,8 @@ def _submit(principal, data, *, api, prompt="", messages=(), request_id=None):
     prefix = "chatcmpl-" if api == "chat" else "cmpl-"
     return Envelope(api=api, id=prefix + row.id, created=int(row.created_at.timestamp()), model=data["model"],
                     vajra={"request_id": row.id, "base_model": base_model.name, "adapter": label,
-                           "tier": row.tier, "cost": cost_for(row)})
+                           "tier": row.tier, "cost": cost_for(row)},
+                    tool_calls=grammar is not None and grammar.type == "tool_call")
 
 
 def sse_data(body):
@@ -282,12 +318,19 @@ def stream_response(request_id, envelope, include_usage, param):
         if envelope.api == "chat":
             yield sse_data(envelope.chunk(role=True, include_usage=include_usage))
         sent = False
+        reader = ToolCallReader() if envelope.tool_calls else None
         async for _, kind, data in relay.events(request_id):
             if kind == "keepalive":
                 yield b": keep-alive\n\n"
+            elif kind == "delta" and data.get("text") and reader is not None:
+                for event in reader.feed(data["text"]):
+                    sent = True
+                    yield sse_data(envelope.chunk(delta=call_delta(event), include_usage=include_usage))
             elif kind == "delta" and data.get("text"):
                 sent = True
                 yield sse_data(envelope.chunk(data["text"], include_usage=include_usage))
+            elif kind == "retry" and not sent and reader is not None:
+                reader = ToolCallReader()  # the answer starts over: so does reading it
             elif kind == "retry" and sent:
                 # Its node was lost after part of the answer went out, and OpenAI chunks cannot take text back:
                 # end with an error and cancel the retry. Before any text, the retry simply answers.
@@ -302,7 +345,12 @@ def stream_response(request_id, envelope, include_usage, param):
                 if failed:
                     yield sse_data(failed[1])
                 else:
-                    yield sse_data(envelope.chunk(finish_reason=data["finish_reason"], include_usage=include_usage,
+                    reason = data["finish_reason"]
+                    if reader is not None:
+                        for event in reader.finish():
+                            yield sse_data(envelope.chunk(delta=call_delta(event), include_usage=include_usage))
+                        reason = "tool_calls" if reader.call and reason == "stop" else reason
+                    yield sse_data(envelope.chunk(finish_reason=reason, include_usage=include_usage,
                                                   final=data, cost=await final_cost_of(request_id, data)))
                     if include_usage:
                         yield sse_data(envelope.usage_chunk(data))
@@ -354,11 +402,22 @@ async def respond(request, raw_key, parse, *, api):
     return JsonResponse(envelope.answer(text, final, await final_cost_of(request_id, final)))
 
 
+def contract_message(message):
+    """A validated message in the runtime's shape (gpu_runtime.generation.message_ok)."""
+    role = "system" if message["role"] == "developer" else message["role"]
+    out = {"role": role, "content": message.get("content") or ""}
+    if message.get("tool_calls"):
+        out["tool_calls"] = [{"id": c["id"], "type": "function", "function": dict(c["function"])}
+                             for c in message["tool_calls"]]
+    if role == "tool":
+        out["tool_call_id"] = message["tool_call_id"]
+    return out
+
+
 def chat_input(request):
     data = validated(ChatIn, read_json(request), CHAT_NEUTRAL)
-    messages = [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
-                for m in data["messages"]]
-    return data, {"messages": messages}
+    tools, grammar = output_of(data)
+    return data, {"messages": [contract_message(m) for m in data["messages"]], "tools": tools, "grammar": grammar}
 
 
 def completion_input(request):

@@ -65,7 +65,11 @@ def _completion(name, choice_fields):
 
 ChatCompletionOut = _completion("ChatCompletion", {"message": inline_serializer("ChatCompletionMessage", {
     "role": serializers.CharField(), "content": serializers.CharField(allow_null=True),
-    "refusal": serializers.CharField(allow_null=True)})})
+    "refusal": serializers.CharField(allow_null=True),
+    "tool_calls": inline_serializer("ChatCompletionToolCall", {
+        "id": serializers.CharField(), "type": serializers.CharField(),
+        "function": inline_serializer("ChatCompletionToolCallFunction", {
+            "name": serializers.CharField(), "arguments": serializers.CharField()})}, many=True, required=False)})})
 CompletionOut = _completion("Completion", {"text": serializers.CharField()})
 
 MODEL_FIELDS = {"id": serializers.CharField(), "object": serializers.CharField(), "created": serializers.IntegerField(),
