@@ -10,15 +10,19 @@ then, with the library the runtime uses (gpu_runtime.grammar), the engine's own 
 schema grammar against one row without, the same prompt and max_tokens (greedy, fp32 on the CPU), alternating
 (A B B A) as the VM drifts: decode tokens/s = (completion tokens - 1) / (total - first token time).
 
-The choice, llguidance: on this tokenizer it compiles these schemas in well under a millisecond where xgrammar
-takes milliseconds to hundreds of milliseconds (it precomputes masks per grammar state over the whole vocabulary)
-and outlines-core builds a whole regex DFA index (slowest to compile, and unbounded in a schema's size); its mask
-plus advance per token is in the same range as xgrammar's (tens of microseconds), while the bounded, lazy compile
-is what a multi-tenant node needs: a hostile schema costs its fuel limits (gpu_runtime.grammar.LIMITS), never an
-unbounded precomputation on the engine thread. It also enforces the most of JSON Schema (anyOf, $ref recursion,
-pattern, min/maxLength, formats), ships as one Rust wheel without dependencies (no torch or CUDA pulled in, unlike
-xgrammar's wheel, which requires torch and triton), and is maintained by the guidance team and used by vLLM,
-SGLang and llama.cpp. The measured figures are in bench/results/constrained_decoding.json and the README.
+The choice, llguidance, from these figures (bench/results/constrained_decoding.json; Intel Xeon, fp32 CPU, 2
+cores shared): it compiles each schema in under 1 ms where xgrammar takes ~9-11 ms (it precomputes masks over the
+whole vocabulary per grammar) and outlines-core 90-390 ms (a whole regex DFA index, unbounded in a schema's size).
+Per token xgrammar is cheaper (3-6 us against llguidance's 22-34 us; outlines-core's get_tokens list 240-700 us),
+but both are under 0.1 % of a SmolLM2 decode step on this CPU (tens of ms), so per request llguidance costs less up
+to ~350 generated tokens and at most a few ms more past that, while its lazy compile is bounded by fuel limits
+(gpu_runtime.grammar.LIMITS): a hostile schema cannot buy an unbounded precomputation on a node. It also enforces
+the most of JSON Schema (anyOf, recursive $ref, pattern, min/maxLength, min/maxProperties, formats; what it cannot
+enforce it refuses by name), and ships as one Rust wheel without dependencies: xgrammar 0.2.9's wheel requires
+torch, transformers and triton (and apache-tvm-ffi), which a CPU node pinned to the CPU torch build cannot take
+without pulling CUDA packages. It is maintained by the guidance team and used by vLLM, SGLang and llama.cpp.
+(The comparison installs xgrammar and outlines-core with --no-deps beside the venv, on PYTHONPATH; without them
+their rows say "not installed".)
 
     .venv/bin/python bench/constrained_decoding.py [--quick]
 """

@@ -21,6 +21,7 @@ refused, naming it and where it is, rather than silently not enforced. ``$ref`` 
 """
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass
 
@@ -39,13 +40,13 @@ ANNOTATIONS = {"title", "description", "default", "examples", "$comment", "$sche
                "readOnly", "writeOnly"}
 SUBSCHEMA = {"items", "additionalProperties"}  # a schema (or a boolean)
 SUBSCHEMA_LISTS = {"anyOf", "oneOf", "allOf", "prefixItems"}
-SUBSCHEMA_MAPS = {"properties", "$defs", "definitions"}
+SUBSCHEMA_MAPS = {"properties", "patternProperties", "$defs", "definitions"}
 SCHEMA_KEYWORDS = ANNOTATIONS | SUBSCHEMA | SUBSCHEMA_LISTS | SUBSCHEMA_MAPS | {
-    "type", "required", "enum", "const", "$ref", "minItems", "maxItems", "minLength", "maxLength", "minimum",
-    "maximum", "exclusiveMinimum", "exclusiveMaximum", "pattern", "format"}
+    "type", "required", "enum", "const", "$ref", "minItems", "maxItems", "minLength", "maxLength", "minProperties",
+    "maxProperties", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "pattern", "format"}
 TYPES = {"object", "array", "string", "number", "integer", "boolean", "null"}
-FORMATS = {"date-time", "date", "time", "duration", "email", "hostname", "ipv4", "ipv6", "uuid"}
-REPEATS = ("minItems", "maxItems", "minLength", "maxLength")
+FORMATS = {"date-time", "date", "time", "duration", "email", "hostname", "ipv4", "ipv6", "uuid", "uri"}
+REPEATS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties")
 LOCAL_REF = re.compile(r"^#(/(\$defs|definitions)/[^/]+)?$")
 UNENFORCEABLE_PATTERN = re.compile(r"\(\?<?[=!]|\\[1-9]|\\k<")  # no grammar (a regular language) has these
 
@@ -92,9 +93,18 @@ def check_schema(schema, where="schema"):
                 if not isinstance(value, list) or (key != "prefixItems" and not value):
                     raise GrammarRefused(at, f"{key} is a non-empty list of schemas")
                 stack.extend((item, f"{at}.{i}", depth + 1) for i, item in enumerate(value))
+            elif key == "$ref":
+                _check_keyword(key, value, at)
+                kind, _, name = value[2:].partition("/")
+                if value != "#" and not (isinstance(schema.get(kind), dict) and name in schema[kind]):
+                    raise GrammarRefused(at, f"{value} points to no schema (a reference names one in the schema's "
+                                             f"own $defs or definitions)")
             elif key in SUBSCHEMA_MAPS:
                 if not isinstance(value, dict):
                     raise GrammarRefused(at, f"{key} maps names to schemas")
+                if key == "patternProperties":
+                    for name in value:
+                        _check_keyword("pattern", name, f"{at}.{name}")
                 stack.extend((item, f"{at}.{name}", depth + 1) for name, item in value.items())
             else:
                 _check_keyword(key, value, at)
@@ -118,9 +128,11 @@ def _check_keyword(key, value, at):
     elif key in REPEATS:
         if not _is_int(value) or not 0 <= value <= MAX_REPEAT:
             raise GrammarRefused(at, f"{key} is an integer in 0..{MAX_REPEAT}")
-    elif key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
+    elif key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             raise GrammarRefused(at, f"{key} is a number")
+        if key == "multipleOf" and value <= 0:
+            raise GrammarRefused(at, "multipleOf is a number above 0")
     elif key == "pattern":
         if not isinstance(value, str) or len(value) > 1000:
             raise GrammarRefused(at, "pattern is a regular expression of at most 1000 characters")

@@ -10,7 +10,7 @@ import pytest
 
 from gpu_runtime.contract import ContractError
 from gpu_runtime.generation import GenerationRequest
-from gpu_runtime.grammar_spec import MAX_SCHEMA_BYTES, Grammar, GrammarRefused, check_schema
+from gpu_runtime.grammar_spec import FORMATS, MAX_SCHEMA_BYTES, Grammar, GrammarRefused, check_schema
 from gpu_runtime.tool_prompt import prompt_messages
 from serving.models import InferenceRequest
 from serving.structured import ToolCallReader, read_answer
@@ -70,6 +70,8 @@ REFUSALS = [
      "response_format.json_schema.schema.format"),
     (chat(response_format=json_schema({"$ref": "https://example.com/s.json"})), "unsupported_schema",
      "response_format.json_schema.schema.$ref"),
+    (chat(response_format=json_schema({"type": "object", "properties": {"a": {"$ref": "#/$defs/none"}}})),
+     "unsupported_schema", "response_format.json_schema.schema.properties.a.$ref"),
     (chat(response_format=json_schema({"type": "tuple"})), "unsupported_schema",
      "response_format.json_schema.schema.type"),
     (chat(response_format=json_schema({"type": "string", "maxLength": 10 ** 9})), "unsupported_schema",
@@ -195,8 +197,8 @@ def test_schema_checks():
     for schema in SCHEMAS.values():
         check_schema(schema)
     with pytest.raises(GrammarRefused) as refused:
-        check_schema({"properties": {"a": {"minProperties": 1}}})
-    assert refused.value.param == "schema.properties.a.minProperties"
+        check_schema({"properties": {"a": {"propertyNames": {"maxLength": 3}}}})
+    assert refused.value.param == "schema.properties.a.propertyNames"
     with pytest.raises(GrammarRefused):
         check_schema({"anyOf": []})
     with pytest.raises(GrammarRefused):
@@ -234,3 +236,40 @@ def test_a_template_without_tools_gets_them_in_the_system_message():
     rendered, template_tools = prompt_messages(messages, tools, "{% for tool in tools %}{% endfor %}")
     assert template_tools == [{"type": "function", "function": tools[0]}]
     assert rendered[1]["tool_calls"][0]["function"]["arguments"] == {"timezone": "UTC"}
+
+
+KEYWORD_EXAMPLES = {  # one schema per keyword the web takes, each compiled by the node's matcher below
+    "type": {"type": ["string", "null"]}, "properties": {"properties": {"a": {}}}, "required": {"required": ["a"]},
+    "additionalProperties": {"additionalProperties": False}, "items": {"items": {"type": "integer"}},
+    "prefixItems": {"prefixItems": [{"type": "string"}]}, "enum": {"enum": [1, "a", None]}, "const": {"const": 3},
+    "anyOf": {"anyOf": [{"type": "string"}, {"type": "integer"}]}, "oneOf": {"oneOf": [{"type": "string"}]},
+    "allOf": {"allOf": [{"type": "object"}, {"required": ["a"]}]}, "$ref": {"$ref": "#/$defs/a", "$defs": {"a": {}}},
+    "$defs": {"$defs": {"a": {"type": "string"}}}, "definitions": {"definitions": {"a": {"type": "string"}}},
+    "patternProperties": {"type": "object", "patternProperties": {"^x": {"type": "integer"}}},
+    "minItems": {"minItems": 1}, "maxItems": {"maxItems": 4096}, "minLength": {"minLength": 2},
+    "maxLength": {"maxLength": 4096}, "minProperties": {"minProperties": 1}, "maxProperties": {"maxProperties": 3},
+    "minimum": {"minimum": -1.5}, "maximum": {"maximum": 10}, "exclusiveMinimum": {"exclusiveMinimum": 0},
+    "exclusiveMaximum": {"exclusiveMaximum": 1}, "multipleOf": {"type": "integer", "multipleOf": 3},
+    "pattern": {"type": "string", "pattern": "^[a-z]+-[0-9]{2}$"},
+    "format": {"anyOf": [{"type": "string", "format": f} for f in sorted(FORMATS)]},
+}
+
+
+def test_every_keyword_the_web_takes_compiles_and_every_one_it_refuses_would_not_be_enforced():
+    import llguidance
+
+    from gpu_runtime.grammar import lark_of
+    from gpu_runtime.grammar_spec import ANNOTATIONS, SCHEMA_KEYWORDS
+
+    assert set(KEYWORD_EXAMPLES) | ANNOTATIONS == SCHEMA_KEYWORDS
+    for keyword, schema in [*KEYWORD_EXAMPLES.items(), *((k, {k: "x"}) for k in ANNOTATIONS - {"$schema", "$id"})]:
+        grammar = Grammar("json_schema", schema=schema)
+        error = llguidance.LLMatcher.validate_grammar(llguidance.LLMatcher.grammar_from_lark(lark_of(grammar)))
+        assert not error, (keyword, error)
+    for keyword in ("not", "if", "uniqueItems", "contains", "propertyNames", "dependentRequired",
+                    "unevaluatedProperties", "dependentSchemas"):
+        grammar = Grammar("json_schema", schema={keyword: {}})
+        error = llguidance.LLMatcher.validate_grammar(llguidance.LLMatcher.grammar_from_lark(lark_of(grammar)))
+        assert "Unimplemented" in error, keyword
+        with pytest.raises(GrammarRefused):
+            check_schema({keyword: {}})
