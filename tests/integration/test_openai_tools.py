@@ -33,7 +33,7 @@ def client(daphne, runtime_node, control_worker, alice, acme):
 
 
 def settle():
-    wait_for(lambda: not InferenceRequest.objects.exclude(status__in=InferenceRequest.TERMINAL).exists(), 60,
+    wait_for(lambda: not InferenceRequest.objects.exclude(status__in=InferenceRequest.TERMINAL).exists(), 240,
              "the control worker to record every final event")
 
 
