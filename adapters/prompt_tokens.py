@@ -18,6 +18,8 @@ from pathlib import Path
 
 from django.conf import settings
 
+from gpu_runtime.tool_prompt import prompt_messages
+
 log = logging.getLogger(__name__)
 
 VARIANT = "float32"  # gpu_runtime.model_store: every variant carries the same tokenizer and template
@@ -43,8 +45,8 @@ def _raise_exception(message):
 
 @functools.lru_cache(maxsize=8)
 def _chat_template(directory, mtimes):
-    """(compiled template, special-token variables) from ``chat_template.jinja`` or tokenizer_config.json's
-    ``chat_template`` (where transformers looks), or (None, {})."""
+    """(compiled template, special-token variables, source) from ``chat_template.jinja`` or tokenizer_config.json's
+    ``chat_template`` (where transformers looks), or (None, {}, None)."""
     from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -54,12 +56,12 @@ def _chat_template(directory, mtimes):
     template_file = directory / "chat_template.jinja"
     source = template_file.read_text(encoding="utf-8") if template_file.is_file() else config.get("chat_template")
     if not isinstance(source, str):  # none, or a list of named templates the runtime would not pick by default
-        return None, {}
+        return None, {}, None
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
     env.globals["raise_exception"] = _raise_exception
     special = {name: _token_text(config[name]) for name in SPECIAL_TOKENS if config.get(name) is not None}
-    return env.from_string(source), special
+    return env.from_string(source), special, source
 
 
 @dataclass(frozen=True)
@@ -67,14 +69,16 @@ class PromptCounter:
     tokenizer: object
     template: object
     special: dict
+    source: str | None = None  # the template's text: whether it renders tools itself (gpu_runtime.tool_prompt)
 
     def prompt(self, text):
         return len(self.tokenizer.encode(text).ids)  # with the post-processor's special tokens, as tokenizer(text)
 
-    def chat(self, messages):
+    def chat(self, messages, tools=()):
         if self.template is None:
             return None
-        rendered = self.template.render(messages=list(messages), add_generation_prompt=True, tools=None,
+        messages, tools = prompt_messages(messages, tools, self.source)  # as the runtime's _prompt_ids
+        rendered = self.template.render(messages=messages, add_generation_prompt=True, tools=tools,
                                         documents=None, **self.special)
         return len(self.tokenizer.encode(rendered, add_special_tokens=False).ids)
 
@@ -95,22 +99,22 @@ def prompt_counter(base_model):
         return None
     try:
         tokenizer = load_tokenizer(str(tokenizer_file), mtime)
-        template, special = _chat_template(str(directory), (_mtime(directory / "chat_template.jinja"),
+        template, special, source = _chat_template(str(directory), (_mtime(directory / "chat_template.jinja"),
                                                             _mtime(directory / "tokenizer_config.json")))
     except Exception:  # a damaged file: keep the bound in characters rather than refuse every request
         log.exception("cannot read the tokenizer or chat template in %s; using the character bound", directory)
         return None
-    return PromptCounter(tokenizer, template, special)
+    return PromptCounter(tokenizer, template, special, source)
 
 
-def prompt_tokens(base_model, *, prompt="", messages=()):
+def prompt_tokens(base_model, *, prompt="", messages=(), tools=()):
     """The prompt's token count as the runtime will see it, or None when the web cannot count it."""
     counter = prompt_counter(base_model)
     if counter is None:
         return None
     if messages:
         try:
-            return counter.chat(messages)
+            return counter.chat(messages, tools)
         except Exception:  # a template the sandbox refuses: the runtime decides
             log.exception("chat template of %s failed to render", base_model.name)
             return None

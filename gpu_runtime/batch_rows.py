@@ -10,6 +10,7 @@ import torch
 
 from .contract import OMITTED, Final, FinalError, Timings, Usage
 from .detokenize import IncrementalText
+from .tool_prompt import prompt_messages
 
 
 class RequestError(Exception):
@@ -34,6 +35,8 @@ class Handle:
     training_mark: int = 0  # the engine's training micro-step count when the request arrived
     training_waits: int | None = None  # micro-steps that ran between its arrival and its admission
     rows: list = field(default_factory=list, repr=False)  # its choices' rows, choice i at i, once admitted
+    grammars: list | None = None  # its compiled grammar per choice (gpu_runtime.grammar.RowGrammar), or None
+    grammar_error: str | None = None  # why its grammar could not be compiled: it is refused at admission
 
     def wait(self, timeout=None):
         self.done.wait(timeout)
@@ -60,13 +63,15 @@ class Row:
     options: object = None  # its gpu_runtime.sampling.LogitsOptions, None without any
     logprobs: list | None = None  # entries of its tokens not sent yet (a request that asked for logprobs)
     ended: bool = False  # out of the batch, its last text sent
+    grammar: object = None  # a gpu_runtime.grammar.RowGrammar: what its tokens must follow; None: free text
 
 
 def prompt_ids(request, tokenizer, *, max_context, vocab_size):
     """The request's prompt as token ids (its messages through the chat template), or a RequestError for a request
     this node cannot run: past the context, or a logit_bias naming a token outside the vocabulary."""
     if request.messages:
-        ids = tokenizer.apply_chat_template(list(request.messages), add_generation_prompt=True, return_dict=False,
+        messages, tools = prompt_messages(request.messages, request.tools, tokenizer.chat_template)
+        ids = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, return_dict=False,
                                             tokenize=True)
         ids = ids["input_ids"] if isinstance(ids, dict) else ids
     else:

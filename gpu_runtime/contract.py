@@ -316,12 +316,17 @@ class NodeMessage:
 
 
 def infer_payload(*, request_id: str, prompt: str, messages, sampling: dict, adapter: AdapterRef | None,
-                  tenant: str, base_model: str, attempt: int = 1) -> dict:
+                  tenant: str, base_model: str, attempt: int = 1, tools=(), grammar=None) -> dict:
     """The JSON of a GenerationRequest (gpu_runtime.generation) as the control plane stores and sends it: the
-    sampling parameters it was given, ``attempt`` only after the first."""
+    sampling parameters it was given, ``attempt`` only after the first, ``tools`` and ``grammar`` (a
+    gpu_runtime.grammar_spec.Grammar) only when there are any."""
     payload = {"request_id": request_id, "prompt": prompt, "messages": list(messages), "sampling": sampling,
                "adapter": adapter.to_json() if adapter is not None else None, "tenant": tenant,
                "base_model": base_model}
+    if tools:
+        payload["tools"] = list(tools)
+    if grammar is not None:
+        payload["grammar"] = grammar.to_json()
     return payload if attempt <= 1 else with_attempt(payload, attempt)
 
 

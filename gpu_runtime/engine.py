@@ -19,13 +19,18 @@ them ends (batch_rows.request_final).
 Training (gpu_runtime.trainer) shares this thread at inference's priority x10: between inference steps the engine
 gives the first queued job its turns (gpu_runtime.training_turns decides when, and for how long).
 
+A row with a grammar (structured output, tool calls: gpu_runtime.grammar) has its logits masked to what its grammar
+allows before it samples and its matcher advanced by each token it accepts; it ends where its grammar is complete.
+Rows without one skip both steps.
+
 Faults are isolated per row: what one row's own work raises or yields (non-finite logits, e.g. from its adapter;
-its sampler; its detokenizer or stop strings) ends that row alone with a typed error (``non_finite_logits``,
-``sampling_error``, ``detokenize_error``); the others in its batch and prefill group get exactly their own tokens
-(each row's LoRA delta, attention and KV are its own; padding is masked). A forward pass that raises is not one
-row's: a failed prefill fails the rows it admitted (``engine_error``), the running batch untouched; a failed decode
-step fails every running row, as it leaves the batch KV half-appended (only the layers before the fault hold the
-step's column) and rebuilding each row's KV to retry them one by one would cost a prefill per row.
+its sampler; its grammar; its detokenizer or stop strings) ends that row alone with a typed error
+(``non_finite_logits``, ``sampling_error``, ``grammar_error``, ``detokenize_error``); the others in its batch and
+prefill group get exactly their own tokens (each row's LoRA delta, attention and KV are its own; padding is
+masked). A forward pass that raises is not one row's: a failed prefill fails the rows it admitted
+(``engine_error``), the running batch untouched; a failed decode step fails every running row, as it leaves the
+batch KV half-appended (only the layers before the fault hold the step's column) and rebuilding each row's KV to
+retry them one by one would cost a prefill per row.
 """
 
 import logging
@@ -44,6 +49,7 @@ from .batch_kv import BatchKV
 from .batch_rows import Handle, RequestError, Row, elapsed_ms, prompt_ids, request_final, unadmitted_final
 from .contract import SUPERSEDED, FinalError, superseded_result
 from .detokenize import IncrementalText
+from .grammar import GrammarError, Grammars
 from .logprobs import TokenPieces, logprob_entry
 from .sampling import LogitsOptions, SamplingError, row_generator, sample_token, shape_logits
 from .step_clock import StepClock
@@ -70,6 +76,7 @@ class Engine:
         self.eos_ids.discard(None)
         self.vocab_size = self.model.config.vocab_size
         self.pieces = TokenPieces(self.tokenizer)  # token texts and bytes, for logprobs
+        self.grammars = Grammars(self.tokenizer, self.vocab_size)  # rows with a grammar (grammar.py)
         self._incoming = queue.Queue()
         self._calls = queue.Queue()  # functions to run on the engine thread between steps
         self._pending = AdmissionQueue(fair=fair_admission)  # waiting for a row, per tenant (admission.py)
@@ -88,6 +95,14 @@ class Engine:
     # ---- outside the engine thread ------------------------------------------------------------------------
     def submit(self, request):
         handle = Handle(request, training_mark=self.training.micro_steps)
+        if request.grammar is not None:  # compiled here, on the submitting thread, not the engine's: one per choice
+            try:
+                handle.grammars = [self.grammars.compile(request.grammar) for _ in range(request.sampling.n)]
+            except GrammarError as exc:
+                handle.grammar_error = exc.message
+            except Exception as exc:  # this request's grammar alone: it is refused at admission
+                log.exception("request %s: compiling its grammar failed", request.request_id)
+                handle.grammar_error = f"the output grammar could not be compiled: {exc}"
         self.training.arrived(handle.submitted)
         if request.adapter is not None and self.store is not None:
             handle.adapter_future = self.store.prepare(request.adapter)
@@ -230,6 +245,8 @@ class Engine:
             raise RequestError("unknown_base_model", f"this node serves {self.base.name}, not {request.base_model}")
         # before taking a slot: a refused prompt holds nothing
         ids = prompt_ids(request, self.tokenizer, max_context=self.max_context, vocab_size=self.vocab_size)
+        if handle.grammar_error is not None:
+            raise RequestError("invalid_request", handle.grammar_error)
         key, slot = None, 0
         if request.adapter is not None:
             if self.store is None:
@@ -258,7 +275,8 @@ class Engine:
                 row_generator(params, request.request_id, choice, self.device), ids=ids, choice=choice,
                 options=LogitsOptions.of(params, ids, vocab_size=self.vocab_size, eos_ids=self.eos_ids,
                                          device=self.device),
-                logprobs=[] if params.logprobs is not None else None)
+                logprobs=[] if params.logprobs is not None else None,
+                grammar=handle.grammars[choice] if handle.grammars else None)
             for choice in range(params.n)]
         return handle.rows
 
@@ -357,11 +375,13 @@ class Engine:
         try:
             params = row.handle.request.sampling
             logits = shape_logits(row.options, logits)
+            if row.grammar is not None:
+                logits = row.grammar.mask(logits)
             token = sample_token(logits, params, row.generator)
             if row.logprobs is not None and token not in self.eos_ids:
                 row.logprobs.append(logprob_entry(self.pieces, logits, token, params.logprobs))
             return token
-        except SamplingError as exc:
+        except (SamplingError, GrammarError) as exc:
             self._row_fault(row, exc.code, exc.message)
         except Exception as exc:
             self._row_fault(row, "sampling_error", f"sampling the next token failed: {exc}")
@@ -384,6 +404,12 @@ class Engine:
         row.last_token = token
         if row.first_token is None:
             row.first_token = time.perf_counter()
+        if row.grammar is not None and token not in self.eos_ids:
+            try:
+                row.grammar.advance(token)
+            except GrammarError as exc:
+                self._row_fault(row, exc.code, exc.message)
+                return
         if token in self.eos_ids:
             self._finish(row, "stop")
             return
@@ -398,7 +424,7 @@ class Engine:
             return
         if delta:
             self._send_text(row, delta)
-        if row.text.stopped:
+        if row.text.stopped or (row.grammar is not None and row.grammar.complete):
             self._finish(row, "stop")
         elif row.completion_tokens >= row.handle.request.sampling.max_tokens:
             self._finish(row, "length")

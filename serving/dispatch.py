@@ -164,10 +164,10 @@ def check_options(base_model, sampling, *, within=""):
                              code="invalid_token_id")
 
 
-def check_context(base_model, *, prompt, messages, max_tokens):
+def check_context(base_model, *, prompt, messages, max_tokens, tools=()):
     """400 when the prompt and max_tokens together pass the base model's context, counted as the runtime counts
     (gpu_runtime/engine.py refuses the same); a web that cannot count leaves it to the runtime."""
-    tokens = prompt_tokens(base_model, prompt=prompt, messages=messages)
+    tokens = prompt_tokens(base_model, prompt=prompt, messages=messages, tools=tools)
     context = base_model.context_length
     if tokens is None or tokens + max_tokens <= context:
         return
@@ -183,17 +183,18 @@ def check_context(base_model, *, prompt, messages, max_tokens):
 
 
 def inference_submit(*, principal, base_model, version=None, prompt="", messages=(), sampling, api, request_id=None,
-                     max_tokens_param="max_tokens"):
+                     max_tokens_param="max_tokens", tools=(), grammar=None):
     """Places the request, writes its row and sends the runtime task after commit. Returns the row. The quotas
-    come from the tenant's plan: the account read here serves the spend cap too (no query more per submit)."""
+    come from the tenant's plan: the account read here serves the spend cap too (no query more per submit).
+    ``tools`` are shown in the prompt, ``grammar`` (gpu_runtime.grammar_spec.Grammar) constrains the answer."""
     principal.require("infer")
     account = account_for(principal.tenant)
     limits = plan_limits(principal.tenant, account=account)
     sampling = sampling_within_plan(sampling, limits, param=max_tokens_param)
     check_options(base_model, sampling, within=max_tokens_param.rpartition(".")[0])
-    check_context(base_model, prompt=prompt, messages=messages, max_tokens=sampling["max_tokens"])
+    check_context(base_model, prompt=prompt, messages=messages, max_tokens=sampling["max_tokens"], tools=tools)
     check_spend(principal.tenant, account=account)  # 402 once this month's spend reached the cap (billing/caps.py)
-    args = (principal, base_model, version, prompt, messages, sampling, api, request_id, limits)
+    args = (principal, base_model, version, prompt, messages, sampling, api, request_id, limits, tools, grammar)
     try:
         try:
             return _submit(*args)
@@ -209,7 +210,7 @@ def inference_submit(*, principal, base_model, version=None, prompt="", messages
         raise
 
 
-def _submit(principal, base_model, version, prompt, messages, sampling, api, request_id, limits):
+def _submit(principal, base_model, version, prompt, messages, sampling, api, request_id, limits, tools, grammar):
     tenant = principal.tenant
     # Placement only reads (nodes, the tenant's recent requests): outside the write transaction, which then
     # holds its lock (SQLite: the whole database) for the quota check and the insert alone.
@@ -232,7 +233,7 @@ def _submit(principal, base_model, version, prompt, messages, sampling, api, req
         request_id = request_id or new_request_id()
         payload = infer_payload(request_id=request_id, prompt=prompt, messages=messages, sampling=sampling,
                                 adapter=adapter_ref(version) if version is not None else None,
-                                tenant=f"t{tenant.pk}", base_model=base_model.name)
+                                tenant=f"t{tenant.pk}", base_model=base_model.name, tools=tools, grammar=grammar)
         row = InferenceRequest.objects.create(
             id=request_id, tenant=tenant, api_key=principal.api_key, user=principal.user,
             base_model=base_model, adapter_version=version, tier=tier, api=api, node=node,

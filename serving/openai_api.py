@@ -27,6 +27,7 @@ from adapters.access import access_adapter_version, access_base_model, tenant_ad
 from adapters.models import AdapterVersion, BaseModel
 from fleet.placement import NoCapacity
 from gpu_runtime.generation import MAX_CHOICES, MAX_TOP_LOGPROBS
+from gpu_runtime.grammar_spec import MAX_TOOLS
 from vajra.errors import InvalidRequest, error_body
 from vajra.schema import documented, errors
 from vajra.serializers import StrictSerializer
@@ -35,6 +36,7 @@ from . import parameters, relay
 from .dispatch import cost_for, final_cost_of, final_error_status, inference_submit
 from .openai_shapes import Envelope, choice_ends
 from .parameters import NumberField, SamplingFields
+from .structured import ToolCallIn, ToolCallReader, call_delta, output_of, tools_field
 from .v1 import (
     CHARS_PER_TOKEN_BOUND,
     Unavailable,
@@ -48,9 +50,7 @@ from .v1_schema import CHAT_STREAM, COMPLETION_STREAM, ChatCompletionOut, Comple
 
 # Parameter -> the values that mean "off": accepted (and ignored) because clients send them routinely.
 CHAT_NEUTRAL = {
-    "tools": (None, []),
-    "tool_choice": (None, "none", "auto"), "parallel_tool_calls": (None, True, False), "functions": (None, []),
-    "function_call": (None, "none", "auto"), "response_format": (None, {"type": "text"}), "store": (None, False),
+    "functions": (None, []), "function_call": (None, "none", "auto"), "store": (None, False),
     "metadata": (None, {}), "service_tier": (None, "auto", "default"), "modalities": (None, ["text"]),
     "audio": (None,), "prediction": (None,), "reasoning_effort": (None,), "verbosity": (None,),
     "web_search_options": (None,), "prompt_cache_retention": (None,), "prompt_cache_options": (None,),
@@ -58,8 +58,7 @@ CHAT_NEUTRAL = {
 COMPLETION_NEUTRAL = {"best_of": (None, 1), "echo": (None, False), "suffix": (None, "")}
 MAX_COMPLETION_LOGPROBS = 5  # the legacy completions API's bound on logprobs
 # A message echoed back from an earlier answer carries these, empty.
-MESSAGE_NEUTRAL = {"refusal": (None,), "tool_calls": (None, []), "function_call": (None,), "audio": (None,),
-                   "annotations": (None, [])}
+MESSAGE_NEUTRAL = {"refusal": (None,), "function_call": (None,), "audio": (None,), "annotations": (None, [])}
 IGNORED = {"user", "safety_identifier", "prompt_cache_key"}  # hints about the caller, nothing to do with them
 
 
@@ -102,12 +101,31 @@ class ContentField(serializers.Field):
 
 
 class MessageIn(StrictSerializer):
-    role = serializers.ChoiceField(choices=["system", "developer", "user", "assistant"])
-    content = ContentField()
+    """A message of the conversation: an assistant's may carry the tool calls it made (its content then may be
+    null), a tool's result names the call it answers."""
+
+    role = serializers.ChoiceField(choices=["system", "developer", "user", "assistant", "tool"])
+    content = ContentField(required=False, allow_null=True)
     name = serializers.CharField(required=False, max_length=64)
+    tool_calls = serializers.ListField(child=ToolCallIn(), required=False, allow_null=True, max_length=MAX_TOOLS)
+    tool_call_id = serializers.CharField(required=False, max_length=64)
 
     def to_internal_value(self, data):
+        if isinstance(data, dict) and data.get("tool_calls") == []:
+            data = {k: v for k, v in data.items() if k != "tool_calls"}  # an echoed answer without calls
         return super().to_internal_value(strip_neutral(data, MESSAGE_NEUTRAL))
+
+    def validate(self, data):
+        role, calls = data["role"], data.get("tool_calls")
+        if calls and role != "assistant":
+            raise serializers.ValidationError({"tool_calls": "only an assistant message carries tool_calls."})
+        if (role == "tool") != ("tool_call_id" in data):
+            raise serializers.ValidationError({"tool_call_id": "a tool message, and only a tool message, names the "
+                                                               "tool_call_id it answers."})
+        if data.get("content") is None and not calls:
+            raise serializers.ValidationError({"content": "content is required (it may be null only in an "
+                                                          "assistant message with tool_calls)."})
+        return data
 
 
 class StreamOptionsIn(StrictSerializer):
@@ -132,6 +150,8 @@ class SamplingIn(StrictSerializer, SamplingFields):
 
 
 class ChatIn(SamplingIn):
+    """With the structured output and tool fields of serving/structured.py."""
+
     messages = serializers.ListField(child=MessageIn(), min_length=1, max_length=2000)
     logprobs = serializers.BooleanField(required=False, allow_null=True, default=None)
     top_logprobs = NumberField(low=0, high=MAX_TOP_LOGPROBS, integer=True)
@@ -143,6 +163,11 @@ class ChatIn(SamplingIn):
         # logprobs as the runtime and the legacy API count it: None for none, else the alternatives per token
         data["logprobs"] = (data.pop("top_logprobs", None) or 0) if data.get("logprobs") else None
         return data
+
+    response_format = serializers.JSONField(required=False, allow_null=True)
+    tools = tools_field()
+    tool_choice = serializers.JSONField(required=False, allow_null=True)
+    parallel_tool_calls = serializers.BooleanField(required=False, allow_null=True)  # one call per answer either way
 
 
 class CompletionIn(SamplingIn):
@@ -211,7 +236,7 @@ def final_error(final, param):
     return status, error_body(message, status_code=status, code=code, param=param if status < 500 else None)
 
 
-def _submit(principal, data, *, api, prompt="", messages=(), request_id=None):
+def _submit(principal, data, *, api, prompt="", messages=(), request_id=None, tools=(), grammar=None):
     base_model, version = resolve_model(principal, data["model"])
     if api == "chat":
         if len("".join(m["content"] for m in messages)) > base_model.context_length * CHARS_PER_TOKEN_BOUND:
@@ -222,6 +247,7 @@ def _submit(principal, data, *, api, prompt="", messages=(), request_id=None):
     try:
         row = inference_submit(principal=principal, base_model=base_model, version=version, prompt=prompt,
                                messages=messages, sampling=sampling_of(data), api=api, request_id=request_id,
+                               tools=tools, grammar=grammar,
                                max_tokens_param="max_completion_tokens" if data.get("max_completion_tokens")
                                else "max_tokens")
     except NoCapacity as exc:
@@ -232,7 +258,8 @@ def _submit(principal, data, *, api, prompt="", messages=(), request_id=None):
     return Envelope(api=api, id=prefix + row.id, created=int(row.created_at.timestamp()), model=data["model"],
                     vajra={"request_id": row.id, "base_model": base_model.name, "adapter": label,
                            "tier": row.tier, "cost": cost_for(row)},
-                    n=sampling.get("n", 1), logprobs=sampling.get("logprobs") is not None)
+                    n=sampling.get("n", 1), logprobs=sampling.get("logprobs") is not None,
+                    tool_calls=grammar is not None and grammar.type == "tool_call")
 
 
 def sse_data(body):
@@ -246,9 +273,14 @@ def stream_response(request_id, envelope, include_usage, param):
                 yield sse_data(envelope.chunk(index=index, role=True, include_usage=include_usage))
         sent = False
         offsets = [0] * envelope.n  # each choice's text so far, for completions' text_offset
+        reader = ToolCallReader() if envelope.tool_calls else None  # one choice: n > 1 with tools is refused
         async for _, kind, data in relay.events(request_id):
             if kind == "keepalive":
                 yield b": keep-alive\n\n"
+            elif kind == "delta" and data.get("text") and reader is not None:
+                for event in reader.feed(data["text"]):
+                    sent = True
+                    yield sse_data(envelope.chunk(delta=call_delta(event), include_usage=include_usage))
             elif kind == "delta" and (data.get("text") or data.get("logprobs")):
                 sent = True
                 index = relay.choice_index(data)
@@ -256,6 +288,8 @@ def stream_response(request_id, envelope, include_usage, param):
                 offsets[index] += len(data["text"])
                 yield sse_data(envelope.chunk(data["text"], index=index, logprobs=logprobs,
                                               include_usage=include_usage))
+            elif kind == "retry" and not sent and reader is not None:
+                reader = ToolCallReader()  # the answer starts over: so does reading it
             elif kind == "retry" and sent:
                 # Its node was lost after part of the answer went out, and OpenAI chunks cannot take text back:
                 # end with an error and cancel the retry. Before any text, the retry simply answers.
@@ -271,6 +305,10 @@ def stream_response(request_id, envelope, include_usage, param):
                     yield sse_data(failed[1])
                 else:
                     ends = choice_ends(data, envelope.n)
+                    if reader is not None:
+                        for event in reader.finish():
+                            yield sse_data(envelope.chunk(delta=call_delta(event), include_usage=include_usage))
+                        ends[-1] = "tool_calls" if reader.call and ends[-1] == "stop" else ends[-1]
                     for index in range(envelope.n - 1):
                         yield sse_data(envelope.chunk(finish_reason=ends[index], index=index,
                                                       include_usage=include_usage))
@@ -327,11 +365,25 @@ async def respond(request, raw_key, parse, *, api):
     return JsonResponse(envelope.answer(choices, final, await final_cost_of(request_id, final)))
 
 
+def contract_message(message):
+    """A validated message in the runtime's shape (gpu_runtime.generation.message_ok)."""
+    role = "system" if message["role"] == "developer" else message["role"]
+    out = {"role": role, "content": message.get("content") or ""}
+    if message.get("tool_calls"):
+        out["tool_calls"] = [{"id": c["id"], "type": "function", "function": dict(c["function"])}
+                             for c in message["tool_calls"]]
+    if role == "tool":
+        out["tool_call_id"] = message["tool_call_id"]
+    return out
+
+
 def chat_input(request):
     data = validated(ChatIn, read_json(request), CHAT_NEUTRAL)
-    messages = [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
-                for m in data["messages"]]
-    return data, {"messages": messages}
+    tools, grammar = output_of(data)
+    if grammar is not None and grammar.type == "tool_call" and (data.get("n") or 1) > 1:
+        raise InvalidRequest("n > 1 is not supported with tools that may be called: ask for one choice, or set "
+                             "tool_choice to \"none\".", param="n", code="unsupported_value")
+    return data, {"messages": [contract_message(m) for m in data["messages"]], "tools": tools, "grammar": grammar}
 
 
 def completion_input(request):

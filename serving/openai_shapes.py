@@ -5,9 +5,14 @@ chunks carry their choice's ``index``. Logprobs (gpu_runtime.logprobs says of wh
 sends them for chat, ``{"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}], "refusal": null}``, and
 in the legacy completions shape for completions, ``{"tokens", "token_logprobs", "top_logprobs": [{token: logprob}],
 "text_offset"}``, where ``text_offset`` is each token's offset in its choice's text (from 0: no echo).
+
+A request that may answer with a tool call (serving/structured.py) answers it as ``message.tool_calls`` with
+finish_reason ``tool_calls``, streamed as tool-call deltas.
 """
 
 from dataclasses import dataclass
+
+from .structured import read_answer
 
 
 def completion_logprobs(entries, offset=0):
@@ -45,6 +50,7 @@ class Envelope:
     vajra: dict
     n: int = 1
     logprobs: bool = False  # whether the request asked for them
+    tool_calls: bool = False  # the answer may be a tool call (serving/structured.py reads it)
 
     def _base(self, stream):
         kind = ("chat.completion.chunk" if stream else "chat.completion") if self.api == "chat" else "text_completion"
@@ -59,27 +65,36 @@ class Envelope:
             return completion_logprobs(entries or [], offset)
         return {"content": entries or [], "refusal": None}
 
-    def _choice(self, index, text, finish_reason, stream, *, role=False, logprobs=None):
+    def _choice(self, index, text, finish_reason, stream, *, role=False, logprobs=None, calls=None, delta=None):
         if self.api == "completions":
             return {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
         if not stream:
-            return {"index": index, "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": logprobs, "finish_reason": finish_reason}
-        delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
+            message = {"role": "assistant", "content": text, "refusal": None}
+            if calls:
+                message["tool_calls"] = calls
+            return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
+        if delta is None:
+            delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
         return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+
+    def _whole(self, index, choice, reason):
+        text, calls = choice.text, None
+        if self.tool_calls:
+            text, calls = read_answer(text)
+            reason = "tool_calls" if calls and reason == "stop" else reason
+        return self._choice(index, text, reason, False, logprobs=self.shaped_logprobs(choice.logprobs), calls=calls)
 
     def answer(self, choices, final, cost):
         """The whole answer: ``choices`` are serving.relay.Choice, in order."""
         ends = choice_ends(final, len(choices))
-        return {**self._base(False),
-                "choices": [self._choice(i, choice.text, ends[i], False, logprobs=self.shaped_logprobs(choice.logprobs))
-                            for i, choice in enumerate(choices)],
+        return {**self._base(False), "choices": [self._whole(i, choice, ends[i]) for i, choice in enumerate(choices)],
                 "usage": usage_of(final), "vajra": self.extension(final, cost)}
 
     def chunk(self, text=None, finish_reason=None, *, index=0, role=False, logprobs=None, include_usage=False,
-              final=None, cost=None):
+              final=None, cost=None, delta=None):
+        """A stream's chunk; ``delta``: a tool call's delta in place of text."""
         body = {**self._base(True), "choices": [self._choice(index, text, finish_reason, True, role=role,
-                                                             logprobs=logprobs)]}
+                                                             logprobs=logprobs, delta=delta)]}
         if include_usage:
             body["usage"] = None  # as OpenAI: null on every chunk but the last
         if final is not None:

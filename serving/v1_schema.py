@@ -135,7 +135,7 @@ VAJRA_FIELDS = {
 VajraExtension = shape("VajraExtension", VAJRA_FIELDS,
                                    help_text="VAJRA's own: the request, its adapter and tier, what it is billed, its "
                                              "timings.")
-FINISH = {"finish_reason": enum("stop", "length", allow_null=True),
+FINISH = {"finish_reason": enum("stop", "length", "tool_calls", allow_null=True),
           "logprobs": serializers.JSONField(allow_null=True, help_text=(
               "null unless the request asked for logprobs: chat's {content: [TokenLogprob], refusal}, completions' "
               "{tokens, token_logprobs, top_logprobs, text_offset}."))}
@@ -152,9 +152,15 @@ def _completion(name, kind, choice_fields):
         "usage": OpenAIUsage, "vajra": VajraExtension})
 
 
+TOOL_CALL_FUNCTION = {"name": serializers.CharField(),
+                      "arguments": serializers.CharField(help_text="JSON valid for the function's parameters.")}
 ChatCompletionOut = _completion("ChatCompletion", "chat.completion", {"message": shape(
     "ChatCompletionMessage", {"role": constant("assistant"), "content": serializers.CharField(allow_null=True),
-                              "refusal": serializers.CharField(allow_null=True)})})
+                              "refusal": serializers.CharField(allow_null=True),
+                              "tool_calls": shape("ChatCompletionToolCall", {
+                                  "id": serializers.CharField(help_text="call_..."), "type": constant("function"),
+                                  "function": shape("ChatCompletionToolCallFunction", TOOL_CALL_FUNCTION)},
+                                  many=True, required=False, help_text="When the answer is a tool call.")})})
 CompletionOut = _completion("Completion", "text_completion", {"text": serializers.CharField()})
 
 
@@ -171,7 +177,17 @@ def _chunk(name, kind, choice_fields, help_text):
 
 ChatCompletionChunk = _chunk("ChatCompletionChunk", "chat.completion.chunk", {"delta": shape(
     "ChatCompletionDelta", {"role": constant("assistant", required=False),
-                            "content": serializers.CharField(required=False)})},
+                            "content": serializers.CharField(required=False),
+                            "tool_calls": shape("ChatCompletionToolCallDelta", {
+                                "index": serializers.IntegerField(),
+                                "id": serializers.CharField(required=False, help_text="On a call's first delta."),
+                                "type": constant("function", required=False),
+                                "function": shape("ChatCompletionToolCallFunctionDelta", {
+                                    "name": serializers.CharField(required=False, help_text="On its first delta."),
+                                    "arguments": serializers.CharField(required=False,
+                                                                       help_text="The next piece of the JSON.")},
+                                    required=False)},
+                                many=True, required=False)})},
     "The first chunk gives the role, then a chunk per piece of text, then one with the finish_reason; with "
     "include_usage, a last one with no choices and the usage.")
 CompletionChunk = _chunk("CompletionChunk", "text_completion", {"text": serializers.CharField()},

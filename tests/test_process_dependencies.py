@@ -27,7 +27,7 @@ WEB_PACKAGES = CONTRACTS["web-without-model-libraries"]["source_modules"]
 RUNTIME_PACKAGES = CONTRACTS["runtime-without-web"]["source_modules"]
 
 # (distribution and module names alike)
-MODEL_LIBRARIES = {"torch", "transformers", "peft", "safetensors", "gguf"}
+MODEL_LIBRARIES = {"torch", "transformers", "peft", "safetensors", "gguf", "llguidance"}
 WEB_LIBRARIES = {"django", "rest_framework", "channels", "daphne", "psycopg", "stripe", "weasyprint"}
 # Installers present in every Python 3.11 venv, whichever extras it holds.
 VENV_TOOLS = {"pip", "setuptools", "wheel"}

@@ -110,9 +110,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    # a member's role in a tenant and the OpenAI API's message roles are both "role"
+    # "role": a member's role in a tenant and the OpenAI API's message roles; "type": a tool's and others
     "ENUM_NAME_OVERRIDES": {"MemberRoleEnum": "tenants.roles.ROLES",
-                            "MessageRoleEnum": ["system", "developer", "user", "assistant"]},
+                            "MessageRoleEnum": ["system", "developer", "user", "assistant"],
+                            "FunctionTypeEnum": ["function"]},
 }
 
 LOG_LEVEL = env_choice("VAJRA_LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"})
