@@ -13,15 +13,11 @@ every running row: a request cancelled while it waits leaves the queue with no p
 ledger bills it nothing); a row cancelled mid-way leaves within a step with the GPU-ms it used.
 
 A request of n choices (``sampling.n``) takes n rows: its prompt is prefilled once and its KV copied to each choice's
-row, which then samples on its own (its own generator, logits options and text); its final goes out when the last of
-them ends (batch_rows.request_final).
+row, which then samples on its own (gpu_runtime.row_sampling: its generator, logits options, grammar and text; a row
+with a grammar ends where it is complete); its final goes out when the last of them ends (batch_rows.request_final).
 
 Training (gpu_runtime.trainer) shares this thread at inference's priority x10: between inference steps the engine
 gives the first queued job its turns (gpu_runtime.training_turns decides when, and for how long).
-
-A row with a grammar (structured output, tool calls: gpu_runtime.grammar) has its logits masked to what its grammar
-allows before it samples and its matcher advanced by each token it accepts; it ends where its grammar is complete.
-Rows without one skip both steps.
 
 Faults are isolated per row: what one row's own work raises or yields (non-finite logits, e.g. from its adapter;
 its sampler; its grammar; its detokenizer or stop strings) ends that row alone with a typed error
@@ -46,12 +42,11 @@ from .adapter_entry import NoFreeSlot, adapter_key
 from .adapter_validation import AdapterRejected
 from .admission import AdmissionQueue
 from .batch_kv import BatchKV
-from .batch_rows import Handle, RequestError, Row, elapsed_ms, prompt_ids, request_final, unadmitted_final
+from .batch_rows import Handle, RequestError, elapsed_ms, prompt_ids, request_final, unadmitted_final
 from .contract import SUPERSEDED, FinalError, superseded_result
-from .detokenize import IncrementalText
-from .grammar import GrammarError, Grammars
-from .logprobs import TokenPieces, logprob_entry
-from .sampling import LogitsOptions, SamplingError, row_generator, sample_token, shape_logits
+from .grammar import GrammarError
+from .row_sampling import RowSampler
+from .sampling import SamplingError
 from .step_clock import StepClock
 from .training_turns import TrainingTurns
 
@@ -75,8 +70,7 @@ class Engine:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
         self.eos_ids.discard(None)
         self.vocab_size = self.model.config.vocab_size
-        self.pieces = TokenPieces(self.tokenizer)  # token texts and bytes, for logprobs
-        self.grammars = Grammars(self.tokenizer, self.vocab_size)  # rows with a grammar (grammar.py)
+        self.sampler = RowSampler(self.tokenizer, self.vocab_size, self.device)  # each row's own (row_sampling.py)
         self._incoming = queue.Queue()
         self._calls = queue.Queue()  # functions to run on the engine thread between steps
         self._pending = AdmissionQueue(fair=fair_admission)  # waiting for a row, per tenant (admission.py)
@@ -95,14 +89,7 @@ class Engine:
     # ---- outside the engine thread ------------------------------------------------------------------------
     def submit(self, request):
         handle = Handle(request, training_mark=self.training.micro_steps)
-        if request.grammar is not None:  # compiled here, on the submitting thread, not the engine's: one per choice
-            try:
-                handle.grammars = [self.grammars.compile(request.grammar) for _ in range(request.sampling.n)]
-            except GrammarError as exc:
-                handle.grammar_error = exc.message
-            except Exception as exc:  # this request's grammar alone: it is refused at admission
-                log.exception("request %s: compiling its grammar failed", request.request_id)
-                handle.grammar_error = f"the output grammar could not be compiled: {exc}"
+        self.sampler.compile_grammars(handle)
         self.training.arrived(handle.submitted)
         if request.adapter is not None and self.store is not None:
             handle.adapter_future = self.store.prepare(request.adapter)
@@ -123,11 +110,8 @@ class Engine:
         return future
 
     def _run_calls(self):
-        while True:
-            try:
-                fn, future = self._calls.get_nowait()
-            except queue.Empty:
-                return
+        while not self._calls.empty():  # the engine thread is the only one that takes from it
+            fn, future = self._calls.get_nowait()
             try:
                 future.set_result(fn())
             except Exception as exc:  # handed to the caller
@@ -236,10 +220,9 @@ class Engine:
 
     def _try_join(self, handle, draining):
         """The request's Rows, one per choice, ready to prefill (adapter in its slot, prompt tokenized), or None if
-        it must wait. A request whose
-        adapter finds every fitting slot held by running rows adds those slots' adapters to ``draining``: requests
-        later in the round (other tenants' included) do not take them, so one of those slots frees for it when its
-        rows end, instead of a tenant keeping every slot of a rank busy with overlapping requests."""
+        it must wait. A request whose adapter finds every fitting slot held by running rows adds those slots'
+        adapters to ``draining``: requests later in the round (other tenants' included) do not take them, so one of
+        those slots frees for it when its rows end, instead of a tenant keeping every slot of a rank busy."""
         request = handle.request
         if request.base_model and request.base_model != self.base.name:
             raise RequestError("unknown_base_model", f"this node serves {self.base.name}, not {request.base_model}")
@@ -269,15 +252,7 @@ class Engine:
                 handle.slot_wait_from or started, time.perf_counter())
         handle.admitted = time.perf_counter()
         handle.training_waits = self.training.micro_steps - handle.training_mark
-        params = request.sampling
-        handle.rows = [
-            Row(handle, key, slot, len(ids), IncrementalText(self.tokenizer, params.stop, min_tokens=params.min_tokens),
-                row_generator(params, request.request_id, choice, self.device), ids=ids, choice=choice,
-                options=LogitsOptions.of(params, ids, vocab_size=self.vocab_size, eos_ids=self.eos_ids,
-                                         device=self.device),
-                logprobs=[] if params.logprobs is not None else None,
-                grammar=handle.grammars[choice] if handle.grammars else None)
-            for choice in range(params.n)]
+        handle.rows = self.sampler.rows(handle, key, slot, ids, self.eos_ids)
         return handle.rows
 
     def _prefill(self, rows):
@@ -373,14 +348,7 @@ class Engine:
         them (EOS has none: it ends the row). A failure ends this row's request alone (its rows' finish_reason is
         set, the token is None)."""
         try:
-            params = row.handle.request.sampling
-            logits = shape_logits(row.options, logits)
-            if row.grammar is not None:
-                logits = row.grammar.mask(logits)
-            token = sample_token(logits, params, row.generator)
-            if row.logprobs is not None and token not in self.eos_ids:
-                row.logprobs.append(logprob_entry(self.pieces, logits, token, params.logprobs))
-            return token
+            return self.sampler.next_token(row, logits, self.eos_ids)
         except (SamplingError, GrammarError) as exc:
             self._row_fault(row, exc.code, exc.message)
         except Exception as exc:

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import gpu_runtime.engine as engine_module
+import gpu_runtime.row_sampling as row_sampling
 from gpu_runtime.detokenize import IncrementalText
 from gpu_runtime.generation import SamplingParams
 from gpu_runtime.sampling import GREEDY_BELOW, SamplingError, sample_token
@@ -148,7 +148,7 @@ def test_a_fault_in_one_row_ends_that_row_alone(engine, adapters, redis_client, 
     def inject(bad):
         if fault == "sampler":
             calls = []
-            real = engine_module.sample_token
+            real = row_sampling.sample_token
 
             def sampler(logits, params, generator=None):
                 if params is bad.sampling:
@@ -157,10 +157,10 @@ def test_a_fault_in_one_row_ends_that_row_alone(engine, adapters, redis_client, 
                         raise RuntimeError("the sampler failed (test)")
                 return real(logits, params, generator)
 
-            monkeypatch.setattr(engine_module, "sample_token", sampler)
+            monkeypatch.setattr(row_sampling, "sample_token", sampler)
         elif fault in ("detokenizer", "stop"):
             monkeypatch.setattr(FaultyText, "fault", ("add" if fault == "detokenizer" else "stop", at))
-            monkeypatch.setattr(engine_module, "IncrementalText", FaultyText)
+            monkeypatch.setattr(row_sampling, "IncrementalText", FaultyText)
         elif phase == "prefill":  # the slot turns NaN as the row activates it, before its prefill
             real = engine.store.activate
 
@@ -217,7 +217,7 @@ def test_a_final_that_fails_to_render_ends_its_row_in_error_and_the_others_get_t
                 raise RuntimeError("rendering the tail failed (test)")
             return super().finish()
 
-    monkeypatch.setattr(engine_module, "IncrementalText", FailingTail)
+    monkeypatch.setattr(row_sampling, "IncrementalText", FailingTail)
     bad = request(BAD_PROMPT, max_tokens=MAX_TOKENS, stop=[MARK])
     handles, bad_handle = run_with_a_bad_row(engine, paths, bad, lambda bad: None, monkeypatch)
     result = bad_handle.wait(60)
