@@ -89,6 +89,8 @@ REFUSALS = [
     (chat(tool_choice="required"), "invalid_value", "tool_choice"),
     (chat(tools=[tool("f")], response_format={"type": "json_object"}), "unsupported_value", "response_format"),
     (chat(tools=[tool("f")] * 65), None, "tools"),
+    (chat(tools=[tool("f")], n=2), "unsupported_value", "n"),  # one choice when a call may come
+    (chat(tools=[tool("f")], tool_choice="required", n=3), "unsupported_value", "n"),
     (chat(messages=[{"role": "user", "content": None}]), None, "messages.0.content"),
     (chat(messages=[{"role": "user", "content": "x", "tool_calls": [
         {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]), None,

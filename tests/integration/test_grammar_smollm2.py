@@ -16,6 +16,7 @@ from gpu_runtime.generation import GenerationRequest, SamplingParams
 from gpu_runtime.grammar_spec import Grammar
 from gpu_runtime.streams import StreamWriter, read_events
 from tests.fixtures.structured import SCHEMAS, TOOLS
+from tests.runtime_fixtures import streamed_choices
 
 pytestmark = pytest.mark.slow
 PLAIN = ["The capital of France is", "Write a haiku about the sea."]
@@ -37,10 +38,11 @@ def smol_engine(smollm2):
     engine.stop()
 
 
-def submit(engine, *, messages=None, prompt="", grammar=None, tools=(), max_tokens=200, temperature=0.0, seed=None):
+def submit(engine, *, messages=None, prompt="", grammar=None, tools=(), max_tokens=200, temperature=0.0, seed=None,
+           n=1):
     return engine.submit(GenerationRequest(
         request_id=f"req_{uuid.uuid4().hex}", prompt=prompt, messages=tuple(messages or ()), tools=tuple(tools),
-        grammar=grammar, sampling=SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)))
+        grammar=grammar, sampling=SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed, n=n)))
 
 
 def answer(engine, handle, redis_client):
@@ -116,3 +118,14 @@ def test_max_tokens_cuts_a_grammar_and_a_bad_grammar_ends_alone(smol_engine, red
     _, final = answer(smol_engine, bad, redis_client)
     assert final["finish_reason"] == "error" and final["error"]["code"] == "invalid_request"
     assert answer(smol_engine, fine, redis_client)[1]["finish_reason"] in ("stop", "length")
+
+
+def test_each_choice_follows_its_own_grammar(smol_engine, redis_client):
+    # n choices share the prompt's prefill but each has its own matcher: every one of them validates
+    handle = submit(smol_engine, messages=ask("person"), grammar=Grammar.json_schema(SCHEMAS["person"]), temperature=1.0,
+                    seed=3, n=3)
+    final = handle.wait(600)
+    texts, _, _ = streamed_choices(redis_client, handle.request.request_id)
+    assert sorted(texts) == [0, 1, 2] and [c["finish_reason"] for c in final["choices"]] == ["stop"] * 3, final
+    for text in texts.values():
+        jsonschema.validate(json.loads(text), SCHEMAS["person"])
