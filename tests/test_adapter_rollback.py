@@ -4,18 +4,13 @@ the refusals change nothing and send nothing, and charlie (contoso) never reache
 import pytest
 
 from adapters.models import AdapterVersion
-from tests.factories import create_key, key_client, make_adapter, store_version
+from tests.factories import make_adapter, store_version
 from tests.helpers import capture_sent, refused
 
 
 @pytest.fixture
 def sent(monkeypatch):
     return capture_sent(monkeypatch)
-
-
-@pytest.fixture
-def charlie_api(charlie, contoso):
-    return key_client(create_key(charlie, contoso)[1])
 
 
 @pytest.fixture

@@ -28,15 +28,6 @@ URL = "/api/v1/datasets"
 PAGE = reverse("training")
 
 
-@pytest.fixture
-def model_store(settings, tmp_path):
-    """An empty model store: no tokenizer, so tokens are counted as bytes unless a test writes one."""
-    root = tmp_path / "models"
-    root.mkdir()
-    settings.VAJRA_MODEL_STORE = str(root)
-    return root
-
-
 def write_tokenizer(model_store, name):
     """A word-level tokenizer.json for ``name``: one token per whitespace-separated word."""
     from tokenizers import Tokenizer, models, pre_tokenizers

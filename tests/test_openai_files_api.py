@@ -17,15 +17,6 @@ pytestmark = pytest.mark.usefixtures("adapter_storage", "model_store")
 URL = "/v1/files"
 
 
-@pytest.fixture
-def model_store(settings, tmp_path):
-    """An empty model store: tokens are counted as bytes."""
-    root = tmp_path / "models"
-    root.mkdir()
-    settings.VAJRA_MODEL_STORE = str(root)
-    return root
-
-
 def chat(question, answer):
     return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
 
@@ -41,11 +32,6 @@ def upload(client, data=GOOD, *, filename="train.jsonl", **fields):
 @pytest.fixture
 def api(alice, acme):
     return key_client(create_key(alice, acme)[1])
-
-
-@pytest.fixture
-def charlie_api(charlie, contoso):
-    return key_client(create_key(charlie, contoso)[1])
 
 
 def test_upload_is_a_dataset_named_as_openai_names_files(api, acme, adapter_storage):

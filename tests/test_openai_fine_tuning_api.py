@@ -31,11 +31,6 @@ def sent(monkeypatch):
 
 
 @pytest.fixture
-def charlie_api(charlie, contoso):
-    return key_client(create_key(charlie, contoso)[1])
-
-
-@pytest.fixture
 def create(api, django_capture_on_commit_callbacks):
     def post(body, client=None):
         with django_capture_on_commit_callbacks(execute=True):

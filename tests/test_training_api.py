@@ -41,11 +41,6 @@ def sent(monkeypatch):
     return capture_sent(monkeypatch)
 
 
-@pytest.fixture
-def charlie_api(charlie, contoso):
-    return key_client(create_key(charlie, contoso)[1])
-
-
 # ---- create -----------------------------------------------------------------------------------------------------
 
 def test_train_a_new_adapter(post_train, dataset, sent, acme):

@@ -47,11 +47,6 @@ def sent(monkeypatch):
 
 
 @pytest.fixture
-def commit(django_capture_on_commit_callbacks):
-    return lambda: django_capture_on_commit_callbacks(execute=True)
-
-
-@pytest.fixture
 def base(db):
     return make_base()
 

@@ -28,11 +28,6 @@ def sent(monkeypatch):
 
 
 @pytest.fixture
-def commit(django_capture_on_commit_callbacks):
-    return lambda: django_capture_on_commit_callbacks(execute=True)
-
-
-@pytest.fixture
 def validation(acme, base):
     return make_dataset(acme, records=3)
 

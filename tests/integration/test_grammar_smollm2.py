@@ -122,8 +122,8 @@ def test_max_tokens_cuts_a_grammar_and_a_bad_grammar_ends_alone(smol_engine, red
 
 def test_each_choice_follows_its_own_grammar(smol_engine, redis_client):
     # n choices share the prompt's prefill but each has its own matcher: every one of them validates
-    handle = submit(smol_engine, messages=ask("person"), grammar=Grammar.json_schema(SCHEMAS["person"]), temperature=1.0,
-                    seed=3, n=3)
+    handle = submit(smol_engine, messages=ask("person"), grammar=Grammar.json_schema(SCHEMAS["person"]),
+                    temperature=1.0, seed=3, n=3)
     final = handle.wait(600)
     texts, _, _ = streamed_choices(redis_client, handle.request.request_id)
     assert sorted(texts) == [0, 1, 2] and [c["finish_reason"] for c in final["choices"]] == ["stop"] * 3, final
