@@ -31,6 +31,7 @@ MAX_SCHEMA_BYTES = 32_768
 MAX_SCHEMA_DEPTH = 24
 MAX_SCHEMA_NODES = 2_000
 MAX_REPEAT = 4_096  # minLength/maxLength/minItems/maxItems
+MAX_BOUND = 2 ** 53  # minimum/maximum/exclusive*/multipleOf: numbers a double holds exactly
 MAX_TOOLS = 64
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
@@ -129,8 +130,10 @@ def _check_keyword(key, value, at):
         if not _is_int(value) or not 0 <= value <= MAX_REPEAT:
             raise GrammarRefused(at, f"{key} is an integer in 0..{MAX_REPEAT}")
     elif key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            raise GrammarRefused(at, f"{key} is a number")
+        # an int of any size would overflow math.isfinite; past 2^53 the matcher cannot hold it exactly anyway
+        number = _is_int(value) or (isinstance(value, float) and math.isfinite(value))
+        if not number or not -MAX_BOUND <= value <= MAX_BOUND:
+            raise GrammarRefused(at, f"{key} is a number in -2^53..2^53")
         if key == "multipleOf" and value <= 0:
             raise GrammarRefused(at, "multipleOf is a number above 0")
     elif key == "pattern":
@@ -183,7 +186,9 @@ class Grammar:
             if tool["parameters"].get("type", "object") != "object":
                 raise GrammarRefused(f"{where}.{i}.function.parameters.type", "a function's parameters are an "
                                                                                "object")
-        return cls("tool_call", tools=tuple(dict(tool) for tool in tools), choice=choice)
+        # parameters without a type are an object all the same: the call's arguments are one
+        return cls("tool_call", tools=tuple({**tool, "parameters": {"type": "object", **tool["parameters"]}}
+                                            for tool in tools), choice=choice)
 
     @classmethod
     def from_json(cls, payload):

@@ -1,10 +1,11 @@
 """A generated token's logprob and its most likely alternatives, as the row's stream entries carry them.
 
 Logprobs are the log-softmax of the logits the token was sampled from after the row's options (logit_bias,
-penalties, min_tokens: gpu_runtime.sampling.shape_logits) and before temperature, top-k and top-p: a row without
-options reports the model's own distribution (vLLM's default "raw logprobs"), and the same text has the same
-logprobs whatever the temperature. A token a row's options forbid (-inf) is reported as ``FLOOR``, as JSON has no
--Infinity. Only generated tokens have one: EOS ends the row and is not reported.
+penalties, min_tokens: gpu_runtime.sampling.shape_logits) and its grammar (gpu_runtime.grammar: the tokens it does
+not allow next are -inf), before temperature, top-k and top-p: a row without options or grammar reports the model's
+own distribution (vLLM's default "raw logprobs"), and the same text has the same logprobs whatever the temperature.
+A token a row's options or grammar forbid (-inf) is reported as ``FLOOR``, as JSON has no -Infinity. Only generated
+tokens have one: EOS ends the row and is not reported.
 
 Each token's entry: {"token": its text, "logprob", "bytes": its UTF-8 bytes (a piece of a character that several
 tokens spell is its bytes alone), "top_logprobs": [{"token", "logprob", "bytes"}, ...] (the k most likely,

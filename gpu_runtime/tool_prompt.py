@@ -29,7 +29,7 @@ def call_text(name, arguments):
 def _parsed(arguments):
     try:
         return json.loads(arguments)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser: the template gets the text
         return arguments
 
 

@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_TOKENS = 256  # when a request names none (or the plan's cap, if lower): a bounded default, no surprise
 # HTTP status of a request whose final carries one of these error codes: the request's own input (its prompt, its
 # parameters, its adapter's weights) caused it; every other runtime error is the platform's (502).
-FINAL_ERROR_STATUS = {"context_length_exceeded": 400, "invalid_request": 400, "non_finite_logits": 422}
+# grammar_error: the request's own schema or tools ran past what the matcher allows a step.
+FINAL_ERROR_STATUS = {"context_length_exceeded": 400, "invalid_request": 400, "non_finite_logits": 422,
+                      "grammar_error": 422}
 
 
 def final_error_status(code):

@@ -383,6 +383,10 @@ def chat_input(request):
     if grammar is not None and grammar.type == "tool_call" and (data.get("n") or 1) > 1:
         raise InvalidRequest("n > 1 is not supported with tools that may be called: ask for one choice, or set "
                              "tool_choice to \"none\".", param="n", code="unsupported_value")
+    if grammar is not None and data.get("stop"):  # a stop string would cut the JSON or the call short, unseen
+        raise InvalidRequest("stop cannot be combined with response_format json_object or json_schema, nor with tools "
+                             "that may be called: the answer ends where its grammar is complete.", param="stop",
+                             code="unsupported_value")
     return data, {"messages": [contract_message(m) for m in data["messages"]], "tools": tools, "grammar": grammar}
 
 

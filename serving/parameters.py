@@ -128,7 +128,9 @@ class LogitBiasField(serializers.Field):
         for key, bias in data.items():
             if not (key.isascii() and key.isdigit() and len(key) <= MAX_TOKEN_ID_DIGITS):
                 self.refuse(f"keys must be token ids (non-negative integers); got {shown(key)}", "invalid_token_id")
-            number = isinstance(bias, (int, float)) and not isinstance(bias, bool) and math.isfinite(bias)
+            # an int of any size compares exactly; math.isfinite would overflow on a 400-digit one
+            number = (isinstance(bias, int) and not isinstance(bias, bool)) or (
+                isinstance(bias, float) and math.isfinite(bias))
             if not number or not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
                 self.refuse(f"values must be numbers in [-{MAX_LOGIT_BIAS}, {MAX_LOGIT_BIAS}]; got {shown(bias)} for "
                             f"token {key}", "out_of_range" if number else "invalid_type")

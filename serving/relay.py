@@ -8,6 +8,7 @@ import re
 import time
 
 import redis.asyncio as aioredis
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -62,16 +63,24 @@ def error_final(code, message):
     return Final.failed(code, message).to_json()
 
 
-async def inference_ended(request_id):
-    """Whether the inference request's row has ended (False while the database cannot say)."""
-    from django.db import DatabaseError
+def _ended(request_id):
+    from django.db import DatabaseError, connection
 
     from .models import InferenceRequest
 
     try:
-        return await InferenceRequest.objects.filter(pk=request_id, status__in=InferenceRequest.TERMINAL).aexists()
+        return InferenceRequest.objects.filter(pk=request_id, status__in=InferenceRequest.TERMINAL).exists()
     except DatabaseError:
         return False
+    finally:
+        # on a pool thread, closed after: a connection kept per silent stream would hold a PostgreSQL backend each
+        if connection.vendor != "sqlite" and not connection.in_atomic_block:
+            connection.close()
+
+
+async def inference_ended(request_id):
+    """Whether the inference request's row has ended (False while the database cannot say)."""
+    return await sync_to_async(_ended, thread_sensitive=False)(request_id)
 
 
 async def events(request_id, last_id="0", *, max_wait_s=600, check_seq=True, reconnect_s=RECONNECT_S,
@@ -163,7 +172,8 @@ class Choice:
     def add(self, delta):
         self.parts.append(delta["text"])
         if "logprobs" in delta:
-            self.logprobs = (self.logprobs or []) + delta["logprobs"]
+            self.logprobs = self.logprobs if self.logprobs is not None else []
+            self.logprobs.extend(delta["logprobs"])  # in place: a long answer's entries are not copied per delta
 
 
 def choice_index(delta):

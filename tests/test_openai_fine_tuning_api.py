@@ -115,6 +115,7 @@ def test_the_finished_job_names_its_version_as_chat_completions_takes_it(api, cr
     ({"n_epochs": -1}, "hyperparameters.n_epochs"), ({"n_epochs": 2.5}, "hyperparameters.n_epochs"),
     ({"n_epochs": "3"}, "hyperparameters.n_epochs"), ({"n_epochs": True}, "hyperparameters.n_epochs"),
     ({"batch_size": 0}, "hyperparameters.batch_size"), ({"batch_size": 10**6}, "hyperparameters.batch_size"),
+    ({"n_epochs": 10**400}, "hyperparameters.n_epochs"),  # past a float: compared as an int, never converted
     ({"learning_rate_multiplier": 0}, "hyperparameters.learning_rate_multiplier"),
     ({"learning_rate_multiplier": 1e9}, "hyperparameters.learning_rate_multiplier"),
     ({"learning_rate_multiplier": None}, "hyperparameters.learning_rate_multiplier"),

@@ -90,6 +90,15 @@ REFUSALS = [
     (chat(tools=[tool("f")], response_format={"type": "json_object"}), "unsupported_value", "response_format"),
     (chat(tools=[tool("f")] * 65), None, "tools"),
     (chat(tools=[tool("f")], n=2), "unsupported_value", "n"),  # one choice when a call may come
+    (chat(response_format={"type": "json_object"}, stop=["}"]), "unsupported_value", "stop"),
+    (chat(tools=[tool("f")], stop="x"), "unsupported_value", "stop"),
+    # an int past a float's range (math.isfinite would overflow), and NaN/Infinity anywhere (JSON has none)
+    (chat(response_format=json_schema({"type": "integer", "minimum": 10 ** 400})), "unsupported_schema", None),
+    (chat(response_format=json_schema({"type": "number", "maximum": 2.0 ** 60})), "unsupported_schema", None),
+    (chat(tools=[tool("f", parameters={"type": "object", "default": float("nan")})]), "invalid",
+     "tools.0.function.parameters"),
+    (chat(response_format=json_schema({"enum": [1, float("inf")]})), "invalid", "response_format"),
+    (chat(logit_bias={"1": 10 ** 400}), "out_of_range", "logit_bias"),
     (chat(tools=[tool("f")], tool_choice="required", n=3), "unsupported_value", "n"),
     (chat(messages=[{"role": "user", "content": None}]), None, "messages.0.content"),
     (chat(messages=[{"role": "user", "content": "x", "tool_calls": [
@@ -275,3 +284,13 @@ def test_every_keyword_the_web_takes_compiles_and_every_one_it_refuses_would_not
         assert "Unimplemented" in error, keyword
         with pytest.raises(GrammarRefused):
             check_schema({keyword: {}})
+
+
+def test_tool_parameters_without_a_type_are_an_object_and_deep_arguments_stay_text():
+    from gpu_runtime.grammar_spec import Grammar
+    from gpu_runtime.tool_prompt import _parsed
+
+    grammar = Grammar.tool_call([{"name": "f", "parameters": {"properties": {"a": {"type": "integer"}}}}], "required")
+    assert grammar.tools[0]["parameters"] == {"type": "object", "properties": {"a": {"type": "integer"}}}
+    deep = "[" * 100_000 + "]" * 100_000  # past the JSON parser's recursion: the template gets the text as it came
+    assert _parsed(deep) == deep and _parsed('{"a": 1}') == {"a": 1}

@@ -73,6 +73,14 @@ def test_another_tenants_or_an_unknown_validation_dataset_is_404(post_train, dat
             param="validation_dataset")
 
 
+def test_a_validation_dataset_larger_than_the_training_dataset_is_400(post_train, acme, dataset, unchanged_db, sent):
+    # its passes bill no gradients: bounded by the training data, so it cannot buy free compute
+    bigger = make_dataset(acme, records=dataset.records + 1)
+    for path in ("train", "train/estimate"):
+        refused(unchanged_db, sent, lambda p=path: post_train(dataset=dataset.id, validation_dataset=bigger.id, path=p),
+                400, code="validation_too_large", param="validation_dataset")
+
+
 def test_a_damaged_validation_file_fails_the_file_check(post_train, dataset, validation, sent, commit,
                                                         adapter_storage):
     post_train(dataset=dataset.id, validation_dataset=validation.id)

@@ -185,11 +185,19 @@ def _url_dataset(principal, dataset_ref, base_model):
     return read_url_dataset(tenant=principal.tenant, url=dataset_ref, base_model=base_model)
 
 
-def _validation_dataset(principal, validation_ref, *, lock=False):
-    """The tenant's stored dataset measured after each epoch, or None; another tenant's id is a 404."""
+def _validation_dataset(principal, validation_ref, *, records, size_bytes=None, lock=False):
+    """The tenant's stored dataset measured after each epoch, or None; another tenant's id is a 404. Its passes are
+    forward only and bill no gradients, so it is bounded by the training data (``records``, ``size_bytes``: the
+    training dataset's): at most as many records and bytes, a third of an epoch's compute at the most."""
     if validation_ref is None:
         return None
-    return access_dataset(tenant=principal.tenant, dataset_id=validation_ref, lock=lock)
+    validation = access_dataset(tenant=principal.tenant, dataset_id=validation_ref, lock=lock)
+    if validation.records > records or (size_bytes is not None and validation.size_bytes > size_bytes):
+        raise InvalidRequest(f"The validation dataset ({validation.records} records, {validation.size_bytes} bytes) "
+                             f"is larger than the training dataset ({records} records"
+                             f"{f', {size_bytes} bytes' if size_bytes is not None else ''}); validate on a sample of "
+                             "at most its size.", param="validation_dataset", code="validation_too_large")
+    return validation
 
 
 def training_quote(*, principal, base_model, adapter_name, dataset_ref, hyperparameters, validation_ref=None):
@@ -200,7 +208,7 @@ def training_quote(*, principal, base_model, adapter_name, dataset_ref, hyperpar
     hp = _hyperparameters(hyperparameters, base_model=base_model, version=version)
     url_dataset = _url_dataset(principal, dataset_ref, base_model)
     dataset, records = _dataset_and_records(principal, dataset_ref, url_dataset)
-    _validation_dataset(principal, validation_ref)
+    _validation_dataset(principal, validation_ref, records=records, size_bytes=dataset.size_bytes if dataset else None)
     estimate = _estimate(principal.tenant, base_model, hp, dataset, records, url_dataset)
     _require_storage(principal.tenant, estimate, url_dataset)
     return estimate
@@ -260,7 +268,8 @@ def _create(principal, base_model, request, url_dataset, stored):
                            param="adapter_id")
     hp = _hyperparameters(request["hyperparameters"], base_model=base_model, version=version)
     dataset, records = _dataset_and_records(principal, dataset_ref, url_dataset, lock=True)
-    validation = _validation_dataset(principal, request["validation_ref"], lock=True)
+    validation = _validation_dataset(principal, request["validation_ref"], records=records,
+                                     size_bytes=dataset.size_bytes if dataset else None, lock=True)
     estimate = _estimate(tenant, base_model, hp, dataset, records, url_dataset)
     check_training_spend(tenant, gradients=estimate.gradients)  # 402 when the estimate would pass the spend cap
     _require_storage(tenant, estimate, url_dataset)

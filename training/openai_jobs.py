@@ -181,7 +181,9 @@ def _choice(values, name, *, integer, high):
     if value == "auto":
         return None
     number_ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not number_ok or (integer and not float(value).is_integer()) or not 0 < value <= high:
+    # an int compares exactly whatever its size (float() of a 400-digit one would overflow)
+    whole = isinstance(value, int) or (number_ok and float(value).is_integer())
+    if not number_ok or (integer and not whole) or not 0 < value <= high:
         kind = f"an integer from 1 to {high}" if integer else f"a number > 0 and <= {high:g}"
         raise InvalidRequest(f"hyperparameters.{name} must be \"auto\" or {kind}, got {value!r}.",
                              param=f"hyperparameters.{name}", code="invalid_hyperparameter")
