@@ -196,12 +196,6 @@ async def answer_choices(request_id):
     return [choices.get(i) or Choice() for i in range(count)], final
 
 
-async def answer(request_id):
-    """A request's whole answer: (its first choice's text, final event or None)."""
-    choices, final = await answer_choices(request_id)
-    return choices[0].text, final
-
-
 async def cancel(request_id, ttl_s=3600):
     """Asks the engine to drop the request's row (it checks every step). False when Redis is down."""
     try:
