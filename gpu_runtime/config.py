@@ -105,7 +105,7 @@ class RuntimeConfig:
             heartbeat_seconds=_int("VAJRA_HEARTBEAT_SECONDS", 5),
             # VAJRA paper Table 6: MAX_VRAM_ADAPTERS=100 device slots over all buckets
             slot_buckets=_buckets(os.environ.get("VAJRA_SLOT_BUCKETS", "").strip() or "8:64,16:24,32:8,64:4"),
-            max_batch=_int("VAJRA_MAX_BATCH", 8),
+            max_batch=_int("VAJRA_MAX_BATCH", 32),
             stream_ttl_seconds=_int("VAJRA_STREAM_TTL_SECONDS", 3600),
             adapter_cache_dir=Path(os.environ.get("VAJRA_ADAPTER_CACHE") or var_dir / "adapter-cache" / name),
             host_budget_bytes=_int("VAJRA_HOST_ADAPTER_BYTES", 2 << 30),

@@ -6,7 +6,10 @@ pool): bucket ``r`` holds ``A[slots, r, in]`` and ``B[slots, out, r]``. An adapt
 smallest bucket that fits, zero-padded, so making it ready is a copy into a free slot, not building
 modules. Per step the engine sets the batch's row -> slot map once (``SlotPool.set_rows``); each layer
 then gathers its slots' A/B and adds ``scale * (x A^T) B^T`` to its rows with two ``bmm`` per bucket.
-Slot id 0 means "no adapter" (base-only rows).
+Slot id 0 means "no adapter" (base-only rows). A decode step's batch keeps its rows and slots from one step to
+the next until a row ends or joins: the groups stay the same objects then, and each layer keeps the A/B it
+gathered for them (dropped whenever a slot is written, cleared or moved). A group that is the whole batch in
+order (every row with an adapter of one bucket) adds its delta without selecting and scattering rows.
 
 An adapter's layers may differ in rank (PEFT's rank_pattern: each is zero-padded to the bucket's rank, which
 is exact) and in scaling (alpha_pattern, rsLoRA with per-layer ranks): a slot keeps one scale, the one most of
@@ -40,6 +43,7 @@ class RowGroup:
     rows: torch.Tensor  # row indices in the batch
     slots: torch.Tensor  # local slot index in the bucket, one per row
     scaling: torch.Tensor  # each row's slot scale in fp32, shaped for broadcasting [rows, 1, 1]
+    whole: bool  # the rows are the whole batch, in order (no row selection needed)
 
 
 class SlotLoRALinear(nn.Module):
@@ -51,6 +55,7 @@ class SlotLoRALinear(nn.Module):
         self.in_features, self.out_features = base.in_features, base.out_features
         self.A = {}
         self.B = {}
+        self._gathered = {}  # rank -> (group, pool version, A of its slots, B of its slots)
 
     def allocate(self, rank, slots, dtype, device):
         self.A[rank] = torch.zeros(slots, rank, self.in_features, dtype=dtype, device=device)
@@ -72,14 +77,26 @@ class SlotLoRALinear(nn.Module):
             A = self.A.get(group.rank)
             if A is None or self.name[1] not in group.modules:
                 continue
-            xs = x.index_select(0, group.rows)
-            a = A.index_select(0, group.slots)
-            b = self.B[group.rank].index_select(0, group.slots)
-            delta = torch.bmm(torch.bmm(xs.to(SLOT_DTYPE), a.transpose(1, 2)), b.transpose(1, 2)) * group.scaling
+            a, b = self._weights(group, A)
+            xs = x if group.whole else x.index_select(0, group.rows)
+            delta = torch.bmm(torch.bmm(xs.to(SLOT_DTYPE), a), b) * group.scaling
             # the rows' sum in fp32, rounded once to the model's dtype (each row is in one group)
-            summed = out.index_select(0, group.rows).to(SLOT_DTYPE) + delta
-            out = out.index_copy(0, group.rows, summed.to(out.dtype))
+            if group.whole:
+                out = (out.to(SLOT_DTYPE) + delta).to(out.dtype)
+            else:
+                summed = out.index_select(0, group.rows).to(SLOT_DTYPE) + delta
+                out = out.index_copy(0, group.rows, summed.to(out.dtype))
         return out
+
+    def _weights(self, group, A):
+        """The group's slots' A^T [rows, in, r] and B^T [rows, r, out], gathered once per batch composition."""
+        kept = self._gathered.get(group.rank)
+        if kept is not None and kept[0] is group and kept[1] == self.pool.version:
+            return kept[2], kept[3]
+        a = A.index_select(0, group.slots).transpose(1, 2)
+        b = self.B[group.rank].index_select(0, group.slots).transpose(1, 2)
+        self._gathered[group.rank] = (group, self.pool.version, a, b)
+        return a, b
 
 
 class SlotPool:
@@ -95,6 +112,8 @@ class SlotPool:
         param = next(model.parameters())
         self.dtype, self.device = SLOT_DTYPE, param.device
         self.groups = []
+        self._built = None  # (row -> slot ids, version, groups) of the last set_rows
+        self.version = 0  # bumped by every slot write, clear and move: layers regather their A/B then
         self.trainable = None  # a training job's A/B pairs during its micro-step (gpu_runtime.trainer)
         self.layers = {}  # (layer, module) -> SlotLoRALinear
         self.slot_modules = {}  # global slot id -> module names its adapter targets
@@ -139,6 +158,7 @@ class SlotPool:
         tensors; modules the adapter does not target are zeroed. ``scaling`` is one factor for every layer or
         a mapping (layer, module) -> factor. Buffers of a (bucket, module) pair are allocated the first time
         an adapter targets that module, so q/v-only adapters cost q/v memory."""
+        self.version += 1
         rank, local = self._slot_of[slot_id]
         too_big = max((a.shape[0] for a, _ in weights.values()), default=0)
         if too_big > rank:
@@ -171,6 +191,7 @@ class SlotPool:
 
     @torch.no_grad()
     def clear(self, slot_id):
+        self.version += 1
         rank, local = self._slot_of[slot_id]
         for wrapper in self.layers.values():
             if rank in wrapper.A:
@@ -183,6 +204,7 @@ class SlotPool:
     @torch.no_grad()
     def move(self, source, target):
         """Copies an adapter from one slot to another on the device (compaction), then clears the source."""
+        self.version += 1
         rank = self.slot_rank[source]
         (src_rank, src_local), (dst_rank, dst_local) = self._slot_of[source], self._slot_of[target]
         if rank > dst_rank:
@@ -204,7 +226,11 @@ class SlotPool:
         self.clear(source)
 
     def set_rows(self, row_slots):
-        """The batch's row -> global slot id (0 = base only), set once per forward pass."""
+        """The batch's row -> global slot id (0 = base only), set once per forward pass. The same row -> slot ids
+        as the last call's, with no slot written since, keep the same groups (and the layers' gathered A/B)."""
+        row_slots = tuple(row_slots)
+        if self._built is not None and self._built[:2] == (row_slots, self.version) and self.groups is self._built[2]:
+            return
         groups = []
         by_rank = {}
         for row, slot_id in enumerate(row_slots):
@@ -217,8 +243,10 @@ class SlotPool:
             ids = torch.tensor([m[2] for m in members], device=self.device)
             modules = frozenset().union(*(self.slot_modules.get(m[2], ()) for m in members))
             scaling = self.scaling.index_select(0, ids)[:, None, None]
-            groups.append(RowGroup(rank, modules, rows, slots, scaling))
+            whole = len(members) == len(row_slots)  # every row, in order (members are in row order)
+            groups.append(RowGroup(rank, modules, rows, slots, scaling, whole))
         self.groups = groups
+        self._built = (row_slots, self.version, groups)
 
 
 def adapter_weights_from_tensors(tensors, facts):

@@ -119,9 +119,11 @@ def hold_engine(engine, seconds):
 
 
 def poison_slot(pool, slot):
-    """Writes NaN into every buffer of one adapter slot: whatever that row computes through its LoRA is NaN."""
+    """Writes NaN into every buffer of one adapter slot: whatever that row computes through its LoRA is NaN. The
+    pool's version moves as with any slot write, so no layer keeps the slot's weights it gathered before."""
     rank, local = pool._slot_of[slot]
     with torch.no_grad():
         for wrapper in pool.layers.values():
             if rank in wrapper.A:
                 wrapper.A[rank][local].fill_(math.nan)
+    pool.version += 1
