@@ -15,7 +15,7 @@ Headlines, like for like (each pair does the same job):
                          adapter it already holds: ``set_adapter``
 
 The other figures (from_pretrained, full pool, object -> ready, the floors and the breakdown) are secondary.
-Targets on this CPU: host <= 5 ms and >= 15x faster than load_adapter; disk <= 20 ms.
+Targets on this CPU: host <= 5 ms and >= 15x faster than load_adapter; disk -> ready <= 5 ms.
 All cases run round-robin in one process (the VM's speed drifts; compare ratios).
 
     .venv/bin/python bench/adapter_load.py [--quick]
@@ -175,7 +175,7 @@ def main():
         targets = {
             "host_le_5ms": {"value_ms": host_ms, "target_ms": 5, "met": host_ms <= 5},
             "host_ge_15x_load_adapter": {"value_x": round(speedup, 1), "target_x": 15, "met": speedup >= 15},
-            "disk_le_20ms": {"value_ms": disk_ms, "target_ms": 20, "met": disk_ms <= 20},
+            "disk_le_5ms": {"value_ms": disk_ms, "target_ms": 5, "met": disk_ms <= 5},
         }
         print("\ntargets: " + "; ".join(f"{k} {common.verdict(v['met'])}" for k, v in targets.items()))
         common.write_result(NAME, {

@@ -208,11 +208,13 @@ class AdapterStore:
         try:
             path = self._ensure_disk(ref, entry)
             started = time.perf_counter()
-            facts = validate_adapter(path, self.base_facts, max_rank=self.max_rank)
+            # the files' structure first, the values once, as they are read (not a scan and then a read)
+            facts = validate_adapter(path, self.base_facts, max_rank=self.max_rank, check_values=False)
             if facts.rank > max(self.pool.buckets):
                 raise AdapterRejected("rank_too_large", f"rank {facts.rank} exceeds this node's largest slot "
                                       f"bucket {max(self.pool.buckets)}")
             tensors = load_file(str(path / WEIGHTS_FILE))
+            _check_finite(tensors)
             weights = {}
             nbytes = 0
             for module_key, (A, B) in adapter_weights_from_tensors(tensors, facts).items():
@@ -433,3 +435,11 @@ class AdapterStore:
 
     def shutdown(self):
         self._loader.shutdown(wait=False, cancel_futures=True)
+
+
+def _check_finite(tensors):
+    """The value check of ``validate_adapter`` (``non_finite``) on the tensors as read, so that each value is
+    scanned once on the way from disk to host RAM."""
+    for name, tensor in tensors.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise AdapterRejected("non_finite", f"{name} contains NaN or Inf values.")

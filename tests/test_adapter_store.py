@@ -3,6 +3,7 @@ eviction past the threshold, pinned hot adapters, fail-fast memory of broken ada
 Algorithm 4's defragmentation."""
 
 import copy
+import shutil
 
 import pytest
 import torch
@@ -114,6 +115,26 @@ def test_broken_adapter_fails_fast_and_is_never_placed(store_for, tmp_path):
     with pytest.raises(AdapterRejected):
         store.prepare(ref).result(timeout=1)
     assert len(store.moves) == moves  # no second fetch
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_nan_or_inf_value_is_refused_as_it_is_read_and_never_placed(store_for, objects, tmp_path, value):
+    """The store checks the values once, on the tensors it reads into host RAM (the file scan is skipped)."""
+    from safetensors.torch import load_file, save_file
+
+    _, paths = objects
+    bad = tmp_path / "bad"
+    shutil.copytree(paths[0], bad)
+    tensors = load_file(str(bad / "adapter_model.safetensors"))
+    name = sorted(tensors)[-1]
+    tensors[name][0, 0] = value
+    save_file(tensors, str(bad / "adapter_model.safetensors"))
+    store = store_for({4: 1})
+    ref = AdapterRef("bad", 1, str(bad))
+    with pytest.raises(AdapterRejected) as info:
+        store.prepare(ref).result(timeout=30)
+    assert info.value.code == "non_finite" and name in info.value.message
+    assert store.where(ref.key) == "failed" and store.pool.slot_modules == {}
 
 
 def test_rank_above_every_bucket_is_refused_before_touching_slots(store_for, objects):
