@@ -284,8 +284,10 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="vajra-bench-peer-vllm-"))
     all_runs, infos = {}, {}
     try:
-        # the adapters of multi_adapter (same seed), made once on the fp32 model and served by both in each dtype
-        adapter_paths = common.make_adapters(common.load_smollm2("float32"), largest, tmp / "adapters")
+        # the adapters of multi_adapter (same seed), made once on the fp32 model and served by both in each dtype; on a
+        # thread of their own, as torch work on this process's main thread slows the engine's thread (common.py)
+        adapter_paths = common.on_loader_thread(lambda: common.make_adapters(
+            common.load_smollm2("float32"), largest, tmp / "adapters"), name="adapter-maker")
         refs = [AdapterRef(f"a{i}", 1, str(p), tier="warm") for i, p in enumerate(adapter_paths)]
         with common.private_redis() as streams:
             for dtype in args.dtypes:

@@ -60,7 +60,7 @@ class Engine:
         self.base = base
         self.model, self.tokenizer = base.model, base.tokenizer
         self.device = torch.device(base.device)
-        # oneDNN on weights packed for the batch's shape on a CPU (packed_linear.py): same product, less time
+        # on a CPU, oneDNN on weights packed for the batch's shape (packed_linear.py): the same product, faster
         self.packed_linears = pack_linears(self.model, batch_hint=max_batch) if self.device.type == "cpu" else 0
         self.store = store
         self.pool = store.pool if store is not None else None
@@ -151,15 +151,13 @@ class Engine:
                     self.training.decode_step_ran()
                 if self.training.due(rows_running=bool(self.rows)):
                     self._training_turn()
-                elif self.rows:
-                    pass
-                elif not self._pending:
+                elif not self.rows and not self._pending:
                     try:
                         self._pending.append(self._incoming.get(timeout=self.idle_wait_s))
                     except queue.Empty:
                         if self.store is not None:  # idle: a good moment to compact the slots
                             self.store.defragment()
-                else:
+                elif not self.rows:
                     time.sleep(0.001)  # waiting on an adapter load
             except Exception as exc:  # a failed step must not take the node down: fail its rows, go on
                 log.exception("engine step failed")
@@ -281,11 +279,12 @@ class Engine:
         except BaseException:  # the admission fails whole: the groups merged so far leave the batch cache again
             self.kv.keep_first(len(self.rows))
             raise
-        for row in merged + fresh:
-            self.rows.append(row)
-            if row.finish_reason is None:  # a row whose sampling failed leaves with its error at _retire
-                self._accept_token(row, row.last_token)
-        self._retire()
+        with self.streams.held():  # the rows' first tokens go to Redis together
+            for row in merged + fresh:
+                self.rows.append(row)
+                if row.finish_reason is None:  # a row whose sampling failed leaves with its error at _retire
+                    self._accept_token(row, row.last_token)
+            self._retire()
 
     def _prefill_group(self, rows, cache, offset=0):
         """Prefills ``rows`` (each request's first choice) in one forward pass and merges their KV into the batch's,
@@ -339,12 +338,13 @@ class Engine:
         logits = out.logits[:, -1].float()
         share = self._busy(started) / len(self.rows)
         self.steps += 1
-        for i, row in enumerate(self.rows):
-            row.gpu_ms += share
-            token = self._sample(row, logits[i])
-            if row.finish_reason is None:
-                self._accept_token(row, token)
-        self._retire()
+        with self.streams.held():  # the step's tokens of every row go to Redis together
+            for i, row in enumerate(self.rows):
+                row.gpu_ms += share
+                token = self._sample(row, logits[i])
+                if row.finish_reason is None:
+                    self._accept_token(row, token)
+            self._retire()
 
     def _sample(self, row, logits):
         """The row's next token, from its logits shaped by its options; with its logprob entry when it asked for
@@ -402,9 +402,7 @@ class Engine:
 
     def _send_text(self, row, text):
         """A delta of the row's choice, with the logprobs of its tokens since the last one (when it asked)."""
-        logprobs = row.logprobs
-        if logprobs is not None:
-            row.logprobs = []
+        logprobs, row.logprobs = row.logprobs, ([] if row.logprobs is not None else None)
         self.streams.delta(row.handle.request.request_id, text, row.handle.request.attempt, index=row.choice,
                            logprobs=logprobs)
 
@@ -496,6 +494,7 @@ class Engine:
         final = final.with_attempt(handle.request.attempt).to_json()
         try:
             self.streams.final(handle.request.request_id, final)
+            self.streams.flush()  # in Redis before the task hears of it (inside a step's held writes too)
         finally:
             handle.result = final
             handle.done.set()

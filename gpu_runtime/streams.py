@@ -4,8 +4,12 @@ Redis may restart under a running engine. A write that fails is kept, in order, 
 ``flush`` once Redis answers again (tried at most every ``retry_s``, so the engine thread never waits on a dead
 Redis). Each entry carries ``seq`` (0, 1, 2, ... per stream): a reader that sees a gap knows entries were lost
 (a Redis that restarted without its data) instead of relaying a silently shortened answer.
+
+The engine adds a step's entries (one delta per row, the finals of the rows that ended) inside ``held()``: they go
+to Redis together when the step's rows are done, one round trip per step instead of one per row.
 """
 
+import contextlib
 import json
 import logging
 import threading
@@ -34,6 +38,7 @@ class StreamWriter:
         self._pending_count = 0
         self._next_try = 0.0
         self._lock = threading.Lock()  # the worker's writer is shared by task threads
+        self._held = threading.local()  # depth of held() blocks on each thread
 
     @classmethod
     def from_url(cls, url, ttl_seconds=3600):
@@ -55,7 +60,20 @@ class StreamWriter:
                 return
             self._pending.setdefault(request_id, []).append(entry)
             self._pending_count += 1
-            self._flush()
+            if not getattr(self._held, "depth", 0):
+                self._flush()
+
+    @contextlib.contextmanager
+    def held(self):
+        """Entries this thread adds inside the block are written together as it ends (another thread's write, or
+        ``flush``, may take them earlier; their order is kept either way)."""
+        self._held.depth = getattr(self._held, "depth", 0) + 1
+        try:
+            yield
+        finally:
+            self._held.depth -= 1
+            if not self._held.depth:
+                self.flush()
 
     def flush(self):
         """Writes what is pending (the engine calls it every loop); True when nothing is left."""
