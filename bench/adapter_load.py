@@ -3,8 +3,8 @@
 
     host RAM -> slot    AdapterStore.activate(key) with the adapter in host RAM (a free slot; and
                         a full pool where the least recently used idle adapter is evicted first)
-    disk -> ready       prepare(ref).result() + activate: validate + load_file + to host (the loader
-                        thread's _load_to_host from the disk cache), then the slot copy
+    disk -> ready       prepare(ref).result() + activate: validate + one read checking each value once + to
+                        host (the loader thread's _load_to_host from the disk cache), then the slot copy
     object -> ready     the same plus the copy from object storage into the disk cache
 
 Headlines, like for like (each pair does the same job):
@@ -39,6 +39,7 @@ def main():
     from peft import PeftModel
     from safetensors.torch import load_file
 
+    from gpu_runtime.adapter_read import read_adapter_tensors
     from gpu_runtime.adapter_store import AdapterStore
     from gpu_runtime.adapter_validation import WEIGHTS_FILE, validate_adapter
     from gpu_runtime.generation import AdapterRef
@@ -128,11 +129,14 @@ def main():
         timings = common.interleaved_ms(cases, repeats)
         weights_path = str(paths[0] / WEIGHTS_FILE)
         loaded = load_file(weights_path)
+        file_facts = validate_adapter(paths[0], facts, check_values=False)
         breakdown = common.interleaved_ms({
             "validate_adapter (check_values=True)": lambda: validate_adapter(paths[0], facts),
             "validate_adapter (check_values=False)": lambda: validate_adapter(paths[0], facts, check_values=False),
             "safetensors load_file": lambda: load_file(weights_path),
             "torch.isfinite over the loaded tensors": lambda: all(bool(t.isfinite().all()) for t in loaded.values()),
+            "read_adapter_tensors (the store's: one read, values checked once)": lambda: read_adapter_tensors(
+                paths[0] / WEIGHTS_FILE, file_facts),
             "read adapter file bytes": lambda: Path(weights_path).read_bytes(),
             "copytree object -> disk cache": lambda: _copytree(paths[0], tmp / "copy-probe"),
         }, repeats)

@@ -25,9 +25,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from .adapter_entry import Adapter, HostAdapter, NoFreeSlot, State, adapter_key, fetch_adapter
+from .adapter_read import read_adapter_tensors
 from .adapter_validation import WEIGHTS_FILE, AdapterRejected, validate_adapter
 from .contract import TIERS, split_version_key
 from .lora import adapter_weights_from_tensors
@@ -208,13 +208,12 @@ class AdapterStore:
         try:
             path = self._ensure_disk(ref, entry)
             started = time.perf_counter()
-            # the files' structure first, the values once, as they are read (not a scan and then a read)
+            # the files' structure first, then one read that checks each value once (adapter_read.py)
             facts = validate_adapter(path, self.base_facts, max_rank=self.max_rank, check_values=False)
             if facts.rank > max(self.pool.buckets):
                 raise AdapterRejected("rank_too_large", f"rank {facts.rank} exceeds this node's largest slot "
                                       f"bucket {max(self.pool.buckets)}")
-            tensors = load_file(str(path / WEIGHTS_FILE))
-            _check_finite(tensors)
+            tensors = read_adapter_tensors(path / WEIGHTS_FILE, facts)
             weights = {}
             nbytes = 0
             for module_key, (A, B) in adapter_weights_from_tensors(tensors, facts).items():
@@ -436,10 +435,3 @@ class AdapterStore:
     def shutdown(self):
         self._loader.shutdown(wait=False, cancel_futures=True)
 
-
-def _check_finite(tensors):
-    """The value check of ``validate_adapter`` (``non_finite``) on the tensors as read, so that each value is
-    scanned once on the way from disk to host RAM."""
-    for name, tensor in tensors.items():
-        if not bool(torch.isfinite(tensor).all()):
-            raise AdapterRejected("non_finite", f"{name} contains NaN or Inf values.")
