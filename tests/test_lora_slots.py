@@ -87,3 +87,38 @@ def test_rank_8_adapter_in_a_16_bucket_is_exact_and_clear_restores_base(tiny):
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, base(ids).logits, atol=1e-6)
     assert pool.slots_for_rank(8) == [1] and pool.slots_for_rank(32) == []
+
+
+def test_a_slot_written_between_steps_of_the_same_batch_serves_its_new_adapter(tiny):
+    """Every row has an adapter of one bucket (the whole-batch path). While the batch keeps its rows and slots the
+    pool keeps its groups and the layers their gathered A/B; once a slot gets another adapter (other rank, alpha and
+    modules), the next step's rows get PEFT's logits for the new one."""
+    base, paths = tiny
+    facts_base = BaseFacts.from_manifest({"name": "tiny", "architecture": MANIFEST["architecture"]})
+    model = copy.deepcopy(base)
+    pool = SlotPool(model, facts_base, buckets={4: 2})
+
+    def write(slot, path):
+        facts = validate_adapter(path, facts_base)
+        pool.write(slot, adapter_weights_from_tensors(load_file(str(path / "adapter_model.safetensors")), facts),
+                   facts.scaling)
+
+    write(1, paths[0])
+    write(2, paths[2])
+    ids = torch.randint(0, CFG["vocab_size"], (1, 6), generator=torch.Generator().manual_seed(2))
+    pool.set_rows([1, 2])
+    groups = pool.groups
+    for _ in range(2):  # the second step reuses the groups and the gathered weights
+        pool.set_rows([1, 2])
+        assert pool.groups is groups
+        with torch.no_grad():
+            logits = model(ids.repeat(2, 1)).logits
+        assert torch.allclose(logits[0], peft_logits(base, paths[0], ids)[0], atol=1e-5)
+        assert torch.allclose(logits[1], peft_logits(base, paths[2], ids)[0], atol=1e-5)
+    write(1, paths[2])
+    pool.set_rows([1, 2])
+    assert pool.groups is not groups
+    with torch.no_grad():
+        logits = model(ids.repeat(2, 1)).logits
+    expected = peft_logits(base, paths[2], ids)[0]
+    assert torch.allclose(logits[0], expected, atol=1e-5) and torch.allclose(logits[1], expected, atol=1e-5)

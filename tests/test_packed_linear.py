@@ -1,23 +1,17 @@
 """The base's linear layers on oneDNN with packed weights (gpu_runtime.packed_linear) give the plain layers' results
-to float rounding, the same greedy tokens, the same state dict and the same gradients; and slot LoRA's per-batch
-reuse of gathered adapter weights (gpu_runtime.lora) never serves a slot's old weights after a write."""
+to float rounding, the same greedy tokens, the same state dict and the same gradients."""
 
 import copy
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
-from safetensors.torch import load_file
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from gpu_runtime.adapter_validation import BaseFacts, validate_adapter
-from gpu_runtime.lora import SlotPool, adapter_weights_from_tensors
 from gpu_runtime.packed_linear import PackedLinear, pack_linears, packing_available
 
 CFG = dict(vocab_size=256, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
            num_key_value_heads=2)
-ARCH = {"name": "tiny", "architecture": {k: CFG[k] for k in CFG if k != "vocab_size"}}
 
 pytestmark = pytest.mark.skipif(not packing_available(torch.float32), reason="this torch has no oneDNN linear")
 
@@ -78,57 +72,3 @@ def test_with_gradients_the_plain_linear_runs_and_gradients_match():
         model(inputs_embeds=embed).logits.square().mean().backward()
         grads.append(embed.grad)
     assert torch.equal(grads[0], grads[1])  # the plain linear's exact gradients: the packed copy is not used
-
-
-@pytest.fixture(scope="module")
-def two_adapters(tmp_path_factory):
-    base = tiny_model()
-    paths = []
-    for i in range(2):
-        torch.manual_seed(10 + i)
-        peft = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                               init_lora_weights=False))
-        path = tmp_path_factory.mktemp(f"adapter{i}")
-        peft.save_pretrained(path)
-        paths.append(path)
-    return base, paths
-
-
-def peft_logits(base, path, ids):
-    from peft import PeftModel
-
-    model = PeftModel.from_pretrained(copy.deepcopy(base), path).eval()
-    with torch.no_grad():
-        return model(ids).logits
-
-
-def weights_of(path, facts_base):
-    facts = validate_adapter(path, facts_base)
-    return adapter_weights_from_tensors(load_file(str(path / "adapter_model.safetensors")), facts), facts.scaling
-
-
-def test_a_slot_written_between_steps_of_the_same_batch_serves_its_new_adapter(two_adapters):
-    """Every row has an adapter of one bucket (the whole-batch path); the batch keeps its rows and slots, one slot
-    gets another adapter between two passes: the second pass gives PEFT's logits for the new adapter."""
-    base, paths = two_adapters
-    facts_base = BaseFacts.from_manifest(ARCH)
-    model = copy.deepcopy(base)
-    pool = SlotPool(model, facts_base, buckets={4: 2})
-    pool.write(1, *weights_of(paths[0], facts_base))
-    pool.write(2, *weights_of(paths[1], facts_base))
-    ids = torch.randint(0, CFG["vocab_size"], (1, 6), generator=torch.Generator().manual_seed(2))
-    pool.set_rows([1, 2])
-    groups = pool.groups
-    with torch.no_grad():
-        before = model(ids.repeat(2, 1)).logits
-    assert torch.allclose(before[0], peft_logits(base, paths[0], ids)[0], atol=1e-5)
-    assert torch.allclose(before[1], peft_logits(base, paths[1], ids)[0], atol=1e-5)
-    pool.set_rows([1, 2])
-    assert pool.groups is groups  # same rows, same slots: the gathered weights are kept ...
-    pool.write(1, *weights_of(paths[1], facts_base))
-    expected = peft_logits(base, paths[1], ids)[0]
-    with torch.no_grad():  # the layers regather at once, even before the engine sets the rows again
-        after = model(ids.repeat(2, 1)).logits
-    assert torch.allclose(after[0], expected, atol=1e-5) and torch.allclose(after[1], expected, atol=1e-5)
-    pool.set_rows([1, 2])
-    assert pool.groups is not groups  # ... until a slot is written
