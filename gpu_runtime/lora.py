@@ -8,8 +8,10 @@ modules. Per step the engine sets the batch's row -> slot map once (``SlotPool.s
 then gathers its slots' A/B and adds ``scale * (x A^T) B^T`` to its rows with two ``bmm`` per bucket.
 Slot id 0 means "no adapter" (base-only rows). A decode step's batch keeps its rows and slots from one step to
 the next until a row ends or joins: the groups stay the same objects then, and each layer keeps the A/B it
-gathered for them (dropped whenever a slot is written, cleared or moved). A group that is the whole batch in
-order (every row with an adapter of one bucket) adds its delta without selecting and scattering rows.
+gathered for them (dropped whenever the groups change or a slot is written, cleared or moved), up to
+``GATHER_BUDGET_BYTES`` over all layers (a large model's layers beyond it gather per step, as without keeping).
+A group that is the whole batch in order (every row with an adapter of one bucket) adds its delta without
+selecting and scattering rows.
 
 An adapter's layers may differ in rank (PEFT's rank_pattern: each is zero-padded to the bucket's rank, which
 is exact) and in scaling (alpha_pattern, rsLoRA with per-layer ranks): a slot keeps one scale, the one most of
@@ -32,6 +34,7 @@ from .adapter_validation import BaseFacts
 # keeps a bf16 / fp16 model's adapters in fp32 (autocast_adapter_dtype): a bf16 model's output then differs from
 # PEFT's by the base layers' rounding alone (bf16 slots would add the rounding of the weights and of x A^T).
 SLOT_DTYPE = torch.float32
+GATHER_BUDGET_BYTES = 256 << 20  # gathered A/B the layers may keep between steps, all layers together
 
 
 @dataclass(frozen=True)
@@ -89,13 +92,15 @@ class SlotLoRALinear(nn.Module):
         return out
 
     def _weights(self, group, A):
-        """The group's slots' A^T [rows, in, r] and B^T [rows, r, out], gathered once per batch composition."""
+        """The group's slots' A^T [rows, in, r] and B^T [rows, r, out], gathered once per batch composition while
+        the pool's budget for kept gathers lasts."""
         kept = self._gathered.get(group.rank)
         if kept is not None and kept[0] is group and kept[1] == self.pool.version:
             return kept[2], kept[3]
         a = A.index_select(0, group.slots).transpose(1, 2)
         b = self.B[group.rank].index_select(0, group.slots).transpose(1, 2)
-        self._gathered[group.rank] = (group, self.pool.version, a, b)
+        if self.pool.may_keep(a.numel() * a.element_size() + b.numel() * b.element_size()):
+            self._gathered[group.rank] = (group, self.pool.version, a, b)
         return a, b
 
 
@@ -113,6 +118,7 @@ class SlotPool:
         self.dtype, self.device = SLOT_DTYPE, param.device
         self.groups = []
         self._built = None  # (row -> slot ids, version, groups) of the last set_rows
+        self._kept_bytes = 0  # gathered A/B the layers keep for the current groups (SlotLoRALinear._weights)
         self.version = 0  # bumped by every slot write, clear and move: layers regather their A/B then
         self.trainable = None  # a training job's A/B pairs during its micro-step (gpu_runtime.trainer)
         self.layers = {}  # (layer, module) -> SlotLoRALinear
@@ -225,12 +231,22 @@ class SlotPool:
         self.slot_rank[target] = rank
         self.clear(source)
 
+    def may_keep(self, nbytes):
+        """Whether a layer may keep ``nbytes`` more of gathered A/B for the current groups (counted if so)."""
+        if self._kept_bytes + nbytes > GATHER_BUDGET_BYTES:
+            return False
+        self._kept_bytes += nbytes
+        return True
+
     def set_rows(self, row_slots):
         """The batch's row -> global slot id (0 = base only), set once per forward pass. The same row -> slot ids
         as the last call's, with no slot written since, keep the same groups (and the layers' gathered A/B)."""
         row_slots = tuple(row_slots)
         if self._built is not None and self._built[:2] == (row_slots, self.version) and self.groups is self._built[2]:
             return
+        for wrapper in self.layers.values():  # what they kept is for the old groups: free it now
+            wrapper._gathered.clear()
+        self._kept_bytes = 0
         groups = []
         by_rank = {}
         for row, slot_id in enumerate(row_slots):

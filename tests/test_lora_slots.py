@@ -122,3 +122,29 @@ def test_a_slot_written_between_steps_of_the_same_batch_serves_its_new_adapter(t
         logits = model(ids.repeat(2, 1)).logits
     expected = peft_logits(base, paths[2], ids)[0]
     assert torch.allclose(logits[0], expected, atol=1e-5) and torch.allclose(logits[1], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("budget", [0, 1 << 30])
+def test_gathered_weights_are_kept_within_the_budget_and_freed_when_the_batch_changes(tiny, monkeypatch, budget):
+    """Past the budget the layers gather per step (same logits); within it they keep, and a new batch frees it."""
+    from gpu_runtime import lora
+
+    monkeypatch.setattr(lora, "GATHER_BUDGET_BYTES", budget)
+    base, paths = tiny
+    facts_base = BaseFacts.from_manifest({"name": "tiny", "architecture": MANIFEST["architecture"]})
+    model = copy.deepcopy(base)
+    pool = SlotPool(model, facts_base, buckets={4: 2})
+    for slot, path in ((1, paths[0]), (2, paths[2])):
+        facts = validate_adapter(path, facts_base)
+        pool.write(slot, adapter_weights_from_tensors(load_file(str(path / "adapter_model.safetensors")), facts),
+                   facts.scaling)
+    ids = torch.randint(0, CFG["vocab_size"], (1, 5), generator=torch.Generator().manual_seed(3))
+    pool.set_rows([1, 2])
+    with torch.no_grad():
+        logits = model(ids.repeat(2, 1)).logits
+    assert torch.allclose(logits[0], peft_logits(base, paths[0], ids)[0], atol=1e-5)
+    assert torch.allclose(logits[1], peft_logits(base, paths[2], ids)[0], atol=1e-5)
+    kept = [w for w in pool.layers.values() if w._gathered]
+    assert (len(kept) > 0) == (budget > 0) and pool._kept_bytes <= budget
+    pool.set_rows([2])
+    assert pool._kept_bytes == 0 and not any(w._gathered for w in pool.layers.values())
