@@ -4,6 +4,8 @@ bench/results/platform_overhead.json."""
 import common
 
 NAME = "platform_overhead"
+ADDED_TTFT_MS = 5  # p50 time to first token the platform adds beyond the engine's own clock
+CONCURRENT_SHARE = 0.95  # 32 streams through the platform: the share of the engine's tokens/s they keep
 
 
 def summarize_latency(label, rows, max_tokens):
@@ -96,13 +98,13 @@ def report(results, config, ready_s, node_loaded, quick, load_before, prompt_tok
     targets = {}
     for key, r in (("base", base), ("adapter", results["adapter"])):
         beyond, raw = r["added_beyond_engine_ms"]["ttft_sse"]["p50"], r["added_ms"]["ttft_sse"]["p50"]
-        targets[f"added_ttft_p50_le_15ms_{key}"] = {"value_ms": beyond, "raw_difference_ms": raw, "target_ms": 15,
-                                                    "met": beyond <= 15}
+        targets[f"added_ttft_p50_le_{ADDED_TTFT_MS}ms_{key}"] = {
+            "value_ms": beyond, "raw_difference_ms": raw, "target_ms": ADDED_TTFT_MS, "met": beyond <= ADDED_TTFT_MS}
     targets["texts_identical"] = {"met": all(r["texts_identical"] for r in latencies)}
-    targets["concurrent_tok_s_vs_engine"] = {"value": c["platform_over_direct"], "met": None,
-                                             "platform_tok_s": c["platform"]["tok_s"],
-                                             "engine_tok_s": c["direct"]["tok_s"],
-                                             "note": "reported beside the engine; the issue sets no ratio"}
+    targets[f"concurrent_tok_s_ge_{CONCURRENT_SHARE:.0%}_of_engine"] = {
+        "value": c["platform_over_direct"], "target": CONCURRENT_SHARE,
+        "met": c["platform_over_direct"] >= CONCURRENT_SHARE,
+        "platform_tok_s": c["platform"]["tok_s"], "engine_tok_s": c["direct"]["tok_s"]}
     print("targets: " + "; ".join(f"{k} {common.verdict(v['met'])}" for k, v in targets.items()
                                   if v["met"] is not None))
     common.write_result(NAME, {

@@ -8,10 +8,10 @@ with the same request schedule:
 
     alone            no training
     shared           a training job runs (chat records of ~60-90 tokens, rank 8 on q/v, micro-batch 1):
-                     inference first (10x), preemption (a micro-step gives way at the next decoder layer,
-                     forward or backward, when a request arrives), arrival prediction on
-    shared, no pred. the same without arrival prediction (training_max_hold_s = 0): preemption only (more
-                     micro-steps are started and then given way, so more compute is thrown away)
+                     inference first (10x), preemption (a micro-step pauses at the next decoder layer,
+                     forward or backward, when a request arrives, and goes on from there later), arrival
+                     prediction on
+    shared, no pred. the same without arrival prediction (training_max_hold_s = 0): preemption only
     train alone      the job with no inference, for the same duration
 
 The four scenarios run in ROUNDS rounds (their order rotating each round, so the VM's drift hits each
@@ -19,11 +19,12 @@ alike); each round reports TTFT p50/p99 per scenario, p99 shared / alone of that
 steps/s shared / alone of that round; the summary gives the median over rounds with the spread (min-max)
 and the p50/p99 of all rounds' requests pooled.
 
-Target: inference p99 TTFT with training <= 1.2x without (judged on the median over rounds of each
-round's ratio). Every request of a shared run
-also records how many training micro-steps completed between its arrival and its admission (at most 1 is
-the preemption guarantee; it is reported, not assumed), and each run counts the micro-steps that gave way
-and the compute they threw away.
+Targets, both judged on the "shared" scenario's median over rounds of each round's ratio: inference p99 TTFT
+with training <= 1.2x without, while training keeps >= 30 % of its steps/s alone. Every request of a shared
+run also records how many training micro-steps completed between its arrival and its admission (at most 1 is
+the preemption guarantee; it is reported, not assumed), and each run counts the passes that paused for a
+request, and the share of the engine's time that inference and training each took (what inference leaves
+idle, plus training's turn in every ``every`` decode steps, bounds what training can get).
 
     .venv/bin/python bench/train_interference.py [--quick] [--rounds 3] [--requests 90]
 """
@@ -41,6 +42,8 @@ import common
 
 NAME = "train_interference"
 PERIOD_MS = 1000
+P99_X = 1.2  # inference p99 TTFT with training / without, at most
+TRAIN_SHARE = 0.3  # training's steps/s beside inference / alone, at least
 QUESTIONS = ["What is the capital of France?", "Name three primary colors.", "How many legs does a spider have?",
              "What is two plus two?", "Say hello in Spanish.", "What is the boiling point of water?",
              "Who wrote Hamlet?", "What color is the sky?", "Name a fruit that is yellow.",
@@ -130,17 +133,21 @@ def run_inference(engine, store, streams, facts, dataset, tmp, label, count):
         job = start_training(engine, store, engine.base, facts, "file://" + str(dataset), tmp / "out")
         time.sleep(1.0)  # the job is past its first steps
         steps_before = len(job[2])
+        paused_before = job[1].paused
     micro_before = engine.training.micro_steps
+    busy_before, training_before = engine.busy_ms, engine.training.ms
     finals, handles, seconds = run_requests(engine, count, PERIOD_MS)
+    busy = {"inference": round((engine.busy_ms - busy_before) / (seconds * 1000), 3),
+            "training": round((engine.training.ms - training_before) / (seconds * 1000), 3)}
     ttft = [f["timings"]["first_token_ms"] for f in finals if f["timings"]["first_token_ms"]]
     entry = {"ttft_ms": common.spread(ttft), "p99_ms": round(common.percentile(ttft, 99), 1), "ttft_all_ms": ttft,
-             "errors": sum(f["finish_reason"] == "error" for f in finals), "seconds": round(seconds, 1)}
+             "errors": sum(f["finish_reason"] == "error" for f in finals), "seconds": round(seconds, 1),
+             "engine_busy_share": busy}
     if job is not None:
         job_id, run, steps, thread, box = job
         entry["train_steps_per_s"] = round((len(steps) - steps_before) / seconds, 3)
         entry["micro_steps_during"] = engine.training.micro_steps - micro_before
-        entry["micro_steps_given_way"] = run.yielded
-        entry["compute_given_way_ms"] = round(run.wasted_ms, 1)
+        entry["passes_paused"] = run.paused - paused_before
         waits = [h.training_waits for h in handles if h.training_waits is not None]
         entry["max_micro_steps_waited"] = max(waits) if waits else None
         entry["requests_that_waited"] = sum(1 for w in waits if w)
@@ -211,17 +218,23 @@ def main():
     summary = summarize(per_round)
     report(per_round, summary, count, rounds, turn_ms)
     ratio = summary["shared"]["p99_vs_alone"]["median"]
-    met = ratio <= 1.2
+    share = summary["shared"]["train_vs_alone"]["median"]
+    targets = {"p99_with_training_le_1.2x": {"value": ratio, "met": ratio <= P99_X},
+               "training_ge_30pct_of_alone": {"value": share, "met": share >= TRAIN_SHARE}}
     print(f"\ninference p99 with training / without, median over {rounds} rounds: {ratio:.2f}x "
           f"(rounds {summary['shared']['p99_vs_alone']['min']:.2f}-{summary['shared']['p99_vs_alone']['max']:.2f}; "
-          f"target <= 1.2x): {common.verdict(met)}")
+          f"target <= {P99_X}x): {common.verdict(ratio <= P99_X)}")
+    print(f"training beside inference / alone, median over {rounds} rounds: {share:.0%} "
+          f"(rounds {summary['shared']['train_vs_alone']['min']:.0%}-{summary['shared']['train_vs_alone']['max']:.0%}; "
+          f"target >= {TRAIN_SHARE:.0%}): {common.verdict(share >= TRAIN_SHARE)}")
     for r in per_round:
         for entry in r["results"].values():
             entry.pop("ttft_all_ms", None)
     common.write_result(NAME, {
         "machine": common.machine_facts(), "period_ms": PERIOD_MS, "requests_per_scenario": count, "rounds": rounds,
         "forward_pass_ms": round(turn_ms, 1), "summary": summary, "rounds_detail": per_round,
-        "p99_ratio": ratio, "target": 1.2, "met": met,
+        "p99_ratio": ratio, "train_share": share, "targets": targets,
+        "met": all(t["met"] for t in targets.values()),
         "notes": ["Each round runs the four scenarios in an order rotated by one from the round before.",
                   "p99_vs_alone and train_vs_alone compare two scenarios of the same round; the summary's median, "
                   "min and max are over rounds, and 'pooled' takes every request of every round together.",
@@ -246,7 +259,7 @@ def summarize(per_round):
             values = [e[key] for e in entries if e.get(key) is not None]
             if values:
                 out[key] = spread_of(values)
-        for key in ("max_micro_steps_waited", "micro_steps_given_way"):
+        for key in ("max_micro_steps_waited", "passes_paused"):
             values = [e[key] for e in entries if e.get(key) is not None]
             if values:
                 out[key] = max(values) if key.startswith("max") else sum(values)
@@ -262,13 +275,16 @@ def report(per_round, summary, count, rounds, turn_ms):
     for i, r in enumerate(per_round, 1):
         for label in SCENARIOS:
             e = r["results"][label]
+            busy = e.get("engine_busy_share", {})
             rows.append([i, label, ms(e.get("ttft_ms", {}).get("p50")), ms(e.get("p99_ms")), e.get("p99_vs_alone"),
                          e.get("train_steps_per_s"), e.get("train_vs_alone"), e.get("max_micro_steps_waited"),
+                         busy.get("inference"), busy.get("training"),
                          e.get("errors")])
     common.print_table(f"Per round: inference TTFT with a training job on the same engine (SmolLM2 {common.DTYPE} "
                        f"{common.DEVICE}, a request every {PERIOD_MS} ms, {count} per scenario; a forward pass "
                        f"~{turn_ms:.0f} ms)", ["round", "scenario", "TTFT p50 ms", "TTFT p99 ms", "p99 vs alone",
-                                             "train steps/s", "train vs alone", "max micro-steps waited", "errors"],
+                                             "train steps/s", "train vs alone", "max micro-steps waited",
+                                             "engine busy: inference", "training", "errors"],
                        rows)
 
     def med(d):

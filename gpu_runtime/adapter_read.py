@@ -21,14 +21,16 @@ EXPONENT_BITS = {"F32": (np.uint32, 0x7F800000), "F16": (np.uint16, 0x7C00), "BF
 def read_adapter_tensors(path, facts):
     """{tensor name: torch tensor} of the adapter file at ``path`` whose ``facts`` validate_adapter returned."""
     raw = bytearray(path.read_bytes())
-    data_start = 8 + struct.unpack_from("<Q", raw)[0]
+    data_start = facts.data_start
     ends = [offsets[1] for _, _, offsets in facts.tensors.values()]
-    if len(raw) != data_start + max(ends, default=0):
+    if len(raw) != data_start + max(ends, default=0) or struct.unpack_from("<Q", raw)[0] != data_start - 8:
         raise AdapterRejected("invalid_weights", f"{path.name} changed after it was validated.")
     bits, exponent = EXPONENT_BITS[facts.dtype]
     data = np.frombuffer(raw, dtype=bits, offset=data_start)
-    if ((data & exponent) == exponent).any():
-        raise AdapterRejected("non_finite", f"{_first_non_finite(data, facts, bits)} contains NaN or Inf values.")
+    non_finite = (data & exponent) == exponent
+    if non_finite.any():
+        raise AdapterRejected("non_finite", f"{_first_non_finite(non_finite, facts, bits)} contains NaN or Inf "
+                                            "values.")
     dtype = TORCH_DTYPES[facts.dtype]
     tensors = {}
     for name, (_, shape, (start, end)) in facts.tensors.items():
@@ -39,11 +41,10 @@ def read_adapter_tensors(path, facts):
     return tensors
 
 
-def _first_non_finite(data, facts, bits):
-    _, exponent = EXPONENT_BITS[facts.dtype]
+def _first_non_finite(non_finite, facts, bits):
+    """The name of the first tensor (in file order) with a True in ``non_finite`` (one flag per value)."""
     size = np.dtype(bits).itemsize
     for name, (_, _, (start, end)) in sorted(facts.tensors.items(), key=lambda item: item[1][2][0]):
-        part = data[start // size:end // size]
-        if ((part & exponent) == exponent).any():
+        if non_finite[start // size:end // size].any():
             return name
     return "a tensor"

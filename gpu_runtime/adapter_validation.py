@@ -90,6 +90,7 @@ class AdapterFacts:
     layers: list  # the decoder layers it wraps
     weights_bytes: int
     tensors: dict = field(repr=False, default_factory=dict)  # name -> (dtype, shape, (start, end))
+    data_start: int = 0  # where the tensors' data begins in the weights file (8 + its header's length)
     modules: dict = field(repr=False, default_factory=dict)  # (layer, module) -> adapter_config.ModuleLoRA
     shape: dict = field(repr=False, default_factory=dict)  # adapter_config.shape_fields of its config
 
@@ -251,4 +252,4 @@ def validate_adapter(directory, base, *, max_rank=MAX_LORA_RANK, max_weights_byt
                         target_modules=sorted({module for _, module in modules}), dtype=dtypes.pop(),
                         layers=sorted({layer for layer, _ in modules}), weights_bytes=weights.stat().st_size,
                         tensors={n: (i["dtype"], i["shape"], tuple(i["data_offsets"])) for n, i in header.items()},
-                        modules=modules, shape=shape)
+                        data_start=data_start, modules=modules, shape=shape)

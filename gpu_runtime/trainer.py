@@ -49,18 +49,12 @@ from torch import nn
 
 from .adapter_config import ModuleLoRA
 from .lora import adapter_weights_from_tensors
+from .pausable import Pausable
 from .training_checkpoints import Checkpoint, last_checkpoint, read_checkpoint, write_checkpoint
 from .training_data import IGNORE, load_examples
 from .training_spec import TrainingFailed, training_gradients
 
 log = logging.getLogger("vajra.runtime.trainer")
-
-MAX_YIELDS = 3
-
-
-class Yielded(Exception):
-    """An inference request arrived during a training micro-step: the micro-step gives way."""
-
 
 def peft_name(layer, module):
     block = "mlp" if module in {"gate_proj", "up_proj", "down_proj"} else "self_attn"
@@ -142,20 +136,21 @@ class TrainingRun:
     _step_loss: float = 0.0
     _step_ms: float = 0.0
     _perm: tuple = (None, None)
-    _yields: int = 0  # times the current micro-step's forward pass was abandoned in a row
+    _forwarding: Pausable = None  # the micro-batch's forward pass while it is paused
+    _should_yield: object = None  # what the forward pass asks at each layer (the engine's, at the last call)
+    _forward_ms: float = 0.0  # the forward pass under way: its compute so far, over its calls
     _pending: list = None  # a micro-batch between its forward pass and the end of its backward pass
     _eval: list = None  # [next validation record, loss sum, answer tokens] while the epoch's eval runs
     _checkpointed: int = 0  # the last step written as a checkpoint
-    yielded: int = 0  # forward passes abandoned for inference, in all
-    paused: int = 0  # backward passes paused for inference (resumed later, nothing lost)
-    forward_ms: float = None  # moving average of a whole forward pass (the part that cannot pause)
+    paused: int = 0  # passes paused for inference (resumed later, nothing lost)
+    forward_ms: float = None  # moving average of a whole forward pass's compute
+    top_ms: float = None  # moving average of the forward's top: the vocabulary projection, loss and its backward
 
     @property
     def next_work_ms(self):
-        """How long the next call may hold the engine before it can give way: a forward pass when none is
-        pending (None while unknown), else nothing worth waiting for (one layer's backward)."""
-        return self.forward_ms if self._pending is None else 0.0
-    wasted_ms: float = 0.0  # compute thrown away by them (not metered: inference first is the platform's cost)
+        """How long the next call may hold the engine before it can give way: the forward's top, which cannot
+        pause, when no backward is pending (None while unknown), else nothing worth waiting for (one layer)."""
+        return self.top_ms if self._pending is None else 0.0
     eval_ms: float = 0.0  # validation passes (not metered: no gradients)
     last_loss: float = None  # the last reported step's training loss
     last_eval_loss: float = None
@@ -184,22 +179,35 @@ class TrainingRun:
         A micro-batch is a forward pass, then a backward pass one decoder layer at a time: every layer's input
         is cut from the graph (``detach``) in the forward pass, so the backward can stop between layers and go
         on at the next call, with nothing lost. ``should_yield`` (the engine: "an inference request is
-        waiting") is asked at every layer: in the forward pass a yes abandons it (nothing has been written
-        yet; the compute is thrown away, ``MAX_YIELDS`` times in a row at most, then the forward runs to its
-        end); in the backward pass a yes pauses it after the current layer. So an arriving request waits for
-        one layer's work, not a micro-step. Returns True when a micro-batch was finished by this call."""
+        waiting") is asked at every layer, forward and backward: a yes pauses the pass after the current layer
+        and it goes on from there at the next call. The forward pass runs on a thread of its own that waits
+        while it is paused (gpu_runtime.pausable: never beside the engine thread), so its stack survives the
+        pause. An arriving request waits for one layer's work, not a micro-step, and no compute is thrown away.
+        Returns True when a micro-batch was finished by this call."""
         if self.finished:
             return False
         if self._eval is not None:
             return self._eval_micro_batch()
         started = time.perf_counter()
-        if self._pending is None:
-            if not self._forward(should_yield):  # thrown away: not the step's compute (nor metered)
-                self.wasted_ms += (time.perf_counter() - started) * 1000
-                return False
-            ms = (time.perf_counter() - started) * 1000
-            self.forward_ms = ms if self.forward_ms is None else 0.8 * self.forward_ms + 0.2 * ms
         try:
+            if self._pending is None:
+                if self._forwarding is None:
+                    self._forwarding = Pausable(self._forward, name=f"train-forward-{self.job_id}")
+                self._should_yield = should_yield
+                try:
+                    finished = self._forwarding.resume()
+                except BaseException:
+                    self._forwarding.close()
+                    self._forwarding = None
+                    raise
+                finally:
+                    self._forward_ms += (time.perf_counter() - started) * 1000
+                if not finished:
+                    self.paused += 1
+                    return False
+                self._forwarding = None
+                ms, self._forward_ms = self._forward_ms, 0.0
+                self.forward_ms = ms if self.forward_ms is None else 0.8 * self.forward_ms + 0.2 * ms
             done = self._backward(should_yield)
         finally:
             self._step_ms += (time.perf_counter() - started) * 1000
@@ -262,8 +270,10 @@ class TrainingRun:
         mask = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in chunk], device=device)
         return ids, labels, mask
 
-    def _forward(self, should_yield):
-        """The forward pass and the backward of its top (vocabulary projection, final norm, last layer)."""
+    def _forward(self, pausable):
+        """The forward pass and the backward of its top (vocabulary projection, final norm, last layer), on the
+        Pausable's thread: at each decoder layer it pauses when ``_should_yield`` says so, handing the model back
+        as inference uses it (no trainable pair in the pool, these hooks silent) until it goes on."""
         if not self._chunks:
             batch = self._batch(self.step)
             size = self.hp.micro_batch_size
@@ -272,18 +282,31 @@ class TrainingRun:
             self._step_targets = max(1, sum(e.targets for e in batch))
             self._step_tokens = sum(len(e.ids) for e in batch)
         ids, labels, mask = self._tensors(self._chunks[self._micro])
-        check = should_yield if should_yield is not None and self._yields < MAX_YIELDS else None
         cuts = []  # per layer: [its input, cut from the graph; its output]
+        running = [True]  # the hooks act only on this pass's layers, not on inference's between its pauses
+
+        def give_way():
+            check = self._should_yield
+            if check is None or not check():
+                return
+            self.pool.trainable, running[0] = None, False
+            try:
+                pausable.pause()
+            finally:
+                self.pool.groups = []
+                self.pool.trainable, running[0] = self.lora, True
 
         def cut(module, args):
-            if check is not None and check():
-                raise Yielded
+            if not running[0]:
+                return None
+            give_way()
             x = args[0].detach().requires_grad_(True)
             cuts.append([x, None])
             return (x, *args[1:])
 
         def keep(module, args, output):
-            cuts[-1][1] = output[0] if isinstance(output, tuple) else output
+            if running[0]:
+                cuts[-1][1] = output[0] if isinstance(output, tuple) else output
 
         layers = self.model.model.layers
         hooks = [h for layer in layers for h in (layer.register_forward_pre_hook(cut),
@@ -293,26 +316,22 @@ class TrainingRun:
         try:
             with torch.enable_grad():
                 hidden = self.model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-                if check is not None and check():  # the last look before the vocabulary projection
-                    raise Yielded
+                give_way()  # the last look before the vocabulary projection
+                top_started = time.perf_counter()
                 # the vocabulary projection only where there is something to learn (the answer tokens)
                 targets = labels[:, 1:]
                 keep_rows = targets != IGNORE
                 logits = self.model.lm_head(hidden[:, :-1][keep_rows])
                 loss_sum = F.cross_entropy(logits.float(), targets[keep_rows], reduction="sum")
                 (loss_sum / self._step_targets).backward()  # down to the last layer's input
-        except Yielded:
-            self._yields += 1
-            self.yielded += 1
-            return False
         finally:
             self.pool.trainable = None
             for hook in hooks:
                 hook.remove()
-        self._yields = 0
         self._step_loss += float(loss_sum.detach()) / self._step_targets
         self._pending = [cuts, len(cuts) - 2]  # the next layer whose backward is due
-        return True
+        top = (time.perf_counter() - top_started) * 1000
+        self.top_ms = top if self.top_ms is None else 0.8 * self.top_ms + 0.2 * top
 
     def _backward(self, should_yield):
         """Layer by layer, from where it stopped; at least one layer per call. True when it reached the bottom."""
@@ -344,13 +363,21 @@ class TrainingRun:
         if done:
             self.finished = True
 
+    def _end_forward(self):
+        """A forward pass paused mid-way is abandoned: its thread unwinds and ends."""
+        if self._forwarding is not None:
+            self._forwarding.close()
+            self._forwarding = None
+
     def fail(self, code, message):
         self.finished = True
+        self._end_forward()
         self.events.put(("failed", code, message))
 
     def cancel(self):
         """Ends the run; the steps it trained since its last checkpoint are written as one (engine thread)."""
         self.finished = True
+        self._end_forward()
         checkpoint = None
         if self.step > max(self.started_step, self._checkpointed):
             checkpoint = Checkpoint(self.step, self.lora.tensors(), self.optimizer_tensors(), self.last_loss)

@@ -2,12 +2,13 @@
 
 While rows are decoding, the first queued training job gets one micro-step per ``every`` (10) decode steps; when no
 row is running it gets the whole device, one micro-step at a time. With preemption (TRAINING_PREEMPTION_ENABLED, the
-default) a micro-step gives way inside itself, at the next decoder layer, when a request arrives (a forward pass is
-abandoned, a backward pass pauses and resumes later: gpu_runtime.trainer.TrainingRun.micro_step), so a request
-waits for one layer's work and never more than one micro-step; without it, a turn runs a whole optimizer step (all
-its micro-batches). Arrivals are also predicted (the prefetcher's idea, Algorithm 1, applied to scheduling): when
-requests come at a steady pace and the next one is due before a micro-step would end, the turn is held back, so
-that request does not wait at all; a job held back for ``max_hold_s`` trains anyway (no starvation).
+default) a micro-step gives way inside itself, at the next decoder layer, when a request arrives (its forward or
+backward pass pauses and goes on later from that layer: gpu_runtime.trainer.TrainingRun.micro_step), so a request
+waits for one layer's work and nothing computed is lost; without it, a turn runs a whole optimizer step (all its
+micro-batches). Arrivals are also predicted (the prefetcher's idea, Algorithm 1, applied to scheduling): when
+requests come at a steady pace and the next one is due before the next stretch that cannot pause would end (the
+forward's top: vocabulary projection and loss), the turn is held back, so that request does not wait at all; a job
+held back for ``max_hold_s`` trains anyway (no starvation).
 
 The engine owns the thread and calls ``due`` and ``turn`` between its inference steps; nothing here runs by itself.
 """
@@ -30,7 +31,7 @@ class TrainingTurns:
         self.runs = []  # in arrival order; the first one trains, the others wait
         self.ms = 0.0
         self.micro_steps = 0
-        self.yields = 0  # micro-steps abandoned at a layer boundary for an arriving request
+        self.yields = 0  # turns that paused at a layer boundary for an arriving request
         self.held = 0  # turns held back for a predicted arrival
         self._since_turn = 0  # decode steps since the last turn
         self._last_turn = time.perf_counter()

@@ -70,11 +70,25 @@ def test_the_largest_finite_values_pass(saved, tmp_path):
         assert all(torch.equal(got[n], t) for n, t in expected.items())
 
 
-def test_a_file_changed_after_validation_is_refused(saved, tmp_path):
-    path, _ = in_dtype(saved, tmp_path, torch.float32)
-    facts = validate_adapter(path, BASE_FACTS, check_values=False)
+def longer_header_same_size(path):
+    """The file rewritten with a header 8 bytes longer and its last 8 data bytes gone: the same size, every
+    tensor shifted."""
+    raw = (path / WEIGHTS_FILE).read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    header = raw[8:8 + header_len] + b" " * 8
+    (path / WEIGHTS_FILE).write_bytes((header_len + 8).to_bytes(8, "little") + header + raw[8 + header_len:-8])
+
+
+def grown(path):
     with open(path / WEIGHTS_FILE, "ab") as f:
         f.write(b"\0" * 8)
+
+
+@pytest.mark.parametrize("change", [grown, longer_header_same_size])
+def test_a_file_changed_after_validation_is_refused(saved, tmp_path, change):
+    path, _ = in_dtype(saved, tmp_path, torch.float32)
+    facts = validate_adapter(path, BASE_FACTS, check_values=False)
+    change(path)
     with pytest.raises(AdapterRejected) as info:
         read_adapter_tensors(path / WEIGHTS_FILE, facts)
     assert info.value.code == "invalid_weights"

@@ -5,13 +5,13 @@ from datetime import timedelta
 
 import pytest
 from asgiref.sync import async_to_sync
-from channels.testing import WebsocketCommunicator
 from django.test import Client
 from django.utils import timezone
 
 from tenants.models import Invite
 from tests.factories import create_key
 from tests.helpers import assert_error
+from tests.ws_helpers import Communicator
 from vajra.asgi import application
 
 
@@ -108,7 +108,7 @@ def test_bob_may_read_what_his_role_allows(bob_client, acme_rows):
 
 def _ws_close(path, subprotocols=None, headers=None):
     async def run():
-        communicator = WebsocketCommunicator(application, path, subprotocols=subprotocols, headers=headers)
+        communicator = Communicator(application, path, subprotocols=subprotocols, headers=headers)
         connected, _ = await communicator.connect()
         assert connected
         error = await communicator.receive_json_from()
@@ -144,7 +144,7 @@ def test_charlies_key_via_auth_message_cannot_open_acmes_events(charlie, contoso
     _, secret = create_key(charlie, contoso)
 
     async def run():
-        communicator = WebsocketCommunicator(application, "/ws/v1/tenants/acme/events/")
+        communicator = Communicator(application, "/ws/v1/tenants/acme/events/")
         await communicator.connect()
         await communicator.send_json_to({"type": "auth", "api_key": secret})
         error = await communicator.receive_json_from()

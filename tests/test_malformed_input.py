@@ -6,11 +6,12 @@ import json
 
 import pytest
 from asgiref.sync import async_to_sync
-from channels.testing import HttpCommunicator, WebsocketCommunicator
+from channels.testing import HttpCommunicator
 from rest_framework.test import APIClient
 
 from tests.factories import create_key, key_client
 from tests.helpers import assert_error
+from tests.ws_helpers import Communicator
 from vajra.asgi import application
 from vajra.parsers import MAX_JSON_DEPTH, depth_within
 
@@ -76,7 +77,7 @@ def test_nan_is_not_json_to_the_strict_drf_endpoints(alice_client, unchanged_db)
 @pytest.mark.parametrize("authenticated", [False, True])
 def test_deep_json_on_a_websocket_is_4400(alice_key, unchanged_db, path, authenticated):
     async def go():
-        communicator = WebsocketCommunicator(application, path, subprotocols=["vajra.v1", f"bearer.{alice_key[1]}"]
+        communicator = Communicator(application, path, subprotocols=["vajra.v1", f"bearer.{alice_key[1]}"]
                                              if authenticated else ["vajra.v1"])
         connected, _ = await communicator.connect()
         assert connected
@@ -207,7 +208,7 @@ def test_a_websocket_path_that_names_no_route_is_4404(alice_key, unchanged_db, p
     """A training job id holding NUL would reach a lookup PostgreSQL refuses (a DataError in the consumer);
     a path matching no route makes Channels' router raise."""
     async def go():
-        communicator = WebsocketCommunicator(application, path, subprotocols=["vajra.v1", f"bearer.{alice_key[1]}"])
+        communicator = Communicator(application, path, subprotocols=["vajra.v1", f"bearer.{alice_key[1]}"])
         connected, _ = await communicator.connect()
         assert connected
         message = await communicator.receive_json_from()

@@ -8,7 +8,6 @@ from decimal import Decimal
 
 import pytest
 from asgiref.sync import async_to_sync
-from channels.testing import WebsocketCommunicator
 from django.test import Client
 from django.urls import reverse
 
@@ -20,7 +19,7 @@ from serving.models import InferenceRequest
 from tenants.active import SESSION_KEY
 from tenants.roles import BILLING_VIEWER
 from tests.factories import create_key, make_adapter, make_base, make_member, make_node, put_on_plan, record_node_final
-from tests.ws_helpers import PLAYGROUND, chat, open_playground, run
+from tests.ws_helpers import PLAYGROUND, Communicator, chat, open_playground, run
 from vajra.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -358,7 +357,7 @@ def test_refusals_close_the_socket(acme, alice, base_model):
     _, usage_only = create_key(alice, acme, scopes=["usage:read"])
 
     async def go(**socket):
-        ws = WebsocketCommunicator(application, PLAYGROUND, **socket)
+        ws = Communicator(application, PLAYGROUND, **socket)
         await ws.connect()
         message = await ws.receive_json_from()
         close = await ws.receive_output()

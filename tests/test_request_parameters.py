@@ -9,7 +9,6 @@ import json
 
 import pytest
 from asgiref.sync import async_to_sync
-from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from adapters.models import BaseModel
@@ -20,13 +19,13 @@ from serving import consumers, openai_api, parameters, v1
 from serving.models import InferenceRequest
 from tests.factories import create_key, make_node, make_request
 from tests.helpers import assert_error
+from tests.ws_helpers import WAIT_S, Communicator
 from vajra.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 BASE, NODE = "params-base", "params-node"
 NAN, INF = float("nan"), float("inf")
-WAIT_S = 30  # the playground socket's waits (channels' default is 1 s, short for a loaded 2-core machine)
 
 # (parameter, bad value, code): every row is refused the same way by all three ways in
 BAD = [
@@ -117,7 +116,7 @@ def playground_refusal(secret, change):
     """The playground's error event for a chat with ``change``; the socket stays open (it answers a ping)."""
 
     async def go():  # waits are generous: what is judged is the answer, not how fast a loaded machine gives it
-        ws = WebsocketCommunicator(application, "/ws/v1/playground/", subprotocols=["vajra.v1", f"bearer.{secret}"])
+        ws = Communicator(application, "/ws/v1/playground/", subprotocols=["vajra.v1", f"bearer.{secret}"])
         connected, _ = await ws.connect(timeout=WAIT_S)
         assert connected
         assert (await ws.receive_json_from(timeout=WAIT_S))["type"] == "welcome"
@@ -284,7 +283,7 @@ def test_a_malformed_resume_last_id_on_the_playground_is_an_error_event(answered
     row, ids = answered
 
     async def go():
-        ws = WebsocketCommunicator(application, "/ws/v1/playground/", subprotocols=["vajra.v1", f"bearer.{secret}"])
+        ws = Communicator(application, "/ws/v1/playground/", subprotocols=["vajra.v1", f"bearer.{secret}"])
         await ws.connect()
         await ws.receive_json_from()
         await ws.send_json_to({"type": "resume", "request_id": row.id, "last_id": f"{2 ** 64}-0"})

@@ -273,7 +273,52 @@ def test_without_preemption_a_turn_is_a_whole_optimizer_step(node, tmp_path):
     assert engine.training.yields == 0
 
 
-def test_a_micro_step_gives_way_at_a_layer_boundary_and_keeps_the_steps_gradients(tmp_path):
+def test_a_micro_step_pauses_at_a_layer_boundary_and_goes_on_from_there_with_the_same_gradients(tmp_path):
+    from gpu_runtime import trainer
+
+    def prepared():
+        model = learnable_base()
+        pool = SlotPool(model, BASE_FACTS, buckets={8: 2})
+        spec = spec_for(tmp_path, write_dataset(tmp_path / "data.jsonl", memorize_records()), batch_size=4,
+                        micro_batch_size=1)
+        torch.manual_seed(0)
+        return model, pool, trainer.prepare(spec, base=tiny_base_model(model), pool=pool, facts=BASE_FACTS)
+
+    _, _, straight = prepared()  # the same two micro-batches with nothing in between
+    assert straight.micro_step() is True and straight.micro_step() is True
+    model, pool, run = prepared()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.inference_mode():
+        base_logits = model(input_ids=ids).logits
+    assert run.micro_step() is True  # the first of the step's 4 micro-batches
+    first = [p.grad.clone() for p in run.lora.parameters()]
+    layers = len(model.model.layers)
+    calls = []
+
+    def arrival_at_layer_2():
+        calls.append(1)
+        return len(calls) == 2
+
+    assert run.micro_step(should_yield=arrival_at_layer_2) is False  # paused inside the forward pass
+    assert run._forwarding is not None and run._pending is None and run._micro == 1 and pool.trainable is None
+    assert all(torch.equal(p.grad, g) for p, g in zip(run.lora.parameters(), first, strict=True))
+    with torch.inference_mode():  # inference between the pauses: the base alone, the paused pass's hooks silent
+        assert torch.equal(model(input_ids=ids).logits, base_logits)
+    assert len(calls) == 2
+
+    def arrival_at_the_top():  # the forward goes on from layer 2 (asked at each layer after it), and a request
+        calls.append(1)  # arrives before the vocabulary projection
+        return len(calls) == layers + 1
+
+    assert run.micro_step(should_yield=arrival_at_the_top) is False  # paused again, at the forward's top
+    assert run._forwarding is not None and run._pending is None and run._micro == 1
+    assert run.micro_step() is True and run._micro == 2 and run.paused == 2
+    for paused, whole in zip(run.lora.parameters(), straight.lora.parameters(), strict=True):
+        torch.testing.assert_close(paused.grad, whole.grad, rtol=0, atol=0)
+    assert run._step_loss == straight._step_loss
+
+
+def test_a_job_cancelled_while_its_forward_pass_is_paused_ends_that_pass_and_its_thread(tmp_path):
     from gpu_runtime import trainer
 
     model = learnable_base()
@@ -281,22 +326,13 @@ def test_a_micro_step_gives_way_at_a_layer_boundary_and_keeps_the_steps_gradient
     spec = spec_for(tmp_path, write_dataset(tmp_path / "data.jsonl", memorize_records()), batch_size=4,
                     micro_batch_size=1)
     run = trainer.prepare(spec, base=tiny_base_model(model), pool=pool, facts=BASE_FACTS)
-    assert run.micro_step() is True  # the first of the step's 4 micro-batches
-    first = [p.grad.clone() for p in run.lora.parameters()]
-    calls = []
-
-    def arrival_in_backward():  # a request "arrives" once the forward pass is over
-        calls.append(1)
-        return len(calls) > len(model.model.layers)
-
-    assert run.micro_step(should_yield=arrival_in_backward) is False
-    assert run.yielded == 1 and run._micro == 1 and run.step == 0 and pool.trainable is None
-    assert all(torch.equal(p.grad, g) for p, g in zip(run.lora.parameters(), first, strict=True))
-    for _ in range(trainer.MAX_YIELDS - 1):
-        assert run.micro_step(should_yield=lambda: True) is False
-    assert run.micro_step(should_yield=lambda: True) is True  # given way MAX_YIELDS times: it runs now
-    assert run._micro == 2 and not all(torch.equal(p.grad, g) for p, g in zip(run.lora.parameters(), first,
-                                                                              strict=True))
+    assert run.micro_step(should_yield=lambda: True) is False
+    thread = run._forwarding._thread
+    assert thread.is_alive()
+    run.cancel()
+    assert not thread.is_alive() and run._forwarding is None and pool.trainable is None
+    assert all(not layer._forward_pre_hooks and not layer._forward_hooks for layer in model.model.layers)
+    assert run.events.get_nowait()[0] == "cancelled"
 
 
 @pytest.mark.parametrize("lines, code, expected", [

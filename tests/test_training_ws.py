@@ -4,7 +4,6 @@ and the recorded end; a reconnect resumes after ``?last_id=``; another tenant's 
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
-from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.utils import timezone
 
@@ -12,7 +11,7 @@ from gpu_runtime.contract import stream_key
 from gpu_runtime.streams import StreamWriter
 from tenants.roles import BILLING_VIEWER
 from tests.factories import create_key, make_adapter, make_base, make_dataset, make_job, make_member
-from tests.ws_helpers import expect_refusal, key_protocols, session_headers
+from tests.ws_helpers import Communicator, expect_refusal, key_protocols, session_headers
 from training.jobs import event, new_job_id
 from training.models import TrainingJob, TrainingStep
 from vajra.asgi import application
@@ -42,7 +41,7 @@ def path(job, last_id=None):
 
 
 async def open_socket(job, *, last_id=None, **kwargs):
-    communicator = WebsocketCommunicator(application, path(job, last_id), **kwargs)
+    communicator = Communicator(application, path(job, last_id), **kwargs)
     connected, _ = await communicator.connect()
     assert connected
     return communicator

@@ -15,6 +15,26 @@ ACME_EVENTS = "/ws/v1/tenants/acme/events/"
 PLAYGROUND = "/ws/v1/playground/"
 
 
+WAIT_S = 30  # each message's wait: the tests judge what arrives, not how fast a loaded 2-core machine sends it
+
+
+class Communicator(WebsocketCommunicator):
+    """channels' WebsocketCommunicator with WAIT_S as every wait's default (channels' is 1 s, which a consumer
+    reading PostgreSQL on a busy CI machine can pass); a test that expects silence still says how long."""
+
+    async def connect(self, timeout=WAIT_S):
+        return await super().connect(timeout)
+
+    async def receive_from(self, timeout=WAIT_S):
+        return await super().receive_from(timeout)
+
+    async def receive_json_from(self, timeout=WAIT_S):
+        return await super().receive_json_from(timeout)
+
+    async def receive_output(self, timeout=WAIT_S):
+        return await super().receive_output(timeout)
+
+
 def run(coroutine_function):
     return async_to_sync(coroutine_function)()
 
@@ -39,7 +59,7 @@ def session_headers(user, origin="http://testserver", host="testserver"):
 
 
 async def open_socket(path=ACME_EVENTS, *, subprotocols=None, headers=None):
-    communicator = WebsocketCommunicator(application, path, subprotocols=subprotocols, headers=headers)
+    communicator = Communicator(application, path, subprotocols=subprotocols, headers=headers)
     connected, subprotocol = await communicator.connect()
     assert connected, "refusals accept first, so that the client gets a close code and a reason"
     return communicator, subprotocol
@@ -64,7 +84,7 @@ async def expect_refusal(communicator, close_code, code):
 
 async def open_playground(headers=None, subprotocols=None):
     """A connected playground socket and its welcome message."""
-    communicator = WebsocketCommunicator(application, PLAYGROUND, headers=headers, subprotocols=subprotocols)
+    communicator = Communicator(application, PLAYGROUND, headers=headers, subprotocols=subprotocols)
     connected, _ = await communicator.connect()
     assert connected
     welcome = await communicator.receive_json_from()
