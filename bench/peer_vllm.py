@@ -14,6 +14,9 @@ Both load the same SmolLM2 safetensors files (var/models/<model>/<dtype>). For e
 alternately, cell by cell, for several rounds (the order flips each round), so the VM's drift hits both
 alike; the table gives the median tokens/s over rounds with the spread (min-max), and the ratios engine/vLLM
 per cell (ratio of medians, and the median of the per-round back-to-back ratios) and LoRA/base-only at N=32.
+Each side starts only once the machine is quiet: vLLM's worker keeps its cores busy for a second or so after
+it answers (~1 s of CPU in the 10 s after a generate, measured here), which would otherwise slow whichever
+side runs next; the wait (both processes under 5 % of a core for half a second) is reported.
 
     .venv/bin/python bench/peer_vllm.py [--quick] [--rounds 3] [--dtypes float32 bfloat16]
                                         [--wheelhouse var/bench/wheels] [--vllm-python PATH]
@@ -96,6 +99,42 @@ def _imports_vllm(python, quiet=False):
     if probe.returncode and not quiet:
         print(probe.stderr.strip() or "import vllm failed", flush=True)
     return probe.returncode == 0
+
+
+QUIET_SHARE = 0.05  # of one core, over QUIET_WINDOW_S, for each process: the machine is quiet
+QUIET_WINDOW_S = 0.5
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of process ``pid`` and every thread of it."""
+    fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu_seconds(pgid):
+    """CPU time of every process in process group ``pgid`` (vLLM's worker and the engine core it starts)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    total += cpu_seconds(entry.name)
+            except (OSError, ValueError):  # gone meanwhile
+                pass
+    return total
+
+
+def wait_quiet(pgid, limit_s=15.0):
+    """Waits until this process and vLLM's group each use under QUIET_SHARE of a core over a window; seconds
+    waited. Our engine idles on a queue between runs, so it is vLLM's tail that this waits out."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit_s:
+        ours, theirs = cpu_seconds(os.getpid()), group_cpu_seconds(pgid)
+        time.sleep(QUIET_WINDOW_S)
+        if (cpu_seconds(os.getpid()) - ours < QUIET_SHARE * QUIET_WINDOW_S + 0.02
+                and group_cpu_seconds(pgid) - theirs < QUIET_SHARE * QUIET_WINDOW_S + 0.02):
+            break
+    return time.perf_counter() - started
 
 
 class VllmPeer:
@@ -187,10 +226,12 @@ def run_dtype(dtype, cells, max_tokens, rounds, python, adapter_paths, refs, str
         peer.generate(prompts[:largest], list(range(largest)), 2)
         peer.generate(prompts[:largest], [None] * largest, 2)
         runs = {side: {cell: [] for cell, _, _ in cells} for side in ("engine", "vllm")}
+        waited = {"engine": [], "vllm": []}
         for r in range(rounds):
             for cell, n, lora in cells:
                 order = ("engine", "vllm") if r % 2 == 0 else ("vllm", "engine")
                 for side in order:
+                    waited[side].append(wait_quiet(os.getpgid(peer.proc.pid)) if common.DEVICE == "cpu" else 0.0)
                     if side == "engine":
                         out = multi_adapter.run_engine(engine, prompts[:n], refs[:n] if lora else [None] * n,
                                                        max_tokens)
@@ -201,6 +242,9 @@ def run_dtype(dtype, cells, max_tokens, rounds, python, adapter_paths, refs, str
                     runs[side][cell].append(out)
                 print(f"[{dtype}] round {r + 1}/{rounds} {cell}: engine {runs['engine'][cell][-1]['tok_s']} tok/s, "
                       f"vLLM {runs['vllm'][cell][-1]['tok_s']} tok/s", flush=True)
+        info["quiet_wait_s"] = {side: round(sum(w), 1) for side, w in waited.items()}
+        print(f"[{dtype}] waited for a quiet machine before each turn: engine {info['quiet_wait_s']['engine']} s, "
+              f"vLLM {info['quiet_wait_s']['vllm']} s in all", flush=True)
         return runs, info
     finally:
         peer.stop()
@@ -305,6 +349,7 @@ def main():
                      "vllm_device": first["device"], "vllm_device_name": first["device_name"]},
         "vllm_options": {dtype: info["options"] for dtype, info in infos.items()},
         "vllm_load_s": {dtype: info["load_s"] for dtype, info in infos.items()},
+        "quiet_wait_s": {dtype: info["quiet_wait_s"] for dtype, info in infos.items()},
         "workload": {"prompts": len(multi_adapter.PROMPTS), "max_new_tokens": max_tokens, "greedy": True,
                      "eos_ignored": True, "adapter": {"rank": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
                      "cells": [{"cell": c, "n": n, "lora": lora} for c, n, lora in cells]},
