@@ -1,13 +1,14 @@
 """Base-model ready time: the runtime's ``load_base_model`` vs ``AutoModelForCausalLM.from_pretrained`` of the
 same safetensors directory (alone, and with ``AutoTokenizer`` and a forward, i.e. the same job done with
 transformers alone) and vs ``torch.load`` of the same weights saved with ``torch.save``, beside the floor:
-reading the safetensors file's bytes into a buffer. Target: ready <= 1.2x the floor.
+reading the safetensors file's bytes into a buffer. Targets: a fresh process (imports included) ready to serve
+in <= 1.5 s, the node's real cold start; in process, ready <= 1.2x the floor.
 
 Three "ready" figures are reported, each against the floor:
 
 * ready to serve = the read + to-device phases (config, tokenizer, model built, every weight page mapped and
-  paged in, weights in the model on the device). The base answers requests from here on. THE TARGET IS
-  JUDGED ON THIS ONE: it is the time to a servable base, tokenizer included.
+  paged in, weights in the model on the device). The base answers requests from here on. The in-process
+  target is judged on this one: it is the time to a servable base, tokenizer included.
 * ready + warm-up = the whole ``load_base_model`` call, with its warm-up: one forward of a one-token prompt,
   which takes first-call costs (lazy imports, allocations, kernel choices) off the first request. A forward
   reads every weight from RAM once, so it costs about one decode step whatever the loader did (the table
@@ -34,10 +35,14 @@ import common
 
 NAME = "cold_start"
 TARGET_X = 1.2
+FRESH_TARGET_MS = 1500  # a fresh node: process start to ready to serve, imports included
 READY = "load_base_model: ready to serve (read + to device)"
 READY_WARM = "load_base_model: ready + warm-up (the whole call)"
 MODEL_READY = "load_base_model's path without the tokenizer: the model alone (read + to device)"
 JUDGED = "ready_to_serve_le_1.2x_floor"
+FRESH = "fresh process: imports + load_base_model"
+TORCH_IMPORT = "    of which `import torch` alone"
+FRESH_JUDGED = "fresh_process_le_1500ms"
 WARM_UP = "  load_base_model warm_up phase"
 STEADY = "steady-state 1-token forward (one decode step)"
 TOKENIZER = "    of which tokenizer"
@@ -46,12 +51,15 @@ HF_READY = "transformers alone: AutoTokenizer + from_pretrained + forward"
 FRESH_PROCESS = """
 import json, time
 started = time.perf_counter()
+import torch
+torch_ms = (time.perf_counter() - started) * 1000
 import sys; sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
 import common
 from gpu_runtime.base_model import load_base_model
 imported = time.perf_counter()
 base = load_base_model(common.runtime_config())
-print(json.dumps({{"import_ms": (imported - started) * 1000, "total_ms": (time.perf_counter() - started) * 1000,
+print(json.dumps({{"import_ms": (imported - started) * 1000, "torch_import_ms": torch_ms,
+                  "total_ms": (time.perf_counter() - started) * 1000,
                   **{{k + "_ms": v for k, v in base.timings_ms.items()}}}}))
 """
 
@@ -156,8 +164,9 @@ def main():
     timings["  transformers alone: its forward (reads the pages)"] = common.summarize([s[1] for s in hf_split])
     timings.update(measured)
     fresh = [_fresh_process() for _ in range(fresh_repeats)]
-    timings["fresh process: imports + load_base_model"] = common.summarize([f["total_ms"] for f in fresh])
+    timings[FRESH] = common.summarize([f["total_ms"] for f in fresh])
     timings["  of which imports (torch, transformers)"] = common.summarize([f["import_ms"] for f in fresh])
+    timings[TORCH_IMPORT] = common.summarize([f["torch_import_ms"] for f in fresh])
     timings["  of which ready to serve (read + to device)"] = common.summarize(
         [f["read_ms"] + f["to_device_ms"] for f in fresh])
     for phase in ("read", "tokenizer", "to_device", "warm_up"):
@@ -176,9 +185,15 @@ def main():
                for name, row in (("ready_to_serve_le_1.2x_floor", READY),
                                  ("ready_plus_warm_up_le_1.2x_floor", READY_WARM),
                                  ("model_alone_le_1.2x_floor", MODEL_READY))}
+    fresh_ms = timings[FRESH]["median_ms"]
+    targets[FRESH_JUDGED] = {"value_ms": fresh_ms, "target_ms": FRESH_TARGET_MS, "met": fresh_ms <= FRESH_TARGET_MS,
+                             "judged": True}
     print(f"\nfloor bandwidth {file_bytes / floor_ms / 1e6:.2f} GB/s")
+    print(f"TARGET, a fresh node (process start to ready to serve, imports included): {fresh_ms:.0f} ms against "
+          f"{FRESH_TARGET_MS} ms, {common.verdict(fresh_ms <= FRESH_TARGET_MS)} (`import torch` alone "
+          f"{timings[TORCH_IMPORT]['median_ms']:.0f} ms)")
     judged = targets[JUDGED]
-    print(f"TARGET, judged on ready to serve (read + to device, tokenizer included): {judged['value_x']:.2f}x the "
+    print(f"TARGET, in-process ready to serve (read + to device, tokenizer included): {judged['value_x']:.2f}x the "
           f"floor, {common.verdict(judged['met'])}")
     for name in ("ready_plus_warm_up_le_1.2x_floor", "model_alone_le_1.2x_floor"):
         t = targets[name]
@@ -192,10 +207,11 @@ def main():
                   "torch_save_bytes": pt_bytes},
         "repeats": repeats, "fresh_process_repeats": fresh_repeats, "timings": timings,
         "floor_GBps": round(file_bytes / floor_ms / 1e6, 2), "targets": targets,
-        "judged_on": "ready to serve = load_base_model's read + to_device phases, tokenizer included: the base "
-                     "answers requests from there on. The warm-up (a first forward that takes first-call costs "
-                     "off the first request) and the model alone (what from_pretrained and torch.load produce) "
-                     "are reported beside it, not judged.",
+        "judged_on": "a fresh process (imports + load_base_model) <= 1500 ms: a new node's time to a servable "
+                     "base; and in process, ready to serve = load_base_model's read + to_device phases, tokenizer "
+                     "included, <= 1.2x the floor. The warm-up (a first forward that takes first-call costs off "
+                     "the first request) and the model alone (what from_pretrained and torch.load produce) are "
+                     "reported beside them, not judged.",
         "notes": ["Warm page cache: nothing is dropped from it, so no figure includes a disk read.",
                   "load_base_model maps model.safetensors and faults in every page of it (MADV_POPULATE_READ) "
                   "in its read phase, so every weight byte is in the process's memory when it is ready to "

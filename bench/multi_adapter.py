@@ -93,29 +93,40 @@ def main():
     from gpu_runtime.generation import AdapterRef
 
     load_before = common.load_average()
-    base = common.load_smollm2()
+    # no torch work on this process's main thread: it slows the engine's thread (common.on_loader_thread), so the
+    # model, the engine, the adapters and every PEFT call run on threads of their own, as in a node
+    base = common.on_loader_thread(common.load_smollm2)
     tokenizer = copy.deepcopy(base.tokenizer)
     tokenizer.padding_side = "left"
     tmp = Path(tempfile.mkdtemp(prefix="vajra-bench-multi-adapter-"))
     results = []
     try:
-        paths = common.make_adapters(base, max(sizes), tmp / "objects")
+        paths = common.on_loader_thread(lambda: common.make_adapters(base, max(sizes), tmp / "objects"),
+                                        name="adapter-maker")
         refs = [AdapterRef(f"a{i}", 1, str(p), tier="warm") for i, p in enumerate(paths)]
         with common.private_redis() as streams:
-            engine, store = common.build_engine(base, streams, slots=max(sizes), max_batch=max(sizes),
-                                                disk_dir=tmp / "disk-cache")
-            engine.eos_ids = set()  # every row runs to max_tokens, as PEFT does with min_new_tokens
-            for ref in refs:
-                store.prepare(ref).result()  # adapters host-ready: this measures serving, not loading
-            engine.start()
+            def build():
+                engine, store = common.build_engine(base, streams, slots=max(sizes), max_batch=max(sizes),
+                                                    disk_dir=tmp / "disk-cache")
+                engine.eos_ids = set()  # every row runs to max_tokens, as PEFT does with min_new_tokens
+                for ref in refs:
+                    store.prepare(ref).result()  # adapters host-ready: this measures serving, not loading
+                engine.start()
+                return engine, store
+
+            engine, store = common.on_loader_thread(build)
             try:
                 run_engine(engine, PROMPTS[:2], [refs[0], None], 4)  # warm-up
-                peft = PeftModel.from_pretrained(copy.deepcopy(base.model), paths[0], adapter_name="a0")
-                peft.eval()
+
+                def peft_model():
+                    model = PeftModel.from_pretrained(copy.deepcopy(base.model), paths[0], adapter_name="a0")
+                    return model.eval()
+
+                peft = on_peft_thread(peft_model)
                 loaded = 1
                 for n in sizes:
-                    load_ms, _ = common.timed_ms(lambda n=n, start=loaded: [
-                        peft.load_adapter(paths[i], adapter_name=f"a{i}") for i in range(start, n)])
+                    load_ms, _ = on_peft_thread(lambda n=n, start=loaded: common.timed_ms(lambda: [
+                        peft.load_adapter(paths[i], adapter_name=f"a{i}") for i in range(start, n)]))
                     loaded = max(loaded, n)
                     results.append(measure(n, engine, peft, tokenizer, refs, max_tokens, load_ms, args.quick))
             finally:
@@ -126,6 +137,11 @@ def main():
     report(results, sizes, max_tokens, args.quick, load_before)
 
 
+def on_peft_thread(fn):
+    """PEFT's work on a thread of its own that ends with it, never this process's main thread."""
+    return common.on_loader_thread(fn, name="peft")
+
+
 def measure(n, engine, peft, tokenizer, refs, max_tokens, load_ms, quick):
     prompts, names, lora_refs = PROMPTS[:n], [f"a{i}" for i in range(n)], refs[:n]
     print(f"N = {n}: engine (LoRA, base only), PEFT mixed batch, PEFT serial ...", flush=True)
@@ -134,10 +150,10 @@ def measure(n, engine, peft, tokenizer, refs, max_tokens, load_ms, quick):
     for kind in order:
         engine_runs[kind].append(run_engine(engine, prompts, lora_refs if kind == "lora" else [None] * n,
                                             max_tokens))
-    mixed_wall, mixed_tokens = run_peft_mixed(peft, tokenizer, prompts, names, max_tokens)
+    mixed_wall, mixed_tokens = on_peft_thread(lambda: run_peft_mixed(peft, tokenizer, prompts, names, max_tokens))
     sample = sorted({round(i * (n - 1) / max(1, SERIAL_SAMPLE - 1)) for i in range(min(n, SERIAL_SAMPLE))})
-    serial_wall, serial_tokens = run_peft_serial(peft, tokenizer, [prompts[i] for i in sample],
-                                                 [names[i] for i in sample], max_tokens)
+    serial_wall, serial_tokens = on_peft_thread(lambda: run_peft_serial(
+        peft, tokenizer, [prompts[i] for i in sample], [names[i] for i in sample], max_tokens))
 
     def mean_rate(runs):
         return sum(r["tok_s"] for r in runs) / len(runs)

@@ -164,6 +164,7 @@ class Engine:
                 for row in list(self.rows):
                     self._finish(row, "error", {"code": "engine_error", "message": str(exc)})
                 self._retire()
+        self.training.close()  # a training pass paused mid-way ends with the engine thread
 
     # ---- training turns (gpu_runtime.training_turns) -----------------------------------------------------------
     def _training_turn(self):

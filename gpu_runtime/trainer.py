@@ -61,6 +61,13 @@ def peft_name(layer, module):
     return f"base_model.model.model.layers.{layer}.{block}.{module}"
 
 
+def settle(tensor):
+    """Waits for the work queued on ``tensor``'s CUDA stream before a pass pauses, so the time it took is the pass's
+    (its metered compute) and not left to run under the next inference step's clock; nothing to wait for on a CPU."""
+    if tensor.is_cuda:
+        torch.cuda.current_stream(tensor.device).synchronize()
+
+
 class TrainableLoRA:
     """The job's A [r, in] / B [out, r] per (layer, module), fp32 parameters on the model's device.
 
@@ -289,6 +296,7 @@ class TrainingRun:
             check = self._should_yield
             if check is None or not check():
                 return
+            settle(ids)
             self.pool.trainable, running[0] = None, False
             try:
                 pausable.pause()
@@ -343,6 +351,7 @@ class TrainingRun:
             index -= 1
             self._pending[1] = index
             if index >= 0 and should_yield is not None and should_yield():
+                settle(x_next)
                 return False
         self._pending = None
         return True
@@ -363,7 +372,7 @@ class TrainingRun:
         if done:
             self.finished = True
 
-    def _end_forward(self):
+    def end_paused_pass(self):
         """A forward pass paused mid-way is abandoned: its thread unwinds and ends."""
         if self._forwarding is not None:
             self._forwarding.close()
@@ -371,13 +380,13 @@ class TrainingRun:
 
     def fail(self, code, message):
         self.finished = True
-        self._end_forward()
+        self.end_paused_pass()
         self.events.put(("failed", code, message))
 
     def cancel(self):
         """Ends the run; the steps it trained since its last checkpoint are written as one (engine thread)."""
         self.finished = True
-        self._end_forward()
+        self.end_paused_pass()
         checkpoint = None
         if self.step > max(self.started_step, self._checkpointed):
             checkpoint = Checkpoint(self.step, self.lora.tensors(), self.optimizer_tensors(), self.last_loss)

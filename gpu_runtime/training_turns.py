@@ -81,6 +81,11 @@ class TrainingTurns:
         next_at = gap * max(1, math.ceil(since / gap))
         return next_at - since < seconds * 1.5
 
+    def close(self):
+        """The engine stops: a pass paused mid-way ends (its thread unwinds, its hooks come off the layers)."""
+        for run in self.runs:
+            run.end_paused_pass()
+
     def turn(self, *, cancelled, request_waiting):
         """One micro-step of the first job (a whole optimizer step without preemption); a failing job fails alone,
         inference goes on. ``cancelled(ids)`` reads cancel flags; ``request_waiting()`` says a request arrived and

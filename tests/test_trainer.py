@@ -446,3 +446,23 @@ def test_training_gets_one_micro_step_per_ten_inference_steps_while_rows_run(nod
     assert decodes == engine.training.every * (len(during) - 1)  # 10 inference steps per training turn
     alone = [i for i, (kind, rows, _) in enumerate(steps) if kind == "train" and not rows]
     assert all(steps[i][2] == 1 for i in alone[1:])  # idle engine: a micro-step every turn
+
+
+def test_an_engine_that_stops_ends_a_pass_paused_mid_way(tmp_path):
+    from gpu_runtime import trainer
+    from gpu_runtime.training_turns import TrainingTurns
+
+    model = learnable_base()
+    pool = SlotPool(model, BASE_FACTS, buckets={8: 2})
+    spec = spec_for(tmp_path, write_dataset(tmp_path / "data.jsonl", memorize_records()), batch_size=4,
+                    micro_batch_size=1)
+    run = trainer.prepare(spec, base=tiny_base_model(model), pool=pool, facts=BASE_FACTS)
+    turns = TrainingTurns()
+    turns.submit(run)
+    assert turns.due(rows_running=False)
+    turns.turn(cancelled=lambda ids: False, request_waiting=lambda: True)  # paused at the first layer
+    thread = run._forwarding._thread
+    assert thread.is_alive() and turns.yields == 1
+    turns.close()
+    assert not thread.is_alive() and run._forwarding is None
+    assert all(not layer._forward_pre_hooks and not layer._forward_hooks for layer in model.model.layers)
