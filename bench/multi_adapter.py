@@ -177,7 +177,7 @@ def measure(n, engine, peft, tokenizer, refs, max_tokens, load_ms, quick):
 
 
 def report(results, sizes, max_tokens, quick, load_before):
-    common.print_table(f"Throughput, tokens/s ({max_tokens} new tokens per request, fp32 CPU)",
+    common.print_table(f"Throughput, tokens/s ({max_tokens} new tokens per request, {common.DTYPE} {common.DEVICE})",
                        ["N", "engine LoRA", "engine base only", "PEFT mixed batch", "PEFT serial",
                         "LoRA / base", "engine / serial", "engine / mixed"],
                        [[r["n"], r["engine_lora"]["tok_s"], r["engine_base_only"]["tok_s"],
