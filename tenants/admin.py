@@ -1,16 +1,50 @@
 """Django admin for platform staff: people, tenants (suspend / reactivate), memberships, invites, keys."""
 
+import functools
+
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
+from django.http import HttpResponse
 from django.utils import timezone
 from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey as UnusedBaseAPIKey
 
 from vajra.admin import ReadOnlyAdmin
+from vajra.client_ip import client_ip
 
 from . import services
+from .limits import login_failed, login_retry_after, login_succeeded
 from .models import APIKey, AuditEntry, Invite, Membership, Tenant, User
+
+
+def with_login_lockout(login):
+    """The admin site's sign-in behind the dashboard's lockout, on the same counters (this account from this
+    address, this account from anywhere, this address against any account), so neither door adds tries to the
+    other's. Checked before the password, like the dashboard's: a locked-out address learns nothing."""
+
+    @functools.wraps(login)
+    def locked_login(request, extra_context=None):
+        if request.method != "POST":
+            return login(request, extra_context)
+        email, ip = str(request.POST.get("username", "")).strip().lower(), client_ip(request)
+        wait = login_retry_after(email, ip)
+        if wait:
+            response = HttpResponse(f"Too many failed sign-in attempts; try again in {wait} seconds.",
+                                    status=429, content_type="text/plain; charset=utf-8")
+            response["Retry-After"] = str(wait)
+            return response
+        response = login(request, extra_context)
+        if response.status_code == 302:  # the admin's LoginView redirects only once a staff account signed in
+            login_succeeded(email, ip)
+        else:
+            login_failed(email, ip)
+        return response
+
+    return locked_login
+
+
+admin.site.login = with_login_lockout(admin.site.login)
 
 # The package registers its own concrete APIKey model; VAJRA never uses it, so keep it out of the admin.
 if admin.site.is_registered(UnusedBaseAPIKey):

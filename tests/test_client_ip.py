@@ -163,3 +163,46 @@ def test_the_audit_log_records_the_peer_not_a_spoofed_forwarded_for(alice, acme)
 def test_the_audit_log_records_the_client_a_trusted_proxy_names(alice, acme, behind_proxy):
     entry = _create_key(alice, REMOTE_ADDR=PROXY, HTTP_X_FORWARDED_FOR="192.0.2.66, 198.51.100.1")
     assert entry.ip == "198.51.100.1"
+
+
+# ---- the admin's sign-in: the same lockout, on the same counters ---------------------------------------------------
+
+def _admin_login(client, email, password, **meta):
+    return client.post("/admin/login/?next=/admin/", {"username": email, "password": password}, **meta)
+
+
+@pytest.fixture
+def staff_alice(alice):
+    alice.is_staff = True
+    alice.save(update_fields=["is_staff"])
+    return alice
+
+
+def test_the_admins_sign_in_locks_out_like_the_dashboards(client, staff_alice, settings):
+    for _ in range(settings.VAJRA_LOGIN_MAX_FAILURES):
+        response = _admin_login(client, "alice@acme.test", "not the password", REMOTE_ADDR="203.0.113.7")
+        assert response.status_code == 200 and b"errornote" in response.content  # the admin's own refusal
+    response = _admin_login(client, "Alice@acme.test ", PASSWORD, REMOTE_ADDR="203.0.113.7")
+    assert response.status_code == 429  # the right password too, and the email's case and spaces do not matter
+    assert 0 < int(response["Retry-After"]) <= settings.VAJRA_LOGIN_LOCKOUT_SECONDS
+    assert b"Too many failed sign-in attempts" in response.content
+    assert "_auth_user_id" not in client.session
+    # the dashboard's door is locked for that account and address too: the two share the counters
+    assert _login(client, RIGHT, REMOTE_ADDR="203.0.113.7").status_code == 429
+    # another address signs in to the admin, and that clears the account's count
+    response = _admin_login(client, "alice@acme.test", PASSWORD, REMOTE_ADDR="203.0.113.8")
+    assert response.status_code == 302 and response["Location"] == "/admin/"
+    assert client.session["_auth_user_id"] == str(staff_alice.pk)
+
+
+def test_failures_at_the_dashboard_count_at_the_admin(client, staff_alice, settings):
+    for _ in range(settings.VAJRA_LOGIN_MAX_FAILURES):
+        assert _login(client, WRONG, REMOTE_ADDR="203.0.113.7").status_code == 400
+    assert _admin_login(client, "alice@acme.test", PASSWORD, REMOTE_ADDR="203.0.113.7").status_code == 429
+
+
+def test_a_non_staff_account_is_a_failed_admin_sign_in(client, alice, settings):
+    settings.VAJRA_LOGIN_MAX_FAILURES = 2
+    for _ in range(2):  # the right password of an account that may not use the admin: the admin refuses it
+        assert _admin_login(client, "alice@acme.test", PASSWORD, REMOTE_ADDR="203.0.113.7").status_code == 200
+    assert _admin_login(client, "alice@acme.test", PASSWORD, REMOTE_ADDR="203.0.113.7").status_code == 429
