@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from tenants.models import AuditEntry
 from tests.factories import PASSWORD
-from tests.helpers import assert_error
+from tests.helpers import assert_error, run_django
 from vajra.client_ip import client_address
 from vajra.settings.env import env_networks
 
@@ -206,3 +206,24 @@ def test_a_non_staff_account_is_a_failed_admin_sign_in(client, alice, settings):
     for _ in range(2):  # the right password of an account that may not use the admin: the admin refuses it
         assert _admin_login(client, "alice@acme.test", PASSWORD, REMOTE_ADDR="203.0.113.7").status_code == 200
     assert _admin_login(client, "alice@acme.test", PASSWORD, REMOTE_ADDR="203.0.113.7").status_code == 429
+
+
+# ---- X-Forwarded-Proto: said by a trusted proxy only ---------------------------------------------------------------
+
+@pytest.mark.parametrize("peer, redirected", [(PROXY, False), ("203.0.113.7", True)])
+def test_only_a_trusted_proxy_may_say_the_client_came_over_https(client, settings, behind_proxy, peer, redirected):
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    settings.SECURE_SSL_REDIRECT = True
+    response = client.get(reverse("login"), REMOTE_ADDR=peer, HTTP_X_FORWARDED_PROTO="https")
+    if redirected:  # a client that reaches web directly is on plain http whatever it claims: sent to https
+        assert response.status_code == 301 and response["Location"].startswith("https://")
+    else:
+        assert response.status_code == 200
+
+
+def test_behind_a_proxy_with_no_trusted_proxy_named_stops_at_start():
+    result = run_django("print('started')", DJANGO_BEHIND_PROXY="true")
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr and "VAJRA_TRUSTED_PROXIES" in result.stderr
+    result = run_django("print('started')", DJANGO_BEHIND_PROXY="true", VAJRA_TRUSTED_PROXIES="10.0.0.0/8")
+    assert result.returncode == 0, result.stderr

@@ -2,6 +2,7 @@
 holds inline code the policy would block (a <script> without src, a <style> block, a style= or on*= attribute,
 a javascript: URL). The Swagger UI page alone allows inline styles, and says so in its header."""
 
+import ipaddress
 from html.parser import HTMLParser
 
 import pytest
@@ -109,8 +110,10 @@ def test_the_server_error_page_is_clean(rf):
 
 def test_https_pages_allow_wss_back_to_the_host(client, db, settings):
     settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    settings.VAJRA_TRUSTED_PROXIES = (ipaddress.ip_network("10.0.0.0/8"),)  # the ingress that ends TLS
     settings.ALLOWED_HOSTS = ["vajra.example.com"]
-    response = client.get("/login/", HTTP_X_FORWARDED_PROTO="https", HTTP_HOST="vajra.example.com")
+    response = client.get("/login/", HTTP_X_FORWARDED_PROTO="https", HTTP_HOST="vajra.example.com",
+                          REMOTE_ADDR="10.1.2.3")
     assert policy(response)["connect-src"] == "'self' wss://vajra.example.com"
 
 

@@ -10,7 +10,7 @@ import uuid
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.utils.http import parse_header_parameters
 
-from .client_ip import client_ip
+from .client_ip import client_ip, is_trusted_proxy, parse_ip
 
 request_id_var = contextvars.ContextVar("request_id", default="-")
 request_ip_var = contextvars.ContextVar("request_ip", default="")
@@ -92,6 +92,29 @@ class NullCharacterMiddleware(SyncAndAsyncMiddleware):
 
     async def __acall__(self, request):
         return self._refusal(request) or await self.get_response(request)
+
+
+class ForwardedProtoMiddleware(SyncAndAsyncMiddleware):
+    """Drops X-Forwarded-Proto unless the peer is one of VAJRA_TRUSTED_PROXIES, before SecurityMiddleware and
+    anything else asks ``request.is_secure()``: behind a proxy (SECURE_PROXY_SSL_HEADER) only the proxy may say
+    the client came over https; a client that reaches web directly would otherwise claim it with the header."""
+
+    @staticmethod
+    def _strip(request):
+        if "HTTP_X_FORWARDED_PROTO" in request.META:
+            peer = parse_ip(request.META.get("REMOTE_ADDR") or "")
+            if peer is None or not is_trusted_proxy(peer):
+                del request.META["HTTP_X_FORWARDED_PROTO"]
+
+    def __call__(self, request):
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
+        self._strip(request)
+        return self.get_response(request)
+
+    async def __acall__(self, request):
+        self._strip(request)
+        return await self.get_response(request)
 
 
 class RequestIdLogFilter(logging.Filter):

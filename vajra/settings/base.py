@@ -34,6 +34,7 @@ INSTALLED_APPS = [
 # without the thread hop Django would add around them on async (streaming) requests.
 MIDDLEWARE = [
     "vajra.metrics.PrometheusBeforeMiddleware",
+    "vajra.middleware.ForwardedProtoMiddleware",
     "vajra.middleware.RequestIdMiddleware",
     "vajra.middleware.NullCharacterMiddleware",
     "django.middleware.security.SecurityMiddleware",

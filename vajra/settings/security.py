@@ -26,7 +26,12 @@ SECURE_HSTS_PRELOAD = SECURE_HSTS_SECONDS > 0
 # The proxies in front of web (addresses or CIDRs). Only a request whose peer is one of them has its
 # X-Forwarded-For read (vajra/client_ip.py); with none, the peer is the client whatever the headers say.
 VAJRA_TRUSTED_PROXIES = env_networks("VAJRA_TRUSTED_PROXIES", [])
+# Behind a proxy that ends TLS, its X-Forwarded-Proto says whether the client came over https; the header is read
+# from VAJRA_TRUSTED_PROXIES only (vajra.middleware.ForwardedProtoMiddleware drops anyone else's), so it needs them.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("DJANGO_BEHIND_PROXY", False) else None
+if SECURE_PROXY_SSL_HEADER and not VAJRA_TRUSTED_PROXIES:
+    raise ImproperlyConfigured("DJANGO_BEHIND_PROXY=true needs VAJRA_TRUSTED_PROXIES: X-Forwarded-Proto is read "
+                               "from those proxies only.")
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
