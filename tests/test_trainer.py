@@ -273,20 +273,22 @@ def test_without_preemption_a_turn_is_a_whole_optimizer_step(node, tmp_path):
     assert engine.training.yields == 0
 
 
-def test_a_micro_step_pauses_at_a_layer_boundary_and_goes_on_from_there_with_the_same_gradients(tmp_path):
+def memorizing_run(tmp_path):
+    """(model, pool, a prepared TrainingRun) on the memorizing records: 4 micro-batches of 1 per step."""
     from gpu_runtime import trainer
 
-    def prepared():
-        model = learnable_base()
-        pool = SlotPool(model, BASE_FACTS, buckets={8: 2})
-        spec = spec_for(tmp_path, write_dataset(tmp_path / "data.jsonl", memorize_records()), batch_size=4,
-                        micro_batch_size=1)
-        torch.manual_seed(0)
-        return model, pool, trainer.prepare(spec, base=tiny_base_model(model), pool=pool, facts=BASE_FACTS)
+    model = learnable_base()
+    pool = SlotPool(model, BASE_FACTS, buckets={8: 2})
+    spec = spec_for(tmp_path, write_dataset(tmp_path / "data.jsonl", memorize_records()), batch_size=4,
+                    micro_batch_size=1)
+    torch.manual_seed(0)
+    return model, pool, trainer.prepare(spec, base=tiny_base_model(model), pool=pool, facts=BASE_FACTS)
 
-    _, _, straight = prepared()  # the same two micro-batches with nothing in between
+
+def test_a_micro_step_pauses_at_a_layer_boundary_and_goes_on_from_there_with_the_same_gradients(tmp_path):
+    _, _, straight = memorizing_run(tmp_path)  # the same two micro-batches with nothing in between
     assert straight.micro_step() is True and straight.micro_step() is True
-    model, pool, run = prepared()
+    model, pool, run = memorizing_run(tmp_path)
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.inference_mode():
         base_logits = model(input_ids=ids).logits
@@ -319,13 +321,7 @@ def test_a_micro_step_pauses_at_a_layer_boundary_and_goes_on_from_there_with_the
 
 
 def test_a_job_cancelled_while_its_forward_pass_is_paused_ends_that_pass_and_its_thread(tmp_path):
-    from gpu_runtime import trainer
-
-    model = learnable_base()
-    pool = SlotPool(model, BASE_FACTS, buckets={8: 2})
-    spec = spec_for(tmp_path, write_dataset(tmp_path / "data.jsonl", memorize_records()), batch_size=4,
-                    micro_batch_size=1)
-    run = trainer.prepare(spec, base=tiny_base_model(model), pool=pool, facts=BASE_FACTS)
+    model, pool, run = memorizing_run(tmp_path)
     assert run.micro_step(should_yield=lambda: True) is False
     thread = run._forwarding._thread
     assert thread.is_alive()
@@ -449,14 +445,9 @@ def test_training_gets_one_micro_step_per_ten_inference_steps_while_rows_run(nod
 
 
 def test_an_engine_that_stops_ends_a_pass_paused_mid_way(tmp_path):
-    from gpu_runtime import trainer
     from gpu_runtime.training_turns import TrainingTurns
 
-    model = learnable_base()
-    pool = SlotPool(model, BASE_FACTS, buckets={8: 2})
-    spec = spec_for(tmp_path, write_dataset(tmp_path / "data.jsonl", memorize_records()), batch_size=4,
-                    micro_batch_size=1)
-    run = trainer.prepare(spec, base=tiny_base_model(model), pool=pool, facts=BASE_FACTS)
+    model, _, run = memorizing_run(tmp_path)
     turns = TrainingTurns()
     turns.submit(run)
     assert turns.due(rows_running=False)
