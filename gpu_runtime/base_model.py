@@ -81,6 +81,13 @@ class FastPathUnsupported(RuntimeError):
     """The checkpoint is not one the fast path loads exactly; ``from_pretrained`` loads it instead."""
 
 
+def use_torch_threads():
+    """Applies the process's torch thread count (``torch.set_num_threads``, which ``load_base_model`` calls with
+    the node's ``torch_threads``) to the calling thread. OpenMP keeps the count per thread: a thread started later,
+    such as the engine's, would otherwise run its ops on every core whatever the node was given."""
+    torch.set_num_threads(torch.get_num_threads())
+
+
 def load_base_model(config):
     manifest = read_manifest(config.model_store, config.base_model)
     if manifest is None:

@@ -41,6 +41,7 @@ from transformers import DynamicCache
 from .adapter_entry import NoFreeSlot, adapter_key
 from .adapter_validation import AdapterRejected
 from .admission import AdmissionQueue
+from .base_model import use_torch_threads
 from .batch_kv import BatchKV
 from .batch_rows import Handle, RequestError, elapsed_ms, prompt_ids, request_final, unadmitted_final
 from .contract import SUPERSEDED, FinalError, superseded_result
@@ -138,6 +139,7 @@ class Engine:
 
     # ---- the engine thread ----------------------------------------------------------------------------------
     def _loop(self):
+        use_torch_threads()
         while not self._stop.is_set():
             try:
                 self.streams.flush()  # entries Redis refused while it restarted, once it answers again

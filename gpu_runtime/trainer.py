@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adapter_config import ModuleLoRA
+from .base_model import use_torch_threads
 from .lora import adapter_weights_from_tensors
 from .pausable import Pausable
 from .training_checkpoints import Checkpoint, last_checkpoint, read_checkpoint, write_checkpoint
@@ -281,6 +282,7 @@ class TrainingRun:
         """The forward pass and the backward of its top (vocabulary projection, final norm, last layer), on the
         Pausable's thread: at each decoder layer it pauses when ``_should_yield`` says so, handing the model back
         as inference uses it (no trainable pair in the pool, these hooks silent) until it goes on."""
+        use_torch_threads()  # a thread of its own: the node's thread count, not every core
         if not self._chunks:
             batch = self._batch(self.step)
             size = self.hp.micro_batch_size

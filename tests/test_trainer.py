@@ -3,7 +3,9 @@ real learning, metering once per step, checkpoints and resume, cancel, inference
 version served beside the old one."""
 
 import json
+import os
 import shutil
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -457,3 +459,51 @@ def test_an_engine_that_stops_ends_a_pass_paused_mid_way(tmp_path):
     turns.close()
     assert not thread.is_alive() and run._forwarding is None
     assert all(not layer._forward_pre_hooks and not layer._forward_hooks for layer in model.model.layers)
+
+
+def omp_workers_gained(apply):
+    """OS threads this process gains when a new thread runs a matmul and a linear: its OpenMP team's workers (none
+    when the thread runs them on one thread)."""
+    from gpu_runtime.base_model import use_torch_threads
+
+    gained = []
+
+    def run():
+        if apply:
+            use_torch_threads()
+        before = len(os.listdir("/proc/self/task"))
+        torch.randn(256, 256) @ torch.randn(256, 256)
+        torch.nn.functional.linear(torch.randn(64, 256), torch.randn(256, 256))
+        gained.append(len(os.listdir("/proc/self/task")) - before)
+
+    time.sleep(0.3)  # the last probe's thread and its team are gone
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return gained[0]
+
+
+def test_a_thread_started_later_runs_on_the_nodes_torch_threads_once_it_applies_them():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as load_base_model does with a node's torch_threads, on its loader thread
+    try:
+        if (os.cpu_count() or 1) > 1:
+            assert omp_workers_gained(apply=False) >= 1  # OpenMP's count is per thread: a new one uses every core
+        assert omp_workers_gained(apply=True) == 0
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_engine_thread_and_each_training_forward_pass_apply_the_nodes_torch_threads(node, tmp_path, monkeypatch):
+    from gpu_runtime import engine as engine_module
+    from gpu_runtime import trainer
+
+    applied = []
+    for module in (engine_module, trainer):
+        monkeypatch.setattr(module, "use_torch_threads", lambda: applied.append(threading.current_thread().name))
+    engine, _, _ = node()
+    engine.call(lambda: None).result(10)
+    assert applied == ["engine"]
+    _, _, run = memorizing_run(tmp_path)
+    assert run.micro_step() is True
+    assert applied[1:] == [f"train-forward-{run.job_id}"]
