@@ -205,8 +205,7 @@ class TrainingRun:
                 try:
                     finished = self._forwarding.resume()
                 except BaseException:
-                    self._forwarding.close()
-                    self._forwarding = None
+                    self.end_paused_pass()
                     raise
                 finally:
                     self._forward_ms += (time.perf_counter() - started) * 1000
