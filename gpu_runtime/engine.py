@@ -6,7 +6,7 @@ slot or none (base layer once, each adapter's delta on its rows: gpu_runtime.lor
 left-padded KV cache; position ids and the attention mask keep each row's own positions. Requests wait for a row
 in per-tenant queues served in turns (gpu_runtime.admission), so one tenant's flood cannot hold another's back.
 
-Each step's device time (gpu_runtime.step_clock: its forward pass and logits, CUDA events on a GPU) is attributed
+Each step's device time (gpu_runtime.batch_forward, timed by gpu_runtime.step_clock) is attributed
 to the rows it served (a prefill to its rows by their tokens, a decode step split evenly), so the requests' GPU-ms
 add up to the engine's busy time. Cancel flags are read before each admission round for every waiting request and
 every running row: a request cancelled while it waits leaves the queue with no prefill, no token and 0 GPU-ms (the
@@ -42,14 +42,12 @@ from .adapter_entry import NoFreeSlot, adapter_key
 from .adapter_validation import AdapterRejected
 from .admission import AdmissionQueue
 from .base_model import use_torch_threads
-from .batch_kv import BatchKV
+from .batch_forward import BatchForward
 from .batch_rows import Handle, RequestError, elapsed_ms, prompt_ids, request_final, unadmitted_final
 from .contract import SUPERSEDED, FinalError, superseded_result
 from .grammar import GrammarError
-from .packed_linear import pack_linears
 from .row_sampling import RowSampler
 from .sampling import SamplingError
-from .step_clock import StepClock
 from .training_turns import TrainingTurns
 
 log = logging.getLogger("vajra.runtime.engine")
@@ -61,12 +59,9 @@ class Engine:
         self.base = base
         self.model, self.tokenizer = base.model, base.tokenizer
         self.device = torch.device(base.device)
-        # on a CPU, oneDNN on weights packed for the batch's shape (packed_linear.py): the same product, faster
-        self.packed_linears = pack_linears(self.model, batch_hint=max_batch) if self.device.type == "cpu" else 0
         self.store = store
         self.pool = store.pool if store is not None else None
         self.streams = streams
-        self.prefix_cache = prefix_cache
         self.max_batch = max_batch
         self.max_context = getattr(self.model.config, "max_position_embeddings", 2048)
         self.idle_wait_s = idle_wait_s
@@ -79,9 +74,10 @@ class Engine:
         self._calls = queue.Queue()  # functions to run on the engine thread between steps
         self._pending = AdmissionQueue(fair=fair_admission)  # waiting for a row, per tenant (admission.py)
         self.rows = []
-        self.kv = BatchKV()  # the KV cache and mask of self.rows, row for row (batch_kv.py)
-        self.busy_ms = 0.0
-        self.clock = StepClock(self.device)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(self.eos_ids), 0)
+        self.forward = BatchForward(self.model, self.pool, self.device, pad_id=pad, max_batch=max_batch,
+                                    prefix_cache=prefix_cache)  # the forward passes (batch_forward.py)
+        self.kv = self.forward.kv  # the KV cache and mask of self.rows, row for row (batch_kv.py)
         self.started = time.perf_counter()
         self.steps = 0
         self.tokens_out = 0
@@ -133,6 +129,20 @@ class Engine:
     @property
     def queue_depth(self):
         return self._incoming.qsize() + len(self._pending)
+
+    @property
+    def prefix_cache(self):
+        """The node's prefix cache (prefix_cache.py), or None: looked up at admission, filled by each prefill."""
+        return self.forward.prefix_cache
+
+    @prefix_cache.setter
+    def prefix_cache(self, cache):
+        self.forward.prefix_cache = cache
+
+    @property
+    def busy_ms(self):
+        """The forward passes' device time so far (inference only; training's is ``self.training.ms``)."""
+        return self.forward.busy_ms
 
     def busy_ratio(self):
         return (self.busy_ms + self.training.ms) / max(1.0, (time.perf_counter() - self.started) * 1000)
@@ -290,56 +300,20 @@ class Engine:
             self._retire()
 
     def _prefill_group(self, rows, cache, offset=0):
-        """Prefills ``rows`` (each request's first choice) in one forward pass and merges their KV into the batch's,
-        each request's other choices with a copy of it; returns every choice's row in the order of the batch KV."""
-        lengths = [len(row.ids) - offset for row in rows]
-        width = max(lengths)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(self.eos_ids), 0)
-        ids = torch.tensor([[pad] * (width - n) + row.ids[offset:] for row, n in zip(rows, lengths, strict=True)],
-                           device=self.device)
-        mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], device=self.device)
-        if self.pool is not None:
-            self.pool.set_rows([row.slot for row in rows])
-        kwargs = {}
-        if len(rows) > 1:  # left padding: each row's own positions (a single row needs neither)
-            kwargs = {"attention_mask": mask, "position_ids": (mask.cumsum(dim=1) - 1).clamp(min=0)}
-        started = self.clock.start()
-        with torch.inference_mode():
-            out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1, **kwargs)
-        logits = out.logits[:, -1].float()
-        elapsed = self._busy(started)
-        if self.prefix_cache:  # new blocks only; a row prefilled from cached KV starts at 0, unpadded
-            finite = torch.isfinite(logits).all(dim=-1).tolist()  # a broken row's KV is never reused
-            for i, (row, n) in enumerate(zip(rows, lengths, strict=True)):
-                if finite[i]:
-                    self.prefix_cache.store(row.handle.request.tenant, row.key, row.ids, cache, row=i,
-                                            start=0 if offset else width - n)
+        """Prefills ``rows`` (each request's first choice) in one forward pass, their KV merged into the batch's
+        (each request's other choices with a copy of it), and samples every choice's first token; returns every
+        choice's row in the order of the batch KV."""
+        choices, logits, elapsed, lengths = self.forward.prefill(rows, cache, offset)
         total = sum(lengths)
         for i, row in enumerate(rows):
             row.gpu_ms += elapsed * lengths[i] / total  # a prefill costs in proportion to its tokens
-        choices = [choice for row in rows for choice in row.handle.rows]
-        if len(choices) > len(rows):  # each choice's row gets its own copy of its request's KV and logits
-            index = torch.tensor([i for i, row in enumerate(rows) for _ in row.handle.rows], device=self.device)
-            cache.batch_select_indices(index)
-            mask, logits = mask.index_select(0, index), logits.index_select(0, index)
         for i, row in enumerate(choices):
             row.last_token = self._sample(row, logits[i])
-        full = torch.cat([torch.ones(len(choices), offset, dtype=mask.dtype, device=self.device), mask], dim=1)
-        self.kv.merge(cache, full)
         return choices
 
     def _decode_step(self):
-        ids = torch.tensor([[row.last_token] for row in self.rows], device=self.device)
-        positions, mask = self.kv.next_step()
-        if self.pool is not None:
-            self.pool.set_rows([row.slot for row in self.rows])
-        started = self.clock.start()
-        with torch.inference_mode():
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                             past_key_values=self.kv.cache, use_cache=True)
-        self.kv.mask = mask
-        logits = out.logits[:, -1].float()
-        share = self._busy(started) / len(self.rows)
+        logits, elapsed = self.forward.decode(self.rows)
+        share = elapsed / len(self.rows)
         self.steps += 1
         with self.streams.held():  # the step's tokens of every row go to Redis together
             for i, row in enumerate(self.rows):
@@ -367,12 +341,6 @@ class Engine:
                     exc_info=code != "non_finite_logits")
         for choice in row.handle.rows or [row]:
             self._finish(choice, "error", {"code": code, "message": message})
-
-    def _busy(self, started):
-        """The step's device time since ``started`` (a ``self.clock`` mark), added to the engine's busy time."""
-        ms = self.clock.elapsed_ms(started)
-        self.busy_ms += ms
-        return ms
 
     def _accept_token(self, row, token):
         row.last_token = token

@@ -82,13 +82,13 @@ class SlotLoRALinear(nn.Module):
                 continue
             a, b = self._weights(group, A)
             xs = x if group.whole else x.index_select(0, group.rows)
-            delta = torch.bmm(torch.bmm(xs.to(SLOT_DTYPE), a), b) * group.scaling
-            # the rows' sum in fp32, rounded once to the model's dtype (each row is in one group)
+            delta = torch.bmm(torch.bmm(xs.to(SLOT_DTYPE), a), b).mul_(group.scaling)
+            # The rows' sum in fp32, rounded once to the model's dtype (each row is in one group): an in-place add
+            # of the fp32 delta computes in fp32 and rounds as it stores, with no fp32 copy of the output.
             if group.whole:
-                out = (out.to(SLOT_DTYPE) + delta).to(out.dtype)
+                out.add_(delta)
             else:
-                summed = out.index_select(0, group.rows).to(SLOT_DTYPE) + delta
-                out = out.index_copy(0, group.rows, summed.to(out.dtype))
+                out.index_copy_(0, group.rows, out.index_select(0, group.rows).add_(delta))
         return out
 
     def _weights(self, group, A):

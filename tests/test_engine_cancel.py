@@ -174,7 +174,7 @@ def test_on_cuda_each_step_is_timed_between_events_around_its_forward_pass(base,
     waited for before its time is read; a request's gpu_ms is the events' time (one prefill + decode steps)."""
     cuda = FakeCuda(step_ms=7.0)
     engine = Engine(tiny_base_model(base), None, StreamWriter(redis_client, ttl_seconds=60), max_batch=1)
-    engine.clock = StepClock(torch.device("cpu"), cuda=cuda)
+    engine.forward.clock = StepClock(torch.device("cpu"), cuda=cuda)
     engine.model.register_forward_pre_hook(lambda *_: cuda.log.append(("forward",)))
     engine.model.register_forward_hook(lambda *_: cuda.log.append(("forward done",)))
     engine.start()

@@ -3,16 +3,13 @@ real learning, metering once per step, checkpoints and resume, cancel, inference
 version served beside the old one."""
 
 import json
-import os
 import shutil
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from gpu_runtime.adapter_store import AdapterStore
 from gpu_runtime.contract import TASK_TRAINING_FINISHED, TASK_TRAINING_STARTED, TASK_TRAINING_STEP, cancel_key
@@ -20,21 +17,9 @@ from gpu_runtime.engine import Engine
 from gpu_runtime.generation import AdapterRef, GenerationRequest, SamplingParams
 from gpu_runtime.lora import SlotPool
 from gpu_runtime.streams import StreamWriter, read_events
-from gpu_runtime.training_spec import TrainingSpec
 from gpu_runtime.training_tasks import run_job
-from tests.runtime_fixtures import BASE_FACTS, CFG, EOS, save_peft_adapter, tiny_base, tiny_base_model, words
-
-PROMPTS = [[10, 11, 12], [13, 14], [15, 16, 17, 18], [19, 31]]  # no t2x: "t2" is the EOS token
-ANSWERS = [[40, 41, 42, 43], [50, 51, 52], [60, 61, 62, 63, 64], [70, 71, 72]]
-
-
-def learnable_base():
-    """The tiny Llama with weights 10x the usual init scale: with std 0.02 its final norm + lm_head cap the
-    logit margin near 1, so no adapter (PEFT's included: same first loss, same slow curve) can memorize."""
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**CFG, initializer_range=0.2)).eval()
-    model.generation_config.eos_token_id = EOS
-    return model
+from tests.runtime_fixtures import BASE_FACTS, save_peft_adapter, tiny_base, tiny_base_model, words
+from tests.training_runs import ANSWERS, PROMPTS, learnable_base, memorize_records, spec_for, write_dataset
 
 
 @pytest.fixture
@@ -56,25 +41,6 @@ def node(tmp_path, redis_client):
     for engine, store in made:
         engine.stop()
         store.shutdown()
-
-
-def write_dataset(path, records):
-    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    return "file://" + str(path)
-
-
-def memorize_records():
-    return [{"prompt": words(p), "completion": words(a)} for p, a in zip(PROMPTS, ANSWERS, strict=True)]
-
-
-def spec_for(tmp_path, dataset_uri, *, job_id=None, init=None, checkpoint_every=5, **hp):
-    hyperparameters = {"learning_rate": 0.01, "epochs": 40, "batch_size": 4, "micro_batch_size": 2, "rank": 8,
-                       "alpha": 16, "target_modules": ["q_proj", "v_proj", "o_proj", "down_proj"], "seed": 7, **hp}
-    job_id = job_id or f"ftjob_{uuid.uuid4().hex[:24]}"
-    return TrainingSpec.from_json({
-        "job_id": job_id, "base_model": "tiny-llama", "adapter_id": "a1", "dataset_uri": dataset_uri,
-        "output_uri": "file://" + str(tmp_path / "out" / job_id), "hyperparameters": hyperparameters,
-        "init": init, "checkpoint_every": checkpoint_every, "max_seq_len": 64})
 
 
 class Recorder:
@@ -275,64 +241,6 @@ def test_without_preemption_a_turn_is_a_whole_optimizer_step(node, tmp_path):
     assert engine.training.yields == 0
 
 
-def memorizing_run(tmp_path):
-    """(model, pool, a prepared TrainingRun) on the memorizing records: 4 micro-batches of 1 per step."""
-    from gpu_runtime import trainer
-
-    model = learnable_base()
-    pool = SlotPool(model, BASE_FACTS, buckets={8: 2})
-    spec = spec_for(tmp_path, write_dataset(tmp_path / "data.jsonl", memorize_records()), batch_size=4,
-                    micro_batch_size=1)
-    torch.manual_seed(0)
-    return model, pool, trainer.prepare(spec, base=tiny_base_model(model), pool=pool, facts=BASE_FACTS)
-
-
-def test_a_micro_step_pauses_at_a_layer_boundary_and_goes_on_from_there_with_the_same_gradients(tmp_path):
-    _, _, straight = memorizing_run(tmp_path)  # the same two micro-batches with nothing in between
-    assert straight.micro_step() is True and straight.micro_step() is True
-    model, pool, run = memorizing_run(tmp_path)
-    ids = torch.tensor([[5, 6, 7, 8]])
-    with torch.inference_mode():
-        base_logits = model(input_ids=ids).logits
-    assert run.micro_step() is True  # the first of the step's 4 micro-batches
-    first = [p.grad.clone() for p in run.lora.parameters()]
-    layers = len(model.model.layers)
-    calls = []
-
-    def arrival_at_layer_2():
-        calls.append(1)
-        return len(calls) == 2
-
-    assert run.micro_step(should_yield=arrival_at_layer_2) is False  # paused inside the forward pass
-    assert run._forwarding is not None and run._pending is None and run._micro == 1 and pool.trainable is None
-    assert all(torch.equal(p.grad, g) for p, g in zip(run.lora.parameters(), first, strict=True))
-    with torch.inference_mode():  # inference between the pauses: the base alone, the paused pass's hooks silent
-        assert torch.equal(model(input_ids=ids).logits, base_logits)
-    assert len(calls) == 2
-
-    def arrival_at_the_top():  # the forward goes on from layer 2 (asked at each layer after it), and a request
-        calls.append(1)  # arrives before the vocabulary projection
-        return len(calls) == layers + 1
-
-    assert run.micro_step(should_yield=arrival_at_the_top) is False  # paused again, at the forward's top
-    assert run._forwarding is not None and run._pending is None and run._micro == 1
-    assert run.micro_step() is True and run._micro == 2 and run.paused == 2
-    for paused, whole in zip(run.lora.parameters(), straight.lora.parameters(), strict=True):
-        torch.testing.assert_close(paused.grad, whole.grad, rtol=0, atol=0)
-    assert run._step_loss == straight._step_loss
-
-
-def test_a_job_cancelled_while_its_forward_pass_is_paused_ends_that_pass_and_its_thread(tmp_path):
-    model, pool, run = memorizing_run(tmp_path)
-    assert run.micro_step(should_yield=lambda: True) is False
-    thread = run._forwarding._thread
-    assert thread.is_alive()
-    run.cancel()
-    assert not thread.is_alive() and run._forwarding is None and pool.trainable is None
-    assert all(not layer._forward_pre_hooks and not layer._forward_hooks for layer in model.model.layers)
-    assert run.events.get_nowait()[0] == "cancelled"
-
-
 @pytest.mark.parametrize("lines, code, expected", [
     (['{"prompt": "t1", "completion": "t2"}', "{not json"], "invalid_dataset", "line 2"),
     (['{"prompt": "t1", "completion": "t2"}', '{"prompt": "' + " ".join(["t3"] * 80) + '", "completion": "t4"}'],
@@ -446,64 +354,3 @@ def test_training_gets_one_micro_step_per_ten_inference_steps_while_rows_run(nod
     assert all(steps[i][2] == 1 for i in alone[1:])  # idle engine: a micro-step every turn
 
 
-def test_an_engine_that_stops_ends_a_pass_paused_mid_way(tmp_path):
-    from gpu_runtime.training_turns import TrainingTurns
-
-    model, _, run = memorizing_run(tmp_path)
-    turns = TrainingTurns()
-    turns.submit(run)
-    assert turns.due(rows_running=False)
-    turns.turn(cancelled=lambda ids: False, request_waiting=lambda: True)  # paused at the first layer
-    thread = run._forwarding._thread
-    assert thread.is_alive() and turns.yields == 1
-    turns.close()
-    assert not thread.is_alive() and run._forwarding is None
-    assert all(not layer._forward_pre_hooks and not layer._forward_hooks for layer in model.model.layers)
-
-
-def omp_workers_gained(apply):
-    """OS threads this process gains when a new thread runs a matmul and a linear: its OpenMP team's workers (none
-    when the thread runs them on one thread)."""
-    from gpu_runtime.base_model import use_torch_threads
-
-    gained = []
-
-    def run():
-        if apply:
-            use_torch_threads()
-        before = len(os.listdir("/proc/self/task"))
-        torch.randn(256, 256) @ torch.randn(256, 256)
-        torch.nn.functional.linear(torch.randn(64, 256), torch.randn(256, 256))
-        gained.append(len(os.listdir("/proc/self/task")) - before)
-
-    time.sleep(0.3)  # the last probe's thread and its team are gone
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    return gained[0]
-
-
-def test_a_thread_started_later_runs_on_the_nodes_torch_threads_once_it_applies_them():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # as load_base_model does with a node's torch_threads, on its loader thread
-    try:
-        if (os.cpu_count() or 1) > 1:
-            assert omp_workers_gained(apply=False) >= 1  # OpenMP's count is per thread: a new one uses every core
-        assert omp_workers_gained(apply=True) == 0
-    finally:
-        torch.set_num_threads(before)
-
-
-def test_the_engine_thread_and_each_training_forward_pass_apply_the_nodes_torch_threads(node, tmp_path, monkeypatch):
-    from gpu_runtime import engine as engine_module
-    from gpu_runtime import trainer
-
-    applied = []
-    for module in (engine_module, trainer):
-        monkeypatch.setattr(module, "use_torch_threads", lambda: applied.append(threading.current_thread().name))
-    engine, _, _ = node()
-    engine.call(lambda: None).result(10)
-    assert applied == ["engine"]
-    _, _, run = memorizing_run(tmp_path)
-    assert run.micro_step() is True
-    assert applied[1:] == [f"train-forward-{run.job_id}"]

@@ -1,0 +1,127 @@
+"""A training forward pass on a thread of its own (gpu_runtime.pausable): paused at a layer boundary and gone on
+with from there, ended by a cancel or by the engine's stop while paused, and run on the node's torch thread count."""
+
+import os
+import threading
+import time
+
+import torch
+
+from gpu_runtime.engine import Engine
+from gpu_runtime.streams import StreamWriter
+from tests.runtime_fixtures import tiny_base_model
+from tests.training_runs import learnable_base, memorizing_run
+
+
+def test_a_micro_step_pauses_at_a_layer_boundary_and_goes_on_from_there_with_the_same_gradients(tmp_path):
+    _, _, straight = memorizing_run(tmp_path)  # the same two micro-batches with nothing in between
+    assert straight.micro_step() is True and straight.micro_step() is True
+    model, pool, run = memorizing_run(tmp_path)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.inference_mode():
+        base_logits = model(input_ids=ids).logits
+    assert run.micro_step() is True  # the first of the step's 4 micro-batches
+    first = [p.grad.clone() for p in run.lora.parameters()]
+    layers = len(model.model.layers)
+    calls = []
+
+    def arrival_at_layer_2():
+        calls.append(1)
+        return len(calls) == 2
+
+    assert run.micro_step(should_yield=arrival_at_layer_2) is False  # paused inside the forward pass
+    assert run._forwarding is not None and run._pending is None and run._micro == 1 and pool.trainable is None
+    assert all(torch.equal(p.grad, g) for p, g in zip(run.lora.parameters(), first, strict=True))
+    with torch.inference_mode():  # inference between the pauses: the base alone, the paused pass's hooks silent
+        assert torch.equal(model(input_ids=ids).logits, base_logits)
+    assert len(calls) == 2
+
+    def arrival_at_the_top():  # the forward goes on from layer 2 (asked at each layer after it), and a request
+        calls.append(1)  # arrives before the vocabulary projection
+        return len(calls) == layers + 1
+
+    assert run.micro_step(should_yield=arrival_at_the_top) is False  # paused again, at the forward's top
+    assert run._forwarding is not None and run._pending is None and run._micro == 1
+    assert run.micro_step() is True and run._micro == 2 and run.paused == 2
+    for paused, whole in zip(run.lora.parameters(), straight.lora.parameters(), strict=True):
+        torch.testing.assert_close(paused.grad, whole.grad, rtol=0, atol=0)
+    assert run._step_loss == straight._step_loss
+
+
+def test_a_job_cancelled_while_its_forward_pass_is_paused_ends_that_pass_and_its_thread(tmp_path):
+    model, pool, run = memorizing_run(tmp_path)
+    assert run.micro_step(should_yield=lambda: True) is False
+    thread = run._forwarding._thread
+    assert thread.is_alive()
+    run.cancel()
+    assert not thread.is_alive() and run._forwarding is None and pool.trainable is None
+    assert all(not layer._forward_pre_hooks and not layer._forward_hooks for layer in model.model.layers)
+    assert run.events.get_nowait()[0] == "cancelled"
+
+
+def test_an_engine_that_stops_ends_a_pass_paused_mid_way(tmp_path):
+    from gpu_runtime.training_turns import TrainingTurns
+
+    model, _, run = memorizing_run(tmp_path)
+    turns = TrainingTurns()
+    turns.submit(run)
+    assert turns.due(rows_running=False)
+    turns.turn(cancelled=lambda ids: False, request_waiting=lambda: True)  # paused at the first layer
+    thread = run._forwarding._thread
+    assert thread.is_alive() and turns.yields == 1
+    turns.close()
+    assert not thread.is_alive() and run._forwarding is None
+    assert all(not layer._forward_pre_hooks and not layer._forward_hooks for layer in model.model.layers)
+
+
+def omp_workers_gained(apply):
+    """OS threads this process gains when a new thread runs a matmul and a linear: its OpenMP team's workers (none
+    when the thread runs them on one thread)."""
+    from gpu_runtime.base_model import use_torch_threads
+
+    gained = []
+
+    def run():
+        if apply:
+            use_torch_threads()
+        before = len(os.listdir("/proc/self/task"))
+        torch.randn(256, 256) @ torch.randn(256, 256)
+        torch.nn.functional.linear(torch.randn(64, 256), torch.randn(256, 256))
+        gained.append(len(os.listdir("/proc/self/task")) - before)
+
+    time.sleep(0.3)  # the last probe's thread and its team are gone
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return gained[0]
+
+
+def test_a_thread_started_later_runs_on_the_nodes_torch_threads_once_it_applies_them():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as load_base_model does with a node's torch_threads, on its loader thread
+    try:
+        if (os.cpu_count() or 1) > 1:
+            assert omp_workers_gained(apply=False) >= 1  # OpenMP's count is per thread: a new one uses every core
+        assert omp_workers_gained(apply=True) == 0
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_engine_thread_and_each_training_forward_pass_apply_the_nodes_torch_threads(tmp_path, monkeypatch,
+                                                                                       redis_client):
+    from gpu_runtime import engine as engine_module
+    from gpu_runtime import trainer
+
+    applied = []
+    for module in (engine_module, trainer):
+        monkeypatch.setattr(module, "use_torch_threads", lambda: applied.append(threading.current_thread().name))
+    engine = Engine(tiny_base_model(learnable_base()), None, StreamWriter(redis_client, ttl_seconds=60))
+    engine.start()
+    try:
+        engine.call(lambda: None).result(10)
+    finally:
+        engine.stop()
+    assert applied == ["engine"]
+    _, _, run = memorizing_run(tmp_path)
+    assert run.micro_step() is True
+    assert applied[1:] == [f"train-forward-{run.job_id}"]
