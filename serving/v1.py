@@ -94,7 +94,7 @@ def bearer_key(request):
     header = request.headers.get("Authorization", "")
     scheme, _, raw = header.partition(" ")
     if not header:
-        raise NotAuthenticated("Send 'Authorization: Bearer <api key>'.")
+        raise NotAuthenticated("No API key was sent; this endpoint takes API keys, not a signed-in session.")
     if scheme.lower() != "bearer" or not raw.strip():
         raise ParseError("Malformed Authorization header; send 'Authorization: Bearer <api key>'.")
     return raw.strip()
@@ -153,6 +153,7 @@ def api_view(methods, *, submits=False):
 
         functools.update_wrapper(handler, view)  # its name, module and docstring (the operation's description)
         handler.methods = frozenset(methods)  # what it serves, for the schema's completeness test
+        handler.key_only = True  # API keys alone: no session, CSRF or user middleware (vajra.page_middleware)
         return csrf_exempt(handler)
 
     return wrap

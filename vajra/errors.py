@@ -208,7 +208,8 @@ def handler500(request):
 
 
 def error_response(exc):
-    """The API error response for an exception raised outside DRF (the async /v1 views)."""
+    """The API error response for an exception raised outside DRF (the async /v1 views, which take API keys only:
+    a 401 says to send one, not to sign in)."""
     from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
     from django.http import Http404
 
@@ -217,7 +218,8 @@ def error_response(exc):
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied(*exc.args)
     param, message, code = _message_for(exc)
-    message += _fix_of(exc)
+    key_only = isinstance(exc, exceptions.NotAuthenticated)
+    message += " Send 'Authorization: Bearer <api key>'." if key_only else _fix_of(exc)
     code = getattr(exc, "override_code", None) or code
     response = JsonResponse(error_body(message, status_code=exc.status_code, code=code, param=param,
                                        extra=getattr(exc, "extra", None)), status=exc.status_code)
