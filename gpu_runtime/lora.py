@@ -84,7 +84,7 @@ class SlotLoRALinear(nn.Module):
             xs = x if group.whole else x.index_select(0, group.rows)
             delta = torch.bmm(torch.bmm(xs.to(SLOT_DTYPE), a), b).mul_(group.scaling)
             # The rows' sum in fp32, rounded once to the model's dtype (each row is in one group): an in-place add
-            # of the fp32 delta computes in fp32 and rounds as it stores, with no fp32 copy of the output.
+            # of the fp32 delta computes in fp32 and rounds once as it stores into the output.
             if group.whole:
                 out.add_(delta)
             else:

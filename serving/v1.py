@@ -145,11 +145,12 @@ def api_view(methods, *, submits=False):
                 if request.method not in methods:
                     raise MethodNotAllowed(request.method)
                 credential = bearer_key(request) if submits else await authenticate(request)
-                return await view(request, credential, *args, **kwargs)
+                response = await view(request, credential, *args, **kwargs)
             except (APIException, Http404) as exc:
-                return error_response(exc)
+                response = error_response(exc, key_only=True)
             except INFRASTRUCTURE_DOWN as exc:  # a restarting database or Redis: 503, retry, never a 500
-                return error_response(unavailable(exc))
+                response = error_response(unavailable(exc), key_only=True)
+            return response
 
         functools.update_wrapper(handler, view)  # its name, module and docstring (the operation's description)
         handler.methods = frozenset(methods)  # what it serves, for the schema's completeness test

@@ -207,9 +207,9 @@ def handler500(request):
     return server_error(request)
 
 
-def error_response(exc):
-    """The API error response for an exception raised outside DRF (the async /v1 views, which take API keys only:
-    a 401 says to send one, not to sign in)."""
+def error_response(exc, *, key_only=False):
+    """The API error response for an exception raised outside DRF (the async /v1 views, the websocket consumers).
+    ``key_only``: the endpoint takes API keys alone, so a 401 says to send one, not to sign in."""
     from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
     from django.http import Http404
 
@@ -218,8 +218,10 @@ def error_response(exc):
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied(*exc.args)
     param, message, code = _message_for(exc)
-    key_only = isinstance(exc, exceptions.NotAuthenticated)
-    message += " Send 'Authorization: Bearer <api key>'." if key_only else _fix_of(exc)
+    if key_only and isinstance(exc, exceptions.NotAuthenticated):
+        message += " Send 'Authorization: Bearer <api key>'."
+    else:
+        message += _fix_of(exc)
     code = getattr(exc, "override_code", None) or code
     response = JsonResponse(error_body(message, status_code=exc.status_code, code=code, param=param,
                                        extra=getattr(exc, "extra", None)), status=exc.status_code)

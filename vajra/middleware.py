@@ -66,6 +66,25 @@ class RequestIdMiddleware(SyncAndAsyncMiddleware):
         return response
 
 
+class ContentLengthMiddleware(SyncAndAsyncMiddleware):
+    """A whole (not streamed) body's Content-Length on every response, as Django's CommonMiddleware sets it: the
+    views that take API keys alone run without that one (vajra.page_middleware)."""
+
+    @staticmethod
+    def _measure(response):
+        if not response.streaming and not response.has_header("Content-Length"):
+            response["Content-Length"] = str(len(response.content))
+        return response
+
+    def __call__(self, request):
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
+        return self._measure(self.get_response(request))
+
+    async def __acall__(self, request):
+        return self._measure(await self.get_response(request))
+
+
 class NullCharacterMiddleware(SyncAndAsyncMiddleware):
     """Refuses a path or query parameter holding a NUL character (%00) with a 400: PostgreSQL cannot store or
     compare text holding one, so a lookup by it would be a 500, and no id or parameter VAJRA takes holds one.

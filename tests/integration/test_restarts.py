@@ -47,7 +47,7 @@ from vajra.embedded_redis import redis_server_binary
 pytestmark = pytest.mark.slow
 MODEL = TINY_MODEL
 # VAJRA_REQUEST_TIMEOUT_SECONDS of the platform under test: well past a request's time on a loaded 2-core box
-# (tiny-llama's 8 tokens take well under a second; queues and reconnects after a restart add seconds), so that
+# (tiny-llama's 8 or 96 tokens take well under a second; queues and reconnects after a restart add seconds), so that
 # only requests a restart lost are expired. The rows of those requests end when it expires them.
 TIMEOUT_S = 45
 # The typed errors a client may get while a service restarts; anything else is a failure. no_capacity (503): a
@@ -156,8 +156,11 @@ class Traffic:
             thread.start()
 
     def _body(self, i, n, stream):
+        # A stream takes its 96 tokens (min_tokens: no early end), so that an outage begun once one is mid-way
+        # lands while it is still at the node and its final meets the outage (8 tokens could end before it began).
+        tokens = {"max_tokens": 96, "min_tokens": 96} if stream else {"max_tokens": 8}
         return {"prompt": f"Name {2 + n % 3} colours, then {2 + i % 3} animals:", "stream": stream,
-                "parameters": {"temperature": 0, "max_tokens": 8}}
+                "parameters": {"temperature": 0, **tokens}}
 
     def _loop(self, kind, i):
         n = 0
