@@ -3,24 +3,20 @@ them, the validation file's eval loss after each epoch, and the checkpoint a can
 Llama, driving a TrainingRun's micro-steps directly (no engine thread), reading the rate the optimizer used at each
 step from the optimizer itself."""
 
-import json
 import math
 import uuid
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from gpu_runtime import trainer
 from gpu_runtime.contract import ContractError
 from gpu_runtime.lora import SlotPool
 from gpu_runtime.training_checkpoints import read_checkpoint, write_checkpoint
 from gpu_runtime.training_spec import Hyperparameters, TrainingSpec
-from tests.runtime_fixtures import BASE_FACTS, CFG, EOS, tiny_base_model, words
-
-PROMPTS = [[10, 11, 12], [13, 14], [15, 16, 17, 18], [19, 31]]
-ANSWERS = [[40, 41, 42, 43], [50, 51, 52], [60, 61, 62, 63, 64], [70, 71, 72]]
+from tests.runtime_fixtures import BASE_FACTS, tiny_base_model, words
+from tests.training_runs import ANSWERS, PROMPTS, learnable_base, write_dataset
 
 
 def hp(**values):
@@ -76,18 +72,6 @@ def test_the_schedule_round_trips_through_the_job_json():
 
 # ---- the trainer ------------------------------------------------------------------------------------------------
 
-def learnable_base():
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**CFG, initializer_range=0.2)).eval()
-    model.generation_config.eos_token_id = EOS
-    return model
-
-
-def write_jsonl(path, records):
-    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    return "file://" + str(path)
-
-
 def records(pairs=None):
     return [{"prompt": words(p), "completion": words(a)} for p, a in (pairs or zip(PROMPTS, ANSWERS, strict=True))]
 
@@ -99,8 +83,8 @@ def make_run(tmp_path, *, validation=None, checkpoint_every=100, **values):
     tmp_path.mkdir(parents=True, exist_ok=True)
     spec = TrainingSpec.from_json({
         "job_id": job_id, "base_model": "tiny-llama", "adapter_id": "a1",
-        "dataset_uri": write_jsonl(tmp_path / "train.jsonl", records()),
-        "validation_uri": write_jsonl(tmp_path / "valid.jsonl", validation) if validation else None,
+        "dataset_uri": write_dataset(tmp_path / "train.jsonl", records()),
+        "validation_uri": write_dataset(tmp_path / "valid.jsonl", validation) if validation else None,
         "output_uri": "file://" + str(tmp_path / "out" / job_id), "hyperparameters": hyperparameters,
         "checkpoint_every": checkpoint_every, "max_seq_len": 64})
     model = learnable_base()
