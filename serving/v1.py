@@ -145,12 +145,11 @@ def api_view(methods, *, submits=False):
                 if request.method not in methods:
                     raise MethodNotAllowed(request.method)
                 credential = bearer_key(request) if submits else await authenticate(request)
-                response = await view(request, credential, *args, **kwargs)
+                return await view(request, credential, *args, **kwargs)
             except (APIException, Http404) as exc:
-                response = error_response(exc, key_only=True)
+                return error_response(exc, key_only=True)
             except INFRASTRUCTURE_DOWN as exc:  # a restarting database or Redis: 503, retry, never a 500
-                response = error_response(unavailable(exc), key_only=True)
-            return response
+                return error_response(unavailable(exc), key_only=True)
 
         functools.update_wrapper(handler, view)  # its name, module and docstring (the operation's description)
         handler.methods = frozenset(methods)  # what it serves, for the schema's completeness test
