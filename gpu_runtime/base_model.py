@@ -4,12 +4,15 @@ The weights are not loaded through ``from_pretrained`` (which spends most of its
 leaves the file's pages for the first forward to fault in). The model is built from its config on the
 ``meta`` device (no memory, no random init), the safetensors file is memory-mapped and every page of it is
 faulted in (``MADV_POPULATE_READ``, off the GIL, while the tokenizer loads), and the mapped tensors become
-the model's parameters as they are: tied embeddings re-tied, the non-persistent rotary buffers computed by
-the module's own constructor. On the CPU the weights stay those mapped pages of the file (shared with the
-page cache, never written: no gradients, inference only); on CUDA ``to(device)`` copies them to the GPU.
-The result is the model ``AutoModelForCausalLM.from_pretrained`` gives, to the bit (tests/
-test_base_model_load.py). A checkpoint this path does not cover exactly (sharded, keys or shapes that do not
-match the model, a buffer it cannot compute) is loaded with ``from_pretrained`` instead, with a warning.
+the model's parameters as they are: tied embeddings re-tied, the non-persistent rotary buffers computed.
+On the CPU the weights stay those mapped pages of the file (shared with the page cache, never written: no
+gradients, inference only); on CUDA ``to(device)`` copies them to the GPU.
+
+The model is the runtime's own decoder (gpu_runtime.decoder) for the model types it covers, which gives the
+logits transformers' model gives, to the bit, without importing transformers' modeling code (more than a
+second of a fresh node's start); any other config is built as transformers' model, the same way. A
+checkpoint this path does not cover exactly (sharded, keys or shapes that do not match the model, a buffer
+it cannot compute) is loaded with ``from_pretrained`` instead, with a warning (tests/test_base_model_load.py).
 
 Phases, logged in ms and kept in ``BaseModel.timings_ms``:
 
@@ -33,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from . import decoder as llama_family
 from .model_store import ModelStoreError, read_manifest
 
 log = logging.getLogger("vajra.runtime.base_model")
@@ -142,6 +145,8 @@ def load_tokenizer(path, config=None):
     version, truncation, padding, added_tokens, then the rest), so it is read from there and handed over as
     ``added_tokens_decoder``, which is what transformers builds from it. Any doubt (no such list at the
     head, a list the backend does not hold) means the plain ``AutoTokenizer.from_pretrained``."""
+    from transformers import AutoTokenizer
+
     path = Path(path)
     config_file, tokenizer_file = path / "tokenizer_config.json", path / "tokenizer.json"
     if not tokenizer_file.is_file() or not config_file.is_file():
@@ -201,11 +206,19 @@ def _load_fast(path, dtype, device, *, with_tokenizer=True):
     page_in = _PageIn(weights)
     page_in.start()  # the kernel maps the pages while this thread parses the tokenizer and builds the model
     try:
-        config = AutoConfig.from_pretrained(path)
+        raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        try:
+            own = llama_family.DecoderConfig.read(raw)
+        except llama_family.Unsupported as exc:
+            log.info("base model %s: transformers' modeling code runs it (%s)", path, exc)
+            own = None
+        if own is None:
+            from transformers import AutoConfig
+            config = AutoConfig.from_pretrained(path)
         tokenizer_started = time.perf_counter()
-        tokenizer = load_tokenizer(path, config) if with_tokenizer else None
+        tokenizer = load_tokenizer(path, None if own else config) if with_tokenizer else None
         timings["tokenizer"] = _ms(tokenizer_started)
-        model = _skeleton(path, config, dtype)
+        model = None if own else _skeleton(path, config, dtype)
     finally:
         page_in.join()
     page_in.finish()
@@ -213,7 +226,13 @@ def _load_fast(path, dtype, device, *, with_tokenizer=True):
     timings["read"] = _ms(started)
 
     started = time.perf_counter()
-    _assign(model, weights, dtype)
+    if own is not None:
+        try:
+            model = llama_family.build(own, weights, dtype, _generation_file(path))
+        except llama_family.Unsupported as exc:
+            raise FastPathUnsupported(str(exc)) from None
+    else:
+        _assign(model, weights, dtype)
     if torch.device(device).type != "cpu":  # on the CPU the mapped weights are already where they serve from
         model.to(device)
     model.eval()
@@ -221,8 +240,20 @@ def _load_fast(path, dtype, device, *, with_tokenizer=True):
     return model, tokenizer, timings
 
 
+def _generation_file(path):
+    """generation_config.json's token ids where the directory has one (what from_pretrained reads), else None."""
+    try:
+        generation = json.loads((path / "generation_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return {k: generation[k] for k in ("eos_token_id", "bos_token_id", "pad_token_id") if k in generation}
+
+
 def _skeleton(path, config, dtype):
-    """The model from its config with every parameter and buffer on ``meta`` (no memory, no init), frozen."""
+    """The transformers model from its config with every parameter and buffer on ``meta`` (no memory, no init),
+    frozen."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
     with torch.device("meta"), _no_init_on_meta():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.requires_grad_(False)
@@ -377,6 +408,8 @@ def _madvise_populate(ranges, entering):
 
 
 def _load_from_pretrained(path, dtype, device):
+    from transformers import AutoModelForCausalLM
+
     timings = {}
     started = time.perf_counter()
     tokenizer = load_tokenizer(path)
@@ -384,6 +417,10 @@ def _load_from_pretrained(path, dtype, device):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     timings["read"] = _ms(started)
     started = time.perf_counter()
+    try:  # the same weights in the runtime's decoder where it covers the model
+        model = llama_family.from_transformers(model)
+    except llama_family.Unsupported:
+        pass
     model.to(device).eval().requires_grad_(False)
     timings["to_device"] = _ms(started)
     return model, tokenizer, timings

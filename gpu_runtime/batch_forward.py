@@ -24,6 +24,8 @@ class BatchForward:
         self.kv = BatchKV()  # the KV cache and mask of the engine's rows, row for row
         self.clock = StepClock(device)
         self.busy_ms = 0.0
+        # an empty KV cache the model appends to: the runtime's own (kv_cache.py), or transformers' for its models
+        self.new_cache = getattr(model, "new_cache", None) or _dynamic_cache
 
     def prefill(self, rows, cache, offset=0):
         """One forward pass over ``rows`` (each request's first choice), left-padded, from ``cache`` holding their
@@ -81,3 +83,9 @@ class BatchForward:
         ms = self.clock.elapsed_ms(started)
         self.busy_ms += ms
         return ms
+
+
+def _dynamic_cache():
+    from transformers import DynamicCache
+
+    return DynamicCache()

@@ -10,7 +10,7 @@ import torch
 
 class BatchKV:
     def __init__(self):
-        self.cache = None  # transformers DynamicCache of every row, or None for an empty batch
+        self.cache = None  # the KV cache of every row (kv_cache.py), or None for an empty batch
         self.mask = None
 
     def __len__(self):

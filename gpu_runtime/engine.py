@@ -36,7 +36,6 @@ import time
 from concurrent.futures import Future
 
 import torch
-from transformers import DynamicCache
 
 from .adapter_entry import NoFreeSlot, adapter_key
 from .adapter_validation import AdapterRejected
@@ -281,14 +280,15 @@ class Engine:
                 if row.choice:  # the request's other choices take its first choice's prefill (_prefill_group)
                     continue
                 tenant = row.handle.request.tenant  # the cache never answers across tenants (prefix_cache.py)
-                cached, cache = self.prefix_cache.lookup(tenant, row.key, row.ids) if self.prefix_cache else (0, None)
+                cached, cache = (self.prefix_cache.lookup(tenant, row.key, row.ids, self.forward.new_cache)
+                                 if self.prefix_cache else (0, None))
                 if cached:
                     row.cached_tokens = cached
                     merged += self._prefill_group([row], cache, offset=cached)
                 else:
                     fresh.append(row)
             if fresh:
-                fresh = self._prefill_group(fresh, DynamicCache())
+                fresh = self._prefill_group(fresh, self.forward.new_cache())
         except BaseException:  # the admission fails whole: the groups merged so far leave the batch cache again
             self.kv.keep_first(len(self.rows))
             raise

@@ -22,7 +22,8 @@ import threading
 from collections import OrderedDict
 
 import torch
-from transformers import DynamicCache
+
+from .kv_cache import KVCache
 
 
 def _chain(tenant, adapter_key, ids, block):
@@ -50,9 +51,9 @@ class PrefixCache:
         """Whole blocks of the prompt, leaving at least one token to run (its logits start the answer)."""
         return ids[: (len(ids) - 1) // self.block * self.block]
 
-    def lookup(self, tenant, adapter_key, ids):
-        """(cached length, a fresh DynamicCache holding that prefix's KV) or (0, None); only ``tenant``'s own
-        blocks are read."""
+    def lookup(self, tenant, adapter_key, ids, new_cache=KVCache):
+        """(cached length, a fresh cache from ``new_cache()`` holding that prefix's KV) or (0, None); only
+        ``tenant``'s own blocks are read."""
         if not tenant:
             return 0, None
         with self._lock:
@@ -70,7 +71,7 @@ class PrefixCache:
             length = len(found) * self.block
             self.hits += 1
             self.tokens_saved += length
-        cache = DynamicCache()
+        cache = new_cache()
         for index in range(len(found[0])):
             cache.update(torch.cat([blocks[index][0] for blocks in found], dim=2),
                          torch.cat([blocks[index][1] for blocks in found], dim=2), index)

@@ -18,6 +18,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from gpu_runtime.adapter_validation import BaseFacts
 from gpu_runtime.base_model import BaseModel
+from gpu_runtime.decoder import Decoder, from_transformers
 from gpu_runtime.generation import AdapterRef, GenerationRequest, SamplingParams
 from gpu_runtime.streams import read_events
 
@@ -44,8 +45,17 @@ def tiny_base(seed=0):
     return model
 
 
+def runtime_model(model):
+    """A copy of a transformers model in the runtime's decoder (gpu_runtime.decoder), as a node loads it: the model
+    the engine, slots and trainer work on, while PEFT's references run on the transformers model itself."""
+    return from_transformers(copy.deepcopy(model))
+
+
 def tiny_base_model(model=None):
+    """The runtime's base on ``model`` (a runtime_model; a transformers model is converted, its weights shared)."""
     model = model or tiny_base()
+    if not isinstance(model, Decoder):
+        model = from_transformers(model.requires_grad_(False))
     return BaseModel("tiny-llama", model.requires_grad_(False), tiny_tokenizer(), "cpu", "float32", MANIFEST, {})
 
 

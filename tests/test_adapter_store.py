@@ -2,7 +2,6 @@
 eviction past the threshold, pinned hot adapters, fail-fast memory of broken adapters, timed moves, and
 Algorithm 4's defragmentation."""
 
-import copy
 import shutil
 
 import pytest
@@ -13,7 +12,7 @@ from gpu_runtime.adapter_store import AdapterStore
 from gpu_runtime.adapter_validation import AdapterRejected
 from gpu_runtime.generation import AdapterRef
 from gpu_runtime.lora import SlotPool
-from tests.runtime_fixtures import BASE_FACTS, save_peft_adapter, tiny_base
+from tests.runtime_fixtures import BASE_FACTS, runtime_model, save_peft_adapter, tiny_base
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +33,7 @@ def store_for(objects, tmp_path):
     made = []
 
     def build(buckets, **kwargs):
-        model = copy.deepcopy(base)
+        model = runtime_model(base)
         pool = SlotPool(model, BASE_FACTS, buckets)
         store = AdapterStore(pool, BASE_FACTS, disk_dir=tmp_path / f"disk{len(made)}",
                              **{"eviction_threshold": 1.0, **kwargs})

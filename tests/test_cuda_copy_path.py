@@ -4,7 +4,6 @@ stream waits for the compute stream before it overwrites a reused slot (a queued
 and the compute stream waits for the copy before a forward uses the slot. The tensors themselves are real
 CPU tensors, so the slots' contents are checked against the plain CPU path too."""
 
-import copy
 import itertools
 from contextlib import contextmanager
 
@@ -15,7 +14,7 @@ from gpu_runtime.adapter_entry import adapter_key
 from gpu_runtime.adapter_store import AdapterStore
 from gpu_runtime.generation import AdapterRef
 from gpu_runtime.lora import SlotPool
-from tests.runtime_fixtures import BASE_FACTS, save_peft_adapter, tiny_base
+from tests.runtime_fixtures import BASE_FACTS, runtime_model, save_peft_adapter, tiny_base
 
 
 class FakeStream:
@@ -89,7 +88,7 @@ def build(objects, tmp_path):
     made = []
 
     def make(buckets, cuda=None):
-        model = copy.deepcopy(base)
+        model = runtime_model(base)
         pool = SlotPool(model, BASE_FACTS, buckets)
         store = AdapterStore(pool, BASE_FACTS, disk_dir=tmp_path / f"disk{len(made)}", eviction_threshold=1.0,
                              cuda=cuda)

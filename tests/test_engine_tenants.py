@@ -2,7 +2,6 @@
 another's prompts, and a tenant's flood of requests cannot hold another tenant's lone request behind it, nor keep
 its adapter out of the slots."""
 
-import copy
 import os
 import threading
 import time
@@ -17,7 +16,15 @@ from gpu_runtime.generation import AdapterRef, GenerationRequest, SamplingParams
 from gpu_runtime.lora import SlotPool
 from gpu_runtime.prefix_cache import PrefixCache
 from gpu_runtime.streams import StreamWriter
-from tests.runtime_fixtures import BASE_FACTS, hold_engine, save_peft_adapter, tiny_base, tiny_base_model, words
+from tests.runtime_fixtures import (
+    BASE_FACTS,
+    hold_engine,
+    runtime_model,
+    save_peft_adapter,
+    tiny_base,
+    tiny_base_model,
+    words,
+)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +139,7 @@ def test_a_tenant_holding_every_slot_of_a_rank_does_not_keep_another_tenants_ada
     """Two rank-4 slots, both held by acme's running rows (adapters a and b). contoso's adapter needs one of them:
     acme's next requests on a and b wait while one of those slots drains, so contoso's row is admitted before them
     (taking a and b again each round would keep both slots in use for as long as acme keeps sending)."""
-    model = copy.deepcopy(base)
+    model = runtime_model(base)
     store = AdapterStore(SlotPool(model, BASE_FACTS, buckets={4: 2}), BASE_FACTS, disk_dir=tmp_path / "disk")
     streams = StreamWriter(redis.Redis.from_url(os.environ["REDIS_URL"]), ttl_seconds=60)
     engine = Engine(tiny_base_model(model), store, streams, max_batch=8)

@@ -11,6 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from gpu_runtime.adapter_validation import BaseFacts, validate_adapter
 from gpu_runtime.lora import SlotPool, adapter_weights_from_tensors
+from tests.runtime_fixtures import runtime_model
 
 CFG = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
            num_key_value_heads=2)
@@ -50,7 +51,7 @@ def peft_logits(base, path, ids):
 def test_mixed_batch_matches_peft_per_row(tiny):
     base, paths = tiny
     facts_base = BaseFacts.from_manifest({"name": "tiny", "architecture": MANIFEST["architecture"]})
-    model = copy.deepcopy(base)
+    model = runtime_model(base)
     pool = SlotPool(model, facts_base, buckets={4: 2, 8: 1, 16: 2})
     slot_ids = []
     for path, free in zip(paths, ([1], [3], [2], [4]), strict=True):
@@ -74,7 +75,7 @@ def test_mixed_batch_matches_peft_per_row(tiny):
 def test_rank_8_adapter_in_a_16_bucket_is_exact_and_clear_restores_base(tiny):
     base, paths = tiny
     facts_base = BaseFacts.from_manifest({"name": "tiny", "architecture": MANIFEST["architecture"]})
-    model = copy.deepcopy(base)
+    model = runtime_model(base)
     pool = SlotPool(model, facts_base, buckets={16: 1})
     facts = validate_adapter(paths[1], facts_base)
     pool.write(1, adapter_weights_from_tensors(load_file(str(paths[1] / "adapter_model.safetensors")), facts),
@@ -95,7 +96,7 @@ def test_a_slot_written_between_steps_of_the_same_batch_serves_its_new_adapter(t
     modules), the next step's rows get PEFT's logits for the new one."""
     base, paths = tiny
     facts_base = BaseFacts.from_manifest({"name": "tiny", "architecture": MANIFEST["architecture"]})
-    model = copy.deepcopy(base)
+    model = runtime_model(base)
     pool = SlotPool(model, facts_base, buckets={4: 2})
 
     def write(slot, path):
@@ -132,7 +133,7 @@ def test_gathered_weights_are_kept_within_the_budget_and_freed_when_the_batch_ch
     monkeypatch.setattr(lora, "GATHER_BUDGET_BYTES", budget)
     base, paths = tiny
     facts_base = BaseFacts.from_manifest({"name": "tiny", "architecture": MANIFEST["architecture"]})
-    model = copy.deepcopy(base)
+    model = runtime_model(base)
     pool = SlotPool(model, facts_base, buckets={4: 2})
     for slot, path in ((1, paths[0]), (2, paths[2])):
         facts = validate_adapter(path, facts_base)

@@ -3,7 +3,6 @@ gauges computed from the rows; on a runtime node, the collector's figures after 
 engine, and its HTTP server; the monitoring files (alert rules, scrape config, Grafana dashboard) parse and
 name only metrics that exist."""
 
-import copy
 import json
 import os
 import re
@@ -192,9 +191,9 @@ def runtime_node(tiny, tmp_path):
     from gpu_runtime.prefetch import Prefetcher
     from gpu_runtime.prefix_cache import PrefixCache
     from gpu_runtime.streams import StreamWriter
-    from tests.runtime_fixtures import BASE_FACTS, tiny_base_model
+    from tests.runtime_fixtures import BASE_FACTS, runtime_model, tiny_base_model
 
-    model = copy.deepcopy(tiny[0])
+    model = runtime_model(tiny[0])
     store = AdapterStore(SlotPool(model, BASE_FACTS, buckets={4: 2, 8: 2}), BASE_FACTS, disk_dir=tmp_path / "disk")
     base = tiny_base_model(model)
     streams = StreamWriter(redis.Redis.from_url(os.environ["REDIS_URL"]), ttl_seconds=60)

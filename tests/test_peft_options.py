@@ -20,6 +20,7 @@ from gpu_runtime import adapter_config
 from gpu_runtime.adapter_validation import AdapterRejected, BaseFacts, validate_adapter
 from gpu_runtime.lora import SlotPool, adapter_weights_from_tensors
 from gpu_runtime.trainer import TrainableLoRA
+from tests.runtime_fixtures import runtime_model
 
 CFG = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
            num_key_value_heads=2)
@@ -87,7 +88,7 @@ def build(base, path, kwargs, edits=None, seed=7):
 
 def ours(base, path, dtype):
     facts = validate_adapter(path, FACTS)
-    model = copy.deepcopy(base).to(dtype)
+    model = runtime_model(base).to(dtype)
     pool = SlotPool(model, FACTS, buckets={BUCKET: 1})
     pool.write(1, adapter_weights_from_tensors(load_file(str(path / "adapter_model.safetensors")), facts),
                facts.scaling)
@@ -222,7 +223,7 @@ def test_training_on_from_an_adapter_starts_from_what_peft_serves(base, tmp_path
     kwargs = dict(ACCEPTED["rslora+alpha_pattern+rank_pattern"][0], layers_to_transform=[0, 2])
     path = build(base, tmp_path / "a", kwargs)
     facts = validate_adapter(path, FACTS)
-    model = copy.deepcopy(base)
+    model = runtime_model(base)
     pool = SlotPool(model, FACTS, buckets={BUCKET: 1})
     init = adapter_weights_from_tensors(load_file(str(path / "adapter_model.safetensors")), facts)
     pool.trainable = TrainableLoRA(FACTS, rank=facts.rank, alpha=facts.alpha, targets=facts.target_modules,

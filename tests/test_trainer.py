@@ -18,7 +18,7 @@ from gpu_runtime.generation import AdapterRef, GenerationRequest, SamplingParams
 from gpu_runtime.lora import SlotPool
 from gpu_runtime.streams import StreamWriter, read_events
 from gpu_runtime.training_tasks import run_job
-from tests.runtime_fixtures import BASE_FACTS, save_peft_adapter, tiny_base, tiny_base_model, words
+from tests.runtime_fixtures import BASE_FACTS, runtime_model, save_peft_adapter, tiny_base, tiny_base_model, words
 from tests.training_runs import ANSWERS, PROMPTS, learnable_base, memorize_records, spec_for, write_dataset
 
 
@@ -28,7 +28,7 @@ def node(tmp_path, redis_client):
     made = []
 
     def make(**engine_kwargs):
-        model = learnable_base()
+        model = runtime_model(learnable_base())
         pool = SlotPool(model, BASE_FACTS, buckets={4: 2, 8: 4, 16: 2})
         store = AdapterStore(pool, BASE_FACTS, disk_dir=tmp_path / f"disk{len(made)}")
         base = tiny_base_model(model)

@@ -15,7 +15,7 @@ from gpu_runtime.contract import ContractError
 from gpu_runtime.lora import SlotPool
 from gpu_runtime.training_checkpoints import read_checkpoint, write_checkpoint
 from gpu_runtime.training_spec import Hyperparameters, TrainingSpec
-from tests.runtime_fixtures import BASE_FACTS, tiny_base_model, words
+from tests.runtime_fixtures import BASE_FACTS, runtime_model, tiny_base_model, words
 from tests.training_runs import ANSWERS, PROMPTS, learnable_base, write_dataset
 
 
@@ -87,7 +87,7 @@ def make_run(tmp_path, *, validation=None, checkpoint_every=100, **values):
         "validation_uri": write_dataset(tmp_path / "valid.jsonl", validation) if validation else None,
         "output_uri": "file://" + str(tmp_path / "out" / job_id), "hyperparameters": hyperparameters,
         "checkpoint_every": checkpoint_every, "max_seq_len": 64})
-    model = learnable_base()
+    model = runtime_model(learnable_base())
     pool = SlotPool(model, BASE_FACTS, buckets={4: 2})
     return trainer.prepare(spec, base=tiny_base_model(model), pool=pool, facts=BASE_FACTS)
 

@@ -9,7 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from gpu_runtime.lora import SlotPool
 from gpu_runtime.training_spec import TrainingSpec
-from tests.runtime_fixtures import BASE_FACTS, CFG, EOS, tiny_base_model, words
+from tests.runtime_fixtures import BASE_FACTS, CFG, EOS, runtime_model, tiny_base_model, words
 
 PROMPTS = [[10, 11, 12], [13, 14], [15, 16, 17, 18], [19, 31]]  # no t2x: "t2" is the EOS token
 ANSWERS = [[40, 41, 42, 43], [50, 51, 52], [60, 61, 62, 63, 64], [70, 71, 72]]
@@ -47,7 +47,7 @@ def memorizing_run(tmp_path):
     """(model, pool, a prepared TrainingRun) on the memorizing records: 4 micro-batches of 1 per step."""
     from gpu_runtime import trainer
 
-    model = learnable_base()
+    model = runtime_model(learnable_base())
     pool = SlotPool(model, BASE_FACTS, buckets={8: 2})
     spec = spec_for(tmp_path, write_dataset(tmp_path / "data.jsonl", memorize_records()), batch_size=4,
                     micro_batch_size=1)
