@@ -23,9 +23,8 @@ Phases, logged in ms and kept in ``BaseModel.timings_ms``:
 * ``warm_up``: one forward of a one-token prompt (first-call allocations and kernel choices).
 """
 
-import contextlib
 import ctypes
-import functools
+import gc
 import json
 import logging
 import mmap
@@ -38,7 +37,10 @@ from pathlib import Path
 import torch
 
 from . import decoder as llama_family
+from .decoder import no_init_on_meta
 from .model_store import ModelStoreError, read_manifest
+from .tokenizer import Tokenizer
+from .tokenizer import Unsupported as TokenizerUnsupported
 
 log = logging.getLogger("vajra.runtime.base_model")
 
@@ -104,7 +106,13 @@ def load_base_model(config):
     dtype = pick_dtype(config.dtype, device)
     variant = dtype if dtype in manifest["variants"] else "float32"
     path = Path(config.model_store) / config.base_model / variant
-    model, tokenizer, timings, loader = load_model_dir(path, getattr(torch, dtype), device)
+    collecting = gc.isenabled()
+    gc.disable()  # building the model allocates enough to trigger a full collection: ~100 ms of torch's objects
+    try:
+        model, tokenizer, timings, loader = load_model_dir(path, getattr(torch, dtype), device)
+    finally:
+        if collecting:
+            gc.enable()
     log.info("base model %s (%s) on %s as %s via %s, %d CPU threads: read %.0f ms (tokenizer %.0f, page-in %.0f), "
              "to device %.0f ms, warm-up %.0f ms", config.base_model, variant, device, dtype, loader,
              torch.get_num_threads(), timings["read"], timings["tokenizer"], timings.get("page_in", 0.0),
@@ -137,7 +145,9 @@ def warm_up(model, tokenizer, device):
 
 
 def load_tokenizer(path, config=None):
-    """``AutoTokenizer.from_pretrained(path)``, the same tokenizer, without parsing tokenizer.json twice.
+    """The tokenizer ``AutoTokenizer.from_pretrained(path)`` gives: the runtime's own (gpu_runtime.tokenizer) for a
+    plain ``tokenizers`` one, which gives the same ids and text without importing transformers; else
+    ``AutoTokenizer``'s, without parsing tokenizer.json twice.
 
     When tokenizer_config.json lists no ``added_tokens_decoder``, transformers parses the whole tokenizer.json
     (3.5 MB for SmolLM2) in Python only to collect its ``added_tokens`` list, and the Rust backend then parses
@@ -145,9 +155,17 @@ def load_tokenizer(path, config=None):
     version, truncation, padding, added_tokens, then the rest), so it is read from there and handed over as
     ``added_tokens_decoder``, which is what transformers builds from it. Any doubt (no such list at the
     head, a list the backend does not hold) means the plain ``AutoTokenizer.from_pretrained``."""
+    path = Path(path)
+    try:
+        return Tokenizer.load(path)
+    except TokenizerUnsupported as exc:
+        log.info("tokenizer %s: transformers loads it (%s)", path, exc)
+    return _auto_tokenizer(path, config)
+
+
+def _auto_tokenizer(path, config=None):
     from transformers import AutoTokenizer
 
-    path = Path(path)
     config_file, tokenizer_file = path / "tokenizer_config.json", path / "tokenizer.json"
     if not tokenizer_file.is_file() or not config_file.is_file():
         return AutoTokenizer.from_pretrained(path)
@@ -254,7 +272,7 @@ def _skeleton(path, config, dtype):
     frozen."""
     from transformers import AutoModelForCausalLM, GenerationConfig
 
-    with torch.device("meta"), _no_init_on_meta():
+    with torch.device("meta"), no_init_on_meta():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.requires_grad_(False)
     if model.can_generate():
@@ -263,30 +281,6 @@ def _skeleton(path, config, dtype):
         except OSError:
             pass
     return model
-
-
-@contextlib.contextmanager
-def _no_init_on_meta():
-    """``nn.Linear`` and ``nn.Embedding`` initialise their weights in ``__init__``: random numbers for a tensor
-    on ``meta`` are none at all, yet cost 7 of the skeleton's 18 ms here. Skipped for meta weights only; the
-    classes are patched for the duration, so another thread building real layers meanwhile gets the original
-    initialisation through the wrapper."""
-    originals = {cls: cls.reset_parameters for cls in (torch.nn.Linear, torch.nn.Embedding)}
-
-    def skipping(original):
-        @functools.wraps(original)
-        def reset_parameters(self):
-            if not self.weight.is_meta:
-                original(self)
-        return reset_parameters
-
-    for cls, original in originals.items():
-        cls.reset_parameters = skipping(original)
-    try:
-        yield
-    finally:
-        for cls, original in originals.items():
-            cls.reset_parameters = original
 
 
 def _assign(model, weights, dtype):

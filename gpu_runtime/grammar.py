@@ -18,7 +18,6 @@ import json
 import threading
 
 import llguidance
-import llguidance.hf
 import llguidance.torch
 import torch
 
@@ -72,7 +71,7 @@ class Grammars:
     def tokenizer(self):
         with self._lock:
             if self._tokenizer is None:
-                self._tokenizer = llguidance.hf.from_tokenizer(self.hf_tokenizer, n_vocab=self.vocab_size)
+                self._tokenizer = _ll_tokenizer(self.hf_tokenizer, self.vocab_size)
         return self._tokenizer
 
     def compile(self, grammar):
@@ -112,3 +111,13 @@ class RowGrammar:
     def complete(self):
         """Nothing but EOS can follow: the answer is whole."""
         return self.matcher.is_stopped()
+
+
+def _ll_tokenizer(tokenizer, vocab_size):
+    """llguidance's view of the runtime's tokenizer (gpu_runtime.tokenizer: its backend's JSON) or of a
+    transformers one."""
+    if hasattr(tokenizer, "backend_json"):
+        return llguidance.LLTokenizer(tokenizer.backend_json(), n_vocab=vocab_size, eos_token=tokenizer.eos_token_id)
+    from llguidance import hf
+
+    return hf.from_tokenizer(tokenizer, n_vocab=vocab_size)

@@ -2,6 +2,7 @@
 heartbeat thread. It starts when the Celery worker is ready (gpu_runtime.celery_app) and stops with it; the tasks
 (gpu_runtime.tasks, gpu_runtime.training_tasks) delegate to it."""
 
+import gc
 import logging
 import resource
 import threading
@@ -193,9 +194,13 @@ def build_engine(config):
                          max_rank=config.max_lora_rank)
     streams = StreamWriter.from_url(config.redis_url, ttl_seconds=config.stream_ttl_seconds)
     prefix_cache = PrefixCache(config.prefix_cache_bytes) if config.prefix_cache_bytes else None
-    return base, store, Engine(base, store, streams, max_batch=config.max_batch, prefix_cache=prefix_cache,
-                               training_every=config.training_every,
-                               training_preemption=config.training_preemption)
+    engine = Engine(base, store, streams, max_batch=config.max_batch, prefix_cache=prefix_cache,
+                    training_every=config.training_every, training_preemption=config.training_preemption)
+    # Everything so far lives as long as the node (modules, the model, the slots): out of the collector's sight, so
+    # that a full collection walks what serving allocates, not torch's import-time objects (~100 ms each here, on
+    # whichever thread triggers it, the engine's included).
+    gc.freeze()
+    return base, store, engine
 
 
 # Names adapters trained elsewhere carry in base_model_name_or_path for the same weights.

@@ -13,13 +13,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jinja2
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from gpu_runtime.base_model import _head_added_tokens, load_base_model, load_model_dir, load_tokenizer
+from gpu_runtime.base_model import _auto_tokenizer, _head_added_tokens, load_base_model, load_model_dir, load_tokenizer
 from gpu_runtime.config import RuntimeConfig
+from gpu_runtime.tokenizer import Tokenizer
+from gpu_runtime.tokenizer import Unsupported as TokenizerUnsupported
 from tests.runtime_fixtures import CFG, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,37 +163,91 @@ def tokenizer_state(tokenizer):
     }
 
 
-def assert_same_tokenizer(ours, theirs, texts, chats):
-    assert tokenizer_state(ours) == tokenizer_state(theirs)
+def assert_same_tokenizer(ours, theirs, texts, chats, tools=None, *, template_ids=True):
+    """What the runtime asks of a tokenizer gives the same answers from ``ours`` as from ``theirs``: ids, text,
+    token strings, special tokens, and the chat template's renders (text and ids, with and without tools and the
+    generation prompt)."""
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "chat_template", "special_tokens_map"):
+        assert getattr(ours, key) == getattr(theirs, key), key
     for text in texts:
-        assert ours(text).input_ids == theirs(text).input_ids
+        assert ours(text).input_ids == theirs(text).input_ids, text
         ids = theirs(text).input_ids
         assert ours.decode(ids) == theirs.decode(ids)
         assert ours.decode(ids, skip_special_tokens=True) == theirs.decode(ids, skip_special_tokens=True)
+        assert [ours.convert_ids_to_tokens(i) for i in ids] == [theirs.convert_ids_to_tokens(i) for i in ids]
     for chat in chats:
         for generation_prompt in (True, False):
-            kwargs = {"add_generation_prompt": generation_prompt}
-            assert ours.apply_chat_template(chat, tokenize=False, **kwargs) == theirs.apply_chat_template(
-                chat, tokenize=False, **kwargs)
-            assert dict(ours.apply_chat_template(chat, **kwargs)) == dict(theirs.apply_chat_template(chat, **kwargs))
+            for kwargs in ({}, {"tools": tools}):
+                kwargs = {"add_generation_prompt": generation_prompt, **kwargs}
+                assert ours.apply_chat_template(chat, tokenize=False, **kwargs) == theirs.apply_chat_template(
+                    chat, tokenize=False, **kwargs)
+                if template_ids:
+                    assert ours.apply_chat_template(chat, return_dict=False, **kwargs) == \
+                        theirs.apply_chat_template(chat, return_dict=False, **kwargs)
 
 
-def test_tokenizer_is_the_auto_tokenizer(tmp_path):
+TOOLS = [{"type": "function", "function": {
+    "name": "weather", "description": "Weather <now> & 'later'",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+# a template using what transformers gives templates: tojson without HTML escaping, namespace, dict, loop
+# controls, {% generation %}, raise_exception on a role it does not take
+RICH_TEMPLATE = (
+    "{% set ns = namespace(n=0) %}{% if tools %}{{ 't3 ' + (tools | tojson | length | string) + ' ' }}"
+    "{{ dict(a=1) | tojson }}{% endif %}{% for m in messages %}{% if m['role'] == 'tool' %}"
+    "{{ raise_exception('no tools here') }}{% endif %}{% if loop.index > 9 %}{% break %}{% endif %}"
+    "{% set ns.n = ns.n + 1 %}{% if m['role'] == 'assistant' %}{% generation %}{{ 't4 ' + m['content'] }}"
+    "{% endgeneration %}{% else %}{{ 't1 ' + m['content'] + ' t2 ' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 't1 t3 ' + eos_token }}{% endif %}")
+
+
+def test_tokenizer_gives_the_auto_tokenizer_ids_and_text(tmp_path):
+    store = make_store(tmp_path)
+    directory = store / NAME / "float32"
+    texts = ["t1 t5 t9", "t2 t7 t100 t127", "t0 t3 t3", "t2", ""]
+    chats = [[{"role": "user", "content": "t5 t6"}], [{"role": "user", "content": "t9"},
+                                                      {"role": "assistant", "content": "t10 t11"}]]
+    ours = load_tokenizer(directory)
+    assert isinstance(ours, Tokenizer)  # the runtime's: no transformers import on a node
+    assert_same_tokenizer(ours, AutoTokenizer.from_pretrained(directory), texts, chats, TOOLS)
+
+    (directory / "chat_template.jinja").write_text(RICH_TEMPLATE)
+    ours, theirs = load_tokenizer(directory), AutoTokenizer.from_pretrained(directory)
+    assert_same_tokenizer(ours, theirs, texts, chats, TOOLS, template_ids=False)  # it writes words outside the vocab
+    for tokenizer in (ours, theirs):
+        with pytest.raises(jinja2.TemplateError, match="no tools here"):
+            tokenizer.apply_chat_template([{"role": "tool", "content": "t1"}], tokenize=False)
+    ours.chat_template = "{{ ''.__class__.__mro__[1].__subclasses__() }}"  # the sandbox holds for any template
+    with pytest.raises(jinja2.exceptions.SecurityError):
+        ours.apply_chat_template([{"role": "user", "content": "t1"}], tokenize=False)
+
+
+def test_a_tokenizer_class_of_its_own_loads_with_auto_tokenizer(tmp_path):
+    store = make_store(tmp_path)
+    directory = store / NAME / "float32"
+    config_file = directory / "tokenizer_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "tokenizer_class": "GPT2Tokenizer"}))
+    with pytest.raises(TokenizerUnsupported, match="GPT2Tokenizer"):
+        Tokenizer.load(directory)
+    assert not isinstance(load_tokenizer(directory), Tokenizer)
+
+
+def test_auto_tokenizer_short_cut_is_the_auto_tokenizer(tmp_path):
     store = make_store(tmp_path)
     directory = store / NAME / "float32"
     assert "added_tokens_decoder" not in json.loads((directory / "tokenizer_config.json").read_text())
     texts = ["t1 t5 t9", "t2 t7 t100 t127", "t0 t3 t3"]
-    chats = [[{"role": "user", "content": "t5 t6"}], [{"role": "user", "content": "t9"},
-                                                      {"role": "assistant", "content": "t10 t11"}]]
+    chats = [[{"role": "user", "content": "t5 t6"}]]
     assert _head_added_tokens(directory / "tokenizer.json") is not None  # the short cut is taken
-    assert_same_tokenizer(load_tokenizer(directory), AutoTokenizer.from_pretrained(directory), texts, chats)
+    ours = _auto_tokenizer(directory)
+    assert tokenizer_state(ours) == tokenizer_state(AutoTokenizer.from_pretrained(directory))
+    assert_same_tokenizer(ours, AutoTokenizer.from_pretrained(directory), texts, chats, TOOLS)
 
     # added_tokens after the model (not how tokenizers writes it): no short cut, the same tokenizer
     data = json.loads((directory / "tokenizer.json").read_text())
     data = {"model": data.pop("model"), **data}
     (directory / "tokenizer.json").write_text(json.dumps(data))
     assert _head_added_tokens(directory / "tokenizer.json") is None
-    assert_same_tokenizer(load_tokenizer(directory), AutoTokenizer.from_pretrained(directory), texts, chats)
+    assert tokenizer_state(_auto_tokenizer(directory)) == tokenizer_state(AutoTokenizer.from_pretrained(directory))
 
 
 def test_phases_add_up_to_the_ready_time(tmp_path):
@@ -223,7 +280,8 @@ def test_smollm2_fast_path_is_the_from_pretrained_model(smollm2_store, caplog):
              [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
               {"role": "assistant", "content": "Hello! <|im_end|> not special here"}]]
     texts = ["Hello", "def fibonacci(n):\n    return n", "<|im_start|>user\nhé ☃ 日本語<|im_end|>", "  two  spaces"]
-    assert_same_tokenizer(base.tokenizer, tokenizer, texts, chats)
+    assert isinstance(base.tokenizer, Tokenizer)
+    assert_same_tokenizer(base.tokenizer, tokenizer, texts, chats, TOOLS)
     prompts = [torch.tensor([tokenizer.apply_chat_template(chat, add_generation_prompt=True)["input_ids"]])
                for chat in chats]
     assert_same_model(base.model, reference, prompts)
