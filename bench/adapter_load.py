@@ -46,6 +46,7 @@ def main():
     from gpu_runtime.lora import SlotPool
 
     base = common.load_smollm2()
+    peft_base, _ = common.transformers_smollm2(base)  # PEFT runs on transformers' model of the same files
     facts = common.base_facts(base)
     tmp = Path(tempfile.mkdtemp(prefix="vajra-bench-adapter-load-"))
     try:
@@ -91,12 +92,12 @@ def main():
         peft_state = {}
 
         def fresh_base_copy():
-            peft_state["base"] = copy.deepcopy(base.model)
+            peft_state["base"] = copy.deepcopy(peft_base)
 
         def peft_from_pretrained():
             peft_state["model"] = PeftModel.from_pretrained(peft_state.pop("base"), paths[0])
 
-        peft_model = PeftModel.from_pretrained(copy.deepcopy(base.model), paths[2], adapter_name="p0")
+        peft_model = PeftModel.from_pretrained(copy.deepcopy(peft_base), paths[2], adapter_name="p0")
         for i in range(1, PEFT_PRELOADED):
             peft_model.load_adapter(paths[2 + i], adapter_name=f"p{i}")
         counter = iter(range(10**6))

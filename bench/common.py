@@ -207,6 +207,22 @@ def load_smollm2(dtype=None):
     return load_base_model(ensure_model_imported(**({"dtype": dtype} if dtype else {})))
 
 
+def transformers_smollm2(base):
+    """(transformers' model, ``AutoTokenizer``) of the same files as ``base`` (a BaseModel from load_smollm2): the
+    baselines' side (PEFT runs on transformers' model; the runtime serves its own decoder, gpu_runtime.decoder)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory = _variant_dir(base)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=getattr(torch, base.dtype)).to(base.device)
+    return model.eval().requires_grad_(False), AutoTokenizer.from_pretrained(directory)
+
+
+def _variant_dir(base):
+    variant = base.dtype if base.dtype in base.manifest["variants"] else "float32"
+    return Path(runtime_config().model_store) / base.name / variant
+
+
 def base_facts(base):
     from gpu_runtime.adapter_validation import BaseFacts
 

@@ -228,7 +228,8 @@ def main():
     args = common.parse_args(__doc__.splitlines()[0])
     repeats = 3 if args.quick else 10
     base = common.load_smollm2()
-    tokenizer, vocab = base.tokenizer, base.model.config.vocab_size
+    _, tokenizer = common.transformers_smollm2(base)  # the libraries take transformers' tokenizer
+    vocab = base.model.config.vocab_size
     libraries = {}
     for kind in (Llguidance, Xgrammar, OutlinesCore):
         try:

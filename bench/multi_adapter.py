@@ -16,7 +16,6 @@ mean, so a drift of the VM's speed hits LoRA and base alike.
     .venv/bin/python bench/multi_adapter.py [--quick]
 """
 
-import copy
 import shutil
 import tempfile
 import time
@@ -96,7 +95,7 @@ def main():
     # no torch work on this process's main thread: it slows the engine's thread (common.on_loader_thread), so the
     # model, the engine, the adapters and every PEFT call run on threads of their own, as in a node
     base = common.on_loader_thread(common.load_smollm2)
-    tokenizer = copy.deepcopy(base.tokenizer)
+    peft_base, tokenizer = common.on_loader_thread(lambda: common.transformers_smollm2(base))  # PEFT's side
     tokenizer.padding_side = "left"
     tmp = Path(tempfile.mkdtemp(prefix="vajra-bench-multi-adapter-"))
     results = []
@@ -119,7 +118,7 @@ def main():
                 run_engine(engine, PROMPTS[:2], [refs[0], None], 4)  # warm-up
 
                 def peft_model():
-                    model = PeftModel.from_pretrained(copy.deepcopy(base.model), paths[0], adapter_name="a0")
+                    model = PeftModel.from_pretrained(peft_base, paths[0], adapter_name="a0")
                     return model.eval()
 
                 peft = on_peft_thread(peft_model)

@@ -3,7 +3,6 @@ between decode steps) ends alone with ``non_finite_logits``, and the other rows 
 (one with an adapter in the same rank bucket, one base-only) produce exactly the greedy tokens they produce
 without it, whether the poisoned row is left-padded or the others are. A row at temperature 1e-37 is greedy."""
 
-import copy
 import os
 import uuid
 from collections import defaultdict
@@ -16,7 +15,7 @@ from gpu_runtime.engine import Engine
 from gpu_runtime.generation import AdapterRef, GenerationRequest, SamplingParams
 from gpu_runtime.lora import SlotPool
 from gpu_runtime.streams import StreamWriter
-from tests.runtime_fixtures import hold_engine, poison_slot
+from tests.runtime_fixtures import hold_engine, poison_slot, runtime_model
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +30,7 @@ def start_engine(smollm2, disk_dir):
     """An engine over a copy of SmolLM2 that records every token it accepts per request (``engine.tokens``) and
     the request ids of each prefill group (``engine.groups``)."""
     base, reference, _, facts = smollm2
-    model = copy.deepcopy(reference)
+    model = runtime_model(reference)
     store = AdapterStore(SlotPool(model, facts, {4: 1, 8: 2, 16: 1}), facts, disk_dir=disk_dir)
     engine = Engine(base.__class__(**{**base.__dict__, "model": model}), store,
                     StreamWriter(redis.Redis.from_url(os.environ["REDIS_URL"]), ttl_seconds=60), max_batch=8)

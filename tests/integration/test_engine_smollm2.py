@@ -17,6 +17,7 @@ from gpu_runtime.engine import Engine
 from gpu_runtime.generation import AdapterRef, GenerationRequest, SamplingParams
 from gpu_runtime.lora import SlotPool, adapter_weights_from_tensors
 from gpu_runtime.streams import StreamWriter, read_events
+from tests.runtime_fixtures import runtime_model
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +26,7 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time", 
 
 def test_mixed_batch_logits_match_peft_within_1e4(smollm2):
     base, reference, paths, facts = smollm2
-    model = copy.deepcopy(reference)
+    model = runtime_model(reference)
     pool = SlotPool(model, facts, {4: 1, 8: 2, 16: 1})
     slots = []
     for path, slot in zip(paths, (2, 1, 4, 3), strict=True):
@@ -33,7 +34,7 @@ def test_mixed_batch_logits_match_peft_within_1e4(smollm2):
         pool.write(slot, adapter_weights_from_tensors(load_file(str(path / "adapter_model.safetensors")), adapter),
                    adapter.scaling)
         slots.append(slot)
-    ids = base.tokenizer("Tell me about the ocean and its tides.", return_tensors="pt").input_ids
+    ids = torch.tensor([base.tokenizer("Tell me about the ocean and its tides.").input_ids])
     batch = ids.repeat(5, 1)
     pool.set_rows(slots + [0])
     with torch.inference_mode():
@@ -49,7 +50,7 @@ def test_mixed_batch_logits_match_peft_within_1e4(smollm2):
 
 def test_engine_greedy_tokens_match_peft_alone(smollm2, tmp_path):
     base, reference, paths, facts = smollm2
-    model = copy.deepcopy(reference)
+    model = runtime_model(reference)
     pool = SlotPool(model, facts, {4: 1, 8: 2, 16: 1})
     store = AdapterStore(pool, facts, disk_dir=tmp_path / "disk")
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
@@ -64,7 +65,7 @@ def test_engine_greedy_tokens_match_peft_alone(smollm2, tmp_path):
         lengths = []
         for i, handle in enumerate(handles):
             handle.wait(600)
-            ids = base.tokenizer(PROMPTS[i], return_tensors="pt").input_ids
+            ids = torch.tensor([base.tokenizer(PROMPTS[i]).input_ids])
             ref_model = (PeftModel.from_pretrained(copy.deepcopy(reference), paths[i]) if i < len(paths)
                          else reference)
             with torch.inference_mode():

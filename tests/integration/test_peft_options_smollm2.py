@@ -4,11 +4,13 @@ PEFT's own bf16 error) and PEFT's greedy tokens. The measured differences are pr
 
 import copy
 import os
+from pathlib import Path
 
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 from gpu_runtime.adapter_validation import BaseFacts, validate_adapter
 from gpu_runtime.base_model import load_base_model
@@ -28,15 +30,17 @@ def smollm2(base_model_store, tmp_path_factory):
     config = RuntimeConfig.from_env()
     base = load_base_model(config.__class__(**{**config.__dict__, "dtype": "float32", "device": "cpu",
                                                "model_store": base_model_store}))
+    reference = AutoModelForCausalLM.from_pretrained(Path(base_model_store) / base.name / "float32",
+                                                     dtype=torch.float32).eval()  # PEFT's, on transformers' model
     torch.manual_seed(11)
-    peft = get_peft_model(copy.deepcopy(base.model), LoraConfig(**OPTIONS, init_lora_weights=False))
+    peft = get_peft_model(copy.deepcopy(reference), LoraConfig(**OPTIONS, init_lora_weights=False))
     with torch.no_grad():
         for name, param in peft.named_parameters():
             if "lora_B" in name:
                 param.mul_(0.3)
     path = tmp_path_factory.mktemp("smol-options") / "adapter"
     peft.save_pretrained(path)
-    return base, path
+    return base, reference, path
 
 
 def served(base, path, dtype):
@@ -58,17 +62,17 @@ def greedy(model, ids, tokens=16):
 
 
 def test_rslora_alpha_and_rank_patterns_match_peft(smollm2):
-    base, path = smollm2
+    base, base_reference, path = smollm2
     facts = validate_adapter(path, BaseFacts.from_manifest(base.manifest))
     assert facts.modules[(3, "q_proj")].rank == 16 and facts.modules[(0, "v_proj")].rank == 4
-    ids = base.tokenizer("The tides of the ocean are caused by", return_tensors="pt").input_ids
+    ids = torch.tensor([base.tokenizer("The tides of the ocean are caused by").input_ids])
     with torch.inference_mode():
-        reference = PeftModel.from_pretrained(copy.deepcopy(base.model), path).eval()
+        reference = PeftModel.from_pretrained(copy.deepcopy(base_reference), path).eval()
         expected = reference(ids).logits
         ours = served(base, path, torch.float32)
         fp32 = float((ours(ids).logits - expected).abs().max())
         assert (expected - base.model(ids).logits).abs().max() > 0.5  # the adapter matters
-        peft_bf16 = float((PeftModel.from_pretrained(copy.deepcopy(base.model).to(torch.bfloat16), path)(ids)
+        peft_bf16 = float((PeftModel.from_pretrained(copy.deepcopy(base_reference).to(torch.bfloat16), path)(ids)
                            .logits.float() - expected).abs().max())
         ours_bf16 = float((served(base, path, torch.bfloat16)(ids).logits.float() - expected).abs().max())
     print(f"\nSmolLM2 rslora+alpha_pattern+rank_pattern: fp32 {fp32:.2e}, bf16 ours vs PEFT-fp32 {ours_bf16:.2e}, "
