@@ -259,12 +259,15 @@ def _load_fast(path, dtype, device, *, with_tokenizer=True):
 
 
 def _generation_file(path):
-    """generation_config.json's token ids where the directory has one (what from_pretrained reads), else None."""
+    """generation_config.json's token ids where the directory has one (what from_pretrained reads: an id it does
+    not name is None, not config.json's), else None."""
     try:
         generation = json.loads((path / "generation_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return {k: generation[k] for k in ("eos_token_id", "bos_token_id", "pad_token_id") if k in generation}
+    if not isinstance(generation, dict):
+        return None
+    return {k: generation.get(k) for k in ("eos_token_id", "bos_token_id", "pad_token_id")}
 
 
 def _skeleton(path, config, dtype):

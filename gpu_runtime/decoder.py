@@ -87,10 +87,23 @@ class DecoderConfig:
             raise Unsupported("attention dropout")
         if d.get("pretraining_tp", 1) not in (1, None):
             raise Unsupported("pretraining_tp")
-        rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
+        if d.get("is_causal", True) is False:
+            raise Unsupported("bidirectional attention")
+        if d.get("attn_implementation") not in (None, "sdpa"):
+            raise Unsupported(f"attention implementation {d['attn_implementation']!r}")
+        rope = dict(d.get("rope_scaling") or d.get("rope_parameters") or {})  # transformers' precedence
         rope_type = rope.pop("rope_type", rope.pop("type", "default"))
         if rope_type not in ROPE_TYPES:
             raise Unsupported(f"RoPE type {rope_type!r}")
+        if rope.pop("partial_rotary_factor", d.get("partial_rotary_factor", 1.0)) not in (1, 1.0, None):
+            raise Unsupported("partial rotary embeddings")
+        if rope_type == "llama3":  # the top-level value wins, as transformers standardizes it
+            rope["original_max_position_embeddings"] = (d.get("original_max_position_embeddings")
+                                                         or rope.get("original_max_position_embeddings")
+                                                         or d["max_position_embeddings"])
+        needed = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor")}
+        if any(not isinstance(rope.get(k), int | float) for k in needed.get(rope_type, ())):
+            raise Unsupported(f"RoPE {rope_type} without {needed[rope_type]}")
         theta = rope.pop("rope_theta", d.get("rope_theta", 10000.0))
         try:
             heads = d["num_attention_heads"]

@@ -16,6 +16,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 PLAIN_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+# AutoTokenizer swaps the class named in tokenizer_config.json for its own for some model types (Qwen2's among
+# them): this tokenizer stands in for the named class only where the model is of a type it leaves alone
+PLAIN_MODEL_TYPES = ("llama",)
 SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 
@@ -52,9 +55,22 @@ class Tokenizer:
             raise Unsupported(f"tokenizer_config.json: {exc}") from None
         if not isinstance(config, dict) or config.get("tokenizer_class") not in PLAIN_CLASSES:
             raise Unsupported(f"tokenizer class {config.get('tokenizer_class')!r}")
-        special_file = path / "special_tokens_map.json"
-        if special_file.is_file():
-            config = {**json.loads(special_file.read_text(encoding="utf-8")), **config}
+        try:
+            model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            model_type = None
+        if model_type not in PLAIN_MODEL_TYPES:
+            raise Unsupported(f"model type {model_type!r}")
+        # what transformers' tokenizer adds of its own to the backend's behaviour: refused, not imitated
+        if (path / "special_tokens_map.json").is_file():
+            raise Unsupported("special_tokens_map.json (its precedence over the config)")
+        if any((path / "additional_chat_templates").glob("*.jinja")):
+            raise Unsupported("named chat templates")
+        if config.get("split_special_tokens"):
+            raise Unsupported("split_special_tokens")
+        extra = [k for k, v in config.items() if k.endswith("_token") and k not in SPECIAL and _content(v)]
+        if extra or config.get("extra_special_tokens") or config.get("additional_special_tokens"):
+            raise Unsupported(f"special tokens beyond {', '.join(SPECIAL)}: {extra[:3]}")
         if (path / "chat_template.jinja").is_file():  # where transformers saves the template, ahead of the config
             config["chat_template"] = (path / "chat_template.jinja").read_text(encoding="utf-8")
         if not isinstance(config.get("chat_template"), (str, type(None))):
@@ -63,23 +79,25 @@ class Tokenizer:
             backend = Backend.from_file(str(path / "tokenizer.json"))
         except Exception as exc:  # the tokenizers library's own error types
             raise Unsupported(f"tokenizer.json: {exc}") from None
+        if backend.padding is not None:
+            raise Unsupported("a padding section in tokenizer.json (transformers takes its pad token)")
         backend.no_truncation()
-        backend.no_padding()
         for index, token in (config.get("added_tokens_decoder") or {}).items():
             if backend.id_to_token(int(index)) != _content(token):
                 raise Unsupported(f"added token {index} is not in tokenizer.json")
+        added = {t.content for t in backend.get_added_tokens_decoder().values()}
         for key in SPECIAL:
             token = _content(config.get(key))
-            if token and backend.token_to_id(str(token)) is None:
-                raise Unsupported(f"{key} {token!r} is not in the vocabulary")
+            if token and str(token) not in added:  # transformers would add it as a special token of its own
+                raise Unsupported(f"{key} {token!r} is not one of tokenizer.json's added tokens")
         return cls(backend, config)
 
     def backend_json(self):
         """The backend tokenizer as JSON (for llguidance's view of it)."""
         return self.backend.to_str()
 
-    def __call__(self, text):
-        return SimpleNamespace(input_ids=self.encode(text))
+    def __call__(self, text, add_special_tokens=True):
+        return SimpleNamespace(input_ids=self.encode(text, add_special_tokens=add_special_tokens))
 
     def encode(self, text, add_special_tokens=True):
         return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
@@ -103,7 +121,11 @@ class Tokenizer:
         """The conversation rendered by the chat template, as token ids (``tokenize``) or text."""
         if self.chat_template is None:
             raise ValueError("this tokenizer has no chat template")
-        chat = [_with_reasoning_aliases(m) for m in _plain(list(messages))]
+        if not messages:
+            raise ValueError("an empty conversation has no render")
+        # a key set to None is left out, as transformers leaves it out
+        chat = [_with_reasoning_aliases({k: v for k, v in m.items() if v is not None} if isinstance(m, dict) else m)
+                for m in _plain(list(messages))]
         text = _template(self.chat_template).render(
             messages=chat, tools=_plain(tools), documents=None, add_generation_prompt=add_generation_prompt,
             **{**self.special_tokens_map, **_plain(kwargs)})

@@ -171,6 +171,7 @@ def assert_same_tokenizer(ours, theirs, texts, chats, tools=None, *, template_id
         assert getattr(ours, key) == getattr(theirs, key), key
     for text in texts:
         assert ours(text).input_ids == theirs(text).input_ids, text
+        assert ours(text, add_special_tokens=False).input_ids == theirs(text, add_special_tokens=False).input_ids
         ids = theirs(text).input_ids
         assert ours.decode(ids) == theirs.decode(ids)
         assert ours.decode(ids, skip_special_tokens=True) == theirs.decode(ids, skip_special_tokens=True)
@@ -221,14 +222,49 @@ def test_tokenizer_gives_the_auto_tokenizer_ids_and_text(tmp_path):
         ours.apply_chat_template([{"role": "user", "content": "t1"}], tokenize=False)
 
 
-def test_a_tokenizer_class_of_its_own_loads_with_auto_tokenizer(tmp_path):
-    store = make_store(tmp_path)
-    directory = store / NAME / "float32"
-    config_file = directory / "tokenizer_config.json"
-    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "tokenizer_class": "GPT2Tokenizer"}))
-    with pytest.raises(TokenizerUnsupported, match="GPT2Tokenizer"):
+def test_conversations_render_as_transformers_renders_them(tmp_path):
+    directory = make_store(tmp_path) / NAME / "float32"
+    (directory / "chat_template.jinja").write_text(
+        "{% for m in messages %}{{ m['role'] }}:{{ m.get('content', '-') }};{% endfor %}")
+    ours, theirs = load_tokenizer(directory), AutoTokenizer.from_pretrained(directory)
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}]  # a None key is left out
+    assert ours.apply_chat_template(chat, tokenize=False) == theirs.apply_chat_template(chat, tokenize=False)
+    for tokenizer in (ours, theirs):
+        with pytest.raises(ValueError):  # an empty conversation
+            tokenizer.apply_chat_template([], tokenize=False)
+
+
+def _edit_json(path, **changes):
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+@pytest.mark.parametrize("change, why", [
+    (lambda d: _edit_json(d / "tokenizer_config.json", tokenizer_class="GPT2Tokenizer"), "GPT2Tokenizer"),
+    (lambda d: _edit_json(d / "config.json", model_type="qwen2"), "model type"),
+    (lambda d: _edit_json(d / "tokenizer_config.json", split_special_tokens=True), "split_special_tokens"),
+    (lambda d: _edit_json(d / "tokenizer_config.json", image_token="t9"), "special tokens beyond"),
+    (lambda d: (d / "special_tokens_map.json").write_text(json.dumps({"eos_token": "t3"})), "special_tokens_map"),
+    (lambda d: ((d / "additional_chat_templates").mkdir(), (d / "additional_chat_templates" / "tool_use.jinja")
+                .write_text("{{ tools }}")), "named chat templates"),
+    (lambda d: _edit_json(d / "tokenizer_config.json", pad_token="t5"), "not one of tokenizer.json's added"),
+])
+def test_what_transformers_adds_to_a_tokenizer_loads_with_auto_tokenizer(tmp_path, change, why):
+    """Tokenizer settings under which AutoTokenizer does more than the tokenizers library (another class, split
+    special tokens, named templates, more special tokens, a vocabulary word made special) load with it."""
+    directory = make_store(tmp_path) / NAME / "float32"
+    change(directory)
+    with pytest.raises(TokenizerUnsupported, match=why):
         Tokenizer.load(directory)
     assert not isinstance(load_tokenizer(directory), Tokenizer)
+
+
+def test_training_records_encode_as_with_auto_tokenizer(tmp_path):
+    from gpu_runtime.training_data import encode_record
+
+    directory = make_store(tmp_path) / NAME / "float32"
+    record = {"prompt": "t5 t6", "completion": "t7 t8"}
+    assert encode_record(load_tokenizer(directory), record, 2) == \
+        encode_record(AutoTokenizer.from_pretrained(directory), record, 2)
 
 
 def test_auto_tokenizer_short_cut_is_the_auto_tokenizer(tmp_path):

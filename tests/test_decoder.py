@@ -91,7 +91,23 @@ def test_weights_are_shared_and_tied_as_in_the_transformers_model():
     ({**SIZES, "model_type": "qwen2", "use_sliding_window": True}, "sliding windows"),
     ({**SIZES, "model_type": "llama", "attention_dropout": 0.1}, "dropout"),
     ({"model_type": "llama", "hidden_size": 64}, "config field"),
+    ({**SIZES, "model_type": "llama", "is_causal": False}, "bidirectional"),
+    ({**SIZES, "model_type": "llama", "attn_implementation": "eager"}, "attention implementation"),
+    ({**SIZES, "model_type": "llama", "rope_parameters": {"rope_type": "linear", "factor": 2.0,
+                                                          "partial_rotary_factor": 0.5}}, "partial rotary"),
+    ({**SIZES, "model_type": "llama", "rope_parameters": {"rope_type": "llama3", "factor": 8.0}}, "RoPE llama3"),
 ])
 def test_configs_it_does_not_compute_exactly_are_left_to_transformers(config, why):
     with pytest.raises(Unsupported, match=why):
         DecoderConfig.read(config)
+
+
+def test_llama3_rope_takes_the_top_level_original_context_and_rope_scaling_first():
+    """transformers' precedence: a top-level original_max_position_embeddings over the one in the RoPE parameters
+    (then max_position_embeddings), and rope_scaling over rope_parameters where a config holds both."""
+    config = DecoderConfig.read({**SIZES, "model_type": "llama", "original_max_position_embeddings": 32,
+                                 "rope_scaling": LLAMA3_ROPE, "rope_parameters": {"rope_type": "default"}})
+    assert config.rope[0] == "llama3" and dict(config.rope[1])["original_max_position_embeddings"] == 32
+    rope = {k: v for k, v in LLAMA3_ROPE.items() if k != "original_max_position_embeddings"}
+    config = DecoderConfig.read({**SIZES, "model_type": "llama", "rope_parameters": rope})
+    assert dict(config.rope[1])["original_max_position_embeddings"] == SIZES["max_position_embeddings"]
