@@ -31,11 +31,39 @@ def _content(token):
     return token.get("content") if isinstance(token, dict) else token
 
 
+def special_tokens(config):
+    """The special tokens a chat template sees as variables (``bos_token`` ...), from tokenizer_config.json."""
+    return {k: str(_content(config[k])) for k in SPECIAL if _content(config.get(k))}
+
+
+def chat_template_source(path, config):
+    """The chat template where transformers looks for it: ``chat_template.jinja``, ahead of the config's
+    ``chat_template`` (a string, a list of named templates, or None)."""
+    template_file = Path(path) / "chat_template.jinja"
+    if template_file.is_file():
+        return template_file.read_text(encoding="utf-8")
+    return config.get("chat_template")
+
+
+def render_chat(source, messages, tools=None, add_generation_prompt=False, special_tokens_map=None,
+                **kwargs):
+    """The conversation rendered by the chat template ``source`` as transformers renders it: keys set to None
+    left out, reasoning under each of its names, only plain JSON data in the sandbox, the special tokens and
+    ``kwargs`` as variables. The runtime's tokenizer and the web's token counts render through this one."""
+    if not messages:
+        raise ValueError("an empty conversation has no render")
+    chat = [_with_reasoning_aliases({k: v for k, v in m.items() if v is not None} if isinstance(m, dict) else m)
+            for m in _plain(list(messages))]
+    return _template(source).render(messages=chat, tools=_plain(tools), documents=None,
+                                    add_generation_prompt=add_generation_prompt,
+                                    **{**(special_tokens_map or {}), **_plain(kwargs)})
+
+
 class Tokenizer:
     def __init__(self, backend, config):
         self.backend = backend
         self.chat_template = config.get("chat_template")
-        self.special_tokens_map = {k: str(_content(config[k])) for k in SPECIAL if _content(config.get(k))}
+        self.special_tokens_map = special_tokens(config)
         for key in SPECIAL:
             token = self.special_tokens_map.get(key)
             setattr(self, key, token)
@@ -71,8 +99,7 @@ class Tokenizer:
         extra = [k for k, v in config.items() if k.endswith("_token") and k not in SPECIAL and _content(v)]
         if extra or config.get("extra_special_tokens") or config.get("additional_special_tokens"):
             raise Unsupported(f"special tokens beyond {', '.join(SPECIAL)}: {extra[:3]}")
-        if (path / "chat_template.jinja").is_file():  # where transformers saves the template, ahead of the config
-            config["chat_template"] = (path / "chat_template.jinja").read_text(encoding="utf-8")
+        config["chat_template"] = chat_template_source(path, config)
         if not isinstance(config.get("chat_template"), (str, type(None))):
             raise Unsupported("several named chat templates")
         try:
@@ -121,14 +148,8 @@ class Tokenizer:
         """The conversation rendered by the chat template, as token ids (``tokenize``) or text."""
         if self.chat_template is None:
             raise ValueError("this tokenizer has no chat template")
-        if not messages:
-            raise ValueError("an empty conversation has no render")
-        # a key set to None is left out, as transformers leaves it out
-        chat = [_with_reasoning_aliases({k: v for k, v in m.items() if v is not None} if isinstance(m, dict) else m)
-                for m in _plain(list(messages))]
-        text = _template(self.chat_template).render(
-            messages=chat, tools=_plain(tools), documents=None, add_generation_prompt=add_generation_prompt,
-            **{**self.special_tokens_map, **_plain(kwargs)})
+        text = render_chat(self.chat_template, messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                           special_tokens_map=self.special_tokens_map, **kwargs)
         if not tokenize:
             return text
         ids = self.encode(text, add_special_tokens=False)

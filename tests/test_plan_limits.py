@@ -204,6 +204,50 @@ def test_the_web_counts_prompts_and_chats_as_the_runtime_does(base):
         assert prompt_tokens(base, messages=messages) == len(ids), messages
 
 
+# a template using what transformers gives templates beyond plain Jinja: {% generation %}, namespace, dict,
+# strftime_now, reasoning under its aliases, keys set to None left out, tools
+RICH_TEMPLATE = (
+    "{% set ns = namespace(n=0) %}{% if tools %}{{ tools | tojson }}{{ dict(a=1) | tojson }}{% endif %}"
+    "{% for m in messages %}{% set ns.n = ns.n + 1 %}<|im_start|>{{ m.role }}{% if m.name is defined %} "
+    "({{ m.name }}){% endif %}{% if m.thinking is defined %} <think>{{ m.thinking }}</think>{% endif %}\n"
+    "{% if m.role == 'assistant' %}{% generation %}{{ m.content }}{% endgeneration %}{% else %}{{ m.content }}"
+    "{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant {{ ns.n }} "
+    "{{ strftime_now('%Y') | length }}\n{% endif %}")
+
+
+def test_the_web_renders_chat_templates_as_the_runtime_and_transformers_do(tmp_path, settings):
+    import shutil
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from adapters.prompt_tokens import VARIANT
+    from gpu_runtime.base_model import load_tokenizer
+    from gpu_runtime.tool_prompt import prompt_messages
+
+    directory = tmp_path / BASE / VARIANT
+    directory.mkdir(parents=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
+        shutil.copy(Path(settings.VAJRA_MODEL_STORE) / BASE / VARIANT / name, directory / name)
+    (directory / "chat_template.jinja").write_text(RICH_TEMPLATE)
+    settings.VAJRA_MODEL_STORE = str(tmp_path)
+    base = BaseModel(name=BASE)
+    tools = [{"name": "weather", "description": "Today's weather", "parameters": {"type": "object"}}]
+    chats = [[{"role": "system", "content": "Be brief.", "name": None},
+              {"role": "user", "content": "Hi", "name": "bo"}],
+             [{"role": "user", "content": "héllo 😀"},
+              {"role": "assistant", "content": "Hello!", "reasoning_content": "a greeting back"},
+              {"role": "user", "content": " x" * 20}]]
+    runtime, theirs = load_tokenizer(directory), AutoTokenizer.from_pretrained(directory)
+    for messages in chats:
+        for offered in ((), tools):
+            rendered, as_tools = prompt_messages(messages, offered, RICH_TEMPLATE)  # as the runtime's _prompt_ids
+            ids = [len(t.apply_chat_template(rendered, tools=as_tools, add_generation_prompt=True, tokenize=True,
+                                             return_dict=False)) for t in (runtime, theirs)]
+            assert ids[0] == ids[1]
+            assert prompt_tokens(base, messages=messages, tools=offered) == ids[0], (messages, offered)
+
+
 def test_counting_a_prompt_loads_no_torch():
     code = ("import django, sys; django.setup(); from adapters.models import BaseModel; "
             "from adapters.prompt_tokens import prompt_tokens; b = BaseModel(name='smollm2-135m-instruct'); "

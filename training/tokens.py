@@ -15,6 +15,7 @@ import logging
 from adapters.prompt_tokens import PromptCounter, prompt_counter
 from adapters.services import adapter_storage
 from gpu_runtime.datasets import records_from_jsonl
+from gpu_runtime.tokenizer import render_chat
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +24,10 @@ def _record_tokens(counter, record):
     if "messages" in record:
         if counter.template is None:
             return None
-        rendered = counter.template.render(messages=list(record["messages"]), add_generation_prompt=False,
-                                           tools=None, documents=None, **counter.special)
-        return len(counter.tokenizer.encode(rendered, add_special_tokens=False).ids)
+        return counter.rendered(render_chat(counter.template, record["messages"], add_generation_prompt=False,
+                                            special_tokens_map=counter.special))
     prompt = counter.prompt(record["prompt"]) if record["prompt"] else 0
-    return prompt + len(counter.tokenizer.encode(record["completion"], add_special_tokens=False).ids) + 1
+    return prompt + counter.rendered(record["completion"]) + 1
 
 
 def count_dataset_tokens(counter, data):
