@@ -213,14 +213,11 @@ def transformers_smollm2(base):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    directory = _variant_dir(base)
+    from gpu_runtime.base_model import variant_dir
+
+    directory = variant_dir(runtime_config().model_store, base.name, base.manifest, base.dtype)
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=getattr(torch, base.dtype)).to(base.device)
     return model.eval().requires_grad_(False), AutoTokenizer.from_pretrained(directory)
-
-
-def _variant_dir(base):
-    variant = base.dtype if base.dtype in base.manifest["variants"] else "float32"
-    return Path(runtime_config().model_store) / base.name / variant
 
 
 def base_facts(base):

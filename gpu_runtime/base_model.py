@@ -93,6 +93,12 @@ def use_torch_threads():
     torch.set_num_threads(torch.get_num_threads())
 
 
+def variant_dir(model_store, name, manifest, dtype):
+    """The model store's directory of the variant a base in ``dtype`` loads: that dtype's where the store holds
+    one, else float32's (cast on load)."""
+    return Path(model_store) / name / (dtype if dtype in manifest["variants"] else "float32")
+
+
 def load_base_model(config):
     manifest = read_manifest(config.model_store, config.base_model)
     if manifest is None:
@@ -104,8 +110,8 @@ def load_base_model(config):
         torch.set_num_threads(config.torch_threads)  # before the first op: it sizes torch's CPU thread pool
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device)
-    variant = dtype if dtype in manifest["variants"] else "float32"
-    path = Path(config.model_store) / config.base_model / variant
+    path = variant_dir(config.model_store, config.base_model, manifest, dtype)
+    variant = path.name
     collecting = gc.isenabled()
     gc.disable()  # building the model allocates enough to trigger a full collection: ~100 ms of torch's objects
     try:

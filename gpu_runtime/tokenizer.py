@@ -68,9 +68,11 @@ class Tokenizer:
             token = self.special_tokens_map.get(key)
             setattr(self, key, token)
             setattr(self, key + "_id", None if token is None else backend.token_to_id(token))
-        # transformers skips this clean-up for BPE models (it would strip real spaces before punctuation)
-        self.clean_up_spaces = bool(config.get("clean_up_tokenization_spaces", False)) and \
-            json.loads(backend.to_str())["model"].get("type") != "BPE"
+        # transformers skips this clean-up for BPE models (it would strip real spaces before punctuation) unless the
+        # config insists
+        self.clean_up_spaces = bool(config.get("clean_up_tokenization_spaces", False)) and (
+            type(backend.model).__name__ != "BPE"
+            or bool(config.get("clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False)))
 
     @classmethod
     def load(cls, path):

@@ -234,6 +234,32 @@ def test_conversations_render_as_transformers_renders_them(tmp_path):
             tokenizer.apply_chat_template([], tokenize=False)
 
 
+@pytest.mark.parametrize("model", ["WordLevel", "BPE"])
+def test_decoding_cleans_up_spaces_as_transformers_does(tmp_path, model):
+    """clean_up_tokenization_spaces joins " ." and " n't" back, except for BPE models, whose spaces are real."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers.models import BPE, WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+    from transformers import PreTrainedTokenizerFast
+
+    directory = make_store(tmp_path) / NAME / "float32"
+    vocab = {word: i for i, word in enumerate(["[UNK]", "t1", "it", "is", "n't", ".", "?", "'s", ",", "eos"])}
+    backend = Backend(WordLevel(vocab, unk_token="[UNK]") if model == "WordLevel" else
+                      BPE(vocab, merges=[], unk_token="[UNK]"))
+    backend.pre_tokenizer = WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="eos",
+                            clean_up_tokenization_spaces=True).save_pretrained(directory)
+    ours, theirs = load_tokenizer(directory), AutoTokenizer.from_pretrained(directory)
+    assert isinstance(ours, Tokenizer)
+    ids = theirs("it is n't . it 's , t1 ?", add_special_tokens=False).input_ids
+    assert ours.decode(ids) == theirs.decode(ids)
+    assert (" ." in ours.decode(ids)) == (model == "BPE")
+    _edit_json(directory / "tokenizer_config.json",
+               clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output=True)
+    ours, theirs = load_tokenizer(directory), AutoTokenizer.from_pretrained(directory)
+    assert ours.decode(ids) == theirs.decode(ids) and " ." not in ours.decode(ids)
+
+
 def _edit_json(path, **changes):
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
 
