@@ -10,7 +10,7 @@ unique key and the existing row is returned instead, so a fact is billed once wh
 hold their own row locks (the request, the training job) in the same transaction, so the ledger row and the
 state change it bills commit together or not at all.
 
-What a finished request is billed (decided here, shown on the usage page):
+What a finished request is billed (decided here, shown on the usage page and, by ``finished_price``, in its answer):
 - succeeded: its tier's units + its GPU time;
 - cancelled: units + GPU time when the node did any work for it (GPU-ms or tokens); a request cancelled before
   it ran bills nothing;
@@ -31,11 +31,13 @@ from . import caps
 from .models import UsageEvent
 from .plans import (
     ZERO,
+    InferenceCost,
     account_for,
     inference_cost,
     measured_ms,
     period_of,
     plan_for,
+    price_json,
     quantize,
     slo_credit,
     training_cost,
@@ -83,6 +85,19 @@ def charges(*, status, gpu_ms, completion_tokens):
     if status == CANCELLED:
         return worked, worked
     return False, measured_ms(gpu_ms) > 0
+
+
+def finished_price(*, tenant, tier, created_at, final):
+    """What a finished request is billed, from the runtime's final event: the same plan version, policy
+    (``charges``) and formula as its ledger row, so the two agree to the 1e-10 dollar. ``final``
+    is the contract's final event (finish_reason, usage, timings, gpu_ms)."""
+    timings, usage = final.get("timings") or {}, final.get("usage") or {}
+    charge_units, bill = charges(status=finish_status(final.get("finish_reason")), gpu_ms=final.get("gpu_ms"),
+                                 completion_tokens=usage.get("completion_tokens") or 0)
+    plan = plan_for(tenant, occurred_at_of(created_at, timings.get("total_ms")))
+    if not bill:
+        return price_json(plan, InferenceCost(units=0, billed_gpu_ms=0, cost_units=ZERO, cost_compute=ZERO))
+    return price_json(plan, inference_cost(plan, tier=tier, gpu_ms=final.get("gpu_ms"), charge_units=charge_units))
 
 
 def record_inference(row):

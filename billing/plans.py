@@ -240,25 +240,10 @@ def price_json(plan, cost):
 
 def query_price(tier, *, tenant):
     """The price of one query of ``tier`` under the tenant's current plan, before it runs: its tier's units (GPU
-    time is added when it ends, ``finished_price``). The one price every page and API shows for a query (tier
-    cards, the playground, the responses' ``cost``); the plan comes through the 30 s plan cache."""
+    time is added when it ends, ``billing.ledger.finished_price``). The one price every page and API shows for a
+    query (tier cards, the playground, the responses' ``cost``); the plan comes through the 30 s plan cache."""
     plan = cached_plan(account_for(tenant).plan_name)
     return price_json(plan, inference_cost(plan, tier=tier, gpu_ms=0))
-
-
-def finished_price(*, tenant, tier, created_at, final):
-    """What a finished request is billed, from the runtime's final event: the same plan version, policy
-    (``billing.ledger.charges``) and formula as its ledger row, so the two agree to the 1e-10 dollar. ``final``
-    is the contract's final event (finish_reason, usage, timings, gpu_ms)."""
-    from .ledger import charges, finish_status, occurred_at_of
-
-    timings, usage = final.get("timings") or {}, final.get("usage") or {}
-    charge_units, bill = charges(status=finish_status(final.get("finish_reason")), gpu_ms=final.get("gpu_ms"),
-                                 completion_tokens=usage.get("completion_tokens") or 0)
-    plan = plan_for(tenant, occurred_at_of(created_at, timings.get("total_ms")))
-    if not bill:
-        return price_json(plan, InferenceCost(units=0, billed_gpu_ms=0, cost_units=ZERO, cost_compute=ZERO))
-    return price_json(plan, inference_cost(plan, tier=tier, gpu_ms=final.get("gpu_ms"), charge_units=charge_units))
 
 
 def training_price(*, tenant, gradients):

@@ -2,7 +2,7 @@
 
 from adapters.models import BaseModel
 
-from .heartbeats import nodes_up
+from .liveness import nodes_up
 from .models import Node
 
 

@@ -19,7 +19,7 @@ from adapters.models import Adapter, AdapterVersion
 from adapters.services import adapter_ref
 
 from . import runtime_client
-from .heartbeats import nodes_up
+from .liveness import nodes_up
 from .models import Node
 from .placement import pin_sent, send_tier, version_key_of
 

@@ -1,7 +1,6 @@
 """Node bookkeeping from heartbeats."""
 
 import logging
-from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -11,6 +10,8 @@ from django.utils.dateparse import parse_datetime
 from adapters.models import BaseModel
 from gpu_runtime.contract import Heartbeat
 
+from .failover import node_lost, node_rejoined
+from .liveness import node_down_cutoff
 from .models import Node
 
 log = logging.getLogger(__name__)
@@ -41,25 +42,15 @@ def node_heartbeat(*, payload):
         setattr(node, name, value)
     node.save()
     if restarted or was_down:
-        from .failover import node_lost, node_rejoined
-
         if restarted:  # requests sent to it before it restarted died with the old process, and its pins
             node_lost(node=node, reason="restarted", before=started_at)
         node_rejoined(node=node, hot=not restarted)  # node_lost pinned a restarted node's hot adapters again
     return node
 
 
-def node_down_cutoff():
-    return timezone.now() - timedelta(
-        seconds=settings.VAJRA_HEARTBEAT_SECONDS * settings.VAJRA_NODE_DOWN_AFTER_MISSED
-    )
-
-
 def nodes_mark_down(*, limit=500):
     """Marks nodes silent for the allowed number of heartbeats as down (bounded batch); each one's unfinished
     requests go to other nodes and its hot adapters are pinned elsewhere (fleet/failover.py)."""
-    from .failover import node_lost
-
     stale = list(Node.objects.filter(status=Node.UP, last_heartbeat_at__lt=node_down_cutoff())
                  .values_list("pk", flat=True)[:limit])
     marked = 0
@@ -76,7 +67,3 @@ def nodes_mark_down(*, limit=500):
         with transaction.atomic():
             node_lost(node=node, reason="node down")
     return marked
-
-
-def nodes_up():
-    return Node.objects.filter(status=Node.UP, last_heartbeat_at__gte=node_down_cutoff())

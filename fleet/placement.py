@@ -38,7 +38,7 @@ from gpu_runtime.contract import adapter_id_of, version_key
 from vajra.errors import Conflict
 
 from . import runtime_client
-from .heartbeats import nodes_up
+from .liveness import nodes_up
 from .models import Node, ScaleUpSignal
 
 log = logging.getLogger(__name__)

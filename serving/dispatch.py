@@ -19,7 +19,8 @@ from adapters.models import Adapter
 from adapters.prompt_tokens import prompt_tokens
 from adapters.services import adapter_ref
 from billing.caps import check_spend
-from billing.plans import account_for, finished_price, plan_limits, query_price
+from billing.ledger import finished_price
+from billing.plans import account_for, plan_limits, query_price
 from fleet import runtime_client
 from fleet.placement import NoCapacity, place, record_scale_up
 from gpu_runtime.contract import Final, Timings, Usage, infer_payload
@@ -102,7 +103,7 @@ def cost_for(row):
 
 def final_cost(row, final):
     """A finished request's price from its final event (its JSON): what its ledger row bills
-    (billing.plans.finished_price)."""
+    (billing.ledger.finished_price)."""
     return finished_price(tenant=row.tenant_id, tier=row.tier, created_at=row.created_at, final=final)
 
 

@@ -86,7 +86,7 @@ def wait_until_serving(model, proc, timeout=180):
     just until the model's catalog row exists: the row is written before the node's first heartbeat, and a request
     sent between the two is answered 503 (no capacity)."""
     from adapters.models import BaseModel
-    from fleet.heartbeats import nodes_up
+    from fleet.liveness import nodes_up
 
     def serving():
         return BaseModel.objects.filter(name=model).exists() and nodes_up().filter(base_model=model).exists()

@@ -7,7 +7,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from fleet.heartbeats import node_heartbeat, nodes_mark_down, nodes_up
+from fleet.heartbeats import node_heartbeat, nodes_mark_down
+from fleet.liveness import nodes_up
 from fleet.models import Node
 from gpu_runtime.contract import ContractError, Heartbeat
 from gpu_runtime.model_store import is_imported, read_manifest, sha256_file

@@ -27,7 +27,7 @@ from adapters.services import adapter_ref, adapter_storage, base_facts
 from adapters.storage_quota import StorageQuotaExceeded, require_storage
 from adapters.uploads import UploadDir, sha256_of
 from fleet import runtime_client
-from fleet.heartbeats import nodes_up
+from fleet.liveness import nodes_up
 from fleet.placement import send_tier, version_key_of
 from gpu_runtime.adapter_validation import CONFIG_FILE, WEIGHTS_FILE, AdapterRejected, validate_adapter
 from tenants.audit import audit_record

@@ -27,7 +27,7 @@ def _database():
 
 @never_cache
 def readyz(request):
-    from fleet.heartbeats import nodes_up
+    from fleet.liveness import nodes_up
 
     checks = {"database": _check(_database), "redis": _check(lambda: get_redis().ping())}
     nodes = []

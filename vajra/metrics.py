@@ -166,7 +166,7 @@ class VajraCollector:
         yield signals_5m
 
     def _nodes(self, now):
-        from fleet.heartbeats import node_down_cutoff
+        from fleet.liveness import node_down_cutoff
         from fleet.models import Node
 
         cutoff = node_down_cutoff()
