@@ -18,31 +18,53 @@ from pathlib import Path
 
 from django.conf import settings
 
-from gpu_runtime.tokenizer import chat_template_source, render_chat, special_tokens
+from gpu_runtime.tokenizer import (
+    SPECIAL,
+    chat_template_source,
+    refusal,
+    render_chat,
+    special_tokens,
+    template_variables,
+)
 from gpu_runtime.tool_prompt import prompt_messages
 
 log = logging.getLogger(__name__)
 
 VARIANT = "float32"  # gpu_runtime.model_store: every variant carries the same tokenizer and template
+# what decides the template and its special tokens (gpu_runtime.tokenizer: chat_template_source, refusal)
+TEMPLATE_FILES = ("chat_template.jinja", "tokenizer_config.json", "config.json", "special_tokens_map.json",
+                  "additional_chat_templates")
 
 
 @functools.lru_cache(maxsize=8)
 def load_tokenizer(path, mtime):  # mtime in the key: a re-imported model's tokenizer is read again
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(path)
+    tokenizer = Tokenizer.from_file(path)
+    # the whole text, as the runtime (and transformers by default) encodes it, whatever tokenizer.json asks
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
 
 
 @functools.lru_cache(maxsize=8)
 def _chat_template(directory, mtimes):
-    """(template source, special-token variables) where transformers finds them, or (None, {}): no template, or
-    a list of named templates the runtime would not pick by default."""
-    config_file = Path(directory) / "tokenizer_config.json"
+    """(template source, special-token variables) where transformers finds them, or (None, {}) where the web cannot
+    render what the runtime will: no template; several named ones, of which transformers picks by the request; or a
+    template reading a special token whose value the node's ``AutoTokenizer`` takes from elsewhere than this
+    config (its class's defaults, special_tokens_map.json). ``mtimes``: of the files read, for the cache."""
+    directory = Path(directory)
+    config_file = directory / "tokenizer_config.json"
     config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
     source = chat_template_source(directory, config)
-    if not isinstance(source, str):
+    if not isinstance(source, str) or any((directory / "additional_chat_templates").glob("*.jinja")):
         return None, {}
-    return source, special_tokens(config)
+    special = special_tokens(config)
+    if refusal(directory, config) is not None:  # the node's tokenizer is transformers'
+        unsure = set(SPECIAL) & template_variables(source)
+        if (directory / "special_tokens_map.json").is_file() or unsure - special.keys():
+            return None, {}
+    return source, special
 
 
 @dataclass(frozen=True)
@@ -82,8 +104,7 @@ def prompt_counter(base_model):
         return None
     try:
         tokenizer = load_tokenizer(str(tokenizer_file), mtime)
-        template, special = _chat_template(str(directory), (_mtime(directory / "chat_template.jinja"),
-                                                    _mtime(directory / "tokenizer_config.json")))
+        template, special = _chat_template(str(directory), tuple(_mtime(directory / name) for name in TEMPLATE_FILES))
     except Exception:  # a damaged file: keep the bound in characters rather than refuse every request
         log.exception("cannot read the tokenizer or chat template in %s; using the character bound", directory)
         return None

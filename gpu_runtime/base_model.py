@@ -177,6 +177,8 @@ def _auto_tokenizer(path, config=None):
         return AutoTokenizer.from_pretrained(path)
     if "added_tokens_decoder" in json.loads(config_file.read_text(encoding="utf-8")):
         return AutoTokenizer.from_pretrained(path)  # transformers does not read tokenizer.json in Python then
+    if (path / "special_tokens_map.json").is_file():
+        return AutoTokenizer.from_pretrained(path)  # given added_tokens_decoder, transformers would not merge it in
     added = _head_added_tokens(tokenizer_file)
     if added is None:
         return AutoTokenizer.from_pretrained(path)

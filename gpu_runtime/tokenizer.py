@@ -59,6 +59,32 @@ def render_chat(source, messages, tools=None, add_generation_prompt=False, speci
                                     **{**(special_tokens_map or {}), **_plain(kwargs)})
 
 
+def refusal(path, config):
+    """Why this tokenizer's files ask for more than the ``tokenizers`` library's behaviour (``tokenizer_config.json``
+    as ``config``), so transformers' ``AutoTokenizer`` loads them, or None. What transformers adds of its own is
+    refused, not imitated."""
+    if not isinstance(config, dict) or config.get("tokenizer_class") not in PLAIN_CLASSES:
+        return f"tokenizer class {config.get('tokenizer_class') if isinstance(config, dict) else None!r}"
+    try:
+        model_type = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        model_type = None
+    if model_type not in PLAIN_MODEL_TYPES:
+        return f"model type {model_type!r}"
+    if (Path(path) / "special_tokens_map.json").is_file():
+        return "special_tokens_map.json (its precedence over the config)"
+    if any((Path(path) / "additional_chat_templates").glob("*.jinja")):
+        return "named chat templates"
+    if config.get("split_special_tokens"):
+        return "split_special_tokens"
+    extra = [k for k, v in config.items() if k.endswith("_token") and k not in SPECIAL and _content(v)]
+    if extra or config.get("extra_special_tokens") or config.get("additional_special_tokens"):
+        return f"special tokens beyond {', '.join(SPECIAL)}: {extra[:3]}"
+    if not isinstance(chat_template_source(path, config), (str, type(None))):
+        return "several named chat templates"
+    return None
+
+
 class Tokenizer:
     def __init__(self, backend, config):
         self.backend = backend
@@ -83,27 +109,10 @@ class Tokenizer:
             config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise Unsupported(f"tokenizer_config.json: {exc}") from None
-        if not isinstance(config, dict) or config.get("tokenizer_class") not in PLAIN_CLASSES:
-            raise Unsupported(f"tokenizer class {config.get('tokenizer_class')!r}")
-        try:
-            model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
-        except (OSError, ValueError, AttributeError):
-            model_type = None
-        if model_type not in PLAIN_MODEL_TYPES:
-            raise Unsupported(f"model type {model_type!r}")
-        # what transformers' tokenizer adds of its own to the backend's behaviour: refused, not imitated
-        if (path / "special_tokens_map.json").is_file():
-            raise Unsupported("special_tokens_map.json (its precedence over the config)")
-        if any((path / "additional_chat_templates").glob("*.jinja")):
-            raise Unsupported("named chat templates")
-        if config.get("split_special_tokens"):
-            raise Unsupported("split_special_tokens")
-        extra = [k for k, v in config.items() if k.endswith("_token") and k not in SPECIAL and _content(v)]
-        if extra or config.get("extra_special_tokens") or config.get("additional_special_tokens"):
-            raise Unsupported(f"special tokens beyond {', '.join(SPECIAL)}: {extra[:3]}")
+        reason = refusal(path, config)
+        if reason is not None:
+            raise Unsupported(reason)
         config["chat_template"] = chat_template_source(path, config)
-        if not isinstance(config.get("chat_template"), (str, type(None))):
-            raise Unsupported("several named chat templates")
         try:
             backend = Backend.from_file(str(path / "tokenizer.json"))
         except Exception as exc:  # the tokenizers library's own error types
@@ -185,8 +194,8 @@ def _plain(value):
     return f"<{type(value).__name__}>"
 
 
-@lru_cache(maxsize=16)
-def _template(source):
+@lru_cache(maxsize=1)
+def _environment():
     import jinja2
     import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -240,4 +249,16 @@ def _template(source):
     env.filters["tojson"] = tojson
     env.globals.update(raise_exception=raise_exception, strftime_now=lambda f: datetime.now().strftime(f),
                        dict=TemplateDict(), namespace=TemplateNamespace)
-    return env.from_string(source)
+    return env
+
+
+@lru_cache(maxsize=16)
+def _template(source):
+    return _environment().from_string(source)
+
+
+def template_variables(source):
+    """The names a chat template reads from its render's variables (``bos_token``, ``messages`` ...)."""
+    from jinja2 import meta
+
+    return meta.find_undeclared_variables(_environment().parse(source))

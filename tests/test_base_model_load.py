@@ -304,6 +304,13 @@ def test_auto_tokenizer_short_cut_is_the_auto_tokenizer(tmp_path):
     assert tokenizer_state(ours) == tokenizer_state(AutoTokenizer.from_pretrained(directory))
     assert_same_tokenizer(ours, AutoTokenizer.from_pretrained(directory), texts, chats, TOOLS)
 
+    # a special_tokens_map.json, which transformers merges over the config's special tokens
+    (directory / "special_tokens_map.json").write_text(json.dumps({"eos_token": "t3", "bos_token": "t4"}))
+    ours, theirs = _auto_tokenizer(directory), AutoTokenizer.from_pretrained(directory)
+    assert (ours.eos_token, ours.bos_token) == (theirs.eos_token, theirs.bos_token) == ("t3", "t4")
+    assert tokenizer_state(ours) == tokenizer_state(theirs)
+    (directory / "special_tokens_map.json").unlink()
+
     # added_tokens after the model (not how tokenizers writes it): no short cut, the same tokenizer
     data = json.loads((directory / "tokenizer.json").read_text())
     data = {"model": data.pop("model"), **data}

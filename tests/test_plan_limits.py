@@ -205,47 +205,112 @@ def test_the_web_counts_prompts_and_chats_as_the_runtime_does(base):
 
 
 # a template using what transformers gives templates beyond plain Jinja: {% generation %}, namespace, dict,
-# strftime_now, reasoning under its aliases, keys set to None left out, tools
+# strftime_now, reasoning under its aliases, keys set to None left out, tools, the special tokens
 RICH_TEMPLATE = (
-    "{% set ns = namespace(n=0) %}{% if tools %}{{ tools | tojson }}{{ dict(a=1) | tojson }}{% endif %}"
+    "{{ bos_token }}{% set ns = namespace(n=0) %}{% if tools %}{{ tools | tojson }}{{ dict(a=1) | tojson }}{% endif %}"
     "{% for m in messages %}{% set ns.n = ns.n + 1 %}<|im_start|>{{ m.role }}{% if m.name is defined %} "
     "({{ m.name }}){% endif %}{% if m.thinking is defined %} <think>{{ m.thinking }}</think>{% endif %}\n"
     "{% if m.role == 'assistant' %}{% generation %}{{ m.content }}{% endgeneration %}{% else %}{{ m.content }}"
-    "{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant {{ ns.n }} "
+    "{% endif %}{{ eos_token }}\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant {{ ns.n }} "
     "{{ strftime_now('%Y') | length }}\n{% endif %}")
+RICH_CHATS = [[{"role": "system", "content": "Be brief.", "name": None},
+               {"role": "user", "content": "Hi", "name": "bo"}],
+              [{"role": "user", "content": "héllo 😀"},
+               {"role": "assistant", "content": "Hello!", "reasoning_content": "a greeting back"},
+               {"role": "user", "content": " x" * 20}]]
 
 
-def test_the_web_renders_chat_templates_as_the_runtime_and_transformers_do(tmp_path, settings):
+def web_store(tmp_path, settings, template=RICH_TEMPLATE, **config):
+    """SmolLM2's tokenizer files under a model store of their own, with ``template`` and tokenizer_config.json
+    ``config`` changes; the web reads this store from now on."""
     import shutil
     from pathlib import Path
 
-    from transformers import AutoTokenizer
-
     from adapters.prompt_tokens import VARIANT
-    from gpu_runtime.base_model import load_tokenizer
-    from gpu_runtime.tool_prompt import prompt_messages
 
     directory = tmp_path / BASE / VARIANT
     directory.mkdir(parents=True)
     for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
         shutil.copy(Path(settings.VAJRA_MODEL_STORE) / BASE / VARIANT / name, directory / name)
-    (directory / "chat_template.jinja").write_text(RICH_TEMPLATE)
+    (directory / "chat_template.jinja").write_text(template)
+    if config:
+        config_file = directory / "tokenizer_config.json"
+        config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **config}))
     settings.VAJRA_MODEL_STORE = str(tmp_path)
+    return directory
+
+
+def test_the_web_renders_chat_templates_as_the_runtime_and_transformers_do(tmp_path, settings):
+    from transformers import AutoTokenizer
+
+    from gpu_runtime.base_model import load_tokenizer
+    from gpu_runtime.datasets import records_from_jsonl
+    from gpu_runtime.tokenizer import Tokenizer
+    from gpu_runtime.tool_prompt import prompt_messages
+    from gpu_runtime.training_data import encode_record
+    from training.tokens import training_tokens
+
+    # the end token as transformers saves it (an AddedToken's fields): its content is the variable's value
+    end = {"__type": "AddedToken", "content": "<|im_end|>", "special": True, "lstrip": False, "rstrip": False,
+           "normalized": False, "single_word": False}
+    directory = web_store(tmp_path, settings, eos_token=end)
     base = BaseModel(name=BASE)
     tools = [{"name": "weather", "description": "Today's weather", "parameters": {"type": "object"}}]
-    chats = [[{"role": "system", "content": "Be brief.", "name": None},
-              {"role": "user", "content": "Hi", "name": "bo"}],
-             [{"role": "user", "content": "héllo 😀"},
-              {"role": "assistant", "content": "Hello!", "reasoning_content": "a greeting back"},
-              {"role": "user", "content": " x" * 20}]]
     runtime, theirs = load_tokenizer(directory), AutoTokenizer.from_pretrained(directory)
-    for messages in chats:
+    assert isinstance(runtime, Tokenizer) and (runtime.bos_token, runtime.eos_token) == ("<|im_start|>", "<|im_end|>")
+    for messages in RICH_CHATS:
         for offered in ((), tools):
             rendered, as_tools = prompt_messages(messages, offered, RICH_TEMPLATE)  # as the runtime's _prompt_ids
             ids = [len(t.apply_chat_template(rendered, tools=as_tools, add_generation_prompt=True, tokenize=True,
                                              return_dict=False)) for t in (runtime, theirs)]
             assert ids[0] == ids[1]
             assert prompt_tokens(base, messages=messages, tools=offered) == ids[0], (messages, offered)
+    # training records, as the trainer encodes them
+    data = "\n".join(json.dumps({"messages": chat}) for chat in [
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi", "name": "bo"},
+         {"role": "assistant", "content": "Hello!"}],
+        [{"role": "user", "content": "héllo 😀"}, {"role": "assistant", "content": "Hi"},
+         {"role": "user", "content": " x" * 20}, {"role": "assistant", "content": "x"}]]).encode()
+    records = list(records_from_jsonl(data))
+    trained = sum(len(encode_record(runtime, r, runtime.eos_token_id)[0]) for r in records)
+    assert trained == sum(len(encode_record(theirs, r, theirs.eos_token_id)[0]) for r in records)
+    assert training_tokens(base, data=data) == (trained, True)
+
+
+def test_the_web_counts_the_whole_prompt_whatever_tokenizer_json_truncates_or_pads(tmp_path, settings):
+    from tokenizers import Tokenizer as Backend
+
+    from gpu_runtime.base_model import load_tokenizer
+
+    directory = web_store(tmp_path, settings)
+    backend = Backend.from_file(str(directory / "tokenizer.json"))
+    backend.enable_truncation(max_length=5)
+    backend.enable_padding(length=64, pad_id=0, pad_token="<|endoftext|>")
+    backend.save(str(directory / "tokenizer.json"))
+    runtime = load_tokenizer(directory)  # transformers' (a padding section), encoding the whole text unpadded
+    base = BaseModel(name=BASE)
+    for prompt in ("Hi", " x" * 30):
+        assert prompt_tokens(base, prompt=prompt) == len(runtime(prompt).input_ids)
+    ids = runtime.apply_chat_template(RICH_CHATS[1], add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert prompt_tokens(base, messages=RICH_CHATS[1]) == len(ids) > 5
+
+
+@pytest.mark.parametrize("files", ["named templates", "special_tokens_map.json", "class defaults"])
+def test_the_web_does_not_count_a_chat_it_cannot_render_as_the_node_does(tmp_path, settings, files):
+    """Named templates (transformers picks one by the request), or special tokens the node's AutoTokenizer takes from
+    elsewhere than the config: the web leaves the chat to the character bound (None), a raw prompt still counts."""
+    if files == "class defaults":  # a class AutoTokenizer fills in, a template reading a token the config lacks
+        directory = web_store(tmp_path, settings, tokenizer_class="GPT2Tokenizer", bos_token=None)
+    else:
+        directory = web_store(tmp_path, settings)
+    if files == "named templates":
+        (directory / "additional_chat_templates").mkdir()
+        (directory / "additional_chat_templates" / "rag.jinja").write_text("{{ messages | length }}")
+    elif files == "special_tokens_map.json":
+        (directory / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<|endoftext|>"}))
+    base = BaseModel(name=BASE)
+    assert prompt_tokens(base, messages=RICH_CHATS[0]) is None
+    assert prompt_tokens(base, prompt="Hi there") == 2
 
 
 def test_counting_a_prompt_loads_no_torch():
