@@ -77,6 +77,9 @@ def refusal(path, config):
         return "named chat templates"
     if config.get("split_special_tokens"):
         return "split_special_tokens"
+    empty = [k for k in SPECIAL if _content(config.get(k)) == ""]
+    if empty:  # transformers hands a template "" where this tokenizer has no such token
+        return f"an empty {empty[0]}"
     extra = [k for k, v in config.items() if k.endswith("_token") and k not in SPECIAL and _content(v)]
     if extra or config.get("extra_special_tokens") or config.get("additional_special_tokens"):
         return f"special tokens beyond {', '.join(SPECIAL)}: {extra[:3]}"

@@ -273,10 +273,12 @@ def _edit_json(path, **changes):
     (lambda d: ((d / "additional_chat_templates").mkdir(), (d / "additional_chat_templates" / "tool_use.jinja")
                 .write_text("{{ tools }}")), "named chat templates"),
     (lambda d: _edit_json(d / "tokenizer_config.json", pad_token="t5"), "not one of tokenizer.json's added"),
+    (lambda d: _edit_json(d / "tokenizer_config.json", bos_token=""), "an empty bos_token"),
 ])
 def test_what_transformers_adds_to_a_tokenizer_loads_with_auto_tokenizer(tmp_path, change, why):
     """Tokenizer settings under which AutoTokenizer does more than the tokenizers library (another class, split
-    special tokens, named templates, more special tokens, a vocabulary word made special) load with it."""
+    special tokens, named templates, more special tokens, a vocabulary word made special, an empty special token
+    its templates still see) load with it."""
     directory = make_store(tmp_path) / NAME / "float32"
     change(directory)
     with pytest.raises(TokenizerUnsupported, match=why):
