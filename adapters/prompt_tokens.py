@@ -79,12 +79,11 @@ class PromptCounter:
     def rendered(self, text):
         return len(self.tokenizer.encode(text, add_special_tokens=False).ids)  # as the runtime tokenizes a render
 
-    def chat(self, messages, tools=(), add_generation_prompt=True):
+    def chat(self, messages, tools=()):
         if self.template is None:
             return None
         messages, tools = prompt_messages(messages, tools, self.template)  # as the runtime's _prompt_ids
-        return self.rendered(render_chat(self.template, messages, tools=tools,
-                                         add_generation_prompt=add_generation_prompt,
+        return self.rendered(render_chat(self.template, messages, tools=tools, add_generation_prompt=True,
                                          special_tokens_map=self.special))
 
 
