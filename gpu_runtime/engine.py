@@ -79,6 +79,7 @@ class Engine:
         self.kv = self.forward.kv  # the KV cache and mask of self.rows, row for row (batch_kv.py)
         self.started = time.perf_counter()
         self.steps = 0
+        self.decode_ms = None  # moving average of a decode step's time (what the running rows have left: _rows_left_s)
         self.tokens_out = 0
         self.training = TrainingTurns(every=training_every, preemption=training_preemption,
                                       max_hold_s=training_max_hold_s)
@@ -160,7 +161,7 @@ class Engine:
                 if self.rows:
                     self._decode_step()
                     self.training.decode_step_ran()
-                if self.training.due(rows_running=bool(self.rows)):
+                if self.training.due(rows_running=bool(self.rows), rows_left_s=self._rows_left_s):
                     self._training_turn()
                 elif not self.rows and not self._pending:
                     try:
@@ -180,6 +181,14 @@ class Engine:
     # ---- training turns (gpu_runtime.training_turns) -----------------------------------------------------------
     def _training_turn(self):
         self.training.turn(cancelled=self.streams.cancelled, request_waiting=self._request_waiting)
+
+    def _rows_left_s(self):
+        """How long the running rows' decode steps would take to the last one's ``max_tokens``, at the recent
+        decode step's time (an upper bound: a row may stop sooner)."""
+        if not self.rows or self.decode_ms is None:
+            return 0.0
+        left = max(row.handle.request.sampling.max_tokens - row.completion_tokens for row in self.rows)
+        return left * self.decode_ms / 1000
 
     def _request_waiting(self):
         """An inference request arrived and a row is free for it (checked at every layer of a training pass)."""
@@ -313,6 +322,7 @@ class Engine:
 
     def _decode_step(self):
         logits, elapsed = self.forward.decode(self.rows)
+        self.decode_ms = elapsed if self.decode_ms is None else 0.8 * self.decode_ms + 0.2 * elapsed
         share = elapsed / len(self.rows)
         self.steps += 1
         with self.streams.held():  # the step's tokens of every row go to Redis together

@@ -57,6 +57,9 @@ from .training_spec import TrainingFailed, training_gradients
 
 log = logging.getLogger("vajra.runtime.trainer")
 
+TOP_PIECE_LOGITS = 1 << 19  # logits per piece of the forward's top: a few ms of work between chances to give way
+
+
 def peft_name(layer, module):
     block = "mlp" if module in {"gate_proj", "up_proj", "down_proj"} else "self_attn"
     return f"base_model.model.model.layers.{layer}.{block}.{module}"
@@ -152,12 +155,14 @@ class TrainingRun:
     _checkpointed: int = 0  # the last step written as a checkpoint
     paused: int = 0  # passes paused for inference (resumed later, nothing lost)
     forward_ms: float = None  # moving average of a whole forward pass's compute
-    top_ms: float = None  # moving average of the forward's top: the vocabulary projection, loss and its backward
+    micro_ms: float = None  # moving average of a whole micro-batch's compute (forward and backward, over its calls)
+    _micro_ms: float = 0.0  # the micro-batch under way: its compute so far
+    top_ms: float = None  # moving average of one piece of the forward's top (TrainingRun._top)
 
     @property
     def next_work_ms(self):
-        """How long the next call may hold the engine before it can give way: the forward's top, which cannot
-        pause, when no backward is pending (None while unknown), else nothing worth waiting for (one layer)."""
+        """How long the next call may hold the engine before it can give way: a piece of the forward's top when no
+        backward is pending (None while unknown), else nothing worth waiting for (one layer)."""
         return self.top_ms if self._pending is None else 0.0
     eval_ms: float = 0.0  # validation passes (not metered: no gradients)
     last_loss: float = None  # the last reported step's training loss
@@ -187,10 +192,12 @@ class TrainingRun:
         A micro-batch is a forward pass, then a backward pass one decoder layer at a time: every layer's input
         is cut from the graph (``detach``) in the forward pass, so the backward can stop between layers and go
         on at the next call, with nothing lost. ``should_yield`` (the engine: "an inference request is
-        waiting") is asked at every layer, forward and backward: a yes pauses the pass after the current layer
-        and it goes on from there at the next call. The forward pass runs on a thread of its own that waits
-        while it is paused (gpu_runtime.pausable: never beside the engine thread), so its stack survives the
-        pause. An arriving request waits for one layer's work, not a micro-step, and no compute is thrown away.
+        waiting") is asked at every layer, forward and backward, before each piece of the forward's top (the
+        vocabulary projection and loss, ``_top``) and between the forward and the backward: a yes pauses the pass
+        there and it goes on from there at the next call. The forward pass runs on a thread of its own that
+        waits while it is paused (gpu_runtime.pausable: never beside the engine thread), so its stack survives
+        the pause. An arriving request waits for one layer's work or one piece of the top, not a micro-step, and
+        no compute is thrown away.
         Returns True when a micro-batch was finished by this call."""
         if self.finished:
             return False
@@ -215,14 +222,21 @@ class TrainingRun:
                 self._forwarding = None
                 ms, self._forward_ms = self._forward_ms, 0.0
                 self.forward_ms = ms if self.forward_ms is None else 0.8 * self.forward_ms + 0.2 * ms
+                if should_yield is not None and should_yield():  # the backward goes on at the next call
+                    self.paused += 1
+                    return False
             done = self._backward(should_yield)
         finally:
-            self._step_ms += (time.perf_counter() - started) * 1000
+            ms = (time.perf_counter() - started) * 1000
+            self._step_ms += ms
+            self._micro_ms += ms
         if not done:
             self.paused += 1
             return False
         self._micro += 1
         self.micro_steps += 1
+        self.micro_ms = self._micro_ms if self.micro_ms is None else 0.8 * self.micro_ms + 0.2 * self._micro_ms
+        self._micro_ms = 0.0
         if self._micro == len(self._chunks):
             rate = self.hp.learning_rate_at(self.step + 1, self.total_steps)
             for group in self.optimizer.param_groups:
@@ -278,9 +292,10 @@ class TrainingRun:
         return ids, labels, mask
 
     def _forward(self, pausable):
-        """The forward pass and the backward of its top (vocabulary projection, final norm, last layer), on the
-        Pausable's thread: at each decoder layer it pauses when ``_should_yield`` says so, handing the model back
-        as inference uses it (no trainable pair in the pool, these hooks silent) until it goes on."""
+        """The forward pass, its loss and the loss's gradient at the final hidden states (``_top``), on the
+        Pausable's thread: at each decoder layer and each piece of the top it pauses when ``_should_yield`` says
+        so, handing the model back as inference uses it (no trainable pair in the pool, these hooks silent) until
+        it goes on. The backward from the final norm down is ``_backward``'s, layer by layer."""
         use_torch_threads()  # a thread of its own: the node's thread count, not every core
         if not self._chunks:
             batch = self._batch(self.step)
@@ -325,34 +340,67 @@ class TrainingRun:
         try:
             with torch.enable_grad():
                 hidden = self.model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-                give_way()  # the last look before the vocabulary projection
-                top_started = time.perf_counter()
-                # the vocabulary projection only where there is something to learn (the answer tokens)
-                targets = labels[:, 1:]
-                keep_rows = targets != IGNORE
-                logits = self.model.lm_head(hidden[:, :-1][keep_rows])
-                loss_sum = F.cross_entropy(logits.float(), targets[keep_rows], reduction="sum")
-                (loss_sum / self._step_targets).backward()  # down to the last layer's input
+            loss_sum, grad = self._top(hidden.detach(), labels[:, 1:], give_way)
         finally:
             self.pool.trainable = None
             for hook in hooks:
                 hook.remove()
-        self._step_loss += float(loss_sum.detach()) / self._step_targets
-        self._pending = [cuts, len(cuts) - 2]  # the next layer whose backward is due
-        top = (time.perf_counter() - top_started) * 1000
-        self.top_ms = top if self.top_ms is None else 0.8 * self.top_ms + 0.2 * top
+        self._step_loss += float(loss_sum) / self._step_targets
+        cuts[-1][1] = hidden  # the last layer's backward starts at the final norm's output
+        self._pending = [cuts, len(cuts) - 1, grad]  # the next layer whose backward is due, and its output's gradient
+
+    def _top(self, hidden, targets, give_way):
+        """The answer tokens' loss and its gradient at the final hidden states [batch, seq, hidden] (no graph):
+        the vocabulary projection, the cross-entropy and the projection's backward, taken in pieces of about
+        TOP_PIECE_LOGITS logits (the vocabulary in column chunks, the loss in row chunks) with ``give_way``
+        before each, so an arriving request waits for one piece and not for the whole top. The weight is read
+        twice, as autograd would (projection and its backward), however many pieces. Returns (the loss summed
+        over the answer tokens, the gradient of the loss averaged over the step's answer tokens)."""
+        started = time.perf_counter()
+        keep = targets != IGNORE
+        h = hidden[:, :-1][keep]  # the projection only where there is something to learn (the answer tokens)
+        answer = targets[keep]
+        weight, bias = self.model.lm_head.weight, self.model.lm_head.bias
+        vocab = weight.shape[0]
+        cols = max(1, TOP_PIECE_LOGITS // max(1, len(answer)))
+        logits = torch.empty(len(answer), vocab, dtype=torch.float32, device=h.device)
+        for start in range(0, vocab, cols):
+            give_way()
+            end = min(vocab, start + cols)
+            logits[:, start:end] = F.linear(h, weight[start:end], None if bias is None else bias[start:end])
+        loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
+        rows = max(1, TOP_PIECE_LOGITS // vocab)
+        for start in range(0, len(answer), rows):  # logits -> d(loss / step targets) / d logits, in place
+            give_way()
+            part, wanted = logits[start:start + rows], answer[start:start + rows]
+            loss_sum += F.cross_entropy(part, wanted, reduction="sum")
+            part.copy_(torch.softmax(part, dim=1))
+            part[torch.arange(len(wanted), device=h.device), wanted] -= 1.0
+            part /= self._step_targets
+        grad_logits = logits.to(weight.dtype)
+        del logits
+        grad_h = torch.zeros(h.shape, dtype=torch.float32, device=h.device)  # the chunks' sum kept in fp32
+        for start in range(0, vocab, cols):
+            give_way()
+            grad_h += grad_logits[:, start:start + cols] @ weight[start:start + cols]
+        grad = torch.zeros_like(hidden)
+        grad[:, :-1][keep] = grad_h.to(hidden.dtype)
+        piece = (time.perf_counter() - started) * 1000 / (2 * math.ceil(vocab / cols) + math.ceil(len(answer) / rows))
+        self.top_ms = piece if self.top_ms is None else 0.8 * self.top_ms + 0.2 * piece
+        return loss_sum.detach(), grad
 
     def _backward(self, should_yield):
         """Layer by layer, from where it stopped; at least one layer per call. True when it reached the bottom."""
-        cuts, index = self._pending
+        cuts, index, grad = self._pending
         while index >= 0:
-            x_next = cuts[index + 1][0]
-            cuts[index][1].backward(x_next.grad)
-            cuts[index + 1] = None  # its activations are not needed any more
+            x, output = cuts[index]
+            output.backward(grad)
+            grad = x.grad
+            cuts[index] = None  # its activations are not needed any more
             index -= 1
-            self._pending[1] = index
+            self._pending[1:] = [index, grad]
             if index >= 0 and should_yield is not None and should_yield():
-                settle(x_next)
+                settle(grad)
                 return False
         self._pending = None
         return True

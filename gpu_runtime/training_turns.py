@@ -2,13 +2,15 @@
 
 While rows are decoding, the first queued training job gets one micro-step per ``every`` (10) decode steps; when no
 row is running it gets the whole device, one micro-step at a time. With preemption (TRAINING_PREEMPTION_ENABLED, the
-default) a micro-step gives way inside itself, at the next decoder layer, when a request arrives (its forward or
-backward pass pauses and goes on later from that layer: gpu_runtime.trainer.TrainingRun.micro_step), so a request
-waits for one layer's work and nothing computed is lost; without it, a turn runs a whole optimizer step (all its
-micro-batches). Arrivals are also predicted (the prefetcher's idea, Algorithm 1, applied to scheduling): when
-requests come at a steady pace and the next one is due before the next stretch that cannot pause would end (the
-forward's top: vocabulary projection and loss), the turn is held back, so that request does not wait at all; a job
-held back for ``max_hold_s`` trains anyway (no starvation).
+default) a micro-step gives way inside itself, at the next decoder layer or piece of the vocabulary projection, when
+a request arrives (its forward or backward pass pauses and goes on later from there:
+gpu_runtime.trainer.TrainingRun.micro_step), so a request waits for one layer's work and nothing computed is lost;
+without it, a turn runs a whole optimizer step (all its micro-batches). Arrivals are also predicted (the
+prefetcher's idea, Algorithm 1, applied to scheduling): when requests come at a steady pace and the next one is due
+before the next stretch that cannot pause would end (``TrainingRun.next_work_ms``), or, while rows decode, before a
+micro-step and the rows' remaining decode steps would (the turn would push the rows' last tokens into that arrival,
+which would then wait for one of their decode steps), the turn is held back, so that request does not wait at all;
+a job held back for ``max_hold_s`` trains anyway (no starvation).
 
 The engine owns the thread and calls ``due`` and ``turn`` between its inference steps; nothing here runs by itself.
 """
@@ -51,8 +53,9 @@ class TrainingTurns:
     def decode_step_ran(self):
         self._since_turn += 1
 
-    def due(self, *, rows_running):
-        """Whether the first job gets a turn now (``rows_running``: the engine has rows decoding)."""
+    def due(self, *, rows_running, rows_left_s=lambda: 0.0):
+        """Whether the first job gets a turn now (``rows_running``: the engine has rows decoding, which
+        ``rows_left_s()`` seconds of decode steps would finish)."""
         while True:
             try:
                 self.runs.append(self._incoming.get_nowait())
@@ -62,10 +65,14 @@ class TrainingTurns:
             return False
         if rows_running and self._since_turn < self.every:
             return False
-        ahead = self.runs[0].next_work_ms
-        if ahead and time.perf_counter() - self._last_turn < self.max_hold_s and self._arrival_due_within(ahead / 1000):
-            self.held += 1
-            return False
+        if time.perf_counter() - self._last_turn < self.max_hold_s:
+            run = self.runs[0]
+            # idle: the next stretch that cannot pause; beside running rows: a micro-step pushes their last tokens
+            # later, into the next request's arrival, which would then wait for a decode step of theirs
+            ahead = run.micro_ms + rows_left_s() * 1000 if rows_running and run.micro_ms else run.next_work_ms
+            if ahead and self._arrival_due_within(ahead / 1000):
+                self.held += 1
+                return False
         return True
 
     def _arrival_due_within(self, seconds):

@@ -37,7 +37,7 @@ def test_a_micro_step_pauses_at_a_layer_boundary_and_goes_on_from_there_with_the
     assert len(calls) == 2
 
     def arrival_at_the_top():  # the forward goes on from layer 2 (asked at each layer after it), and a request
-        calls.append(1)  # arrives before the vocabulary projection
+        calls.append(1)  # arrives before the first piece of the vocabulary projection
         return len(calls) == layers + 1
 
     assert run.micro_step(should_yield=arrival_at_the_top) is False  # paused again, at the forward's top
@@ -125,3 +125,67 @@ def test_the_engine_thread_and_each_training_forward_pass_apply_the_nodes_torch_
     _, _, run = memorizing_run(tmp_path)
     assert run.micro_step() is True
     assert applied[1:] == [f"train-forward-{run.job_id}"]
+
+
+def test_the_forwards_top_in_pieces_gives_autograds_loss_and_gradient(tmp_path, monkeypatch):
+    """The vocabulary projection, the loss and the projection's backward taken piece by piece (a few columns,
+    then a few rows at a time) equal autograd's on the whole top; every piece is a chance to give way."""
+    from gpu_runtime import trainer
+
+    model, _, run = memorizing_run(tmp_path)
+    run._step_targets = 7
+    torch.manual_seed(1)
+    hidden = torch.randn(2, 6, model.config.hidden_size)
+    targets = torch.tensor([[-100, 40, 41, 42, -100], [-100, -100, 50, 51, 52]])
+    monkeypatch.setattr(trainer, "TOP_PIECE_LOGITS", 2 * model.config.vocab_size)  # 6 answer tokens: 2 rows a piece
+    asked = []
+    loss_sum, grad = run._top(hidden, targets, lambda: asked.append(1))
+
+    whole = hidden.clone().requires_grad_(True)
+    keep = targets != -100
+    logits = model.lm_head(whole[:, :-1][keep])
+    expected = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    (expected / 7).backward()
+    torch.testing.assert_close(loss_sum, expected.detach())
+    torch.testing.assert_close(grad, whole.grad)
+    assert grad[:, -1].abs().sum() == 0 and grad[0, 0].abs().sum() == 0  # no gradient where nothing is learnt
+    columns = -(-model.config.vocab_size // max(1, 2 * model.config.vocab_size // 6))
+    assert len(asked) == 2 * columns + 3 and columns > 1
+
+
+def test_a_pass_paused_inside_the_forwards_top_goes_on_with_the_same_gradients(tmp_path, monkeypatch):
+    from gpu_runtime import trainer
+
+    monkeypatch.setattr(trainer, "TOP_PIECE_LOGITS", 64)  # the top in many pieces
+    _, _, straight = memorizing_run(tmp_path)
+    assert straight.micro_step() is True
+    model, pool, run = memorizing_run(tmp_path)
+    layers = len(model.model.layers)
+    calls = []
+
+    def arrival_in_the_top():  # asked at each layer, then before each piece of the top: yes at its third piece
+        calls.append(1)
+        return len(calls) == layers + 3
+
+    assert run.micro_step(should_yield=arrival_in_the_top) is False
+    assert run._forwarding is not None and run._pending is None and pool.trainable is None and run.paused == 1
+    assert run.micro_step() is True
+    for paused, whole in zip(run.lora.parameters(), straight.lora.parameters(), strict=True):
+        torch.testing.assert_close(paused.grad, whole.grad, rtol=0, atol=0)
+    assert run._step_loss == straight._step_loss and run.top_ms > 0
+
+
+def test_a_pass_gives_way_between_its_forward_and_its_backward(tmp_path):
+    _, _, straight = memorizing_run(tmp_path)
+    assert straight.micro_step() is True
+    model, _, run = memorizing_run(tmp_path)
+    last = len(model.model.layers) - 1
+
+    def arrival_after_the_forward():  # asked once the forward pass (its top included) is done, before any backward
+        return run._pending is not None and run._pending[1] == last
+
+    assert run.micro_step(should_yield=arrival_after_the_forward) is False
+    assert run._forwarding is None and run._pending[1] == last and run.paused == 1 and run._micro == 0
+    assert run.micro_step() is True and run._micro == 1
+    for paused, whole in zip(run.lora.parameters(), straight.lora.parameters(), strict=True):
+        torch.testing.assert_close(paused.grad, whole.grad, rtol=0, atol=0)
