@@ -83,7 +83,9 @@ def refusal(path, config):
     extra = [k for k, v in config.items() if k.endswith("_token") and k not in SPECIAL and _content(v)]
     if extra or config.get("extra_special_tokens") or config.get("additional_special_tokens"):
         return f"special tokens beyond {', '.join(SPECIAL)}: {extra[:3]}"
-    if not isinstance(chat_template_source(path, config), (str, type(None))):
+    # chat_template.jinja, when there is one, is the template (chat_template_source): read where it is used
+    if not (Path(path) / "chat_template.jinja").is_file() and not isinstance(config.get("chat_template"),
+                                                                             (str, type(None))):
         return "several named chat templates"
     return None
 

@@ -58,6 +58,7 @@ from .training_spec import TrainingFailed, training_gradients
 log = logging.getLogger("vajra.runtime.trainer")
 
 TOP_PIECE_LOGITS = 1 << 19  # logits per piece of the forward's top: a few ms of work between chances to give way
+TOP_COLUMN_PIECES = 64  # at most, whatever the answer's length: each one adds to the whole [answer, hidden] gradient
 
 
 def peft_name(layer, module):
@@ -352,26 +353,34 @@ class TrainingRun:
     def _top(self, hidden, targets, give_way):
         """The answer tokens' loss and its gradient at the final hidden states [batch, seq, hidden] (no graph):
         the vocabulary projection, the cross-entropy and the projection's backward, taken in pieces of about
-        TOP_PIECE_LOGITS logits (the vocabulary in column chunks, the loss in row chunks) with ``give_way``
-        before each, so an arriving request waits for one piece and not for the whole top. The weight is read
-        twice, as autograd would (projection and its backward), however many pieces. Returns (the loss summed
-        over the answer tokens, the gradient of the loss averaged over the step's answer tokens)."""
-        started = time.perf_counter()
+        TOP_PIECE_LOGITS logits (the vocabulary in at most TOP_COLUMN_PIECES column chunks, the loss in row
+        chunks) with ``give_way`` before each, so an arriving request waits for one piece and not for the whole
+        top. The weight is read twice, as autograd would (projection and its backward), however many pieces.
+        Returns (the loss summed over the answer tokens, the gradient of the loss averaged over the step's answer
+        tokens)."""
+        clock = [0.0, None]  # the pieces' compute so far (paused time left out), the current piece's start
+
+        def piece():
+            if clock[1] is not None:
+                clock[0] += time.perf_counter() - clock[1]
+            give_way()
+            clock[1] = time.perf_counter()
+
         keep = targets != IGNORE
         h = hidden[:, :-1][keep]  # the projection only where there is something to learn (the answer tokens)
         answer = targets[keep]
         weight, bias = self.model.lm_head.weight, self.model.lm_head.bias
         vocab = weight.shape[0]
-        cols = max(1, TOP_PIECE_LOGITS // max(1, len(answer)))
+        cols = max(1, TOP_PIECE_LOGITS // max(1, len(answer)), -(-vocab // TOP_COLUMN_PIECES))
         logits = torch.empty(len(answer), vocab, dtype=torch.float32, device=h.device)
         for start in range(0, vocab, cols):
-            give_way()
+            piece()
             end = min(vocab, start + cols)
             logits[:, start:end] = F.linear(h, weight[start:end], None if bias is None else bias[start:end])
         loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
         rows = max(1, TOP_PIECE_LOGITS // vocab)
         for start in range(0, len(answer), rows):  # logits -> d(loss / step targets) / d logits, in place
-            give_way()
+            piece()
             part, wanted = logits[start:start + rows], answer[start:start + rows]
             loss_sum += F.cross_entropy(part, wanted, reduction="sum")
             part.copy_(torch.softmax(part, dim=1))
@@ -379,14 +388,15 @@ class TrainingRun:
             part /= self._step_targets
         grad_logits = logits.to(weight.dtype)
         del logits
-        grad_h = torch.zeros(h.shape, dtype=torch.float32, device=h.device)  # the chunks' sum kept in fp32
+        grad_h = torch.zeros(h.shape, dtype=torch.float32, device=h.device)  # the chunks' products summed in fp32
         for start in range(0, vocab, cols):
-            give_way()
+            piece()
             grad_h += grad_logits[:, start:start + cols] @ weight[start:start + cols]
         grad = torch.zeros_like(hidden)
         grad[:, :-1][keep] = grad_h.to(hidden.dtype)
-        piece = (time.perf_counter() - started) * 1000 / (2 * math.ceil(vocab / cols) + math.ceil(len(answer) / rows))
-        self.top_ms = piece if self.top_ms is None else 0.8 * self.top_ms + 0.2 * piece
+        clock[0] += time.perf_counter() - clock[1]
+        ms = clock[0] * 1000 / (2 * math.ceil(vocab / cols) + math.ceil(len(answer) / rows))
+        self.top_ms = ms if self.top_ms is None else 0.8 * self.top_ms + 0.2 * ms
         return loss_sum.detach(), grad
 
     def _backward(self, should_yield):

@@ -7,10 +7,10 @@ a request arrives (its forward or backward pass pauses and goes on later from th
 gpu_runtime.trainer.TrainingRun.micro_step), so a request waits for one layer's work and nothing computed is lost;
 without it, a turn runs a whole optimizer step (all its micro-batches). Arrivals are also predicted (the
 prefetcher's idea, Algorithm 1, applied to scheduling): when requests come at a steady pace and the next one is due
-before the next stretch that cannot pause would end (``TrainingRun.next_work_ms``), or, while rows decode, before a
-micro-step and the rows' remaining decode steps would (the turn would push the rows' last tokens into that arrival,
-which would then wait for one of their decode steps), the turn is held back, so that request does not wait at all;
-a job held back for ``max_hold_s`` trains anyway (no starvation).
+before the next stretch that cannot pause would end (``TrainingRun.next_work_ms``), or, while rows decode, after
+they would finish but before a micro-step and their remaining decode steps would (the turn would push the rows'
+last tokens into that arrival, which would then wait for one of their decode steps), the turn is held back, so
+that request does not wait at all; a job held back for ``max_hold_s`` trains anyway (no starvation).
 
 The engine owns the thread and calls ``due`` and ``turn`` between its inference steps; nothing here runs by itself.
 """
@@ -65,18 +65,18 @@ class TrainingTurns:
             return False
         if rows_running and self._since_turn < self.every:
             return False
-        if time.perf_counter() - self._last_turn < self.max_hold_s:
-            run = self.runs[0]
-            # idle: the next stretch that cannot pause; beside running rows: a micro-step pushes their last tokens
-            # later, into the next request's arrival, which would then wait for a decode step of theirs
-            ahead = run.micro_ms + rows_left_s() * 1000 if rows_running and run.micro_ms else run.next_work_ms
-            if ahead and self._arrival_due_within(ahead / 1000):
-                self.held += 1
-                return False
+        if time.perf_counter() - self._last_turn < self.max_hold_s and self._hold_for_arrival(
+                self.runs[0], rows_left_s() if rows_running else None):
+            self.held += 1
+            return False
         return True
 
-    def _arrival_due_within(self, seconds):
-        """Whether steady arrivals (median gap of the recent ones) put the next request within ``seconds``."""
+    def _hold_for_arrival(self, run, rows_left_s):
+        """Whether the next request that steady arrivals predict (median gap of the recent ones) comes while the
+        turn would be in its way: idle (``rows_left_s`` None), before the turn's first chance to give way;
+        beside running rows, after they would have finished but before they would finish with a micro-step
+        in front of their last decode steps (the request would then wait for one of those steps; when it comes
+        before the rows finish anyway, holding the turn gains it nothing)."""
         arrivals = list(self._arrivals)
         if len(arrivals) < 4:
             return False
@@ -85,8 +85,10 @@ class TrainingTurns:
         since = time.perf_counter() - arrivals[-1]
         if gap <= 0 or since > 2 * gap:  # no steady pattern, or it stopped
             return False
-        next_at = gap * max(1, math.ceil(since / gap))
-        return next_at - since < seconds * 1.5
+        due_in = gap * max(1, math.ceil(since / gap)) - since
+        if rows_left_s is None:
+            return bool(run.next_work_ms) and due_in < run.next_work_ms / 1000 * 1.5
+        return bool(run.micro_ms) and rows_left_s < due_in < (rows_left_s + run.micro_ms / 1000) * 1.5
 
     def close(self):
         """The engine stops: a pass paused mid-way ends (its thread unwinds, its hooks come off the layers)."""

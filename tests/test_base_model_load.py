@@ -274,6 +274,10 @@ def _edit_json(path, **changes):
                 .write_text("{{ tools }}")), "named chat templates"),
     (lambda d: _edit_json(d / "tokenizer_config.json", pad_token="t5"), "not one of tokenizer.json's added"),
     (lambda d: _edit_json(d / "tokenizer_config.json", bos_token=""), "an empty bos_token"),
+    (lambda d: ((d / "chat_template.jinja").unlink(missing_ok=True),
+                _edit_json(d / "tokenizer_config.json", chat_template=[{"name": "default", "template": "{{ 1 }}"},
+                                                                         {"name": "rag", "template": "{{ 2 }}"}])),
+     "several named chat templates"),
 ])
 def test_what_transformers_adds_to_a_tokenizer_loads_with_auto_tokenizer(tmp_path, change, why):
     """Tokenizer settings under which AutoTokenizer does more than the tokenizers library (another class, split

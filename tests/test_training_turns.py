@@ -1,6 +1,7 @@
 """When the engine gives a training job its turn (gpu_runtime.training_turns): every ``every`` decode steps beside
 running rows, at once when idle, and held back for a request that steady arrivals say is due before the turn's
-first chance to give way, or, beside running rows, before a micro-step and the rows' remaining decode steps."""
+first chance to give way, or, beside running rows, after they would finish but before a micro-step and their
+remaining decode steps would."""
 
 import time
 from types import SimpleNamespace
@@ -34,6 +35,7 @@ def test_beside_running_rows_the_turn_waits_when_it_would_push_their_last_tokens
     turns = turns_with(run, arrivals_ago=STEADY)
     assert not turns.due(rows_running=True, rows_left_s=lambda: 0.4) and turns.held == 1  # 0.7 s of work, 0.6 left
     assert turns.due(rows_running=True, rows_left_s=lambda: 0.0)  # a micro-step alone ends 0.3 s before it
+    assert turns.due(rows_running=True, rows_left_s=lambda: 5.0)  # the rows run past it anyway: nothing gained
     assert turns_with(run).due(rows_running=True, rows_left_s=lambda: 0.4)  # no steady arrivals: nothing to hold for
     unknown = SimpleNamespace(next_work_ms=None, micro_ms=None)  # no micro-step measured yet
     assert turns_with(unknown, arrivals_ago=STEADY).due(rows_running=True, rows_left_s=lambda: 0.4)
