@@ -47,6 +47,7 @@ from .contract import SUPERSEDED, FinalError, superseded_result
 from .grammar import GrammarError
 from .row_sampling import RowSampler
 from .sampling import SamplingError
+from .step_clock import smoothed
 from .training_turns import TrainingTurns
 
 log = logging.getLogger("vajra.runtime.engine")
@@ -322,7 +323,7 @@ class Engine:
 
     def _decode_step(self):
         logits, elapsed = self.forward.decode(self.rows)
-        self.decode_ms = elapsed if self.decode_ms is None else 0.8 * self.decode_ms + 0.2 * elapsed
+        self.decode_ms = smoothed(self.decode_ms, elapsed)
         share = elapsed / len(self.rows)
         self.steps += 1
         with self.streams.held():  # the step's tokens of every row go to Redis together

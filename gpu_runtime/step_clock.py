@@ -35,3 +35,8 @@ class StepClock:
         end.record(self._cuda.current_stream(self.device))
         end.synchronize()
         return started.elapsed_time(end)
+
+
+def smoothed(average, value):
+    """A moving average of step times: ``value`` alone at first (``average`` None), then 1/5 of each new one."""
+    return value if average is None else 0.8 * average + 0.2 * value

@@ -51,6 +51,7 @@ from .adapter_config import ModuleLoRA
 from .base_model import use_torch_threads
 from .lora import adapter_weights_from_tensors
 from .pausable import Pausable
+from .step_clock import smoothed
 from .training_checkpoints import Checkpoint, last_checkpoint, read_checkpoint, write_checkpoint
 from .training_data import IGNORE, load_examples
 from .training_spec import TrainingFailed, training_gradients
@@ -222,7 +223,7 @@ class TrainingRun:
                     return False
                 self._forwarding = None
                 ms, self._forward_ms = self._forward_ms, 0.0
-                self.forward_ms = ms if self.forward_ms is None else 0.8 * self.forward_ms + 0.2 * ms
+                self.forward_ms = smoothed(self.forward_ms, ms)
                 if should_yield is not None and should_yield():  # the backward goes on at the next call
                     self.paused += 1
                     return False
@@ -236,7 +237,7 @@ class TrainingRun:
             return False
         self._micro += 1
         self.micro_steps += 1
-        self.micro_ms = self._micro_ms if self.micro_ms is None else 0.8 * self.micro_ms + 0.2 * self._micro_ms
+        self.micro_ms = smoothed(self.micro_ms, self._micro_ms)
         self._micro_ms = 0.0
         if self._micro == len(self._chunks):
             rate = self.hp.learning_rate_at(self.step + 1, self.total_steps)
@@ -396,7 +397,7 @@ class TrainingRun:
         grad[:, :-1][keep] = grad_h.to(hidden.dtype)
         clock[0] += time.perf_counter() - clock[1]
         ms = clock[0] * 1000 / (2 * math.ceil(vocab / cols) + math.ceil(len(answer) / rows))
-        self.top_ms = ms if self.top_ms is None else 0.8 * self.top_ms + 0.2 * ms
+        self.top_ms = smoothed(self.top_ms, ms)
         return loss_sum.detach(), grad
 
     def _backward(self, should_yield):
