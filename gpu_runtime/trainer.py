@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adapter_config import ModuleLoRA
+from .answer_loss import answer_loss
 from .base_model import use_torch_threads
 from .lora import adapter_weights_from_tensors
 from .pausable import Pausable
@@ -57,9 +58,6 @@ from .training_data import IGNORE, load_examples
 from .training_spec import TrainingFailed, training_gradients
 
 log = logging.getLogger("vajra.runtime.trainer")
-
-TOP_PIECE_LOGITS = 1 << 19  # logits per piece of the forward's top: a few ms of work between chances to give way
-TOP_COLUMN_PIECES = 64  # at most, whatever the answer's length: each one adds to the whole [answer, hidden] gradient
 
 
 def peft_name(layer, module):
@@ -159,7 +157,7 @@ class TrainingRun:
     forward_ms: float = None  # moving average of a whole forward pass's compute
     micro_ms: float = None  # moving average of a whole micro-batch's compute (forward and backward, over its calls)
     _micro_ms: float = 0.0  # the micro-batch under way: its compute so far
-    top_ms: float = None  # moving average of one piece of the forward's top (TrainingRun._top)
+    top_ms: float = None  # moving average of one piece of the forward's top (gpu_runtime.answer_loss)
 
     @property
     def next_work_ms(self):
@@ -195,11 +193,11 @@ class TrainingRun:
         is cut from the graph (``detach``) in the forward pass, so the backward can stop between layers and go
         on at the next call, with nothing lost. ``should_yield`` (the engine: "an inference request is
         waiting") is asked at every layer, forward and backward, before each piece of the forward's top (the
-        vocabulary projection and loss, ``_top``) and between the forward and the backward: a yes pauses the pass
-        there and it goes on from there at the next call. The forward pass runs on a thread of its own that
-        waits while it is paused (gpu_runtime.pausable: never beside the engine thread), so its stack survives
-        the pause. An arriving request waits for one layer's work or one piece of the top, not a micro-step, and
-        no compute is thrown away.
+        vocabulary projection and loss: gpu_runtime.answer_loss) and between the forward and the backward: a yes
+        pauses the pass there and it goes on from there at the next call. The forward pass runs on a thread of
+        its own that waits while it is paused (gpu_runtime.pausable: never beside the engine thread), so its
+        stack survives the pause. An arriving request waits for one layer's work or one piece of the top, not a
+        micro-step, and no compute is thrown away.
         Returns True when a micro-batch was finished by this call."""
         if self.finished:
             return False
@@ -294,10 +292,11 @@ class TrainingRun:
         return ids, labels, mask
 
     def _forward(self, pausable):
-        """The forward pass, its loss and the loss's gradient at the final hidden states (``_top``), on the
-        Pausable's thread: at each decoder layer and each piece of the top it pauses when ``_should_yield`` says
-        so, handing the model back as inference uses it (no trainable pair in the pool, these hooks silent) until
-        it goes on. The backward from the final norm down is ``_backward``'s, layer by layer."""
+        """The forward pass, its loss and the loss's gradient at the final hidden states
+        (gpu_runtime.answer_loss), on the Pausable's thread: at each decoder layer and each piece of the top it
+        pauses when ``_should_yield`` says so, handing the model back as inference uses it (no trainable pair in
+        the pool, these hooks silent) until it goes on. The backward from the final norm down is
+        ``_backward``'s, layer by layer."""
         use_torch_threads()  # a thread of its own: the node's thread count, not every core
         if not self._chunks:
             batch = self._batch(self.step)
@@ -342,7 +341,9 @@ class TrainingRun:
         try:
             with torch.enable_grad():
                 hidden = self.model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-            loss_sum, grad = self._top(hidden.detach(), labels[:, 1:], give_way)
+            loss_sum, grad, piece_ms = answer_loss(self.model.lm_head, hidden.detach(), labels[:, 1:],
+                                                   self._step_targets, give_way)
+            self.top_ms = smoothed(self.top_ms, piece_ms)
         finally:
             self.pool.trainable = None
             for hook in hooks:
@@ -350,55 +351,6 @@ class TrainingRun:
         self._step_loss += float(loss_sum) / self._step_targets
         cuts[-1][1] = hidden  # the last layer's backward starts at the final norm's output
         self._pending = [cuts, len(cuts) - 1, grad]  # the next layer whose backward is due, and its output's gradient
-
-    def _top(self, hidden, targets, give_way):
-        """The answer tokens' loss and its gradient at the final hidden states [batch, seq, hidden] (no graph):
-        the vocabulary projection, the cross-entropy and the projection's backward, taken in pieces of about
-        TOP_PIECE_LOGITS logits (the vocabulary in at most TOP_COLUMN_PIECES column chunks, the loss in row
-        chunks) with ``give_way`` before each, so an arriving request waits for one piece and not for the whole
-        top. The weight is read twice, as autograd would (projection and its backward), however many pieces.
-        Returns (the loss summed over the answer tokens, the gradient of the loss averaged over the step's answer
-        tokens)."""
-        clock = [0.0, None]  # the pieces' compute so far (paused time left out), the current piece's start
-
-        def piece():
-            if clock[1] is not None:
-                clock[0] += time.perf_counter() - clock[1]
-            give_way()
-            clock[1] = time.perf_counter()
-
-        keep = targets != IGNORE
-        h = hidden[:, :-1][keep]  # the projection only where there is something to learn (the answer tokens)
-        answer = targets[keep]
-        weight, bias = self.model.lm_head.weight, self.model.lm_head.bias
-        vocab = weight.shape[0]
-        cols = max(1, TOP_PIECE_LOGITS // max(1, len(answer)), -(-vocab // TOP_COLUMN_PIECES))
-        logits = torch.empty(len(answer), vocab, dtype=torch.float32, device=h.device)
-        for start in range(0, vocab, cols):
-            piece()
-            end = min(vocab, start + cols)
-            logits[:, start:end] = F.linear(h, weight[start:end], None if bias is None else bias[start:end])
-        loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
-        rows = max(1, TOP_PIECE_LOGITS // vocab)
-        for start in range(0, len(answer), rows):  # logits -> d(loss / step targets) / d logits, in place
-            piece()
-            part, wanted = logits[start:start + rows], answer[start:start + rows]
-            loss_sum += F.cross_entropy(part, wanted, reduction="sum")
-            part.copy_(torch.softmax(part, dim=1))
-            part[torch.arange(len(wanted), device=h.device), wanted] -= 1.0
-            part /= self._step_targets
-        grad_logits = logits.to(weight.dtype)
-        del logits
-        grad_h = torch.zeros(h.shape, dtype=torch.float32, device=h.device)  # the chunks' products summed in fp32
-        for start in range(0, vocab, cols):
-            piece()
-            grad_h += grad_logits[:, start:start + cols] @ weight[start:start + cols]
-        grad = torch.zeros_like(hidden)
-        grad[:, :-1][keep] = grad_h.to(hidden.dtype)
-        clock[0] += time.perf_counter() - clock[1]
-        ms = clock[0] * 1000 / (2 * math.ceil(vocab / cols) + math.ceil(len(answer) / rows))
-        self.top_ms = smoothed(self.top_ms, ms)
-        return loss_sum.detach(), grad
 
     def _backward(self, should_yield):
         """Layer by layer, from where it stopped; at least one layer per call. True when it reached the bottom."""

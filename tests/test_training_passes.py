@@ -8,6 +8,8 @@ import time
 import pytest
 import torch
 
+from gpu_runtime import answer_loss as answer_loss_module
+from gpu_runtime.answer_loss import answer_loss
 from gpu_runtime.engine import Engine
 from gpu_runtime.streams import StreamWriter
 from tests.runtime_fixtures import tiny_base_model
@@ -131,16 +133,14 @@ def test_the_engine_thread_and_each_training_forward_pass_apply_the_nodes_torch_
 def test_the_forwards_top_in_pieces_gives_autograds_loss_and_gradient(tmp_path, monkeypatch):
     """The vocabulary projection, the loss and the projection's backward taken piece by piece (a few columns,
     then a few rows at a time) equal autograd's on the whole top; every piece is a chance to give way."""
-    from gpu_runtime import trainer
-
-    model, _, run = memorizing_run(tmp_path)
-    run._step_targets = 7
+    model, _, _ = memorizing_run(tmp_path)
     torch.manual_seed(1)
     hidden = torch.randn(2, 6, model.config.hidden_size)
     targets = torch.tensor([[-100, 40, 41, 42, -100], [-100, -100, 50, 51, 52]])
-    monkeypatch.setattr(trainer, "TOP_PIECE_LOGITS", 2 * model.config.vocab_size)  # 6 answer tokens: 2 rows a piece
+    # 6 answer tokens: 2 rows a piece
+    monkeypatch.setattr(answer_loss_module, "TOP_PIECE_LOGITS", 2 * model.config.vocab_size)
     asked = []
-    loss_sum, grad = run._top(hidden, targets, lambda: asked.append(1))
+    loss_sum, grad, _ = answer_loss(model.lm_head, hidden, targets, 7, lambda: asked.append(1))
 
     whole = hidden.clone().requires_grad_(True)
     keep = targets != -100
@@ -155,9 +155,7 @@ def test_the_forwards_top_in_pieces_gives_autograds_loss_and_gradient(tmp_path, 
 
 
 def test_a_pass_paused_inside_the_forwards_top_goes_on_with_the_same_gradients(tmp_path, monkeypatch):
-    from gpu_runtime import trainer
-
-    monkeypatch.setattr(trainer, "TOP_PIECE_LOGITS", 64)  # the top in many pieces
+    monkeypatch.setattr(answer_loss_module, "TOP_PIECE_LOGITS", 64)  # the top in many pieces
     _, _, straight = memorizing_run(tmp_path)
     assert straight.micro_step() is True
     model, pool, run = memorizing_run(tmp_path)
