@@ -238,11 +238,12 @@ def price_json(plan, cost):
             "plan": plan.name}
 
 
-def query_price(tier, *, tenant):
+def query_price(tier, *, tenant, account=None):
     """The price of one query of ``tier`` under the tenant's current plan, before it runs: its tier's units (GPU
     time is added when it ends, ``billing.ledger.finished_price``). The one price every page and API shows for a
-    query (tier cards, the playground, the responses' ``cost``); the plan comes through the 30 s plan cache."""
-    plan = cached_plan(account_for(tenant).plan_name)
+    query (tier cards, the playground, the responses' ``cost``); the plan comes through the 30 s plan cache, the
+    account is read unless the caller passes the one it already read (the submit path)."""
+    plan = cached_plan((account or account_for(tenant)).plan_name)
     return price_json(plan, inference_cost(plan, tier=tier, gpu_ms=0))
 
 

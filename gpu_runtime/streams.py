@@ -132,19 +132,20 @@ class StreamWriter:
             self._seq.pop((request_id, attempt), None)
 
     def run_state(self, request_id):
-        """(final event or None, current attempt or None) in one round trip: a task runs its request only when it
-        has not finished and the task carries the current attempt (contract.py, "Failover"). A final event still
-        waiting for Redis counts too."""
+        """(final event or None, current attempt or None, whether it was cancelled) in one round trip: a task runs its
+        request only when it has not finished, was not cancelled while it waited, and carries the current attempt
+        (contract.py, "Failover"). A final event still waiting for Redis counts too."""
         pending = [json.loads(data) for event_type, data, _ in self._pending.get(request_id, ())
                    if event_type == "final"]
         pipe = self.redis.pipeline()
         pipe.xrevrange(stream_key(request_id), count=1)
         pipe.get(attempt_key(request_id))
+        pipe.exists(cancel_key(request_id))
         try:
-            entries, attempt = pipe.execute()
+            entries, attempt, cancelled = pipe.execute()
         except REDIS_DOWN:
             if pending:  # it ended here and waits for Redis: a redelivery must not run it again
-                return pending[-1], None
+                return pending[-1], None, False
             raise
         final, current = None, int(attempt) if attempt is not None else None
         if pending:
@@ -153,7 +154,7 @@ class StreamWriter:
             final = final_of(entries)
         if final is not None and current is not None and final.get("attempt", 1) != current:
             final = None  # a superseded attempt's end: the current attempt has still to run
-        return final, current
+        return final, current, bool(cancelled)
 
     def cancelled(self, request_ids):
         """The ids whose cancel flag is set; none while Redis is unreachable (their rows go on)."""

@@ -36,15 +36,16 @@ def infer(payload):
             node.streams.final(payload["request_id"], result)
         return result
     try:
-        final, current = node.streams.run_state(request.request_id)
+        final, current, cancelled = node.streams.run_state(request.request_id)
     except REDIS_DOWN:  # Redis restarting: whatever it held is gone with it, so this is no known redelivery
-        final, current = None, None
+        final, current, cancelled = None, None, False
     if final is None and current is not None and current != request.attempt:
         # A superseded attempt (its node was lost and the request went to another node): the current attempt
         # reports the request's end; this one does nothing.
         log.info("request %s: attempt %s superseded by attempt %s", request.request_id, request.attempt, current)
         return {"superseded": request.attempt, "current": current}
-    if final is None and _cancelled_before_start(request):
+    if final is None and cancelled:  # while its task waited in the node's queue: it ends ``cancelled`` without
+        # reaching the engine (no prefill, no token, 0 GPU-ms: the ledger bills it nothing)
         from .batch_rows import unadmitted_final
 
         final = unadmitted_final(time.perf_counter(), "cancelled").with_attempt(request.attempt).to_json()
@@ -59,12 +60,6 @@ def infer(payload):
             return final
     report_finished(request.request_id, final)
     return final
-
-
-def _cancelled_before_start(request):
-    """Whether the request was cancelled while its task waited in the node's queue: it ends ``cancelled`` without
-    reaching the engine (no prefill, no token, 0 GPU-ms: the ledger bills it nothing)."""
-    return request.request_id in node.streams.cancelled([request.request_id])
 
 
 @app.task(name=TASK_PREFETCH)

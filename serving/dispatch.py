@@ -97,8 +97,10 @@ def new_request_id():
 
 
 def cost_for(row):
-    """A request's price under its tenant's plan, before it ends: its tier's units (billing.plans.query_price)."""
-    return query_price(row.tier, tenant=row.tenant_id)
+    """A request's price under its tenant's plan, before it ends: its tier's units (billing.plans.query_price). A row
+    fresh from ``inference_submit`` carries it already, priced with the account its submit read."""
+    quote = getattr(row, "quote", None)
+    return quote if quote is not None else query_price(row.tier, tenant=row.tenant_id)
 
 
 def final_cost(row, final):
@@ -200,17 +202,19 @@ def inference_submit(*, principal, base_model, version=None, prompt="", messages
     args = (principal, base_model, version, prompt, messages, sampling, api, request_id, limits, tools, grammar)
     try:
         try:
-            return _submit(*args)
+            row = _submit(*args)
         except Throttled:
             # Rows whose answer was delivered but whose final the control plane has not recorded yet (it lags, e.g.
             # while it reconnects after a broker restart) hold the quota: record those from their streams, and if
             # any ended, try once more.
             if not answered_meanwhile(principal.tenant):
                 raise
-            return _submit(*args)
+            row = _submit(*args)
     except NoCapacity as exc:
         record_scale_up(exc)
         raise
+    row.quote = query_price(row.tier, tenant=row.tenant_id, account=account)  # what cost_for(row) answers
+    return row
 
 
 def _submit(principal, base_model, version, prompt, messages, sampling, api, request_id, limits, tools, grammar):

@@ -15,13 +15,20 @@ WINDOW_SECONDS = 60
 
 def hit(bucket, limit, window=WINDOW_SECONDS):
     """Counts one event in a fixed window; returns seconds to wait (0 when allowed)."""
+    return hit_all([(bucket, limit)], window)
+
+
+def hit_all(buckets, window=WINDOW_SECONDS):
+    """Counts one event in each of ``buckets`` ((name, limit) pairs), in one round trip to Redis; returns seconds to
+    wait for the first window that allows it again (0 when every bucket allows it)."""
     slot = int(time.time() // window)
-    key = f"vajra:rl:{bucket}:{slot}"
     pipe = get_redis().pipeline()
-    pipe.incr(key)
-    pipe.expire(key, window + 1)
-    count, _ = pipe.execute()
-    if count <= limit:
+    for bucket, _ in buckets:
+        key = f"vajra:rl:{bucket}:{slot}"
+        pipe.incr(key)
+        pipe.expire(key, window + 1)
+    counts = pipe.execute()[::2]
+    if all(count <= limit for count, (_, limit) in zip(counts, buckets, strict=True)):
         return 0
     return max(1, int((slot + 1) * window - time.time() + 0.999))
 
@@ -29,11 +36,10 @@ def hit(bucket, limit, window=WINDOW_SECONDS):
 def rate_limit_wait(principal):
     """Counts one request for the principal's tenant (and key); seconds to wait, 0 when allowed."""
     tenant = principal.tenant
-    tenant_limit = tenant.rate_limit_per_minute or settings.VAJRA_RATE_LIMIT_PER_TENANT
-    waits = [hit(f"tenant:{tenant.pk}", tenant_limit)]
+    buckets = [(f"tenant:{tenant.pk}", tenant.rate_limit_per_minute or settings.VAJRA_RATE_LIMIT_PER_TENANT)]
     if principal.is_key:
-        waits.append(hit(f"key:{principal.api_key.prefix}", settings.VAJRA_RATE_LIMIT_PER_KEY))
-    return max(waits)
+        buckets.append((f"key:{principal.api_key.prefix}", settings.VAJRA_RATE_LIMIT_PER_KEY))
+    return hit_all(buckets)
 
 
 class TenantRateThrottle(BaseThrottle):

@@ -14,7 +14,7 @@ from adapters.models import Adapter, AdapterVersion, BaseModel
 from billing.models import UsageEvent
 from fleet.heartbeats import node_heartbeat, nodes_mark_down
 from fleet.models import Node
-from gpu_runtime.contract import attempt_key, stream_key
+from gpu_runtime.contract import attempt_key, cancel_key, stream_key
 from gpu_runtime.generation import GenerationRequest
 from gpu_runtime.streams import StreamWriter
 from serving.models import InferenceRequest
@@ -253,13 +253,15 @@ def test_the_runtime_runs_only_the_current_attempt():
     redis = get_redis()
     writer = StreamWriter(redis)
     rid = "req_attempts"
-    assert writer.run_state(rid) == (None, None)  # never failed over: any attempt runs
+    assert writer.run_state(rid) == (None, None, False)  # never failed over: any attempt runs
     redis.set(attempt_key(rid), 2, ex=60)
-    assert writer.run_state(rid) == (None, 2)
+    assert writer.run_state(rid) == (None, 2, False)
     writer.final(rid, FINAL)  # attempt 1's end, late: attempt 2 has still to run
-    assert writer.run_state(rid) == (None, 2)
+    assert writer.run_state(rid) == (None, 2, False)
+    redis.set(cancel_key(rid), 1, ex=60)
+    assert writer.run_state(rid) == (None, 2, True)  # cancelled while its task waited: the same round trip says so
     writer.final(rid, {**FINAL, "attempt": 2})
-    final, current = writer.run_state(rid)
+    final, current, _ = writer.run_state(rid)
     assert final["finish_reason"] == "stop" and current == 2
     assert GenerationRequest.from_json({"request_id": rid, "prompt": "x", "attempt": 2}).attempt == 2
     assert GenerationRequest.from_json({"request_id": rid, "prompt": "x"}).attempt == 1

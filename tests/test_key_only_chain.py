@@ -5,12 +5,12 @@ session-authenticated ones included, keeps the whole chain. Through the ASGI app
 import json
 
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import SyncToAsync, async_to_sync
 from channels.testing import HttpCommunicator
 
 from tests.factories import session_client
 from vajra.asgi import application
-from vajra.page_middleware import PAGES_ONLY, KeyOnlyRouter
+from vajra.page_middleware import INLINE, PAGES_ONLY, KeyOnlyHandler, KeyOnlyRouter
 
 
 @pytest.mark.parametrize("path, key_only", [
@@ -30,6 +30,7 @@ def test_the_browsers_middlewares_left_out_are_in_middleware(settings):
     """A name here that MIDDLEWARE no longer holds (a renamed or replaced middleware) would keep the new one in the
     key-only chain unnoticed."""
     assert PAGES_ONLY <= set(settings.MIDDLEWARE)
+    assert set(INLINE) <= set(settings.MIDDLEWARE) - PAGES_ONLY
 
 
 def get(path, headers=()):
@@ -47,6 +48,34 @@ def test_a_key_only_view_runs_without_the_browsers_middlewares(alice_key):
     assert headers[b"x-content-type-options"] == b"nosniff"  # and Django's SecurityMiddleware
     assert b"x-frame-options" not in headers and b"set-cookie" not in headers and b"vary" not in headers
     assert headers[b"content-length"] == str(len(body)).encode()  # whole bodies keep their length
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_key_only_chain_takes_no_thread_trip_for_a_middleware(alice_key, monkeypatch):
+    """Every middleware of the shorter chain runs on the event loop: Django would run a MiddlewareMixin hook on a
+    thread, one trip there and back per hook."""
+    trips = []
+    original = SyncToAsync.__call__
+
+    def counted(self, *args, **kwargs):
+        trips.append(getattr(self.func, "__qualname__", repr(self.func)))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncToAsync, "__call__", counted)
+    status, headers, body = get("/v1/models", [(b"authorization", f"Bearer {alice_key[1]}".encode())])
+    assert status == 200, body
+    assert trips and not [trip for trip in trips if "Middleware" in trip], trips
+    assert headers[b"x-content-type-options"] == b"nosniff" and headers[b"referrer-policy"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_inline_security_middleware_still_redirects_to_https(settings, alice_key):
+    settings.SECURE_SSL_REDIRECT = True
+    communicator = HttpCommunicator(KeyOnlyHandler(), "GET", "/v1/models", headers=[
+        (b"host", b"testserver"), (b"authorization", f"Bearer {alice_key[1]}".encode())])
+    response = async_to_sync(communicator.get_response)()
+    headers = {name.lower(): value for name, value in response["headers"]}
+    assert response["status"] == 301 and headers[b"location"] == b"https://testserver/v1/models"
 
 
 @pytest.mark.django_db(transaction=True)

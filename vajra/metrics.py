@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from datetime import timedelta
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.db.models import Count, Q
 from django.http import HttpResponse
@@ -25,6 +24,8 @@ from django.views.decorators.cache import never_cache
 from django_prometheus import middleware as django_prometheus
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .middleware import InlineHooks
 
 log = logging.getLogger(__name__)
 
@@ -47,37 +48,13 @@ METRIC_NAMES = (
 
 
 # ---- django-prometheus's middleware, async-capable -------------------------------------------------------------
-class _InlineHooks:
-    """Runs a django-prometheus middleware's request and response hooks inline. Its classes are
-    MiddlewareMixin-based: on an async (streaming) request Django would run each hook in a thread; they only
-    touch in-memory counters. Its view and template-response hooks are left out for the same reason (the
-    response hook labels by view anyway)."""
-
-    sync_capable = async_capable = True
-    hooks_class = None
-
-    def __init__(self, get_response):
-        self.get_response = get_response
-        self.hooks = self.hooks_class(get_response)
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
-
-    def __call__(self, request):
-        if iscoroutinefunction(self):
-            return self.__acall__(request)
-        self.hooks.process_request(request)
-        return self.hooks.process_response(request, self.get_response(request))
-
-    async def __acall__(self, request):
-        self.hooks.process_request(request)
-        return self.hooks.process_response(request, await self.get_response(request))
-
-
-class PrometheusBeforeMiddleware(_InlineHooks):
+# Its classes are MiddlewareMixin-based and their hooks only touch in-memory counters; the view and template-response
+# hooks are left out (the response hook labels by view anyway).
+class PrometheusBeforeMiddleware(InlineHooks):
     hooks_class = django_prometheus.PrometheusBeforeMiddleware
 
 
-class PrometheusAfterMiddleware(_InlineHooks):
+class PrometheusAfterMiddleware(InlineHooks):
     hooks_class = django_prometheus.PrometheusAfterMiddleware
 
     def process_exception(self, request, exception):  # Django calls exception hooks synchronously anyway

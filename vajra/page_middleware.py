@@ -5,7 +5,8 @@ key, JSON and SSE, and use none of static files, sessions, CSRF, the signed-in u
 chain Django runs each of those middlewares' hooks on a thread, a trip from the event loop and back per hook, so such
 a request reaches its view sooner without them (p50: ASGI entry to the view 2.4 -> 1.2 ms, traced in daphne; the
 first streamed token 15.8 -> 13.1 ms after the engine's in bench/platform_overhead.py). Every other view, the API's
-session-authenticated ones included, keeps the whole chain; the order and every other middleware are the same in both.
+session-authenticated ones included, keeps the whole chain; the order and every other middleware are the same in both,
+Django's SecurityMiddleware running in the shorter one with its hooks inline (the same headers, no trip).
 """
 
 from django.conf import settings
@@ -21,16 +22,19 @@ PAGES_ONLY = frozenset({
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 })
+# Django's middlewares the chain runs in a form whose hooks take no thread trip, the same hooks inline.
+INLINE = {"django.middleware.security.SecurityMiddleware": "vajra.middleware.SecurityHeadersMiddleware"}
 
 
 class KeyOnlyHandler(ASGIHandler):
-    """Django's ASGI handler with MIDDLEWARE less ``PAGES_ONLY``. Django builds a handler's chain from the setting
-    alone, so it holds the shorter list while this handler is built: once, when the ASGI application is made, before
-    any request (MIDDLEWARE keeps naming Django's classes, which its deploy checks look for by name)."""
+    """Django's ASGI handler with MIDDLEWARE less ``PAGES_ONLY`` (and ``INLINE``'s forms in place of those it names).
+    Django builds a handler's chain from the setting alone, so it holds the shorter list while this handler is built:
+    once, when the ASGI application is made, before any request (MIDDLEWARE keeps naming Django's classes, which its
+    deploy checks look for by name)."""
 
     def load_middleware(self, is_async=False):
         every = settings.MIDDLEWARE
-        settings.MIDDLEWARE = [path for path in every if path not in PAGES_ONLY]
+        settings.MIDDLEWARE = [INLINE.get(path, path) for path in every if path not in PAGES_ONLY]
         try:
             super().load_middleware(is_async)
         finally:
