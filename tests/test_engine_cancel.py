@@ -125,6 +125,31 @@ def test_a_queued_request_whose_attempt_was_superseded_leaves_unsaid(engine, red
     long.wait(30)
 
 
+def test_a_task_cancelled_while_it_waited_in_the_nodes_queue_ends_without_the_engine(redis_client, monkeypatch):
+    """The node's infer task reads the request's run state and cancel flag in one round trip: a request cancelled
+    while its task was queued ends ``cancelled`` (its attempt, no token, nothing billed) and never reaches an
+    engine."""
+    from gpu_runtime import tasks
+
+    class NoEngine:
+        streams = StreamWriter(redis_client, ttl_seconds=60)
+
+        def require_engine(self):
+            raise AssertionError("a cancelled request's task must not reach the engine")
+
+    reported = []
+    monkeypatch.setattr(tasks, "node", NoEngine())
+    monkeypatch.setattr(tasks, "report_finished", lambda request_id, final: reported.append((request_id, final)))
+    rid = f"req_{uuid.uuid4().hex}"
+    redis_client.set(cancel_key(rid), 1, ex=60)
+    redis_client.set(attempt_key(rid), 2, ex=60)
+    final = tasks.infer.run({"request_id": rid, "prompt": "x", "attempt": 2})
+    assert final["finish_reason"] == "cancelled" and final["attempt"] == 2 and final["gpu_ms"] == 0.0
+    assert final["usage"] == {"prompt_tokens": 0, "completion_tokens": 0}
+    assert reported == [(rid, final)]
+    assert [f[b"type"] for _, f in redis_client.xrange(stream_key(rid))] == [b"final"]
+
+
 def test_a_request_cancelled_before_it_reached_the_engine_loop_is_never_prefilled(engine, redis_client):
     """The flag is set before the engine thread takes the request in: the first read of the flags comes before
     its admission round."""

@@ -155,11 +155,14 @@ def test_the_submit_reads_the_plan_without_a_query_more_than_the_spend_check(acm
     inference_submit(principal=principal, base_model=base, prompt="warm", sampling=sampling, api="infer")  # caches
     # one account read (plan limits and spend cap share it; the plan is cached), the up nodes, then BEGIN, lock the
     # tenant (not on SQLite: its BEGIN IMMEDIATE holds the write lock), count its active requests, insert, COMMIT:
-    # as many as before plans set the quotas
+    # as many as before plans set the quotas; the price the answer shows (cost_for) comes from that account read too
     from django.db import connection
 
+    from serving.dispatch import cost_for
+
     with django_assert_num_queries(7 if connection.features.has_select_for_update else 6):
-        inference_submit(principal=principal, base_model=base, prompt="Hi", sampling=sampling, api="infer")
+        row = inference_submit(principal=principal, base_model=base, prompt="Hi", sampling=sampling, api="infer")
+        assert cost_for(row)["units"] == 1  # a base-model request is cold: 1 unit
 
 
 # ---- bad sampling parameters ------------------------------------------------------------------------

@@ -36,8 +36,8 @@ class SyncAndAsyncMiddleware:
 class InlineHooks:
     """Runs a MiddlewareMixin middleware's request and response hooks inline, in either mode. In an async chain
     Django runs each such hook on a thread, a trip from the event loop and back per hook; for ``hooks_class``es whose
-    hooks only read the request and set headers or in-memory counters, that trip is all it would add. Their view and
-    template-response hooks are not run: a subclass that needs one says so."""
+    hooks only read the request and set headers or in-memory counters, that trip is all it would add. Their view,
+    exception and template-response hooks are not run: a subclass that needs one says so."""
 
     sync_capable = async_capable = True
     hooks_class = None
