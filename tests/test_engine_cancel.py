@@ -3,6 +3,7 @@ a row is never prefilled, streams nothing and ends ``cancelled`` with 0 GPU-ms; 
 GPU-ms it used; each step's GPU-ms is read from the step clock (CUDA events on a GPU, driven here by a recording
 stand-in for ``torch.cuda``)."""
 
+import contextvars
 import itertools
 import time
 import uuid
@@ -143,7 +144,8 @@ def test_a_task_cancelled_while_it_waited_in_the_nodes_queue_ends_without_the_en
     rid = f"req_{uuid.uuid4().hex}"
     redis_client.set(cancel_key(rid), 1, ex=60)
     redis_client.set(attempt_key(rid), 2, ex=60)
-    final = tasks.infer.run({"request_id": rid, "prompt": "x", "attempt": 2})
+    # in a context of its own, as a worker runs each task: the task logs under the request's id
+    final = contextvars.copy_context().run(tasks.infer.run, {"request_id": rid, "prompt": "x", "attempt": 2})
     assert final["finish_reason"] == "cancelled" and final["attempt"] == 2 and final["gpu_ms"] == 0.0
     assert final["usage"] == {"prompt_tokens": 0, "completion_tokens": 0}
     assert reported == [(rid, final)]
