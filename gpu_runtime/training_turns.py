@@ -101,7 +101,9 @@ class TrainingTurns:
         a row is free for it (checked at every layer of a preemptible pass)."""
         run = self.runs[0]
         self._since_turn = 0
-        if cancelled([run.job_id]):
+        if run.finished:  # ended between turns (cancelled through Engine.call): nothing to run, it leaves below
+            pass
+        elif cancelled([run.job_id]):
             run.cancel()
         else:
             started = time.perf_counter()

@@ -340,17 +340,18 @@ def test_training_gets_one_micro_step_per_ten_inference_steps_while_rows_run(nod
     engine.submit_training(run)
     assert all(h.wait(120)["finish_reason"] in ("stop", "length") for h in handles)
     wait_for(lambda: sum(1 for kind, rows, _ in steps if kind == "train" and not rows) >= 5)
+    turns = list(steps)  # what ran so far: a turn after the cancel below finds the run ended and does nothing
     engine.call(run.cancel).result(30)  # on the engine thread, between turns
 
-    during = [i for i, (kind, rows, _) in enumerate(steps) if kind == "train" and rows]
-    assert len(during) >= 3, steps  # training was not starved while rows ran
-    assert all(steps[i][2] <= 1 for i in during)
-    gaps = [sum(1 for kind, _, _ in steps[a + 1:b] if kind == "decode") for a, b in
+    during = [i for i, (kind, rows, _) in enumerate(turns) if kind == "train" and rows]
+    assert len(during) >= 3, turns  # training was not starved while rows ran
+    assert all(turns[i][2] <= 1 for i in during)
+    gaps = [sum(1 for kind, _, _ in turns[a + 1:b] if kind == "decode") for a, b in
             zip(during, during[1:], strict=False)]
     assert gaps and all(gap == engine.training.every for gap in gaps), gaps
-    decodes = sum(1 for kind, rows, _ in steps[during[0]:during[-1]] if kind == "decode")
+    decodes = sum(1 for kind, rows, _ in turns[during[0]:during[-1]] if kind == "decode")
     assert decodes == engine.training.every * (len(during) - 1)  # 10 inference steps per training turn
-    alone = [i for i, (kind, rows, _) in enumerate(steps) if kind == "train" and not rows]
-    assert all(steps[i][2] == 1 for i in alone[1:])  # idle engine: a micro-step every turn
+    alone = [i for i, (kind, rows, _) in enumerate(turns) if kind == "train" and not rows]
+    assert all(turns[i][2] == 1 for i in alone[1:])  # idle engine: a micro-step every turn
 
 
