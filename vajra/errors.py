@@ -4,6 +4,8 @@ DRF exceptions come through ``api_exception_handler``; Django's own 400/403/404/
 /v1/ come through the ``handler*`` views, so a client never has to parse an HTML error page.
 """
 
+import logging
+
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
@@ -12,6 +14,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rest_framework import exceptions, status
 from rest_framework.views import exception_handler
+
+log = logging.getLogger(__name__)
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -72,6 +76,8 @@ def redis_unavailable():
 
 
 def unavailable(exc):
+    """The 503 for a database or Redis that did not answer; what failed is logged (the answer does not say)."""
+    log.warning("answering 503: %s: %s", type(exc).__name__, exc)
     if isinstance(exc, DATABASE_DOWN):
         return ServiceUnavailable("The database is not answering (it may be restarting); retry in a few seconds.",
                                   code="database_unavailable")
